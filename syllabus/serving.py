@@ -1,0 +1,100 @@
+"""The wiring every Syllabus gRPC server shares: health, reflection, port 0, graceful stop.
+
+A service module builds its servicer and calls `build_server`; its `__main__` calls `serve`.
+Health reports NOT_SERVING until the service says it is ready (model loaded) and again on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Served:
+    """A started server: the server, the port it bound and its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+async def build_server(
+    address: str,
+    add_servicers: Callable[[grpc.aio.Server], None],
+    service_names: tuple[str, ...],
+    max_message_mb: int = 64,
+) -> Served:
+    """Create, bind and start an aio server at `address` ("host:port", port 0 picks a free one)."""
+    opts = [
+        ("grpc.max_send_message_length", max_message_mb << 20),
+        ("grpc.max_receive_message_length", max_message_mb << 20),
+    ]
+    server = grpc.aio.server(options=opts)
+    add_servicers(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*service_names, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    await server.start()
+    served = Served(server, port, health_servicer, service_names)
+    await served.set_serving(False)
+    return served
+
+
+async def serve(served: Served, ready: Callable[[], object] | None = None, grace: float = 5.0) -> None:
+    """Run until SIGTERM/SIGINT: call `ready` (e.g. load the model), go SERVING, then stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        await asyncio.to_thread(ready)
+    await served.set_serving(True)
+    log.info("serving %s on port %d", ",".join(served.service_names), served.port)
+    print(f"SERVING {','.join(served.service_names)} port={served.port}", flush=True)
+    await stop.wait()
+    await served.stop(grace)
+
+
+async def wait_healthy(address: str, timeout: float = 120.0, service: str = "") -> None:
+    """Wait until the server at `address` reports SERVING (raises TimeoutError otherwise)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{address} not SERVING after {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+
+
+async def abort_invalid(context: grpc.aio.ServicerContext, field: str, problem: str) -> None:
+    """Reject a malformed request: INVALID_ARGUMENT naming the field."""
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}")

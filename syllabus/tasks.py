@@ -1,0 +1,176 @@
+"""Task specs: what the user wants distilled, as a validated YAML file.
+
+See docs/task-format.md for the format; examples/banking77/task.yaml is a complete example.
+`load_task(path)` resolves `seeds`/`eval` file references relative to the YAML file and returns a
+fully inline `TaskSpec`; any problem raises `TaskSpecError` with a one-line message naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from syllabus.models import DEFAULT_MODEL
+from syllabus.prompts import classification_prompt
+
+
+class TaskSpecError(ValueError):
+    """A task spec is invalid; the message is one line naming the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Example(_Strict):
+    """A labelled example."""
+
+    input: str = Field(min_length=1, description="The input text.")
+    label: str = Field(min_length=1, description="Its label; must be one of the task's labels.")
+
+
+class ModelSpec(_Strict):
+    model: str = Field(DEFAULT_MODEL, description="bundled:smollm2-135m-instruct or a local HF model directory.")
+
+
+class GenerateSpec(_Strict):
+    """Seed expansion by the teacher (Self-Instruct style)."""
+
+    per_label: int = Field(4, ge=1, le=1000, description="Generation prompts per label and round.")
+    n: int = Field(1, ge=1, le=16, description="Completions per prompt.")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling cut-off.")
+    max_new_tokens: int = Field(40, ge=4, le=1024, description="Tokens per completion.")
+    batch_size: int = Field(16, ge=1, le=512, description="Prompts per generation batch.")
+    seed: int = Field(0, description="Sampling seed (a round's seed is seed + round).")
+
+
+class CritiqueSpec(_Strict):
+    mode: Literal["judge"] = Field("judge", description="judge: keep/drop each example with a reason.")
+
+
+class SelectSpec(_Strict):
+    """LoBaSS selection: keep the most learnable fraction of the kept examples."""
+
+    metric: Literal["learnability"] = "learnability"
+    top_fraction: float = Field(0.5, gt=0.0, le=1.0, description="Share of kept examples selected.")
+
+
+class TrainSpec(_Strict):
+    """One LoRA SFT stage per round (completion-only loss)."""
+
+    epochs: int = Field(2, ge=1, le=100)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    batch_size: int = Field(8, ge=1, le=1024)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    lora_rank: int = Field(8, ge=1, le=512)
+    lora_alpha: float = Field(16.0, gt=0.0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
+    max_seq_len: int = Field(256, ge=16, le=8192)
+    seed: int = 0
+    reference_epochs: int = Field(1, ge=1, le=100, description="Epochs of the round-1 LoBaSS reference adapter.")
+
+
+class TaskSpec(_Strict):
+    """A distillation task. Every field is documented in docs/task-format.md."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: Literal["classification"]
+    instructions: str = Field(min_length=1)
+    labels: list[str] = Field(min_length=2)
+    seeds: list[Example] = Field(min_length=1)
+    eval: list[Example] = Field(min_length=1)
+    teacher: ModelSpec = Field(default_factory=ModelSpec)
+    student: ModelSpec = Field(default_factory=ModelSpec)
+    rounds: int = Field(2, ge=1, le=100)
+    generate: GenerateSpec = Field(default_factory=GenerateSpec)
+    critique: CritiqueSpec = Field(default_factory=CritiqueSpec)
+    select: SelectSpec = Field(default_factory=SelectSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[str]) -> list[str]:
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"duplicate labels: {', '.join(dupes)}")
+        return labels
+
+    @model_validator(mode="after")
+    def _labels_known(self) -> TaskSpec:
+        known = set(self.labels)
+        for field in ("seeds", "eval"):
+            for i, ex in enumerate(getattr(self, field)):
+                if ex.label not in known:
+                    raise ValueError(f"{field}[{i}].label {ex.label!r} is not in labels")
+        return self
+
+    def prompt_for(self, text: str) -> str:
+        return classification_prompt(self.instructions, self.labels, text)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif e["type"] == "missing":
+        msg = "missing (required)"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc + ': ' if loc else ''}{msg}{more}"
+
+
+def _read_examples(base: Path, value: object, field: str, source: str) -> object:
+    """Inline a `seeds:`/`eval:` file reference (JSONL, or CSV with text/input and label columns)."""
+    if not isinstance(value, str):
+        return value
+    path = (base / value).resolve()
+    if not path.is_file():
+        raise TaskSpecError(f"{source}: {field}: file {value!r} not found")
+    if path.suffix == ".csv":
+        import csv
+
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return [{"input": r.get("input") or r.get("text", ""), "label": r.get("label") or r.get("category", "")} for r in rows]
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise TaskSpecError(f"{source}: {field}: {value} line {e.lineno if hasattr(e, 'lineno') else '?'}: invalid JSON") from None
+
+
+def parse_task(text: str, source: str = "task", base_dir: Path | None = None) -> TaskSpec:
+    """Parse YAML text into a TaskSpec; file references resolve against base_dir."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise TaskSpecError(f"{source}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise TaskSpecError(f"{source}: expected a mapping of task fields at the top level")
+    for field in ("seeds", "eval"):
+        if field in data:
+            data[field] = _read_examples(base_dir or Path.cwd(), data[field], field, source)
+    try:
+        return TaskSpec.model_validate(data)
+    except ValidationError as e:
+        raise TaskSpecError(_format_error(source, e)) from None
+
+
+def load_task(path: str | Path) -> TaskSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise TaskSpecError(f"{path}: task file not found")
+    return parse_task(path.read_text(), source=str(path), base_dir=path.parent)
+
+
+def dump_task(task: TaskSpec) -> str:
+    """The task as self-contained YAML (seeds and eval inline), as sent to the gateway."""
+    return yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
