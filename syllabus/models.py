@@ -128,3 +128,20 @@ def pack_adapter(src: Path) -> bytes:
             with open(f, "rb") as fh:
                 tar.addfile(info, fh)
     return buf.getvalue()
+
+
+def fetch_adapter(store, ref, cache_root: Path) -> Path:  # noqa: ANN001 (ArtifactStore, ArtifactRef)
+    """Unpack an adapter artifact once into `cache_root/<sha256>` (verified) and return that directory."""
+    target = Path(cache_root) / ref.sha256
+    if (target / "adapter_config.json").is_file():
+        return target
+    data = store.get_bytes(ref)  # verifies the checksum
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=Path(cache_root).mkdir(parents=True, exist_ok=True) or cache_root))
+    unpack_adapter(data, tmp)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "adapter_config.json").is_file():
+            raise
+    return target
