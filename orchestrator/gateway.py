@@ -1,0 +1,246 @@
+"""JobService: the public gRPC gateway that starts, queries, watches and cancels distillation jobs.
+
+Run: python -m orchestrator.gateway [--address HOST:PORT]     (env: SYLLABUS_*; see syllabus/config.py)
+
+Each job is one `DistillationWorkflow` whose workflow id is the job id. The gateway validates the
+task spec (INVALID_ARGUMENT naming the problem, nothing started), stores it as an artifact, records
+the job in SQL and starts the workflow. Job state comes from Temporal: the workflow's `progress`
+query while it runs, its result once completed, and the pending activity's heartbeat for step detail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import select
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from orchestrator.types import DistillationInput, JobProgress
+from orchestrator.workflows import DistillationWorkflow
+from syllabus import db
+from syllabus.artifacts import open_store
+from syllabus.config import Config, load_config
+from syllabus.serving import Served, build_server, serve
+from syllabus.tasks import TaskSpecError, dump_task, parse_task
+from syllabus_sdk.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_STATUS = {
+    WorkflowExecutionStatus.RUNNING: jobs_pb2.JOB_STATUS_RUNNING,
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: jobs_pb2.JOB_STATUS_RUNNING,
+    WorkflowExecutionStatus.COMPLETED: jobs_pb2.JOB_STATUS_COMPLETED,
+    WorkflowExecutionStatus.FAILED: jobs_pb2.JOB_STATUS_FAILED,
+    WorkflowExecutionStatus.CANCELED: jobs_pb2.JOB_STATUS_CANCELLED,
+    WorkflowExecutionStatus.TERMINATED: jobs_pb2.JOB_STATUS_TERMINATED,
+    WorkflowExecutionStatus.TIMED_OUT: jobs_pb2.JOB_STATUS_TERMINATED,
+}
+WATCH_POLL_SECONDS = 0.5
+
+
+@dataclass
+class _Snapshot:
+    status: int
+    progress: JobProgress | None
+    step_detail: str
+    error: str
+    created_at: Timestamp
+
+
+def web_ui_url(config: Config, job_id: str) -> str:
+    return f"{config.temporal_ui_url.rstrip('/')}/namespaces/{config.temporal_namespace}/workflows/{job_id}"
+
+
+def _detail(heartbeat: dict) -> str:
+    """Human-readable progress from an activity's heartbeat details."""
+    if not isinstance(heartbeat, dict):
+        return str(heartbeat)
+    if "step" in heartbeat and "total" in heartbeat:
+        loss = f" loss {heartbeat['loss']:.3f}" if isinstance(heartbeat.get("loss"), (int, float)) else ""
+        return f"step {heartbeat['step']}/{heartbeat['total']}{loss}"
+    return ", ".join(f"{k} {v}" for k, v in heartbeat.items())
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    """Implements syllabus.jobs.v1.JobService on top of a Temporal client."""
+
+    def __init__(self, config: Config, client: Client) -> None:
+        self.config = config
+        self.client = client
+        self.store = open_store(config.resolved_artifact_url())
+        self.sessions = db.session_factory(db.make_engine(config.resolved_database_url()))
+
+    # -- RPCs ---------------------------------------------------------------------------------
+
+    async def SubmitJob(self, request, context):  # noqa: N802 (gRPC method names)
+        try:
+            task = parse_task(request.task_yaml, source="task_yaml")
+        except TaskSpecError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        job_id = request.job_id or f"{task.name}-{uuid.uuid4().hex[:8]}"
+        if not JOB_ID_RE.match(job_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: use letters, digits, '.', '_' or '-' (max 128)")
+        task_key = f"jobs/{job_id}/task.yaml"
+        task_ref = await asyncio.to_thread(self.store.stat, task_key)
+        if task_ref is None:
+            task_ref = await asyncio.to_thread(self.store.put_bytes, task_key, dump_task(task).encode())
+        artifacts_uri = self.store.uri_for(f"jobs/{job_id}/task.yaml").removesuffix("task.yaml")
+        with self.sessions.begin() as s:
+            db.insert_ignore(
+                s,
+                db.Job,
+                [dict(id=job_id, task_name=task.name, task_yaml=request.task_yaml, rounds_total=task.rounds,
+                      artifacts_uri=artifacts_uri, status="running")],
+            )
+        inp = DistillationInput(job_id=job_id, task_ref=task_ref, rounds=task.rounds, top_fraction=task.select.top_fraction)
+        try:
+            # USE_EXISTING: submitting the same job id again returns the running job instead of a second run.
+            await self.client.start_workflow(
+                DistillationWorkflow.run,
+                inp,
+                id=job_id,
+                task_queue=self.config.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+        except RPCError as e:
+            if e.status != RPCStatusCode.ALREADY_EXISTS:
+                raise
+        return jobs_pb2.SubmitJobResponse(job=await self._job(job_id, context))
+
+    async def GetJob(self, request, context):  # noqa: N802
+        return jobs_pb2.GetJobResponse(job=await self._job(request.job_id, context))
+
+    async def ListJobs(self, request, context):  # noqa: N802
+        limit = request.limit or 50
+        if limit < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit: must be >= 0")
+        with self.sessions() as s:
+            ids = s.execute(select(db.Job.id).order_by(db.Job.created_at.desc()).limit(limit)).scalars().all()
+        jobs = [await self._job(job_id, context, light=True) for job_id in ids]
+        return jobs_pb2.ListJobsResponse(jobs=jobs)
+
+    async def WatchJob(self, request, context):  # noqa: N802
+        last = None
+        while True:
+            job = await self._job(request.job_id, context)
+            if job != last:
+                yield jobs_pb2.WatchJobResponse(job=job)
+                last = job
+            if job.status not in (jobs_pb2.JOB_STATUS_RUNNING, jobs_pb2.JOB_STATUS_UNSPECIFIED):
+                return
+            await asyncio.sleep(WATCH_POLL_SECONDS)
+
+    async def CancelJob(self, request, context):  # noqa: N802
+        job = await self._job(request.job_id, context)
+        if job.status == jobs_pb2.JOB_STATUS_RUNNING:
+            await self.client.get_workflow_handle(request.job_id).cancel()
+        return jobs_pb2.CancelJobResponse(job=await self._job(request.job_id, context))
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def _snapshot(self, handle: WorkflowHandle, light: bool) -> _Snapshot:
+        desc = await handle.describe()
+        status = _STATUS.get(desc.status, jobs_pb2.JOB_STATUS_UNSPECIFIED)
+        created = Timestamp()
+        created.FromDatetime(desc.start_time)
+        progress, detail, error = None, "", ""
+        if status == jobs_pb2.JOB_STATUS_COMPLETED:
+            progress = await handle.result(result_type=JobProgress)
+        elif status == jobs_pb2.JOB_STATUS_FAILED:
+            try:
+                await handle.result()
+            except WorkflowFailureError as e:
+                error = str(e.cause) if e.cause else str(e)
+        elif status == jobs_pb2.JOB_STATUS_RUNNING and not light:
+            try:
+                progress = await handle.query(DistillationWorkflow.progress)
+            except RPCError:
+                progress = None  # no worker polling yet: the job has not started its first step
+            for pending in desc.raw_description.pending_activities:
+                if pending.heartbeat_details.payloads:
+                    (hb,) = await self.client.data_converter.decode(pending.heartbeat_details.payloads[:1])
+                    detail = _detail(hb)
+        return _Snapshot(status, progress, detail, error, created)
+
+    async def _job(self, job_id: str, context, light: bool = False) -> jobs_pb2.Job:
+        if not job_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: required")
+        handle = self.client.get_workflow_handle(job_id)
+        try:
+            snap = await self._snapshot(handle, light)
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} not found")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"Temporal: {e.message}")
+        with self.sessions() as s:
+            row = s.get(db.Job, job_id)
+        job = jobs_pb2.Job(
+            job_id=job_id,
+            status=snap.status,
+            created_at=snap.created_at,
+            web_ui_url=web_ui_url(self.config, job_id),
+            step_detail=snap.step_detail,
+            error=snap.error,
+        )
+        if row is not None:
+            job.task_name = row.task_name
+            job.rounds_total = row.rounds_total
+            job.artifacts_uri = row.artifacts_uri
+        p = snap.progress
+        if p is not None:
+            job.rounds_total = p.rounds_total
+            job.current_round = p.current_round
+            job.current_step = p.current_step if snap.status == jobs_pb2.JOB_STATUS_RUNNING else ""
+            if p.baseline_accuracy is not None:
+                job.baseline_accuracy = p.baseline_accuracy
+            if p.final_accuracy is not None:
+                job.final_accuracy = p.final_accuracy
+            job.artifacts_uri = p.artifacts_uri or job.artifacts_uri
+            job.rounds.extend(
+                jobs_pb2.RoundSummary(
+                    round=r.round, generated=r.generated, kept=r.kept, selected=r.selected, trained=r.trained,
+                    accuracy=r.accuracy, train_loss=r.train_loss, adapter_uri=r.adapter_uri,
+                )
+                for r in p.rounds
+            )
+            job.steps.extend(jobs_pb2.StepTiming(name=t.name, round=t.round, seconds=t.seconds) for t in p.steps)
+        return job
+
+
+async def create_server(config: Config, address: str = "127.0.0.1:0", client: Client | None = None) -> Served:
+    """Start the gateway (health NOT_SERVING until `await served.set_serving(True)`)."""
+    client = client or await Client.connect(config.temporal_address, namespace=config.temporal_namespace)
+    servicer = JobServicer(config, client)
+    return await build_server(
+        address,
+        lambda server: jobs_pb2_grpc.add_JobServiceServicer_to_server(servicer, server),
+        (jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.gateway", description=__doc__.splitlines()[0])
+    parser.add_argument("--address", help="listen host:port (default: SYLLABUS_GATEWAY_ADDRESS)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = load_config()
+
+    async def _main() -> None:
+        served = await create_server(config, args.address or config.gateway_address)
+        await serve(served)
+
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()

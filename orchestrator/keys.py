@@ -1,0 +1,26 @@
+"""Deterministic artifact keys: the same step on the same inputs and parameters always writes to the
+same key, so a retried activity finds its earlier output instead of recomputing it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from syllabus.artifacts import ArtifactRef
+from syllabus.records import stable_hash
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}"
+
+
+def output_key(
+    job_id: str,
+    round: int,
+    step: str,
+    inputs: Sequence[ArtifactRef | None],
+    params: Mapping[str, object],
+    ext: str = "",
+) -> str:
+    """`jobs/<job_id>/round-<r>/<step>-<hash of the inputs' sha256 and params>[.<ext>]`."""
+    digest = stable_hash({"inputs": [r.sha256 if r is not None else None for r in inputs], "params": dict(params)})
+    return f"{job_prefix(job_id)}/round-{round}/{step}-{digest}" + (f".{ext}" if ext else "")

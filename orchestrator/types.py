@@ -1,0 +1,210 @@
+"""The dataclasses that cross the workflow boundary: one input and one output per workflow and activity.
+
+Only plain data lives here (no heavy imports), so the workflow sandbox and the gateway can import it
+cheaply. Data moves by `ArtifactRef`, never as sample lists, so payloads and histories stay small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from syllabus.artifacts import ArtifactRef
+
+# ---------------------------------------------------------------------------------------------------
+# Workflow input / output (the gateway's contract)
+
+
+@dataclass
+class DistillationInput:
+    """Input of DistillationWorkflow."""
+
+    job_id: str
+    # The task spec YAML (seeds/eval inline), stored by the gateway at jobs/<job_id>/task.yaml.
+    task_ref: ArtifactRef
+    rounds: int
+    # select.top_fraction of the task: share of the kept examples selected by learnability.
+    top_fraction: float
+
+
+@dataclass
+class StepTime:
+    """Wall time of one step. Names: prepare, baseline-eval, generate, critique, reference-train,
+    score, select, train, evaluate. Round 0 for steps outside rounds."""
+
+    name: str
+    round: int
+    seconds: float
+
+
+@dataclass
+class RoundResult:
+    """What one round did."""
+
+    round: int
+    generated: int
+    kept: int
+    selected: int
+    trained: int
+    accuracy: float
+    train_loss: float
+    adapter_uri: str
+
+
+@dataclass
+class JobProgress:
+    """The workflow's state, returned by the `progress` query and as the workflow result."""
+
+    job_id: str
+    rounds_total: int
+    current_round: int = 0
+    current_step: str = ""
+    baseline_accuracy: float | None = None
+    final_accuracy: float | None = None
+    rounds: list[RoundResult] = field(default_factory=list)
+    steps: list[StepTime] = field(default_factory=list)
+    artifacts_uri: str = ""  # URI prefix of the job's artifacts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Activities
+
+
+@dataclass
+class PrepareJobInput:
+    job_id: str
+    task_ref: ArtifactRef
+    rounds: int
+
+
+@dataclass
+class PrepareJobOutput:
+    # JSONL: id, input, label, prompt, response (= label), parent_id (null), provenance {"method": "seed"}.
+    seeds: ArtifactRef
+    # JSONL: id, input, label, prompt.
+    eval_set: ArtifactRef
+    seed_count: int
+    eval_count: int
+    artifacts_uri: str
+
+
+@dataclass
+class RoundCounts:
+    generated: int
+    kept: int
+    selected: int
+    trained: int
+
+
+@dataclass
+class EvaluateInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int  # 0 = baseline
+    stage: str  # "baseline" or "sft"
+    eval_set: ArtifactRef
+    adapter: ArtifactRef | None = None
+    # Set after a training round: the Round row is recorded together with the evaluation.
+    round_counts: RoundCounts | None = None
+
+
+@dataclass
+class EvaluateOutput:
+    accuracy: float
+    correct: int
+    total: int
+    predictions: ArtifactRef
+
+
+@dataclass
+class GenerateInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    seeds: ArtifactRef
+
+
+@dataclass
+class GenerateOutput:
+    examples: ArtifactRef  # JSONL: id, input, label, prompt, response, parent_id, provenance
+    generated: int
+
+
+@dataclass
+class CritiqueInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    examples: ArtifactRef
+    seeds: ArtifactRef
+
+
+@dataclass
+class CritiqueOutput:
+    kept: ArtifactRef  # the kept examples, in the input format
+    critiques: ArtifactRef  # JSONL: id, keep, reason
+    kept_count: int
+    dropped_count: int
+
+
+@dataclass
+class TrainInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    stage: str  # "reference" (LoBaSS reference adapter) or "sft"
+    dataset: ArtifactRef  # JSONL with prompt and response
+    # Adapter to continue from (the previous round's); None trains a fresh adapter.
+    init_adapter: ArtifactRef | None = None
+
+
+@dataclass
+class TrainOutput:
+    adapter: ArtifactRef  # tar of a peft adapter directory
+    samples: int
+    steps: int
+    mean_loss: float
+
+
+@dataclass
+class ScoreInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    dataset: ArtifactRef  # the kept examples
+    reference: ArtifactRef  # the LoBaSS reference adapter
+
+
+@dataclass
+class ScoreOutput:
+    scores: ArtifactRef  # JSONL: id, loss_base, loss_ref, learnability
+    count: int
+
+
+@dataclass
+class SelectInput:
+    job_id: str
+    round: int
+    kept: ArtifactRef
+    scores: ArtifactRef
+    seeds: ArtifactRef
+    top_fraction: float
+
+
+@dataclass
+class SelectOutput:
+    train_set: ArtifactRef  # the selected examples (by rank) followed by the seeds
+    selected: int
+    trained: int
+
+
+@dataclass
+class FinishJobInput:
+    job_id: str
+    status: str  # completed | failed | cancelled
+    baseline_accuracy: float | None = None
+    final_accuracy: float | None = None
+
+
+@dataclass
+class FinishJobOutput:
+    status: str

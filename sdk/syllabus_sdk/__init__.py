@@ -1,0 +1,14 @@
+"""Syllabus Python SDK: the generated gRPC stubs (`syllabus_sdk.<area>.v1`) and a small typed client.
+
+    from syllabus_sdk import SyllabusClient
+    with SyllabusClient("127.0.0.1:50060") as client:
+        job = client.submit_job(open("task.yaml").read())   # seeds/eval must be inline
+        for job in client.watch_job(job.job_id):
+            print(job.current_step, job.step_detail)
+
+Needs only grpcio and protobuf.
+"""
+
+from syllabus_sdk.client import JobStatus, SyllabusClient, SyllabusError
+
+__all__ = ["JobStatus", "SyllabusClient", "SyllabusError"]

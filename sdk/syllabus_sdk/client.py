@@ -1,0 +1,85 @@
+"""A small synchronous client over the generated JobService stubs (as temporalio.client wraps temporalio.api)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from syllabus_sdk.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+
+JobStatus = jobs_pb2.JobStatus
+TERMINAL = frozenset(
+    {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED, jobs_pb2.JOB_STATUS_TERMINATED}
+)
+
+
+class SyllabusError(Exception):
+    """A JobService call failed; `code` is the gRPC status code, `details` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+def _call(fn, request, **kwargs):  # noqa: ANN001, ANN202
+    try:
+        return fn(request, **kwargs)
+    except grpc.RpcError as e:  # a grpc.Call carries code() and details()
+        raise SyllabusError(e.code(), e.details() or "") from None
+
+
+class SyllabusClient:
+    """Submit and follow distillation jobs through the JobService gateway."""
+
+    def __init__(self, address: str = "127.0.0.1:50060", *, channel: grpc.Channel | None = None, timeout: float = 30.0):
+        self._channel = channel or grpc.insecure_channel(address)
+        self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self.address = address
+        self.timeout = timeout
+
+    def __enter__(self) -> SyllabusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the gateway's channel is connected (raises SyllabusError UNAVAILABLE otherwise)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise SyllabusError(grpc.StatusCode.UNAVAILABLE, f"no gateway at {self.address}") from None
+
+    def submit_job(self, task_yaml: str, job_id: str = "") -> jobs_pb2.Job:
+        """Start a job for a task spec (YAML with seeds and eval inline). Same job_id twice → same job."""
+        req = jobs_pb2.SubmitJobRequest(task_yaml=task_yaml, job_id=job_id)
+        return _call(self._stub.SubmitJob, req, timeout=self.timeout).job
+
+    def get_job(self, job_id: str) -> jobs_pb2.Job:
+        return _call(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id), timeout=self.timeout).job
+
+    def list_jobs(self, limit: int = 50) -> list[jobs_pb2.Job]:
+        return list(_call(self._stub.ListJobs, jobs_pb2.ListJobsRequest(limit=limit), timeout=self.timeout).jobs)
+
+    def watch_job(self, job_id: str) -> Iterator[jobs_pb2.Job]:
+        """Yield the job each time it changes, until it ends."""
+        stream = self._stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id))
+        try:
+            for resp in stream:
+                yield resp.job
+        except grpc.RpcError as e:
+            raise SyllabusError(e.code(), e.details() or "") from None
+        finally:
+            stream.cancel()
+
+    def cancel_job(self, job_id: str) -> jobs_pb2.Job:
+        return _call(self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout).job
+
+    @staticmethod
+    def is_terminal(job: jobs_pb2.Job) -> bool:
+        return job.status in TERMINAL

@@ -1,0 +1,304 @@
+"""The `syllabus` command line.
+
+    syllabus demo [--json]              start the embedded stack, run the Banking77 example, stop everything
+    syllabus up                         start the embedded stack and leave it running (Ctrl-C stops it)
+    syllabus run TASK.yaml [--json]     submit a task to a running stack and follow it to the end
+    syllabus jobs list|status|watch|cancel [JOB_ID] [--json]
+
+Exit codes: 0 success, 1 the job or the stack failed, 2 bad input (task file, arguments).
+Configuration comes from SYLLABUS_* env vars (see syllabus/config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from syllabus.config import Config, load_config
+from syllabus.tasks import TaskSpecError, dump_task, load_task
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEMO_TASK = Path(__file__).resolve().parent.parent / "examples" / "banking77" / "task.yaml"
+STATUS_NAMES = {0: "unknown", 1: "running", 2: "completed", 3: "failed", 4: "cancelled", 5: "terminated"}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _console(json_mode: bool) -> Console:
+    # With --json the human output goes to stderr so stdout's last line is the JSON report.
+    return Console(stderr=json_mode, highlight=False)
+
+
+def _client(config: Config):  # noqa: ANN202
+    from syllabus_sdk import SyllabusClient, SyllabusError
+
+    client = SyllabusClient(config.gateway_address)
+    try:
+        client.wait_ready(timeout=5)
+    except SyllabusError:
+        client.close()
+        raise CliError(f"cannot reach the Syllabus gateway at {config.gateway_address}: is `syllabus up` running?") from None
+    return client
+
+
+def _sdk_call(fn, *args):  # noqa: ANN001, ANN202
+    from syllabus_sdk import SyllabusError
+
+    try:
+        return fn(*args)
+    except SyllabusError as e:
+        code = EXIT_USAGE if e.code.name in ("INVALID_ARGUMENT", "NOT_FOUND") else EXIT_FAILED
+        raise CliError(e.details or str(e), code) from None
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def job_report(job, config: Config) -> dict:  # noqa: ANN001
+    return {
+        "job_id": job.job_id,
+        "workflow_id": job.job_id,
+        "status": STATUS_NAMES.get(job.status, "unknown"),
+        "task": job.task_name,
+        "baseline_accuracy": job.baseline_accuracy if job.HasField("baseline_accuracy") else None,
+        "final_accuracy": job.final_accuracy if job.HasField("final_accuracy") else None,
+        "rounds": [
+            {"round": r.round, "generated": r.generated, "kept": r.kept, "selected": r.selected, "trained": r.trained,
+             "accuracy": r.accuracy, "train_loss": r.train_loss, "adapter_uri": r.adapter_uri}
+            for r in job.rounds
+        ],
+        "steps": [{"name": s.name, "round": s.round, "seconds": round(s.seconds, 2)} for s in job.steps],
+        "artifacts_uri": job.artifacts_uri,
+        "database_url": config.resolved_database_url(),
+        "web_ui_url": job.web_ui_url,
+        "error": job.error or None,
+    }
+
+
+def print_report(report: dict, console: Console) -> None:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    console.print(f"\n[bold]Job {report['job_id']}[/bold] ({report['task']}): {report['status']}")
+    if report["error"]:
+        console.print(f"[red]error:[/red] {report['error']}")
+    console.print(f"Student accuracy on the eval set: baseline {pct(report['baseline_accuracy'])} -> final {pct(report['final_accuracy'])}")
+    if report["rounds"]:
+        t = Table(title="Rounds")
+        for col in ("round", "generated", "kept", "selected", "trained", "train loss", "accuracy"):
+            t.add_column(col, justify="right")
+        for r in report["rounds"]:
+            t.add_row(str(r["round"]), str(r["generated"]), str(r["kept"]), str(r["selected"]), str(r["trained"]),
+                      f"{r['train_loss']:.3f}", pct(r["accuracy"]))
+        console.print(t)
+    if report["steps"]:
+        t = Table(title="Step wall time")
+        t.add_column("round", justify="right")
+        t.add_column("step")
+        t.add_column("seconds", justify="right")
+        for s in report["steps"]:
+            t.add_row(str(s["round"]), s["name"], f"{s['seconds']:.1f}")
+        t.add_row("", "[bold]total[/bold]", f"{sum(s['seconds'] for s in report['steps']):.1f}")
+        console.print(t)
+    console.print(f"Artifacts:   {report['artifacts_uri']}")
+    console.print(f"Metadata:    {report['database_url']}")
+    console.print(f"Temporal UI: {report['web_ui_url']}")
+
+
+def follow(client, job_id: str, console: Console):  # noqa: ANN001, ANN201
+    """Watch a job with one progress line per step; return the final job."""
+    bars: dict[tuple[int, str], int] = {}
+    done: set[tuple[int, str]] = set()
+    job = None
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        for job in _sdk_call(client.watch_job, job_id):
+            for s in job.steps:
+                key = (s.round, s.name)
+                if key not in bars:
+                    bars[key] = progress.add_task(_label(*key), total=1, detail="")
+                if key not in done:
+                    progress.update(bars[key], completed=1, detail=f"{s.seconds:.1f}s")
+                    progress.stop_task(bars[key])
+                    done.add(key)
+            if job.current_step:
+                key = (job.current_round, job.current_step)
+                if key not in done:
+                    if key not in bars:
+                        bars[key] = progress.add_task(_label(*key), total=None, detail="")
+                    progress.update(bars[key], detail=job.step_detail)
+    return job
+
+
+def _label(round_: int, step: str) -> str:
+    return f"round {round_} {step}" if round_ else step
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def _submit_and_follow(config: Config, task_path: Path, json_mode: bool, wait: bool = True) -> int:
+    console = _console(json_mode)
+    try:
+        task = load_task(task_path)
+    except TaskSpecError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+    client = _client(config)
+    with client:
+        job = _sdk_call(client.submit_job, dump_task(task))
+        console.print(f"submitted job [bold]{job.job_id}[/bold]  ({job.web_ui_url})")
+        if not wait:
+            if json_mode:
+                print(json.dumps(job_report(job, config)))
+            return EXIT_OK
+        follow(client, job.job_id, console)
+        job = _sdk_call(client.get_job, job.job_id)
+    report = job_report(job, config)
+    print_report(report, console)
+    if json_mode:
+        print(json.dumps(report))
+    return EXIT_OK if report["status"] == "completed" else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    return _submit_and_follow(config, Path(args.task), args.json, wait=not args.no_wait)
+
+
+def _stack(config: Config, console: Console, task_path: Path | None):  # noqa: ANN202
+    from orchestrator.stack import Stack
+
+    preload: tuple[str, ...] = ()
+    if task_path is not None:
+        task = load_task(task_path)
+        preload = tuple(dict.fromkeys((task.student.model, task.teacher.model)))
+    return Stack(config, preload=preload, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+
+
+def cmd_up(args: argparse.Namespace, config: Config) -> int:
+    from orchestrator.stack import StackError
+
+    console = _console(False)
+    stack = _stack(config, console, DEMO_TASK if DEMO_TASK.is_file() else None)
+    try:
+        asyncio.run(stack.start())
+        console.print(f"Syllabus is up. Gateway {config.gateway_address}, Temporal Web UI {config.temporal_ui_url}. Ctrl-C stops.")
+        while not stack.failed():
+            time.sleep(1)
+        raise CliError(f"component(s) exited: {', '.join(stack.failed())}; logs in {stack.log_dir}")
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except StackError as e:
+        raise CliError(str(e)) from None
+    finally:
+        console.print("stopping...")
+        stack.stop()
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from orchestrator.stack import StackError
+
+    task_path = Path(args.task) if args.task else DEMO_TASK
+    console = _console(args.json)
+    try:
+        load_task(task_path)
+    except TaskSpecError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+    stack = _stack(config, console, task_path)
+    started = time.monotonic()
+    try:
+        asyncio.run(stack.start())
+        code = _submit_and_follow(config, task_path, args.json)
+    except StackError as e:
+        raise CliError(str(e)) from None
+    finally:
+        stack.stop()
+    console.print(f"demo finished in {time.monotonic() - started:.0f}s; everything stopped "
+                  f"(`syllabus up` shows the finished workflow in the Web UI again)")
+    return code
+
+
+def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
+    console = _console(args.json)
+    if args.action != "list" and not args.job_id:
+        raise CliError(f"syllabus jobs {args.action}: JOB_ID required", EXIT_USAGE)
+    with _client(config) as client:
+        if args.action == "list":
+            jobs = _sdk_call(client.list_jobs, args.limit)
+            if args.json:
+                print(json.dumps([job_report(j, config) for j in jobs]))
+                return EXIT_OK
+            t = Table()
+            for col in ("job id", "task", "status", "rounds", "created"):
+                t.add_column(col)
+            for j in jobs:
+                t.add_row(j.job_id, j.task_name, STATUS_NAMES.get(j.status, "?"), str(j.rounds_total),
+                          j.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
+            console.print(t)
+            return EXIT_OK
+        if args.action == "cancel":
+            job = _sdk_call(client.cancel_job, args.job_id)
+            console.print(f"cancel requested for {job.job_id}")
+        elif args.action == "watch":
+            follow(client, args.job_id, console)
+        job = _sdk_call(client.get_job, args.job_id)
+    report = job_report(job, config)
+    print_report(report, console)
+    if args.json:
+        print(json.dumps(report))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="syllabus", description="Distil a teacher LLM into a small student.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="start the embedded stack, run the Banking77 example, stop everything")
+    p.add_argument("--task", help="run this task file instead of the Banking77 example")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
+    p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("up", help="start the embedded stack and leave it running")
+    p.set_defaults(fn=cmd_up)
+    p = sub.add_parser("run", help="submit a task to a running stack and follow it")
+    p.add_argument("task", help="task spec YAML (see docs/task-format.md)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
+    p.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("jobs", help="list, inspect, watch or cancel jobs")
+    p.add_argument("action", choices=["list", "status", "watch", "cancel"])
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--limit", type=int, default=50, help="jobs to list")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(fn=cmd_jobs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config()
+    except Exception as e:  # pydantic ValidationError from a malformed SYLLABUS_* value
+        print(f"syllabus: bad configuration: {e}".splitlines()[0], file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.fn(args, config)
+    except CliError as e:
+        print(f"syllabus: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
