@@ -11,7 +11,7 @@ import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
@@ -47,9 +47,9 @@ def validate_key(key: str) -> str:
     """Return the normalised key, or raise InvalidKey for absolute, empty or `..` keys."""
     if not key or key.startswith("/") or "\\" in key or "\x00" in key:
         raise InvalidKey(f"invalid artifact key {key!r}: must be a relative path")
-    parts = PurePosixPath(key).parts
-    if any(p in ("..", ".") for p in parts) or not parts:
-        raise InvalidKey(f"invalid artifact key {key!r}: '.' and '..' are not allowed")
+    parts = key.split("/")
+    if any(p in ("..", ".", "") for p in parts):
+        raise InvalidKey(f"invalid artifact key {key!r}: empty, '.' and '..' segments are not allowed")
     if parts[-1].startswith(".tmp-") or parts[-1].endswith(".sha256"):
         raise InvalidKey(f"invalid artifact key {key!r}: reserved name")
     return "/".join(parts)

@@ -1,0 +1,148 @@
+"""Text generation backends behind one small protocol.
+
+`TransformersBackend` runs a Hugging Face causal LM in-process (CPU or GPU), batched with left padding
+so every prompt's completion starts at the same position. Other backends (vLLM, an OpenAI-compatible
+endpoint) implement the same `Backend` protocol.
+
+Reproducibility: each batch is seeded with `seed + batch_index` inside a forked RNG, so a retried
+request with the same parameters and batch size reproduces the same text and leaves the process's
+global RNG untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from syllabus.models import load_model, resolve_model_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding parameters; `temperature == 0` means greedy decoding (then `n` must be 1)."""
+
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    n: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A one-turn chat request: the user message and text the assistant's reply is forced to start with."""
+
+    user: str
+    prefill: str = ""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated continuation (after the prefill) and how many new tokens it took."""
+
+    text: str
+    tokens: int
+
+
+class Backend(Protocol):
+    """What seed expansion needs from a teacher model."""
+
+    name: str  # recorded as provenance "backend"
+    model: str  # the ModelRef base
+    revision: str  # sha256[:12] of the model's config.json
+
+    def generate(
+        self, prompts: Sequence[ChatPrompt], sampling: Sampling, batch_size: int, stop: Sequence[str] = ()
+    ) -> list[list[Completion]]:
+        """`sampling.n` completions per prompt, in prompt order; generation of one stops at any `stop` string."""
+        ...
+
+
+def model_revision(base: str) -> str:
+    """sha256[:12] of the model's config.json: which weights' architecture produced the data."""
+    return hashlib.sha256((resolve_model_dir(base) / "config.json").read_bytes()).hexdigest()[:12]
+
+
+class TransformersBackend:
+    """A causal LM loaded with `syllabus.models.load_model`, generating in batches."""
+
+    name = "transformers"
+
+    def __init__(self, base: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, revision: str) -> None:
+        self.model_obj = model
+        self.tokenizer = tokenizer
+        self.model = base
+        self.revision = revision
+
+    @classmethod
+    def load(cls, base: str) -> TransformersBackend:
+        """Load `base` (raises `syllabus.models.ModelNotFound` if it names nothing loadable)."""
+        import torch
+
+        model, tok = load_model(base)
+        if torch.cuda.is_available():
+            model.to("cuda")
+        return cls(base, model, tok, model_revision(base))
+
+    def render(self, prompt: ChatPrompt) -> str:
+        tok = self.tokenizer
+        if tok.chat_template:
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": prompt.user}], tokenize=False, add_generation_prompt=True
+            )
+        else:
+            text = prompt.user + "\n"
+        return text + prompt.prefill
+
+    def generate(
+        self, prompts: Sequence[ChatPrompt], sampling: Sampling, batch_size: int, stop: Sequence[str] = ()
+    ) -> list[list[Completion]]:
+        import torch
+        from transformers import GenerationConfig
+
+        if sampling.temperature == 0 and sampling.n != 1:
+            raise ValueError("greedy decoding (temperature 0) is deterministic: n must be 1")
+        tok = self.tokenizer
+        greedy = sampling.temperature == 0
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else (sampling.top_p or 1.0),
+            top_k=None if greedy else 0,  # only temperature and top_p shape the distribution
+            num_return_sequences=sampling.n,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            stop_strings=list(stop) or None,
+        )
+        device = self.model_obj.device
+        results: list[list[Completion]] = []
+        old_side = tok.padding_side
+        tok.padding_side = "left"  # decoder-only: pad on the left so completions line up at the end
+        try:
+            for b, start in enumerate(range(0, len(prompts), batch_size)):
+                batch = [self.render(p) for p in prompts[start : start + batch_size]]
+                enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+                    torch.manual_seed(sampling.seed + b)
+                    out = self.model_obj.generate(**enc, generation_config=config, tokenizer=tok)
+                new = out[:, enc["input_ids"].shape[1] :]
+                for i in range(len(batch)):
+                    rows = new[i * sampling.n : (i + 1) * sampling.n]
+                    results.append([self._completion(row) for row in rows])
+        finally:
+            tok.padding_side = old_side
+        return results
+
+    def _completion(self, row) -> Completion:  # noqa: ANN001 (a 1-D LongTensor)
+        """Decode one generated row; count tokens up to and including the first end-of-sequence/pad token."""
+        ids = row.tolist()
+        # Finished rows are padded to the batch's length; padding is not generated text.
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
+        used = next((i + 1 for i, t in enumerate(ids) if t in ends), len(ids))
+        return Completion(self.tokenizer.decode(ids[:used], skip_special_tokens=True), used)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from syllabus.artifacts import ArtifactNotFound, ChecksumMismatch, InvalidKey, LocalArtifactStore, open_store
+
+pytestmark = pytest.mark.unit
+
+
+def test_round_trip_and_stat(store: LocalArtifactStore) -> None:
+    ref = store.put_bytes("jobs/j1/a.jsonl", b"hello\n")
+    assert ref.size_bytes == 6 and len(ref.sha256) == 64
+    assert store.get_bytes(ref) == b"hello\n"
+    assert store.stat("jobs/j1/a.jsonl") == ref
+    assert store.stat("jobs/j1/missing.jsonl") is None
+
+
+def test_put_file_streams(store: LocalArtifactStore, tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"x" * (3 << 20))
+    ref = store.put_file("big.bin", src)
+    assert ref.size_bytes == 3 << 20
+    assert store.get_file(ref, tmp_path / "copy.bin").read_bytes() == src.read_bytes()
+
+
+def test_checksum_mismatch_is_detected(store: LocalArtifactStore) -> None:
+    ref = store.put_bytes("a.txt", b"abc")
+    Path(store.root / "a.txt").write_bytes(b"abd")  # bit rot / tampering
+    with pytest.raises(ChecksumMismatch):
+        store.get_bytes(ref)
+    with pytest.raises(ChecksumMismatch):
+        store.get_bytes(dataclasses.replace(store.put_bytes("b.txt", b"abc"), sha256="0" * 64))
+
+
+@pytest.mark.parametrize("key", ["../escape", "a/../../b", "/etc/passwd", "", "a/./b", "a\\b"])
+def test_keys_cannot_escape_the_root(store: LocalArtifactStore, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        store.put_bytes(key, b"x")
+
+
+def test_uri_outside_the_store_is_rejected(store: LocalArtifactStore, tmp_path: Path) -> None:
+    ref = store.put_bytes("a.txt", b"abc")
+    outside = dataclasses.replace(ref, uri=(tmp_path / "elsewhere.txt").as_uri())
+    with pytest.raises(InvalidKey):
+        store.get_bytes(outside)
+
+
+def test_crash_before_publish_leaves_nothing_readable(store: LocalArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    real_replace = os.replace
+    calls = []
+
+    def crash_on_data_publish(src, dst):  # noqa: ANN001
+        calls.append(dst)
+        if not str(dst).endswith(".sha256"):
+            raise OSError("simulated crash between write and publish")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_data_publish)
+    with pytest.raises(OSError, match="simulated crash"):
+        store.put_bytes("jobs/j/out.jsonl", b"data")
+    monkeypatch.undo()
+    assert store.stat("jobs/j/out.jsonl") is None
+    assert not any(p.name.startswith(".tmp-") and not p.name.endswith(".sha256") for p in (store.root / "jobs/j").iterdir())
+
+
+def test_missing_object(store: LocalArtifactStore) -> None:
+    ref = store.put_bytes("a.txt", b"abc")
+    (store.root / "a.txt").unlink()
+    with pytest.raises(ArtifactNotFound):
+        store.get_bytes(ref)
+
+
+def test_open_store_by_url(tmp_path: Path) -> None:
+    assert isinstance(open_store(tmp_path.as_uri()), LocalArtifactStore)
+    with pytest.raises(Exception, match="unsupported artifact URL"):
+        open_store("ftp://x/y")
