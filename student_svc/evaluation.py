@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from student_svc.scoring import DEFAULT_MAX_LEN, Encoded, _device_of, response_nll
+from student_svc.scoring import DEFAULT_MAX_LEN, Encoded, model_device, response_nll
 from syllabus.prompts import IGNORE_INDEX, encode_example
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def _shared_prefix_logprobs(
     import torch
     import torch.nn.functional as F
 
-    device = _device_of(model)
+    device = model_device(model)
     prefix = torch.tensor([prompt_ids[:-1]], device=device)
     out: list[float] = []
     with torch.inference_mode():

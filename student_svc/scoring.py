@@ -99,7 +99,7 @@ def length_buckets(
     return batches
 
 
-def _device_of(model: PreTrainedModel):
+def model_device(model: PreTrainedModel):
     return next(model.parameters()).device
 
 
@@ -118,7 +118,7 @@ def response_nll(
     import torch
     import torch.nn.functional as F
 
-    device = _device_of(model)
+    device = model_device(model)
     results: list[ResponseNLL | None] = [None] * len(examples)
     buckets = length_buckets([len(e) for e in examples], batch_size or DEFAULT_BATCH_SIZE, max_batch_tokens)
     with torch.inference_mode():

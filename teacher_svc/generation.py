@@ -1,0 +1,204 @@
+"""Seed expansion (Self-Instruct, Wang et al. 2023): the teacher writes new labelled examples from seeds.
+
+For each label the teacher gets `per_label` prompts. Each prompt shows the task instructions, the
+label and up to `EXAMPLES_PER_PROMPT` seed examples of that label, rotated from prompt to prompt so
+the prompts (and hence the completions) differ, and asks for one new message with the same label.
+The assistant's reply is prefilled with an opening quote and generation stops at the end of the
+line, which keeps a small teacher on task and makes the reply easy to parse. Each completion is
+parsed into one input text and deduplicated against the seeds and every earlier completion
+(`teacher_svc.dedupe`); survivors become dataset records in the format of docs/contracts.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from syllabus.prompts import classification_prompt
+from syllabus.records import content_id
+
+from teacher_svc.backend import Backend, ChatPrompt, Sampling
+from teacher_svc.dedupe import DuplicateIndex
+
+METHOD = "seed_expansion"
+EXAMPLES_PER_PROMPT = 3
+MIN_INPUT_CHARS = 8  # shorter replies ("Yes.", "Hi") are not usable examples
+MAX_INPUT_CHARS = 400  # longer ones are rambling, not one customer message
+DEFAULT_BATCH_SIZE = 16
+
+TEMPLATE = """Task: {instructions}
+
+Here are messages with the label "{label}":
+{examples}
+
+Write one more, different message with the same label "{label}". Reply with only the new message."""
+PREFILL = 'New message: "'
+STOP = ("\n",)
+PROMPT_TEMPLATE_HASH = hashlib.sha256(
+    json.dumps({"template": TEMPLATE, "prefill": PREFILL, "stop": STOP}, sort_keys=True).encode()
+).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A seed example; `id` is its record id (content id of input and label when the record has none)."""
+
+    id: str
+    input: str
+    label: str
+
+
+@dataclass(frozen=True)
+class ExpansionPrompt:
+    """One generation prompt: its label, the id of the first seed it shows, and the chat request."""
+
+    label: str
+    parent_id: str | None
+    chat: ChatPrompt
+
+
+@dataclass(frozen=True)
+class ExpansionRequest:
+    """Everything seed expansion needs besides the backend."""
+
+    instructions: str
+    labels: Sequence[str]
+    seeds: Sequence[Seed]
+    per_label: int
+    sampling: Sampling
+    batch_size: int = DEFAULT_BATCH_SIZE
+    round: int = 0
+
+
+@dataclass(frozen=True)
+class ExpansionResult:
+    """Records written and what was dropped on the way."""
+
+    records: list[dict]
+    duplicates_removed: int
+    unparsable: int
+    tokens_generated: int
+
+
+def parse_seeds(records: Sequence[dict]) -> list[Seed]:
+    """Seeds from JSONL records with "input" and "label"; raises ValueError naming the bad record."""
+    seeds = []
+    for i, rec in enumerate(records):
+        text, label = rec.get("input"), rec.get("label") if isinstance(rec, dict) else (None, None)
+        if not isinstance(text, str) or not text.strip() or not isinstance(label, str) or not label:
+            raise ValueError(f"record {i} needs a non-empty string \"input\" and \"label\"")
+        seeds.append(Seed(rec.get("id") or content_id(text, label), text, label))
+    return seeds
+
+
+def build_prompts(instructions: str, labels: Sequence[str], seeds: Sequence[Seed], per_label: int) -> list[ExpansionPrompt]:
+    """`per_label` prompts per label, label-major; raises ValueError if a label has no seed."""
+    prompts = []
+    for label in labels:
+        own = [s for s in seeds if s.label == label]
+        if not own:
+            raise ValueError(f"no seed example has label {label!r}")
+        k = min(EXAMPLES_PER_PROMPT, len(own))
+        for j in range(per_label):
+            # Prompt j starts where prompt j-1 stopped, so consecutive prompts show different seeds.
+            shown = [own[(j * k + i) % len(own)] for i in range(k)]
+            user = TEMPLATE.format(
+                instructions=instructions.strip(),
+                label=label,
+                examples="\n".join(f"- {s.input.strip()}" for s in shown),
+            )
+            prompts.append(ExpansionPrompt(label, shown[0].id, ChatPrompt(user, PREFILL)))
+    return prompts
+
+
+_BULLET = re.compile(r"^\s*(?:[-*•>]+|#?\d+[.):]|\(\d+\))\s*")
+_PREFIX = re.compile(r"^(?:new\s+)?(?:customer\s+)?(?:message|input|example|text)\s*\d*\s*:\s*", re.I)
+_QUOTES = "\"'“”‘’`"
+
+
+def input_length_problem(text: str) -> str | None:
+    """Why `text` cannot be an example input ("empty", "too_short", "too_long"), or None."""
+    stripped = text.strip()
+    if not stripped or not any(c.isalnum() for c in stripped):
+        return "empty"
+    if len(stripped) < MIN_INPUT_CHARS:
+        return "too_short"
+    if len(stripped) > MAX_INPUT_CHARS:
+        return "too_long"
+    return None
+
+
+def parse_completion(text: str) -> str | None:
+    """One input text from a completion, or None if there is none.
+
+    The completion continues the prefill `New message: "`, so the message normally ends at the next
+    double quote. Tolerated junk: blank lines, intro lines ending in ":", bullets, numbering,
+    "Message:"-style prefixes and surrounding quotes.
+    """
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.endswith(":"):
+            continue
+        line = _PREFIX.sub("", _BULLET.sub("", line))
+        if '"' in line.lstrip(_QUOTES):  # the prefill's quote closes here
+            line = line.lstrip(_QUOTES).split('"', 1)[0]
+        line = line.strip().strip(_QUOTES).strip()
+        return line if input_length_problem(line) is None else None
+    return None
+
+
+def provenance(backend: Backend, sampling: Sampling, round_: int) -> dict:
+    return {
+        "method": METHOD,
+        "backend": backend.name,
+        "model": backend.model,
+        "revision": backend.revision,
+        "prompt_template_hash": PROMPT_TEMPLATE_HASH,
+        "sampling": {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_new_tokens": sampling.max_new_tokens,
+            "n": sampling.n,
+            "seed": sampling.seed,
+        },
+        "round": round_,
+    }
+
+
+def expand_seeds(backend: Backend, req: ExpansionRequest) -> ExpansionResult:
+    """Generate, parse and deduplicate; returns contract records in prompt order (blocking)."""
+    prompts = build_prompts(req.instructions, req.labels, req.seeds, req.per_label)
+    completions = backend.generate([p.chat for p in prompts], req.sampling, req.batch_size, stop=STOP)
+    seen = DuplicateIndex()
+    for s in req.seeds:
+        seen.add(s.input, s.id)
+    prov = provenance(backend, req.sampling, req.round)
+    labels = list(req.labels)
+    records, duplicates, unparsable, tokens = [], 0, 0, 0
+    for prompt, outs in zip(prompts, completions, strict=True):
+        for out in outs:
+            tokens += out.tokens
+            text = parse_completion(out.text)
+            if text is None:
+                unparsable += 1
+                continue
+            if seen.find(text) is not None:
+                duplicates += 1
+                continue
+            rid = content_id(text, prompt.label)
+            seen.add(text, rid)
+            records.append(
+                {
+                    "id": rid,
+                    "input": text,
+                    "label": prompt.label,
+                    "prompt": classification_prompt(req.instructions, labels, text),
+                    "response": prompt.label,
+                    "parent_id": prompt.parent_id,
+                    "provenance": prov,
+                }
+            )
+    return ExpansionResult(records, duplicates, unparsable, tokens)

@@ -1,0 +1,251 @@
+"""Training jobs of one TrainerService process: validation, idempotency, one run at a time, events.
+
+- `plan_from_request` turns a `StartTrainingRequest` into a validated `TrainingPlan` or raises
+  `InvalidRequest` naming the field.
+- `TrainingJobs.start` is idempotent on `job_key`: a known key returns its job (unless that job
+  FAILED: then a retry starts a new attempt). If the adapter already exists at `output_key` the job
+  succeeds at once without training — how a retried orchestrator activity avoids recomputing.
+- Jobs run one at a time (FIFO) in a worker thread; their events (PENDING, RUNNING per optimiser
+  step, then SUCCEEDED or FAILED) stay in memory, and `Job.follow` streams them to watchers.
+
+All job state is touched on the event loop only; the training thread hands events over with
+`call_soon_threadsafe`, so no locks guard it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from syllabus.artifacts import ArtifactRef, ArtifactStore, InvalidKey, validate_key
+from syllabus.models import check_model_ref, fetch_adapter
+from syllabus.pb import ref_from_pb, ref_to_pb
+from syllabus_sdk.trainer.v1 import trainer_pb2
+from trainer_svc.sft import DatasetError, SFTConfig, TrainingStopped, read_dataset, run_sft
+
+log = logging.getLogger(__name__)
+
+State = trainer_pb2.TrainingState
+TERMINAL = (State.TRAINING_STATE_SUCCEEDED, State.TRAINING_STATE_FAILED)
+DEFAULT_MAX_SEQ_LEN = 512  # TrainingSpec.max_seq_len 0 means this
+
+
+class InvalidRequest(ValueError):
+    """A request field is malformed: `field` is its proto path (e.g. "lora.rank")."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A validated StartTrainingRequest."""
+
+    job_key: str
+    base: str
+    dataset: ArtifactRef
+    init_adapter: ArtifactRef | None
+    output_key: str
+    config: SFTConfig
+
+
+def plan_from_request(req: trainer_pb2.StartTrainingRequest) -> TrainingPlan:
+    """Validate a request; raise InvalidRequest for the first malformed field.
+
+    Unset (0) fields with a documented default: `training.max_seq_len` (512), `training.warmup_ratio`
+    (no warm-up), `lora.dropout` (none), `training.seed` (0). Everything else must be given.
+    """
+    lora, training = req.lora, req.training
+
+    def require(ok: bool, field: str, problem: str) -> None:
+        if not ok:
+            raise InvalidRequest(field, problem)
+
+    require(bool(req.job_key.strip()), "job_key", "must not be empty")
+    require(bool(req.model.base), "model.base", "must name a model, e.g. bundled:smollm2-135m-instruct")
+    require(req.HasField("dataset") and bool(req.dataset.uri), "dataset", "must reference a JSONL artifact")
+    require(lora.rank > 0, "lora.rank", f"must be > 0, got {lora.rank}")
+    require(lora.alpha > 0, "lora.alpha", f"must be > 0, got {lora.alpha:g}")
+    require(0 <= lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {lora.dropout:g}")
+    require(len(lora.target_modules) > 0, "lora.target_modules", "must name at least one module, e.g. q_proj")
+    require(all(m.strip() for m in lora.target_modules), "lora.target_modules", "must not contain empty names")
+    require(training.epochs > 0, "training.epochs", f"must be > 0, got {training.epochs}")
+    require(training.learning_rate > 0, "training.learning_rate", f"must be > 0, got {training.learning_rate:g}")
+    require(training.batch_size > 0, "training.batch_size", f"must be > 0, got {training.batch_size}")
+    require(0 <= training.warmup_ratio < 1, "training.warmup_ratio", f"must be in [0, 1), got {training.warmup_ratio:g}")
+    require(training.max_seq_len >= 0, "training.max_seq_len", f"must be >= 0 (0: {DEFAULT_MAX_SEQ_LEN}), got {training.max_seq_len}")
+    require(bool(req.output_key), "output_key", "must not be empty")
+    try:
+        output_key = validate_key(req.output_key)
+    except InvalidKey as e:
+        raise InvalidRequest("output_key", str(e)) from None
+    return TrainingPlan(
+        job_key=req.job_key,
+        base=req.model.base,
+        dataset=ref_from_pb(req.dataset),
+        init_adapter=ref_from_pb(req.model.adapter) if req.model.HasField("adapter") else None,
+        output_key=output_key,
+        config=SFTConfig(
+            epochs=training.epochs,
+            learning_rate=training.learning_rate,
+            batch_size=training.batch_size,
+            warmup_ratio=training.warmup_ratio,
+            seed=training.seed,
+            max_seq_len=training.max_seq_len or DEFAULT_MAX_SEQ_LEN,
+            lora_rank=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=tuple(lora.target_modules),
+        ),
+    )
+
+
+class Job:
+    """One training job and its events; lives on the event loop."""
+
+    def __init__(self, job_key: str) -> None:
+        self.training_id = uuid.uuid4().hex
+        self.job_key = job_key
+        self.events: list[trainer_pb2.WatchTrainingResponse] = []
+        self._changed = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    @property
+    def state(self) -> int:
+        return self.events[-1].state if self.events else State.TRAINING_STATE_UNSPECIFIED
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+    def publish(self, event: trainer_pb2.WatchTrainingResponse) -> None:
+        """Append an event and wake the watchers (call on the event loop)."""
+        if self.done:
+            return  # nothing follows a terminal event
+        self.events.append(event)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def follow(self) -> AsyncIterator[trainer_pb2.WatchTrainingResponse]:
+        """The latest event, then every following one, until SUCCEEDED or FAILED."""
+        i = max(0, len(self.events) - 1)
+        while True:
+            while i < len(self.events):
+                event = self.events[i]
+                i += 1
+                yield event
+                if event.state in TERMINAL:
+                    return
+            await self._changed.wait()
+
+
+class TrainingJobs:
+    """The job registry of one service process."""
+
+    def __init__(self, store: ArtifactStore, adapter_cache: Path) -> None:
+        self.store = store
+        self.adapter_cache = Path(adapter_cache)
+        self._jobs: dict[str, Job] = {}
+        self._by_key: dict[str, Job] = {}
+        self._start_lock = asyncio.Lock()  # makes check-then-create on job_key atomic
+        self._run_lock = asyncio.Lock()  # one training at a time, FIFO
+        self._stopping = False
+
+    def get(self, training_id: str) -> Job | None:
+        return self._jobs.get(training_id)
+
+    async def start(self, plan: TrainingPlan) -> tuple[Job, bool]:
+        """Return (job, existing). Raises InvalidRequest, ModelNotFound, ArtifactNotFound, ChecksumMismatch."""
+        async with self._start_lock:
+            job = self._by_key.get(plan.job_key)
+            if job is not None and job.state != State.TRAINING_STATE_FAILED:
+                return job, True
+            done = await asyncio.to_thread(self.store.stat, plan.output_key)
+            if done is not None:
+                log.info("job %s: adapter already at %s, not training", plan.job_key, plan.output_key)
+                job = self._add(plan.job_key)
+                job.publish(_succeeded(done, mean_loss=0.0))
+                return job, False
+            check_model_ref(plan.base)
+            pairs, init_dir = await asyncio.to_thread(self._fetch_inputs, plan)
+            job = self._add(plan.job_key)
+            job.publish(trainer_pb2.WatchTrainingResponse(state=State.TRAINING_STATE_PENDING))
+            job.task = asyncio.create_task(self._run(job, plan, pairs, init_dir))
+            return job, False
+
+    async def close(self) -> None:
+        """Stop the running job at its next step, fail the queued ones and wait for them."""
+        self._stopping = True
+        tasks = [j.task for j in self._jobs.values() if j.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _add(self, job_key: str) -> Job:
+        job = Job(job_key)
+        self._jobs[job.training_id] = job
+        self._by_key[job_key] = job
+        return job
+
+    def _fetch_inputs(self, plan: TrainingPlan) -> tuple[list[tuple[str, str]], Path | None]:
+        """Read and check the dataset and the init adapter before accepting the job (worker thread)."""
+        try:
+            data = self.store.get_bytes(plan.dataset)
+        except InvalidKey as e:
+            raise InvalidRequest("dataset.uri", str(e)) from None
+        try:
+            pairs = read_dataset(data)
+        except DatasetError as e:
+            raise InvalidRequest("dataset", str(e)) from None
+        init_dir = None
+        if plan.init_adapter is not None:
+            try:
+                init_dir = fetch_adapter(self.store, plan.init_adapter, self.adapter_cache)
+            except InvalidKey as e:
+                raise InvalidRequest("model.adapter.uri", str(e)) from None
+        return pairs, init_dir
+
+    async def _run(self, job: Job, plan: TrainingPlan, pairs: list[tuple[str, str]], init_dir: Path | None) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_step(step: int, total_steps: int, loss: float, lr: float) -> None:
+            event = trainer_pb2.WatchTrainingResponse(
+                state=State.TRAINING_STATE_RUNNING, step=step, total_steps=total_steps, loss=loss, learning_rate=lr
+            )
+            loop.call_soon_threadsafe(job.publish, event)
+
+        def train() -> tuple[ArtifactRef, float]:
+            # Another job may have published this output while we queued.
+            done = self.store.stat(plan.output_key)
+            if done is not None:
+                return done, 0.0
+            ref, result = run_sft(
+                plan.base, pairs, plan.config, self.store, plan.output_key,
+                init_adapter=init_dir, on_step=on_step, should_stop=lambda: self._stopping,
+            )
+            return ref, result.mean_loss
+
+        async with self._run_lock:
+            try:
+                if self._stopping:
+                    raise TrainingStopped("the service is shutting down")
+                log.info("job %s (%s): training", job.training_id, plan.job_key)
+                ref, mean_loss = await asyncio.to_thread(train)
+            except Exception as e:  # the job fails; the service keeps serving
+                log.exception("job %s (%s) failed", job.training_id, plan.job_key)
+                job.publish(trainer_pb2.WatchTrainingResponse(
+                    state=State.TRAINING_STATE_FAILED, message=f"{type(e).__name__}: {e}"
+                ))
+            else:
+                log.info("job %s (%s): succeeded, mean loss %.4f", job.training_id, plan.job_key, mean_loss)
+                job.publish(_succeeded(ref, mean_loss))
+
+
+def _succeeded(ref: ArtifactRef, mean_loss: float) -> trainer_pb2.WatchTrainingResponse:
+    return trainer_pb2.WatchTrainingResponse(
+        state=State.TRAINING_STATE_SUCCEEDED, adapter=ref_to_pb(ref), mean_loss=mean_loss
+    )
