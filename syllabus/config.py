@@ -32,6 +32,11 @@ class Config(BaseModel):
     trainer_address: str = Field("127.0.0.1:50063", description="TrainerService host:port.")
     gateway_address: str = Field("127.0.0.1:50060", description="JobService gateway host:port.")
     model_cache: Path | None = Field(None, description="Where dequantized bundled models are cached.")
+    s3_endpoint: str = Field("", description="S3/MinIO endpoint host:port for s3:// artifact URLs.")
+    s3_access_key: str = Field("", description="S3/MinIO access key (a secret in deployments).")
+    s3_secret_key: str = Field("", description="S3/MinIO secret key (a secret in deployments).")
+    s3_secure: bool = Field(True, description="Use TLS to reach the S3 endpoint.")
+    log_level: str = Field("INFO", description="Python log level of services, worker and gateway.")
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'syllabus.db'}"

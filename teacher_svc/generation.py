@@ -87,7 +87,7 @@ def parse_seeds(records: Sequence[dict]) -> list[Seed]:
     """Seeds from JSONL records with "input" and "label"; raises ValueError naming the bad record."""
     seeds = []
     for i, rec in enumerate(records):
-        text, label = rec.get("input"), rec.get("label") if isinstance(rec, dict) else (None, None)
+        text, label = (rec.get("input"), rec.get("label")) if isinstance(rec, dict) else (None, None)
         if not isinstance(text, str) or not text.strip() or not isinstance(label, str) or not label:
             raise ValueError(f"record {i} needs a non-empty string \"input\" and \"label\"")
         seeds.append(Seed(rec.get("id") or content_id(text, label), text, label))

@@ -218,34 +218,36 @@ class TrainingJobs:
             )
             loop.call_soon_threadsafe(job.publish, event)
 
-        def train() -> tuple[ArtifactRef, float]:
+        def train() -> trainer_pb2.WatchTrainingResponse:
             # Another job may have published this output while we queued.
             done = self.store.stat(plan.output_key)
             if done is not None:
-                return done, 0.0
+                return _succeeded(done, mean_loss=0.0)
             ref, result = run_sft(
                 plan.base, pairs, plan.config, self.store, plan.output_key,
                 init_adapter=init_dir, on_step=on_step, should_stop=lambda: self._stopping,
             )
-            return ref, result.mean_loss
+            return _succeeded(ref, result.mean_loss, steps=len(result.losses))
 
         async with self._run_lock:
             try:
                 if self._stopping:
                     raise TrainingStopped("the service is shutting down")
                 log.info("job %s (%s): training", job.training_id, plan.job_key)
-                ref, mean_loss = await asyncio.to_thread(train)
+                succeeded = await asyncio.to_thread(train)
             except Exception as e:  # the job fails; the service keeps serving
                 log.exception("job %s (%s) failed", job.training_id, plan.job_key)
                 job.publish(trainer_pb2.WatchTrainingResponse(
                     state=State.TRAINING_STATE_FAILED, message=f"{type(e).__name__}: {e}"
                 ))
             else:
-                log.info("job %s (%s): succeeded, mean loss %.4f", job.training_id, plan.job_key, mean_loss)
-                job.publish(_succeeded(ref, mean_loss))
+                log.info("job %s (%s): succeeded, mean loss %.4f", job.training_id, plan.job_key, succeeded.mean_loss)
+                job.publish(succeeded)
 
 
-def _succeeded(ref: ArtifactRef, mean_loss: float) -> trainer_pb2.WatchTrainingResponse:
+def _succeeded(ref: ArtifactRef, mean_loss: float, steps: int = 0) -> trainer_pb2.WatchTrainingResponse:
+    """The final event; steps and mean_loss are 0 when the adapter existed and nothing was trained."""
     return trainer_pb2.WatchTrainingResponse(
-        state=State.TRAINING_STATE_SUCCEEDED, adapter=ref_to_pb(ref), mean_loss=mean_loss
+        state=State.TRAINING_STATE_SUCCEEDED, step=steps, total_steps=steps,
+        adapter=ref_to_pb(ref), mean_loss=mean_loss,
     )

@@ -1,0 +1,698 @@
+"""Thin activities: each one calls one service (or does one small data step) and records metadata in SQL.
+
+Every activity is idempotent. Its output key is derived from the job, round, step, the sha256 of its
+input artifacts and its parameters (`orchestrator.keys.output_key`); before calling a service it
+looks for that key in the artifact store and, if the output is already published, uses it without
+calling the service. SQL rows are always (re)derived from the output artifact and written with
+`insert_ignore`, so a retry after a crash between "artifact written" and "rows written" completes the
+rows and a retry after both duplicates nothing.
+
+Heavy modules (grpc, the generated stubs, SQLAlchemy, pydantic task specs) are imported inside the
+methods, so importing this module (as the workflow sandbox and the gateway do) stays cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from orchestrator.keys import job_prefix, output_key
+from orchestrator.selection import select_top
+from orchestrator.types import (
+    CritiqueInput,
+    CritiqueOutput,
+    EvaluateInput,
+    EvaluateOutput,
+    FinishJobInput,
+    FinishJobOutput,
+    GenerateInput,
+    GenerateOutput,
+    PrepareJobInput,
+    PrepareJobOutput,
+    ScoreInput,
+    ScoreOutput,
+    SelectInput,
+    SelectOutput,
+    TrainInput,
+    TrainOutput,
+)
+from syllabus.artifacts import ArtifactRef
+from syllabus.records import content_id, dumps_jsonl, loads_jsonl
+
+if TYPE_CHECKING:
+    import grpc
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from syllabus.artifacts import ArtifactStore
+    from syllabus.config import Config
+    from syllabus.db import Base
+    from syllabus.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Status codes that no retry can fix: the request, an input or the model is wrong.
+NON_RETRYABLE_CODES = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "DATA_LOSS"})
+# Interval of background heartbeats while a unary call runs (the SDK throttles them further).
+HEARTBEAT_EVERY_S = 5.0
+# Scores the student computes, in SQL `scores.metric` spelling.
+SCORE_METRICS = ("loss_base", "loss_ref", "learnability")
+
+
+class _Heartbeater:
+    """Heartbeats in the background while a long call runs, repeating the latest progress details."""
+
+    def __init__(self) -> None:
+        self.details: dict[str, Any] | None = None
+
+    def update(self, details: dict[str, Any]) -> None:
+        self.details = details
+        activity.heartbeat(details)
+
+    async def loop(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            if self.details is None:
+                activity.heartbeat()
+            else:
+                activity.heartbeat(self.details)
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating(every: float = HEARTBEAT_EVERY_S) -> AsyncIterator[_Heartbeater]:
+    hb = _Heartbeater()
+    task = asyncio.create_task(hb.loop(every))
+    try:
+        yield hb
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _rpc_failure(err: grpc.aio.AioRpcError, what: str) -> ApplicationError:
+    code = err.code().name
+    return ApplicationError(
+        f"{what} failed: {code}: {err.details()}", type=code, non_retryable=code in NON_RETRYABLE_CODES
+    )
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+class Activities:
+    """The orchestrator's activities; holds the artifact store and the SQL engine (created lazily)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._store: ArtifactStore | None = None
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+        self._lock = threading.Lock()
+        self._tasks: dict[str, TaskSpec] = {}
+
+    # --- resources ---------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> ArtifactStore:
+        with self._lock:
+            if self._store is None:
+                from syllabus.artifacts import open_store
+
+                self._store = open_store(self.config.resolved_artifact_url())
+            return self._store
+
+    def _session_factory(self) -> sessionmaker[Session]:
+        with self._lock:
+            if self._sessions is None:
+                from syllabus.db import make_engine, session_factory
+
+                self._engine = make_engine(self.config.resolved_database_url())
+                self._sessions = session_factory(self._engine)
+            return self._sessions
+
+    def close(self) -> None:
+        """Dispose the SQL engine (the worker calls this on shutdown)."""
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def _insert_rows(self, model: type[Base], rows: list[dict]) -> int:
+        from syllabus.db import insert_ignore
+
+        with self._session_factory().begin() as session:
+            return insert_ignore(session, model, rows)
+
+    async def _record(self, model: type[Base], rows: list[dict]) -> int:
+        """Insert rows, skipping existing ones (a retry duplicates nothing); returns how many were new."""
+        return await asyncio.to_thread(self._insert_rows, model, rows)
+
+    def _read(self, ref: ArtifactRef) -> bytes:
+        from syllabus.artifacts import ArtifactNotFound, ChecksumMismatch, InvalidKey
+
+        try:
+            return self.store.get_bytes(ref)
+        except ArtifactNotFound as e:
+            raise ApplicationError(str(e), type="NOT_FOUND", non_retryable=True) from e
+        except ChecksumMismatch as e:
+            raise ApplicationError(str(e), type="DATA_LOSS", non_retryable=True) from e
+        except InvalidKey as e:
+            raise ApplicationError(str(e), type="INVALID_ARGUMENT", non_retryable=True) from e
+
+    def _read_jsonl(self, ref: ArtifactRef) -> list[dict]:
+        return loads_jsonl(self._read(ref))
+
+    def _publish_once(self, key: str, data: bytes) -> ArtifactRef:
+        """Publish derived data at key unless the same bytes are already there."""
+        import hashlib
+
+        existing = self.store.stat(key)
+        if existing is not None:
+            if existing.sha256 != hashlib.sha256(data).hexdigest():
+                raise ApplicationError(
+                    f"artifact {key} exists with different content; refusing to overwrite it",
+                    type="CONFLICT",
+                    non_retryable=True,
+                )
+            return existing
+        return self.store.put_bytes(key, data)
+
+    def _task(self, ref: ArtifactRef) -> TaskSpec:
+        """The task spec behind ref (parsed once per sha256)."""
+        task = self._tasks.get(ref.sha256)
+        if task is None:
+            from syllabus.tasks import TaskSpecError, parse_task
+
+            try:
+                task = parse_task(self._read(ref).decode(), source=ref.uri)
+            except TaskSpecError as e:
+                raise ApplicationError(str(e), type="INVALID_ARGUMENT", non_retryable=True) from e
+            self._tasks[ref.sha256] = task
+        return task
+
+    async def _unary(self, address: str, what: str, call: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
+        """Make one unary call on a fresh channel, heartbeating while it runs."""
+        import grpc
+
+        async with grpc.aio.insecure_channel(address) as channel, _heartbeating():
+            try:
+                return await call(channel)
+            except grpc.aio.AioRpcError as e:
+                raise _rpc_failure(e, what) from None
+
+    # --- activities --------------------------------------------------------------------------------
+
+    @activity.defn
+    async def prepare_job(self, inp: PrepareJobInput) -> PrepareJobOutput:
+        """Write the seed and eval sets as JSONL and record the job and its samples."""
+        from syllabus.db import Job, Sample
+
+        task = self._task(inp.task_ref)
+        prefix = job_prefix(inp.job_id)
+        seeds: dict[str, dict] = {}
+        for ex in task.seeds:
+            sid = content_id(ex.input, ex.label)
+            seeds.setdefault(
+                sid,
+                {
+                    "id": sid,
+                    "input": ex.input,
+                    "label": ex.label,
+                    "prompt": task.prompt_for(ex.input),
+                    "response": ex.label,
+                    "parent_id": None,
+                    "provenance": {"method": "seed"},
+                },
+            )
+        evals: dict[str, dict] = {}
+        for ex in task.eval:
+            eid = content_id(ex.input, ex.label)
+            evals.setdefault(
+                eid, {"id": eid, "input": ex.input, "label": ex.label, "prompt": task.prompt_for(ex.input)}
+            )
+        seeds_ref = self._publish_once(f"{prefix}/seeds.jsonl", dumps_jsonl(seeds.values()))
+        eval_ref = self._publish_once(f"{prefix}/eval.jsonl", dumps_jsonl(evals.values()))
+        artifacts_uri = self.store.uri_for(prefix)
+
+        await self._record(
+            Job,
+            [
+                {
+                    "id": inp.job_id,
+                    "task_name": task.name,
+                    "task_yaml": self._read(inp.task_ref).decode(),
+                    "status": "running",
+                    "rounds_total": inp.rounds,
+                    "artifacts_uri": artifacts_uri,
+                }
+            ],
+        )
+        rows = [
+            {
+                "job_id": inp.job_id,
+                "sample_id": r["id"],
+                "round": 0,
+                "split": split,
+                "input": r["input"],
+                "label": r["label"],
+                "parent_id": None,
+                "provenance": r.get("provenance", {}),
+                "artifact_uri": ref.uri,
+            }
+            for split, records, ref in (("seed", seeds, seeds_ref), ("eval", evals, eval_ref))
+            for r in records.values()
+        ]
+        await self._record(Sample, rows)
+        return PrepareJobOutput(
+            seeds=seeds_ref,
+            eval_set=eval_ref,
+            seed_count=len(seeds),
+            eval_count=len(evals),
+            artifacts_uri=artifacts_uri,
+        )
+
+    @activity.defn
+    async def evaluate_student(self, inp: EvaluateInput) -> EvaluateOutput:
+        """StudentService.Evaluate on the eval set; records the Evaluation (and the Round, if given)."""
+        from syllabus.db import Evaluation, Round
+        from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
+
+        task = self._task(inp.task_ref)
+        params = {"model": task.student.model, "kind": task.kind, "labels": task.labels}
+        key = output_key(inp.job_id, inp.round, "evaluate", [inp.eval_set, inp.adapter], params, "jsonl")
+        predictions = self.store.stat(key)
+        if predictions is None:
+            model = common_pb2.ModelRef(base=task.student.model)
+            if inp.adapter is not None:
+                model.adapter.CopyFrom(ref_to_pb(inp.adapter))
+            request = student_pb2.EvaluateRequest(
+                model=model,
+                kind=common_pb2.TASK_KIND_CLASSIFICATION,
+                eval_set=ref_to_pb(inp.eval_set),
+                labels=task.labels,
+                output_key=key,
+            )
+            response = await self._unary(
+                self.config.student_address,
+                "StudentService.Evaluate",
+                lambda ch: student_pb2_grpc.StudentServiceStub(ch).Evaluate(request),
+            )
+            predictions = ref_from_pb(response.predictions)
+            if predictions is None:
+                raise ApplicationError("StudentService.Evaluate returned no predictions", type="DATA_LOSS")
+
+        records = self._read_jsonl(predictions)
+        correct = sum(1 for r in records if r.get("correct"))
+        total = len(records)
+        accuracy = correct / total if total else 0.0
+        adapter_uri = inp.adapter.uri if inp.adapter is not None else ""
+        await self._record(
+            Evaluation,
+            [
+                {
+                    "job_id": inp.job_id,
+                    "round": inp.round,
+                    "stage": inp.stage,
+                    "accuracy": accuracy,
+                    "correct": correct,
+                    "total": total,
+                    "adapter_uri": adapter_uri,
+                    "predictions_uri": predictions.uri,
+                }
+            ],
+        )
+        if inp.round_counts is not None:
+            c = inp.round_counts
+            await self._record(
+                Round,
+                [
+                    {
+                        "job_id": inp.job_id,
+                        "round": inp.round,
+                        "generated": c.generated,
+                        "kept": c.kept,
+                        "selected": c.selected,
+                        "trained": c.trained,
+                        "accuracy": accuracy,
+                    }
+                ],
+            )
+        return EvaluateOutput(accuracy=accuracy, correct=correct, total=total, predictions=predictions)
+
+    @activity.defn
+    async def generate_examples(self, inp: GenerateInput) -> GenerateOutput:
+        """TeacherService.Generate: expand the seeds into new labelled examples; records the samples."""
+        from syllabus.db import Sample
+        from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+
+        task = self._task(inp.task_ref)
+        g = task.generate
+        sampling = {
+            "temperature": g.temperature,
+            "top_p": g.top_p,
+            "max_new_tokens": g.max_new_tokens,
+            "n": g.n,
+            "seed": g.seed + inp.round,
+        }
+        params = {
+            "model": task.teacher.model,
+            "kind": task.kind,
+            "instructions": task.instructions,
+            "labels": task.labels,
+            "per_label": g.per_label,
+            "batch_size": g.batch_size,
+            "sampling": sampling,
+            "round": inp.round,
+        }
+        key = output_key(inp.job_id, inp.round, "generate", [inp.seeds], params, "jsonl")
+        examples = self.store.stat(key)
+        if examples is None:
+            request = teacher_pb2.GenerateRequest(
+                model=common_pb2.ModelRef(base=task.teacher.model),
+                kind=common_pb2.TASK_KIND_CLASSIFICATION,
+                instructions=task.instructions,
+                labels=task.labels,
+                seeds=ref_to_pb(inp.seeds),
+                per_label=g.per_label,
+                sampling=common_pb2.SamplingParams(**sampling),
+                batch_size=g.batch_size,
+                output_key=key,
+                round=inp.round,
+            )
+            response = await self._unary(
+                self.config.teacher_address,
+                "TeacherService.Generate",
+                lambda ch: teacher_pb2_grpc.TeacherServiceStub(ch).Generate(request),
+            )
+            examples = ref_from_pb(response.examples)
+            if examples is None:
+                raise ApplicationError("TeacherService.Generate returned no examples", type="DATA_LOSS")
+
+        records = self._read_jsonl(examples)
+        await self._record(
+            Sample,
+            [
+                {
+                    "job_id": inp.job_id,
+                    "sample_id": r["id"],
+                    "round": inp.round,
+                    "split": "generated",
+                    "input": r["input"],
+                    "label": r["label"],
+                    "parent_id": r.get("parent_id"),
+                    "provenance": r.get("provenance") or {},
+                    "artifact_uri": examples.uri,
+                }
+                for r in records
+            ],
+        )
+        return GenerateOutput(examples=examples, generated=len(records))
+
+    @activity.defn
+    async def critique_examples(self, inp: CritiqueInput) -> CritiqueOutput:
+        """TeacherService.Critique (judge): keep or drop each generated example; records the critiques."""
+        from syllabus.db import Critique
+        from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+
+        task = self._task(inp.task_ref)
+        mode = task.critique.mode
+        params = {"model": task.teacher.model, "mode": mode, "kind": task.kind, "labels": task.labels}
+        prefix = output_key(inp.job_id, inp.round, "critique", [inp.examples, inp.seeds], params)
+        kept = self.store.stat(f"{prefix}-kept.jsonl")
+        critiques = self.store.stat(f"{prefix}-critiques.jsonl")
+        if kept is None or critiques is None:
+            request = teacher_pb2.CritiqueRequest(
+                model=common_pb2.ModelRef(base=task.teacher.model),
+                mode=teacher_pb2.CRITIQUE_MODE_JUDGE,
+                kind=common_pb2.TASK_KIND_CLASSIFICATION,
+                labels=task.labels,
+                examples=ref_to_pb(inp.examples),
+                seeds=ref_to_pb(inp.seeds),
+                output_key=prefix,
+            )
+            response = await self._unary(
+                self.config.teacher_address,
+                "TeacherService.Critique",
+                lambda ch: teacher_pb2_grpc.TeacherServiceStub(ch).Critique(request),
+            )
+            kept, critiques = ref_from_pb(response.kept), ref_from_pb(response.critiques)
+            if kept is None or critiques is None:
+                raise ApplicationError("TeacherService.Critique returned no outputs", type="DATA_LOSS")
+
+        verdicts = self._read_jsonl(critiques)
+        kept_count = len(self._read_jsonl(kept))
+        await self._record(
+            Critique,
+            [
+                {
+                    "job_id": inp.job_id,
+                    "sample_id": v["id"],
+                    "mode": mode,
+                    "keep": bool(v["keep"]),
+                    "reason": str(v.get("reason", "")),
+                }
+                for v in verdicts
+            ],
+        )
+        return CritiqueOutput(
+            kept=kept,
+            critiques=critiques,
+            kept_count=kept_count,
+            dropped_count=sum(1 for v in verdicts if not v["keep"]),
+        )
+
+    @activity.defn
+    async def score_samples(self, inp: ScoreInput) -> ScoreOutput:
+        """StudentService.Score: LoBaSS losses and learnability under the reference adapter; records scores."""
+        from syllabus.db import Score
+        from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
+
+        task = self._task(inp.task_ref)
+        params = {"model": task.student.model, "metrics": list(SCORE_METRICS)}
+        key = output_key(inp.job_id, inp.round, "score", [inp.dataset, inp.reference], params, "jsonl")
+        scores = self.store.stat(key)
+        if scores is None:
+            request = student_pb2.ScoreRequest(
+                model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.reference)),
+                dataset=ref_to_pb(inp.dataset),
+                metrics=[
+                    student_pb2.METRIC_LOSS_BASE,
+                    student_pb2.METRIC_LOSS_REF,
+                    student_pb2.METRIC_LEARNABILITY,
+                ],
+                output_key=key,
+            )
+            response = await self._unary(
+                self.config.student_address,
+                "StudentService.Score",
+                lambda ch: student_pb2_grpc.StudentServiceStub(ch).Score(request),
+            )
+            scores = ref_from_pb(response.scores)
+            if scores is None:
+                raise ApplicationError("StudentService.Score returned no scores", type="DATA_LOSS")
+
+        records = self._read_jsonl(scores)
+        model = f"{task.student.model}+{inp.reference.uri}"
+        await self._record(
+            Score,
+            [
+                {
+                    "job_id": inp.job_id,
+                    "round": inp.round,
+                    "sample_id": r["id"],
+                    "metric": metric,
+                    "value": float(r[metric]),
+                    "model": model,
+                }
+                for r in records
+                for metric in SCORE_METRICS
+                # A NaN (e.g. learnability at zero base loss) is kept in the artifact, not in SQL.
+                if _finite(r.get(metric))
+            ],
+        )
+        return ScoreOutput(scores=scores, count=len(records))
+
+    @activity.defn
+    async def select_samples(self, inp: SelectInput) -> SelectOutput:
+        """Select the most learnable kept examples and write the training set (selected + seeds)."""
+        from syllabus.db import Selection
+
+        kept = {r["id"]: r for r in self._read_jsonl(inp.kept)}
+        scores = [r for r in self._read_jsonl(inp.scores) if r["id"] in kept]
+        chosen = select_top(scores, inp.top_fraction, metric="learnability")
+        seeds = self._read_jsonl(inp.seeds)
+        chosen_ids = set(chosen)
+        train = [kept[i] for i in chosen] + [s for s in seeds if s["id"] not in chosen_ids]
+
+        params = {"top_fraction": inp.top_fraction, "metric": "learnability"}
+        key = output_key(inp.job_id, inp.round, "select", [inp.kept, inp.scores, inp.seeds], params, "jsonl")
+        train_set = self._publish_once(key, dumps_jsonl(train))
+        await self._record(
+            Selection,
+            [{"job_id": inp.job_id, "round": inp.round, "sample_id": sid, "rank": i} for i, sid in enumerate(chosen)],
+        )
+        return SelectOutput(train_set=train_set, selected=len(chosen), trained=len(train))
+
+    @activity.defn
+    async def train_adapter(self, inp: TrainInput) -> TrainOutput:
+        """TrainerService.StartTraining + WatchTraining: one LoRA SFT run; records the training run.
+
+        Heartbeats on every progress event. The adapter's step count and mean loss are kept next to it
+        (`<key>-metrics.json`), published after the adapter, so a retry can answer from the store.
+        """
+        import grpc
+
+        from syllabus.db import TrainingRun
+        from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+        if inp.stage not in ("reference", "sft"):
+            raise ApplicationError(f"unknown training stage {inp.stage!r}", type="INVALID_ARGUMENT", non_retryable=True)
+        task = self._task(inp.task_ref)
+        t = task.train
+        lora = {"rank": t.lora_rank, "alpha": t.lora_alpha, "dropout": t.lora_dropout, "target_modules": t.target_modules}
+        training = {
+            "epochs": t.reference_epochs if inp.stage == "reference" else t.epochs,
+            "learning_rate": t.learning_rate,
+            "batch_size": t.batch_size,
+            "warmup_ratio": t.warmup_ratio,
+            "seed": t.seed,
+            "max_seq_len": t.max_seq_len,
+        }
+        params = {"model": task.student.model, "stage": inp.stage, "lora": lora, "training": training}
+        step_name = "reference" if inp.stage == "reference" else "train"
+        key = output_key(inp.job_id, inp.round, step_name, [inp.dataset, inp.init_adapter], params, "tar")
+        metrics_key = key.removesuffix(".tar") + "-metrics.json"
+
+        adapter = self.store.stat(key)
+        metrics_ref = self.store.stat(metrics_key)
+        samples = len(self._read_jsonl(inp.dataset))
+        if adapter is not None and metrics_ref is not None:
+            metrics = json.loads(self._read(metrics_ref))
+        else:
+            model = common_pb2.ModelRef(base=task.student.model)
+            if inp.init_adapter is not None:
+                model.adapter.CopyFrom(ref_to_pb(inp.init_adapter))
+            request = trainer_pb2.StartTrainingRequest(
+                job_key=key,
+                model=model,
+                dataset=ref_to_pb(inp.dataset),
+                lora=trainer_pb2.LoraSpec(**lora),
+                training=trainer_pb2.TrainingSpec(**training),
+                output_key=key,
+            )
+            final: trainer_pb2.WatchTrainingResponse | None = None
+            async with grpc.aio.insecure_channel(self.config.trainer_address) as channel, _heartbeating() as hb:
+                stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+                try:
+                    started = await stub.StartTraining(request)
+                    hb.update({"training_id": started.training_id, "state": "PENDING"})
+                    async for event in stub.WatchTraining(
+                        trainer_pb2.WatchTrainingRequest(training_id=started.training_id)
+                    ):
+                        hb.update(
+                            {
+                                "state": trainer_pb2.TrainingState.Name(event.state).removeprefix("TRAINING_STATE_"),
+                                "step": event.step,
+                                "total": event.total_steps,
+                                "loss": round(float(event.loss), 4),
+                            }
+                        )
+                        if event.state == trainer_pb2.TRAINING_STATE_FAILED:
+                            raise ApplicationError(
+                                f"training {started.training_id} failed: {event.message}",
+                                type="TrainingFailed",
+                                non_retryable=True,
+                            )
+                        if event.state == trainer_pb2.TRAINING_STATE_SUCCEEDED:
+                            final = event
+                            break
+                except grpc.aio.AioRpcError as e:
+                    raise _rpc_failure(e, "TrainerService training") from None
+            if final is None:
+                # The stream ended without a verdict (e.g. the trainer restarted): retry, which
+                # reattaches to the same job through its job_key.
+                raise ApplicationError("training progress stream ended before the job finished", type="TrainingInterrupted")
+            adapter = ref_from_pb(final.adapter)
+            if adapter is None:
+                raise ApplicationError("training succeeded without an adapter", type="DATA_LOSS")
+            metrics = {"steps": int(final.total_steps or final.step), "mean_loss": float(final.mean_loss)}
+            self._publish_once(metrics_key, json.dumps(metrics, sort_keys=True).encode())
+
+        await self._record(
+            TrainingRun,
+            [
+                {
+                    "job_id": inp.job_id,
+                    "round": inp.round,
+                    "stage": inp.stage,
+                    "dataset_uri": inp.dataset.uri,
+                    "adapter_uri": adapter.uri,
+                    "samples": samples,
+                    "steps": int(metrics["steps"]),
+                    "mean_loss": float(metrics["mean_loss"]),
+                    "params": {
+                        **params,
+                        "init_adapter": inp.init_adapter.uri if inp.init_adapter is not None else None,
+                    },
+                }
+            ],
+        )
+        return TrainOutput(
+            adapter=adapter, samples=samples, steps=int(metrics["steps"]), mean_loss=float(metrics["mean_loss"])
+        )
+
+    @activity.defn
+    async def finish_job(self, inp: FinishJobInput) -> FinishJobOutput:
+        """Mark the job's row completed / failed / cancelled with its accuracies."""
+        await asyncio.to_thread(self._finish, inp)
+        return FinishJobOutput(status=inp.status)
+
+    def _finish(self, inp: FinishJobInput) -> None:
+        from sqlalchemy import update
+
+        from syllabus.db import Job
+
+        with self._session_factory().begin() as session:
+            values: dict[str, object] = {"status": inp.status}
+            if inp.baseline_accuracy is not None:
+                values["baseline_accuracy"] = inp.baseline_accuracy
+            if inp.final_accuracy is not None:
+                values["final_accuracy"] = inp.final_accuracy
+            updated = session.execute(update(Job).where(Job.id == inp.job_id).values(**values)).rowcount
+        if not updated:
+            # prepare_job never ran (the job failed before it): nothing to mark.
+            log.warning("finish_job: no row for job %s", inp.job_id)
+
+    def all(self) -> list[Callable[..., Awaitable[Any]]]:
+        """The activity callables to register on a worker."""
+        return [
+            self.prepare_job,
+            self.evaluate_student,
+            self.generate_examples,
+            self.critique_examples,
+            self.score_samples,
+            self.select_samples,
+            self.train_adapter,
+            self.finish_job,
+        ]

@@ -1,0 +1,59 @@
+"""The orchestrator worker: runs DistillationWorkflow and its activities on the configured task queue.
+
+Run it (the services and a Temporal server must be reachable; settings come from `SYLLABUS_*`):
+
+    SYLLABUS_TEMPORAL_ADDRESS=127.0.0.1:7233 SYLLABUS_TASK_QUEUE=syllabus python -m orchestrator.worker
+
+It stops gracefully (finishing in-flight activities) on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from orchestrator.activities import Activities
+from orchestrator.workflows import DistillationWorkflow
+from syllabus.config import Config, load_config
+
+log = logging.getLogger(__name__)
+
+
+def build_worker(client: Client, config: Config, task_queue: str | None = None) -> Worker:
+    """A worker for the distillation workflow and its activities (not started)."""
+    activities = Activities(config)
+    return Worker(
+        client,
+        task_queue=task_queue or config.task_queue,
+        workflows=[DistillationWorkflow],
+        activities=activities.all(),
+    )
+
+
+async def run_worker(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Connect to Temporal and run a worker until `stop` is set (or forever when None)."""
+    client = await Client.connect(config.temporal_address, namespace=config.temporal_namespace)
+    worker = build_worker(client, config)
+    log.info("worker polling task queue %r on %s", config.task_queue, config.temporal_address)
+    if stop is None:
+        await worker.run()
+        return
+    async with worker:
+        await stop.wait()
+
+
+async def _main() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run_worker(load_config(), stop)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_main())

@@ -1,0 +1,211 @@
+"""DistillationWorkflow: the durable distillation loop.
+
+    prepare -> baseline-eval -> for each round:
+        generate -> critique -> [reference-train (round 1)] -> score -> select -> train -> evaluate
+
+Deterministic logic only; every step with I/O is an activity in `orchestrator.activities`, and data
+moves between steps as `ArtifactRef`s. Learnability needs a reference adapter (LoBaSS): round 1
+trains a brief one on the kept candidates; later rounds use the previous round's adapter. A round
+whose critique keeps nothing trains on the seeds alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from orchestrator.activities import Activities
+    from orchestrator.types import (
+        CritiqueInput,
+        DistillationInput,
+        EvaluateInput,
+        FinishJobInput,
+        GenerateInput,
+        JobProgress,
+        PrepareJobInput,
+        RoundCounts,
+        RoundResult,
+        ScoreInput,
+        SelectInput,
+        StepTime,
+        TrainInput,
+    )
+    from syllabus.artifacts import ArtifactRef
+
+I = TypeVar("I")  # noqa: E741
+O = TypeVar("O")  # noqa: E741
+
+# Training and generation on a CPU can take many minutes; heartbeats, not this, detect a dead service.
+START_TO_CLOSE = timedelta(minutes=30)
+HEARTBEAT_TIMEOUT = timedelta(minutes=2)
+# Short data steps (prepare, select, finish) do not heartbeat.
+SHORT_TIMEOUT = timedelta(minutes=5)
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=3.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=4,
+)
+
+
+@workflow.defn
+class DistillationWorkflow:
+    """Distil the task's teacher into its student over `rounds` rounds; query `progress` any time."""
+
+    @workflow.init
+    def __init__(self, inp: DistillationInput) -> None:
+        self._progress = JobProgress(job_id=inp.job_id, rounds_total=inp.rounds)
+
+    @workflow.query
+    def progress(self) -> JobProgress:
+        return self._progress
+
+    @workflow.run
+    async def run(self, inp: DistillationInput) -> JobProgress:
+        try:
+            return await self._distil(inp)
+        except (ActivityError, asyncio.CancelledError) as err:
+            cancelled = is_cancelled_exception(err)
+            await self._mark_ended(inp.job_id, "cancelled" if cancelled else "failed")
+            raise
+
+    async def _distil(self, inp: DistillationInput) -> JobProgress:
+        p = self._progress
+        prep = await self._step(
+            "prepare", 0, Activities.prepare_job, PrepareJobInput(inp.job_id, inp.task_ref, inp.rounds), short=True
+        )
+        p.artifacts_uri = prep.artifacts_uri
+        baseline = await self._step(
+            "baseline-eval",
+            0,
+            Activities.evaluate_student,
+            EvaluateInput(inp.job_id, inp.task_ref, round=0, stage="baseline", eval_set=prep.eval_set),
+        )
+        p.baseline_accuracy = baseline.accuracy
+
+        adapter: ArtifactRef | None = None
+        for r in range(1, inp.rounds + 1):
+            p.current_round = r
+            gen = await self._step(
+                "generate", r, Activities.generate_examples, GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds)
+            )
+            kept: ArtifactRef | None = None
+            kept_count = 0
+            if gen.generated > 0:
+                crit = await self._step(
+                    "critique",
+                    r,
+                    Activities.critique_examples,
+                    CritiqueInput(inp.job_id, inp.task_ref, r, gen.examples, prep.seeds),
+                )
+                kept, kept_count = crit.kept, crit.kept_count
+
+            train_set, selected = prep.seeds, 0
+            if kept is not None and kept_count > 0:
+                reference = adapter
+                if reference is None:
+                    ref_run = await self._step(
+                        "reference-train",
+                        r,
+                        Activities.train_adapter,
+                        TrainInput(inp.job_id, inp.task_ref, r, stage="reference", dataset=kept),
+                    )
+                    reference = ref_run.adapter
+                scores = await self._step(
+                    "score", r, Activities.score_samples, ScoreInput(inp.job_id, inp.task_ref, r, kept, reference)
+                )
+                sel = await self._step(
+                    "select",
+                    r,
+                    Activities.select_samples,
+                    SelectInput(inp.job_id, r, kept, scores.scores, prep.seeds, inp.top_fraction),
+                    short=True,
+                )
+                train_set, selected = sel.train_set, sel.selected
+
+            trained = await self._step(
+                "train",
+                r,
+                Activities.train_adapter,
+                TrainInput(inp.job_id, inp.task_ref, r, stage="sft", dataset=train_set, init_adapter=adapter),
+            )
+            adapter = trained.adapter
+            ev = await self._step(
+                "evaluate",
+                r,
+                Activities.evaluate_student,
+                EvaluateInput(
+                    inp.job_id,
+                    inp.task_ref,
+                    round=r,
+                    stage="sft",
+                    eval_set=prep.eval_set,
+                    adapter=adapter,
+                    round_counts=RoundCounts(gen.generated, kept_count, selected, trained.samples),
+                ),
+            )
+            p.rounds.append(
+                RoundResult(
+                    round=r,
+                    generated=gen.generated,
+                    kept=kept_count,
+                    selected=selected,
+                    trained=trained.samples,
+                    accuracy=ev.accuracy,
+                    train_loss=trained.mean_loss,
+                    adapter_uri=adapter.uri,
+                )
+            )
+
+        p.final_accuracy = p.rounds[-1].accuracy if p.rounds else p.baseline_accuracy
+        p.current_step = "finish"
+        await workflow.execute_activity_method(
+            Activities.finish_job,
+            FinishJobInput(inp.job_id, "completed", p.baseline_accuracy, p.final_accuracy),
+            start_to_close_timeout=SHORT_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        p.current_step = ""
+        return p
+
+    async def _step(
+        self,
+        name: str,
+        round: int,
+        activity: Callable[[Any, I], Awaitable[O]],
+        arg: I,
+        *,
+        short: bool = False,
+    ) -> O:
+        """Run one activity as the named step and record its wall time."""
+        self._progress.current_step = name
+        started = workflow.now()
+        result = await workflow.execute_activity_method(
+            activity,
+            arg,
+            start_to_close_timeout=SHORT_TIMEOUT if short else START_TO_CLOSE,
+            heartbeat_timeout=None if short else HEARTBEAT_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        self._progress.steps.append(StepTime(name, round, (workflow.now() - started).total_seconds()))
+        return result
+
+    async def _mark_ended(self, job_id: str, status: str) -> None:
+        """Record a failed or cancelled job in SQL; the original error is what the workflow reports."""
+        p = self._progress
+        try:
+            await workflow.execute_activity_method(
+                Activities.finish_job,
+                FinishJobInput(job_id, status, p.baseline_accuracy, None),
+                start_to_close_timeout=SHORT_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=2),
+            )
+        except ActivityError as e:
+            workflow.logger.warning("could not mark job %s %s: %s", job_id, status, e)

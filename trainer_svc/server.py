@@ -1,0 +1,73 @@
+"""TrainerService over gRPC: maps requests onto `trainer_svc.jobs` and errors onto status codes.
+
+Tests and `__main__` build it the same way:
+
+    served = await create_server(config)          # port 0: a free port, see served.port
+    await served.set_serving(True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from syllabus.artifacts import ArtifactNotFound, ChecksumMismatch, open_store
+from syllabus.config import Config
+from syllabus.models import ModelNotFound
+from syllabus.serving import Served, abort_invalid, build_server
+from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from trainer_svc.jobs import InvalidRequest, TrainingJobs, plan_from_request
+
+SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+
+
+def jobs_for(config: Config) -> TrainingJobs:
+    """The job registry a server of this config uses (adapters fetched for continued training are
+    cached under `home/adapter-cache`)."""
+    return TrainingJobs(open_store(config.resolved_artifact_url()), adapter_cache=config.home / "adapter-cache")
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    def __init__(self, jobs: TrainingJobs) -> None:
+        self.jobs = jobs
+
+    async def StartTraining(
+        self, request: trainer_pb2.StartTrainingRequest, context: grpc.aio.ServicerContext
+    ) -> trainer_pb2.StartTrainingResponse:
+        try:
+            job, existing = await self.jobs.start(plan_from_request(request))
+        except InvalidRequest as e:
+            await abort_invalid(context, e.field, e.problem)
+        except ArtifactNotFound as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except ChecksumMismatch as e:
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(e))
+        except ModelNotFound as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: {e}")
+        return trainer_pb2.StartTrainingResponse(training_id=job.training_id, existing=existing)
+
+    async def WatchTraining(
+        self, request: trainer_pb2.WatchTrainingRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[trainer_pb2.WatchTrainingResponse]:
+        if not request.training_id:
+            await abort_invalid(context, "training_id", "must not be empty")
+        job = self.jobs.get(request.training_id)
+        if job is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no training job {request.training_id!r} in this service")
+        async for event in job.follow():
+            yield event
+
+
+async def create_server(config: Config, address: str = "127.0.0.1:0", *, jobs: TrainingJobs | None = None) -> Served:
+    """Start a TrainerService at `address` (health NOT_SERVING until `served.set_serving(True)`).
+
+    Pass `jobs` to keep a handle on the registry (to `close()` it on shutdown); by default one is
+    built from `config` with `jobs_for`.
+    """
+    servicer = TrainerServicer(jobs if jobs is not None else jobs_for(config))
+    return await build_server(
+        address,
+        lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
+        (SERVICE_NAME,),
+    )
