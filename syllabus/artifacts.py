@@ -12,8 +12,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlparse
+
+if TYPE_CHECKING:
+    from syllabus.config import Config
 
 _CHUNK = 1 << 20
 
@@ -79,6 +82,8 @@ class ArtifactStore(Protocol):
     def get_bytes(self, ref: ArtifactRef) -> bytes: ...
 
     def get_file(self, ref: ArtifactRef, dest: Path) -> Path: ...
+
+    def list_keys(self, prefix: str = "") -> list[str]: ...
 
 
 class LocalArtifactStore:
@@ -167,10 +172,26 @@ class LocalArtifactStore:
         dest.write_bytes(self.get_bytes(ref))
         return dest
 
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Published keys under a key prefix (temporaries and checksum files excluded)."""
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in self.root.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-") and not p.name.endswith(".sha256")
+            and p.relative_to(self.root).as_posix().startswith(prefix)
+        )
 
-def open_store(url: str) -> ArtifactStore:
-    """Open the store named by a URL: `file:///abs/dir` or a plain directory path."""
+
+def open_store(url: str, config: Config | None = None) -> ArtifactStore:
+    """Open the store named by a URL: `file:///abs/dir`, a plain directory, or `s3://bucket/prefix`
+    (endpoint and credentials from `config`, default: the SYLLABUS_S3_* env vars)."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return LocalArtifactStore(Path(unquote(parsed.path) if parsed.scheme else url))
-    raise ArtifactError(f"unsupported artifact URL {url!r}: expected file:///path")
+    if parsed.scheme == "s3":
+        from syllabus.artifacts_s3 import S3ArtifactStore
+        from syllabus.config import load_config
+
+        c = config or load_config()
+        return S3ArtifactStore(url, c.s3_endpoint, c.s3_access_key, c.s3_secret_key, c.s3_secure)
+    raise ArtifactError(f"unsupported artifact URL {url!r}: expected file:///path or s3://bucket/prefix")

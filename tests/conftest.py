@@ -55,3 +55,39 @@ def _quiet_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """An S3-compatible server (nanio) on loopback that checks credentials: the MinIO code path's peer."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    exe = shutil.which("nanio", path=str(Path(sys.executable).parent)) or shutil.which("nanio")
+    if exe is None:
+        pytest.fail("nanio is not installed (pip install -e .[dev])")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    creds = {"access_key": "syllabus-test", "secret_key": "syllabus-test-secret"}
+    env = dict(os.environ, NANIO_ACCESS_KEY=creds["access_key"], NANIO_SECRET_KEY=creds["secret_key"])
+    data = tmp_path_factory.mktemp("nanio")
+    proc = subprocess.Popen(
+        [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("nanio did not start")
+    yield {"endpoint": f"127.0.0.1:{port}", **creds}
+    proc.terminate()
+    proc.wait(10)

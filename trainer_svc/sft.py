@@ -272,7 +272,9 @@ def save_adapter(model: PeftModel, base: str, store: ArtifactStore, output_key: 
         peft_config.base_model_name_or_path = base
     tmp = Path(tempfile.mkdtemp(prefix="syllabus-adapter-"))
     try:
-        model.save_pretrained(tmp)
+        # save_embedding_layers=False: we never train embeddings, and "auto" would look the base up
+        # on the Hugging Face Hub to find out.
+        model.save_pretrained(tmp, save_embedding_layers=False)
         return store.put_bytes(output_key, pack_adapter(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

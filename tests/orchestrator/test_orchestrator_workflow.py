@@ -1,0 +1,196 @@
+"""DistillationWorkflow's own logic, with the activities replaced by fakes registered under the same
+names (no services, no models): step order, progress query, timings, reference-train only once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from orchestrator.types import (
+    CritiqueInput,
+    CritiqueOutput,
+    DistillationInput,
+    EvaluateInput,
+    EvaluateOutput,
+    FinishJobInput,
+    FinishJobOutput,
+    GenerateInput,
+    GenerateOutput,
+    JobProgress,
+    PrepareJobInput,
+    PrepareJobOutput,
+    ScoreInput,
+    ScoreOutput,
+    SelectInput,
+    SelectOutput,
+    TrainInput,
+    TrainOutput,
+)
+from orchestrator.workflows import DistillationWorkflow
+from syllabus.artifacts import ArtifactRef
+
+pytestmark = pytest.mark.integration  # a real Temporal dev server, fake activities
+
+ROUND_STEPS = {"generate", "critique", "reference-train", "score", "select", "train", "evaluate"}
+
+
+def ref(name: str) -> ArtifactRef:
+    return ArtifactRef(uri=f"file:///fake/{name}", sha256=name.replace("/", "-"), size_bytes=1)
+
+
+@dataclass
+class FakeServices:
+    """Fake activities; `empty_rounds` are rounds whose critique keeps nothing."""
+
+    empty_rounds: frozenset[int] = frozenset()
+    fail_generate: bool = False
+    calls: list[tuple[str, object]] = field(default_factory=list)
+    # Set by the fake evaluate of round 1, then it waits for `release` (to query mid-step).
+    in_evaluate: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def activities(self) -> list:
+        @activity.defn(name="prepare_job")
+        async def prepare_job(inp: PrepareJobInput) -> PrepareJobOutput:
+            self.calls.append(("prepare_job", inp))
+            return PrepareJobOutput(ref("seeds"), ref("eval"), 4, 6, f"file:///fake/jobs/{inp.job_id}")
+
+        @activity.defn(name="evaluate_student")
+        async def evaluate_student(inp: EvaluateInput) -> EvaluateOutput:
+            self.calls.append(("evaluate_student", inp))
+            if inp.round == 1:
+                self.in_evaluate.set()
+                await self.release.wait()
+            return EvaluateOutput(0.1 * (inp.round + 1), inp.round + 1, 10, ref(f"pred-{inp.round}"))
+
+        @activity.defn(name="generate_examples")
+        async def generate_examples(inp: GenerateInput) -> GenerateOutput:
+            self.calls.append(("generate_examples", inp))
+            if self.fail_generate:
+                raise ApplicationError("teacher says no", type="INVALID_ARGUMENT", non_retryable=True)
+            return GenerateOutput(ref(f"gen-{inp.round}"), 8)
+
+        @activity.defn(name="critique_examples")
+        async def critique_examples(inp: CritiqueInput) -> CritiqueOutput:
+            self.calls.append(("critique_examples", inp))
+            kept = 0 if inp.round in self.empty_rounds else 6
+            return CritiqueOutput(ref(f"kept-{inp.round}"), ref(f"crit-{inp.round}"), kept, 8 - kept)
+
+        @activity.defn(name="train_adapter")
+        async def train_adapter(inp: TrainInput) -> TrainOutput:
+            self.calls.append(("train_adapter", inp))
+            return TrainOutput(ref(f"{inp.stage}-{inp.round}"), samples=7, steps=3, mean_loss=1.5 / inp.round)
+
+        @activity.defn(name="score_samples")
+        async def score_samples(inp: ScoreInput) -> ScoreOutput:
+            self.calls.append(("score_samples", inp))
+            return ScoreOutput(ref(f"scores-{inp.round}"), 6)
+
+        @activity.defn(name="select_samples")
+        async def select_samples(inp: SelectInput) -> SelectOutput:
+            self.calls.append(("select_samples", inp))
+            return SelectOutput(ref(f"train-{inp.round}"), selected=3, trained=7)
+
+        @activity.defn(name="finish_job")
+        async def finish_job(inp: FinishJobInput) -> FinishJobOutput:
+            self.calls.append(("finish_job", inp))
+            return FinishJobOutput(inp.status)
+
+        return [
+            prepare_job,
+            evaluate_student,
+            generate_examples,
+            critique_examples,
+            train_adapter,
+            score_samples,
+            select_samples,
+            finish_job,
+        ]
+
+    def inputs(self, name: str) -> list:
+        return [inp for n, inp in self.calls if n == name]
+
+
+async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowEnvironment) -> None:
+    fakes = FakeServices(empty_rounds=frozenset({2}))
+    task_queue = f"test-{uuid.uuid4()}"
+    inp = DistillationInput(job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=3, top_fraction=0.5)
+    async with Worker(
+        temporal_env.client, task_queue=task_queue, workflows=[DistillationWorkflow], activities=fakes.activities()
+    ):
+        handle = await temporal_env.client.start_workflow(
+            DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue
+        )
+        await asyncio.wait_for(fakes.in_evaluate.wait(), 30)
+        mid = await handle.query(DistillationWorkflow.progress)
+        assert isinstance(mid, JobProgress)
+        assert (mid.job_id, mid.rounds_total, mid.current_round, mid.current_step) == (inp.job_id, 3, 1, "evaluate")
+        assert mid.baseline_accuracy == pytest.approx(0.1)
+        assert mid.final_accuracy is None and mid.rounds == []
+        assert mid.artifacts_uri == f"file:///fake/jobs/{inp.job_id}"
+        fakes.release.set()
+        result = await handle.result()
+        # A completed workflow still answers the query (the gateway reads finished jobs this way).
+        assert result == await handle.query(DistillationWorkflow.progress)
+
+    assert result.current_step == ""
+    assert [r.round for r in result.rounds] == [1, 2, 3]
+    assert [r.accuracy for r in result.rounds] == pytest.approx([0.2, 0.3, 0.4])
+    assert result.final_accuracy == pytest.approx(0.4)
+    r1, r2, r3 = result.rounds
+    assert (r1.generated, r1.kept, r1.selected, r1.trained) == (8, 6, 3, 7)
+    assert (r2.kept, r2.selected) == (0, 0)  # nothing kept: trained on the seeds only
+    assert r1.adapter_uri == ref("sft-1").uri and r1.train_loss == pytest.approx(1.5)
+
+    # Step timings: one entry per step run, named as the gateway expects, never negative.
+    names = [(s.round, s.name) for s in result.steps]
+    assert names[:2] == [(0, "prepare"), (0, "baseline-eval")]
+    assert [n for r, n in names if r == 1] == [
+        "generate", "critique", "reference-train", "score", "select", "train", "evaluate"
+    ]
+    assert [n for r, n in names if r == 2] == ["generate", "critique", "train", "evaluate"]
+    assert [n for r, n in names if r == 3] == ["generate", "critique", "score", "select", "train", "evaluate"]
+    assert {n for _, n in names} <= ROUND_STEPS | {"prepare", "baseline-eval"}
+    assert all(s.seconds >= 0 for s in result.steps)
+
+    # Data flows by reference: the reference adapter exists only in round 1; later rounds score
+    # against the previous round's adapter and continue training from it.
+    trains = fakes.inputs("train_adapter")
+    assert [(t.round, t.stage) for t in trains] == [(1, "reference"), (1, "sft"), (2, "sft"), (3, "sft")]
+    assert trains[0].dataset == ref("kept-1") and trains[0].init_adapter is None
+    assert trains[1].dataset == ref("train-1") and trains[1].init_adapter is None
+    assert trains[2].dataset == ref("seeds") and trains[2].init_adapter == ref("sft-1")
+    assert trains[3].dataset == ref("train-3") and trains[3].init_adapter == ref("sft-2")
+    assert [s.reference for s in fakes.inputs("score_samples")] == [ref("reference-1"), ref("sft-2")]
+    assert all(s.top_fraction == 0.5 for s in fakes.inputs("select_samples"))
+    evals = fakes.inputs("evaluate_student")
+    assert [(e.round, e.stage, e.adapter) for e in evals] == [
+        (0, "baseline", None), (1, "sft", ref("sft-1")), (2, "sft", ref("sft-2")), (3, "sft", ref("sft-3"))
+    ]
+    assert evals[0].round_counts is None and evals[2].round_counts.kept == 0
+    (finish,) = fakes.inputs("finish_job")
+    assert (finish.status, finish.baseline_accuracy, finish.final_accuracy) == ("completed", 0.1, 0.4)
+
+
+async def test_workflow_failure_marks_the_job_failed(temporal_env: WorkflowEnvironment) -> None:
+    fakes = FakeServices(fail_generate=True)
+    task_queue = f"test-{uuid.uuid4()}"
+    inp = DistillationInput(job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=2, top_fraction=0.5)
+    async with Worker(
+        temporal_env.client, task_queue=task_queue, workflows=[DistillationWorkflow], activities=fakes.activities()
+    ):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await temporal_env.client.execute_workflow(DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue)
+    cause = failure.value.cause.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "INVALID_ARGUMENT"
+    assert len(fakes.inputs("generate_examples")) == 1  # non-retryable: tried once
+    (finish,) = fakes.inputs("finish_job")
+    assert finish.status == "failed" and finish.final_accuracy is None

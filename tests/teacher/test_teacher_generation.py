@@ -1,0 +1,128 @@
+"""Seed expansion on the tiny random-init model, plus record assembly on scripted completions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from syllabus.prompts import classification_prompt
+from syllabus.records import content_id
+from teacher_svc.backend import ChatPrompt, Completion, Sampling
+from teacher_svc.generation import (
+    EXAMPLES_PER_PROMPT,
+    PROMPT_TEMPLATE_HASH,
+    ExpansionRequest,
+    build_prompts,
+    expand_seeds,
+    parse_seeds,
+)
+
+pytestmark = pytest.mark.unit
+
+SAMPLING = Sampling(temperature=1.0, top_p=0.95, max_new_tokens=8, n=2, seed=7)
+
+
+def test_backend_returns_n_completions_per_prompt(tiny_backend) -> None:
+    prompts = [ChatPrompt(f"Write message {i}.", 'New message: "') for i in range(3)]
+    out = tiny_backend.generate(prompts, SAMPLING, batch_size=2)
+    assert [len(c) for c in out] == [2, 2, 2]
+    assert all(0 < c.tokens <= SAMPLING.max_new_tokens for cs in out for c in cs)
+
+
+def test_same_seed_same_output_and_batching_independent_of_padding(tiny_backend) -> None:
+    prompts = [ChatPrompt("Short.", ""), ChatPrompt("A much longer prompt that needs left padding in its batch.", "")]
+    first = tiny_backend.generate(prompts, SAMPLING, batch_size=2)
+    again = tiny_backend.generate(prompts, SAMPLING, batch_size=2)
+    other = tiny_backend.generate(prompts, Sampling(**{**SAMPLING.__dict__, "seed": 8}), batch_size=2)
+    assert first == again
+    assert first != other
+
+
+def test_greedy_is_deterministic_and_rejects_n_above_one(tiny_backend) -> None:
+    greedy = Sampling(temperature=0.0, max_new_tokens=6, n=1, seed=0)
+    prompts = [ChatPrompt("Hello", "")]
+    a = tiny_backend.generate(prompts, greedy, batch_size=1)
+    b = tiny_backend.generate(prompts, Sampling(temperature=0.0, max_new_tokens=6, n=1, seed=99), batch_size=1)
+    assert a == b
+    with pytest.raises(ValueError, match="n must be 1"):
+        tiny_backend.generate(prompts, Sampling(temperature=0.0, max_new_tokens=6, n=2), batch_size=1)
+
+
+def test_expand_seeds_accounts_for_every_completion(tiny_backend, banking77) -> None:
+    labels = banking77.labels[:2]
+    req = ExpansionRequest(banking77.instructions, labels, parse_seeds(banking77.seeds), per_label=3, sampling=SAMPLING, batch_size=4, round=2)
+    result = expand_seeds(tiny_backend, req)
+    total = len(labels) * 3 * SAMPLING.n
+    assert len(result.records) + result.duplicates_removed + result.unparsable == total
+    assert 0 < result.tokens_generated <= total * SAMPLING.max_new_tokens
+    for rec in result.records:
+        assert rec["label"] in labels and rec["response"] == rec["label"]
+        assert rec["id"] == content_id(rec["input"], rec["label"])
+    assert expand_seeds(tiny_backend, req) == result
+
+
+def test_prompts_rotate_seeds_and_show_the_label(banking77) -> None:
+    seeds = parse_seeds(banking77.seeds)
+    prompts = build_prompts(banking77.instructions, ["card_arrival", "exchange_rate"], seeds, per_label=4)
+    assert [p.label for p in prompts] == ["card_arrival"] * 4 + ["exchange_rate"] * 4
+    assert len({p.chat.user for p in prompts}) == 8
+    own = [s for s in seeds if s.label == "card_arrival"]
+    for p in prompts[:4]:
+        assert '"card_arrival"' in p.chat.user and banking77.instructions in p.chat.user
+        shown = [s for s in own if f"- {s.input}" in p.chat.user]
+        assert len(shown) == min(EXAMPLES_PER_PROMPT, len(own))
+        assert p.parent_id in {s.id for s in shown}
+    with pytest.raises(ValueError, match="no seed example has label 'nope'"):
+        build_prompts(banking77.instructions, ["nope"], seeds, per_label=1)
+
+
+class ScriptedBackend:
+    """Returns fixed completions: exercises parsing, dedupe and record assembly, not a model."""
+
+    name = "scripted"
+    model = "scripted-model"
+    revision = "abc123def456"
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def generate(self, prompts: Sequence[ChatPrompt], sampling: Sampling, batch_size: int, stop: Sequence[str] = ()):
+        it = iter(self.texts)
+        return [[Completion(next(it), 5) for _ in range(sampling.n)] for _ in prompts]
+
+
+def test_expand_seeds_dedupes_against_seeds_and_itself_and_writes_contract_records(banking77) -> None:
+    seeds = parse_seeds(banking77.seeds)
+    copy_of_seed = seeds[0].input.upper() + '"'
+    backend = ScriptedBackend(
+        [
+            'Has my card been posted yet? It is taking ages."',  # ok
+            copy_of_seed,  # exact duplicate of a seed
+            'has my card been posted yet?? it is taking ages"',  # duplicate of the first
+            "\n\n",  # unparsable
+            'The exchange rate you applied to my transfer looks wrong."',  # ok
+            'The exchange rate you applied to my transfer looks very wrong."',  # near-duplicate
+        ]
+    )
+    sampling = Sampling(temperature=0.9, top_p=0.95, max_new_tokens=40, n=3, seed=1)
+    labels = ["card_arrival", "exchange_rate"]
+    req = ExpansionRequest(banking77.instructions, labels, seeds, per_label=1, sampling=sampling, round=3)
+    result = expand_seeds(backend, req)
+    assert (len(result.records), result.duplicates_removed, result.unparsable) == (2, 3, 1)
+    assert result.tokens_generated == 30
+    rec = result.records[0]
+    assert set(rec) == {"id", "input", "label", "prompt", "response", "parent_id", "provenance"}
+    assert rec["input"] == "Has my card been posted yet? It is taking ages."
+    assert rec["prompt"] == classification_prompt(banking77.instructions, labels, rec["input"])
+    assert rec["parent_id"] == next(s.id for s in seeds if s.label == "card_arrival")
+    assert rec["provenance"] == {
+        "method": "seed_expansion",
+        "backend": "scripted",
+        "model": "scripted-model",
+        "revision": "abc123def456",
+        "prompt_template_hash": PROMPT_TEMPLATE_HASH,
+        "sampling": {"temperature": 0.9, "top_p": 0.95, "max_new_tokens": 40, "n": 3, "seed": 1},
+        "round": 3,
+    }
+    assert result.records[1]["label"] == "exchange_rate"

@@ -1,0 +1,201 @@
+"""TrainerService over a real gRPC server on port 0 with the tiny model."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+from syllabus.artifacts import LocalArtifactStore
+from syllabus.config import Config
+from syllabus.pb import ref_to_pb
+from syllabus.records import dumps_jsonl
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from trainer_svc.server import create_server, jobs_for
+
+pytestmark = pytest.mark.integration
+
+S = trainer_pb2.TrainingState
+RECORDS = [
+    {"id": str(i), "prompt": f"Classify: message number {i} about my card", "response": label}
+    for i, label in enumerate(["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed"] * 2)
+]
+
+
+@pytest.fixture
+async def service(tmp_path: Path):
+    """(stub, store) of a started TrainerService whose artifact store is under tmp_path."""
+    config = Config(home=tmp_path / "home", artifact_url=(tmp_path / "artifacts").as_uri())
+    jobs = jobs_for(config)
+    served = await create_server(config, jobs=jobs)
+    await served.set_serving(True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        yield trainer_pb2_grpc.TrainerServiceStub(channel), jobs.store
+    await served.stop(0)
+    await jobs.close()
+
+
+def request(tiny_model_dir: Path, store: LocalArtifactStore, **overrides) -> trainer_pb2.StartTrainingRequest:
+    dataset = store.put_bytes("data/train.jsonl", dumps_jsonl(RECORDS))
+    req = trainer_pb2.StartTrainingRequest(
+        job_key=f"job-{uuid.uuid4().hex[:8]}",
+        model=common_pb2.ModelRef(base=str(tiny_model_dir)),
+        dataset=ref_to_pb(dataset),
+        lora=trainer_pb2.LoraSpec(rank=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+        training=trainer_pb2.TrainingSpec(epochs=2, learning_rate=1e-2, batch_size=4, warmup_ratio=0.25, seed=1),
+        output_key=f"adapters/{uuid.uuid4().hex[:8]}.tar",
+    )
+    for name, value in overrides.items():
+        if isinstance(value, dict):  # a sub-message: set its fields
+            for k, v in value.items():
+                if isinstance(v, list):
+                    getattr(req, name).ClearField(k)
+                    getattr(getattr(req, name), k).extend(v)
+                else:
+                    setattr(getattr(req, name), k, v)
+        else:
+            setattr(req, name, value)
+    return req
+
+
+async def watch(stub, training_id: str) -> list[trainer_pb2.WatchTrainingResponse]:
+    return [e async for e in stub.WatchTraining(trainer_pb2.WatchTrainingRequest(training_id=training_id), timeout=120)]
+
+
+async def test_train_and_watch(service, tiny_model_dir: Path) -> None:
+    stub, store = service
+    req = request(tiny_model_dir, store)
+    started = await stub.StartTraining(req)
+    assert started.training_id and not started.existing
+    events = await watch(stub, started.training_id)
+
+    running = [e for e in events if e.state == S.TRAINING_STATE_RUNNING]
+    assert [e.step for e in running] == list(range(1, 5))  # 2 epochs x 2 batches of 4
+    assert {e.total_steps for e in running} == {4}
+    assert all(e.loss > 0 and e.learning_rate > 0 for e in running)
+    assert events[0].state in (S.TRAINING_STATE_PENDING, S.TRAINING_STATE_RUNNING)
+    final = events[-1]
+    assert final.state == S.TRAINING_STATE_SUCCEEDED, final.message
+    assert final.mean_loss == pytest.approx(sum(e.loss for e in running) / 4, rel=1e-5)
+    published = store.stat(req.output_key)
+    assert published is not None and final.adapter.uri == published.uri
+    assert final.adapter.sha256 == published.sha256 == hashlib.sha256(Path(published.uri[7:]).read_bytes()).hexdigest()
+    assert final.adapter.size_bytes == published.size_bytes
+
+    # A watcher who comes after the end gets the latest state, and the stream ends.
+    assert await watch(stub, started.training_id) == [final]
+
+
+async def test_same_job_key_returns_the_same_job(service, tiny_model_dir: Path) -> None:
+    stub, store = service
+    req = request(tiny_model_dir, store)
+    first = await stub.StartTraining(req)
+    second = await stub.StartTraining(req)
+    assert second.training_id == first.training_id
+    assert second.existing and not first.existing
+    events = await watch(stub, first.training_id)
+    assert events[-1].state == S.TRAINING_STATE_SUCCEEDED
+    assert sum(e.step == 1 for e in events) <= 1  # trained once
+    third = await stub.StartTraining(req)
+    assert (third.training_id, third.existing) == (first.training_id, True)
+
+
+async def test_existing_output_succeeds_without_training(service, tiny_model_dir: Path) -> None:
+    stub, store = service
+    req = request(tiny_model_dir, store)
+    earlier = store.put_bytes(req.output_key, b"an adapter from an earlier attempt")
+    started = await stub.StartTraining(req)
+    events = await watch(stub, started.training_id)
+    assert [e.state for e in events] == [S.TRAINING_STATE_SUCCEEDED]
+    assert events[0].adapter == ref_to_pb(earlier)
+
+
+async def test_failed_job_reports_and_can_be_retried(service, tiny_model_dir: Path) -> None:
+    stub, store = service
+    req = request(tiny_model_dir, store, lora={"target_modules": ["no_such_proj"]})
+    started = await stub.StartTraining(req)
+    events = await watch(stub, started.training_id)
+    assert events[-1].state == S.TRAINING_STATE_FAILED
+    assert "no_such_proj" in events[-1].message
+    retried = await stub.StartTraining(req)
+    assert retried.training_id != started.training_id and not retried.existing
+    assert (await watch(stub, retried.training_id))[-1].state == S.TRAINING_STATE_FAILED
+
+
+async def test_continue_from_an_adapter(service, tiny_model_dir: Path) -> None:
+    stub, store = service
+    first = request(tiny_model_dir, store)
+    done = (await watch(stub, (await stub.StartTraining(first)).training_id))[-1]
+    assert done.state == S.TRAINING_STATE_SUCCEEDED
+    second = request(tiny_model_dir, store, training={"epochs": 1})
+    second.model.adapter.CopyFrom(done.adapter)
+    events = await watch(stub, (await stub.StartTraining(second)).training_id)
+    assert events[-1].state == S.TRAINING_STATE_SUCCEEDED, events[-1].message
+    # Trained on from the first adapter: its first loss is the first job's end, not a fresh start.
+    first_loss = next(e.loss for e in events if e.state == S.TRAINING_STATE_RUNNING)
+    assert events[-1].adapter.sha256 != done.adapter.sha256
+    assert first_loss < done.mean_loss
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"job_key": ""}, "job_key"),
+        ({"lora": {"rank": 0}}, "lora.rank"),
+        ({"lora": {"target_modules": []}}, "lora.target_modules"),
+        ({"training": {"epochs": 0}}, "training.epochs"),
+        ({"training": {"learning_rate": -1e-4}}, "training.learning_rate"),
+        ({"training": {"batch_size": 0}}, "training.batch_size"),
+        ({"output_key": "../escape.tar"}, "output_key"),
+        ({"output_key": ""}, "output_key"),
+        ({"model": {"base": ""}}, "model.base"),
+    ],
+)
+async def test_malformed_requests_name_the_field(service, tiny_model_dir: Path, overrides: dict, field: str) -> None:
+    stub, store = service
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.StartTraining(request(tiny_model_dir, store, **overrides))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field}:")
+
+
+async def test_input_problems_map_to_status_codes(service, tiny_model_dir: Path) -> None:
+    stub, store = service
+
+    async def code_of(req) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.StartTraining(req)
+        return err.value.code(), err.value.details()
+
+    no_dataset = request(tiny_model_dir, store)
+    no_dataset.ClearField("dataset")
+    assert (await code_of(no_dataset))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+    bad_records = request(tiny_model_dir, store)
+    bad_records.dataset.CopyFrom(ref_to_pb(store.put_bytes("data/bad.jsonl", b'{"prompt": "p"}\n')))
+    code, details = await code_of(bad_records)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("dataset:") and "response" in details
+
+    missing = request(tiny_model_dir, store)
+    missing.dataset.uri = store.uri_for("data/nothing-here.jsonl")
+    assert (await code_of(missing))[0] == grpc.StatusCode.NOT_FOUND
+
+    corrupt = request(tiny_model_dir, store)
+    corrupt.dataset.sha256 = "0" * 64
+    assert (await code_of(corrupt))[0] == grpc.StatusCode.DATA_LOSS
+
+    missing_adapter = request(tiny_model_dir, store)
+    missing_adapter.model.adapter.CopyFrom(common_pb2.ArtifactRef(uri=store.uri_for("adapters/none.tar"), sha256="ab"))
+    assert (await code_of(missing_adapter))[0] == grpc.StatusCode.NOT_FOUND
+
+    unknown_model = request(tiny_model_dir, store, model={"base": "bundled:no-such-model"})
+    code, details = await code_of(unknown_model)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "no-such-model" in details
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await watch(stub, "no-such-training")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
