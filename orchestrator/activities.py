@@ -243,7 +243,8 @@ class Activities:
             )
         seeds_ref = self._publish_once(f"{prefix}/seeds.jsonl", dumps_jsonl(seeds.values()))
         eval_ref = self._publish_once(f"{prefix}/eval.jsonl", dumps_jsonl(evals.values()))
-        artifacts_uri = self.store.uri_for(prefix)
+        # A prefix, spelt as the gateway spells it (trailing slash).
+        artifacts_uri = self.store.uri_for(prefix).rstrip("/") + "/"
 
         await self._record(
             Job,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Engine,
@@ -79,6 +80,11 @@ class Sample(Base):
     parent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     provenance: Mapped[dict] = mapped_column(JSON, default=dict)
     artifact_uri: Mapped[str] = mapped_column(Text, default="")
+    # Provenance fields worth querying by; the full record stays in `provenance`.
+    method: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    teacher_model: Mapped[str | None] = mapped_column(Text, nullable=True)
+    teacher_revision: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    prompt_template_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Critique(Base):
@@ -128,7 +134,45 @@ class TrainingRun(Base):
     samples: Mapped[int] = mapped_column(Integer)
     steps: Mapped[int] = mapped_column(Integer)
     mean_loss: Mapped[float] = mapped_column(Float)
-    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    params: Mapped[dict] = mapped_column(JSON, default=dict)  # the recipe: LoRA and optimiser settings
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)  # e.g. {"losses": [...per step]}
+
+
+class TrainingRunSample(Base):
+    """The exact sample set a training run trained on."""
+
+    __tablename__ = "training_run_samples"
+    __table_args__ = (UniqueConstraint("training_run_id", "sample_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    training_run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), index=True)
+    sample_id: Mapped[str] = mapped_column(String(64))
+
+
+class Checkpoint(Base):
+    """A saved adapter of a training run (the final one, and intermediate ones when the trainer keeps them)."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("training_run_id", "step"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    training_run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class Artifact(Base):
+    """Every object a job published, with its checksum: the object store's index."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("uri"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=True)
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    kind: Mapped[str] = mapped_column(String(64))  # task, seeds, eval, generated, kept, critiques, scores, train-set, adapter, predictions
+    uri: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 class Evaluation(Base):
@@ -145,8 +189,11 @@ class Evaluation(Base):
     predictions_uri: Mapped[str] = mapped_column(Text)
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine and the tables (SQLite files get WAL so readers never block the writer)."""
+def make_engine(url: str, migrate: bool = True) -> Engine:
+    """Create an engine and bring the schema to head with the Alembic migrations.
+
+    SQLite files get WAL so readers never block the writer.
+    """
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
@@ -159,7 +206,10 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-    Base.metadata.create_all(engine)
+    if migrate:
+        from syllabus.migrate import upgrade
+
+        upgrade(engine)
     return engine
 
 
@@ -179,9 +229,11 @@ def insert_ignore(session: Session, model: type[Base], rows: Iterable[dict]) -> 
         from sqlalchemy.dialects.sqlite import insert
     else:
         raise RuntimeError(f"unsupported database dialect {dialect!r}")
-    stmt = insert(model).on_conflict_do_nothing()
-    # One statement per row: executemany does not report how many rows were new.
-    return sum(session.execute(stmt.values(**row)).rowcount for row in rows)
+    table = model.__table__
+    stmt = insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    conn = session.connection()
+    # One statement per row, counting RETURNING rows: rowcount is unreliable with implicit RETURNING.
+    return sum(len(conn.execute(stmt.values(**row)).all()) for row in rows)
 
 
 def count(session: Session, model: type[Base], **where: object) -> int:

@@ -91,3 +91,35 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     yield {"endpoint": f"127.0.0.1:{port}", **creds}
     proc.terminate()
     proc.wait(10)
+
+
+POSTGRES_ADMIN_URL = os.environ.get("SYLLABUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, private PostgreSQL database on the machine's server (dropped afterwards)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"syllabus_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # noqa: BLE001 — say what is missing instead of a driver traceback
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not usable ({type(e).__name__}); set SYLLABUS_TEST_POSTGRES_URL")
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Both databases the same migrations must run on."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'syllabus.db'}"
+    return request.getfixturevalue("postgres_url")

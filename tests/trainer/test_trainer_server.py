@@ -28,13 +28,13 @@ RECORDS = [
 
 @pytest.fixture
 async def service(tmp_path: Path):
-    """(stub, store) of a started TrainerService whose artifact store is under tmp_path."""
+    """(stub, jobs) of a started TrainerService whose artifact store is under tmp_path."""
     config = Config(home=tmp_path / "home", artifact_url=(tmp_path / "artifacts").as_uri())
     jobs = jobs_for(config)
     served = await create_server(config, jobs=jobs)
     await served.set_serving(True)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-        yield trainer_pb2_grpc.TrainerServiceStub(channel), jobs.store
+        yield trainer_pb2_grpc.TrainerServiceStub(channel), jobs
     await served.stop(0)
     await jobs.close()
 
@@ -66,18 +66,31 @@ async def watch(stub, training_id: str) -> list[trainer_pb2.WatchTrainingRespons
     return [e async for e in stub.WatchTraining(trainer_pb2.WatchTrainingRequest(training_id=training_id), timeout=120)]
 
 
+async def run_and_watch_all(stub, jobs, req) -> tuple[trainer_pb2.StartTrainingResponse, list]:
+    """Start a job and watch it from its first event: a watcher who joins late starts at the latest
+    state, so the queue is held until the watch has its first event."""
+    async with jobs._run_lock:
+        started = await stub.StartTraining(req)
+        call = stub.WatchTraining(trainer_pb2.WatchTrainingRequest(training_id=started.training_id), timeout=120)
+        events = [await call.read()]
+    while (event := await call.read()) != grpc.aio.EOF:
+        events.append(event)
+    return started, events
+
+
 async def test_train_and_watch(service, tiny_model_dir: Path) -> None:
-    stub, store = service
+    stub, jobs = service
+    store = jobs.store
     req = request(tiny_model_dir, store)
-    started = await stub.StartTraining(req)
+    started, events = await run_and_watch_all(stub, jobs, req)
     assert started.training_id and not started.existing
-    events = await watch(stub, started.training_id)
 
     running = [e for e in events if e.state == S.TRAINING_STATE_RUNNING]
     assert [e.step for e in running] == list(range(1, 5))  # 2 epochs x 2 batches of 4
     assert {e.total_steps for e in running} == {4}
     assert all(e.loss > 0 and e.learning_rate > 0 for e in running)
-    assert events[0].state in (S.TRAINING_STATE_PENDING, S.TRAINING_STATE_RUNNING)
+    assert events[0].state == S.TRAINING_STATE_PENDING
+    assert [e.state for e in events] == [S.TRAINING_STATE_PENDING] + [S.TRAINING_STATE_RUNNING] * 4 + [final.state]
     final = events[-1]
     assert final.state == S.TRAINING_STATE_SUCCEEDED, final.message
     assert final.mean_loss == pytest.approx(sum(e.loss for e in running) / 4, rel=1e-5)
@@ -91,7 +104,8 @@ async def test_train_and_watch(service, tiny_model_dir: Path) -> None:
 
 
 async def test_same_job_key_returns_the_same_job(service, tiny_model_dir: Path) -> None:
-    stub, store = service
+    stub, jobs = service
+    store = jobs.store
     req = request(tiny_model_dir, store)
     first = await stub.StartTraining(req)
     second = await stub.StartTraining(req)
@@ -105,7 +119,8 @@ async def test_same_job_key_returns_the_same_job(service, tiny_model_dir: Path) 
 
 
 async def test_existing_output_succeeds_without_training(service, tiny_model_dir: Path) -> None:
-    stub, store = service
+    stub, jobs = service
+    store = jobs.store
     req = request(tiny_model_dir, store)
     earlier = store.put_bytes(req.output_key, b"an adapter from an earlier attempt")
     started = await stub.StartTraining(req)
@@ -115,7 +130,8 @@ async def test_existing_output_succeeds_without_training(service, tiny_model_dir
 
 
 async def test_failed_job_reports_and_can_be_retried(service, tiny_model_dir: Path) -> None:
-    stub, store = service
+    stub, jobs = service
+    store = jobs.store
     req = request(tiny_model_dir, store, lora={"target_modules": ["no_such_proj"]})
     started = await stub.StartTraining(req)
     events = await watch(stub, started.training_id)
@@ -127,18 +143,21 @@ async def test_failed_job_reports_and_can_be_retried(service, tiny_model_dir: Pa
 
 
 async def test_continue_from_an_adapter(service, tiny_model_dir: Path) -> None:
-    stub, store = service
+    stub, jobs = service
+    store = jobs.store
     first = request(tiny_model_dir, store)
-    done = (await watch(stub, (await stub.StartTraining(first)).training_id))[-1]
+    _, first_events = await run_and_watch_all(stub, jobs, first)
+    done = first_events[-1]
     assert done.state == S.TRAINING_STATE_SUCCEEDED
     second = request(tiny_model_dir, store, training={"epochs": 1})
     second.model.adapter.CopyFrom(done.adapter)
-    events = await watch(stub, (await stub.StartTraining(second)).training_id)
+    _, events = await run_and_watch_all(stub, jobs, second)
     assert events[-1].state == S.TRAINING_STATE_SUCCEEDED, events[-1].message
-    # Trained on from the first adapter: its first loss is the first job's end, not a fresh start.
-    first_loss = next(e.loss for e in events if e.state == S.TRAINING_STATE_RUNNING)
     assert events[-1].adapter.sha256 != done.adapter.sha256
-    assert first_loss < done.mean_loss
+    # Same seed, so step 1 of both jobs sees the same batch: the first job saw it with a fresh
+    # (zero) update, the second with the trained adapter, so its loss starts lower.
+    step1 = [next(e.loss for e in evs if e.step == 1) for evs in (first_events, events)]
+    assert step1[1] < step1[0] - 0.05
 
 
 @pytest.mark.parametrize(
@@ -156,7 +175,8 @@ async def test_continue_from_an_adapter(service, tiny_model_dir: Path) -> None:
     ],
 )
 async def test_malformed_requests_name_the_field(service, tiny_model_dir: Path, overrides: dict, field: str) -> None:
-    stub, store = service
+    stub, jobs = service
+    store = jobs.store
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.StartTraining(request(tiny_model_dir, store, **overrides))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -164,7 +184,8 @@ async def test_malformed_requests_name_the_field(service, tiny_model_dir: Path, 
 
 
 async def test_input_problems_map_to_status_codes(service, tiny_model_dir: Path) -> None:
-    stub, store = service
+    stub, jobs = service
+    store = jobs.store
 
     async def code_of(req) -> tuple[grpc.StatusCode, str]:
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Container health check over the standard gRPC health protocol (grpc.health.v1).
+
+    syllabus-healthcheck ADDRESS [SERVICE]     exit 0 iff ADDRESS reports SERVICE as SERVING
+    syllabus-healthcheck --temporal            exit 0 iff the Temporal frontend in
+                                               $SYLLABUS_TEMPORAL_ADDRESS reports SERVING
+
+Used by the images' HEALTHCHECK (Docker has no native gRPC probe; `grpc_health_probe` is not
+installable offline) and by the worker's exec probes in the helm chart: the worker has no gRPC
+server of its own, so "healthy" means "can reach the Temporal frontend it polls". Kubernetes
+probes of the gRPC services use the kubelet's native `grpc:` probe instead of this script.
+It needs only grpcio + grpcio-health-checking, which every image has through the project.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+TEMPORAL_SERVICE = "temporal.api.workflowservice.v1.WorkflowService"
+
+
+def check(address: str, service: str = "", timeout: float = 3.0) -> bool:
+    """True iff the health service at `address` answers SERVING for `service`."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"{address} {service or '<server>'}: {exc.code().name}", file=sys.stderr)
+            return False
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    if resp.status != health_pb2.HealthCheckResponse.SERVING:
+        print(f"{address} {service or '<server>'}: {status}", file=sys.stderr)
+        return False
+    return True
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--temporal"]:
+        address = os.environ.get("SYLLABUS_TEMPORAL_ADDRESS", "127.0.0.1:7233")
+        return 0 if check(address, TEMPORAL_SERVICE) else 1
+    if not 1 <= len(argv) <= 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0 if check(argv[0], argv[1] if len(argv) == 2 else "") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,228 @@
+"""The real workflow and activities against the real teacher, student and trainer servers (in-process,
+on the tiny model), a real Temporal dev server, SQLite and a local artifact store."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+from orchestrator.activities import Activities
+from orchestrator.types import (
+    CritiqueInput,
+    DistillationInput,
+    EvaluateInput,
+    GenerateInput,
+    PrepareJobInput,
+    ScoreInput,
+    SelectInput,
+    TrainInput,
+)
+from orchestrator.worker import build_worker
+from orchestrator.workflows import DistillationWorkflow
+from syllabus import db
+from syllabus.artifacts import ArtifactRef, open_store
+from syllabus.config import Config
+from syllabus.records import loads_jsonl
+from syllabus.tasks import TaskSpec, dump_task
+
+pytestmark = pytest.mark.integration
+
+LABELS = ["greeting", "complaint", "question"]
+SEEDS = [
+    ("Hello there, nice to meet you!", "greeting"),
+    ("Good morning to the whole team.", "greeting"),
+    ("My order arrived broken and late.", "complaint"),
+    ("The service was slow and rude today.", "complaint"),
+    ("What time does the shop open?", "question"),
+    ("How much does the blue one cost?", "question"),
+]
+EVAL = [
+    ("Hi, how are you doing?", "greeting"),
+    ("This product stopped working after a day.", "complaint"),
+    ("Where can I find the manual?", "question"),
+    ("Hey everyone, welcome back!", "greeting"),
+]
+
+
+def tiny_task(model: Path, rounds: int) -> TaskSpec:
+    return TaskSpec.model_validate(
+        {
+            "name": "tiny-intents",
+            "kind": "classification",
+            "instructions": "Classify the message. Answer with the label only.",
+            "labels": LABELS,
+            "seeds": [{"input": i, "label": lab} for i, lab in SEEDS],
+            "eval": [{"input": i, "label": lab} for i, lab in EVAL],
+            "teacher": {"model": str(model)},
+            "student": {"model": str(model)},
+            "rounds": rounds,
+            "generate": {"per_label": 4, "temperature": 1.0, "max_new_tokens": 12, "batch_size": 8},
+            "select": {"top_fraction": 0.5},
+            "train": {"epochs": 1, "batch_size": 4, "lora_rank": 4, "lora_alpha": 8, "max_seq_len": 96},
+        }
+    )
+
+
+@dataclass
+class Stack:
+    config: Config
+    tmp: Path
+
+    def put_task(self, job_id: str, task: TaskSpec) -> ArtifactRef:
+        store = open_store(self.config.resolved_artifact_url())
+        return store.put_bytes(f"jobs/{job_id}/task.yaml", dump_task(task).encode())
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        engine = db.make_engine(self.config.resolved_database_url())
+        try:
+            with db.session_factory(engine)() as s:
+                return {
+                    m.__tablename__: db.count(s, m, job_id=job_id) if m is not db.Job else db.count(s, m, id=job_id)
+                    for m in (db.Job, db.Sample, db.Critique, db.Score, db.Selection, db.TrainingRun, db.Evaluation, db.Round)
+                }
+        finally:
+            engine.dispose()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> AsyncIterator[Stack]:
+    """Teacher, student and trainer servers on port 0, sharing one local store and SQLite file."""
+    from student_svc.server import create_server as create_student
+    from teacher_svc.server import create_server as create_teacher
+    from trainer_svc.server import create_server as create_trainer
+    from trainer_svc.server import jobs_for
+
+    tmp = tmp_path_factory.mktemp("orchestrator-stack")
+    base = Config(
+        home=tmp,
+        database_url=f"sqlite:///{tmp / 'syllabus.db'}",
+        artifact_url=(tmp / "artifacts").as_uri(),
+    )
+    jobs = jobs_for(base)
+    teacher = await create_teacher(base)
+    student = await create_student(base)
+    trainer = await create_trainer(base, jobs=jobs)
+    try:
+        for served in (teacher, student, trainer):
+            await served.set_serving(True)
+        config = base.model_copy(
+            update={
+                "teacher_address": f"127.0.0.1:{teacher.port}",
+                "student_address": f"127.0.0.1:{student.port}",
+                "trainer_address": f"127.0.0.1:{trainer.port}",
+            }
+        )
+        yield Stack(config, tmp)
+    finally:
+        for served in (teacher, student, trainer):
+            await served.stop(1.0)
+        await jobs.close()
+
+
+async def test_workflow_distils_end_to_end(stack: Stack, temporal_env: WorkflowEnvironment, tiny_model_dir: Path) -> None:
+    job_id = f"tiny-{uuid.uuid4().hex[:8]}"
+    task = tiny_task(tiny_model_dir, rounds=2)
+    inp = DistillationInput(job_id, stack.put_task(job_id, task), rounds=2, top_fraction=task.select.top_fraction)
+    task_queue = f"test-{uuid.uuid4()}"
+    async with build_worker(temporal_env.client, stack.config, task_queue=task_queue):
+        result = await temporal_env.client.execute_workflow(
+            DistillationWorkflow.run, inp, id=job_id, task_queue=task_queue
+        )
+
+    assert [r.round for r in result.rounds] == [1, 2]
+    assert result.baseline_accuracy is not None and 0.0 <= result.baseline_accuracy <= 1.0
+    assert result.final_accuracy == result.rounds[-1].accuracy
+    assert result.artifacts_uri.endswith(f"/jobs/{job_id}/")
+    assert [s.name for s in result.steps if s.name == "reference-train"] == ["reference-train"]
+    r1, r2 = result.rounds
+    assert r1.generated > 0, "the tiny teacher generated nothing: the test exercises no data path"
+    assert r1.kept > 0 and 1 <= r1.selected <= r1.kept
+    assert r1.trained == r1.selected + len(SEEDS)
+    assert r1.adapter_uri != r2.adapter_uri
+
+    counts = stack.counts(job_id)
+    assert counts["jobs"] == 1
+    assert counts["samples"] >= len(SEEDS) + len(EVAL) + r1.kept
+    assert counts["critiques"] >= r1.generated
+    assert counts["scores"] > 0 and counts["selections"] == r1.selected + r2.selected
+    assert counts["training_runs"] == 3  # round 1 reference + sft, round 2 sft
+    assert counts["evaluations"] == 3 and counts["rounds"] == 2
+
+    engine = db.make_engine(stack.config.resolved_database_url())
+    try:
+        with db.session_factory(engine)() as s:
+            job = s.get(db.Job, job_id)
+            assert job.status == "completed" and job.final_accuracy == pytest.approx(result.final_accuracy)
+            runs = {(r.round, r.stage): r for r in s.query(db.TrainingRun).filter_by(job_id=job_id)}
+            assert runs[(2, "sft")].params["init_adapter"] == r1.adapter_uri  # continued training
+            assert runs[(1, "sft")].params["init_adapter"] is None
+            score_models = {sc.model for sc in s.query(db.Score).filter_by(job_id=job_id)}
+            assert score_models <= {f"{tiny_model_dir}+{runs[(1, 'reference')].adapter_uri}", f"{tiny_model_dir}+{r1.adapter_uri}"}
+            rounds = {r.round: r for r in s.query(db.Round).filter_by(job_id=job_id)}
+            assert (rounds[1].generated, rounds[1].kept, rounds[1].selected) == (r1.generated, r1.kept, r1.selected)
+    finally:
+        engine.dispose()
+
+    root = stack.tmp / "artifacts" / "jobs" / job_id
+    for name in ("seeds.jsonl", "eval.jsonl", "task.yaml"):
+        assert (root / name).is_file()
+    r1_files = {p.name.split("-")[0] for p in (root / "round-1").iterdir() if not p.name.endswith(".sha256")}
+    assert {"generate", "critique", "reference", "score", "select", "train", "evaluate"} <= r1_files
+    assert (root / "round-0").is_dir()
+
+
+async def test_activities_are_idempotent(stack: Stack, tiny_model_dir: Path) -> None:
+    """Run each service-calling activity once for real, then again with every service address pointing
+    at a closed port: the same outputs come back without a call, and no SQL row is added."""
+    job_id = f"idem-{uuid.uuid4().hex[:8]}"
+    task = tiny_task(tiny_model_dir, rounds=1)
+    task_ref = stack.put_task(job_id, task)
+    env = ActivityEnvironment()
+
+    async def run_all(acts: Activities) -> list:
+        prep = await env.run(acts.prepare_job, PrepareJobInput(job_id, task_ref, 1))
+        base = await env.run(acts.evaluate_student, EvaluateInput(job_id, task_ref, 0, "baseline", prep.eval_set))
+        gen = await env.run(acts.generate_examples, GenerateInput(job_id, task_ref, 1, prep.seeds))
+        crit = await env.run(acts.critique_examples, CritiqueInput(job_id, task_ref, 1, gen.examples, prep.seeds))
+        ref = await env.run(acts.train_adapter, TrainInput(job_id, task_ref, 1, "reference", crit.kept))
+        scores = await env.run(acts.score_samples, ScoreInput(job_id, task_ref, 1, crit.kept, ref.adapter))
+        sel = await env.run(acts.select_samples, SelectInput(job_id, 1, crit.kept, scores.scores, prep.seeds, 0.5))
+        return [prep, base, gen, crit, ref, scores, sel]
+
+    live = Activities(stack.config)
+    try:
+        first = await run_all(live)
+    finally:
+        live.close()
+    gen, crit, scores = first[2], first[3], first[5]
+    assert gen.generated > 0 and crit.kept_count > 0
+    assert scores.count == crit.kept_count
+    assert {r["id"] for r in loads_jsonl((stack.tmp / "artifacts" / scores.scores.uri.split("/artifacts/")[1]).read_bytes())} == {
+        r["id"] for r in loads_jsonl(open_store(stack.config.resolved_artifact_url()).get_bytes(crit.kept))
+    }
+    before = stack.counts(job_id)
+    assert before["samples"] > 0 and before["scores"] > 0 and before["training_runs"] == 1
+
+    dead = f"127.0.0.1:{closed_port()}"
+    offline = Activities(
+        stack.config.model_copy(update={"teacher_address": dead, "student_address": dead, "trainer_address": dead})
+    )
+    try:
+        second = await run_all(offline)
+    finally:
+        offline.close()
+    assert second == first
+    assert stack.counts(job_id) == before
