@@ -286,10 +286,11 @@ class Activities:
     @activity.defn
     async def evaluate_student(self, inp: EvaluateInput) -> EvaluateOutput:
         """StudentService.Evaluate on the eval set; records the Evaluation (and the Round, if given)."""
-        from syllabus.db import Evaluation, Round
-        from syllabus.pb import ref_from_pb, ref_to_pb
         from syllabus_sdk.common.v1 import common_pb2
         from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
+
+        from syllabus.db import Evaluation, Round
+        from syllabus.pb import ref_from_pb, ref_to_pb
 
         task = self._task(inp.task_ref)
         params = {"model": task.student.model, "kind": task.kind, "labels": task.labels}
@@ -356,10 +357,11 @@ class Activities:
     @activity.defn
     async def generate_examples(self, inp: GenerateInput) -> GenerateOutput:
         """TeacherService.Generate: expand the seeds into new labelled examples; records the samples."""
-        from syllabus.db import Sample
-        from syllabus.pb import ref_from_pb, ref_to_pb
         from syllabus_sdk.common.v1 import common_pb2
         from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+
+        from syllabus.db import Sample
+        from syllabus.pb import ref_from_pb, ref_to_pb
 
         task = self._task(inp.task_ref)
         g = task.generate
@@ -427,10 +429,11 @@ class Activities:
     @activity.defn
     async def critique_examples(self, inp: CritiqueInput) -> CritiqueOutput:
         """TeacherService.Critique (judge): keep or drop each generated example; records the critiques."""
-        from syllabus.db import Critique
-        from syllabus.pb import ref_from_pb, ref_to_pb
         from syllabus_sdk.common.v1 import common_pb2
         from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+
+        from syllabus.db import Critique
+        from syllabus.pb import ref_from_pb, ref_to_pb
 
         task = self._task(inp.task_ref)
         mode = task.critique.mode
@@ -482,10 +485,11 @@ class Activities:
     @activity.defn
     async def score_samples(self, inp: ScoreInput) -> ScoreOutput:
         """StudentService.Score: LoBaSS losses and learnability under the reference adapter; records scores."""
-        from syllabus.db import Score
-        from syllabus.pb import ref_from_pb, ref_to_pb
         from syllabus_sdk.common.v1 import common_pb2
         from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
+
+        from syllabus.db import Score
+        from syllabus.pb import ref_from_pb, ref_to_pb
 
         task = self._task(inp.task_ref)
         params = {"model": task.student.model, "metrics": list(SCORE_METRICS)}
@@ -549,7 +553,10 @@ class Activities:
         train_set = self._publish_once(key, dumps_jsonl(train))
         await self._record(
             Selection,
-            [{"job_id": inp.job_id, "round": inp.round, "sample_id": sid, "rank": i} for i, sid in enumerate(chosen)],
+            [
+                {"job_id": inp.job_id, "round": inp.round, "sample_id": sid, "rank": i}
+                for i, sid in enumerate(chosen)
+            ],
         )
         return SelectOutput(train_set=train_set, selected=len(chosen), trained=len(train))
 
@@ -561,17 +568,24 @@ class Activities:
         (`<key>-metrics.json`), published after the adapter, so a retry can answer from the store.
         """
         import grpc
-
-        from syllabus.db import TrainingRun
-        from syllabus.pb import ref_from_pb, ref_to_pb
         from syllabus_sdk.common.v1 import common_pb2
         from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
+        from syllabus.db import TrainingRun
+        from syllabus.pb import ref_from_pb, ref_to_pb
+
         if inp.stage not in ("reference", "sft"):
-            raise ApplicationError(f"unknown training stage {inp.stage!r}", type="INVALID_ARGUMENT", non_retryable=True)
+            raise ApplicationError(
+                f"unknown training stage {inp.stage!r}", type="INVALID_ARGUMENT", non_retryable=True
+            )
         task = self._task(inp.task_ref)
         t = task.train
-        lora = {"rank": t.lora_rank, "alpha": t.lora_alpha, "dropout": t.lora_dropout, "target_modules": t.target_modules}
+        lora = {
+            "rank": t.lora_rank,
+            "alpha": t.lora_alpha,
+            "dropout": t.lora_dropout,
+            "target_modules": t.target_modules,
+        }
         training = {
             "epochs": t.reference_epochs if inp.stage == "reference" else t.epochs,
             "learning_rate": t.learning_rate,
@@ -603,7 +617,10 @@ class Activities:
                 output_key=key,
             )
             final: trainer_pb2.WatchTrainingResponse | None = None
-            async with grpc.aio.insecure_channel(self.config.trainer_address) as channel, _heartbeating() as hb:
+            async with (
+                grpc.aio.insecure_channel(self.config.trainer_address) as channel,
+                _heartbeating() as hb,
+            ):
                 stub = trainer_pb2_grpc.TrainerServiceStub(channel)
                 try:
                     started = await stub.StartTraining(request)
@@ -613,7 +630,9 @@ class Activities:
                     ):
                         hb.update(
                             {
-                                "state": trainer_pb2.TrainingState.Name(event.state).removeprefix("TRAINING_STATE_"),
+                                "state": trainer_pb2.TrainingState.Name(event.state).removeprefix(
+                                    "TRAINING_STATE_"
+                                ),
                                 "step": event.step,
                                 "total": event.total_steps,
                                 "loss": round(float(event.loss), 4),
@@ -633,7 +652,9 @@ class Activities:
             if final is None:
                 # The stream ended without a verdict (e.g. the trainer restarted): retry, which
                 # reattaches to the same job through its job_key.
-                raise ApplicationError("training progress stream ended before the job finished", type="TrainingInterrupted")
+                raise ApplicationError(
+                    "training progress stream ended before the job finished", type="TrainingInterrupted"
+                )
             adapter = ref_from_pb(final.adapter)
             if adapter is None:
                 raise ApplicationError("training succeeded without an adapter", type="DATA_LOSS")
@@ -660,7 +681,10 @@ class Activities:
             ],
         )
         return TrainOutput(
-            adapter=adapter, samples=samples, steps=int(metrics["steps"]), mean_loss=float(metrics["mean_loss"])
+            adapter=adapter,
+            samples=samples,
+            steps=int(metrics["steps"]),
+            mean_loss=float(metrics["mean_loss"]),
         )
 
     @activity.defn

@@ -146,6 +146,24 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             await self.client.get_workflow_handle(request.job_id).cancel()
         return jobs_pb2.CancelJobResponse(job=await self._job(request.job_id, context))
 
+    async def GetLineage(self, request, context):  # noqa: N802
+        from syllabus.lineage import sample_lineage, training_run_lineage
+
+        target = request.WhichOneof("target")
+        if target is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "target: set sample_id or training_run_id")
+        with self.sessions() as s:
+            if target == "sample_id":
+                samples = sample_lineage(s, request.sample_id, request.job_id)
+                if not samples:
+                    where = f" in job {request.job_id!r}" if request.job_id else ""
+                    await context.abort(grpc.StatusCode.NOT_FOUND, f"sample {request.sample_id!r} not found{where}")
+                return jobs_pb2.GetLineageResponse(samples=samples)
+            run = training_run_lineage(s, request.training_run_id)
+            if run is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"training run {request.training_run_id} not found")
+            return jobs_pb2.GetLineageResponse(training_run=run)
+
     # -- helpers ------------------------------------------------------------------------------
 
     async def _snapshot(self, handle: WorkflowHandle, light: bool) -> _Snapshot:

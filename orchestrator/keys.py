@@ -22,5 +22,7 @@ def output_key(
     ext: str = "",
 ) -> str:
     """`jobs/<job_id>/round-<r>/<step>-<hash of the inputs' sha256 and params>[.<ext>]`."""
-    digest = stable_hash({"inputs": [r.sha256 if r is not None else None for r in inputs], "params": dict(params)})
+    digest = stable_hash(
+        {"inputs": [r.sha256 if r is not None else None for r in inputs], "params": dict(params)}
+    )
     return f"{job_prefix(job_id)}/round-{round}/{step}-{digest}" + (f".{ext}" if ext else "")

@@ -112,9 +112,13 @@ class Stack:
         from syllabus.models import resolve_model_dir
         from syllabus.serving import wait_healthy
 
+        from syllabus.db import make_engine
+
         c = self.config
         self._check_ports_free()
         c.home.mkdir(parents=True, exist_ok=True)
+        # Migrate the metadata DB once here, before the gateway and worker both reach for it.
+        await asyncio.to_thread(lambda: make_engine(c.resolved_database_url()).dispose())
         # Dequantize bundled models once here, not three times in parallel in the services.
         for model in self.preload:
             self.log(f"preparing model {model}")

@@ -39,8 +39,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from syllabus.artifacts import ArtifactRef
 
-I = TypeVar("I")  # noqa: E741
-O = TypeVar("O")  # noqa: E741
+I = TypeVar("I")
+O = TypeVar("O")
 
 # Training and generation on a CPU can take many minutes; heartbeats, not this, detect a dead service.
 START_TO_CLOSE = timedelta(minutes=30)
@@ -79,7 +79,11 @@ class DistillationWorkflow:
     async def _distil(self, inp: DistillationInput) -> JobProgress:
         p = self._progress
         prep = await self._step(
-            "prepare", 0, Activities.prepare_job, PrepareJobInput(inp.job_id, inp.task_ref, inp.rounds), short=True
+            "prepare",
+            0,
+            Activities.prepare_job,
+            PrepareJobInput(inp.job_id, inp.task_ref, inp.rounds),
+            short=True,
         )
         p.artifacts_uri = prep.artifacts_uri
         baseline = await self._step(
@@ -94,7 +98,10 @@ class DistillationWorkflow:
         for r in range(1, inp.rounds + 1):
             p.current_round = r
             gen = await self._step(
-                "generate", r, Activities.generate_examples, GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds)
+                "generate",
+                r,
+                Activities.generate_examples,
+                GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds),
             )
             kept: ArtifactRef | None = None
             kept_count = 0
@@ -119,7 +126,10 @@ class DistillationWorkflow:
                     )
                     reference = ref_run.adapter
                 scores = await self._step(
-                    "score", r, Activities.score_samples, ScoreInput(inp.job_id, inp.task_ref, r, kept, reference)
+                    "score",
+                    r,
+                    Activities.score_samples,
+                    ScoreInput(inp.job_id, inp.task_ref, r, kept, reference),
                 )
                 sel = await self._step(
                     "select",

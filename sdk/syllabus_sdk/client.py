@@ -80,6 +80,16 @@ class SyllabusClient:
     def cancel_job(self, job_id: str) -> jobs_pb2.Job:
         return _call(self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout).job
 
+    def sample_lineage(self, sample_id: str, job_id: str = "") -> list[jobs_pb2.SampleLineage]:
+        """How a sample was made, judged, scored and used, and what training on it changed (per job)."""
+        req = jobs_pb2.GetLineageRequest(sample_id=sample_id, job_id=job_id)
+        return list(_call(self._stub.GetLineage, req, timeout=self.timeout).samples)
+
+    def training_run_lineage(self, training_run_id: int) -> jobs_pb2.TrainingRunLineage:
+        """A training run and the exact samples it trained on."""
+        req = jobs_pb2.GetLineageRequest(training_run_id=training_run_id)
+        return _call(self._stub.GetLineage, req, timeout=self.timeout).training_run
+
     @staticmethod
     def is_terminal(job: jobs_pb2.Job) -> bool:
         return job.status in TERMINAL

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from orchestrator.activities import Activities
@@ -83,8 +84,19 @@ class Stack:
         try:
             with db.session_factory(engine)() as s:
                 return {
-                    m.__tablename__: db.count(s, m, job_id=job_id) if m is not db.Job else db.count(s, m, id=job_id)
-                    for m in (db.Job, db.Sample, db.Critique, db.Score, db.Selection, db.TrainingRun, db.Evaluation, db.Round)
+                    m.__tablename__: db.count(s, m, job_id=job_id)
+                    if m is not db.Job
+                    else db.count(s, m, id=job_id)
+                    for m in (
+                        db.Job,
+                        db.Sample,
+                        db.Critique,
+                        db.Score,
+                        db.Selection,
+                        db.TrainingRun,
+                        db.Evaluation,
+                        db.Round,
+                    )
                 }
         finally:
             engine.dispose()
@@ -132,10 +144,14 @@ async def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
         await jobs.close()
 
 
-async def test_workflow_distils_end_to_end(stack: Stack, temporal_env: WorkflowEnvironment, tiny_model_dir: Path) -> None:
+async def test_workflow_distils_end_to_end(
+    stack: Stack, temporal_env: WorkflowEnvironment, tiny_model_dir: Path
+) -> None:
     job_id = f"tiny-{uuid.uuid4().hex[:8]}"
     task = tiny_task(tiny_model_dir, rounds=2)
-    inp = DistillationInput(job_id, stack.put_task(job_id, task), rounds=2, top_fraction=task.select.top_fraction)
+    inp = DistillationInput(
+        job_id, stack.put_task(job_id, task), rounds=2, top_fraction=task.select.top_fraction
+    )
     task_queue = f"test-{uuid.uuid4()}"
     async with build_worker(temporal_env.client, stack.config, task_queue=task_queue):
         result = await temporal_env.client.execute_workflow(
@@ -170,9 +186,16 @@ async def test_workflow_distils_end_to_end(stack: Stack, temporal_env: WorkflowE
             assert runs[(2, "sft")].params["init_adapter"] == r1.adapter_uri  # continued training
             assert runs[(1, "sft")].params["init_adapter"] is None
             score_models = {sc.model for sc in s.query(db.Score).filter_by(job_id=job_id)}
-            assert score_models <= {f"{tiny_model_dir}+{runs[(1, 'reference')].adapter_uri}", f"{tiny_model_dir}+{r1.adapter_uri}"}
+            assert score_models <= {
+                f"{tiny_model_dir}+{runs[(1, 'reference')].adapter_uri}",
+                f"{tiny_model_dir}+{r1.adapter_uri}",
+            }
             rounds = {r.round: r for r in s.query(db.Round).filter_by(job_id=job_id)}
-            assert (rounds[1].generated, rounds[1].kept, rounds[1].selected) == (r1.generated, r1.kept, r1.selected)
+            assert (rounds[1].generated, rounds[1].kept, rounds[1].selected) == (
+                r1.generated,
+                r1.kept,
+                r1.selected,
+            )
     finally:
         engine.dispose()
 
@@ -194,31 +217,46 @@ async def test_activities_are_idempotent(stack: Stack, tiny_model_dir: Path) -> 
 
     async def run_all(acts: Activities) -> list:
         prep = await env.run(acts.prepare_job, PrepareJobInput(job_id, task_ref, 1))
-        base = await env.run(acts.evaluate_student, EvaluateInput(job_id, task_ref, 0, "baseline", prep.eval_set))
+        base = await env.run(
+            acts.evaluate_student, EvaluateInput(job_id, task_ref, 0, "baseline", prep.eval_set)
+        )
         gen = await env.run(acts.generate_examples, GenerateInput(job_id, task_ref, 1, prep.seeds))
-        crit = await env.run(acts.critique_examples, CritiqueInput(job_id, task_ref, 1, gen.examples, prep.seeds))
+        crit = await env.run(
+            acts.critique_examples, CritiqueInput(job_id, task_ref, 1, gen.examples, prep.seeds)
+        )
         ref = await env.run(acts.train_adapter, TrainInput(job_id, task_ref, 1, "reference", crit.kept))
         scores = await env.run(acts.score_samples, ScoreInput(job_id, task_ref, 1, crit.kept, ref.adapter))
-        sel = await env.run(acts.select_samples, SelectInput(job_id, 1, crit.kept, scores.scores, prep.seeds, 0.5))
+        sel = await env.run(
+            acts.select_samples, SelectInput(job_id, 1, crit.kept, scores.scores, prep.seeds, 0.5)
+        )
         return [prep, base, gen, crit, ref, scores, sel]
 
+    heartbeats: list = []
+    env.on_heartbeat = lambda *details: heartbeats.extend(details)
     live = Activities(stack.config)
     try:
         first = await run_all(live)
     finally:
         live.close()
+    # Training reported its progress as it went.
+    assert any(isinstance(h, dict) and {"step", "total", "loss"} <= h.keys() for h in heartbeats)
     gen, crit, scores = first[2], first[3], first[5]
     assert gen.generated > 0 and crit.kept_count > 0
     assert scores.count == crit.kept_count
-    assert {r["id"] for r in loads_jsonl((stack.tmp / "artifacts" / scores.scores.uri.split("/artifacts/")[1]).read_bytes())} == {
-        r["id"] for r in loads_jsonl(open_store(stack.config.resolved_artifact_url()).get_bytes(crit.kept))
-    }
+    assert {
+        r["id"]
+        for r in loads_jsonl(
+            (stack.tmp / "artifacts" / scores.scores.uri.split("/artifacts/")[1]).read_bytes()
+        )
+    } == {r["id"] for r in loads_jsonl(open_store(stack.config.resolved_artifact_url()).get_bytes(crit.kept))}
     before = stack.counts(job_id)
     assert before["samples"] > 0 and before["scores"] > 0 and before["training_runs"] == 1
 
     dead = f"127.0.0.1:{closed_port()}"
     offline = Activities(
-        stack.config.model_copy(update={"teacher_address": dead, "student_address": dead, "trainer_address": dead})
+        stack.config.model_copy(
+            update={"teacher_address": dead, "student_address": dead, "trainer_address": dead}
+        )
     )
     try:
         second = await run_all(offline)
@@ -226,3 +264,44 @@ async def test_activities_are_idempotent(stack: Stack, tiny_model_dir: Path) -> 
         offline.close()
     assert second == first
     assert stack.counts(job_id) == before
+
+    # A retry after a crash between "artifact published" and "rows written" completes the rows.
+    engine = db.make_engine(stack.config.resolved_database_url())
+    try:
+        with db.session_factory(engine).begin() as s:
+            s.query(db.Score).filter_by(job_id=job_id).delete()
+    finally:
+        engine.dispose()
+    offline = Activities(stack.config.model_copy(update={"student_address": dead}))
+    try:
+        again = await env.run(
+            offline.score_samples, ScoreInput(job_id, task_ref, 1, crit.kept, first[4].adapter)
+        )
+    finally:
+        offline.close()
+    assert again == scores
+    assert stack.counts(job_id) == before
+
+
+async def test_service_errors_become_typed_application_errors(stack: Stack, tmp_path: Path) -> None:
+    """A permanent failure (unknown model) is non-retryable; an unreachable service is retryable."""
+    job_id = f"err-{uuid.uuid4().hex[:8]}"
+    task = tiny_task(tmp_path / "no-such-model", rounds=1)
+    task_ref = stack.put_task(job_id, task)
+    env = ActivityEnvironment()
+    acts = Activities(stack.config)
+    try:
+        prep = await env.run(acts.prepare_job, PrepareJobInput(job_id, task_ref, 1))
+        with pytest.raises(ApplicationError) as permanent:
+            await env.run(acts.generate_examples, GenerateInput(job_id, task_ref, 1, prep.seeds))
+    finally:
+        acts.close()
+    assert permanent.value.type == "FAILED_PRECONDITION" and permanent.value.non_retryable
+
+    down = Activities(stack.config.model_copy(update={"teacher_address": f"127.0.0.1:{closed_port()}"}))
+    try:
+        with pytest.raises(ApplicationError) as transient:
+            await env.run(down.generate_examples, GenerateInput(job_id, task_ref, 1, prep.seeds))
+    finally:
+        down.close()
+    assert transient.value.type == "UNAVAILABLE" and not transient.value.non_retryable

@@ -67,7 +67,9 @@ def test_output_keys_are_deterministic_and_track_inputs_and_params() -> None:
     assert base == output_key("job-1", 2, "generate", [_ref("aa")], {"model": "m", "seed": 2}, "jsonl")
     assert base.startswith("jobs/job-1/round-2/generate-") and base.endswith(".jsonl")
     # The URI does not matter, the content (sha256) does.
-    assert base == output_key("job-1", 2, "generate", [ArtifactRef("s3://b/x", "aa", 9)], {"seed": 2, "model": "m"}, "jsonl")
+    assert base == output_key(
+        "job-1", 2, "generate", [ArtifactRef("s3://b/x", "aa", 9)], {"seed": 2, "model": "m"}, "jsonl"
+    )
     changed = {
         output_key("job-1", 2, "generate", [_ref("bb")], {"seed": 2, "model": "m"}, "jsonl"),
         output_key("job-1", 2, "generate", [_ref("aa")], {"seed": 3, "model": "m"}, "jsonl"),
@@ -76,5 +78,7 @@ def test_output_keys_are_deterministic_and_track_inputs_and_params() -> None:
         output_key("job-2", 2, "generate", [_ref("aa")], {"seed": 2, "model": "m"}, "jsonl"),
     }
     assert base not in changed and len(changed) == 5
-    assert output_key("j", 1, "critique", [_ref("aa")], {}) == output_key("j", 1, "critique", [_ref("aa")], {})
+    assert output_key("j", 1, "critique", [_ref("aa")], {}) == output_key(
+        "j", 1, "critique", [_ref("aa")], {}
+    )
     assert "." not in output_key("j", 1, "critique", [_ref("aa")], {}).rsplit("/", 1)[1]

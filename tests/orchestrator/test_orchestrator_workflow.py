@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowFailureError
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, is_cancelled_exception
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -122,9 +122,14 @@ class FakeServices:
 async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowEnvironment) -> None:
     fakes = FakeServices(empty_rounds=frozenset({2}))
     task_queue = f"test-{uuid.uuid4()}"
-    inp = DistillationInput(job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=3, top_fraction=0.5)
+    inp = DistillationInput(
+        job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=3, top_fraction=0.5
+    )
     async with Worker(
-        temporal_env.client, task_queue=task_queue, workflows=[DistillationWorkflow], activities=fakes.activities()
+        temporal_env.client,
+        task_queue=task_queue,
+        workflows=[DistillationWorkflow],
+        activities=fakes.activities(),
     ):
         handle = await temporal_env.client.start_workflow(
             DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue
@@ -132,7 +137,12 @@ async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowE
         await asyncio.wait_for(fakes.in_evaluate.wait(), 30)
         mid = await handle.query(DistillationWorkflow.progress)
         assert isinstance(mid, JobProgress)
-        assert (mid.job_id, mid.rounds_total, mid.current_round, mid.current_step) == (inp.job_id, 3, 1, "evaluate")
+        assert (mid.job_id, mid.rounds_total, mid.current_round, mid.current_step) == (
+            inp.job_id,
+            3,
+            1,
+            "evaluate",
+        )
         assert mid.baseline_accuracy == pytest.approx(0.1)
         assert mid.final_accuracy is None and mid.rounds == []
         assert mid.artifacts_uri == f"file:///fake/jobs/{inp.job_id}"
@@ -145,7 +155,7 @@ async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowE
     assert [r.round for r in result.rounds] == [1, 2, 3]
     assert [r.accuracy for r in result.rounds] == pytest.approx([0.2, 0.3, 0.4])
     assert result.final_accuracy == pytest.approx(0.4)
-    r1, r2, r3 = result.rounds
+    r1, r2, _ = result.rounds
     assert (r1.generated, r1.kept, r1.selected, r1.trained) == (8, 6, 3, 7)
     assert (r2.kept, r2.selected) == (0, 0)  # nothing kept: trained on the seeds only
     assert r1.adapter_uri == ref("sft-1").uri and r1.train_loss == pytest.approx(1.5)
@@ -154,7 +164,13 @@ async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowE
     names = [(s.round, s.name) for s in result.steps]
     assert names[:2] == [(0, "prepare"), (0, "baseline-eval")]
     assert [n for r, n in names if r == 1] == [
-        "generate", "critique", "reference-train", "score", "select", "train", "evaluate"
+        "generate",
+        "critique",
+        "reference-train",
+        "score",
+        "select",
+        "train",
+        "evaluate",
     ]
     assert [n for r, n in names if r == 2] == ["generate", "critique", "train", "evaluate"]
     assert [n for r, n in names if r == 3] == ["generate", "critique", "score", "select", "train", "evaluate"]
@@ -173,7 +189,10 @@ async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowE
     assert all(s.top_fraction == 0.5 for s in fakes.inputs("select_samples"))
     evals = fakes.inputs("evaluate_student")
     assert [(e.round, e.stage, e.adapter) for e in evals] == [
-        (0, "baseline", None), (1, "sft", ref("sft-1")), (2, "sft", ref("sft-2")), (3, "sft", ref("sft-3"))
+        (0, "baseline", None),
+        (1, "sft", ref("sft-1")),
+        (2, "sft", ref("sft-2")),
+        (3, "sft", ref("sft-3")),
     ]
     assert evals[0].round_counts is None and evals[2].round_counts.kept == 0
     (finish,) = fakes.inputs("finish_job")
@@ -183,14 +202,46 @@ async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowE
 async def test_workflow_failure_marks_the_job_failed(temporal_env: WorkflowEnvironment) -> None:
     fakes = FakeServices(fail_generate=True)
     task_queue = f"test-{uuid.uuid4()}"
-    inp = DistillationInput(job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=2, top_fraction=0.5)
+    inp = DistillationInput(
+        job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=2, top_fraction=0.5
+    )
     async with Worker(
-        temporal_env.client, task_queue=task_queue, workflows=[DistillationWorkflow], activities=fakes.activities()
+        temporal_env.client,
+        task_queue=task_queue,
+        workflows=[DistillationWorkflow],
+        activities=fakes.activities(),
     ):
         with pytest.raises(WorkflowFailureError) as failure:
-            await temporal_env.client.execute_workflow(DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue)
+            await temporal_env.client.execute_workflow(
+                DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue
+            )
     cause = failure.value.cause.cause
     assert isinstance(cause, ApplicationError) and cause.type == "INVALID_ARGUMENT"
     assert len(fakes.inputs("generate_examples")) == 1  # non-retryable: tried once
     (finish,) = fakes.inputs("finish_job")
     assert finish.status == "failed" and finish.final_accuracy is None
+
+
+async def test_cancelled_workflow_marks_the_job_cancelled(temporal_env: WorkflowEnvironment) -> None:
+    fakes = FakeServices()
+    task_queue = f"test-{uuid.uuid4()}"
+    inp = DistillationInput(
+        job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=2, top_fraction=0.5
+    )
+    async with Worker(
+        temporal_env.client,
+        task_queue=task_queue,
+        workflows=[DistillationWorkflow],
+        activities=fakes.activities(),
+    ):
+        handle = await temporal_env.client.start_workflow(
+            DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue
+        )
+        await asyncio.wait_for(fakes.in_evaluate.wait(), 30)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        fakes.release.set()  # let the abandoned fake activity end so the worker can shut down
+    assert is_cancelled_exception(failure.value.cause)
+    (finish,) = fakes.inputs("finish_job")
+    assert finish.status == "cancelled" and finish.baseline_accuracy == pytest.approx(0.1)

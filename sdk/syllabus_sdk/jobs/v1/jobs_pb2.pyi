@@ -151,3 +151,123 @@ class CancelJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class GetLineageRequest(_message.Message):
+    __slots__ = ("sample_id", "training_run_id", "job_id")
+    SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    sample_id: str
+    training_run_id: int
+    job_id: str
+    def __init__(self, sample_id: _Optional[str] = ..., training_run_id: _Optional[int] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class GetLineageResponse(_message.Message):
+    __slots__ = ("samples", "training_run")
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_RUN_FIELD_NUMBER: _ClassVar[int]
+    samples: _containers.RepeatedCompositeFieldContainer[SampleLineage]
+    training_run: TrainingRunLineage
+    def __init__(self, samples: _Optional[_Iterable[_Union[SampleLineage, _Mapping]]] = ..., training_run: _Optional[_Union[TrainingRunLineage, _Mapping]] = ...) -> None: ...
+
+class Generation(_message.Message):
+    __slots__ = ("method", "teacher_model", "teacher_revision", "prompt_template_hash", "parent_id", "parent_input", "provenance_json", "artifact_uri")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEMPLATE_HASH_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_INPUT_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_JSON_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_URI_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    teacher_model: str
+    teacher_revision: str
+    prompt_template_hash: str
+    parent_id: str
+    parent_input: str
+    provenance_json: str
+    artifact_uri: str
+    def __init__(self, method: _Optional[str] = ..., teacher_model: _Optional[str] = ..., teacher_revision: _Optional[str] = ..., prompt_template_hash: _Optional[str] = ..., parent_id: _Optional[str] = ..., parent_input: _Optional[str] = ..., provenance_json: _Optional[str] = ..., artifact_uri: _Optional[str] = ...) -> None: ...
+
+class CritiqueRecord(_message.Message):
+    __slots__ = ("mode", "keep", "reason")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    keep: bool
+    reason: str
+    def __init__(self, mode: _Optional[str] = ..., keep: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ScoreRecord(_message.Message):
+    __slots__ = ("round", "metric", "value", "model")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    metric: str
+    value: float
+    model: str
+    def __init__(self, round: _Optional[int] = ..., metric: _Optional[str] = ..., value: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
+
+class TrainingUse(_message.Message):
+    __slots__ = ("training_run_id", "round", "stage", "adapter_uri", "mean_loss", "accuracy_before", "accuracy_after")
+    TRAINING_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_URI_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    training_run_id: int
+    round: int
+    stage: str
+    adapter_uri: str
+    mean_loss: float
+    accuracy_before: float
+    accuracy_after: float
+    def __init__(self, training_run_id: _Optional[int] = ..., round: _Optional[int] = ..., stage: _Optional[str] = ..., adapter_uri: _Optional[str] = ..., mean_loss: _Optional[float] = ..., accuracy_before: _Optional[float] = ..., accuracy_after: _Optional[float] = ...) -> None: ...
+
+class SampleLineage(_message.Message):
+    __slots__ = ("job_id", "sample_id", "input", "label", "split", "round", "generation", "critiques", "scores", "selected_in_rounds", "trainings")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CRITIQUES_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_IN_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    TRAININGS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    sample_id: str
+    input: str
+    label: str
+    split: str
+    round: int
+    generation: Generation
+    critiques: _containers.RepeatedCompositeFieldContainer[CritiqueRecord]
+    scores: _containers.RepeatedCompositeFieldContainer[ScoreRecord]
+    selected_in_rounds: _containers.RepeatedScalarFieldContainer[int]
+    trainings: _containers.RepeatedCompositeFieldContainer[TrainingUse]
+    def __init__(self, job_id: _Optional[str] = ..., sample_id: _Optional[str] = ..., input: _Optional[str] = ..., label: _Optional[str] = ..., split: _Optional[str] = ..., round: _Optional[int] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., critiques: _Optional[_Iterable[_Union[CritiqueRecord, _Mapping]]] = ..., scores: _Optional[_Iterable[_Union[ScoreRecord, _Mapping]]] = ..., selected_in_rounds: _Optional[_Iterable[int]] = ..., trainings: _Optional[_Iterable[_Union[TrainingUse, _Mapping]]] = ...) -> None: ...
+
+class TrainingRunLineage(_message.Message):
+    __slots__ = ("run", "job_id", "dataset_uri", "steps", "params_json", "sample_ids")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_URI_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    run: TrainingUse
+    job_id: str
+    dataset_uri: str
+    steps: int
+    params_json: str
+    sample_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run: _Optional[_Union[TrainingUse, _Mapping]] = ..., job_id: _Optional[str] = ..., dataset_uri: _Optional[str] = ..., steps: _Optional[int] = ..., params_json: _Optional[str] = ..., sample_ids: _Optional[_Iterable[str]] = ...) -> None: ...

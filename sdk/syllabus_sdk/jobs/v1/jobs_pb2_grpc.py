@@ -61,6 +61,11 @@ class JobServiceStub:
                 request_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.GetLineage = channel.unary_unary(
+                '/syllabus.jobs.v1.JobService/GetLineage',
+                request_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageRequest.SerializeToString,
+                response_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -102,6 +107,14 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLineage(self, request, context):
+        """GetLineage traces a sample (how it was made, judged, scored, used and what that changed)
+        or a training run (the exact samples it trained on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.CancelJobRequest.FromString,
                     response_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'GetLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLineage,
+                    request_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageRequest.FromString,
+                    response_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class JobService:
             '/syllabus.jobs.v1.JobService/CancelJob',
             syllabus_dot_jobs_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
             syllabus_dot_jobs_dot_v1_dot_jobs__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/syllabus.jobs.v1.JobService/GetLineage',
+            syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageRequest.SerializeToString,
+            syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageResponse.FromString,
             options,
             channel_credentials,
             insecure,
