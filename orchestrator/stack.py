@@ -168,6 +168,18 @@ class Stack:
             await self._wait(name, proc, healthy, 300)
             self.log(f"{name} serving at {address}")
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one component (crash testing): no graceful shutdown, no cleanup."""
+        for n, proc in self.procs:
+            if n == name and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def restart_worker(self) -> None:
+        """Start a fresh worker process (after `kill("worker")`)."""
+        self.procs = [(n, p) for n, p in self.procs if not (n == "worker" and p.poll() is not None)]
+        self._spawn("worker", [sys.executable, "-m", "orchestrator.worker"])
+
     def stop(self, timeout: float = 15.0) -> None:
         for name, proc in reversed(self.procs):
             if proc.poll() is None:

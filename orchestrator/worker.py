@@ -4,7 +4,8 @@ Run it (the services and a Temporal server must be reachable; settings come from
 
     SYLLABUS_TEMPORAL_ADDRESS=127.0.0.1:7233 SYLLABUS_TASK_QUEUE=syllabus python -m orchestrator.worker
 
-It stops gracefully (finishing in-flight activities) on SIGTERM or SIGINT.
+On SIGTERM or SIGINT it stops polling and cancels its in-flight activities; Temporal retries them on
+another worker, and because every activity is idempotent the retry picks up their published outputs.
 """
 
 from __future__ import annotations

@@ -13,13 +13,20 @@ prompt had to be truncated differently per label, the item falls back to full se
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from student_svc.scoring import DEFAULT_MAX_LEN, Encoded, model_device, response_nll
-from syllabus.prompts import IGNORE_INDEX, encode_example
+from student_svc.scoring import (
+    DEFAULT_MAX_LEN,
+    MIN_SHARED_PREFIX,
+    Encoded,
+    common_prefix_len,
+    prefix_cache,
+    response_nll,
+    suffix_nll,
+)
+from syllabus.prompts import IGNORE_INDEX, encode_example, render_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -42,48 +49,22 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _shared_prefix_logprobs(
-    model: PreTrainedModel, prompt_ids: list[int], responses: list[list[int]], pad_token_id: int, per_pass: int
-) -> list[float]:
-    """Summed log p(response | prompt) for each response, running the prompt once.
+class PromptCache:
+    """KV caches for label scoring: the prefix shared by every item's prompt (chat template,
+    instructions, label list) runs once per eval set; each item then runs only its own tail."""
 
-    The cache holds prompt[:-1]; each continuation is [prompt[-1]] + response[:-1] and predicts
-    response, so every response token's logit comes from the continuation pass.
-    """
-    import torch
-    import torch.nn.functional as F
+    def __init__(self, model: PreTrainedModel, prompts: Sequence[Sequence[int]]) -> None:
+        self.model = model
+        g = min(common_prefix_len(prompts), *(len(p) - 1 for p in prompts)) if prompts else 0
+        self.prefix = list(prompts[0][:g]) if g >= MIN_SHARED_PREFIX else []
+        self.cache = prefix_cache(model, self.prefix) if self.prefix else None
 
-    device = model_device(model)
-    prefix = torch.tensor([prompt_ids[:-1]], device=device)
-    out: list[float] = []
-    with torch.inference_mode():
-        prefix_out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-        prefix_cache = prefix_out.cache
-        for start in range(0, len(responses), per_pass):
-            chunk = responses[start : start + per_pass]
-            width = max(len(r) for r in chunk)
-            ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-            targets = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
-            for row, r in enumerate(chunk):
-                ids[row, : len(r)] = torch.tensor([prompt_ids[-1], *r[:-1]])
-                targets[row, : len(r)] = torch.tensor(r)
-            keep = targets != IGNORE_INDEX
-            attn = torch.cat([torch.ones((len(chunk), prefix.shape[1]), dtype=torch.long), keep.long()], dim=1)
-            # Continuations append to the cache: each chunk gets its own copy of the prompt's.
-            cache = copy.deepcopy(prefix_cache) if start + per_pass < len(responses) else prefix_cache
-            cache.batch_repeat_interleave(len(chunk))
-            res = model(
-                input_ids=ids.to(device),
-                attention_mask=attn.to(device),
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=keep.to(device),
-            )
-            nll = F.cross_entropy(res.logits.float(), targets[keep].to(device), reduction="none").double()
-            rows = keep.nonzero()[:, 0].to(device)
-            totals = torch.zeros(len(chunk), dtype=torch.float64, device=device).index_add_(0, rows, nll)
-            out.extend(-float(t) for t in totals)
-    return out
+    def for_prompt(self, prompt_ids: Sequence[int]) -> tuple[object, int]:
+        """(cache, length) holding prompt_ids[:-1]: the last prompt token starts each continuation."""
+        n = len(self.prefix)
+        if self.cache is not None and len(prompt_ids) > n and list(prompt_ids[:n]) == self.prefix:
+            return prefix_cache(self.model, prompt_ids[n:-1], cache=self.cache), len(prompt_ids) - 1
+        return prefix_cache(self.model, prompt_ids[:-1]), len(prompt_ids) - 1
 
 
 def label_logprobs(
@@ -93,16 +74,28 @@ def label_logprobs(
     labels: Sequence[str],
     batch_size: int = 0,
     max_len: int = DEFAULT_MAX_LEN,
+    prompts: PromptCache | None = None,
 ) -> list[float]:
-    """log p(label + end-of-turn | rendered prompt) for each label, summed over the label's tokens."""
+    """log p(label + end-of-turn | rendered prompt) for each label, summed over the label's tokens.
+
+    The prompt runs once (continuing `prompts`' shared prefix if given) and the labels run as a
+    batch of continuations of its KV cache, `batch_size` (default 64) labels per pass.
+    """
     encoded = [encode_example(tokenizer, prompt, label, max_len=max_len) for label in labels]
-    prompts = [ids[: sum(1 for t in lab if t == IGNORE_INDEX)] for ids, lab in encoded]
+    prompt_ids = [ids[: sum(1 for t in lab if t == IGNORE_INDEX)] for ids, lab in encoded]
     pad = _pad_id(tokenizer)
-    if len(prompts[0]) >= 2 and all(p == prompts[0] for p in prompts):
-        responses = [ids[len(prompts[0]) :] for ids, _ in encoded]
-        return _shared_prefix_logprobs(model, prompts[0], responses, pad, batch_size or DEFAULT_LABELS_PER_PASS)
-    nll = response_nll(model, [Encoded(ids, lab) for ids, lab in encoded], pad, batch_size)
-    return [-r.total for r in nll]
+    if len(prompt_ids[0]) < 2 or any(p != prompt_ids[0] for p in prompt_ids):
+        # Truncation cut the prompt differently per label: score the full sequences.
+        nll = response_nll(model, [Encoded(ids, lab) for ids, lab in encoded], pad, batch_size, share_prefix=False)
+        return [-r.total for r in nll]
+    prompts = prompts or PromptCache(model, [])
+    cache, length = prompts.for_prompt(prompt_ids[0])
+    per_pass = batch_size or DEFAULT_LABELS_PER_PASS
+    out: list[float] = []
+    for start in range(0, len(encoded), per_pass):
+        rows = [(ids[length:], lab[length:]) for ids, lab in encoded[start : start + per_pass]]
+        out.extend(-r.total for r in suffix_nll(model, rows, pad, prefix=(cache, length)))
+    return out
 
 
 def evaluate_classification(
@@ -118,10 +111,14 @@ def evaluate_classification(
     Returns prediction records `{"id", "label", "prediction", "correct", "label_logprobs"}` in
     input order, and the summary.
     """
+    rendered = [tokenizer(render_prompt(tokenizer, r["prompt"]), add_special_tokens=False)["input_ids"] for r in records]
+    prompts = PromptCache(model, rendered)
     predictions = []
     correct = 0
     for r in records:
-        lps = label_logprobs(model, tokenizer, r["prompt"], labels, batch_size=batch_size, max_len=max_len)
+        lps = label_logprobs(
+            model, tokenizer, r["prompt"], labels, batch_size=batch_size, max_len=max_len, prompts=prompts
+        )
         best = max(range(len(labels)), key=lambda j: (lps[j], -j))
         ok = labels[best] == r["label"]
         correct += ok

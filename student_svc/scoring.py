@@ -41,6 +41,8 @@ DEFAULT_MAX_LEN = 512
 DEFAULT_BATCH_SIZE = 16
 #: Padded tokens per forward pass; bounds activations and the (response tokens x vocab) logits.
 DEFAULT_MAX_BATCH_TOKENS = 4096
+#: Shared prefixes shorter than this are not worth a separate cached pass.
+MIN_SHARED_PREFIX = 8
 
 
 @dataclass(frozen=True)
@@ -103,49 +105,115 @@ def model_device(model: PreTrainedModel):
     return next(model.parameters()).device
 
 
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix all `seqs` share."""
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for i in range(n):
+        t = first[i]
+        if any(s[i] != t for s in seqs):
+            return i
+    return n
+
+
+def first_target_position(labels: Sequence[int]) -> int:
+    """The position whose logits predict the first response token."""
+    for i, t in enumerate(labels):
+        if t != IGNORE_INDEX:
+            return max(i - 1, 0)
+    return len(labels)
+
+
+def prefix_cache(model: PreTrainedModel, ids: Sequence[int], cache=None):  # noqa: ANN001, ANN201 (transformers Cache)
+    """Run `ids` (batch of one) and return the KV cache; extends `cache` (a copy is made) if given."""
+    import copy
+
+    import torch
+
+    with torch.inference_mode():
+        out = model(
+            input_ids=torch.tensor([list(ids)], device=model_device(model)),
+            cache=copy.deepcopy(cache) if cache is not None else None,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return out.cache
+
+
+def suffix_nll(
+    model: PreTrainedModel,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    pad_token_id: int,
+    prefix: tuple[object, int] | None = None,
+) -> list[ResponseNLL]:
+    """Summed response NLL of each (input_ids, labels) row, run as one right-padded batch.
+
+    With `prefix=(cache, length)` the rows continue a shared prefix whose KV cache (batch of one)
+    is copied and repeated over the batch: the same tokens at the same positions as running the
+    full sequences, without recomputing the prefix. Position t predicts labels[t + 1]; logits are
+    projected only at those positions.
+    """
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    device = model_device(model)
+    width = max(len(ids) for ids, _ in rows)
+    ids_t = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, labels) in enumerate(rows):
+        ids_t[row, : len(ids)] = torch.tensor(list(ids))
+        attn[row, : len(ids)] = 1
+        targets[row, : len(ids) - 1] = torch.tensor(list(labels[1:]))
+    keep = targets != IGNORE_INDEX
+    kwargs: dict = {"use_cache": False}
+    if prefix is not None:
+        cache, length = prefix
+        cache = copy.deepcopy(cache)  # the forward appends to it
+        cache.batch_repeat_interleave(len(rows))
+        attn = torch.cat([torch.ones((len(rows), length), dtype=torch.long), attn], dim=1)
+        kwargs = {"cache": cache, "use_cache": True}
+    with torch.inference_mode():
+        out = model(input_ids=ids_t.to(device), attention_mask=attn.to(device), logits_to_keep=keep.to(device), **kwargs)
+        logits = out.logits.float()  # (kept positions, vocab), row-major over (batch, position)
+        nll = F.cross_entropy(logits, targets[keep].to(device), reduction="none").double()
+        rows_idx = keep.nonzero()[:, 0].to(device)
+        totals = torch.zeros(len(rows), dtype=torch.float64, device=device).index_add_(0, rows_idx, nll)
+    counts = keep.sum(dim=1)
+    return [ResponseNLL(total=float(totals[i]), tokens=int(counts[i])) for i in range(len(rows))]
+
+
 def response_nll(
     model: PreTrainedModel,
     examples: Sequence[Encoded],
     pad_token_id: int,
     batch_size: int = 0,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    share_prefix: bool = True,
 ) -> list[ResponseNLL]:
     """Summed response-token NLL of each example under `model`, in input order.
 
     Batches are length-bucketed and right-padded; logits are computed only at the positions that
-    predict a response token (`logits_to_keep` with a boolean mask), in fp32.
+    predict a response token, in fp32. With `share_prefix`, the token prefix that every example
+    shares (chat template, task instructions, label list: most of a task's prompt) is run once
+    and its KV cache reused by every batch; it never reaches into a response.
     """
-    import torch
-    import torch.nn.functional as F
-
-    device = model_device(model)
+    g = 0
+    if share_prefix and len(examples) > 1:
+        g = min(common_prefix_len([e.input_ids for e in examples]), *(first_target_position(e.labels) for e in examples))
+        if g < MIN_SHARED_PREFIX:
+            g = 0
+    shared = (prefix_cache(model, examples[0].input_ids[:g]), g) if g else None
     results: list[ResponseNLL | None] = [None] * len(examples)
-    buckets = length_buckets([len(e) for e in examples], batch_size or DEFAULT_BATCH_SIZE, max_batch_tokens)
-    with torch.inference_mode():
-        for batch in buckets:
-            width = max(len(examples[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-            attn = torch.zeros((len(batch), width), dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-            for row, i in enumerate(batch):
-                n = len(examples[i])
-                ids[row, :n] = torch.tensor(examples[i].input_ids)
-                attn[row, :n] = 1
-                labels[row, :n] = torch.tensor(examples[i].labels)
-            # Position t predicts token t+1: keep t where labels[t+1] is a response token.
-            targets = torch.full_like(labels, IGNORE_INDEX)
-            targets[:, :-1] = labels[:, 1:]
-            keep = targets != IGNORE_INDEX
-            out = model(
-                input_ids=ids.to(device), attention_mask=attn.to(device), logits_to_keep=keep.to(device), use_cache=False
-            )
-            logits = out.logits.float()  # (kept positions, vocab), row-major over (batch, position)
-            nll = F.cross_entropy(logits, targets[keep].to(device), reduction="none").double()
-            rows = keep.nonzero()[:, 0].to(device)
-            totals = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, nll)
-            counts = keep.sum(dim=1)
-            for row, i in enumerate(batch):
-                results[i] = ResponseNLL(total=float(totals[row]), tokens=int(counts[row]))
+    lengths = [len(e) - g for e in examples]
+    for batch in length_buckets(lengths, batch_size or DEFAULT_BATCH_SIZE, max_batch_tokens):
+        rows = [(examples[i].input_ids[g:], examples[i].labels[g:]) for i in batch]
+        for i, r in zip(batch, suffix_nll(model, rows, pad_token_id, shared), strict=True):
+            results[i] = r
     return results  # type: ignore[return-value]
 
 

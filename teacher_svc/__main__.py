@@ -15,7 +15,6 @@ import logging
 
 from syllabus.config import load_config
 from syllabus.serving import serve
-
 from teacher_svc.server import build_servicer, create_server
 
 

@@ -73,7 +73,9 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, base: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, revision: str) -> None:
+    def __init__(
+        self, base: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, revision: str
+    ) -> None:
         self.model_obj = model
         self.tokenizer = tokenizer
         self.model = base
@@ -128,7 +130,10 @@ class TransformersBackend:
             for b, start in enumerate(range(0, len(prompts), batch_size)):
                 batch = [self.render(p) for p in prompts[start : start + batch_size]]
                 enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+                with (
+                    torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+                    torch.inference_mode(),
+                ):
                     torch.manual_seed(sampling.seed + b)
                     out = self.model_obj.generate(**enc, generation_config=config, tokenizer=tok)
                 new = out[:, enc["input_ids"].shape[1] :]
@@ -139,7 +144,7 @@ class TransformersBackend:
             tok.padding_side = old_side
         return results
 
-    def _completion(self, row) -> Completion:  # noqa: ANN001 (a 1-D LongTensor)
+    def _completion(self, row) -> Completion:
         """Decode one generated row; count tokens up to and including the first end-of-sequence/pad token."""
         ids = row.tolist()
         # Finished rows are padded to the batch's length; padding is not generated text.

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from syllabus.records import content_id
-
 from teacher_svc.dedupe import DuplicateIndex, Match
 from teacher_svc.generation import Seed, input_length_problem
 

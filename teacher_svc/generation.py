@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from syllabus.prompts import classification_prompt
 from syllabus.records import content_id
-
 from teacher_svc.backend import Backend, ChatPrompt, Sampling
 from teacher_svc.dedupe import DuplicateIndex
 
@@ -89,12 +88,14 @@ def parse_seeds(records: Sequence[dict]) -> list[Seed]:
     for i, rec in enumerate(records):
         text, label = (rec.get("input"), rec.get("label")) if isinstance(rec, dict) else (None, None)
         if not isinstance(text, str) or not text.strip() or not isinstance(label, str) or not label:
-            raise ValueError(f"record {i} needs a non-empty string \"input\" and \"label\"")
+            raise ValueError(f'record {i} needs a non-empty string "input" and "label"')
         seeds.append(Seed(rec.get("id") or content_id(text, label), text, label))
     return seeds
 
 
-def build_prompts(instructions: str, labels: Sequence[str], seeds: Sequence[Seed], per_label: int) -> list[ExpansionPrompt]:
+def build_prompts(
+    instructions: str, labels: Sequence[str], seeds: Sequence[Seed], per_label: int
+) -> list[ExpansionPrompt]:
     """`per_label` prompts per label, label-major; raises ValueError if a label has no seed."""
     prompts = []
     for label in labels:
@@ -115,7 +116,9 @@ def build_prompts(instructions: str, labels: Sequence[str], seeds: Sequence[Seed
 
 
 _BULLET = re.compile(r"^\s*(?:[-*•>]+|#?\d+[.):]|\(\d+\))\s*")
-_PREFIX = re.compile(r"^(?:new\s+)?(?:customer\s+)?(?:message|input|example|text)\s*\d*\s*:\s*", re.I)
+_PREFIX = re.compile(
+    r"^(?:new\s+)?(?:customer\s+)?(?:message|input|example|text)\s*\d*\s*:\s*", re.IGNORECASE
+)
 _QUOTES = "\"'“”‘’`"
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+
 from syllabus.artifacts import open_store
 from syllabus.config import Config
 from syllabus.serving import Served, build_server
-from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
-
 from teacher_svc.service import TeacherServicer
 
 SERVICE_NAME = teacher_pb2.DESCRIPTOR.services_by_name["TeacherService"].full_name

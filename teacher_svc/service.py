@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 
 import grpc
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 
 from syllabus.artifacts import (
     ArtifactNotFound,
@@ -28,9 +30,6 @@ from syllabus.artifacts import (
 from syllabus.models import ModelNotFound, check_model_ref
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.records import dumps_jsonl, loads_jsonl
-from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
-
 from teacher_svc.backend import Backend, Sampling, TransformersBackend
 from teacher_svc.critique import judge
 from teacher_svc.generation import DEFAULT_BATCH_SIZE, ExpansionRequest, Seed, expand_seeds, parse_seeds
@@ -81,13 +80,13 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         # health checks while the job runs in a worker thread.
         self._model_lock = asyncio.Lock()
 
-    async def Generate(self, request: teacher_pb2.GenerateRequest, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Generate(self, request: teacher_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
         try:
             return await self._generate(request)
         except RequestFailed as e:
             await context.abort(e.code, e.message)
 
-    async def Critique(self, request: teacher_pb2.CritiqueRequest, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Critique(self, request: teacher_pb2.CritiqueRequest, context: grpc.aio.ServicerContext):
         try:
             return await self._critique(request)
         except RequestFailed as e:
@@ -141,14 +140,18 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             "unparsable": resp.unparsable,
             "tokens_generated": resp.tokens_generated,
         }
-        await asyncio.to_thread(self.store.put_bytes, key + STATS_SUFFIX, json.dumps(stats, sort_keys=True).encode())
+        await asyncio.to_thread(
+            self.store.put_bytes, key + STATS_SUFFIX, json.dumps(stats, sort_keys=True).encode()
+        )
         ref = await asyncio.to_thread(self.store.put_bytes, key, dumps_jsonl(result.records))
         resp.examples.CopyFrom(ref_to_pb(ref))
         return resp
 
     def _existing_generate(self, key: str, ref: ArtifactRef) -> teacher_pb2.GenerateResponse:
         """The response of the run that published `key` (counts from the file and its stats sidecar)."""
-        resp = teacher_pb2.GenerateResponse(examples=ref_to_pb(ref), generated=len(self._records("output_key", ref)))
+        resp = teacher_pb2.GenerateResponse(
+            examples=ref_to_pb(ref), generated=len(self._records("output_key", ref))
+        )
         if stats_ref := self.store.stat(key + STATS_SUFFIX):
             stats = json.loads(self.store.get_bytes(stats_ref))
             resp.duplicates_removed = stats["duplicates_removed"]
@@ -238,7 +241,9 @@ def _check_model(model: common_pb2.ModelRef) -> str:
     if not model.base:
         raise invalid("model.base", "required (bundled:smollm2-135m-instruct or a local HF model directory)")
     if model.adapter.uri:
-        raise RequestFailed(grpc.StatusCode.UNIMPLEMENTED, "model.adapter: teacher adapters are not supported yet")
+        raise RequestFailed(
+            grpc.StatusCode.UNIMPLEMENTED, "model.adapter: teacher adapters are not supported yet"
+        )
     try:
         check_model_ref(model.base)
     except ModelNotFound as e:
@@ -252,7 +257,7 @@ def _check_kind(kind: int) -> None:
         raise invalid("kind", f"must be TASK_KIND_CLASSIFICATION, got {name}")
 
 
-def _check_labels(labels) -> list[str]:  # noqa: ANN001 (a repeated string field)
+def _check_labels(labels) -> list[str]:
     labels = list(labels)
     if len(labels) < 2:
         raise invalid("labels", f"at least 2 labels required, got {len(labels)}")
@@ -292,4 +297,6 @@ def _sampling(msg: common_pb2.SamplingParams) -> Sampling:
         raise invalid("sampling.n", f"must be in [0, {MAX_N}] (0 means 1), got {msg.n}")
     if temperature == 0 and n != 1:
         raise invalid("sampling.n", "must be 1 with temperature 0 (greedy decoding gives one answer)")
-    return Sampling(temperature=temperature, top_p=top_p or 1.0, max_new_tokens=msg.max_new_tokens, n=n, seed=msg.seed)
+    return Sampling(
+        temperature=temperature, top_p=top_p or 1.0, max_new_tokens=msg.max_new_tokens, n=n, seed=msg.seed
+    )

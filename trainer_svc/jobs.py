@@ -21,10 +21,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from syllabus_sdk.trainer.v1 import trainer_pb2
+
 from syllabus.artifacts import ArtifactRef, ArtifactStore, InvalidKey, validate_key
 from syllabus.models import check_model_ref, fetch_adapter
 from syllabus.pb import ref_from_pb, ref_to_pb
-from syllabus_sdk.trainer.v1 import trainer_pb2
 from trainer_svc.sft import DatasetError, SFTConfig, TrainingStopped, read_dataset, run_sft
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,24 @@ def plan_from_request(req: trainer_pb2.StartTrainingRequest) -> TrainingPlan:
     require(lora.alpha > 0, "lora.alpha", f"must be > 0, got {lora.alpha:g}")
     require(0 <= lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {lora.dropout:g}")
     require(len(lora.target_modules) > 0, "lora.target_modules", "must name at least one module, e.g. q_proj")
-    require(all(m.strip() for m in lora.target_modules), "lora.target_modules", "must not contain empty names")
+    require(
+        all(m.strip() for m in lora.target_modules), "lora.target_modules", "must not contain empty names"
+    )
     require(training.epochs > 0, "training.epochs", f"must be > 0, got {training.epochs}")
-    require(training.learning_rate > 0, "training.learning_rate", f"must be > 0, got {training.learning_rate:g}")
+    require(
+        training.learning_rate > 0, "training.learning_rate", f"must be > 0, got {training.learning_rate:g}"
+    )
     require(training.batch_size > 0, "training.batch_size", f"must be > 0, got {training.batch_size}")
-    require(0 <= training.warmup_ratio < 1, "training.warmup_ratio", f"must be in [0, 1), got {training.warmup_ratio:g}")
-    require(training.max_seq_len >= 0, "training.max_seq_len", f"must be >= 0 (0: {DEFAULT_MAX_SEQ_LEN}), got {training.max_seq_len}")
+    require(
+        0 <= training.warmup_ratio < 1,
+        "training.warmup_ratio",
+        f"must be in [0, 1), got {training.warmup_ratio:g}",
+    )
+    require(
+        training.max_seq_len >= 0,
+        "training.max_seq_len",
+        f"must be >= 0 (0: {DEFAULT_MAX_SEQ_LEN}), got {training.max_seq_len}",
+    )
     require(bool(req.output_key), "output_key", "must not be empty")
     try:
         output_key = validate_key(req.output_key)
@@ -209,12 +222,18 @@ class TrainingJobs:
                 raise InvalidRequest("model.adapter.uri", str(e)) from None
         return pairs, init_dir
 
-    async def _run(self, job: Job, plan: TrainingPlan, pairs: list[tuple[str, str]], init_dir: Path | None) -> None:
+    async def _run(
+        self, job: Job, plan: TrainingPlan, pairs: list[tuple[str, str]], init_dir: Path | None
+    ) -> None:
         loop = asyncio.get_running_loop()
 
         def on_step(step: int, total_steps: int, loss: float, lr: float) -> None:
             event = trainer_pb2.WatchTrainingResponse(
-                state=State.TRAINING_STATE_RUNNING, step=step, total_steps=total_steps, loss=loss, learning_rate=lr
+                state=State.TRAINING_STATE_RUNNING,
+                step=step,
+                total_steps=total_steps,
+                loss=loss,
+                learning_rate=lr,
             )
             loop.call_soon_threadsafe(job.publish, event)
 
@@ -224,8 +243,14 @@ class TrainingJobs:
             if done is not None:
                 return _succeeded(done, mean_loss=0.0)
             ref, result = run_sft(
-                plan.base, pairs, plan.config, self.store, plan.output_key,
-                init_adapter=init_dir, on_step=on_step, should_stop=lambda: self._stopping,
+                plan.base,
+                pairs,
+                plan.config,
+                self.store,
+                plan.output_key,
+                init_adapter=init_dir,
+                on_step=on_step,
+                should_stop=lambda: self._stopping,
             )
             return _succeeded(ref, result.mean_loss, steps=len(result.losses))
 
@@ -237,17 +262,27 @@ class TrainingJobs:
                 succeeded = await asyncio.to_thread(train)
             except Exception as e:  # the job fails; the service keeps serving
                 log.exception("job %s (%s) failed", job.training_id, plan.job_key)
-                job.publish(trainer_pb2.WatchTrainingResponse(
-                    state=State.TRAINING_STATE_FAILED, message=f"{type(e).__name__}: {e}"
-                ))
+                job.publish(
+                    trainer_pb2.WatchTrainingResponse(
+                        state=State.TRAINING_STATE_FAILED, message=f"{type(e).__name__}: {e}"
+                    )
+                )
             else:
-                log.info("job %s (%s): succeeded, mean loss %.4f", job.training_id, plan.job_key, succeeded.mean_loss)
+                log.info(
+                    "job %s (%s): succeeded, mean loss %.4f",
+                    job.training_id,
+                    plan.job_key,
+                    succeeded.mean_loss,
+                )
                 job.publish(succeeded)
 
 
 def _succeeded(ref: ArtifactRef, mean_loss: float, steps: int = 0) -> trainer_pb2.WatchTrainingResponse:
     """The final event; steps and mean_loss are 0 when the adapter existed and nothing was trained."""
     return trainer_pb2.WatchTrainingResponse(
-        state=State.TRAINING_STATE_SUCCEEDED, step=steps, total_steps=steps,
-        adapter=ref_to_pb(ref), mean_loss=mean_loss,
+        state=State.TRAINING_STATE_SUCCEEDED,
+        step=steps,
+        total_steps=steps,
+        adapter=ref_to_pb(ref),
+        mean_loss=mean_loss,
     )

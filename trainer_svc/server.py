@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 from syllabus.artifacts import ArtifactNotFound, ChecksumMismatch, open_store
 from syllabus.config import Config
 from syllabus.models import ModelNotFound
 from syllabus.serving import Served, abort_invalid, build_server
-from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_svc.jobs import InvalidRequest, TrainingJobs, plan_from_request
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
@@ -25,7 +25,8 @@ SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_na
 def jobs_for(config: Config) -> TrainingJobs:
     """The job registry a server of this config uses (adapters fetched for continued training are
     cached under `home/adapter-cache`)."""
-    return TrainingJobs(open_store(config.resolved_artifact_url()), adapter_cache=config.home / "adapter-cache")
+    store = open_store(config.resolved_artifact_url(), config)
+    return TrainingJobs(store, adapter_cache=config.home / "adapter-cache")
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
@@ -54,12 +55,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             await abort_invalid(context, "training_id", "must not be empty")
         job = self.jobs.get(request.training_id)
         if job is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no training job {request.training_id!r} in this service")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no training job {request.training_id!r} in this service"
+            )
         async for event in job.follow():
             yield event
 
 
-async def create_server(config: Config, address: str = "127.0.0.1:0", *, jobs: TrainingJobs | None = None) -> Served:
+async def create_server(
+    config: Config, address: str = "127.0.0.1:0", *, jobs: TrainingJobs | None = None
+) -> Served:
     """Start a TrainerService at `address` (health NOT_SERVING until `served.set_serving(True)`).
 
     Pass `jobs` to keep a handle on the registry (to `close()` it on shutdown); by default one is

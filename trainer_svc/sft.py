@@ -196,7 +196,9 @@ def lr_at(step: int, total_steps: int, peak: float, warmup_ratio: float) -> floa
 # Recipe: setup -> train -> save
 
 
-def setup_model(base_model: PreTrainedModel, config: SFTConfig, init_adapter: Path | None = None) -> PeftModel:
+def setup_model(
+    base_model: PreTrainedModel, config: SFTConfig, init_adapter: Path | None = None
+) -> PeftModel:
     """Wrap the base in a trainable LoRA adapter: a fresh one, or the one in `init_adapter`."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -244,7 +246,9 @@ def train(
             lr = lr_at(step, total_steps, config.learning_rate, config.warmup_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_indices], pad_id).items()}
+            batch = {
+                k: v.to(device) for k, v in collate([examples[i] for i in batch_indices], pad_id).items()
+            }
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = completion_loss(logits, batch["labels"])
@@ -302,8 +306,11 @@ def run_sft(
     examples = encode_dataset(tokenizer, pairs, config.max_seq_len)
     log.info(
         "sft: %d examples, %d epochs, batch %d, %d trainable parameters on %s",
-        len(examples), config.epochs, config.batch_size,
-        sum(p.numel() for p in model.parameters() if p.requires_grad), device,
+        len(examples),
+        config.epochs,
+        config.batch_size,
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+        device,
     )
     # train
     result = train(model, examples, config, tokenizer.pad_token_id, on_step, should_stop)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from temporalio import activity
@@ -34,8 +35,10 @@ from orchestrator.types import (
     TrainInput,
     TrainOutput,
 )
+from orchestrator.worker import run_worker
 from orchestrator.workflows import DistillationWorkflow
 from syllabus.artifacts import ArtifactRef
+from syllabus.config import Config
 
 pytestmark = pytest.mark.integration  # a real Temporal dev server, fake activities
 
@@ -245,3 +248,32 @@ async def test_cancelled_workflow_marks_the_job_cancelled(temporal_env: Workflow
     assert is_cancelled_exception(failure.value.cause)
     (finish,) = fakes.inputs("finish_job")
     assert finish.status == "cancelled" and finish.baseline_accuracy == pytest.approx(0.1)
+
+
+async def test_run_worker_polls_the_configured_queue_until_stopped(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    config = Config(
+        home=tmp_path,
+        temporal_address=temporal_env.client.service_client.config.target_host,
+        task_queue=f"test-{uuid.uuid4()}",
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(run_worker(config, stop))
+    request = DescribeTaskQueueRequest(
+        namespace=config.temporal_namespace,
+        task_queue=TaskQueue(name=config.task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    )
+    try:
+        async with asyncio.timeout(30):
+            while not (await temporal_env.client.workflow_service.describe_task_queue(request)).pollers:
+                assert not running.done(), running.exception()
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)

@@ -23,7 +23,13 @@ class Task:
 def banking77() -> Task:
     return Task(
         instructions="Classify the bank customer's message into one of the intents. Answer with the intent only.",
-        labels=["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "passcode_forgotten"],
+        labels=[
+            "card_arrival",
+            "lost_or_stolen_card",
+            "exchange_rate",
+            "top_up_failed",
+            "passcode_forgotten",
+        ],
         seeds=loads_jsonl((BANKING77 / "data" / "seeds.jsonl").read_bytes()),
     )
 

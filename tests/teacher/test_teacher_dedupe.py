@@ -45,7 +45,10 @@ def test_index_matches_best_of_several_texts() -> None:
     [
         ('My card has not arrived yet, where is it?"', "My card has not arrived yet, where is it?"),
         ('My card has not arrived yet."\n\nNew message: "another one"', "My card has not arrived yet."),
-        ("\n\nHere's the new message:\n- Message: I lost my wallet with my card in it", "I lost my wallet with my card in it"),
+        (
+            "\n\nHere's the new message:\n- Message: I lost my wallet with my card in it",
+            "I lost my wallet with my card in it",
+        ),
         ('1. "Why did my top-up fail again?"', "Why did my top-up fail again?"),
         ("“What is today's exchange rate for euros?”", "What is today's exchange rate for euros?"),
         ("Customer message 4: Can I reset my passcode", "Can I reset my passcode"),

@@ -31,7 +31,10 @@ def test_backend_returns_n_completions_per_prompt(tiny_backend) -> None:
 
 
 def test_same_seed_same_output_and_batching_independent_of_padding(tiny_backend) -> None:
-    prompts = [ChatPrompt("Short.", ""), ChatPrompt("A much longer prompt that needs left padding in its batch.", "")]
+    prompts = [
+        ChatPrompt("Short.", ""),
+        ChatPrompt("A much longer prompt that needs left padding in its batch.", ""),
+    ]
     first = tiny_backend.generate(prompts, SAMPLING, batch_size=2)
     again = tiny_backend.generate(prompts, SAMPLING, batch_size=2)
     other = tiny_backend.generate(prompts, Sampling(**{**SAMPLING.__dict__, "seed": 8}), batch_size=2)
@@ -43,7 +46,9 @@ def test_greedy_is_deterministic_and_rejects_n_above_one(tiny_backend) -> None:
     greedy = Sampling(temperature=0.0, max_new_tokens=6, n=1, seed=0)
     prompts = [ChatPrompt("Hello", "")]
     a = tiny_backend.generate(prompts, greedy, batch_size=1)
-    b = tiny_backend.generate(prompts, Sampling(temperature=0.0, max_new_tokens=6, n=1, seed=99), batch_size=1)
+    b = tiny_backend.generate(
+        prompts, Sampling(temperature=0.0, max_new_tokens=6, n=1, seed=99), batch_size=1
+    )
     assert a == b
     with pytest.raises(ValueError, match="n must be 1"):
         tiny_backend.generate(prompts, Sampling(temperature=0.0, max_new_tokens=6, n=2), batch_size=1)
@@ -51,7 +56,15 @@ def test_greedy_is_deterministic_and_rejects_n_above_one(tiny_backend) -> None:
 
 def test_expand_seeds_accounts_for_every_completion(tiny_backend, banking77) -> None:
     labels = banking77.labels[:2]
-    req = ExpansionRequest(banking77.instructions, labels, parse_seeds(banking77.seeds), per_label=3, sampling=SAMPLING, batch_size=4, round=2)
+    req = ExpansionRequest(
+        banking77.instructions,
+        labels,
+        parse_seeds(banking77.seeds),
+        per_label=3,
+        sampling=SAMPLING,
+        batch_size=4,
+        round=2,
+    )
     result = expand_seeds(tiny_backend, req)
     total = len(labels) * 3 * SAMPLING.n
     assert len(result.records) + result.duplicates_removed + result.unparsable == total
@@ -87,7 +100,9 @@ class ScriptedBackend:
     def __init__(self, texts: list[str]) -> None:
         self.texts = texts
 
-    def generate(self, prompts: Sequence[ChatPrompt], sampling: Sampling, batch_size: int, stop: Sequence[str] = ()):
+    def generate(
+        self, prompts: Sequence[ChatPrompt], sampling: Sampling, batch_size: int, stop: Sequence[str] = ()
+    ):
         it = iter(self.texts)
         return [[Completion(next(it), 5) for _ in range(sampling.n)] for _ in prompts]
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 
 from syllabus.artifacts import LocalArtifactStore
 from syllabus.config import Config
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.prompts import classification_prompt
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
-from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from teacher_svc.server import create_server
 
 pytestmark = pytest.mark.integration
@@ -34,18 +34,18 @@ async def teacher(tmp_path: Path):
 
 
 def generate_request(base: str, banking77, seeds_ref, **overrides) -> teacher_pb2.GenerateRequest:
-    fields = dict(
-        model=common_pb2.ModelRef(base=base),
-        kind=CLASSIFICATION,
-        instructions=banking77.instructions,
-        labels=banking77.labels[:2],
-        seeds=ref_to_pb(seeds_ref),
-        per_label=2,
-        sampling=common_pb2.SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8, n=2, seed=3),
-        batch_size=4,
-        output_key="jobs/j1/round-1/generate-abc.jsonl",
-        round=1,
-    )
+    fields = {
+        "model": common_pb2.ModelRef(base=base),
+        "kind": CLASSIFICATION,
+        "instructions": banking77.instructions,
+        "labels": banking77.labels[:2],
+        "seeds": ref_to_pb(seeds_ref),
+        "per_label": 2,
+        "sampling": common_pb2.SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8, n=2, seed=3),
+        "batch_size": 4,
+        "output_key": "jobs/j1/round-1/generate-abc.jsonl",
+        "round": 1,
+    }
     fields.update(overrides)
     return teacher_pb2.GenerateRequest(**fields)
 
@@ -114,7 +114,9 @@ async def test_generate_then_critique(teacher, tiny_model_dir, banking77) -> Non
         ({"sampling": common_pb2.SamplingParams(temperature=0.5)}, "sampling.max_new_tokens: must be > 0"),
     ],
 )
-async def test_generate_rejects_malformed_requests(teacher, tiny_model_dir, banking77, overrides, message) -> None:
+async def test_generate_rejects_malformed_requests(
+    teacher, tiny_model_dir, banking77, overrides, message
+) -> None:
     stub, store = teacher
     seeds_ref = store.put_bytes("inputs/seeds.jsonl", dumps_jsonl(banking77.seeds))
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -136,14 +138,23 @@ async def test_generate_maps_store_and_model_errors(teacher, tiny_model_dir, tmp
     corrupt = common_pb2.ArtifactRef(uri=seeds_ref.uri, sha256="0" * 64, size_bytes=seeds_ref.size_bytes)
     assert await code(seeds=missing) == grpc.StatusCode.NOT_FOUND
     assert await code(seeds=corrupt) == grpc.StatusCode.DATA_LOSS
-    assert await code(model=common_pb2.ModelRef(base=str(tmp_path / "no-model"))) == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        await code(model=common_pb2.ModelRef(base=str(tmp_path / "no-model")))
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
     assert await code(model=common_pb2.ModelRef(base="bundled:nope")) == grpc.StatusCode.FAILED_PRECONDITION
 
 
 async def test_critique_rejects_malformed_requests(teacher, banking77) -> None:
     stub, store = teacher
     seeds_ref = ref_to_pb(store.put_bytes("inputs/seeds.jsonl", dumps_jsonl(banking77.seeds)))
-    good = dict(kind=CLASSIFICATION, labels=banking77.labels, examples=seeds_ref, seeds=seeds_ref, output_key="c/x")
+    good = {
+        "kind": CLASSIFICATION,
+        "labels": banking77.labels,
+        "examples": seeds_ref,
+        "seeds": seeds_ref,
+        "output_key": "c/x",
+    }
     for overrides, message in [
         ({"labels": ["only"]}, "labels: at least 2 labels required"),
         ({"seeds": None}, "seeds: required"),

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 from syllabus.artifacts import LocalArtifactStore
 from syllabus.config import Config
 from syllabus.pb import ref_to_pb
 from syllabus.records import dumps_jsonl
-from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_svc.server import create_server, jobs_for
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,9 @@ def request(tiny_model_dir: Path, store: LocalArtifactStore, **overrides) -> tra
         model=common_pb2.ModelRef(base=str(tiny_model_dir)),
         dataset=ref_to_pb(dataset),
         lora=trainer_pb2.LoraSpec(rank=4, alpha=8, target_modules=["q_proj", "v_proj"]),
-        training=trainer_pb2.TrainingSpec(epochs=2, learning_rate=1e-2, batch_size=4, warmup_ratio=0.25, seed=1),
+        training=trainer_pb2.TrainingSpec(
+            epochs=2, learning_rate=1e-2, batch_size=4, warmup_ratio=0.25, seed=1
+        ),
         output_key=f"adapters/{uuid.uuid4().hex[:8]}.tar",
     )
     for name, value in overrides.items():
@@ -63,7 +65,12 @@ def request(tiny_model_dir: Path, store: LocalArtifactStore, **overrides) -> tra
 
 
 async def watch(stub, training_id: str) -> list[trainer_pb2.WatchTrainingResponse]:
-    return [e async for e in stub.WatchTraining(trainer_pb2.WatchTrainingRequest(training_id=training_id), timeout=120)]
+    return [
+        e
+        async for e in stub.WatchTraining(
+            trainer_pb2.WatchTrainingRequest(training_id=training_id), timeout=120
+        )
+    ]
 
 
 async def run_and_watch_all(stub, jobs, req) -> tuple[trainer_pb2.StartTrainingResponse, list]:
@@ -71,7 +78,9 @@ async def run_and_watch_all(stub, jobs, req) -> tuple[trainer_pb2.StartTrainingR
     state, so the queue is held until the watch has its first event."""
     async with jobs._run_lock:
         started = await stub.StartTraining(req)
-        call = stub.WatchTraining(trainer_pb2.WatchTrainingRequest(training_id=started.training_id), timeout=120)
+        call = stub.WatchTraining(
+            trainer_pb2.WatchTrainingRequest(training_id=started.training_id), timeout=120
+        )
         events = [await call.read()]
     while (event := await call.read()) != grpc.aio.EOF:
         events.append(event)
@@ -91,11 +100,17 @@ async def test_train_and_watch(service, tiny_model_dir: Path) -> None:
     assert all(e.loss > 0 and e.learning_rate > 0 for e in running)
     final = events[-1]
     assert final.state == S.TRAINING_STATE_SUCCEEDED, final.message
-    assert [e.state for e in events] == [S.TRAINING_STATE_PENDING] + [S.TRAINING_STATE_RUNNING] * 4 + [final.state]
+    assert [e.state for e in events] == [S.TRAINING_STATE_PENDING] + [S.TRAINING_STATE_RUNNING] * 4 + [
+        final.state
+    ]
     assert final.mean_loss == pytest.approx(sum(e.loss for e in running) / 4, rel=1e-5)
     published = store.stat(req.output_key)
     assert published is not None and final.adapter.uri == published.uri
-    assert final.adapter.sha256 == published.sha256 == hashlib.sha256(Path(published.uri.removeprefix("file://")).read_bytes()).hexdigest()
+    assert (
+        final.adapter.sha256
+        == published.sha256
+        == hashlib.sha256(Path(published.uri.removeprefix("file://")).read_bytes()).hexdigest()
+    )
     assert final.adapter.size_bytes == published.size_bytes
 
     # A watcher who comes after the end gets the latest state, and the stream ends.
@@ -173,7 +188,9 @@ async def test_continue_from_an_adapter(service, tiny_model_dir: Path) -> None:
         ({"model": {"base": ""}}, "model.base"),
     ],
 )
-async def test_malformed_requests_name_the_field(service, tiny_model_dir: Path, overrides: dict, field: str) -> None:
+async def test_malformed_requests_name_the_field(
+    service, tiny_model_dir: Path, overrides: dict, field: str
+) -> None:
     stub, jobs = service
     store = jobs.store
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -198,7 +215,9 @@ async def test_input_problems_map_to_status_codes(service, tiny_model_dir: Path)
     bad_records = request(tiny_model_dir, store)
     bad_records.dataset.CopyFrom(ref_to_pb(store.put_bytes("data/bad.jsonl", b'{"prompt": "p"}\n')))
     code, details = await code_of(bad_records)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("dataset:") and "response" in details
+    assert (
+        code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("dataset:") and "response" in details
+    )
 
     missing = request(tiny_model_dir, store)
     missing.dataset.uri = store.uri_for("data/nothing-here.jsonl")
@@ -209,7 +228,9 @@ async def test_input_problems_map_to_status_codes(service, tiny_model_dir: Path)
     assert (await code_of(corrupt))[0] == grpc.StatusCode.DATA_LOSS
 
     missing_adapter = request(tiny_model_dir, store)
-    missing_adapter.model.adapter.CopyFrom(common_pb2.ArtifactRef(uri=store.uri_for("adapters/none.tar"), sha256="ab"))
+    missing_adapter.model.adapter.CopyFrom(
+        common_pb2.ArtifactRef(uri=store.uri_for("adapters/none.tar"), sha256="ab")
+    )
     assert (await code_of(missing_adapter))[0] == grpc.StatusCode.NOT_FOUND
 
     unknown_model = request(tiny_model_dir, store, model={"base": "bundled:no-such-model"})

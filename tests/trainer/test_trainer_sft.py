@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import tarfile
 from pathlib import Path
 
@@ -36,7 +37,9 @@ PAIRS = [
     ("Classify: someone stole my wallet with my card", "lost_or_stolen_card"),
     ("Classify: the top up failed twice today", "top_up_failed"),
 ]
-FAST = SFTConfig(epochs=3, learning_rate=3e-2, batch_size=4, lora_rank=4, lora_alpha=8.0, seed=0, max_seq_len=128)
+FAST = SFTConfig(
+    epochs=3, learning_rate=3e-2, batch_size=4, lora_rank=4, lora_alpha=8.0, seed=0, max_seq_len=128
+)
 
 
 def dataset_loss(model, examples, pad_id) -> float:
@@ -85,7 +88,9 @@ def test_labels_are_ignored_on_prompt_and_padding(tiny_model_dir: Path) -> None:
     examples = encode_dataset(tok, PAIRS[:2], 128)
     batch = collate(examples, tok.pad_token_id)
     for row, (ids, labels) in enumerate(examples):
-        response_ids = tok("card_arrival" if row == 0 else "lost_or_stolen_card", add_special_tokens=False)["input_ids"]
+        response_ids = tok("card_arrival" if row == 0 else "lost_or_stolen_card", add_special_tokens=False)[
+            "input_ids"
+        ]
         n_prompt = len(ids) - len(response_ids) - 1  # the response ends with the EOS token
         assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
         assert labels[n_prompt:] == ids[n_prompt:] == response_ids + [tok.eos_token_id]
@@ -128,7 +133,7 @@ def test_training_changes_lora_weights_and_lowers_the_loss(trained) -> None:
 def test_lr_schedule_warms_up_then_decays() -> None:
     lrs = [lr_at(s, 10, 1.0, 0.2) for s in range(10)]
     assert lrs[:3] == [0.5, 1.0, 1.0]  # 2 warm-up steps reach the peak, where the decay starts
-    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+    assert all(a > b for a, b in itertools.pairwise(lrs[2:]))
     assert lrs[-1] > 0
     assert lr_at(0, 10, 1.0, 0.0) == 1.0
 
@@ -139,10 +144,14 @@ def test_epoch_batches_cover_the_data_once_and_follow_the_seed() -> None:
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(len(b) <= 3 for b in batches)
     assert batches == epoch_batches(lengths, 3, seed=1, epoch=0)
-    assert batches != epoch_batches(lengths, 3, seed=1, epoch=1) or batches != epoch_batches(lengths, 3, seed=2, epoch=0)
+    assert batches != epoch_batches(lengths, 3, seed=1, epoch=1) or batches != epoch_batches(
+        lengths, 3, seed=2, epoch=0
+    )
 
 
-def test_saved_adapter_reproduces_the_trained_logits(trained, tiny_model_dir: Path, store, tmp_path: Path) -> None:
+def test_saved_adapter_reproduces_the_trained_logits(
+    trained, tiny_model_dir: Path, store, tmp_path: Path
+) -> None:
     import torch
     from peft import PeftModel
 
@@ -175,7 +184,9 @@ def test_continuing_starts_from_the_init_adapter(trained, tiny_model_dir: Path, 
 
 
 def test_same_seed_gives_identical_adapter_bytes(tiny_model_dir: Path, store) -> None:
-    cfg = SFTConfig(epochs=1, learning_rate=1e-2, batch_size=3, lora_rank=4, lora_alpha=8.0, lora_dropout=0.1, seed=7)
+    cfg = SFTConfig(
+        epochs=1, learning_rate=1e-2, batch_size=3, lora_rank=4, lora_alpha=8.0, lora_dropout=0.1, seed=7
+    )
     a, _ = run_sft(str(tiny_model_dir), PAIRS, cfg, store, "a.tar")
     b, _ = run_sft(str(tiny_model_dir), PAIRS, cfg, store, "b.tar")
     c, _ = run_sft(str(tiny_model_dir), PAIRS, SFTConfig(**{**cfg.__dict__, "seed": 8}), store, "c.tar")
@@ -193,4 +204,7 @@ def test_pack_adapter_is_what_the_store_gets(trained, tmp_path: Path, store, tin
     ref = save_adapter(model, "bundled:smollm2-135m-instruct", store, "x/adapter.tar")
     unpacked = unpack_adapter(store.get_bytes(ref), tmp_path / "u")
     assert pack_adapter(unpacked) == store.get_bytes(ref)
-    assert '"base_model_name_or_path": "bundled:smollm2-135m-instruct"' in (unpacked / "adapter_config.json").read_text()
+    assert (
+        '"base_model_name_or_path": "bundled:smollm2-135m-instruct"'
+        in (unpacked / "adapter_config.json").read_text()
+    )

@@ -1,0 +1,190 @@
+{{/*
+One gRPC role (teacher, student, trainer, gateway): Deployment + Service (+ PDB, + HPA if the role
+has `autoscaling`). Call with
+  (dict "ctx" $ "component" "teacher" "role" .Values.teacher "module" "teacher_svc"
+        "service" "syllabus.teacher.v1.TeacherService")
+Probes are the kubelet's native gRPC probes against the grpc.health.v1 service every Syllabus server
+registers (syllabus/serving.py): NOT_SERVING until the model is loaded and again on SIGTERM.
+*/}}
+{{- define "syllabus.grpcRole" -}}
+{{- $ctx := .ctx -}}
+{{- $role := .role -}}
+{{- $labels := dict "ctx" $ctx "component" .component -}}
+{{- $name := printf "%s-%s" (include "syllabus.fullname" $ctx) .component -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "syllabus.labels" $labels | nindent 4 }}
+spec:
+  {{- if not (and $role.autoscaling $role.autoscaling.enabled) }}
+  replicas: {{ $role.replicaCount }}
+  {{- end }}
+  revisionHistoryLimit: 3
+  selector:
+    matchLabels:
+      {{- include "syllabus.selectorLabels" $labels | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "syllabus.labels" $labels | nindent 8 }}
+      annotations:
+        checksum/config: {{ include "syllabus.configChecksum" $ctx }}
+        {{- with $role.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "syllabus.serviceAccountName" $ctx }}
+      automountServiceAccountToken: {{ $ctx.Values.serviceAccount.automountToken }}
+      {{- with $ctx.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- include "syllabus.podSecurityContext" $ctx | nindent 8 }}
+      terminationGracePeriodSeconds: {{ $role.terminationGracePeriodSeconds }}
+      containers:
+        - name: {{ .component }}
+          image: {{ include "syllabus.image" (dict "ctx" $ctx "role" $role) }}
+          imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+          args:
+            - --address
+            - {{ printf "0.0.0.0:%d" (int $role.port) | quote }}
+            {{- if $role.preload }}
+            - --preload
+            - {{ $role.preload | quote }}
+            {{- end }}
+            {{- with $role.extraArgs }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          ports:
+            - name: grpc
+              containerPort: {{ $role.port }}
+              protocol: TCP
+          envFrom:
+            {{- include "syllabus.envFrom" $ctx | nindent 12 }}
+          env:
+            {{- include "syllabus.secretEnv" $ctx | nindent 12 }}
+            {{- with $role.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          startupProbe:
+            grpc:
+              port: {{ $role.port }}
+              service: {{ .service }}
+            periodSeconds: {{ $role.startupProbe.periodSeconds }}
+            failureThreshold: {{ $role.startupProbe.failureThreshold }}
+            timeoutSeconds: 5
+          readinessProbe:
+            grpc:
+              port: {{ $role.port }}
+              service: {{ .service }}
+            periodSeconds: 10
+            failureThreshold: 3
+            timeoutSeconds: 5
+          livenessProbe:
+            grpc:
+              port: {{ $role.port }}
+              service: {{ .service }}
+            periodSeconds: 20
+            failureThreshold: 6
+            timeoutSeconds: 5
+          resources:
+            {{- toYaml $role.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $ctx.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            {{- include "syllabus.volumeMounts" $ctx | nindent 12 }}
+            {{- if $role.shmSize }}
+            - name: dshm
+              mountPath: /dev/shm
+            {{- end }}
+      volumes:
+        {{- include "syllabus.volumes" $ctx | nindent 8 }}
+        {{- if $role.shmSize }}
+        - name: dshm
+          emptyDir:
+            medium: Memory
+            sizeLimit: {{ $role.shmSize }}
+        {{- end }}
+      {{- with $role.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $role.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $role.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "syllabus.labels" $labels | nindent 4 }}
+  {{- with $role.service.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  type: {{ $role.service.type }}
+  selector:
+    {{- include "syllabus.selectorLabels" $labels | nindent 4 }}
+  ports:
+    - name: grpc
+      port: {{ $role.port }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: grpc
+{{ include "syllabus.pdbAndHpa" . }}
+{{- end }}
+
+{{/* PodDisruptionBudget and HorizontalPodAutoscaler of a role (each only when enabled). */}}
+{{- define "syllabus.pdbAndHpa" -}}
+{{- $ctx := .ctx -}}
+{{- $role := .role -}}
+{{- $labels := dict "ctx" $ctx "component" .component -}}
+{{- $name := printf "%s-%s" (include "syllabus.fullname" $ctx) .component -}}
+{{- if $role.pdb.enabled }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "syllabus.labels" $labels | nindent 4 }}
+spec:
+  maxUnavailable: {{ $role.pdb.maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "syllabus.selectorLabels" $labels | nindent 6 }}
+{{- end }}
+{{- if and $role.autoscaling $role.autoscaling.enabled }}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "syllabus.labels" $labels | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ $name }}
+  minReplicas: {{ $role.autoscaling.minReplicas }}
+  maxReplicas: {{ $role.autoscaling.maxReplicas }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ $role.autoscaling.targetCPUUtilizationPercentage }}
+{{- end }}
+{{- end }}

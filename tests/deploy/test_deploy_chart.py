@@ -1,0 +1,255 @@
+"""The helm chart: strict lint, schema-valid manifests (Kubernetes 1.30, strict), and the wiring the
+code relies on (SYLLABUS_* names from syllabus/config.py, gRPC probes, GPUs only in the GPU overlay,
+secrets only in Secrets)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from deploy_render import CHART, NAMESPACE, OVERLAYS, manifests, overlay_values, render
+
+from syllabus.config import Config
+
+pytestmark = pytest.mark.unit
+
+KUBE_VERSION = "1.30.0"
+SECRET_FIELDS = {"database_url", "s3_access_key", "s3_secret_key"}
+GRPC_ROLES = {
+    "teacher": "syllabus.teacher.v1.TeacherService",
+    "student": "syllabus.student.v1.StudentService",
+    "trainer": "syllabus.trainer.v1.TrainerService",
+    "gateway": "syllabus.jobs.v1.JobService",
+}
+SYLLABUS_ROLES = {*GRPC_ROLES, "worker"}
+GPU_ROLES = {"teacher", "trainer"}
+
+
+def config_env_names() -> set[str]:
+    return {f"SYLLABUS_{name.upper()}" for name in Config.model_fields}
+
+
+def of_kind(objs: list[dict], kind: str) -> list[dict]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def component(obj: dict) -> str:
+    return obj["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+def role_deployments(objs: list[dict]) -> dict[str, dict]:
+    return {component(d): d for d in of_kind(objs, "Deployment") if component(d) in SYLLABUS_ROLES}
+
+
+def containers(deployment: dict) -> list[dict]:
+    return deployment["spec"]["template"]["spec"]["containers"]
+
+
+@pytest.mark.parametrize("overlay", list(OVERLAYS))
+def test_lint_strict(overlay: str) -> None:
+    import helm_python as helm
+
+    report = helm.lint(
+        str(CHART),
+        values=overlay_values(overlay),
+        strict=True,
+        namespace=NAMESPACE,
+        kube_version=f"v{KUBE_VERSION}",
+    )
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+def test_manifests_validate_against_kubernetes_schemas(rendered: tuple[str, list[dict]]) -> None:
+    from kubernetes_validate import utils
+
+    overlay, objs = rendered
+    assert objs, overlay
+    for obj in objs:
+        # raises ValidationError (unknown field in strict mode, wrong type, missing required field)
+        utils.validate(obj, KUBE_VERSION, strict=True)
+
+
+def test_every_role_has_its_workloads(by_overlay: dict[str, list[dict]]) -> None:
+    for overlay, objs in by_overlay.items():
+        assert set(role_deployments(objs)) == SYLLABUS_ROLES, overlay
+        services = {component(s) for s in of_kind(objs, "Service")}
+        assert set(GRPC_ROLES) <= services, overlay
+        assert "worker" not in services
+        assert {component(h) for h in of_kind(objs, "HorizontalPodAutoscaler")} == {
+            "gateway",
+            "worker",
+            "student",
+        }
+        assert SYLLABUS_ROLES <= {component(p) for p in of_kind(objs, "PodDisruptionBudget")}
+        assert len(of_kind(objs, "ServiceAccount")) == 1
+
+
+def test_env_names_exist_in_the_config_model(rendered: tuple[str, list[dict]]) -> None:
+    overlay, objs = rendered
+    known = config_env_names()
+    cm_names = {cm["metadata"]["name"]: set(cm["data"]) for cm in of_kind(objs, "ConfigMap")}
+    for role, dep in role_deployments(objs).items():
+        for c in containers(dep):
+            names = {e["name"] for e in c.get("env", [])}
+            for src in c.get("envFrom", []):
+                names |= cm_names[src["configMapRef"]["name"]]
+            syllabus = {n for n in names if n.startswith("SYLLABUS_")}
+            assert syllabus <= known, (
+                f"{overlay}/{role}: {sorted(syllabus - known)} not in syllabus.config.Config"
+            )
+            # every config field reaches every role: one config model, mapped 1:1
+            assert syllabus == known, f"{overlay}/{role} misses {sorted(known - syllabus)}"
+
+
+def test_secret_fields_come_from_secrets_only(rendered: tuple[str, list[dict]]) -> None:
+    overlay, objs = rendered
+    secret_env = {f"SYLLABUS_{f.upper()}" for f in SECRET_FIELDS}
+    for cm in of_kind(objs, "ConfigMap"):
+        assert not secret_env & set(cm["data"]), overlay
+    for role, dep in role_deployments(objs).items():
+        for c in containers(dep):
+            for e in c.get("env", []):
+                if e["name"] in secret_env:
+                    assert "secretKeyRef" in e.get("valueFrom", {}), f"{overlay}/{role}: {e['name']} inline"
+
+
+def test_secret_values_never_reach_a_configmap() -> None:
+    values = {
+        "secrets": {
+            "databaseUrl": "postgresql+psycopg://syl:pg-Pa55-xyz@db:5432/syllabus",
+            "s3AccessKey": "AKIA-access-k3y",
+            "s3SecretKey": "s3cr3t-k3y-value",
+        },
+        "postgresql": {"enabled": False},
+        "minio": {"enabled": False},
+        "config": {"artifactUrl": "s3://b/a", "s3Endpoint": "s3:9000"},
+    }
+    objs = manifests(render(values))
+    for cm in of_kind(objs, "ConfigMap"):
+        text = yaml.safe_dump(cm)
+        for needle in ("pg-Pa55-xyz", "AKIA-access-k3y", "s3cr3t-k3y-value"):
+            assert needle not in text
+    (secret,) = [
+        s for s in of_kind(objs, "Secret") if "helm.sh/hook" not in s["metadata"].get("annotations", {})
+    ]
+    assert secret["stringData"]["SYLLABUS_DATABASE_URL"] == values["secrets"]["databaseUrl"]
+    assert secret["stringData"]["SYLLABUS_S3_SECRET_KEY"] == "s3cr3t-k3y-value"
+
+
+def test_grpc_roles_probe_with_grpc_health(rendered: tuple[str, list[dict]]) -> None:
+    overlay, objs = rendered
+    deps = role_deployments(objs)
+    for role, service in GRPC_ROLES.items():
+        (c,) = containers(deps[role])
+        port = c["ports"][0]["containerPort"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"] == {"port": port, "service": service}, f"{overlay}/{role}/{probe}"
+        # the server binds the port the probes and the Service use
+        assert c["args"][:2] == ["--address", f"0.0.0.0:{port}"]
+    (worker,) = containers(deps["worker"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert worker[probe]["exec"]["command"][-2:] == ["/usr/local/bin/syllabus-healthcheck", "--temporal"]
+
+
+def _gpus(c: dict) -> dict:
+    res = c.get("resources", {})
+    return {
+        k: res.get(k, {}).get("nvidia.com/gpu")
+        for k in ("requests", "limits")
+        if "nvidia.com/gpu" in res.get(k, {})
+    }
+
+
+def test_gpus_only_for_gpu_roles_and_only_in_the_gpu_overlay(by_overlay: dict[str, list[dict]]) -> None:
+    for overlay, objs in by_overlay.items():
+        for obj in objs:
+            pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+            for c in pod.get("containers", []):
+                gpus = _gpus(c)
+                role = component(obj)
+                if overlay == "gpu" and role in GPU_ROLES:
+                    assert gpus == {"requests": 1, "limits": 1}, (overlay, role)
+                    assert pod["nodeSelector"] and pod["tolerations"]
+                else:
+                    assert gpus == {}, (overlay, role)
+
+
+def test_external_overlay_uses_no_in_chart_dependencies(by_overlay: dict[str, list[dict]]) -> None:
+    objs = by_overlay["external"]
+    assert not {"temporal", "minio", "postgresql"} & {component(o) for o in objs}
+    (cm,) = of_kind(objs, "ConfigMap")
+    ext = overlay_values("external")["config"]
+    assert cm["data"]["SYLLABUS_TEMPORAL_ADDRESS"] == ext["temporalAddress"]
+    assert cm["data"]["SYLLABUS_S3_ENDPOINT"] == ext["s3Endpoint"]
+    # credentials come from the user's Secret; the chart renders none of its own
+    assert not [s for s in of_kind(objs, "Secret")]
+    refs = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for d in role_deployments(objs).values()
+        for c in containers(d)
+        for e in c["env"]
+        if "valueFrom" in e
+    }
+    assert refs == {"syllabus-credentials"}
+
+
+@pytest.mark.parametrize(
+    "overlay, hook", [("default", "post-install,pre-upgrade"), ("external", "pre-install,pre-upgrade")]
+)
+def test_migration_job_is_a_hook_running_db_upgrade(
+    by_overlay: dict[str, list[dict]], overlay: str, hook: str
+) -> None:
+    (job,) = [j for j in of_kind(by_overlay[overlay], "Job") if component(j) == "migrations"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == hook
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["syllabus", "db", "upgrade"]
+    assert {e["name"] for e in c["env"]} <= config_env_names()
+
+
+def test_default_install_wires_in_chart_dependencies(by_overlay: dict[str, list[dict]]) -> None:
+    objs = by_overlay["default"]
+    (cm,) = of_kind(objs, "ConfigMap")
+    assert cm["data"]["SYLLABUS_TEMPORAL_ADDRESS"] == "syl-syllabus-temporal:7233"
+    assert cm["data"]["SYLLABUS_S3_ENDPOINT"] == "syl-syllabus-minio:9000"
+    assert cm["data"]["SYLLABUS_TEACHER_ADDRESS"] == "syl-syllabus-teacher:50061"
+    (secret,) = of_kind(objs, "Secret")
+    data = secret["stringData"]
+    assert data["SYLLABUS_DATABASE_URL"].startswith("postgresql+psycopg://syllabus:")
+    assert f":{data['POSTGRES_PASSWORD']}@syl-syllabus-postgresql:5432/" in data["SYLLABUS_DATABASE_URL"]
+
+
+def test_missing_external_endpoints_fail_with_a_message() -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match="config.temporalAddress is required"):
+        render({"temporal": {"enabled": False}})
+    with pytest.raises(helm.HelmError, match="secrets.databaseUrl"):
+        render({"postgresql": {"enabled": False}})
+
+
+def test_every_value_is_commented() -> None:
+    # Each mapping key has a comment on the line above (or inline); the fields inside a list item
+    # (e.g. one toleration) are data described by the comment above the item.
+    for name in ("values.yaml", "values-gpu.yaml", "values-external.yaml"):
+        lines = (CHART / name).read_text().splitlines()
+        item_indent = None
+        for i, line in enumerate(lines):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            indent = len(line) - len(line.lstrip())
+            if item_indent is not None and indent > item_indent:
+                continue
+            item_indent = indent if line.lstrip().startswith("- ") else None
+            if re.match(r"^\s*(- )?[\w.\-/]+:(\s|$)", line) and "#" not in line:
+                prev = next((p for p in reversed(lines[:i]) if p.strip()), "")
+                assert prev.strip().startswith("#"), f"{name}:{i + 1} {line!r} has no comment"
+
+
+def test_notes_tell_how_to_reach_gateway_and_temporal_ui() -> None:
+    notes = render()["syllabus/templates/NOTES.txt"]
+    assert "port-forward svc/syl-syllabus-gateway 50060:50060" in notes
+    assert "port-forward svc/syl-syllabus-temporal 8233:8233" in notes
+    external = render(overlay_values("external"))["syllabus/templates/NOTES.txt"]
+    assert "https://temporal.example.com/namespaces/syllabus/workflows" in external
