@@ -5,10 +5,12 @@ log-probability of the label's response tokens as `syllabus.prompts.encode_examp
 them (the same tokens the trainer trains on). The prediction is the most likely label (ties go
 to the earlier label in the label set).
 
-All labels of an item share the prompt, so the prompt is run once and its KV cache is repeated
-over the labels, which then run as one batch of short continuations. That is exact (the same
-tokens at the same positions) whenever every label's encoding has the same prompt tokens; if the
-prompt had to be truncated differently per label, the item falls back to full sequences.
+Prompts are run once and their KV caches reused: the prefix every item's prompt shares (chat
+template, instructions, label list: most of the tokens) once per eval set, each item's own tail
+once per item, and the item's labels then run as one batch of short continuations of that cache.
+That is exact (the same tokens at the same positions as full sequences) whenever every label's
+encoding has the same prompt tokens; if the prompt had to be truncated differently per label, the
+item falls back to full sequences.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class PromptCache:
         """(cache, length) holding prompt_ids[:-1]: the last prompt token starts each continuation."""
         n = len(self.prefix)
         if self.cache is not None and len(prompt_ids) > n and list(prompt_ids[:n]) == self.prefix:
+            if len(prompt_ids) - 1 == n:
+                return self.cache, n  # callers copy before appending
             return prefix_cache(self.model, prompt_ids[n:-1], cache=self.cache), len(prompt_ids) - 1
         return prefix_cache(self.model, prompt_ids[:-1]), len(prompt_ids) - 1
 

@@ -3,7 +3,7 @@
     python -m trainer_svc [--address HOST:PORT] [--preload MODEL]
 
 The address defaults to `SYLLABUS_TRAINER_ADDRESS` (127.0.0.1:50063); the artifact store is
-`SYLLABUS_ARTIFACT_URL`. `--preload bundled:smollm2-135m-instruct` loads the model once before the
+`SYLLABUS_ARTIFACT_URL`, the log level `SYLLABUS_LOG_LEVEL`. `--preload bundled:smollm2-135m-instruct` loads the model once before the
 service reports SERVING, so the first job does not pay for dequantizing the bundled GGUF.
 """
 
@@ -29,9 +29,12 @@ async def main(argv: list[str] | None = None) -> None:
             check_model_ref(args.preload)  # fail now, with the fix in the message, not after binding
         except ModelNotFound as e:
             parser.error(f"--preload: {e}")
-    config = load_config()
+    config = load_config(trainer_address=args.address)
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     jobs = jobs_for(config)
-    served = await create_server(config, args.address or config.trainer_address, jobs=jobs)
+    served = await create_server(config, config.trainer_address, jobs=jobs)
     try:
         await serve(served, ready=(lambda: load_model(args.preload)) if args.preload else None)
     finally:
@@ -39,5 +42,4 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(main())

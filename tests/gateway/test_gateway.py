@@ -44,7 +44,9 @@ async def gateway(temporal: WorkflowEnvironment, tmp_path: Path):
 async def test_malformed_task_is_invalid_argument_and_starts_nothing(gateway) -> None:  # noqa: ANN001
     stub, _, client = gateway
     before = (await client.count_workflows()).count
-    bad = (ROOT / "examples/banking77/task.yaml").read_text() + "\nunknown_key: 1\n"
+    from syllabus.tasks import dump_task, load_task
+
+    bad = dump_task(load_task(ROOT / "examples/banking77/task.yaml")) + "unknown_key: 1\n"
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=bad))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -64,7 +66,6 @@ async def test_bad_job_ids(gateway) -> None:  # noqa: ANN001
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.GetJob(jobs_pb2.GetJobRequest(job_id=""))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    task = (ROOT / "examples/banking77/task.yaml").read_text()
     from syllabus.tasks import dump_task, load_task
 
     task = dump_task(load_task(ROOT / "examples/banking77/task.yaml"))
