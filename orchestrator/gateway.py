@@ -16,6 +16,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -46,6 +47,7 @@ _STATUS = {
     WorkflowExecutionStatus.TIMED_OUT: jobs_pb2.JOB_STATUS_TERMINATED,
 }
 WATCH_POLL_SECONDS = 0.5
+QUERY_TIMEOUT = timedelta(seconds=3)  # a query waits for a worker; do not hang a GetJob on a dead one
 
 
 @dataclass
@@ -179,11 +181,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 await handle.result()
             except WorkflowFailureError as e:
                 error = str(e.cause) if e.cause else str(e)
-        elif status == jobs_pb2.JOB_STATUS_RUNNING and not light:
+        elif status == jobs_pb2.JOB_STATUS_RUNNING and not light and desc.history_length > 2:
+            # history_length <= 2: started but no worker has picked it up, so a query could only time out.
             try:
-                progress = await handle.query(DistillationWorkflow.progress)
+                progress = await handle.query(DistillationWorkflow.progress, rpc_timeout=QUERY_TIMEOUT)
             except RPCError:
-                progress = None  # no worker polling yet: the job has not started its first step
+                progress = None  # no worker is answering (yet): report what Temporal alone knows
             for pending in desc.raw_description.pending_activities:
                 if pending.heartbeat_details.payloads:
                     (hb,) = await self.client.data_converter.decode(pending.heartbeat_details.payloads[:1])

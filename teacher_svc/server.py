@@ -14,7 +14,7 @@ SERVICE_NAME = teacher_pb2.DESCRIPTOR.services_by_name["TeacherService"].full_na
 
 def build_servicer(config: Config) -> TeacherServicer:
     """A servicer on the artifact store named by the config."""
-    return TeacherServicer(open_store(config.resolved_artifact_url()))
+    return TeacherServicer(open_store(config.resolved_artifact_url(), config))
 
 
 async def create_server(
