@@ -73,6 +73,19 @@ def _detail(heartbeat: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in heartbeat.items())
 
 
+def _failure_text(e: BaseException) -> str:
+    """The failure chain as one line, innermost cause last: 'Activity task failed: ...: <root cause>'."""
+    parts, seen = [], set()
+    cur: BaseException | None = e.cause if isinstance(e, WorkflowFailureError) else e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        msg = getattr(cur, "message", None) or str(cur)
+        if msg and msg not in parts:
+            parts.append(msg)
+        cur = cur.__cause__ or getattr(cur, "cause", None)
+    return ": ".join(parts) or str(e)
+
+
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     """Implements syllabus.jobs.v1.JobService on top of a Temporal client."""
 
@@ -175,12 +188,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         created.FromDatetime(desc.start_time)
         progress, detail, error = None, "", ""
         if status == jobs_pb2.JOB_STATUS_COMPLETED:
-            progress = await handle.result(result_type=JobProgress)
+            progress = await handle.result()
         elif status == jobs_pb2.JOB_STATUS_FAILED:
             try:
                 await handle.result()
             except WorkflowFailureError as e:
-                error = str(e.cause) if e.cause else str(e)
+                error = _failure_text(e)
         elif status == jobs_pb2.JOB_STATUS_RUNNING and not light and desc.history_length > 2:
             # history_length <= 2: started but no worker has picked it up, so a query could only time out.
             try:
@@ -196,7 +209,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def _job(self, job_id: str, context, light: bool = False) -> jobs_pb2.Job:
         if not job_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: required")
-        handle = self.client.get_workflow_handle(job_id)
+        handle = self.client.get_workflow_handle(job_id, result_type=JobProgress)
         try:
             snap = await self._snapshot(handle, light)
         except RPCError as e:

@@ -26,15 +26,14 @@ from student_svc.scoring import (
     common_prefix_len,
     prefix_cache,
     response_nll,
-    suffix_nll,
 )
-from syllabus.prompts import IGNORE_INDEX, encode_example, render_prompt
+from syllabus.prompts import IGNORE_INDEX, encode_example
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-#: Label continuations per forward pass when the caller does not choose.
-DEFAULT_LABELS_PER_PASS = 64
+#: Label continuations (items x labels) per forward pass when the caller does not choose.
+DEFAULT_CONTINUATIONS_PER_PASS = 256
 
 
 @dataclass(frozen=True)
@@ -51,24 +50,119 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-class PromptCache:
-    """KV caches for label scoring: the prefix shared by every item's prompt (chat template,
-    instructions, label list) runs once per eval set; each item then runs only its own tail."""
+def _continue_items(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[Sequence[int]]],
+    shared: tuple[object, int] | None,
+    pad_token_id: int,
+) -> list[list[float]]:
+    """Summed log p(response | prompt) for every item's responses, in two forward passes.
 
-    def __init__(self, model: PreTrainedModel, prompts: Sequence[Sequence[int]]) -> None:
-        self.model = model
-        g = min(common_prefix_len(prompts), *(len(p) - 1 for p in prompts)) if prompts else 0
-        self.prefix = list(prompts[0][:g]) if g >= MIN_SHARED_PREFIX else []
-        self.cache = prefix_cache(model, self.prefix) if self.prefix else None
+    Pass 1 runs each prompt's tail after the shared prefix (prompt[g:-1], right-padded, batch of
+    items) on a copy of the shared cache. Pass 2 repeats that cache over each item's responses and
+    runs [prompt[-1]] + response as continuations, with explicit position ids (the tails have
+    different lengths, so a cache row has masked padding between its prompt and its continuation).
+    """
+    import copy
 
-    def for_prompt(self, prompt_ids: Sequence[int]) -> tuple[object, int]:
-        """(cache, length) holding prompt_ids[:-1]: the last prompt token starts each continuation."""
-        n = len(self.prefix)
-        if self.cache is not None and len(prompt_ids) > n and list(prompt_ids[:n]) == self.prefix:
-            if len(prompt_ids) - 1 == n:
-                return self.cache, n  # callers copy before appending
-            return prefix_cache(self.model, prompt_ids[n:-1], cache=self.cache), len(prompt_ids) - 1
-        return prefix_cache(self.model, prompt_ids[:-1]), len(prompt_ids) - 1
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    n_items, n_resp = len(prompts), len(responses[0])
+    g = shared[1] if shared is not None else 0
+    cache = None
+    if shared is not None:
+        cache = copy.deepcopy(shared[0])
+        cache.batch_repeat_interleave(n_items)
+    tails = [list(p[g:-1]) for p in prompts]
+    width = max(len(t) for t in tails)
+    context = torch.ones((n_items, g), dtype=torch.long)
+    with torch.inference_mode():
+        if width:
+            ids = torch.full((n_items, width), pad_token_id, dtype=torch.long)
+            mask = torch.zeros((n_items, width), dtype=torch.long)
+            for i, t in enumerate(tails):
+                ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+                mask[i, : len(t)] = 1
+            context = torch.cat([context, mask], dim=1)
+            out = model(
+                input_ids=ids.to(device), attention_mask=context.to(device), cache=cache, use_cache=True, logits_to_keep=1
+            )
+            cache = out.cache
+        cache.batch_repeat_interleave(n_resp)
+
+        rows = [(prompts[i][-1], r, len(prompts[i]) - 1) for i in range(n_items) for r in responses[i]]
+        cwidth = max(len(r) for _, r, _ in rows)
+        ids = torch.full((len(rows), cwidth), pad_token_id, dtype=torch.long)
+        targets = torch.full((len(rows), cwidth), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), cwidth), dtype=torch.long)
+        for k, (last, r, start) in enumerate(rows):
+            ids[k, : len(r)] = torch.tensor([last, *r[:-1]], dtype=torch.long)
+            targets[k, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+            position_ids[k] = torch.arange(start, start + cwidth)
+        keep = targets != IGNORE_INDEX
+        attn = torch.cat([context.repeat_interleave(n_resp, dim=0), keep.long()], dim=1)
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=attn.to(device),
+            position_ids=position_ids.to(device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=keep.to(device),
+        )
+        nll = F.cross_entropy(out.logits.float(), targets[keep].to(device), reduction="none").double()
+        row_idx = keep.nonzero()[:, 0].to(device)
+        totals = torch.zeros(len(rows), dtype=torch.float64, device=device).index_add_(0, row_idx, nll)
+    logprobs = (-totals).tolist()
+    return [logprobs[i * n_resp : (i + 1) * n_resp] for i in range(n_items)]
+
+
+def label_logprobs_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    batch_size: int = 0,
+    max_len: int = DEFAULT_MAX_LEN,
+) -> list[list[float]]:
+    """For each prompt, log p(label + end-of-turn | rendered prompt) of each label (summed over
+    the label's tokens), as `syllabus.prompts.encode_example` tokenizes them.
+
+    The prompts' common prefix runs once; then `batch_size` items (default: as many as keep a pass
+    under ~256 label continuations) run per pair of passes (see `_continue_items`).
+    """
+    pad = _pad_id(tokenizer)
+    encoded = [[encode_example(tokenizer, p, label, max_len=max_len) for label in labels] for p in prompts]
+    results: list[list[float] | None] = [None] * len(prompts)
+    shareable: list[int] = []
+    for i, item in enumerate(encoded):
+        p_lens = [sum(1 for t in lab if t == IGNORE_INDEX) for _, lab in item]
+        p_ids = [ids[:n] for (ids, _), n in zip(item, p_lens, strict=True)]
+        if p_lens[0] >= 2 and all(p == p_ids[0] for p in p_ids):
+            shareable.append(i)
+        else:
+            # Truncation cut the prompt differently per label: score the full sequences.
+            nll = response_nll(model, [Encoded(ids, lab) for ids, lab in item], pad, batch_size, share_prefix=False)
+            results[i] = [-r.total for r in nll]
+    if not shareable:
+        return results  # type: ignore[return-value]
+
+    def prompt_of(i: int) -> list[int]:
+        ids, lab = encoded[i][0]
+        return ids[: sum(1 for t in lab if t == IGNORE_INDEX)]
+
+    item_prompts = {i: prompt_of(i) for i in shareable}
+    g = min(common_prefix_len(list(item_prompts.values())), *(len(p) - 1 for p in item_prompts.values()))
+    shared = (prefix_cache(model, item_prompts[shareable[0]][:g]), g) if g >= MIN_SHARED_PREFIX else None
+    per_pass = batch_size or max(1, DEFAULT_CONTINUATIONS_PER_PASS // max(1, len(labels)))
+    for start in range(0, len(shareable), per_pass):
+        chunk = shareable[start : start + per_pass]
+        responses = [[ids[len(item_prompts[i]) :] for ids, _ in encoded[i]] for i in chunk]
+        for i, lps in zip(chunk, _continue_items(model, [item_prompts[i] for i in chunk], responses, shared, pad), strict=True):
+            results[i] = lps
+    return results  # type: ignore[return-value]
 
 
 def label_logprobs(
@@ -78,28 +172,9 @@ def label_logprobs(
     labels: Sequence[str],
     batch_size: int = 0,
     max_len: int = DEFAULT_MAX_LEN,
-    prompts: PromptCache | None = None,
 ) -> list[float]:
-    """log p(label + end-of-turn | rendered prompt) for each label, summed over the label's tokens.
-
-    The prompt runs once (continuing `prompts`' shared prefix if given) and the labels run as a
-    batch of continuations of its KV cache, `batch_size` (default 64) labels per pass.
-    """
-    encoded = [encode_example(tokenizer, prompt, label, max_len=max_len) for label in labels]
-    prompt_ids = [ids[: sum(1 for t in lab if t == IGNORE_INDEX)] for ids, lab in encoded]
-    pad = _pad_id(tokenizer)
-    if len(prompt_ids[0]) < 2 or any(p != prompt_ids[0] for p in prompt_ids):
-        # Truncation cut the prompt differently per label: score the full sequences.
-        nll = response_nll(model, [Encoded(ids, lab) for ids, lab in encoded], pad, batch_size, share_prefix=False)
-        return [-r.total for r in nll]
-    prompts = prompts or PromptCache(model, [])
-    cache, length = prompts.for_prompt(prompt_ids[0])
-    per_pass = batch_size or DEFAULT_LABELS_PER_PASS
-    out: list[float] = []
-    for start in range(0, len(encoded), per_pass):
-        rows = [(ids[length:], lab[length:]) for ids, lab in encoded[start : start + per_pass]]
-        out.extend(-r.total for r in suffix_nll(model, rows, pad, prefix=(cache, length)))
-    return out
+    """log p(label + end-of-turn | rendered prompt) for each label of one prompt."""
+    return label_logprobs_batch(model, tokenizer, [prompt], labels, batch_size=batch_size, max_len=max_len)[0]
 
 
 def evaluate_classification(
@@ -115,14 +190,12 @@ def evaluate_classification(
     Returns prediction records `{"id", "label", "prediction", "correct", "label_logprobs"}` in
     input order, and the summary.
     """
-    rendered = [tokenizer(render_prompt(tokenizer, r["prompt"]), add_special_tokens=False)["input_ids"] for r in records]
-    prompts = PromptCache(model, rendered)
+    all_lps = label_logprobs_batch(
+        model, tokenizer, [r["prompt"] for r in records], labels, batch_size=batch_size, max_len=max_len
+    )
     predictions = []
     correct = 0
-    for r in records:
-        lps = label_logprobs(
-            model, tokenizer, r["prompt"], labels, batch_size=batch_size, max_len=max_len, prompts=prompts
-        )
+    for r, lps in zip(records, all_lps, strict=True):
         best = max(range(len(labels)), key=lambda j: (lps[j], -j))
         ok = labels[best] == r["label"]
         correct += ok

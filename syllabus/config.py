@@ -31,7 +31,9 @@ class Config(BaseModel):
     student_address: str = Field("127.0.0.1:50062", description="StudentService host:port.")
     trainer_address: str = Field("127.0.0.1:50063", description="TrainerService host:port.")
     gateway_address: str = Field("127.0.0.1:50060", description="JobService gateway host:port.")
-    model_cache: Path | None = Field(None, description="Where dequantized bundled models are cached.")
+    model_cache: Path | None = Field(
+        None, description="Where dequantized bundled models are cached (default ~/.cache/syllabus/models); read by syllabus.models."
+    )
     s3_endpoint: str = Field("", description="S3/MinIO endpoint host:port for s3:// artifact URLs.")
     s3_access_key: str = Field("", description="S3/MinIO access key (a secret in deployments).")
     s3_secret_key: str = Field("", description="S3/MinIO secret key (a secret in deployments).")
@@ -43,9 +45,6 @@ class Config(BaseModel):
 
     def resolved_artifact_url(self) -> str:
         return self.artifact_url or (self.home / "artifacts").as_uri()
-
-    def resolved_model_cache(self) -> Path:
-        return self.model_cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "syllabus" / "models"
 
 
 def load_config(**overrides: object) -> Config:

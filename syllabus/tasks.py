@@ -108,6 +108,10 @@ class TaskSpec(_Strict):
             for i, ex in enumerate(getattr(self, field)):
                 if ex.label not in known:
                     raise ValueError(f"{field}[{i}].label {ex.label!r} is not in labels")
+        # Seed expansion works per label: a label without seeds could never get generated examples.
+        missing = [label for label in self.labels if label not in {ex.label for ex in self.seeds}]
+        if missing:
+            raise ValueError(f"seeds: no seed example for label(s) {', '.join(missing)}")
         return self
 
     def prompt_for(self, text: str) -> str:

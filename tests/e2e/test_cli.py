@@ -52,8 +52,8 @@ def task_file(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     evals = [json.loads(line) for line in (base / task["eval"]).read_text().splitlines()]
     task.update(
         labels=labels,
-        seeds=[s for s in seeds if s["label"] in labels][:6],
-        eval=[e for e in evals if e["label"] in labels][:6],
+        seeds=[s for label in labels for s in seeds if s["label"] == label][::2],  # 2 per label
+        eval=[e for label in labels for e in evals if e["label"] == label][::4],  # 2 per label
         teacher={"model": str(tiny_model_dir)},
         student={"model": str(tiny_model_dir)},
         rounds=1,

@@ -42,6 +42,7 @@ def test_dump_is_self_contained_and_round_trips() -> None:
         (GOOD + "train: {learning_rate: -1}\n", "task: train.learning_rate: Input should be greater than 0"),
         (GOOD.replace("kind: classification", "kind: poetry"), "task: kind: Input should be 'classification'"),
         ("- just\n- a list\n", "task: expected a mapping of task fields at the top level"),
+        (GOOD.replace("{input: two, label: b}", "{input: two, label: a}"), "task: seeds: no seed example for label(s) b"),
         ("name: [unclosed\n", "task: line 2 invalid YAML"),
     ],
 )
