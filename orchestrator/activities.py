@@ -112,6 +112,26 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+def _sample_row(job_id: str, round_: int, split: str, record: dict, artifact_uri: str) -> dict:
+    """A `samples` row from a dataset record, with the provenance fields lineage queries by."""
+    prov = record.get("provenance") or {"method": split}
+    return {
+        "job_id": job_id,
+        "sample_id": record["id"],
+        "round": round_,
+        "split": split,
+        "input": record["input"],
+        "label": record["label"],
+        "parent_id": record.get("parent_id"),
+        "provenance": prov,
+        "artifact_uri": artifact_uri,
+        "method": prov.get("method", split),
+        "teacher_model": prov.get("model"),
+        "teacher_revision": prov.get("revision"),
+        "prompt_template_hash": prov.get("prompt_template_hash"),
+    }
+
+
 class Activities:
     """The orchestrator's activities; holds the artifact store and the SQL engine (created lazily)."""
 
@@ -157,6 +177,17 @@ class Activities:
     async def _record(self, model: type[Base], rows: list[dict]) -> int:
         """Insert rows, skipping existing ones (a retry duplicates nothing); returns how many were new."""
         return await asyncio.to_thread(self._insert_rows, model, rows)
+
+    async def _record_artifacts(self, job_id: str, round_: int, refs: dict[str, ArtifactRef | None]) -> None:
+        """Index published outputs (kind -> ref) in the `artifacts` table, once each."""
+        from syllabus.db import Artifact
+
+        rows = [
+            {"job_id": job_id, "round": round_, "kind": kind, "uri": ref.uri, "sha256": ref.sha256, "size_bytes": ref.size_bytes}
+            for kind, ref in refs.items()
+            if ref is not None
+        ]
+        await self._record(Artifact, rows)
 
     def _read(self, ref: ArtifactRef) -> bytes:
         from syllabus.artifacts import ArtifactNotFound, ChecksumMismatch, InvalidKey
@@ -260,21 +291,12 @@ class Activities:
             ],
         )
         rows = [
-            {
-                "job_id": inp.job_id,
-                "sample_id": r["id"],
-                "round": 0,
-                "split": split,
-                "input": r["input"],
-                "label": r["label"],
-                "parent_id": None,
-                "provenance": r.get("provenance", {}),
-                "artifact_uri": ref.uri,
-            }
+            _sample_row(inp.job_id, 0, split, r, ref.uri)
             for split, records, ref in (("seed", seeds, seeds_ref), ("eval", evals, eval_ref))
             for r in records.values()
         ]
         await self._record(Sample, rows)
+        await self._record_artifacts(inp.job_id, 0, {"task": inp.task_ref, "seeds": seeds_ref, "eval": eval_ref})
         return PrepareJobOutput(
             seeds=seeds_ref,
             eval_set=eval_ref,
@@ -352,6 +374,7 @@ class Activities:
                     }
                 ],
             )
+        await self._record_artifacts(inp.job_id, inp.round, {f"predictions-{inp.stage}": predictions})
         return EvaluateOutput(accuracy=accuracy, correct=correct, total=total, predictions=predictions)
 
     @activity.defn
@@ -407,23 +430,8 @@ class Activities:
                 raise ApplicationError("TeacherService.Generate returned no examples", type="DATA_LOSS")
 
         records = self._read_jsonl(examples)
-        await self._record(
-            Sample,
-            [
-                {
-                    "job_id": inp.job_id,
-                    "sample_id": r["id"],
-                    "round": inp.round,
-                    "split": "generated",
-                    "input": r["input"],
-                    "label": r["label"],
-                    "parent_id": r.get("parent_id"),
-                    "provenance": r.get("provenance") or {},
-                    "artifact_uri": examples.uri,
-                }
-                for r in records
-            ],
-        )
+        await self._record(Sample, [_sample_row(inp.job_id, inp.round, "generated", r, examples.uri) for r in records])
+        await self._record_artifacts(inp.job_id, inp.round, {"generated": examples})
         return GenerateOutput(examples=examples, generated=len(records))
 
     @activity.defn
@@ -475,6 +483,7 @@ class Activities:
                 for v in verdicts
             ],
         )
+        await self._record_artifacts(inp.job_id, inp.round, {"kept": kept, "critiques": critiques})
         return CritiqueOutput(
             kept=kept,
             critiques=critiques,
@@ -534,6 +543,7 @@ class Activities:
                 if _finite(r.get(metric))
             ],
         )
+        await self._record_artifacts(inp.job_id, inp.round, {"scores": scores})
         return ScoreOutput(scores=scores, count=len(records))
 
     @activity.defn
@@ -558,6 +568,7 @@ class Activities:
                 for i, sid in enumerate(chosen)
             ],
         )
+        await self._record_artifacts(inp.job_id, inp.round, {"train-set": train_set})
         return SelectOutput(train_set=train_set, selected=len(chosen), trained=len(train))
 
     @activity.defn
@@ -617,6 +628,7 @@ class Activities:
                 output_key=key,
             )
             final: trainer_pb2.WatchTrainingResponse | None = None
+            losses: list[float] = []
             async with (
                 grpc.aio.insecure_channel(self.config.trainer_address) as channel,
                 _heartbeating() as hb,
@@ -638,6 +650,8 @@ class Activities:
                                 "loss": round(float(event.loss), 4),
                             }
                         )
+                        if event.state == trainer_pb2.TRAINING_STATE_RUNNING and event.step > len(losses):
+                            losses.append(round(float(event.loss), 5))
                         if event.state == trainer_pb2.TRAINING_STATE_FAILED:
                             raise ApplicationError(
                                 f"training {started.training_id} failed: {event.message}",
@@ -658,34 +672,59 @@ class Activities:
             adapter = ref_from_pb(final.adapter)
             if adapter is None:
                 raise ApplicationError("training succeeded without an adapter", type="DATA_LOSS")
-            metrics = {"steps": int(final.total_steps or final.step), "mean_loss": float(final.mean_loss)}
+            metrics = {
+                "steps": int(final.total_steps or final.step),
+                "mean_loss": float(final.mean_loss),
+                "losses": losses,  # the stage's loss curve, one value per optimiser step
+            }
             self._publish_once(metrics_key, json.dumps(metrics, sort_keys=True).encode())
 
-        await self._record(
-            TrainingRun,
-            [
-                {
-                    "job_id": inp.job_id,
-                    "round": inp.round,
-                    "stage": inp.stage,
-                    "dataset_uri": inp.dataset.uri,
-                    "adapter_uri": adapter.uri,
-                    "samples": samples,
-                    "steps": int(metrics["steps"]),
-                    "mean_loss": float(metrics["mean_loss"]),
-                    "params": {
-                        **params,
-                        "init_adapter": inp.init_adapter.uri if inp.init_adapter is not None else None,
-                    },
-                }
-            ],
+        records = self._read_jsonl(inp.dataset)
+        await asyncio.to_thread(
+            self._record_training_run,
+            {
+                "job_id": inp.job_id,
+                "round": inp.round,
+                "stage": inp.stage,
+                "dataset_uri": inp.dataset.uri,
+                "adapter_uri": adapter.uri,
+                "samples": samples,
+                "steps": int(metrics["steps"]),
+                "mean_loss": float(metrics["mean_loss"]),
+                "params": {
+                    **params,
+                    "init_adapter": inp.init_adapter.uri if inp.init_adapter is not None else None,
+                },
+                "metrics": {"losses": metrics.get("losses", [])},
+            },
+            sorted({r["id"] for r in records}),
+            adapter,
         )
+        await self._record_artifacts(inp.job_id, inp.round, {f"adapter-{inp.stage}": adapter})
         return TrainOutput(
             adapter=adapter,
             samples=samples,
             steps=int(metrics["steps"]),
             mean_loss=float(metrics["mean_loss"]),
         )
+
+    def _record_training_run(self, row: dict, sample_ids: list[str], adapter: ArtifactRef) -> None:
+        """The run, the exact sample set it trained on and its final checkpoint, in one transaction."""
+        from sqlalchemy import select
+
+        from syllabus.db import Checkpoint, TrainingRun, TrainingRunSample, insert_ignore
+
+        with self._session_factory().begin() as session:
+            insert_ignore(session, TrainingRun, [row])
+            run_id = session.execute(
+                select(TrainingRun.id).where(
+                    TrainingRun.job_id == row["job_id"], TrainingRun.round == row["round"], TrainingRun.stage == row["stage"]
+                )
+            ).scalar_one()
+            insert_ignore(session, TrainingRunSample, [{"training_run_id": run_id, "sample_id": sid} for sid in sample_ids])
+            insert_ignore(
+                session, Checkpoint, [{"training_run_id": run_id, "step": row["steps"], "uri": adapter.uri, "sha256": adapter.sha256}]
+            )
 
     @activity.defn
     async def finish_job(self, inp: FinishJobInput) -> FinishJobOutput:

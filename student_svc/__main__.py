@@ -12,10 +12,9 @@ import argparse
 import asyncio
 import logging
 
+from student_svc.server import create_server, make_servicer
 from syllabus.config import load_config
 from syllabus.serving import serve
-
-from student_svc.server import create_server, make_servicer
 
 
 def main(argv: list[str] | None = None) -> None:

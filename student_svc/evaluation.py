@@ -6,11 +6,11 @@ them (the same tokens the trainer trains on). The prediction is the most likely 
 to the earlier label in the label set).
 
 Prompts are run once and their KV caches reused: the prefix every item's prompt shares (chat
-template, instructions, label list: most of the tokens) once per eval set, each item's own tail
-once per item, and the item's labels then run as one batch of short continuations of that cache.
-That is exact (the same tokens at the same positions as full sequences) whenever every label's
-encoding has the same prompt tokens; if the prompt had to be truncated differently per label, the
-item falls back to full sequences.
+template, instructions, label list: most of the tokens) once per eval set; then, for a batch of
+items, one pass over the items' own prompt tails and one pass over all their labels as short
+continuations of those caches. That is exact (the same tokens at the same positions as full
+sequences) whenever every label's encoding has the same prompt tokens; if the prompt had to be
+truncated differently per label, that item falls back to full sequences.
 """
 
 from __future__ import annotations
@@ -88,7 +88,11 @@ def _continue_items(
                 mask[i, : len(t)] = 1
             context = torch.cat([context, mask], dim=1)
             out = model(
-                input_ids=ids.to(device), attention_mask=context.to(device), cache=cache, use_cache=True, logits_to_keep=1
+                input_ids=ids.to(device),
+                attention_mask=context.to(device),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
             )
             cache = out.cache
         cache.batch_repeat_interleave(n_resp)
@@ -144,7 +148,9 @@ def label_logprobs_batch(
             shareable.append(i)
         else:
             # Truncation cut the prompt differently per label: score the full sequences.
-            nll = response_nll(model, [Encoded(ids, lab) for ids, lab in item], pad, batch_size, share_prefix=False)
+            nll = response_nll(
+                model, [Encoded(ids, lab) for ids, lab in item], pad, batch_size, share_prefix=False
+            )
             results[i] = [-r.total for r in nll]
     if not shareable:
         return results  # type: ignore[return-value]
@@ -160,7 +166,11 @@ def label_logprobs_batch(
     for start in range(0, len(shareable), per_pass):
         chunk = shareable[start : start + per_pass]
         responses = [[ids[len(item_prompts[i]) :] for ids, _ in encoded[i]] for i in chunk]
-        for i, lps in zip(chunk, _continue_items(model, [item_prompts[i] for i in chunk], responses, shared, pad), strict=True):
+        for i, lps in zip(
+            chunk,
+            _continue_items(model, [item_prompts[i] for i in chunk], responses, shared, pad),
+            strict=True,
+        ):
             results[i] = lps
     return results  # type: ignore[return-value]
 

@@ -80,7 +80,9 @@ def encode_records(
 
 
 def length_buckets(
-    lengths: Sequence[int], batch_size: int = DEFAULT_BATCH_SIZE, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    lengths: Sequence[int],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
 ) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), so padding stays small.
 
@@ -92,7 +94,9 @@ def length_buckets(
     current: list[int] = []
     for i in order:
         # Sorted descending: the batch's padded length is its first item's length.
-        if current and (len(current) >= batch_size or (len(current) + 1) * lengths[current[0]] > max_batch_tokens):
+        if current and (
+            len(current) >= batch_size or (len(current) + 1) * lengths[current[0]] > max_batch_tokens
+        ):
             batches.append(current)
             current = []
         current.append(i)
@@ -126,7 +130,7 @@ def first_target_position(labels: Sequence[int]) -> int:
     return len(labels)
 
 
-def prefix_cache(model: PreTrainedModel, ids: Sequence[int], cache=None):  # noqa: ANN001, ANN201 (transformers Cache)
+def prefix_cache(model: PreTrainedModel, ids: Sequence[int], cache=None):
     """Run `ids` (batch of one) and return the KV cache; extends `cache` (a copy is made) if given."""
     import copy
 
@@ -178,7 +182,12 @@ def suffix_nll(
         attn = torch.cat([torch.ones((len(rows), length), dtype=torch.long), attn], dim=1)
         kwargs = {"cache": cache, "use_cache": True}
     with torch.inference_mode():
-        out = model(input_ids=ids_t.to(device), attention_mask=attn.to(device), logits_to_keep=keep.to(device), **kwargs)
+        out = model(
+            input_ids=ids_t.to(device),
+            attention_mask=attn.to(device),
+            logits_to_keep=keep.to(device),
+            **kwargs,
+        )
         logits = out.logits.float()  # (kept positions, vocab), row-major over (batch, position)
         nll = F.cross_entropy(logits, targets[keep].to(device), reduction="none").double()
         rows_idx = keep.nonzero()[:, 0].to(device)
@@ -204,7 +213,10 @@ def response_nll(
     """
     g = 0
     if share_prefix and len(examples) > 1:
-        g = min(common_prefix_len([e.input_ids for e in examples]), *(first_target_position(e.labels) for e in examples))
+        g = min(
+            common_prefix_len([e.input_ids for e in examples]),
+            *(first_target_position(e.labels) for e in examples),
+        )
         if g < MIN_SHARED_PREFIX:
             g = 0
     shared = (prefix_cache(model, examples[0].input_ids[:g]), g) if g else None
@@ -245,7 +257,9 @@ def score_records(
     need_ref = bool(REF_METRICS & set(metrics))
     need_base = LOSS_BASE in metrics or LEARNABILITY in metrics
     if need_ref and not isinstance(model, PeftModel):
-        raise ValueError(f"metrics {sorted(REF_METRICS & set(metrics))} need a model with the reference adapter")
+        raise ValueError(
+            f"metrics {sorted(REF_METRICS & set(metrics))} need a model with the reference adapter"
+        )
 
     examples = encode_records(tokenizer, records, max_len=max_len)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

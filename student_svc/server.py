@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from syllabus.artifacts import open_store
-from syllabus.config import Config
-from syllabus.serving import Served, build_server
 from syllabus_sdk.student.v1 import student_pb2_grpc
 
 from student_svc.models import ModelCache
 from student_svc.service import SERVICE_NAME, StudentServicer
+from syllabus.artifacts import open_store
+from syllabus.config import Config
+from syllabus.serving import Served, build_server
 
 
 def make_servicer(config: Config, models: ModelCache | None = None) -> StudentServicer:

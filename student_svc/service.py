@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
 from student_svc import evaluation, scoring
 from student_svc.models import AdapterMismatch, ModelCache
@@ -39,8 +41,6 @@ from syllabus.artifacts import (
 from syllabus.models import ModelNotFound, fetch_adapter
 from syllabus.records import dumps_jsonl, loads_jsonl
 from syllabus.serving import abort_invalid
-from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,9 @@ def parse_score_request(request: student_pb2.ScoreRequest) -> ScoreJob:
     metrics: list[str] = []
     for i, m in enumerate(request.metrics):
         if m not in METRIC_NAMES:
-            raise InvalidField(f"metrics[{i}]", f"{m} is not a metric; use METRIC_LOSS_BASE, _LOSS_REF or _LEARNABILITY")
+            raise InvalidField(
+                f"metrics[{i}]", f"{m} is not a metric; use METRIC_LOSS_BASE, _LOSS_REF or _LEARNABILITY"
+            )
         if METRIC_NAMES[m] not in metrics:
             metrics.append(METRIC_NAMES[m])
     if not metrics:
@@ -154,7 +156,9 @@ def parse_score_request(request: student_pb2.ScoreRequest) -> ScoreJob:
     adapter = pb.ref_from_pb(request.model.adapter)
     needs_ref = [m for m in metrics if m in scoring.REF_METRICS]
     if needs_ref and adapter is None:
-        raise InvalidField("model.adapter", f"required for {', '.join(needs_ref)} (the LoBaSS reference adapter)")
+        raise InvalidField(
+            "model.adapter", f"required for {', '.join(needs_ref)} (the LoBaSS reference adapter)"
+        )
     return ScoreJob(
         base=base,
         adapter=adapter,
@@ -171,7 +175,9 @@ def parse_evaluate_request(request: student_pb2.EvaluateRequest) -> EvaluateJob:
     if request.kind == common_pb2.TASK_KIND_UNSPECIFIED:
         raise InvalidField("kind", "required (TASK_KIND_CLASSIFICATION)")
     if request.kind != common_pb2.TASK_KIND_CLASSIFICATION:
-        raise InvalidField("kind", f"{request.kind} is not supported; v1 evaluates TASK_KIND_CLASSIFICATION only")
+        raise InvalidField(
+            "kind", f"{request.kind} is not supported; v1 evaluates TASK_KIND_CLASSIFICATION only"
+        )
     eval_set = pb.ref_from_pb(request.eval_set)
     if eval_set is None:
         raise InvalidField("eval_set", "required (an ArtifactRef with a uri)")
@@ -202,7 +208,9 @@ def check_records(records: object, field: str, required: Sequence[str]) -> list[
             raise InvalidField(field, f"record {i} is not a JSON object")
         for key in required:
             if not isinstance(r.get(key), str):
-                raise InvalidField(field, f"record {i} lacks a string {key!r} (records need {', '.join(required)})")
+                raise InvalidField(
+                    field, f"record {i} lacks a string {key!r} (records need {', '.join(required)})"
+                )
     return records
 
 
@@ -221,7 +229,9 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
 
     # -- RPCs ---------------------------------------------------------------------------------
 
-    async def Score(self, request: student_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> student_pb2.ScoreResponse:
+    async def Score(
+        self, request: student_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> student_pb2.ScoreResponse:
         try:
             job = parse_score_request(request)
             async with self._lock:
@@ -242,7 +252,10 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
             await e.abort(context)
             raise  # unreachable: abort raises
         return student_pb2.EvaluateResponse(
-            accuracy=summary.accuracy, correct=summary.correct, total=summary.total, predictions=pb.ref_to_pb(ref)
+            accuracy=summary.accuracy,
+            correct=summary.correct,
+            total=summary.total,
+            predictions=pb.ref_to_pb(ref),
         )
 
     # -- blocking work (worker thread, under the lock) -----------------------------------------
@@ -278,7 +291,9 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
             raise InvalidField("model.adapter", f"not a tar of a peft adapter directory: {e}") from None
         if not (path / "adapter_config.json").is_file():
             shutil.rmtree(path, ignore_errors=True)  # our cache: do not keep a useless unpacked dir
-            raise InvalidField("model.adapter", "the archive holds no adapter_config.json (not a peft adapter)")
+            raise InvalidField(
+                "model.adapter", "the archive holds no adapter_config.json (not a peft adapter)"
+            )
         return path
 
     def _with_model(self, base: str, adapter: ArtifactRef | None, work: Callable[..., T]) -> T:
@@ -286,7 +301,9 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         adapter_dir = self._adapter_dir(adapter) if adapter is not None else None
         try:
             _, tokenizer = self.models.get(base)
-            ctx = self.models.with_adapter(base, adapter_dir) if adapter_dir is not None else nullcontext(None)
+            ctx = (
+                self.models.with_adapter(base, adapter_dir) if adapter_dir is not None else nullcontext(None)
+            )
             with ctx as wrapped:
                 model = wrapped if wrapped is not None else self.models.get(base)[0]
                 return work(model, tokenizer)
@@ -298,13 +315,15 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
     def _score(self, job: ScoreJob) -> tuple[ArtifactRef, int]:
         existing = self.store.stat(job.output_key)
         if existing is not None:
-            return existing, len(loads_jsonl(self.store.get_bytes(existing)))
+            return existing, len(loads_jsonl(self._get("output_key", existing)))
         records = self._read_records("dataset", job.dataset, ("id", "prompt", "response"))
         uses_ref = any(m in scoring.REF_METRICS for m in job.metrics)
         rows = self._with_model(
             job.base,
             job.adapter if uses_ref else None,
-            lambda model, tok: scoring.score_records(model, tok, records, job.metrics, batch_size=job.batch_size),
+            lambda model, tok: scoring.score_records(
+                model, tok, records, job.metrics, batch_size=job.batch_size
+            ),
         )
         ref = self.store.put_bytes(job.output_key, dumps_jsonl(rows))
         log.info("scored %d samples (%s) -> %s", len(rows), ",".join(job.metrics), ref.uri)
@@ -313,8 +332,10 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
     def _evaluate(self, job: EvaluateJob) -> tuple[ArtifactRef, evaluation.EvalSummary]:
         existing = self.store.stat(job.output_key)
         if existing is not None:
-            rows = loads_jsonl(self.store.get_bytes(existing))
-            return existing, evaluation.EvalSummary(correct=sum(bool(r["correct"]) for r in rows), total=len(rows))
+            rows = loads_jsonl(self._get("output_key", existing))
+            return existing, evaluation.EvalSummary(
+                correct=sum(bool(r["correct"]) for r in rows), total=len(rows)
+            )
         records = self._read_records("eval_set", job.eval_set, ("id", "prompt", "label"))
         if not records:
             raise InvalidField("eval_set", "holds no records")

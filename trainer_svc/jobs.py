@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -93,6 +94,13 @@ def plan_from_request(req: trainer_pb2.StartTrainingRequest) -> TrainingPlan:
         "training.max_seq_len",
         f"must be >= 0 (0: {DEFAULT_MAX_SEQ_LEN}), got {training.max_seq_len}",
     )
+    if req.model.adapter.uri:
+        # The adapter is unpacked into a cache directory named by its sha256: it must be one.
+        require(
+            re.fullmatch(r"[0-9a-f]{64}", req.model.adapter.sha256) is not None,
+            "model.adapter.sha256",
+            f"must be 64 lower-case hex digits, got {req.model.adapter.sha256!r}",
+        )
     require(bool(req.output_key), "output_key", "must not be empty")
     try:
         output_key = validate_key(req.output_key)

@@ -25,7 +25,9 @@ def tiny_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"])
+    )
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -41,7 +43,7 @@ def put_adapter(tiny_adapter_dir: Path) -> Callable[..., ArtifactRef]:
     """Pack the tiny adapter into a store: `put_adapter(store, key="adapters/ref.tar")`."""
     from syllabus.models import pack_adapter
 
-    def put(store, key: str = "adapters/ref.tar") -> ArtifactRef:  # noqa: ANN001 (ArtifactStore)
+    def put(store, key: str = "adapters/ref.tar") -> ArtifactRef:
         return store.put_bytes(key, pack_adapter(tiny_adapter_dir))
 
     return put

@@ -26,7 +26,13 @@ def _direct_label_logprob(model, tok, prompt: str, label: str) -> float:
 
 @pytest.fixture
 def eval_records() -> list[dict]:
-    texts = ["Where is my card?", "I forgot my PIN", "What rate do you use for euros?", "top up did not work", "stolen"]
+    texts = [
+        "Where is my card?",
+        "I forgot my PIN",
+        "What rate do you use for euros?",
+        "top up did not work",
+        "stolen",
+    ]
     return [
         {"id": f"e{i}", "input": t, "label": LABELS[(i * 2) % 5], "prompt": f"Classify: {t}\nIntent:"}
         for i, t in enumerate(texts)
@@ -39,8 +45,6 @@ def test_label_logprobs_match_full_forward(tiny_models, tiny_model_dir):
     got = label_logprobs(model, tok, prompt, LABELS)
     want = [_direct_label_logprob(model, tok, prompt, label) for label in LABELS]
     assert got == pytest.approx(want, abs=1e-4)
-    # Label chunks smaller than the label set (several cache copies) give the same values.
-    assert label_logprobs(model, tok, prompt, LABELS, batch_size=2) == pytest.approx(got, abs=1e-4)
 
 
 def test_truncated_prompts_fall_back_to_full_sequences(tiny_models, tiny_model_dir):
@@ -52,7 +56,11 @@ def test_truncated_prompts_fall_back_to_full_sequences(tiny_models, tiny_model_d
         ids, labels = encode_example(tok, prompt, label, max_len=40)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0].float()
-        want.append(-F.cross_entropy(logits[:-1], torch.tensor(labels[1:]), ignore_index=IGNORE_INDEX, reduction="sum").item())
+        want.append(
+            -F.cross_entropy(
+                logits[:-1], torch.tensor(labels[1:]), ignore_index=IGNORE_INDEX, reduction="sum"
+            ).item()
+        )
     assert got == pytest.approx(want, abs=1e-4)
 
 
@@ -70,3 +78,11 @@ def test_prediction_is_argmax_of_direct_label_logprobs(tiny_models, tiny_model_d
         correct += row["correct"]
     assert (summary.correct, summary.total) == (correct, len(eval_records))
     assert summary.accuracy == pytest.approx(correct / len(eval_records))
+
+
+def test_item_batches_give_the_same_logprobs(tiny_models, tiny_model_dir, eval_records):
+    model, tok = tiny_models.get(str(tiny_model_dir))
+    whole, _ = evaluate_classification(model, tok, eval_records, LABELS)
+    in_pairs, _ = evaluate_classification(model, tok, eval_records, LABELS, batch_size=2)
+    for a, b in zip(whole, in_pairs, strict=True):
+        assert a["label_logprobs"] == pytest.approx(b["label_logprobs"], abs=1e-4)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from student_svc.scoring import (
     ALL_METRICS,
     LOSS_BASE,
+    common_prefix_len,
     encode_records,
     learnability,
     length_buckets,
@@ -43,11 +44,21 @@ def test_batched_losses_equal_per_sample_losses(tiny_models, tiny_model_dir, mix
     examples = encode_records(tok, mixed_records)
     lengths = [len(e) for e in examples]
     assert max(lengths) > 3 * min(lengths)  # very different lengths share a batch below
-    batched = response_nll(model, examples, tok.pad_token_id, batch_size=len(examples), max_batch_tokens=10**6)
+    batched = response_nll(
+        model, examples, tok.pad_token_id, batch_size=len(examples), max_batch_tokens=10**6
+    )
     single = [response_nll(model, [e], tok.pad_token_id)[0] for e in examples]
-    for b, s in zip(batched, single, strict=True):
-        assert b.tokens == s.tokens
+    unshared = response_nll(model, examples, tok.pad_token_id, batch_size=4, share_prefix=False)
+    for b, s, u in zip(batched, single, unshared, strict=True):
+        assert b.tokens == s.tokens == u.tokens
         assert b.mean == pytest.approx(s.mean, abs=1e-4)
+        assert u.mean == pytest.approx(s.mean, abs=1e-4)
+
+
+def test_common_prefix_len():
+    assert common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_len([[5, 6], [7]]) == 0
+    assert common_prefix_len([]) == 0
 
 
 def test_loss_matches_hand_computation(tiny_models, tiny_model_dir, mixed_records):
@@ -66,7 +77,9 @@ def test_learnability_formula():
     assert learnability(0.0, 0.0) == 0.0
 
 
-def test_learnability_with_real_adapter(tiny_models, tiny_model_dir, mixed_records, store, put_adapter, tmp_path):
+def test_learnability_with_real_adapter(
+    tiny_models, tiny_model_dir, mixed_records, store, put_adapter, tmp_path
+):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -89,10 +102,14 @@ def test_learnability_with_real_adapter(tiny_models, tiny_model_dir, mixed_recor
         assert row["loss_base"] == pytest.approx(b, abs=1e-4)
         assert row["loss_ref"] == pytest.approx(r, abs=1e-4)
         assert abs(row["loss_ref"] - row["loss_base"]) > 1e-3  # the adapter changes the model
-        assert row["learnability"] == pytest.approx((row["loss_base"] - row["loss_ref"]) / row["loss_base"], rel=1e-9)
+        assert row["learnability"] == pytest.approx(
+            (row["loss_base"] - row["loss_ref"]) / row["loss_base"], rel=1e-9
+        )
 
 
-def test_cached_base_is_clean_after_adapter_request(tiny_models, tiny_model_dir, mixed_records, store, put_adapter, tmp_path):
+def test_cached_base_is_clean_after_adapter_request(
+    tiny_models, tiny_model_dir, mixed_records, store, put_adapter, tmp_path
+):
     base_name = str(tiny_model_dir)
     model, tok = tiny_models.get(base_name)
     before = score_records(model, tok, mixed_records, metrics=[LOSS_BASE])

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
 from student_svc.server import create_server, make_servicer
 from syllabus import pb
 from syllabus.config import Config
 from syllabus.records import dumps_jsonl, loads_jsonl
-from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +30,15 @@ async def student(tmp_path: Path, tiny_models, store):
     await served.stop(0)
 
 
-def _model(tiny_model_dir: Path, adapter=None) -> common_pb2.ModelRef:  # noqa: ANN001
+def _model(tiny_model_dir: Path, adapter=None) -> common_pb2.ModelRef:
     return common_pb2.ModelRef(base=str(tiny_model_dir), adapter=pb.ref_to_pb(adapter))
 
 
 def _eval_records() -> list[dict]:
     texts = ["Where is my card?", "My card was stolen", "What is the euro rate?", "card still not here"]
     return [
-        {"id": f"e{i}", "input": t, "label": LABELS[i % 3], "prompt": f"Classify: {t}\nIntent:"} for i, t in enumerate(texts)
+        {"id": f"e{i}", "input": t, "label": LABELS[i % 3], "prompt": f"Classify: {t}\nIntent:"}
+        for i, t in enumerate(texts)
     ]
 
 
@@ -45,7 +46,10 @@ async def test_score_over_grpc(student, store, tiny_model_dir, mixed_records, pu
     dataset = store.put_bytes("in/candidates.jsonl", dumps_jsonl(mixed_records))
     adapter = put_adapter(store)
     request = student_pb2.ScoreRequest(
-        model=_model(tiny_model_dir, adapter), dataset=pb.ref_to_pb(dataset), batch_size=4, output_key="out/scores.jsonl"
+        model=_model(tiny_model_dir, adapter),
+        dataset=pb.ref_to_pb(dataset),
+        batch_size=4,
+        output_key="out/scores.jsonl",
     )
     resp = await student.Score(request)
     assert resp.count == len(mixed_records)
@@ -106,7 +110,7 @@ async def test_evaluate_over_grpc(student, store, tiny_model_dir):
 
 async def test_evaluate_with_adapter_differs_from_base(student, store, tiny_model_dir, put_adapter):
     eval_set = pb.ref_to_pb(store.put_bytes("in/eval.jsonl", dumps_jsonl(_eval_records())))
-    common = dict(kind=common_pb2.TASK_KIND_CLASSIFICATION, eval_set=eval_set, labels=LABELS)
+    common = {"kind": common_pb2.TASK_KIND_CLASSIFICATION, "eval_set": eval_set, "labels": LABELS}
     base = await student.Evaluate(
         student_pb2.EvaluateRequest(model=_model(tiny_model_dir), output_key="out/p-base.jsonl", **common)
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -52,13 +53,11 @@ def request(tiny_model_dir: Path, store: LocalArtifactStore, **overrides) -> tra
         output_key=f"adapters/{uuid.uuid4().hex[:8]}.tar",
     )
     for name, value in overrides.items():
-        if isinstance(value, dict):  # a sub-message: set its fields
-            for k, v in value.items():
-                if isinstance(v, list):
-                    getattr(req, name).ClearField(k)
-                    getattr(getattr(req, name), k).extend(v)
-                else:
-                    setattr(getattr(req, name), k, v)
+        if isinstance(value, dict):  # a sub-message: replace the named fields
+            sub = getattr(req, name)
+            for field in value:
+                sub.ClearField(field)
+            json_format.ParseDict(value, sub)
         else:
             setattr(req, name, value)
     return req
@@ -186,6 +185,7 @@ async def test_continue_from_an_adapter(service, tiny_model_dir: Path) -> None:
         ({"output_key": "../escape.tar"}, "output_key"),
         ({"output_key": ""}, "output_key"),
         ({"model": {"base": ""}}, "model.base"),
+        ({"model": {"adapter": {"uri": "file:///a.tar", "sha256": "../../escape"}}}, "model.adapter.sha256"),
     ],
 )
 async def test_malformed_requests_name_the_field(
@@ -229,7 +229,7 @@ async def test_input_problems_map_to_status_codes(service, tiny_model_dir: Path)
 
     missing_adapter = request(tiny_model_dir, store)
     missing_adapter.model.adapter.CopyFrom(
-        common_pb2.ArtifactRef(uri=store.uri_for("adapters/none.tar"), sha256="ab")
+        common_pb2.ArtifactRef(uri=store.uri_for("adapters/none.tar"), sha256="ab" * 32)
     )
     assert (await code_of(missing_adapter))[0] == grpc.StatusCode.NOT_FOUND
 
