@@ -612,7 +612,8 @@ class Activities:
 
         adapter = self.store.stat(key)
         metrics_ref = self.store.stat(metrics_key)
-        samples = len(self._read_jsonl(inp.dataset))
+        records = self._read_jsonl(inp.dataset)
+        samples = len(records)
         if adapter is not None and metrics_ref is not None:
             metrics = json.loads(self._read(metrics_ref))
         else:
@@ -679,7 +680,6 @@ class Activities:
             }
             self._publish_once(metrics_key, json.dumps(metrics, sort_keys=True).encode())
 
-        records = self._read_jsonl(inp.dataset)
         await asyncio.to_thread(
             self._record_training_run,
             {
