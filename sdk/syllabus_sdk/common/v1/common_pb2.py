@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsyllabus/common/v1/common.proto\x12\x12syllabus.common.v1\">\n\x0b\x41rtifactRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"J\n\x08ModelRef\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\x30\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\"e\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\t\n\x01n\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03*C\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18TASK_KIND_CLASSIFICATION\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsyllabus/common/v1/common.proto\x12\x12syllabus.common.v1\">\n\x0b\x41rtifactRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"J\n\x08ModelRef\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\x30\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\"e\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\t\n\x01n\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03*\x90\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18TASK_KIND_CLASSIFICATION\x10\x01\x12\x1a\n\x16TASK_KIND_EXACT_ANSWER\x10\x02\x12\x15\n\x11TASK_KIND_NUMERIC\x10\x03\x12\x18\n\x14TASK_KIND_OPEN_ENDED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'syllabus.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKKIND']._serialized_start=298
-  _globals['_TASKKIND']._serialized_end=365
+  _globals['_TASKKIND']._serialized_start=299
+  _globals['_TASKKIND']._serialized_end=443
   _globals['_ARTIFACTREF']._serialized_start=55
   _globals['_ARTIFACTREF']._serialized_end=117
   _globals['_MODELREF']._serialized_start=119

@@ -11,8 +11,14 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TASK_KIND_UNSPECIFIED: _ClassVar[TaskKind]
     TASK_KIND_CLASSIFICATION: _ClassVar[TaskKind]
+    TASK_KIND_EXACT_ANSWER: _ClassVar[TaskKind]
+    TASK_KIND_NUMERIC: _ClassVar[TaskKind]
+    TASK_KIND_OPEN_ENDED: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_CLASSIFICATION: TaskKind
+TASK_KIND_EXACT_ANSWER: TaskKind
+TASK_KIND_NUMERIC: TaskKind
+TASK_KIND_OPEN_ENDED: TaskKind
 
 class ArtifactRef(_message.Message):
     __slots__ = ("uri", "sha256", "size_bytes")
