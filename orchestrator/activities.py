@@ -91,6 +91,9 @@ class _Heartbeater:
 
 @contextlib.asynccontextmanager
 async def _heartbeating(every: float = HEARTBEAT_EVERY_S) -> AsyncIterator[_Heartbeater]:
+    timeout = activity.info().heartbeat_timeout
+    if timeout:  # beat well inside the timeout the workflow chose
+        every = min(every, timeout.total_seconds() / 3)
     hb = _Heartbeater()
     task = asyncio.create_task(hb.loop(every))
     try:

@@ -117,7 +117,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 [dict(id=job_id, task_name=task.name, task_yaml=request.task_yaml, rounds_total=task.rounds,
                       artifacts_uri=artifacts_uri, status="running")],
             )
-        inp = DistillationInput(job_id=job_id, task_ref=task_ref, rounds=task.rounds, top_fraction=task.select.top_fraction)
+        inp = DistillationInput(
+            job_id=job_id,
+            task_ref=task_ref,
+            rounds=task.rounds,
+            top_fraction=task.select.top_fraction,
+            heartbeat_timeout_s=self.config.activity_heartbeat_timeout_s,
+        )
         try:
             # USE_EXISTING: submitting the same job id again returns the running job instead of a second run.
             await self.client.start_workflow(

@@ -24,6 +24,9 @@ class DistillationInput:
     rounds: int
     # select.top_fraction of the task: share of the kept examples selected by learnability.
     top_fraction: float
+    # How long a long activity may go without a heartbeat before Temporal retries it elsewhere
+    # (a dead worker or service is detected this fast). From SYLLABUS_ACTIVITY_HEARTBEAT_TIMEOUT_S.
+    heartbeat_timeout_s: float = 120.0
 
 
 @dataclass

@@ -44,7 +44,6 @@ O = TypeVar("O")
 
 # Training and generation on a CPU can take many minutes; heartbeats, not this, detect a dead service.
 START_TO_CLOSE = timedelta(minutes=30)
-HEARTBEAT_TIMEOUT = timedelta(minutes=2)
 # Short data steps (prepare, select, finish) do not heartbeat.
 SHORT_TIMEOUT = timedelta(minutes=5)
 RETRY = RetryPolicy(
@@ -62,6 +61,7 @@ class DistillationWorkflow:
     @workflow.init
     def __init__(self, inp: DistillationInput) -> None:
         self._progress = JobProgress(job_id=inp.job_id, rounds_total=inp.rounds)
+        self._heartbeat_timeout = timedelta(seconds=inp.heartbeat_timeout_s)
 
     @workflow.query
     def progress(self) -> JobProgress:
@@ -201,7 +201,7 @@ class DistillationWorkflow:
             activity,
             arg,
             start_to_close_timeout=SHORT_TIMEOUT if short else START_TO_CLOSE,
-            heartbeat_timeout=None if short else HEARTBEAT_TIMEOUT,
+            heartbeat_timeout=None if short else self._heartbeat_timeout,
             retry_policy=RETRY,
         )
         self._progress.steps.append(StepTime(name, round, (workflow.now() - started).total_seconds()))

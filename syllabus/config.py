@@ -38,6 +38,9 @@ class Config(BaseModel):
     s3_access_key: str = Field("", description="S3/MinIO access key (a secret in deployments).")
     s3_secret_key: str = Field("", description="S3/MinIO secret key (a secret in deployments).")
     s3_secure: bool = Field(True, description="Use TLS to reach the S3 endpoint.")
+    activity_heartbeat_timeout_s: float = Field(
+        120.0, gt=0, description="Heartbeat timeout of long activities: how fast a dead worker/service is noticed."
+    )
     log_level: str = Field("INFO", description="Python log level of services, worker and gateway.")
 
     def resolved_database_url(self) -> str:

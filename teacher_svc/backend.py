@@ -1,8 +1,15 @@
 """Text generation backends behind one small protocol.
 
 `TransformersBackend` runs a Hugging Face causal LM in-process (CPU or GPU), batched with left padding
-so every prompt's completion starts at the same position. Other backends (vLLM, an OpenAI-compatible
-endpoint) implement the same `Backend` protocol.
+so every prompt's completion starts at the same position (`generate` derives position ids from the
+attention mask, so a padded prompt sees the same positions as when alone). `VLLMBackend`
+(`teacher_svc.vllm_backend`, the `gpu` extra) and `OpenAIBackend` (`teacher_svc.openai_backend`, any
+OpenAI-compatible chat-completions server) implement the same `Backend` protocol; `load_backend` picks
+one from a ModelRef base:
+
+- `bundled:NAME` or a local HF directory -> transformers;
+- `vllm:<bundled:NAME or directory>` -> vLLM;
+- `openai:<served model name>@<base url>` -> HTTP (key from SYLLABUS_TEACHER_API_KEY).
 
 Reproducibility: each batch is seeded with `seed + batch_index` inside a forked RNG, so a retried
 request with the same parameters and batch size reproduces the same text and leaves the process's
@@ -63,9 +70,45 @@ class Backend(Protocol):
         ...
 
 
+class BackendError(Exception):
+    """The backend could not produce completions."""
+
+
+class BackendRequestError(BackendError):
+    """The backend rejected the request (bad model name, auth, malformed parameters): retrying won't help."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend stayed unreachable or kept failing after the configured retries."""
+
+
+def load_backend(base: str) -> Backend:
+    """The backend a ModelRef base names (see the module docstring); raises ModelNotFound or ValueError."""
+    if base.startswith("openai:"):
+        from teacher_svc.openai_backend import OpenAIBackend
+
+        return OpenAIBackend.from_base(base)
+    if base.startswith("vllm:"):
+        from teacher_svc.vllm_backend import VLLMBackend
+
+        return VLLMBackend.load(base.removeprefix("vllm:"))
+    return TransformersBackend.load(base)
+
+
 def model_revision(base: str) -> str:
     """sha256[:12] of the model's config.json: which weights' architecture produced the data."""
     return hashlib.sha256((resolve_model_dir(base) / "config.json").read_bytes()).hexdigest()[:12]
+
+
+def render_chat(tok: PreTrainedTokenizerBase, prompt: ChatPrompt) -> str:
+    """The model's chat template around the user message, followed by the prefill (shared by backends)."""
+    if tok.chat_template:
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt.user}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = prompt.user + "\n"
+    return text + prompt.prefill
 
 
 class TransformersBackend:
@@ -92,14 +135,7 @@ class TransformersBackend:
         return cls(base, model, tok, model_revision(base))
 
     def render(self, prompt: ChatPrompt) -> str:
-        tok = self.tokenizer
-        if tok.chat_template:
-            text = tok.apply_chat_template(
-                [{"role": "user", "content": prompt.user}], tokenize=False, add_generation_prompt=True
-            )
-        else:
-            text = prompt.user + "\n"
-        return text + prompt.prefill
+        return render_chat(self.tokenizer, prompt)
 
     def generate(
         self, prompts: Sequence[ChatPrompt], sampling: Sampling, batch_size: int, stop: Sequence[str] = ()

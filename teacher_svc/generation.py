@@ -153,13 +153,25 @@ def parse_completion(text: str) -> str | None:
     return None
 
 
-def provenance(backend: Backend, sampling: Sampling, round_: int) -> dict:
+def template_hash(*parts: object) -> str:
+    """sha256[:12] of a prompt template and everything else that shapes the prompt (prefill, stop)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def provenance(
+    backend: Backend,
+    sampling: Sampling,
+    round_: int,
+    method: str = METHOD,
+    prompt_template_hash: str = PROMPT_TEMPLATE_HASH,
+) -> dict:
+    """The provenance block every generated record carries (docs/contracts.md)."""
     return {
-        "method": METHOD,
+        "method": method,
         "backend": backend.name,
         "model": backend.model,
         "revision": backend.revision,
-        "prompt_template_hash": PROMPT_TEMPLATE_HASH,
+        "prompt_template_hash": prompt_template_hash,
         "sampling": {
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,

@@ -1,0 +1,190 @@
+"""A teacher behind an OpenAI-compatible chat-completions endpoint (a remote vLLM server, a hosted model).
+
+One HTTP request per prompt (`n` completions each), at most `concurrency` in flight. Each request has
+a timeout; timeouts, connection errors, 429, 5xx and malformed response bodies are retried with
+exponential backoff (a `Retry-After` header, when given, is honoured up to `max_backoff_s`); other 4xx
+answers are permanent (`BackendRequestError`, no retry). A request that still fails after
+`max_retries` retries raises `BackendUnavailable`.
+
+Sampling maps onto the request body as on the other backends: temperature 0 is greedy, `top_p`,
+`max_tokens` (= `max_new_tokens`), `n`, `seed` (`seed + prompt index`, so each prompt's draw is
+reproducible on servers that honour `seed`), `stop`. A prefill is sent as a final, partial assistant
+message with vLLM's `continue_final_message` flag, so the reply continues it as on the in-process
+backends; servers without that extension ignore the flag and answer the user message afresh.
+
+Only the standard library is used (urllib), so the backend adds no dependency.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from teacher_svc.backend import BackendRequestError, BackendUnavailable, ChatPrompt, Completion, Sampling
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class HTTPSettings:
+    """Where and how to reach the endpoint."""
+
+    base_url: str  # e.g. "http://10.0.0.5:8000/v1"; "/chat/completions" is appended
+    model: str  # the served model name sent in each request
+    api_key: str | None = None  # sent as "Authorization: Bearer ..." when set
+    timeout_s: float = 60.0  # per request attempt (connect + read)
+    max_retries: int = 4  # retries after the first attempt
+    backoff_s: float = 0.5  # first retry waits this long, doubling each time
+    max_backoff_s: float = 8.0  # cap on one wait
+    concurrency: int = 8  # requests in flight at most
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way another attempt may not (timeout, 429, 5xx, malformed body)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OpenAIBackend:
+    """Chat completions over HTTP; `generate` blocks until every prompt is answered or one fails."""
+
+    name = "openai"
+
+    def __init__(self, settings: HTTPSettings, revision: str = "") -> None:
+        self.settings = settings
+        self.model = settings.model
+        # A remote server does not tell which weights it serves; the caller may pin a revision.
+        self.revision = revision or "remote"
+        self._sleep = time.sleep  # tests may replace it to observe backoff
+
+    @classmethod
+    def from_base(cls, base: str) -> OpenAIBackend:
+        """From a ModelRef base "openai:<model>@<base_url>"; the API key comes from SYLLABUS_TEACHER_API_KEY."""
+        spec = base.removeprefix("openai:")
+        model, sep, url = spec.partition("@")
+        if not sep or not model or not url:
+            raise ValueError(f"expected 'openai:<model>@<base_url>', got {base!r}")
+        return cls(HTTPSettings(url, model, api_key=os.environ.get("SYLLABUS_TEACHER_API_KEY")))
+
+    def generate(
+        self, prompts: Sequence[ChatPrompt], sampling: Sampling, batch_size: int, stop: Sequence[str] = ()
+    ) -> list[list[Completion]]:
+        # batch_size is an in-process notion; over HTTP the server batches, we bound concurrency.
+        if sampling.temperature == 0 and sampling.n != 1:
+            raise ValueError("greedy decoding (temperature 0) is deterministic: n must be 1")
+        if not prompts:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(prompts))) as pool:
+            futures = [pool.submit(self._one, i, p, sampling, stop) for i, p in enumerate(prompts)]
+            return [f.result() for f in futures]
+
+    # -- one request --------------------------------------------------------------------------
+
+    def _body(self, index: int, prompt: ChatPrompt, sampling: Sampling, stop: Sequence[str]) -> dict:
+        messages = [{"role": "user", "content": prompt.user}]
+        body: dict = {
+            "model": self.settings.model,
+            "messages": messages,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
+            "max_tokens": sampling.max_new_tokens,
+            "n": sampling.n,
+            "seed": sampling.seed + index,
+        }
+        if stop:
+            body["stop"] = list(stop)
+        if prompt.prefill:
+            messages.append({"role": "assistant", "content": prompt.prefill})
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        return body
+
+    def _one(self, index: int, prompt: ChatPrompt, sampling: Sampling, stop: Sequence[str]) -> list[Completion]:
+        body = json.dumps(self._body(index, prompt, sampling, stop)).encode()
+        s = self.settings
+        last: _Retryable | None = None
+        for attempt in range(s.max_retries + 1):
+            if attempt:
+                wait = min(s.max_backoff_s, s.backoff_s * 2 ** (attempt - 1))
+                if last is not None and last.retry_after is not None:
+                    wait = min(s.max_backoff_s, max(wait, last.retry_after))
+                self._sleep(wait)
+            try:
+                return self._attempt(body, sampling.n)
+            except _Retryable as e:
+                last = e
+        raise BackendUnavailable(
+            f"{s.base_url}: prompt {index} failed after {s.max_retries + 1} attempts; last error: {last}"
+        )
+
+    def _attempt(self, body: bytes, n: int) -> list[Completion]:
+        s = self.settings
+        headers = {"Content-Type": "application/json"}
+        if s.api_key:
+            headers["Authorization"] = f"Bearer {s.api_key}"
+        req = urllib.request.Request(
+            s.base_url.rstrip("/") + "/chat/completions", data=body, headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=s.timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:200].decode(errors="replace")
+            if e.code in RETRYABLE_STATUS:
+                raise _Retryable(f"HTTP {e.code}: {detail}", _retry_after(e.headers.get("Retry-After"))) from e
+            raise BackendRequestError(f"{s.base_url}: HTTP {e.code}: {detail}") from e
+        except (TimeoutError, socket.timeout) as e:
+            raise _Retryable(f"timed out after {s.timeout_s} s") from e
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, TimeoutError | socket.timeout):
+                raise _Retryable(f"timed out after {s.timeout_s} s") from e
+            raise _Retryable(f"connection failed: {e.reason}") from e
+        except (ConnectionError, http.client.HTTPException) as e:
+            raise _Retryable(f"connection failed: {e!r}") from e
+        return _parse_response(raw, n)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _parse_response(raw: bytes, n: int) -> list[Completion]:
+    """`n` completions from a chat-completions body; a malformed body is retryable (proxies truncate)."""
+    try:
+        data = json.loads(raw)
+        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        texts = [c["message"]["content"] for c in choices]
+        if len(texts) != n or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"expected {n} string choices, got {len(texts)}")
+        usage = data.get("usage") or {}
+        total = usage.get("completion_tokens")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise _Retryable(f"malformed response ({e}): {raw[:120]!r}") from e
+    if not isinstance(total, int):
+        # No usage block: approximate by whitespace words (documented; providers almost always send usage).
+        return [Completion(t, len(t.split())) for t in texts]
+    # usage counts all choices together; split it evenly, the remainder going to the first choices.
+    share, rest = divmod(total, n)
+    return [Completion(t, share + (1 if i < rest else 0)) for i, t in enumerate(texts)]
+

@@ -1,0 +1,70 @@
+"""The teacher on vLLM (GPU): same prompts, sampling and outputs shape as `TransformersBackend`.
+
+vLLM is the optional `gpu` extra (`pip install -e .[gpu]` on a CUDA machine); it pins its own CUDA
+torch, so it is imported only when this backend is loaded. Prompts are rendered with the model's chat
+template plus the prefill exactly as `TransformersBackend.render` does, and greedy decoding
+(temperature 0) is deterministic on both, which `tests/teacher/test_teacher_vllm.py` checks.
+Sampling: `seed + prompt index` per request, so a prompt's draw does not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from syllabus.models import load_tokenizer, resolve_model_dir
+from teacher_svc.backend import ChatPrompt, Completion, Sampling, model_revision, render_chat
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(
+            "the vLLM teacher backend needs the `gpu` extra: pip install -e '.[gpu]' (on a CUDA machine)"
+        ) from e
+    return vllm
+
+
+class VLLMBackend:
+    """An `vllm.LLM` engine over a local HF model directory."""
+
+    name = "vllm"
+
+    def __init__(self, base: str, llm, tokenizer, revision: str) -> None:  # noqa: ANN001 (vllm.LLM)
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.model = base
+        self.revision = revision
+
+    @classmethod
+    def load(cls, base: str, dtype: str = "float32", gpu_memory_utilization: float = 0.5) -> VLLMBackend:
+        """Load `base` into vLLM; fp32 by default so greedy text matches the transformers backend."""
+        vllm = _import_vllm()
+        path = str(resolve_model_dir(base))
+        llm = vllm.LLM(model=path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=0)
+        return cls(base, llm, load_tokenizer(base), model_revision(base))
+
+    def generate(
+        self, prompts: Sequence[ChatPrompt], sampling: Sampling, batch_size: int, stop: Sequence[str] = ()
+    ) -> list[list[Completion]]:
+        # batch_size is ignored: vLLM schedules its own continuous batches.
+        if sampling.temperature == 0 and sampling.n != 1:
+            raise ValueError("greedy decoding (temperature 0) is deterministic: n must be 1")
+        vllm = _import_vllm()
+        params = [
+            vllm.SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+                max_tokens=sampling.max_new_tokens,
+                seed=sampling.seed + i,
+                stop=list(stop) or None,
+                skip_special_tokens=True,
+            )
+            for i in range(len(prompts))
+        ]
+        texts = [render_chat(self.tokenizer, p) for p in prompts]
+        # Token ids, not text: vLLM would otherwise add a BOS the chat template already contains.
+        inputs = [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        return [[Completion(c.text, len(c.token_ids)) for c in out.outputs] for out in outputs]

@@ -1,0 +1,207 @@
+"""Staged training recipes: a typed, validated config loaded from YAML.
+
+    from trainer_svc.recipe import load_recipe
+    recipe = load_recipe(open("recipes/chain_of_lora_2stage.yaml").read())
+
+A recipe is a list of stages run in order on one model. Each stage says which records it trains on
+(score band, categories, replay of earlier stages), for how long (epochs or steps), with what
+learning rate and schedule, which parameters (a LoRA, or the full model), in which order the data
+comes (a curriculum policy; `shuffled` is the baseline) and what happens after it (`merge`: Chain
+of LoRA — fold the adapter into the weights, start a fresh one and a fresh optimiser; `continue`:
+keep adapter and optimiser). Shipped recipes live in `recipes/`; a test loads every one.
+
+Validation errors name the field: "stages.1.lr: Input should be greater than 0".
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """The recipe is not valid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraConfig(_Strict):
+    """A LoRA adapter of one stage."""
+
+    rank: int = Field(8, gt=0)
+    """Rank of the update matrices."""
+    alpha: float = Field(16.0, gt=0)
+    """Scaling numerator: the update is scaled by alpha / rank."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Module names that get LoRA updates."""
+
+
+class DataFilter(_Strict):
+    """Which records of the dataset a stage trains on (all filters must hold)."""
+
+    score_key: str | None = None
+    """Record field holding the score the band applies to (e.g. "difficulty")."""
+    min_score: float | None = None
+    """Keep records with score >= this."""
+    max_score: float | None = None
+    """Keep records with score < this (half-open bands tile without overlap)."""
+    categories: tuple[str, ...] = ()
+    """Keep records whose "category" is one of these; empty keeps all."""
+    replay: float = Field(0.0, ge=0, le=1)
+    """Add this share (of the stage's own size) of records drawn from earlier stages' data."""
+
+
+class Curriculum(_Strict):
+    """The order in which a stage sees its records."""
+
+    policy: Literal["shuffled", "static", "sec", "adarft", "pudf"] = "shuffled"
+    """shuffled: seeded shuffle (the baseline); static: ascending `score_key`; sec: bandit over
+    categories (or score bins); adarft: batches nearest a moving target difficulty; pudf: each epoch
+    the records with IRT difficulty <= the model's estimated ability."""
+    score_key: str | None = None
+    """Score for static order, AdaRFT difficulty (0..100) and PUDF difficulty (IRT b)."""
+    descending: bool = False
+    """static: hard to easy instead."""
+    arm_key: str = "category"
+    """sec: record field naming the arm; records without it are binned by `score_key`."""
+    bins: int = Field(4, gt=0)
+    """sec: number of score bins when arms come from `score_key`."""
+    sec_alpha: float = Field(0.5, gt=0, le=1)
+    """sec: Q <- (1 - alpha) Q + alpha r."""
+    sec_tau: float = Field(1.0, gt=0)
+    """sec: p = softmax(Q / tau)."""
+    adarft_eta: float = 50.0
+    """adarft: step size of the target difficulty."""
+    adarft_alpha: float = 2.0
+    """adarft: sensitivity, T += eta * tanh(alpha * (R - beta))."""
+    adarft_beta: float = 0.5
+    """adarft: the reward the target difficulty aims for."""
+    adarft_t0: float = 0.0
+    """adarft: initial target difficulty."""
+    adarft_range: tuple[float, float] = (0.0, 100.0)
+    """adarft: (dmin, dmax)."""
+    pudf_step: float = 0.1
+    """pudf: how far the cap moves when the ability does not improve."""
+
+
+class Schedule(_Strict):
+    """Learning rate over one stage's steps, and optional averaging of its last checkpoints."""
+
+    kind: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warm-up."""
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    """Share of the stage's steps spent in linear warm-up."""
+    final_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """The decay ends at peak * this (moderate decay keeps curriculum gains, arXiv 2511.18903)."""
+    average_last_k: int = Field(0, ge=0)
+    """If > 1, the stage ends with the weighted average of its last K checkpoints."""
+    average_every: int = Field(1, gt=0)
+    """Steps between the averaged checkpoints."""
+    average_decay: float = Field(0.5, gt=0, le=1)
+    """Weight of checkpoint i (0 = newest) is decay**i, normalised."""
+
+
+class Stage(_Strict):
+    """One stage of a recipe."""
+
+    name: str = ""
+    """Shown in progress events and logs; defaults to "stage-N"."""
+    objective: Literal["sft", "dpo", "cft"] = "sft"
+    """sft: completion-only loss; dpo: preference pairs {prompt, chosen, rejected}, reference = the
+    model with the adapter disabled; cft: critique fine-tuning, records {question, solution, critique}."""
+    data: DataFilter = DataFilter()
+    """Which records this stage trains on."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the stage's records (ignored when `steps` is set)."""
+    steps: int | None = Field(None, gt=0)
+    """Optimiser steps (overrides `epochs`)."""
+    lr: float = Field(2e-4, gt=0)
+    """Peak learning rate."""
+    schedule: Schedule = Schedule()
+    """Learning-rate schedule and checkpoint averaging."""
+    lora: LoraConfig | None = LoraConfig()
+    """The stage's adapter; null trains the full model."""
+    after: Literal["merge", "continue"] = "continue"
+    """merge: Chain of LoRA (fold into the weights, fresh adapter and optimiser next stage)."""
+    reset_optimizer: bool = False
+    """With after=continue: start the next stage with a fresh optimiser anyway."""
+    curriculum: Curriculum = Curriculum()
+    """Data order."""
+    hft: bool = False
+    """Half fine-tuning: freeze a random half of the trainable modules per layer and category
+    (attention / MLP / norm) for this stage — a forgetting guard."""
+    dpo_beta: float = Field(0.1, gt=0)
+    """dpo: temperature of the implicit reward."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+
+
+class Recipe(_Strict):
+    """A staged training run."""
+
+    name: str = "recipe"
+    """For logs."""
+    seed: int = 0
+    """Seeds adapter init, data order, curriculum sampling and HFT choices."""
+    max_seq_len: int = Field(512, gt=0)
+    """Samples are truncated to this many tokens (the prompt from the left)."""
+    packing: bool = True
+    """Several samples per row, attention isolated per sample (padding-free)."""
+    row_tokens: int = Field(1024, gt=0)
+    """Tokens per packed row (>= max_seq_len)."""
+    rows_per_step: int = Field(2, gt=0)
+    """Packed rows per optimiser step (shuffled/static policies)."""
+    batch_size: int = Field(8, gt=0)
+    """Samples per step without packing, and for sampling policies (sec, adarft)."""
+    bf16: bool = True
+    """bfloat16 autocast for forward passes (weights and optimiser stay fp32)."""
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Global gradient-norm clip; 0 disables."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Save a resumable checkpoint every N steps (and at each stage end); 0: only at stage ends."""
+    stages: tuple[Stage, ...] = Field(min_length=1)
+    """Run in order."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        if self.packing and self.row_tokens < self.max_seq_len:
+            raise ValueError(f"row_tokens ({self.row_tokens}) must be >= max_seq_len ({self.max_seq_len})")
+        for i, st in enumerate(self.stages):
+            where = f"stages.{i}"
+            if st.objective == "dpo" and st.lora is None:
+                raise ValueError(f"{where}.lora: dpo needs a LoRA (its reference is the adapter disabled)")
+            if st.after == "merge" and st.lora is None:
+                raise ValueError(f"{where}.after: merge needs a LoRA stage")
+            if st.curriculum.policy in ("static", "adarft", "pudf") and not st.curriculum.score_key:
+                raise ValueError(f"{where}.curriculum.score_key: policy {st.curriculum.policy} needs a score")
+            if i > 0 and (st.lora is None) != (self.stages[i - 1].lora is None) and self.stages[i - 1].after == "continue":
+                raise ValueError(f"{where}.lora: cannot continue from a full fine-tuning stage into LoRA or back")
+            lo, hi = st.curriculum.adarft_range
+            if not lo < hi:
+                raise ValueError(f"{where}.curriculum.adarft_range: need dmin < dmax, got {lo}, {hi}")
+        return self
+
+    def stage_name(self, i: int) -> str:
+        return self.stages[i].name or f"stage-{i + 1}"
+
+
+def load_recipe(text: str) -> Recipe:
+    """Parse and validate a recipe YAML; raise RecipeError naming the first bad field."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError("a recipe is a mapping with at least `stages`")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise RecipeError(f"{loc}: {err['msg']}" if loc else err["msg"]) from None
