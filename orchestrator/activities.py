@@ -154,7 +154,7 @@ class Activities:
             if self._store is None:
                 from syllabus.artifacts import open_store
 
-                self._store = open_store(self.config.resolved_artifact_url())
+                self._store = open_store(self.config.resolved_artifact_url(), self.config)
             return self._store
 
     def _session_factory(self) -> sessionmaker[Session]:

@@ -92,7 +92,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, config: Config, client: Client) -> None:
         self.config = config
         self.client = client
-        self.store = open_store(config.resolved_artifact_url())
+        self.store = open_store(config.resolved_artifact_url(), config)
         self.sessions = db.session_factory(db.make_engine(config.resolved_database_url()))
 
     # -- RPCs ---------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ class CliError(Exception):
 
 def _console(json_mode: bool) -> Console:
     # With --json the human output goes to stderr so stdout's last line is the JSON report.
-    return Console(stderr=json_mode, highlight=False)
+    return Console(stderr=json_mode, highlight=False, soft_wrap=True)  # never break URIs and ids
 
 
 def _client(config: Config):  # noqa: ANN202

@@ -1,0 +1,772 @@
+"""Staged training (a `Recipe`), readable top to bottom: setup -> stages -> save.
+
+    from trainer_svc.recipe import load_recipe
+    from trainer_svc.staged import run_recipe
+    recipe = load_recipe(open("recipes/chain_of_lora_2stage.yaml").read())
+    ref, result = run_recipe("bundled:smollm2-135m-instruct", records, recipe, store, "adapters/x.tar")
+
+Records are dicts: `{"prompt", "response"}` for SFT, `{"prompt", "chosen", "rejected"}` for DPO,
+`{"question", "solution", "critique"}` (or prompt/response) for CFT, with optional score fields and
+"category" for filters and curricula.
+
+How one step runs: the step's samples are packed into rows (`trainer_svc.packing`), the model body
+runs once over the rows, and the LM head runs only at target positions. SFT/CFT loss is the mean
+NLL over the step's target tokens; DPO compares summed log-probabilities of chosen and rejected
+responses with those of the reference = the same model with its adapter disabled.
+
+Between stages: `after: merge` is Chain of LoRA — the adapter is folded into the weights, the next
+stage gets a fresh adapter and a fresh optimiser. The published adapter of a chained run is one
+peft LoRA whose rank is the sum of the stages' ranks (A stacked, B stacked and pre-scaled), so
+base + that adapter = base + the sum of stage deltas exactly; merged HF weights on request.
+
+Resumable: with a checkpoint key, the full training state (stage, step, adapters of merged
+stages, trainable weights, optimiser, RNG, curriculum state) is saved every `checkpoint_every`
+steps and at stage ends; a restarted run loads it and continues with the same data order, ending
+with the same weights as an uninterrupted run.
+
+Distributed: pass `dist=True` inside an initialised torch.distributed process group (gloo on CPU,
+nccl on GPUs): every rank builds the same plan, takes every world-th row of each step, gradients
+are averaged by DistributedDataParallel and the loss is normalised by the global token count, so
+the update equals the single-process one. Rank 0 writes checkpoints and outputs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from syllabus.artifacts import ArtifactRef, ArtifactStore
+from syllabus.prompts import encode_example
+from trainer_svc.curriculum import PUDF, SEC, AdaRFT, checkpoint_weights, irt_ability, lr_at
+from trainer_svc.packing import (
+    CompletionLM,
+    Example,
+    bfd_pack,
+    build_batch,
+    per_sample_sums,
+    sequential_pack,
+    token_logprobs,
+)
+from trainer_svc.recipe import Recipe, Stage
+from trainer_svc.sft import TrainingStopped
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """One optimiser step, as reported to `on_step`."""
+
+    stage: int
+    stage_name: str
+    stage_count: int
+    step: int  # within the stage, from 1
+    total_steps: int  # of the stage
+    global_step: int
+    global_total: int
+    loss: float
+    lr: float
+    tokens_per_s: float
+    eta_s: float
+
+
+@dataclass
+class RecipeResult:
+    stage_losses: list[list[float]] = field(default_factory=list)
+    """Loss of every step, per stage."""
+    stage_lrs: list[list[float]] = field(default_factory=list)
+    tokens: int = 0
+    """Real tokens processed (this rank)."""
+    seconds: float = 0.0
+    resumed_from: int = 0
+    """Global step the run resumed from (0: fresh)."""
+    merged_ref: ArtifactRef | None = None
+
+    @property
+    def losses(self) -> list[float]:
+        return [x for s in self.stage_losses for x in s]
+
+    @property
+    def mean_loss(self) -> float:
+        xs = self.losses
+        return sum(xs) / len(xs) if xs else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+
+
+def cft_prompt(question: str, solution: str) -> str:
+    """Critique fine-tuning input (TIGER-AI-Lab CFT): the critique is the target."""
+    return f"Question: {question}\n\nSolution: {solution}"
+
+
+def encode_records(tokenizer, records: Sequence[dict], objective: str, max_len: int) -> list[list[Example]]:  # noqa: ANN001
+    """Per record, its sequences: [sample] for sft/cft, [chosen, rejected] for dpo."""
+    out = []
+    for i, r in enumerate(records):
+        try:
+            if objective == "dpo":
+                out.append(
+                    [
+                        encode_example(tokenizer, r["prompt"], r["chosen"], max_len),
+                        encode_example(tokenizer, r["prompt"], r["rejected"], max_len),
+                    ]
+                )
+            elif objective == "cft" and "critique" in r:
+                out.append([encode_example(tokenizer, cft_prompt(r["question"], r["solution"]), r["critique"], max_len)])
+            else:
+                out.append([encode_example(tokenizer, r["prompt"], r["response"], max_len)])
+        except KeyError as e:
+            raise ValueError(f"record {i}: missing {e.args[0]!r} for objective {objective}") from None
+    return out
+
+
+def select_records(records: Sequence[dict], stage: Stage) -> list[int]:
+    """Indices of the records passing the stage's data filter (before replay)."""
+    f = stage.data
+    keep = []
+    for i, r in enumerate(records):
+        if f.categories and r.get("category") not in f.categories:
+            continue
+        if f.score_key is not None:
+            s = r.get(f.score_key)
+            if s is None:
+                continue
+            if f.min_score is not None and s < f.min_score:
+                continue
+            if f.max_score is not None and s >= f.max_score:
+                continue
+        keep.append(i)
+    return keep
+
+
+def with_replay(own: list[int], earlier: list[int], share: float, seed: int) -> list[int]:
+    """Add round(share * len(own)) records drawn without replacement from earlier stages' records."""
+    pool = sorted(set(earlier) - set(own))
+    k = min(len(pool), round(share * len(own)))
+    return own + random.Random(seed).sample(pool, k) if k else own
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step sources: what each step trains on (rows of record indices). Picklable, for checkpoints.
+
+
+class StepSource:
+    """Yields the rows of each step; `feedback` gets per-record losses (adaptive policies)."""
+
+    total: int
+
+    def next_rows(self) -> list[list[int]]:
+        raise NotImplementedError
+
+    def feedback(self, items: list[int], loss_before: list[float], loss_after: list[float] | None) -> None:
+        pass
+
+    wants_after = False  # does feedback need the loss after the update (SEC)?
+
+
+def _pack(recipe: Recipe, lengths: Sequence[int], order: Sequence[int], keep_order: bool) -> list[list[int]]:
+    if not recipe.packing:
+        return [[i] for i in order]
+    if keep_order:
+        return sequential_pack(lengths, recipe.row_tokens, order)
+    return bfd_pack(lengths, recipe.row_tokens, order)
+
+
+def _rows_per_step(recipe: Recipe) -> int:
+    return recipe.rows_per_step if recipe.packing else recipe.batch_size
+
+
+class EpochSource(StepSource):
+    """shuffled (seeded, packed best-fit) or static (ascending score, packed in order)."""
+
+    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths: Sequence[int], records, seed: int):  # noqa: ANN001
+        self.recipe, self.items, self.lengths, self.seed = recipe, items, list(lengths), seed
+        self.static = stage.curriculum.policy == "static"
+        if self.static:
+            key = stage.curriculum.score_key
+            self.items = sorted(items, key=lambda i: records[i][key], reverse=stage.curriculum.descending)
+        self.epoch, self.plan, self.pos = -1, [], 0
+        per_epoch = len(self._epoch_plan(0))
+        self.total = stage.steps or max(1, math.ceil(stage.epochs * per_epoch))
+
+    def _epoch_plan(self, epoch: int) -> list[list[list[int]]]:
+        g = random.Random(self.seed * 1_000_003 + epoch)
+        order = list(self.items)
+        if not self.static:
+            g.shuffle(order)
+        bins = _pack(self.recipe, self.lengths, order, keep_order=self.static)
+        if not self.static:
+            g.shuffle(bins)
+        k = _rows_per_step(self.recipe)
+        return [bins[i : i + k] for i in range(0, len(bins), k)]
+
+    def next_rows(self) -> list[list[int]]:
+        if self.pos >= len(self.plan):
+            self.epoch += 1
+            self.plan, self.pos = self._epoch_plan(self.epoch), 0
+        self.pos += 1
+        return self.plan[self.pos - 1]
+
+
+class SECSource(StepSource):
+    """Self-Evolving Curriculum: arms from `arm_key` (or score bins); reward = batch loss drop."""
+
+    wants_after = True
+
+    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths, records, seed: int):  # noqa: ANN001
+        c = stage.curriculum
+        self.recipe, self.items, self.lengths = recipe, items, list(lengths)
+        names = []
+        for i in items:
+            r = records[i]
+            if c.arm_key in r:
+                names.append(str(r[c.arm_key]))
+            else:
+                scores = sorted(records[j][c.score_key] for j in items)
+                rank = sorted(scores).index(r[c.score_key])
+                names.append(f"bin{min(c.bins - 1, rank * c.bins // len(scores))}")
+        self.arm_names = sorted(set(names))
+        arm_of = [self.arm_names.index(n) for n in names]
+        self.sec = SEC(arm_of, len(self.arm_names), c.sec_alpha, c.sec_tau, seed)
+        self.pos_of = {rec: p for p, rec in enumerate(items)}
+        self.total = stage.steps or max(1, math.ceil(stage.epochs * math.ceil(len(items) / recipe.batch_size)))
+
+    def next_rows(self) -> list[list[int]]:
+        chosen = [self.items[p] for p in self.sec.sample(self.recipe.batch_size)]
+        return _pack(self.recipe, self.lengths, chosen, keep_order=False)
+
+    def feedback(self, items, loss_before, loss_after) -> None:  # noqa: ANN001
+        by_arm: dict[int, list[float]] = {}
+        for rec, b, a in zip(items, loss_before, loss_after or loss_before, strict=True):
+            by_arm.setdefault(self.sec.arm_of[self.pos_of[rec]], []).append(b - a)
+        self.sec.update({arm: sum(v) / len(v) for arm, v in by_arm.items()})
+
+
+class AdaRFTSource(StepSource):
+    """AdaRFT: batches nearest the target difficulty (record score, 0..100); reward = mean exp(-loss)."""
+
+    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths, records, seed: int):  # noqa: ANN001
+        c = stage.curriculum
+        self.recipe, self.items, self.lengths = recipe, items, list(lengths)
+        lo, hi = c.adarft_range
+        self.ada = AdaRFT([records[i][c.score_key] for i in items], c.adarft_eta, c.adarft_alpha, c.adarft_beta, c.adarft_t0, lo, hi)
+        self.total = stage.steps or max(1, math.ceil(stage.epochs * math.ceil(len(items) / recipe.batch_size)))
+
+    def next_rows(self) -> list[list[int]]:
+        chosen = [self.items[p] for p in self.ada.sample(self.recipe.batch_size)]
+        return _pack(self.recipe, self.lengths, chosen, keep_order=False)
+
+    def feedback(self, items, loss_before, loss_after) -> None:  # noqa: ANN001
+        self.ada.update(sum(math.exp(-x) for x in loss_before) / len(loss_before))
+
+
+class PUDFSource(StepSource):
+    """PUDF: each epoch, the records with difficulty (IRT b) <= cap; cap follows the ability,
+    estimated at epoch ends on a probe set (right = every target token is the model's argmax)."""
+
+    needs_ability = True
+
+    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths, records, seed: int):  # noqa: ANN001
+        c = stage.curriculum
+        self.recipe, self.items, self.lengths, self.seed = recipe, items, list(lengths), seed
+        self.pudf = PUDF([records[i][c.score_key] for i in items], c.pudf_step)
+        k = _rows_per_step(recipe)
+        per_epoch = math.ceil(len(_pack(recipe, lengths, items, keep_order=False)) / k)
+        self.total = stage.steps or max(1, math.ceil(stage.epochs * per_epoch))
+        self.epoch, self.plan, self.pos = -1, [], 0
+        self.probe = items[: min(64, len(items))]
+        self.pending_ability = False
+
+    def next_rows(self) -> list[list[int]]:
+        if self.pos >= len(self.plan):
+            self.epoch += 1
+            g = random.Random(self.seed * 1_000_003 + self.epoch)
+            order = [self.items[p] for p in self.pudf.eligible()]
+            g.shuffle(order)
+            bins = _pack(self.recipe, self.lengths, order, keep_order=False)
+            k = _rows_per_step(self.recipe)
+            self.plan, self.pos = [bins[i : i + k] for i in range(0, len(bins), k)], 0
+        self.pos += 1
+        if self.pos == len(self.plan):
+            self.pending_ability = True
+        return self.plan[self.pos - 1]
+
+    def set_ability(self, right: dict[int, bool]) -> None:
+        pos_of = {rec: p for p, rec in enumerate(self.items)}
+        b = [self.pudf.b[pos_of[r]] for r in right]
+        self.pudf.update(irt_ability(b, list(right.values())))
+        self.pending_ability = False
+
+
+SOURCES = {"shuffled": EpochSource, "static": EpochSource, "sec": SECSource, "adarft": AdaRFTSource, "pudf": PUDFSource}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model: adapters, Chain of LoRA, HFT
+
+
+def new_adapter(lm, stage: Stage, seed: int, init_adapter: Path | None = None):  # noqa: ANN001
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(seed)
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(lm, init_adapter, is_trainable=True)
+    lc = stage.lora
+    cfg = LoraConfig(r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.targets), task_type="CAUSAL_LM")
+    return get_peft_model(lm, cfg)
+
+
+def adapter_snapshot(model) -> dict:  # noqa: ANN001
+    """The live adapter's weights and scaling (what a merged stage leaves for the chained output)."""
+    from peft import get_peft_model_state_dict
+
+    cfg = model.peft_config["default"]
+    return {
+        "state": {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()},
+        "scale": cfg.lora_alpha / cfg.r,
+        "rank": cfg.r,
+        "targets": sorted(cfg.target_modules),
+    }
+
+
+def _category(name: str) -> str:
+    return "attn" if "self_attn" in name else "mlp" if ".mlp." in name else "norm"
+
+
+def hft_freeze(model, seed: int) -> list[torch.nn.Parameter]:  # noqa: ANN001
+    """Freeze a random half of the trainable units per (layer, category); return what was frozen.
+
+    A unit is a LoRA-adapted module (its A and B together) or, in full fine-tuning, one parameter.
+    With an odd count the middle unit is frozen with probability 1/2.
+    """
+    import re
+
+    groups: dict[tuple[str, str], dict[str, list[torch.nn.Parameter]]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        unit = re.sub(r"\.lora_[AB]\..*$", "", name)
+        m = re.search(r"layers\.(\d+)\.", name)
+        groups.setdefault((m.group(1) if m else "-", _category(name)), {}).setdefault(unit, []).append(p)
+    rng = random.Random(seed)
+    frozen = []
+    for key in sorted(groups):
+        units = sorted(groups[key])
+        rng.shuffle(units)
+        n = len(units) // 2 + (1 if len(units) % 2 and rng.random() < 0.5 else 0)
+        for u in units[:n]:
+            for p in groups[key][u]:
+                p.requires_grad_(False)
+                frozen.append(p)
+    return frozen
+
+
+def chained_adapter_files(snapshots: Sequence[dict], base_ref: str, dest: Path) -> None:
+    """Write one peft LoRA equal to the sum of the stages' deltas: A stacked, B stacked * scale_t,
+    rank = sum of ranks, alpha = rank (scale 1). Modules a stage did not adapt get zero blocks."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    total_rank = sum(s["rank"] for s in snapshots)
+    modules = sorted({k.rsplit(".lora_", 1)[0] for s in snapshots for k in s["state"]})
+    tensors = {}
+    for mod in modules:
+        a_blocks, b_blocks = [], []
+        for s in snapshots:
+            a = s["state"].get(f"{mod}.lora_A.weight")
+            b = s["state"].get(f"{mod}.lora_B.weight")
+            if a is None:  # shapes from any stage that has the module
+                ref = next(t for t in snapshots if f"{mod}.lora_A.weight" in t["state"])["state"]
+                a = torch.zeros(s["rank"], ref[f"{mod}.lora_A.weight"].shape[1])
+                b = torch.zeros(ref[f"{mod}.lora_B.weight"].shape[0], s["rank"])
+            else:
+                b = b * s["scale"]
+            a_blocks.append(a)
+            b_blocks.append(b)
+        tensors[f"{mod}.lora_A.weight"] = torch.cat(a_blocks, 0).contiguous()
+        tensors[f"{mod}.lora_B.weight"] = torch.cat(b_blocks, 1).contiguous()
+    targets = sorted({t for s in snapshots for t in s["targets"]})
+    dest.mkdir(parents=True, exist_ok=True)
+    LoraConfig(r=total_rank, lora_alpha=total_rank, target_modules=targets, task_type="CAUSAL_LM", base_model_name_or_path=base_ref).save_pretrained(dest)
+    save_file(tensors, dest / "adapter_model.safetensors", metadata={"format": "pt"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Objectives
+
+
+def _reduce_sum(x: torch.Tensor, dist_on: bool) -> torch.Tensor:
+    if dist_on:
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def sft_step_loss(lm, batch, n_items: int, dist_on: bool, world: int):  # noqa: ANN001
+    """(loss to backpropagate, reported loss, per-item mean NLL) — loss = global mean over target tokens."""
+    logp, sample_of, _ = token_logprobs(lm, batch)
+    nll_sum = -logp.sum()
+    n_global = _reduce_sum(torch.tensor(float(logp.numel())), dist_on)
+    # DDP averages gradients over ranks; * world turns that into the global token mean.
+    loss = nll_sum / n_global.clamp(min=1) * world
+    reported = _reduce_sum(nll_sum.detach(), dist_on) / n_global.clamp(min=1)
+    sums, counts = per_sample_sums(-logp.detach(), sample_of, len(batch.samples))
+    return loss, reported.item(), (sums / counts.clamp(min=1)).tolist()
+
+
+def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world: int):  # noqa: ANN001
+    """DPO: -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), mean over pairs.
+
+    Sequences alternate chosen, rejected in `batch.samples` order (pairs stay in one row)."""
+    logp, sample_of, _ = token_logprobs(lm, batch)
+    pol, _ = per_sample_sums(logp, sample_of, len(batch.samples))
+    with torch.no_grad(), peft_model.disable_adapter():
+        ref_lp, ref_of, _ = token_logprobs(core, batch)  # not through DDP: no gradient to sync
+        ref, _ = per_sample_sums(ref_lp, ref_of, len(batch.samples))
+    margin = (pol[0::2] - ref[0::2]) - (pol[1::2] - ref[1::2])
+    losses = -F.logsigmoid(beta * margin)
+    n_global = _reduce_sum(torch.tensor(float(losses.numel())), dist_on)
+    loss = losses.sum() / n_global * world
+    reported = _reduce_sum(losses.detach().sum(), dist_on) / n_global
+    return loss, reported.item(), losses.detach().tolist()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _save_ckpt(store: ArtifactStore, key: str, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    store.put_bytes(key, buf.getvalue())
+
+
+def _load_ckpt(store: ArtifactStore, key: str) -> dict | None:
+    ref = store.stat(key)
+    if ref is None:
+        return None
+    return torch.load(io.BytesIO(store.get_bytes(ref)), weights_only=False)
+
+
+def trainable_state(model) -> dict:  # noqa: ANN001
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad or "lora_" in n}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def train_recipe(
+    lm,  # noqa: ANN001  the base causal LM (weights change in place when stages merge)
+    tokenizer,  # noqa: ANN001
+    records: Sequence[dict],
+    recipe: Recipe,
+    *,
+    init_adapter: Path | None = None,
+    store: ArtifactStore | None = None,
+    checkpoint_key: str | None = None,
+    on_step: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    dist_on: bool = False,
+) -> tuple[Any, list[dict], RecipeResult]:
+    """Run every stage; return (final model, merged stage snapshots, result).
+
+    The final model is a PeftModel if the last stage left a live adapter, else the (merged) LM."""
+    rank, world = 0, 1
+    if dist_on:
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+    device = next(lm.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    encoded: dict[str, list[list[Example]]] = {}
+    seen: list[int] = []
+    sources = []
+    for si, st in enumerate(recipe.stages):
+        enc = encoded.setdefault(st.objective, encode_records(tokenizer, records, st.objective, recipe.max_seq_len))
+        own = select_records(records, st)
+        if not own:
+            raise ValueError(f"stages.{si}.data: no record passes the filter")
+        items = with_replay(own, seen, st.data.replay, recipe.seed + si)
+        seen += own
+        lengths = [sum(len(ids) for ids, _ in enc[i]) for i in range(len(records))]
+        sources.append(SOURCES[st.curriculum.policy](recipe, st, items, lengths, records, recipe.seed * 7919 + si))
+    global_total = sum(s.total for s in sources)
+
+    ckpt = _load_ckpt(store, checkpoint_key) if store is not None and checkpoint_key else None
+    result = RecipeResult()
+    snapshots: list[dict] = []
+    model = lm
+    optimizer = None
+    start_stage, start_step = 0, 0
+    if ckpt is not None:
+        start_stage, start_step = ckpt["stage"], ckpt["step"]
+        result.stage_losses, result.stage_lrs = ckpt["stage_losses"], ckpt["stage_lrs"]
+        result.resumed_from = ckpt["global_step"]
+        sources[start_stage] = ckpt["source"]
+        log.info("recipe %s: resuming at stage %d step %d", recipe.name, start_stage, start_step)
+    global_step = sum(len(x) for x in result.stage_losses[:start_stage]) + start_step
+    t_run = time.perf_counter()
+
+    for si, st in enumerate(recipe.stages):
+        # --- stage setup: adapter (fresh, continued or from init), optimiser, HFT
+        fresh_adapter = st.lora is not None and (si == 0 or recipe.stages[si - 1].after == "merge")
+        if fresh_adapter:
+            model = new_adapter(lm, st, recipe.seed + si, init_adapter if si == 0 else None)
+        if si < start_stage:  # resuming: replay transitions only, loading merged stages' weights
+            if st.after == "merge":
+                from peft import set_peft_model_state_dict
+
+                set_peft_model_state_dict(model, ckpt["snapshots"][len(snapshots)]["state"])
+                snapshots.append(ckpt["snapshots"][len(snapshots)])
+                lm = model.merge_and_unload()
+                model = lm
+            continue
+        if st.lora is None:
+            for p in lm.parameters():
+                p.requires_grad_(True)
+        frozen = hft_freeze(model, recipe.seed * 31 + si) if st.hft else []
+        params = [p for p in model.parameters() if p.requires_grad]
+        if optimizer is None or fresh_adapter or (si > 0 and recipe.stages[si - 1].reset_optimizer):
+            frozen_ids = {id(p) for p in frozen}
+            all_trainable = [p for p in model.parameters() if p.requires_grad or id(p) in frozen_ids]
+            optimizer = torch.optim.AdamW(all_trainable, lr=st.lr, weight_decay=st.weight_decay)
+        source = sources[si]
+        step0 = 0
+        if ckpt is not None and si == start_stage:
+            model.load_state_dict(ckpt["trainable"], strict=False)
+            if ckpt["optimizer"] is not None:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            torch.set_rng_state(ckpt["rng"])
+            step0 = start_step
+            avg_snaps = ckpt["avg_snaps"]
+            ckpt = None
+        else:
+            result.stage_losses.append([])
+            result.stage_lrs.append([])
+            avg_snaps = []
+        core = CompletionLM(model)
+        lm_fwd = core
+        if dist_on:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            lm_fwd = DDP(core)
+        enc = encoded[st.objective]
+        model.train()
+        sched = st.schedule
+        avg_steps = set()
+        if sched.average_last_k > 1:
+            avg_steps = {source.total - 1 - j * sched.average_every for j in range(sched.average_last_k)}
+
+        for step in range(step0, source.total):
+            if should_stop is not None and should_stop():
+                raise TrainingStopped(f"stopped at stage {si + 1} step {step} of {source.total}")
+            t0 = time.perf_counter()
+            rows = source.next_rows()
+            lr = lr_at(step, source.total, st.lr, sched.warmup_ratio, sched.kind, sched.final_lr_ratio)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            # sequences of the step: one per sft item, chosen+rejected per dpo item, rows kept
+            seq_rows, seqs, items_of_seq = [], [], []
+            for row in rows:
+                sr = []
+                for item in row:
+                    for ex in enc[item]:
+                        sr.append(len(seqs))
+                        seqs.append(ex)
+                        items_of_seq.append(item)
+                seq_rows.append(sr)
+            mine = seq_rows[rank::world] or [seq_rows[0]]
+            weight = 1.0 if seq_rows[rank::world] else 0.0
+            batch = build_batch(mine, seqs, pad_id).to(device)
+            items = [items_of_seq[s] for s in batch.samples]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+                if st.objective == "dpo":
+                    loss, reported, per_item = dpo_step_loss(lm_fwd, core, model, batch, st.dpo_beta, dist_on, world)
+                    items = items[0::2]
+                else:
+                    loss, reported, per_item = sft_step_loss(lm_fwd, batch, len(batch.samples), dist_on, world)
+            (loss * weight).backward()
+            if recipe.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if weight == 0.0:
+                items, per_item = [], []
+            after = None
+            if source.wants_after and items:
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+                    _, _, after = sft_step_loss(core, batch, len(batch.samples), False, 1)
+            if dist_on and not isinstance(source, EpochSource):
+                # every rank must see the same feedback, or adaptive sources would diverge
+                import torch.distributed as dist
+
+                gathered: list = [None] * world
+                dist.all_gather_object(gathered, (items, per_item, after))
+                items = [x for g in gathered for x in g[0]]
+                per_item = [x for g in gathered for x in g[1]]
+                after = [x for g in gathered for x in g[2]] if after is not None else None
+            if items:
+                source.feedback(items, per_item, after)
+            if isinstance(source, PUDFSource) and source.pending_ability:
+                source.set_ability(_probe_right(core, enc, source.probe, pad_id, device, recipe.bf16))
+            if step in avg_steps:
+                avg_snaps.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+            global_step += 1
+            result.stage_losses[si].append(reported)
+            result.stage_lrs[si].append(lr)
+            dt = time.perf_counter() - t0
+            result.tokens += batch.num_tokens
+            result.seconds += dt
+            if on_step is not None:
+                elapsed = time.perf_counter() - t_run
+                done_here = global_step - result.resumed_from
+                on_step(
+                    Progress(
+                        si, recipe.stage_name(si), len(recipe.stages), step + 1, source.total,
+                        global_step, global_total, reported, lr,
+                        batch.num_tokens * world / dt if dt > 0 else 0.0,
+                        elapsed / max(1, done_here) * (global_total - global_step),
+                    )
+                )
+            last = step + 1 == source.total
+            if (recipe.checkpoint_every and (step + 1) % recipe.checkpoint_every == 0 and not last) and store is not None and checkpoint_key and rank == 0:
+                _save_ckpt(store, checkpoint_key, {
+                    "stage": si, "step": step + 1, "global_step": global_step,
+                    "stage_losses": result.stage_losses, "stage_lrs": result.stage_lrs,
+                    "source": source, "snapshots": snapshots,
+                    "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                    "rng": torch.get_rng_state(), "avg_snaps": avg_snaps,
+                })  # fmt: skip
+
+        # --- stage end: averaging, unfreeze, merge or continue
+        if len(avg_snaps) > 1:
+            w = checkpoint_weights(len(avg_snaps), sched.average_decay)
+            named = dict(model.named_parameters())
+            with torch.no_grad():
+                for n in avg_snaps[0]:
+                    named[n].copy_(sum(wi * snap[n] for wi, snap in zip(w, reversed(avg_snaps), strict=True)))
+        for p in frozen:
+            p.requires_grad_(True)
+        model.eval()
+        if st.after == "merge":
+            snapshots.append(adapter_snapshot(model))
+            lm = model.merge_and_unload()
+            model = lm
+            optimizer = None
+        if si + 1 < len(recipe.stages) and store is not None and checkpoint_key and rank == 0:
+            nxt = sources[si + 1]
+            _save_ckpt(store, checkpoint_key, {
+                "stage": si + 1, "step": 0, "global_step": global_step,
+                "stage_losses": result.stage_losses + [[]], "stage_lrs": result.stage_lrs + [[]],
+                "source": nxt, "snapshots": snapshots,
+                "trainable": trainable_state(model) if st.after == "continue" else {},
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "rng": torch.get_rng_state(), "avg_snaps": [],
+            })  # fmt: skip
+    return model, snapshots, result
+
+
+def _probe_right(core, enc, probe: list[int], pad_id: int, device, bf16: bool) -> dict[int, bool]:  # noqa: ANN001
+    """Per probe record: is every target token the model's argmax (teacher forced)?"""
+    seqs = [enc[i][0] for i in probe]
+    batch = build_batch([[j] for j in range(len(seqs))], seqs, pad_id).to(device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        flat = batch.targets.reshape(-1)
+        pos = (flat >= 0).nonzero(as_tuple=True)[0]
+        pred = core(batch, pos).argmax(-1)
+    ok = (pred == flat.index_select(0, pos)).float()
+    sums, counts = per_sample_sums(ok, batch.sample_ids.reshape(-1).index_select(0, pos), len(seqs))
+    return {probe[j]: bool(sums[j] == counts[j]) for j in range(len(seqs))}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def save_outputs(
+    model, snapshots: list[dict], base: str, tokenizer, store: ArtifactStore, output_key: str, merged_key: str | None  # noqa: ANN001
+) -> tuple[ArtifactRef, ArtifactRef | None]:
+    """Publish the adapter (peft; chained stages as one summed LoRA) and, if asked, merged HF weights."""
+    from peft import PeftModel
+
+    from syllabus.models import pack_adapter
+
+    tmp = Path(tempfile.mkdtemp(prefix="syllabus-out-"))
+    try:
+        live = isinstance(model, PeftModel)
+        if not snapshots and live:
+            for cfg in model.peft_config.values():
+                cfg.base_model_name_or_path = base
+            model.save_pretrained(tmp / "adapter", save_embedding_layers=False)
+        elif snapshots:
+            chained_adapter_files(snapshots + ([adapter_snapshot(model)] if live else []), base, tmp / "adapter")
+        merged_ref = None
+        if merged_key or not (snapshots or live):  # full fine-tuning publishes the weights themselves
+            full = model.merge_and_unload() if live else model
+            full.save_pretrained(tmp / "merged")
+            tokenizer.save_pretrained(tmp / "merged")
+            merged_ref = store.put_bytes(merged_key or output_key, pack_adapter(tmp / "merged"))
+        if (tmp / "adapter").is_dir():
+            return store.put_bytes(output_key, pack_adapter(tmp / "adapter")), merged_ref
+        return merged_ref, merged_ref
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_recipe(
+    base: str,
+    records: Sequence[dict],
+    recipe: Recipe,
+    store: ArtifactStore,
+    output_key: str,
+    *,
+    init_adapter: Path | None = None,
+    merged_key: str | None = None,
+    on_step: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[ArtifactRef, RecipeResult]:
+    """setup -> train every stage (resuming from `<output_key>.ckpt` if present) -> save -> cleanup."""
+    from syllabus.models import load_model
+
+    lm, tokenizer = load_model(base)
+    lm = lm.to("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt_key = output_key + ".ckpt"
+    model, snapshots, result = train_recipe(
+        lm, tokenizer, records, recipe, init_adapter=init_adapter, store=store, checkpoint_key=ckpt_key,
+        on_step=on_step, should_stop=should_stop,
+    )  # fmt: skip
+    ref, result.merged_ref = save_outputs(model, snapshots, base, tokenizer, store, output_key, merged_key)
+    log.info("recipe %s: %d steps, mean loss %.4f -> %s", recipe.name, len(result.losses), result.mean_loss, ref.uri)
+    return ref, result
+
+
+def read_records(data: bytes) -> list[dict]:
+    """JSONL -> list of dicts (validation of fields happens per objective in encode_records)."""
+    out = []
+    for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if line.strip():
+            r = json.loads(line)
+            if not isinstance(r, dict):
+                raise ValueError(f"line {lineno} is not a JSON object")
+            out.append(r)
+    if not out:
+        raise ValueError("no records")
+    return out
