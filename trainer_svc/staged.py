@@ -114,22 +114,24 @@ def cft_prompt(question: str, solution: str) -> str:
     return f"Question: {question}\n\nSolution: {solution}"
 
 
-def encode_records(tokenizer, records: Sequence[dict], objective: str, max_len: int) -> list[list[Example]]:  # noqa: ANN001
-    """Per record, its sequences: [sample] for sft/cft, [chosen, rejected] for dpo."""
-    out = []
-    for i, r in enumerate(records):
+def encode_records(
+    tokenizer, records: Sequence[dict], objective: str, max_len: int, indices: Sequence[int], out: dict  # noqa: ANN001
+) -> dict[int, list[Example]]:
+    """Per record index, its sequences: [sample] for sft/cft, [chosen, rejected] for dpo (into `out`)."""
+    for i in indices:
+        if i in out:
+            continue
+        r = records[i]
         try:
             if objective == "dpo":
-                out.append(
-                    [
-                        encode_example(tokenizer, r["prompt"], r["chosen"], max_len),
-                        encode_example(tokenizer, r["prompt"], r["rejected"], max_len),
-                    ]
-                )
+                out[i] = [
+                    encode_example(tokenizer, r["prompt"], r["chosen"], max_len),
+                    encode_example(tokenizer, r["prompt"], r["rejected"], max_len),
+                ]
             elif objective == "cft" and "critique" in r:
-                out.append([encode_example(tokenizer, cft_prompt(r["question"], r["solution"]), r["critique"], max_len)])
+                out[i] = [encode_example(tokenizer, cft_prompt(r["question"], r["solution"]), r["critique"], max_len)]
             else:
-                out.append([encode_example(tokenizer, r["prompt"], r["response"], max_len)])
+                out[i] = [encode_example(tokenizer, r["prompt"], r["response"], max_len)]
         except KeyError as e:
             raise ValueError(f"record {i}: missing {e.args[0]!r} for objective {objective}") from None
     return out
@@ -496,17 +498,17 @@ def train_recipe(
         rank, world = dist.get_rank(), dist.get_world_size()
     device = next(lm.parameters()).device
     pad_id = tokenizer.pad_token_id
-    encoded: dict[str, list[list[Example]]] = {}
+    encoded: dict[str, dict[int, list[Example]]] = {}
     seen: list[int] = []
     sources = []
     for si, st in enumerate(recipe.stages):
-        enc = encoded.setdefault(st.objective, encode_records(tokenizer, records, st.objective, recipe.max_seq_len))
         own = select_records(records, st)
         if not own:
             raise ValueError(f"stages.{si}.data: no record passes the filter")
         items = with_replay(own, seen, st.data.replay, recipe.seed + si)
         seen += own
-        lengths = [sum(len(ids) for ids, _ in enc[i]) for i in range(len(records))]
+        enc = encode_records(tokenizer, records, st.objective, recipe.max_seq_len, items, encoded.setdefault(st.objective, {}))
+        lengths = [sum(len(ids) for ids, _ in enc[i]) if i in enc else 0 for i in range(len(records))]
         sources.append(SOURCES[st.curriculum.policy](recipe, st, items, lengths, records, recipe.seed * 7919 + si))
     global_total = sum(s.total for s in sources)
 
