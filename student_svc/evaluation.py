@@ -219,3 +219,147 @@ def evaluate_classification(
             }
         )
     return predictions, EvalSummary(correct=correct, total=len(records))
+
+
+# -- generation-based scorers ---------------------------------------------------------------------
+
+EXACT = "exact"
+NUMERIC = "numeric"
+LABEL = "label"
+MATCHES = (EXACT, NUMERIC, LABEL)
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop surrounding punctuation/quotes, collapse whitespace (SQuAD-style, articles kept)."""
+    import re
+
+    text = text.strip().lower()
+    text = re.sub(r"\s+", " ", text)
+    return text.strip(" \t\n.,;:!?\"'`()[]")
+
+
+def extract_number(text: str) -> float | None:
+    """The final answer's number: after "####" if present (GSM8K), else the last number in the
+    text (commas as thousands separators, optional sign/decimals/fraction)."""
+    import re
+
+    if "####" in text:
+        text = text.rsplit("####", 1)[1]
+    nums = re.findall(r"[-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?", text)
+    if not nums:
+        return None
+    raw = nums[-1].replace(",", "")
+    try:
+        if "/" in raw:
+            a, b = raw.split("/")
+            return float(a) / float(b) if float(b) else None
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def answers_match(prediction: str, gold: str, match: str = EXACT, tol: float = 1e-6) -> bool:
+    """exact: normalized strings equal; numeric: extracted numbers equal within `tol` (relative to
+    max(1, |gold|)); label: the normalized prediction equals the label or starts with it."""
+    if match == EXACT:
+        return normalize_answer(prediction) == normalize_answer(gold)
+    if match == NUMERIC:
+        p, g = extract_number(prediction), extract_number(gold)
+        return p is not None and g is not None and abs(p - g) <= tol * max(1.0, abs(g))
+    if match == LABEL:
+        p, g = normalize_answer(prediction), normalize_answer(gold)
+        return p == g or p.startswith(g + " ")
+    raise ValueError(f"match must be one of {MATCHES}, got {match!r}")
+
+
+def label_from_generation(prediction: str, labels: Sequence[str]) -> str | None:
+    """The label a free generation names: the longest label that the normalized text equals or
+    starts with, else the longest label it contains; None if it names none."""
+    p = normalize_answer(prediction)
+    by_len = sorted(labels, key=len, reverse=True)
+    for label in by_len:
+        n = normalize_answer(label)
+        if p == n or p.startswith(n):
+            return label
+    for label in by_len:
+        if normalize_answer(label) in p:
+            return label
+    return None
+
+
+def generate_greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 16,
+    max_len: int = DEFAULT_MAX_LEN,
+    dtype: str = "float32",
+) -> list[str]:
+    """Greedy completions (temperature 0) of chat `conversations` ([{"role", "content"}, ...]), in
+    input order: length-bucketed, left-padded batches; generation stops at end of turn."""
+    import torch
+
+    from student_svc.scoring import autocast, length_buckets, model_device, resolve_dtype
+
+    device = model_device(model)
+    dtype = resolve_dtype(dtype, device)
+    prompts = []
+    for conv in conversations:
+        if tokenizer.chat_template:
+            text = tokenizer.apply_chat_template(list(conv), tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n".join(m["content"] for m in conv) + "\n"
+        prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"][-(max_len - max_new_tokens) :])
+    pad = _pad_id(tokenizer)
+    out: list[str] = [""] * len(prompts)
+    for batch in length_buckets([len(p) for p in prompts], batch_size or 16, 1 << 30):
+        width = max(len(prompts[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        with torch.inference_mode(), autocast(dtype, device):
+            gen = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        for row, i in enumerate(batch):
+            out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True).strip()
+    return out
+
+
+def evaluate_generation(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[Mapping[str, str]],
+    match: str,
+    labels: Sequence[str] = (),
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 16,
+    dtype: str = "float32",
+) -> tuple[list[dict], EvalSummary]:
+    """Greedy-generate an answer to each `{"id", "prompt", "label"}` record and check it against
+    "label": exact match, numeric match, or (classification, `labels` given) the label the
+    generation names. Records `{"id", "label", "prediction", "generation", "correct"}`."""
+    gens = generate_greedy(
+        model, tokenizer, [[{"role": "user", "content": r["prompt"]}] for r in records],
+        max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype,
+    )
+    rows, correct = [], 0
+    for r, g in zip(records, gens, strict=True):
+        if match == LABEL:
+            prediction = label_from_generation(g, labels) or ""
+            ok = prediction == r["label"]
+        else:
+            prediction = g
+            ok = answers_match(g, r["label"], match)
+        correct += ok
+        rows.append({"id": r["id"], "label": r["label"], "prediction": prediction, "generation": g, "correct": ok})
+    return rows, EvalSummary(correct=correct, total=len(records))

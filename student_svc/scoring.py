@@ -39,7 +39,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from syllabus.prompts import IGNORE_INDEX, encode_example, render_prompt
+from syllabus.prompts import IGNORE_INDEX, encode_example
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -49,10 +49,12 @@ LOSS_REF = "loss_ref"
 LEARNABILITY = "learnability"
 IFD = "ifd"  # -> ifd_ppl, ifd_loss
 RIFD = "rifd"  # -> rifd_ppl, rifd_loss
+#: Selective Reflection-Tuning rule over four versions (student_svc.reflection).
+REFLECTION = "reflection"
 #: The metrics the orchestrator has always asked for (an empty request means these).
 ALL_METRICS = (LOSS_BASE, LOSS_REF, LEARNABILITY)
 #: Every token-NLL metric `score_records` computes.
-NLL_METRICS = (LOSS_BASE, LOSS_REF, LEARNABILITY, IFD, RIFD)
+NLL_METRICS = (LOSS_BASE, LOSS_REF, LEARNABILITY, IFD, RIFD, REFLECTION)
 #: Metrics that need the reference adapter.
 REF_METRICS = frozenset({LOSS_REF, LEARNABILITY})
 #: Columns each metric writes.
@@ -62,6 +64,7 @@ COLUMNS = {
     LEARNABILITY: (LEARNABILITY,),
     IFD: ("ifd_ppl", "ifd_loss", "answer_loss_cond", "answer_loss_uncond"),
     RIFD: ("rifd_ppl", "rifd_loss", "question_loss_cond", "question_loss_uncond"),
+    REFLECTION: ("ifd_<v>", "rifd_<v>", "reflection_choice", "selected_prompt", "selected_response"),
 }
 
 #: The reverse prompt of r-IFD (Selective Reflection-Tuning reference code), filled with the answer.
@@ -126,7 +129,7 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_dtype(dtype: str, device) -> str:  # noqa: ANN001 (torch.device)
+def resolve_dtype(dtype: str, device) -> str:
     """"auto" -> "bfloat16" where the device runs bf16 natively, else "float32"."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -139,7 +142,7 @@ def resolve_dtype(dtype: str, device) -> str:  # noqa: ANN001 (torch.device)
     return "bfloat16" if device.type == "cpu" and cpu_has_bf16() else "float32"
 
 
-def autocast(dtype: str, device):  # noqa: ANN001
+def autocast(dtype: str, device):
     """bf16 autocast for "bfloat16" (the weights stay fp32; matmuls run in bf16), else nothing."""
     import torch
 
@@ -383,6 +386,7 @@ class ScoreOptions:
     max_batch_tokens: most padded tokens per forward pass (0: DEFAULT_MAX_BATCH_TOKENS); bounds memory.
     max_len: sequences are truncated to this many tokens (prompt from the left).
     share_prefix: run the prefix every sequence of a pass group shares once (KV cache).
+    ratio: "ppl" or "loss": which IFD/r-IFD form the reflection rule compares.
     """
 
     dtype: str = "auto"
@@ -390,6 +394,7 @@ class ScoreOptions:
     max_batch_tokens: int = 0
     max_len: int = DEFAULT_MAX_LEN
     share_prefix: bool = True
+    ratio: str = "ppl"
 
 
 class NLLPlan:
@@ -518,7 +523,7 @@ def score_records(
     plan = NLLPlan()
     handles = [plan_record(plan, tokenizer, r, metrics, options.max_len) for r in records]
     run_plan(plan, model, tokenizer, options, progress)
-    return [finish_record(plan, r["id"], h, metrics) for r, h in zip(records, handles, strict=True)]
+    return [finish_record(plan, r, h, metrics, options.ratio) for r, h in zip(records, handles, strict=True)]
 
 
 def plan_record(
@@ -540,11 +545,19 @@ def plan_record(
         h["rifd_cond"] = plan.add("model", encode_pair(tokenizer, reverse_prompt(a), q, max_len))
         h["rifd_uncond"] = plan.add("model", encode_raw(tokenizer, q, max_len))
         h["rifd_n"] = text_token_count(tokenizer, q, max_len)
+    if REFLECTION in metrics:
+        from student_svc.reflection import variant_records
+
+        h[REFLECTION] = {
+            v: plan_record(plan, tokenizer, rec, (IFD, RIFD), max_len) for v, rec in variant_records(record).items()
+        }
     return h
 
 
-def finish_record(plan: NLLPlan, rid: str, h: Mapping[str, object], metrics: Collection[str]) -> dict:
-    row: dict = {"id": rid}
+def finish_record(
+    plan: NLLPlan, record: Mapping[str, str], h: Mapping[str, object], metrics: Collection[str], ratio: str = "ppl"
+) -> dict:
+    row: dict = {"id": record["id"]}
     if LOSS_BASE in metrics:
         row[LOSS_BASE] = plan.result(h["base"]).mean
     if LOSS_REF in metrics:
@@ -557,4 +570,30 @@ def finish_record(plan: NLLPlan, rid: str, h: Mapping[str, object], metrics: Col
             uncond = plan.result(h[f"{prefix}_uncond"]).mean
             row[f"{prefix}_ppl"], row[f"{prefix}_loss"] = ifd_ratios(cond, uncond)
             row[f"{text}_loss_cond"], row[f"{text}_loss_uncond"] = cond, uncond
+    if REFLECTION in metrics:
+        from student_svc.reflection import reflection_row
+
+        scored = {v: finish_record(plan, record, hv, (IFD, RIFD)) for v, hv in h[REFLECTION].items()}
+        row.update(reflection_row(record, scored, ratio))
     return row
+
+
+def car(mean_reward: float, mean_loss: float, beta: float) -> float:
+    """Compatibility-Adjusted Reward (arXiv 2411.07133): r / (1 + beta * L), r the mean reward of a
+    teacher's responses, L their mean response NLL under the base student. beta is not given in the
+    paper: exposed (ScoreRequest.car_beta)."""
+    return mean_reward / (1.0 + beta * mean_loss)
+
+
+def car_by_teacher(records: Sequence[Mapping], rows: Sequence[Mapping], beta: float) -> list[dict]:
+    """Per teacher (record field "teacher"): count, mean "reward", mean loss_base and CAR, sorted
+    by CAR descending (the teacher/generation setting to prefer first)."""
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for rec, row in zip(records, rows, strict=True):
+        groups.setdefault(str(rec["teacher"]), []).append((float(rec["reward"]), float(row[LOSS_BASE])))
+    out = []
+    for teacher, pairs in groups.items():
+        reward = sum(p[0] for p in pairs) / len(pairs)
+        loss = sum(p[1] for p in pairs) / len(pairs)
+        out.append({"teacher": teacher, "count": len(pairs), "reward": reward, "loss": loss, "car": car(reward, loss, beta)})
+    return sorted(out, key=lambda g: (-g["car"], g["teacher"]))

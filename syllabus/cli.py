@@ -291,21 +291,48 @@ def print_sample_lineage(lin, console: Console) -> None:  # noqa: ANN001
         console.print("  not trained on")
 
 
+def _lineage_direct(config: Config, args: argparse.Namespace):  # noqa: ANN202
+    """Lineage straight from the metadata DB: the same query the gateway runs, for a stopped stack."""
+    from syllabus import db
+    from syllabus.lineage import sample_lineage, training_run_lineage
+
+    with db.session_factory(db.make_engine(config.resolved_database_url()))() as s:
+        if args.sample_id is not None:
+            found = sample_lineage(s, args.sample_id, args.job or "")
+            if not found:
+                raise CliError(f"sample {args.sample_id!r} not found", EXIT_USAGE)
+            return found
+        run = training_run_lineage(s, args.training_run)
+        if run is None:
+            raise CliError(f"training run {args.training_run} not found", EXIT_USAGE)
+        return run
+
+
 def cmd_lineage(args: argparse.Namespace, config: Config) -> int:
     from google.protobuf.json_format import MessageToDict
 
     console = _console(args.json)
     if (args.sample_id is None) == (args.training_run is None):
         raise CliError("syllabus lineage: give a SAMPLE_ID or --training-run ID", EXIT_USAGE)
-    with _client(config) as client:
-        if args.sample_id is not None:
-            samples = _sdk_call(client.sample_lineage, args.sample_id, args.job or "")
-            for lin in samples:
-                print_sample_lineage(lin, console)
-            if args.json:
-                print(json.dumps([MessageToDict(x, preserving_proto_field_name=True) for x in samples]))
-            return EXIT_OK
-        run = _sdk_call(client.training_run_lineage, args.training_run)
+    try:
+        client = _client(config)
+    except CliError:
+        # No gateway running (e.g. after `syllabus demo`): lineage is one SQL query away anyway.
+        console.print(f"[dim]gateway not running; reading {config.resolved_database_url()} directly[/dim]")
+        result = _lineage_direct(config, args)
+    else:
+        with client:
+            if args.sample_id is not None:
+                result = _sdk_call(client.sample_lineage, args.sample_id, args.job or "")
+            else:
+                result = _sdk_call(client.training_run_lineage, args.training_run)
+    if args.sample_id is not None:
+        for lin in result:
+            print_sample_lineage(lin, console)
+        if args.json:
+            print(json.dumps([MessageToDict(x, preserving_proto_field_name=True) for x in result]))
+        return EXIT_OK
+    run = result
     console.print(f"[bold]training run {run.run.training_run_id}[/bold] of job {run.job_id}: round {run.run.round}, "
                   f"{run.run.stage}, {run.steps} steps, loss {run.run.mean_loss:.3f}")
     console.print(f"  dataset: {run.dataset_uri}\n  adapter: {run.run.adapter_uri}\n  recipe: {run.params_json}")

@@ -136,8 +136,12 @@ def fetch_adapter(store, ref, cache_root: Path) -> Path:  # noqa: ANN001 (Artifa
     if (target / "adapter_config.json").is_file():
         return target
     data = store.get_bytes(ref)  # verifies the checksum
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=Path(cache_root).mkdir(parents=True, exist_ok=True) or cache_root))
+    Path(cache_root).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=cache_root))
     unpack_adapter(data, tmp)
+    if not (tmp / "adapter_config.json").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"artifact {ref.uri} is not a peft adapter (no adapter_config.json in the archive)")
     try:
         os.rename(tmp, target)
     except OSError:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from syllabus.records import content_id
 from teacher_svc.backend import Backend, ChatPrompt, Sampling
 from teacher_svc.generation import provenance, template_hash
-from teacher_svc.retry import ParseError, Parsed, generate_parsed
+from teacher_svc.retry import Parsed, ParseError, generate_parsed
 
 CFT_METHOD, RUBRIC_METHOD, REVISION_METHOD, REFLECTION_METHOD = "cft_critique", "rubric", "rubric_revision", "reflection"
 

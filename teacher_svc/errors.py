@@ -65,7 +65,7 @@ def analyze_confusions(
     for i, p in enumerate(predictions):
         for f in ("id", "label", "prediction"):
             if not isinstance(p.get(f), str):
-                raise ValueError(f'predictions[{i}] needs a string "{f}"')
+                raise ValueError(f'predictions[{i}] needs a string "{f}"')  # noqa: TRY004 (bad input data)
         if p["label"] == p["prediction"]:
             continue
         if known and p["label"] not in known:

@@ -151,7 +151,7 @@ class OpenAIBackend:
             if e.code in RETRYABLE_STATUS:
                 raise _Retryable(f"HTTP {e.code}: {detail}", _retry_after(e.headers.get("Retry-After"))) from e
             raise BackendRequestError(f"{s.base_url}: HTTP {e.code}: {detail}") from e
-        except (TimeoutError, socket.timeout) as e:
+        except TimeoutError as e:
             raise _Retryable(f"timed out after {s.timeout_s} s") from e
         except urllib.error.URLError as e:
             if isinstance(e.reason, TimeoutError | socket.timeout):

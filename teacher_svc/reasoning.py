@@ -49,7 +49,8 @@ CLASSIFICATION, EXACT, NUMERIC = "classification", "exact", "numeric"
 
 _ANSWER = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_EQUATION = re.compile(r"[\d.]+(?:\s*[-+*/x×÷]\s*[\d.]+)+\s*=\s*[\d.]+")
+_NUM = r"\d+(?:\.\d+)?"
+_EQUATION = re.compile(rf"{_NUM}(?:\s*[-+*/x×÷]\s*{_NUM})+\s*=\s*{_NUM}")
 
 
 @dataclass(frozen=True)

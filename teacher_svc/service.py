@@ -30,8 +30,10 @@ from syllabus.artifacts import (
 from syllabus.models import ModelNotFound, check_model_ref
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.records import dumps_jsonl, loads_jsonl
-from teacher_svc.backend import Backend, Sampling, TransformersBackend
+from teacher_svc.backend import Backend, BackendRequestError, BackendUnavailable, Sampling, load_backend
 from teacher_svc.critique import judge
+from teacher_svc.errors import DEFAULT_EXAMPLES_PER_SKILL, analyze_confusions
+from teacher_svc.leakage import LeakageGuard
 from teacher_svc.generation import DEFAULT_BATCH_SIZE, ExpansionRequest, Seed, expand_seeds, parse_seeds
 
 MAX_PER_LABEL = 10_000
@@ -57,7 +59,7 @@ def invalid(field: str, problem: str) -> RequestFailed:
 class ModelCache:
     """Loaded teacher backends, one per model base; thread-safe, loads each base once."""
 
-    def __init__(self, load: Callable[[str], Backend] = TransformersBackend.load) -> None:
+    def __init__(self, load: Callable[[str], Backend] = load_backend) -> None:
         self._load = load
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
@@ -89,6 +91,12 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     async def Critique(self, request: teacher_pb2.CritiqueRequest, context: grpc.aio.ServicerContext):
         try:
             return await self._critique(request)
+        except RequestFailed as e:
+            await context.abort(e.code, e.message)
+
+    async def AnalyzeErrors(self, request: teacher_pb2.AnalyzeErrorsRequest, context: grpc.aio.ServicerContext):
+        try:
+            return await self._analyze_errors(request)
         except RequestFailed as e:
             await context.abort(e.code, e.message)
 
@@ -126,24 +134,36 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             batch_size=request.batch_size or DEFAULT_BATCH_SIZE,
             round=request.round,
         )
+        guard = None
+        if eval_ref := ref_from_pb(request.eval):
+            eval_items = await asyncio.to_thread(self._records, "eval", eval_ref)
+            guard = LeakageGuard([str(r.get("input", "")) for r in eval_items])
         async with self._model_lock:
             backend = await self._backend(base)
-            result = await asyncio.to_thread(expand_seeds, backend, req)
+            try:
+                result = await asyncio.to_thread(expand_seeds, backend, req)
+            except BackendUnavailable as e:
+                raise RequestFailed(grpc.StatusCode.UNAVAILABLE, f"model.base: {e}") from e
+            except BackendRequestError as e:
+                raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: {e}") from e
+        records = guard.filter(result.records) if guard else result.records
         resp = teacher_pb2.GenerateResponse(
-            generated=len(result.records),
+            generated=len(records),
             duplicates_removed=result.duplicates_removed,
             unparsable=result.unparsable,
             tokens_generated=result.tokens_generated,
+            leaked_removed=guard.total_dropped if guard else 0,
         )
         stats = {
             "duplicates_removed": resp.duplicates_removed,
             "unparsable": resp.unparsable,
             "tokens_generated": resp.tokens_generated,
+            "leaked_removed": resp.leaked_removed,
         }
         await asyncio.to_thread(
             self.store.put_bytes, key + STATS_SUFFIX, json.dumps(stats, sort_keys=True).encode()
         )
-        ref = await asyncio.to_thread(self.store.put_bytes, key, dumps_jsonl(result.records))
+        ref = await asyncio.to_thread(self.store.put_bytes, key, dumps_jsonl(records))
         resp.examples.CopyFrom(ref_to_pb(ref))
         return resp
 
@@ -157,12 +177,13 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             resp.duplicates_removed = stats["duplicates_removed"]
             resp.unparsable = stats["unparsable"]
             resp.tokens_generated = stats["tokens_generated"]
+            resp.leaked_removed = stats.get("leaked_removed", 0)
         return resp
 
     async def _backend(self, base: str) -> Backend:
         try:
             return await asyncio.to_thread(self.models.get, base)
-        except ModelNotFound as e:
+        except (ModelNotFound, ValueError, ImportError) as e:
             raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: {e}") from e
 
     async def _read_seeds(self, ref: ArtifactRef) -> list[Seed]:
@@ -212,6 +233,31 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             dropped_count=len(verdicts) - len(kept),
         )
 
+    # -- AnalyzeErrors ----------------------------------------------------------------------------
+
+    async def _analyze_errors(self, request: teacher_pb2.AnalyzeErrorsRequest) -> teacher_pb2.AnalyzeErrorsResponse:
+        _check_kind(request.kind)
+        labels = _check_labels(request.labels)
+        predictions_ref = _required_ref("predictions", request.predictions)
+        eval_ref = _required_ref("eval", request.eval)
+        if request.examples_per_skill < 0:
+            raise invalid("examples_per_skill", f"must be >= 0, got {request.examples_per_skill}")
+        key = _check_key("output_key", request.output_key)
+        predictions = await asyncio.to_thread(self._records, "predictions", predictions_ref)
+        eval_items = await asyncio.to_thread(self._records, "eval", eval_ref)
+        try:
+            analysis = analyze_confusions(
+                predictions, eval_items, labels, request.examples_per_skill or DEFAULT_EXAMPLES_PER_SKILL
+            )
+        except ValueError as e:
+            raise invalid("predictions", str(e)) from e
+        ref = await asyncio.to_thread(self.store.stat, key) or await asyncio.to_thread(
+            self.store.put_bytes, key, dumps_jsonl(analysis.skills)
+        )
+        return teacher_pb2.AnalyzeErrorsResponse(
+            skills=ref_to_pb(ref), evaluated=analysis.evaluated, wrong=analysis.wrong
+        )
+
     # -- artifacts --------------------------------------------------------------------------------
 
     def _records(self, field: str, ref: ArtifactRef) -> list[dict]:
@@ -244,8 +290,10 @@ def _check_model(model: common_pb2.ModelRef) -> str:
         raise RequestFailed(
             grpc.StatusCode.UNIMPLEMENTED, "model.adapter: teacher adapters are not supported yet"
         )
+    if model.base.startswith("openai:"):  # a remote endpoint: reachability is checked when it is used
+        return model.base
     try:
-        check_model_ref(model.base)
+        check_model_ref(model.base.removeprefix("vllm:"))
     except ModelNotFound as e:
         raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: {e}") from e
     return model.base

@@ -30,7 +30,7 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, base: str, llm, tokenizer, revision: str) -> None:  # noqa: ANN001 (vllm.LLM)
+    def __init__(self, base: str, llm, tokenizer, revision: str) -> None:
         self.llm = llm
         self.tokenizer = tokenizer
         self.model = base

@@ -28,10 +28,10 @@ from collections.abc import Sequence
 def lr_at(
     step: int, total: int, peak: float, warmup_ratio: float, kind: str = "cosine", final_ratio: float = 0.0
 ) -> float:
-    """Learning rate of step `step` (0-based) of `total`."""
+    """Learning rate of step `step` (0-based) of `total`; warm-up as in transformers (step 0 at 0)."""
     warmup = math.ceil(warmup_ratio * total)
     if step < warmup:
-        return peak * (step + 1) / warmup
+        return peak * step / warmup
     if kind == "constant":
         return peak
     progress = min(1.0, (step - warmup) / max(1, total - warmup))

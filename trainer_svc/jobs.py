@@ -27,12 +27,14 @@ from syllabus_sdk.trainer.v1 import trainer_pb2
 from syllabus.artifacts import ArtifactRef, ArtifactStore, InvalidKey, validate_key
 from syllabus.models import check_model_ref, fetch_adapter
 from syllabus.pb import ref_from_pb, ref_to_pb
+from trainer_svc.recipe import Recipe, RecipeError, load_recipe
 from trainer_svc.sft import DatasetError, SFTConfig, TrainingStopped, read_dataset, run_sft
 
 log = logging.getLogger(__name__)
 
 State = trainer_pb2.TrainingState
-TERMINAL = (State.TRAINING_STATE_SUCCEEDED, State.TRAINING_STATE_FAILED)
+TERMINAL = (State.TRAINING_STATE_SUCCEEDED, State.TRAINING_STATE_FAILED, State.TRAINING_STATE_CANCELLED)
+Objective = trainer_pb2.Objective
 DEFAULT_MAX_SEQ_LEN = 512  # TrainingSpec.max_seq_len 0 means this
 
 
@@ -55,6 +57,49 @@ class TrainingPlan:
     init_adapter: ArtifactRef | None
     output_key: str
     config: SFTConfig
+    recipe: Recipe | None = None
+    """Set: the staged trainer runs this recipe (recipe_yaml, or objective DPO/CFT)."""
+    merged_key: str | None = None
+
+
+def recipe_from_request(req: trainer_pb2.StartTrainingRequest, config: SFTConfig) -> Recipe | None:
+    """The staged recipe of a request: its recipe_yaml, or one DPO/CFT stage from lora/training."""
+    if req.recipe_yaml:
+        try:
+            return load_recipe(req.recipe_yaml)
+        except RecipeError as e:
+            raise InvalidRequest("recipe_yaml", str(e)) from None
+    if req.objective in (Objective.OBJECTIVE_UNSPECIFIED, Objective.OBJECTIVE_SFT) and not req.merged_output_key:
+        return None
+    objective = {Objective.OBJECTIVE_DPO: "dpo", Objective.OBJECTIVE_CFT: "cft"}.get(req.objective, "sft")
+    if req.dpo.beta < 0:
+        raise InvalidRequest("dpo.beta", f"must be >= 0 (0: 0.1), got {req.dpo.beta:g}")
+    return Recipe.model_validate(
+        {
+            "seed": config.seed,
+            "max_seq_len": config.max_seq_len,
+            "packing": objective != "dpo",
+            "row_tokens": max(1024, config.max_seq_len),
+            "batch_size": config.batch_size,
+            "rows_per_step": max(1, config.batch_size // 4),
+            "bf16": False,
+            "stages": [
+                {
+                    "objective": objective,
+                    "epochs": config.epochs,
+                    "lr": config.learning_rate,
+                    "dpo_beta": req.dpo.beta or 0.1,
+                    "schedule": {"kind": "cosine", "warmup_ratio": config.warmup_ratio},
+                    "lora": {
+                        "rank": config.lora_rank,
+                        "alpha": config.lora_alpha,
+                        "dropout": config.lora_dropout,
+                        "targets": list(config.target_modules),
+                    },
+                }
+            ],
+        }
+    )
 
 
 def plan_from_request(req: trainer_pb2.StartTrainingRequest) -> TrainingPlan:
@@ -64,6 +109,12 @@ def plan_from_request(req: trainer_pb2.StartTrainingRequest) -> TrainingPlan:
     (no warm-up), `lora.dropout` (none), `training.seed` (0). Everything else must be given.
     """
     lora, training = req.lora, req.training
+    if req.recipe_yaml:  # the recipe carries LoRA and optimisation settings; fill what it ignores
+        lora = trainer_pb2.LoraSpec(rank=lora.rank or 8, alpha=lora.alpha or 16.0, dropout=lora.dropout,
+                                    target_modules=list(lora.target_modules) or ["q_proj"])
+        training = trainer_pb2.TrainingSpec(epochs=training.epochs or 1, learning_rate=training.learning_rate or 1e-4,
+                                            batch_size=training.batch_size or 8, warmup_ratio=training.warmup_ratio,
+                                            seed=training.seed, max_seq_len=training.max_seq_len)
 
     def require(ok: bool, field: str, problem: str) -> None:
         if not ok:
@@ -106,13 +157,13 @@ def plan_from_request(req: trainer_pb2.StartTrainingRequest) -> TrainingPlan:
         output_key = validate_key(req.output_key)
     except InvalidKey as e:
         raise InvalidRequest("output_key", str(e)) from None
-    return TrainingPlan(
-        job_key=req.job_key,
-        base=req.model.base,
-        dataset=ref_from_pb(req.dataset),
-        init_adapter=ref_from_pb(req.model.adapter) if req.model.HasField("adapter") else None,
-        output_key=output_key,
-        config=SFTConfig(
+    merged_key = None
+    if req.merged_output_key:
+        try:
+            merged_key = validate_key(req.merged_output_key)
+        except InvalidKey as e:
+            raise InvalidRequest("merged_output_key", str(e)) from None
+    config = SFTConfig(
             epochs=training.epochs,
             learning_rate=training.learning_rate,
             batch_size=training.batch_size,
@@ -123,7 +174,16 @@ def plan_from_request(req: trainer_pb2.StartTrainingRequest) -> TrainingPlan:
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=tuple(lora.target_modules),
-        ),
+    )
+    return TrainingPlan(
+        job_key=req.job_key,
+        base=req.model.base,
+        dataset=ref_from_pb(req.dataset),
+        init_adapter=ref_from_pb(req.model.adapter) if req.model.HasField("adapter") else None,
+        output_key=output_key,
+        config=config,
+        recipe=recipe_from_request(req, config),
+        merged_key=merged_key,
     )
 
 
@@ -136,6 +196,7 @@ class Job:
         self.events: list[trainer_pb2.WatchTrainingResponse] = []
         self._changed = asyncio.Event()
         self.task: asyncio.Task | None = None
+        self.cancel_requested = False  # read by the training thread between steps
 
     @property
     def state(self) -> int:
@@ -185,7 +246,7 @@ class TrainingJobs:
         """Return (job, existing). Raises InvalidRequest, ModelNotFound, ArtifactNotFound, ChecksumMismatch."""
         async with self._start_lock:
             job = self._by_key.get(plan.job_key)
-            if job is not None and job.state != State.TRAINING_STATE_FAILED:
+            if job is not None and job.state not in (State.TRAINING_STATE_FAILED, State.TRAINING_STATE_CANCELLED):
                 return job, True
             done = await asyncio.to_thread(self.store.stat, plan.output_key)
             if done is not None:
@@ -200,6 +261,16 @@ class TrainingJobs:
             job.task = asyncio.create_task(self._run(job, plan, pairs, init_dir))
             return job, False
 
+    def cancel(self, training_id: str) -> bool | None:
+        """Ask a job to stop at its next step; None if unknown, False if it already ended."""
+        job = self._jobs.get(training_id)
+        if job is None:
+            return None
+        if job.done:
+            return False
+        job.cancel_requested = True  # a queued job sees it when its turn comes
+        return True
+
     async def close(self) -> None:
         """Stop the running job at its next step, fail the queued ones and wait for them."""
         self._stopping = True
@@ -212,15 +283,19 @@ class TrainingJobs:
         self._by_key[job_key] = job
         return job
 
-    def _fetch_inputs(self, plan: TrainingPlan) -> tuple[list[tuple[str, str]], Path | None]:
-        """Read and check the dataset and the init adapter before accepting the job (worker thread)."""
+    def _fetch_inputs(self, plan: TrainingPlan) -> tuple[list, Path | None]:
+        """Read and check the dataset and the init adapter before accepting the job (worker thread).
+
+        Returns (prompt, response) pairs for the single-stage SFT path, record dicts for recipes."""
+        from trainer_svc.staged import read_records
+
         try:
             data = self.store.get_bytes(plan.dataset)
         except InvalidKey as e:
             raise InvalidRequest("dataset.uri", str(e)) from None
         try:
-            pairs = read_dataset(data)
-        except DatasetError as e:
+            pairs = read_dataset(data) if plan.recipe is None else read_records(data)
+        except (DatasetError, ValueError) as e:
             raise InvalidRequest("dataset", str(e)) from None
         init_dir = None
         if plan.init_adapter is not None:
@@ -245,11 +320,40 @@ class TrainingJobs:
             )
             loop.call_soon_threadsafe(job.publish, event)
 
+        def on_progress(p) -> None:  # noqa: ANN001  (trainer_svc.staged.Progress)
+            event = trainer_pb2.WatchTrainingResponse(
+                state=State.TRAINING_STATE_RUNNING,
+                step=p.global_step,
+                total_steps=p.global_total,
+                loss=p.loss,
+                learning_rate=p.lr,
+                stage=p.stage,
+                stage_name=p.stage_name,
+                stage_count=p.stage_count,
+                tokens_per_second=p.tokens_per_s,
+                eta_seconds=p.eta_s,
+            )
+            loop.call_soon_threadsafe(job.publish, event)
+
+        def stop() -> bool:
+            return self._stopping or job.cancel_requested
+
         def train() -> trainer_pb2.WatchTrainingResponse:
             # Another job may have published this output while we queued.
             done = self.store.stat(plan.output_key)
             if done is not None:
                 return _succeeded(done, mean_loss=0.0)
+            if plan.recipe is not None:
+                from trainer_svc.staged import run_recipe
+
+                ref, res = run_recipe(
+                    plan.base, pairs, plan.recipe, self.store, plan.output_key, init_adapter=init_dir,
+                    merged_key=plan.merged_key, on_step=on_progress, should_stop=stop,
+                )  # fmt: skip
+                final = _succeeded(ref, res.mean_loss, steps=len(res.losses))
+                if res.merged_ref is not None:
+                    final.merged.CopyFrom(ref_to_pb(res.merged_ref))
+                return final
             ref, result = run_sft(
                 plan.base,
                 pairs,
@@ -258,7 +362,7 @@ class TrainingJobs:
                 plan.output_key,
                 init_adapter=init_dir,
                 on_step=on_step,
-                should_stop=lambda: self._stopping,
+                should_stop=stop,
             )
             return _succeeded(ref, result.mean_loss, steps=len(result.losses))
 
@@ -266,8 +370,20 @@ class TrainingJobs:
             try:
                 if self._stopping:
                     raise TrainingStopped("the service is shutting down")
+                if job.cancel_requested:
+                    raise TrainingStopped("cancelled before it started")
                 log.info("job %s (%s): training", job.training_id, plan.job_key)
                 succeeded = await asyncio.to_thread(train)
+            except TrainingStopped as e:
+                if job.cancel_requested:
+                    log.info("job %s (%s): cancelled", job.training_id, plan.job_key)
+                    job.publish(trainer_pb2.WatchTrainingResponse(state=State.TRAINING_STATE_CANCELLED, message=str(e)))
+                else:
+                    job.publish(
+                        trainer_pb2.WatchTrainingResponse(
+                            state=State.TRAINING_STATE_FAILED, message=f"{type(e).__name__}: {e}"
+                        )
+                    )
             except Exception as e:  # the job fails; the service keeps serving
                 log.exception("job %s (%s) failed", job.training_id, plan.job_key)
                 job.publish(

@@ -61,6 +61,18 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         async for event in job.follow():
             yield event
 
+    async def CancelTraining(
+        self, request: trainer_pb2.CancelTrainingRequest, context: grpc.aio.ServicerContext
+    ) -> trainer_pb2.CancelTrainingResponse:
+        if not request.training_id:
+            await abort_invalid(context, "training_id", "must not be empty")
+        cancelled = self.jobs.cancel(request.training_id)
+        if cancelled is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no training job {request.training_id!r} in this service"
+            )
+        return trainer_pb2.CancelTrainingResponse(cancelled=cancelled)
+
 
 async def create_server(
     config: Config, address: str = "127.0.0.1:0", *, jobs: TrainingJobs | None = None

@@ -9,8 +9,6 @@ import grpc
 import pytest
 import torch
 import torch.nn.functional as F
-from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
 from student_svc.models import ModelCache
 from student_svc.server import create_server, make_servicer
@@ -20,6 +18,8 @@ from syllabus.models import DEFAULT_MODEL, load_model
 from syllabus.prompts import IGNORE_INDEX, encode_example
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
 from syllabus.tasks import load_task
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +78,21 @@ async def test_evaluate_banking77_matches_direct_computation(tmp_path, store):
     assert resp.total == N_ITEMS
     assert resp.correct == correct
     assert resp.accuracy == pytest.approx(correct / N_ITEMS)
+
+
+def test_ifd_is_well_below_one_when_the_prompt_gives_the_answer_away():
+    """Hand-checkable IFD on the real model: an answer the prompt dictates word for word is far more
+    predictable with the prompt (IFD << 1) than an answer unrelated to its prompt (IFD near 1)."""
+    from student_svc.scoring import IFD, ScoreOptions, score_records
+
+    model, tok = load_model(DEFAULT_MODEL)
+    answer = "The purple elephant quietly painted seventeen lighthouses before breakfast on Tuesday."
+    records = [
+        {"id": "given", "prompt": f"Repeat this sentence exactly: {answer}", "response": answer},
+        {"id": "unrelated", "prompt": "What is the capital of France?", "response": answer},
+    ]
+    given, unrelated = score_records(model, tok, records, [IFD], options=ScoreOptions(dtype="float32"))
+    assert given["ifd_ppl"] < 0.2
+    assert given["ifd_loss"] < 0.5
+    assert unrelated["ifd_ppl"] > 0.5
+    assert given["ifd_ppl"] < unrelated["ifd_ppl"]

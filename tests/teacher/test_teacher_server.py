@@ -15,6 +15,7 @@ from syllabus.config import Config
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.prompts import classification_prompt
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
+from teacher_svc.leakage import LeakageGuard
 from teacher_svc.server import create_server
 
 pytestmark = pytest.mark.integration
@@ -165,3 +166,32 @@ async def test_critique_rejects_malformed_requests(teacher, banking77) -> None:
             await stub.Critique(teacher_pb2.CritiqueRequest(**{**good, **overrides}))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details().startswith(message)
+
+
+async def test_analyze_errors_and_generate_leakage_guard(teacher, tiny_model_dir, banking77) -> None:
+    stub, store = teacher
+    eval_items = [{"id": f"e{i}", "input": s["input"], "label": s["label"]} for i, s in enumerate(banking77.seeds[:4])]
+    eval_ref = store.put_bytes("inputs/eval.jsonl", dumps_jsonl(eval_items))
+    preds = [{"id": e["id"], "label": e["label"], "prediction": banking77.labels[2], "correct": False} for e in eval_items]
+    preds_ref = store.put_bytes("inputs/predictions.jsonl", dumps_jsonl(preds))
+    req = teacher_pb2.AnalyzeErrorsRequest(
+        kind=CLASSIFICATION, labels=banking77.labels, predictions=ref_to_pb(preds_ref), eval=ref_to_pb(eval_ref),
+        output_key="jobs/j1/round-1/errors.jsonl",
+    )  # fmt: skip
+    resp = await stub.AnalyzeErrors(req)
+    assert (resp.evaluated, resp.wrong) == (4, 4)
+    skills = verified(store, resp.skills)
+    assert skills[0]["confused_with"] == banking77.labels[2] and sum(s["count"] for s in skills) == 4
+    assert (await stub.AnalyzeErrors(req)).skills == resp.skills  # idempotent on the output key
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.AnalyzeErrors(teacher_pb2.AnalyzeErrorsRequest(kind=CLASSIFICATION, labels=banking77.labels,
+                                                                  eval=ref_to_pb(eval_ref), output_key="x.jsonl"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "predictions" in err.value.details()
+
+    # The seeds themselves as eval items: anything generated that copies them is a leak, counted.
+    seeds_ref = store.put_bytes("inputs/seeds.jsonl", dumps_jsonl(banking77.seeds))
+    gen = await stub.Generate(generate_request(str(tiny_model_dir), banking77, seeds_ref, eval=ref_to_pb(eval_ref),
+                                               output_key="jobs/j1/round-1/generate-leak.jsonl"))  # fmt: skip
+    assert gen.generated + gen.duplicates_removed + gen.unparsable + gen.leaked_removed == 8
+    for rec in verified(store, gen.examples):
+        assert LeakageGuard([e["input"] for e in eval_items]).check(rec["input"]) is None

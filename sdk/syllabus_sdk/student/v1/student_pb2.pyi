@@ -15,48 +15,279 @@ class Metric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METRIC_LOSS_BASE: _ClassVar[Metric]
     METRIC_LOSS_REF: _ClassVar[Metric]
     METRIC_LEARNABILITY: _ClassVar[Metric]
+    METRIC_IFD: _ClassVar[Metric]
+    METRIC_RIFD: _ClassVar[Metric]
+    METRIC_REFLECTION: _ClassVar[Metric]
+    METRIC_CAR: _ClassVar[Metric]
+    METRIC_ARTE_PREFERENCE: _ClassVar[Metric]
+    METRIC_IRT_DIFFICULTY: _ClassVar[Metric]
+
+class Precision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRECISION_UNSPECIFIED: _ClassVar[Precision]
+    PRECISION_FLOAT32: _ClassVar[Precision]
+    PRECISION_BFLOAT16: _ClassVar[Precision]
+
+class IfdRatio(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IFD_RATIO_UNSPECIFIED: _ClassVar[IfdRatio]
+    IFD_RATIO_PPL: _ClassVar[IfdRatio]
+    IFD_RATIO_LOSS: _ClassVar[IfdRatio]
+
+class AnswerMatch(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ANSWER_MATCH_UNSPECIFIED: _ClassVar[AnswerMatch]
+    ANSWER_MATCH_EXACT: _ClassVar[AnswerMatch]
+    ANSWER_MATCH_NUMERIC: _ClassVar[AnswerMatch]
+    ANSWER_MATCH_LABEL: _ClassVar[AnswerMatch]
+
+class IrtModel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IRT_MODEL_UNSPECIFIED: _ClassVar[IrtModel]
+    IRT_MODEL_1PL: _ClassVar[IrtModel]
+    IRT_MODEL_2PL: _ClassVar[IrtModel]
+
+class SelectPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SELECT_POLICY_UNSPECIFIED: _ClassVar[SelectPolicy]
+    SELECT_POLICY_TOP_K: _ClassVar[SelectPolicy]
+    SELECT_POLICY_RATIO: _ClassVar[SelectPolicy]
+    SELECT_POLICY_THRESHOLD: _ClassVar[SelectPolicy]
+    SELECT_POLICY_DIVERSITY: _ClassVar[SelectPolicy]
+
+class QuotaMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUOTA_MODE_UNSPECIFIED: _ClassVar[QuotaMode]
+    QUOTA_MODE_PROPORTIONAL: _ClassVar[QuotaMode]
+    QUOTA_MODE_EQUAL: _ClassVar[QuotaMode]
+
+class EvalScorer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVAL_SCORER_UNSPECIFIED: _ClassVar[EvalScorer]
+    EVAL_SCORER_LABEL_LIKELIHOOD: _ClassVar[EvalScorer]
+    EVAL_SCORER_LABEL_GENERATION: _ClassVar[EvalScorer]
+    EVAL_SCORER_EXACT_MATCH: _ClassVar[EvalScorer]
+    EVAL_SCORER_NUMERIC: _ClassVar[EvalScorer]
+    EVAL_SCORER_JUDGE: _ClassVar[EvalScorer]
 METRIC_UNSPECIFIED: Metric
 METRIC_LOSS_BASE: Metric
 METRIC_LOSS_REF: Metric
 METRIC_LEARNABILITY: Metric
+METRIC_IFD: Metric
+METRIC_RIFD: Metric
+METRIC_REFLECTION: Metric
+METRIC_CAR: Metric
+METRIC_ARTE_PREFERENCE: Metric
+METRIC_IRT_DIFFICULTY: Metric
+PRECISION_UNSPECIFIED: Precision
+PRECISION_FLOAT32: Precision
+PRECISION_BFLOAT16: Precision
+IFD_RATIO_UNSPECIFIED: IfdRatio
+IFD_RATIO_PPL: IfdRatio
+IFD_RATIO_LOSS: IfdRatio
+ANSWER_MATCH_UNSPECIFIED: AnswerMatch
+ANSWER_MATCH_EXACT: AnswerMatch
+ANSWER_MATCH_NUMERIC: AnswerMatch
+ANSWER_MATCH_LABEL: AnswerMatch
+IRT_MODEL_UNSPECIFIED: IrtModel
+IRT_MODEL_1PL: IrtModel
+IRT_MODEL_2PL: IrtModel
+SELECT_POLICY_UNSPECIFIED: SelectPolicy
+SELECT_POLICY_TOP_K: SelectPolicy
+SELECT_POLICY_RATIO: SelectPolicy
+SELECT_POLICY_THRESHOLD: SelectPolicy
+SELECT_POLICY_DIVERSITY: SelectPolicy
+QUOTA_MODE_UNSPECIFIED: QuotaMode
+QUOTA_MODE_PROPORTIONAL: QuotaMode
+QUOTA_MODE_EQUAL: QuotaMode
+EVAL_SCORER_UNSPECIFIED: EvalScorer
+EVAL_SCORER_LABEL_LIKELIHOOD: EvalScorer
+EVAL_SCORER_LABEL_GENERATION: EvalScorer
+EVAL_SCORER_EXACT_MATCH: EvalScorer
+EVAL_SCORER_NUMERIC: EvalScorer
+EVAL_SCORER_JUDGE: EvalScorer
+
+class IrtFit(_message.Message):
+    __slots__ = ("model", "steps", "learning_rate")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    model: IrtModel
+    steps: int
+    learning_rate: float
+    def __init__(self, model: _Optional[_Union[IrtModel, str]] = ..., steps: _Optional[int] = ..., learning_rate: _Optional[float] = ...) -> None: ...
+
+class ArteSettings(_message.Message):
+    __slots__ = ("probe_set", "probe_responses", "probe_k", "match", "max_new_tokens", "irt")
+    PROBE_SET_FIELD_NUMBER: _ClassVar[int]
+    PROBE_RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    PROBE_K_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    IRT_FIELD_NUMBER: _ClassVar[int]
+    probe_set: _common_pb2.ArtifactRef
+    probe_responses: _common_pb2.ArtifactRef
+    probe_k: int
+    match: AnswerMatch
+    max_new_tokens: int
+    irt: IrtFit
+    def __init__(self, probe_set: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., probe_responses: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., probe_k: _Optional[int] = ..., match: _Optional[_Union[AnswerMatch, str]] = ..., max_new_tokens: _Optional[int] = ..., irt: _Optional[_Union[IrtFit, _Mapping]] = ...) -> None: ...
+
+class IrtSettings(_message.Message):
+    __slots__ = ("crowd", "include_base", "labels", "fit")
+    CROWD_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_BASE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    FIT_FIELD_NUMBER: _ClassVar[int]
+    crowd: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
+    include_base: bool
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    fit: IrtFit
+    def __init__(self, crowd: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., include_base: _Optional[bool] = ..., labels: _Optional[_Iterable[str]] = ..., fit: _Optional[_Union[IrtFit, _Mapping]] = ...) -> None: ...
+
+class TeacherCar(_message.Message):
+    __slots__ = ("teacher", "count", "reward", "loss", "car")
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    CAR_FIELD_NUMBER: _ClassVar[int]
+    teacher: str
+    count: int
+    reward: float
+    loss: float
+    car: float
+    def __init__(self, teacher: _Optional[str] = ..., count: _Optional[int] = ..., reward: _Optional[float] = ..., loss: _Optional[float] = ..., car: _Optional[float] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "dataset", "metrics", "batch_size", "output_key")
+    __slots__ = ("model", "dataset", "metrics", "batch_size", "output_key", "precision", "max_batch_tokens", "max_len", "ifd_ratio", "car_beta", "arte", "irt")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEN_FIELD_NUMBER: _ClassVar[int]
+    IFD_RATIO_FIELD_NUMBER: _ClassVar[int]
+    CAR_BETA_FIELD_NUMBER: _ClassVar[int]
+    ARTE_FIELD_NUMBER: _ClassVar[int]
+    IRT_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     dataset: _common_pb2.ArtifactRef
     metrics: _containers.RepeatedScalarFieldContainer[Metric]
     batch_size: int
     output_key: str
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[Metric, str]]] = ..., batch_size: _Optional[int] = ..., output_key: _Optional[str] = ...) -> None: ...
+    precision: Precision
+    max_batch_tokens: int
+    max_len: int
+    ifd_ratio: IfdRatio
+    car_beta: float
+    arte: ArteSettings
+    irt: IrtSettings
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[Metric, str]]] = ..., batch_size: _Optional[int] = ..., output_key: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., max_batch_tokens: _Optional[int] = ..., max_len: _Optional[int] = ..., ifd_ratio: _Optional[_Union[IfdRatio, str]] = ..., car_beta: _Optional[float] = ..., arte: _Optional[_Union[ArteSettings, _Mapping]] = ..., irt: _Optional[_Union[IrtSettings, _Mapping]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("scores", "count")
+    __slots__ = ("scores", "count", "car")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    CAR_FIELD_NUMBER: _ClassVar[int]
     scores: _common_pb2.ArtifactRef
     count: int
-    def __init__(self, scores: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
+    car: _containers.RepeatedCompositeFieldContainer[TeacherCar]
+    def __init__(self, scores: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., count: _Optional[int] = ..., car: _Optional[_Iterable[_Union[TeacherCar, _Mapping]]] = ...) -> None: ...
+
+class ScoreProgress(_message.Message):
+    __slots__ = ("stage", "done", "total")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    done: int
+    total: int
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class ScoreStreamRequest(_message.Message):
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: ScoreRequest
+    def __init__(self, request: _Optional[_Union[ScoreRequest, _Mapping]] = ...) -> None: ...
+
+class ScoreStreamResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: ScoreProgress
+    result: ScoreResponse
+    def __init__(self, progress: _Optional[_Union[ScoreProgress, _Mapping]] = ..., result: _Optional[_Union[ScoreResponse, _Mapping]] = ...) -> None: ...
+
+class SelectRequest(_message.Message):
+    __slots__ = ("model", "dataset", "scores", "column", "policy", "k", "ratio", "threshold", "ascending", "ifd_filter", "ifd_column", "n_clusters", "quota", "temperature", "seed", "output_key")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    RATIO_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ASCENDING_FIELD_NUMBER: _ClassVar[int]
+    IFD_FILTER_FIELD_NUMBER: _ClassVar[int]
+    IFD_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    N_CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    dataset: _common_pb2.ArtifactRef
+    scores: _common_pb2.ArtifactRef
+    column: str
+    policy: SelectPolicy
+    k: int
+    ratio: float
+    threshold: float
+    ascending: bool
+    ifd_filter: bool
+    ifd_column: str
+    n_clusters: int
+    quota: QuotaMode
+    temperature: float
+    seed: int
+    output_key: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., scores: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., column: _Optional[str] = ..., policy: _Optional[_Union[SelectPolicy, str]] = ..., k: _Optional[int] = ..., ratio: _Optional[float] = ..., threshold: _Optional[float] = ..., ascending: _Optional[bool] = ..., ifd_filter: _Optional[bool] = ..., ifd_column: _Optional[str] = ..., n_clusters: _Optional[int] = ..., quota: _Optional[_Union[QuotaMode, str]] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., output_key: _Optional[str] = ...) -> None: ...
+
+class SelectResponse(_message.Message):
+    __slots__ = ("selected", "count")
+    SELECTED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    selected: _common_pb2.ArtifactRef
+    count: int
+    def __init__(self, selected: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("model", "kind", "eval_set", "labels", "output_key", "batch_size")
+    __slots__ = ("model", "kind", "eval_set", "labels", "output_key", "batch_size", "scorer", "max_new_tokens", "precision", "judge_model")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     EVAL_SET_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SCORER_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_MODEL_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     kind: _common_pb2.TaskKind
     eval_set: _common_pb2.ArtifactRef
     labels: _containers.RepeatedScalarFieldContainer[str]
     output_key: str
     batch_size: int
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., kind: _Optional[_Union[_common_pb2.TaskKind, str]] = ..., eval_set: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., output_key: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    scorer: EvalScorer
+    max_new_tokens: int
+    precision: Precision
+    judge_model: _common_pb2.ModelRef
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., kind: _Optional[_Union[_common_pb2.TaskKind, str]] = ..., eval_set: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., output_key: _Optional[str] = ..., batch_size: _Optional[int] = ..., scorer: _Optional[_Union[EvalScorer, str]] = ..., max_new_tokens: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., judge_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("accuracy", "correct", "total", "predictions")

@@ -46,6 +46,16 @@ class StudentServiceStub:
                 request_serializer=syllabus_dot_student_dot_v1_dot_student__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=syllabus_dot_student_dot_v1_dot_student__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.ScoreStream = channel.unary_stream(
+                '/syllabus.student.v1.StudentService/ScoreStream',
+                request_serializer=syllabus_dot_student_dot_v1_dot_student__pb2.ScoreStreamRequest.SerializeToString,
+                response_deserializer=syllabus_dot_student_dot_v1_dot_student__pb2.ScoreStreamResponse.FromString,
+                _registered_method=True)
+        self.Select = channel.unary_unary(
+                '/syllabus.student.v1.StudentService/Select',
+                request_serializer=syllabus_dot_student_dot_v1_dot_student__pb2.SelectRequest.SerializeToString,
+                response_deserializer=syllabus_dot_student_dot_v1_dot_student__pb2.SelectResponse.FromString,
+                _registered_method=True)
 
 
 class StudentServiceServicer:
@@ -66,6 +76,20 @@ class StudentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreStream(self, request, context):
+        """ScoreStream is Score with progress: progress messages, then one with the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Select(self, request, context):
+        """Select picks a subset of a dataset by its scores (top-k, ratio, threshold, diversity-first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StudentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +102,16 @@ def add_StudentServiceServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=syllabus_dot_student_dot_v1_dot_student__pb2.EvaluateRequest.FromString,
                     response_serializer=syllabus_dot_student_dot_v1_dot_student__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'ScoreStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ScoreStream,
+                    request_deserializer=syllabus_dot_student_dot_v1_dot_student__pb2.ScoreStreamRequest.FromString,
+                    response_serializer=syllabus_dot_student_dot_v1_dot_student__pb2.ScoreStreamResponse.SerializeToString,
+            ),
+            'Select': grpc.unary_unary_rpc_method_handler(
+                    servicer.Select,
+                    request_deserializer=syllabus_dot_student_dot_v1_dot_student__pb2.SelectRequest.FromString,
+                    response_serializer=syllabus_dot_student_dot_v1_dot_student__pb2.SelectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +169,60 @@ class StudentService:
             '/syllabus.student.v1.StudentService/Evaluate',
             syllabus_dot_student_dot_v1_dot_student__pb2.EvaluateRequest.SerializeToString,
             syllabus_dot_student_dot_v1_dot_student__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/syllabus.student.v1.StudentService/ScoreStream',
+            syllabus_dot_student_dot_v1_dot_student__pb2.ScoreStreamRequest.SerializeToString,
+            syllabus_dot_student_dot_v1_dot_student__pb2.ScoreStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Select(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/syllabus.student.v1.StudentService/Select',
+            syllabus_dot_student_dot_v1_dot_student__pb2.SelectRequest.SerializeToString,
+            syllabus_dot_student_dot_v1_dot_student__pb2.SelectResponse.FromString,
             options,
             channel_credentials,
             insecure,

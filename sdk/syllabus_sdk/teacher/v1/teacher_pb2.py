@@ -26,23 +26,27 @@ _sym_db = _symbol_database.Default()
 from syllabus_sdk.common.v1 import common_pb2 as syllabus_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!syllabus/teacher/v1/teacher.proto\x12\x13syllabus.teacher.v1\x1a\x1fsyllabus/common/v1/common.proto\"\xc0\x02\n\x0fGenerateRequest\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.syllabus.common.v1.TaskKind\x12\x14\n\x0cinstructions\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12.\n\x05seeds\x18\x05 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x11\n\tper_label\x18\x06 \x01(\x05\x12\x34\n\x08sampling\x18\x07 \x01(\x0b\x32\".syllabus.common.v1.SamplingParams\x12\x12\n\nbatch_size\x18\x08 \x01(\x05\x12\x12\n\noutput_key\x18\t \x01(\t\x12\r\n\x05round\x18\n \x01(\x05\"\xa2\x01\n\x10GenerateResponse\x12\x31\n\x08\x65xamples\x18\x01 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x11\n\tgenerated\x18\x02 \x01(\x05\x12\x1a\n\x12\x64uplicates_removed\x18\x03 \x01(\x05\x12\x12\n\nunparsable\x18\x04 \x01(\x05\x12\x18\n\x10tokens_generated\x18\x05 \x01(\x03\"\xa2\x02\n\x0f\x43ritiqueRequest\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12/\n\x04mode\x18\x02 \x01(\x0e\x32!.syllabus.teacher.v1.CritiqueMode\x12*\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.syllabus.common.v1.TaskKind\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x31\n\x08\x65xamples\x18\x05 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12.\n\x05seeds\x18\x06 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x12\n\noutput_key\x18\x07 \x01(\t\"\xa0\x01\n\x10\x43ritiqueResponse\x12-\n\x04kept\x18\x01 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x32\n\tcritiques\x18\x02 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x12\n\nkept_count\x18\x03 \x01(\x05\x12\x15\n\rdropped_count\x18\x04 \x01(\x05*F\n\x0c\x43ritiqueMode\x12\x1d\n\x19\x43RITIQUE_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43RITIQUE_MODE_JUDGE\x10\x01\x32\xc2\x01\n\x0eTeacherService\x12W\n\x08Generate\x12$.syllabus.teacher.v1.GenerateRequest\x1a%.syllabus.teacher.v1.GenerateResponse\x12W\n\x08\x43ritique\x12$.syllabus.teacher.v1.CritiqueRequest\x1a%.syllabus.teacher.v1.CritiqueResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!syllabus/teacher/v1/teacher.proto\x12\x13syllabus.teacher.v1\x1a\x1fsyllabus/common/v1/common.proto\"\xef\x02\n\x0fGenerateRequest\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.syllabus.common.v1.TaskKind\x12\x14\n\x0cinstructions\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12.\n\x05seeds\x18\x05 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x11\n\tper_label\x18\x06 \x01(\x05\x12\x34\n\x08sampling\x18\x07 \x01(\x0b\x32\".syllabus.common.v1.SamplingParams\x12\x12\n\nbatch_size\x18\x08 \x01(\x05\x12\x12\n\noutput_key\x18\t \x01(\t\x12\r\n\x05round\x18\n \x01(\x05\x12-\n\x04\x65val\x18\x0b \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\"\xba\x01\n\x10GenerateResponse\x12\x31\n\x08\x65xamples\x18\x01 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x11\n\tgenerated\x18\x02 \x01(\x05\x12\x1a\n\x12\x64uplicates_removed\x18\x03 \x01(\x05\x12\x12\n\nunparsable\x18\x04 \x01(\x05\x12\x18\n\x10tokens_generated\x18\x05 \x01(\x03\x12\x16\n\x0eleaked_removed\x18\x06 \x01(\x05\"\xa2\x02\n\x0f\x43ritiqueRequest\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12/\n\x04mode\x18\x02 \x01(\x0e\x32!.syllabus.teacher.v1.CritiqueMode\x12*\n\x04kind\x18\x03 \x01(\x0e\x32\x1c.syllabus.common.v1.TaskKind\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x31\n\x08\x65xamples\x18\x05 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12.\n\x05seeds\x18\x06 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x12\n\noutput_key\x18\x07 \x01(\t\"\xa0\x01\n\x10\x43ritiqueResponse\x12-\n\x04kept\x18\x01 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x32\n\tcritiques\x18\x02 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x12\n\nkept_count\x18\x03 \x01(\x05\x12\x15\n\rdropped_count\x18\x04 \x01(\x05\"\xe7\x01\n\x14\x41nalyzeErrorsRequest\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.syllabus.common.v1.TaskKind\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x34\n\x0bpredictions\x18\x03 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12-\n\x04\x65val\x18\x04 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x1a\n\x12\x65xamples_per_skill\x18\x05 \x01(\x05\x12\x12\n\noutput_key\x18\x06 \x01(\t\"j\n\x15\x41nalyzeErrorsResponse\x12/\n\x06skills\x18\x01 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x11\n\tevaluated\x18\x02 \x01(\x05\x12\r\n\x05wrong\x18\x03 \x01(\x05*F\n\x0c\x43ritiqueMode\x12\x1d\n\x19\x43RITIQUE_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43RITIQUE_MODE_JUDGE\x10\x01\x32\xaa\x02\n\x0eTeacherService\x12W\n\x08Generate\x12$.syllabus.teacher.v1.GenerateRequest\x1a%.syllabus.teacher.v1.GenerateResponse\x12W\n\x08\x43ritique\x12$.syllabus.teacher.v1.CritiqueRequest\x1a%.syllabus.teacher.v1.CritiqueResponse\x12\x66\n\rAnalyzeErrors\x12).syllabus.teacher.v1.AnalyzeErrorsRequest\x1a*.syllabus.teacher.v1.AnalyzeErrorsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'syllabus.teacher.v1.teacher_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CRITIQUEMODE']._serialized_start=1035
-  _globals['_CRITIQUEMODE']._serialized_end=1105
+  _globals['_CRITIQUEMODE']._serialized_start=1448
+  _globals['_CRITIQUEMODE']._serialized_end=1518
   _globals['_GENERATEREQUEST']._serialized_start=92
-  _globals['_GENERATEREQUEST']._serialized_end=412
-  _globals['_GENERATERESPONSE']._serialized_start=415
-  _globals['_GENERATERESPONSE']._serialized_end=577
-  _globals['_CRITIQUEREQUEST']._serialized_start=580
-  _globals['_CRITIQUEREQUEST']._serialized_end=870
-  _globals['_CRITIQUERESPONSE']._serialized_start=873
-  _globals['_CRITIQUERESPONSE']._serialized_end=1033
-  _globals['_TEACHERSERVICE']._serialized_start=1108
-  _globals['_TEACHERSERVICE']._serialized_end=1302
+  _globals['_GENERATEREQUEST']._serialized_end=459
+  _globals['_GENERATERESPONSE']._serialized_start=462
+  _globals['_GENERATERESPONSE']._serialized_end=648
+  _globals['_CRITIQUEREQUEST']._serialized_start=651
+  _globals['_CRITIQUEREQUEST']._serialized_end=941
+  _globals['_CRITIQUERESPONSE']._serialized_start=944
+  _globals['_CRITIQUERESPONSE']._serialized_end=1104
+  _globals['_ANALYZEERRORSREQUEST']._serialized_start=1107
+  _globals['_ANALYZEERRORSREQUEST']._serialized_end=1338
+  _globals['_ANALYZEERRORSRESPONSE']._serialized_start=1340
+  _globals['_ANALYZEERRORSRESPONSE']._serialized_end=1446
+  _globals['_TEACHERSERVICE']._serialized_start=1521
+  _globals['_TEACHERSERVICE']._serialized_end=1819
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ CRITIQUE_MODE_UNSPECIFIED: CritiqueMode
 CRITIQUE_MODE_JUDGE: CritiqueMode
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "kind", "instructions", "labels", "seeds", "per_label", "sampling", "batch_size", "output_key", "round")
+    __slots__ = ("model", "kind", "instructions", "labels", "seeds", "per_label", "sampling", "batch_size", "output_key", "round", "eval")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class GenerateRequest(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     kind: _common_pb2.TaskKind
     instructions: str
@@ -38,21 +39,24 @@ class GenerateRequest(_message.Message):
     batch_size: int
     output_key: str
     round: int
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., kind: _Optional[_Union[_common_pb2.TaskKind, str]] = ..., instructions: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., seeds: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., per_label: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., batch_size: _Optional[int] = ..., output_key: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    eval: _common_pb2.ArtifactRef
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., kind: _Optional[_Union[_common_pb2.TaskKind, str]] = ..., instructions: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., seeds: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., per_label: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., batch_size: _Optional[int] = ..., output_key: _Optional[str] = ..., round: _Optional[int] = ..., eval: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("examples", "generated", "duplicates_removed", "unparsable", "tokens_generated")
+    __slots__ = ("examples", "generated", "duplicates_removed", "unparsable", "tokens_generated", "leaked_removed")
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     GENERATED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_REMOVED_FIELD_NUMBER: _ClassVar[int]
     UNPARSABLE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    LEAKED_REMOVED_FIELD_NUMBER: _ClassVar[int]
     examples: _common_pb2.ArtifactRef
     generated: int
     duplicates_removed: int
     unparsable: int
     tokens_generated: int
-    def __init__(self, examples: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., generated: _Optional[int] = ..., duplicates_removed: _Optional[int] = ..., unparsable: _Optional[int] = ..., tokens_generated: _Optional[int] = ...) -> None: ...
+    leaked_removed: int
+    def __init__(self, examples: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., generated: _Optional[int] = ..., duplicates_removed: _Optional[int] = ..., unparsable: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., leaked_removed: _Optional[int] = ...) -> None: ...
 
 class CritiqueRequest(_message.Message):
     __slots__ = ("model", "mode", "kind", "labels", "examples", "seeds", "output_key")
@@ -83,3 +87,29 @@ class CritiqueResponse(_message.Message):
     kept_count: int
     dropped_count: int
     def __init__(self, kept: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., critiques: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., kept_count: _Optional[int] = ..., dropped_count: _Optional[int] = ...) -> None: ...
+
+class AnalyzeErrorsRequest(_message.Message):
+    __slots__ = ("kind", "labels", "predictions", "eval", "examples_per_skill", "output_key")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_PER_SKILL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
+    kind: _common_pb2.TaskKind
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    predictions: _common_pb2.ArtifactRef
+    eval: _common_pb2.ArtifactRef
+    examples_per_skill: int
+    output_key: str
+    def __init__(self, kind: _Optional[_Union[_common_pb2.TaskKind, str]] = ..., labels: _Optional[_Iterable[str]] = ..., predictions: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., eval: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., examples_per_skill: _Optional[int] = ..., output_key: _Optional[str] = ...) -> None: ...
+
+class AnalyzeErrorsResponse(_message.Message):
+    __slots__ = ("skills", "evaluated", "wrong")
+    SKILLS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    WRONG_FIELD_NUMBER: _ClassVar[int]
+    skills: _common_pb2.ArtifactRef
+    evaluated: int
+    wrong: int
+    def __init__(self, skills: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., evaluated: _Optional[int] = ..., wrong: _Optional[int] = ...) -> None: ...

@@ -46,6 +46,11 @@ class TeacherServiceStub:
                 request_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.CritiqueRequest.SerializeToString,
                 response_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.CritiqueResponse.FromString,
                 _registered_method=True)
+        self.AnalyzeErrors = channel.unary_unary(
+                '/syllabus.teacher.v1.TeacherService/AnalyzeErrors',
+                request_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsRequest.SerializeToString,
+                response_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsResponse.FromString,
+                _registered_method=True)
 
 
 class TeacherServiceServicer:
@@ -68,6 +73,15 @@ class TeacherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnalyzeErrors(self, request, context):
+        """AnalyzeErrors names what the student gets wrong on the eval/validation
+        split (for classification: the confused label pairs, with the missed
+        inputs) so the next round can generate targeted examples.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TeacherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +94,11 @@ def add_TeacherServiceServicer_to_server(servicer, server):
                     servicer.Critique,
                     request_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.CritiqueRequest.FromString,
                     response_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.CritiqueResponse.SerializeToString,
+            ),
+            'AnalyzeErrors': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnalyzeErrors,
+                    request_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsRequest.FromString,
+                    response_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +156,33 @@ class TeacherService:
             '/syllabus.teacher.v1.TeacherService/Critique',
             syllabus_dot_teacher_dot_v1_dot_teacher__pb2.CritiqueRequest.SerializeToString,
             syllabus_dot_teacher_dot_v1_dot_teacher__pb2.CritiqueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnalyzeErrors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/syllabus.teacher.v1.TeacherService/AnalyzeErrors',
+            syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsRequest.SerializeToString,
+            syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OBJECTIVE_UNSPECIFIED: _ClassVar[Objective]
+    OBJECTIVE_SFT: _ClassVar[Objective]
+    OBJECTIVE_DPO: _ClassVar[Objective]
+    OBJECTIVE_CFT: _ClassVar[Objective]
+
 class TrainingState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TRAINING_STATE_UNSPECIFIED: _ClassVar[TrainingState]
@@ -16,11 +23,23 @@ class TrainingState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAINING_STATE_RUNNING: _ClassVar[TrainingState]
     TRAINING_STATE_SUCCEEDED: _ClassVar[TrainingState]
     TRAINING_STATE_FAILED: _ClassVar[TrainingState]
+    TRAINING_STATE_CANCELLED: _ClassVar[TrainingState]
+OBJECTIVE_UNSPECIFIED: Objective
+OBJECTIVE_SFT: Objective
+OBJECTIVE_DPO: Objective
+OBJECTIVE_CFT: Objective
 TRAINING_STATE_UNSPECIFIED: TrainingState
 TRAINING_STATE_PENDING: TrainingState
 TRAINING_STATE_RUNNING: TrainingState
 TRAINING_STATE_SUCCEEDED: TrainingState
 TRAINING_STATE_FAILED: TrainingState
+TRAINING_STATE_CANCELLED: TrainingState
+
+class DpoSpec(_message.Message):
+    __slots__ = ("beta",)
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    beta: float
+    def __init__(self, beta: _Optional[float] = ...) -> None: ...
 
 class LoraSpec(_message.Message):
     __slots__ = ("rank", "alpha", "dropout", "target_modules")
@@ -51,20 +70,28 @@ class TrainingSpec(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., max_seq_len: _Optional[int] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
-    __slots__ = ("job_key", "model", "dataset", "lora", "training", "output_key")
+    __slots__ = ("job_key", "model", "dataset", "lora", "training", "output_key", "recipe_yaml", "objective", "dpo", "merged_output_key")
     JOB_KEY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_YAML_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    DPO_FIELD_NUMBER: _ClassVar[int]
+    MERGED_OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
     job_key: str
     model: _common_pb2.ModelRef
     dataset: _common_pb2.ArtifactRef
     lora: LoraSpec
     training: TrainingSpec
     output_key: str
-    def __init__(self, job_key: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., output_key: _Optional[str] = ...) -> None: ...
+    recipe_yaml: str
+    objective: Objective
+    dpo: DpoSpec
+    merged_output_key: str
+    def __init__(self, job_key: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., output_key: _Optional[str] = ..., recipe_yaml: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., dpo: _Optional[_Union[DpoSpec, _Mapping]] = ..., merged_output_key: _Optional[str] = ...) -> None: ...
 
 class StartTrainingResponse(_message.Message):
     __slots__ = ("training_id", "existing")
@@ -81,7 +108,7 @@ class WatchTrainingRequest(_message.Message):
     def __init__(self, training_id: _Optional[str] = ...) -> None: ...
 
 class WatchTrainingResponse(_message.Message):
-    __slots__ = ("state", "step", "total_steps", "loss", "learning_rate", "adapter", "message", "mean_loss")
+    __slots__ = ("state", "step", "total_steps", "loss", "learning_rate", "adapter", "message", "mean_loss", "stage", "stage_name", "stage_count", "tokens_per_second", "eta_seconds", "merged")
     STATE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +117,12 @@ class WatchTrainingResponse(_message.Message):
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     MEAN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_NAME_FIELD_NUMBER: _ClassVar[int]
+    STAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
     state: TrainingState
     step: int
     total_steps: int
@@ -98,4 +131,22 @@ class WatchTrainingResponse(_message.Message):
     adapter: _common_pb2.ArtifactRef
     message: str
     mean_loss: float
-    def __init__(self, state: _Optional[_Union[TrainingState, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., message: _Optional[str] = ..., mean_loss: _Optional[float] = ...) -> None: ...
+    stage: int
+    stage_name: str
+    stage_count: int
+    tokens_per_second: float
+    eta_seconds: float
+    merged: _common_pb2.ArtifactRef
+    def __init__(self, state: _Optional[_Union[TrainingState, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., message: _Optional[str] = ..., mean_loss: _Optional[float] = ..., stage: _Optional[int] = ..., stage_name: _Optional[str] = ..., stage_count: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., merged: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+
+class CancelTrainingRequest(_message.Message):
+    __slots__ = ("training_id",)
+    TRAINING_ID_FIELD_NUMBER: _ClassVar[int]
+    training_id: str
+    def __init__(self, training_id: _Optional[str] = ...) -> None: ...
+
+class CancelTrainingResponse(_message.Message):
+    __slots__ = ("cancelled",)
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    cancelled: bool
+    def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...

@@ -46,6 +46,11 @@ class TrainerServiceStub:
                 request_serializer=syllabus_dot_trainer_dot_v1_dot_trainer__pb2.WatchTrainingRequest.SerializeToString,
                 response_deserializer=syllabus_dot_trainer_dot_v1_dot_trainer__pb2.WatchTrainingResponse.FromString,
                 _registered_method=True)
+        self.CancelTraining = channel.unary_unary(
+                '/syllabus.trainer.v1.TrainerService/CancelTraining',
+                request_serializer=syllabus_dot_trainer_dot_v1_dot_trainer__pb2.CancelTrainingRequest.SerializeToString,
+                response_deserializer=syllabus_dot_trainer_dot_v1_dot_trainer__pb2.CancelTrainingResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -66,6 +71,14 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelTraining(self, request, context):
+        """CancelTraining stops a job at its next step; its last checkpoint stays, so starting the same
+        job_key again resumes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +91,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.WatchTraining,
                     request_deserializer=syllabus_dot_trainer_dot_v1_dot_trainer__pb2.WatchTrainingRequest.FromString,
                     response_serializer=syllabus_dot_trainer_dot_v1_dot_trainer__pb2.WatchTrainingResponse.SerializeToString,
+            ),
+            'CancelTraining': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTraining,
+                    request_deserializer=syllabus_dot_trainer_dot_v1_dot_trainer__pb2.CancelTrainingRequest.FromString,
+                    response_serializer=syllabus_dot_trainer_dot_v1_dot_trainer__pb2.CancelTrainingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class TrainerService:
             '/syllabus.trainer.v1.TrainerService/WatchTraining',
             syllabus_dot_trainer_dot_v1_dot_trainer__pb2.WatchTrainingRequest.SerializeToString,
             syllabus_dot_trainer_dot_v1_dot_trainer__pb2.WatchTrainingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTraining(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/syllabus.trainer.v1.TrainerService/CancelTraining',
+            syllabus_dot_trainer_dot_v1_dot_trainer__pb2.CancelTrainingRequest.SerializeToString,
+            syllabus_dot_trainer_dot_v1_dot_trainer__pb2.CancelTrainingResponse.FromString,
             options,
             channel_credentials,
             insecure,

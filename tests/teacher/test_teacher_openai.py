@@ -1,0 +1,198 @@
+"""The OpenAI-compatible backend against a real chat-completions HTTP server on loopback.
+
+The server answers from the tiny model (so greedy output can be compared with the in-process backend)
+and can be told to be slow, to fail with a status code, or to send a malformed body, per request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from teacher_svc.backend import BackendRequestError, BackendUnavailable, ChatPrompt, Sampling
+from teacher_svc.openai_backend import HTTPSettings, OpenAIBackend
+
+pytestmark = pytest.mark.integration
+
+
+class ChatServer:
+    """A chat-completions server; `plan(i)` says what request i gets: "ok", "slow", 500, 429, 400, "malformed"."""
+
+    def __init__(self, backend, plan: Callable[[int], object] = lambda i: "ok", delay: float = 0.0) -> None:
+        self.backend, self.plan, self.delay = backend, plan, delay
+        self.bodies: list[dict] = []
+        self.lock = threading.Lock()
+        self.model_lock = threading.Lock()
+        self.in_flight = self.peak = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    i = len(server.bodies)
+                    server.bodies.append(body)
+                    server.in_flight += 1
+                    server.peak = max(server.peak, server.in_flight)
+                try:
+                    server.handle(self, i, body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def handle(self, h: BaseHTTPRequestHandler, i: int, body: dict) -> None:
+        action = self.plan(i)
+        if self.delay:
+            time.sleep(self.delay)
+        if action == "slow":
+            time.sleep(3.0)
+        if isinstance(action, int):
+            h.send_response(action)
+            if action == 429:
+                h.send_header("Retry-After", "0.05")
+            h.end_headers()
+            h.wfile.write(b'{"error": {"message": "scripted failure"}}')
+            return
+        if action == "malformed":
+            payload = b'{"choices": [{"message": {"content": "trunc'
+        else:
+            payload = json.dumps(self.complete(body)).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
+
+    def complete(self, body: dict) -> dict:
+        """Answer with the tiny model, honouring vLLM's continue_final_message prefill."""
+        messages = body["messages"]
+        prefill = messages[-1]["content"] if body.get("continue_final_message") else ""
+        sampling = Sampling(
+            temperature=body["temperature"], top_p=body["top_p"], max_new_tokens=body["max_tokens"],
+            n=body["n"], seed=body["seed"],
+        )  # fmt: skip
+        with self.model_lock:  # torch's RNG is process-global: one seeded generation at a time
+            outs = self.backend.generate([ChatPrompt(messages[0]["content"], prefill)], sampling, 1, body.get("stop", ()))[0]
+        return {
+            "object": "chat.completion",
+            "choices": [{"index": i, "message": {"role": "assistant", "content": c.text}} for i, c in enumerate(outs)],
+            "usage": {"completion_tokens": sum(c.tokens for c in outs)},
+        }
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve(tiny_backend):
+    servers = []
+
+    def start(**kw) -> ChatServer:
+        servers.append(ChatServer(tiny_backend, **kw))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def client(server: ChatServer, **kw) -> OpenAIBackend:
+    settings = {"timeout_s": 30.0, "max_retries": 3, "backoff_s": 0.01, "max_backoff_s": 0.1, "concurrency": 4} | kw
+    backend = OpenAIBackend(HTTPSettings(server.url, "tiny", **settings))
+    backend.waits = []
+    backend._sleep = lambda s: (backend.waits.append(s), time.sleep(s))
+    return backend
+
+
+PROMPTS = [ChatPrompt(f"Write message number {i}.", 'New message: "') for i in range(3)]
+
+
+def test_greedy_over_http_matches_in_process_and_maps_sampling(serve, tiny_backend) -> None:
+    server = serve()
+    greedy = Sampling(temperature=0.0, max_new_tokens=6, n=1, seed=5)
+    remote = client(server).generate(PROMPTS, greedy, batch_size=8, stop=["\n"])
+    local = tiny_backend.generate(PROMPTS, greedy, batch_size=1, stop=["\n"])
+    assert [[c.text for c in cs] for cs in remote] == [[c.text for c in cs] for cs in local]
+    assert [[c.tokens for c in cs] for cs in remote] == [[c.tokens for c in cs] for cs in local]
+    body = min(server.bodies, key=lambda b: b["seed"])
+    assert body["max_tokens"] == 6 and body["n"] == 1 and body["temperature"] == 0 and body["stop"] == ["\n"]
+    assert body["messages"][-1] == {"role": "assistant", "content": 'New message: "'}
+    assert body["continue_final_message"] is True
+    assert sorted(b["seed"] for b in server.bodies) == [5, 6, 7]  # seed + prompt index
+
+    sampled = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=5, n=3, seed=1)
+    out = client(server).generate(PROMPTS[:2], sampled, batch_size=8)
+    assert [len(cs) for cs in out] == [3, 3]
+    assert out == client(server).generate(PROMPTS[:2], sampled, batch_size=8)  # seeded: reproducible
+
+
+def test_errors_are_retried_with_backoff_then_succeed(serve) -> None:
+    # Request 0 fails with 500, its retry gets 429 (Retry-After 0.05 s), the third attempt succeeds.
+    server = serve(plan=lambda i: {0: 500, 1: 429, 2: "malformed"}.get(i, "ok"))
+    backend = client(server, concurrency=1)
+    out = backend.generate(PROMPTS[:1], Sampling(temperature=0.0, max_new_tokens=4), batch_size=1)
+    assert len(out) == 1 and len(server.bodies) == 4
+    assert backend.waits[0] == pytest.approx(0.01)  # first backoff
+    assert backend.waits[1] >= 0.05  # Retry-After honoured
+    assert backend.waits[2] == pytest.approx(0.04)  # doubling
+    # Every attempt sent the same request.
+    assert len({json.dumps(b, sort_keys=True) for b in server.bodies}) == 1
+
+
+def test_slow_server_times_out_and_retries(serve) -> None:
+    server = serve(plan=lambda i: "slow" if i == 0 else "ok")
+    backend = client(server, timeout_s=1.5)
+    t0 = time.perf_counter()
+    out = backend.generate(PROMPTS[:1], Sampling(temperature=0.0, max_new_tokens=4), batch_size=1)
+    assert len(out[0]) == 1 and len(server.bodies) == 2
+    assert time.perf_counter() - t0 < 3.0  # gave up on the slow attempt instead of waiting it out
+
+
+def test_persistent_failures_raise_unavailable_and_client_errors_are_not_retried(serve) -> None:
+    always_malformed = serve(plan=lambda i: "malformed")
+    with pytest.raises(BackendUnavailable, match="malformed response"):
+        client(always_malformed, max_retries=2).generate(PROMPTS[:1], Sampling(temperature=0.0, max_new_tokens=4), 1)
+    assert len(always_malformed.bodies) == 3
+
+    always_slow = serve(plan=lambda i: "slow")
+    with pytest.raises(BackendUnavailable, match="timed out"):
+        client(always_slow, timeout_s=0.2, max_retries=1).generate(PROMPTS[:1], Sampling(temperature=0.0, max_new_tokens=4), 1)
+
+    bad_request = serve(plan=lambda i: 400)
+    with pytest.raises(BackendRequestError, match="HTTP 400"):
+        client(bad_request).generate(PROMPTS[:1], Sampling(temperature=0.0, max_new_tokens=4), 1)
+    assert len(bad_request.bodies) == 1
+
+
+def test_concurrency_limit_is_respected(serve) -> None:
+    server = serve(delay=0.15)
+    prompts = [ChatPrompt(f"Prompt {i}") for i in range(10)]
+    out = client(server, concurrency=3).generate(prompts, Sampling(temperature=0.0, max_new_tokens=2), batch_size=8)
+    assert len(out) == 10 and len(server.bodies) == 10
+    assert server.peak == 3
+
+
+def test_from_base_and_settings_validation() -> None:
+    backend = OpenAIBackend.from_base("openai:qwen-7b@http://127.0.0.1:9/v1")
+    assert (backend.name, backend.model, backend.settings.base_url) == ("openai", "qwen-7b", "http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError, match="openai:<model>@<base_url>"):
+        OpenAIBackend.from_base("openai:no-url")
+    with pytest.raises(ValueError, match="concurrency"):
+        HTTPSettings("http://x/v1", "m", concurrency=0)
+    # Nothing listens on port 9: a connection error is retried, then reported as unavailable.
+    refused = OpenAIBackend(HTTPSettings("http://127.0.0.1:9/v1", "m", max_retries=1, backoff_s=0.01))
+    with pytest.raises(BackendUnavailable, match="connection failed"):
+        refused.generate(PROMPTS[:1], Sampling(temperature=0.0, max_new_tokens=2), 1)

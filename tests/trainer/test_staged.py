@@ -1,0 +1,170 @@
+"""Staged trainer on the tiny model: packing isolation, Chain of LoRA algebra, DPO, resume, DDP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from syllabus.models import load_model
+from trainer_svc.packing import CompletionLM, build_batch
+from trainer_svc.recipe import Recipe
+from trainer_svc.sft import TrainingStopped
+from trainer_svc.staged import chained_adapter_files, encode_records, train_recipe
+
+pytestmark = pytest.mark.unit
+
+CATS = ["card_arrival", "exchange_rate", "top_up_failed", "lost_card"]
+RECORDS = [
+    {"prompt": f"Classify: customer message number {i} about {c}", "response": c, "category": c, "difficulty": (i % 8) / 8}
+    for i, c in enumerate(CATS * 4)
+]
+PAIRS = [{"prompt": f"Say something nice {i}", "chosen": "You are great", "rejected": "Go away now"} for i in range(6)]
+
+
+def recipe(**over) -> Recipe:
+    base = {
+        "seed": 0, "max_seq_len": 96, "row_tokens": 192, "rows_per_step": 2, "batch_size": 4, "bf16": False,
+        "stages": [
+            {"name": "easy", "lr": 2e-2, "epochs": 2, "after": "merge", "data": {"score_key": "difficulty", "max_score": 0.5},
+             "lora": {"rank": 4, "alpha": 8}},
+            {"name": "hard", "lr": 2e-2, "epochs": 2, "after": "merge", "data": {"score_key": "difficulty", "min_score": 0.5, "replay": 0.5},
+             "lora": {"rank": 2, "alpha": 8, "targets": ["q_proj", "v_proj"]}},
+        ],
+    }  # fmt: skip
+    base.update(over)
+    return Recipe.model_validate(base)
+
+
+def test_packed_row_logits_equal_per_sample_logits(tiny_model_dir: Path) -> None:
+    lm, tok = load_model(str(tiny_model_dir))
+    enc = encode_records(tok, RECORDS, "sft", 96, [0, 1, 2], {})
+    seqs = [enc[i][0] for i in (0, 1, 2)]
+    core = CompletionLM(lm)
+    packed = build_batch([[0, 1, 2]], seqs, tok.pad_token_id)
+    width = packed.input_ids.shape[1]
+    with torch.no_grad():
+        all_logits = core(packed, torch.arange(width))
+        offset = 0
+        for j, (ids, _) in enumerate(seqs):
+            alone = build_batch([[0]], [seqs[j]], tok.pad_token_id)
+            ref = core(alone, torch.arange(len(ids)))
+            # and the plain model with no mask at all, to prove the packed path computes the same thing
+            plain = lm(input_ids=torch.tensor([ids])).logits[0]
+            torch.testing.assert_close(all_logits[offset : offset + len(ids)], ref, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(ref, plain, atol=1e-5, rtol=1e-5)
+            offset += len(ids)
+    assert packed.position_ids[0, len(seqs[0][0])] == 0  # positions restart per sample
+
+
+def test_chain_of_lora_merged_weights_are_base_plus_stage_deltas(tiny_model_dir: Path, tmp_path: Path) -> None:
+    base, _ = load_model(str(tiny_model_dir))
+    base_sd = {k: v.clone() for k, v in base.state_dict().items()}
+    lm, tok = load_model(str(tiny_model_dir))
+    model, snaps, result = train_recipe(lm, tok, RECORDS, recipe())
+    assert len(snaps) == 2 and len(result.stage_losses) == 2 and all(result.stage_losses)
+    final = model.state_dict()
+    changed = 0
+    for name, w0 in base_sd.items():
+        if not name.endswith("proj.weight"):
+            continue
+        mod = "base_model.model." + name.removesuffix(".weight")
+        delta = torch.zeros_like(w0)
+        for s in snaps:
+            if f"{mod}.lora_A.weight" in s["state"]:
+                delta += s["scale"] * s["state"][f"{mod}.lora_B.weight"] @ s["state"][f"{mod}.lora_A.weight"]
+        changed += bool(delta.abs().sum() > 0)
+        torch.testing.assert_close(final[name], w0 + delta, atol=1e-6, rtol=1e-5)
+    assert changed == 8  # q,k,v,o in 2 layers
+    # The published chained adapter is one peft LoRA equal to the sum of the deltas.
+    from peft import PeftModel
+
+    chained_adapter_files(snaps, str(tiny_model_dir), tmp_path / "ad")
+    fresh, _ = load_model(str(tiny_model_dir))
+    merged = PeftModel.from_pretrained(fresh, tmp_path / "ad").merge_and_unload().state_dict()
+    for name in base_sd:
+        torch.testing.assert_close(merged[name], final[name], atol=1e-5, rtol=1e-5)
+
+
+def dpo_margin(model, tok) -> float:  # noqa: ANN001
+    from trainer_svc.packing import per_sample_sums, token_logprobs
+
+    enc = encode_records(tok, PAIRS, "dpo", 96, range(len(PAIRS)), {})
+    seqs = [s for i in range(len(PAIRS)) for s in enc[i]]
+    batch = build_batch([[j] for j in range(len(seqs))], seqs, tok.pad_token_id)
+    core = CompletionLM(model)
+    with torch.no_grad():
+        lp, of, _ = token_logprobs(core, batch)
+        pol, _ = per_sample_sums(lp, of, len(seqs))
+        with model.disable_adapter():
+            lp, of, _ = token_logprobs(core, batch)
+            ref, _ = per_sample_sums(lp, of, len(seqs))
+    return ((pol[0::2] - ref[0::2]) - (pol[1::2] - ref[1::2])).mean().item()
+
+
+def test_dpo_increases_chosen_vs_rejected_margin(tiny_model_dir: Path) -> None:
+    lm, tok = load_model(str(tiny_model_dir))
+    r = recipe(packing=False, stages=[{"objective": "dpo", "lr": 1e-2, "epochs": 3, "lora": {"rank": 4, "alpha": 8}}])
+    model, _, result = train_recipe(lm, tok, PAIRS, r)
+    assert result.stage_losses[0][0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at start
+    assert dpo_margin(model, tok) > 0.5
+    assert result.stage_losses[0][-1] < result.stage_losses[0][0]
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_model_dir: Path, store) -> None:  # noqa: ANN001
+    r = recipe(checkpoint_every=2, stages=[
+        {**recipe().stages[0].model_dump(), "curriculum": {"policy": "sec", "arm_key": "category"}},
+        {**recipe().stages[1].model_dump(), "after": "continue", "hft": True},
+    ])  # fmt: skip
+    lm, tok = load_model(str(tiny_model_dir))
+    straight, _, res_a = train_recipe(lm, tok, RECORDS, r)
+    want = {k: v.clone() for k, v in straight.state_dict().items()}
+
+    calls = {"n": 0}
+
+    def stop_after_7() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 7
+
+    lm, tok = load_model(str(tiny_model_dir))
+    with pytest.raises(TrainingStopped):
+        train_recipe(lm, tok, RECORDS, r, store=store, checkpoint_key="run.ckpt", should_stop=stop_after_7)
+    lm, tok = load_model(str(tiny_model_dir))
+    resumed, _, res_b = train_recipe(lm, tok, RECORDS, r, store=store, checkpoint_key="run.ckpt")
+    assert 0 < res_b.resumed_from < len(res_a.losses)  # the last checkpoint before the kill
+    assert res_b.stage_losses == res_a.stage_losses
+    got = resumed.state_dict()
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, atol=0, rtol=0)
+
+
+def _ddp_worker(rank: int, world: int, model_dir: str, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    lm, tok = load_model(model_dir)
+    r = recipe(rows_per_step=2, row_tokens=96, stages=[{"lr": 2e-2, "epochs": 3, "lora": {"rank": 4, "alpha": 8}}])
+    model, _, result = train_recipe(lm, tok, RECORDS, r, dist_on=True)
+    lora = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    torch.save({"lora": lora, "losses": result.losses}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_end_identical_and_learn(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, str(tiny_model_dir), port, str(tmp_path)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert a["losses"] == b["losses"]
+    for k in a["lora"]:
+        torch.testing.assert_close(a["lora"][k], b["lora"][k], atol=0, rtol=0)
+    assert any(v.abs().sum() > 0 for k, v in a["lora"].items() if "lora_B" in k)
+    n = len(a["losses"]) // 3
+    assert sum(a["losses"][-n:]) / n < sum(a["losses"][:n]) / n
