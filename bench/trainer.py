@@ -88,7 +88,7 @@ def run_ours(args: argparse.Namespace, q: mp.Queue) -> None:
         }
     )
 
-    def on_step(p) -> None:  # noqa: ANN001
+    def on_step(p) -> None:
         log(f"ours  step {p.step}/{p.total_steps} loss {p.loss:.4f} lr {p.lr:.2e} {p.tokens_per_s:.0f} tok/s")
 
     t0 = time.perf_counter()
@@ -139,7 +139,7 @@ def run_trl(args: argparse.Namespace, q: mp.Queue) -> None:
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
 
     class Progress(TrainerCallback):
-        def on_log(self, a, state, control, logs=None, **kw):  # noqa: ANN001
+        def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 log(f"trl   step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
 
@@ -152,7 +152,7 @@ def run_trl(args: argparse.Namespace, q: mp.Queue) -> None:
     q.put({"loss": sum(losses) / len(losses), "losses": losses, "tokens": tokens, "seconds": seconds, "rss": peak_rss_mb()})
 
 
-def in_child(fn, args: argparse.Namespace) -> dict:  # noqa: ANN001
+def in_child(fn, args: argparse.Namespace) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=fn, args=(args, q))

@@ -22,11 +22,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from syllabus_sdk.trainer.v1 import trainer_pb2
-
 from syllabus.artifacts import ArtifactRef, ArtifactStore, InvalidKey, validate_key
 from syllabus.models import check_model_ref, fetch_adapter
 from syllabus.pb import ref_from_pb, ref_to_pb
+from syllabus_sdk.trainer.v1 import trainer_pb2
 from trainer_svc.recipe import Recipe, RecipeError, load_recipe
 from trainer_svc.sft import DatasetError, SFTConfig, TrainingStopped, read_dataset, run_sft
 
@@ -320,7 +319,7 @@ class TrainingJobs:
             )
             loop.call_soon_threadsafe(job.publish, event)
 
-        def on_progress(p) -> None:  # noqa: ANN001  (trainer_svc.staged.Progress)
+        def on_progress(p) -> None:
             event = trainer_pb2.WatchTrainingResponse(
                 state=State.TRAINING_STATE_RUNNING,
                 step=p.global_step,

@@ -75,7 +75,7 @@ class PackedBatch:
     samples: list[int]  # the caller's sample ids, in the order they appear in the rows
     num_tokens: int  # real (non-padding) tokens
 
-    def to(self, device) -> PackedBatch:  # noqa: ANN001
+    def to(self, device) -> PackedBatch:
         return PackedBatch(
             self.input_ids.to(device),
             self.position_ids.to(device),
@@ -122,7 +122,7 @@ def build_batch(
     return PackedBatch(input_ids, position_ids, mask, targets, segment, samples, num_tokens)
 
 
-def completion_model_parts(model) -> tuple:  # noqa: ANN001 (PeftModel or PreTrainedModel)
+def completion_model_parts(model) -> tuple:
     """(body, lm_head) of a causal LM, also when wrapped by peft."""
     from peft import PeftModel
 
@@ -137,7 +137,7 @@ class CompletionLM(nn.Module):
     what runs through its forward).
     """
 
-    def __init__(self, model) -> None:  # noqa: ANN001
+    def __init__(self, model) -> None:
         super().__init__()
         self.model = model  # registered: parameters are visible to DDP and optimisers
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 from syllabus.artifacts import ArtifactNotFound, ChecksumMismatch, open_store
 from syllabus.config import Config
 from syllabus.models import ModelNotFound
 from syllabus.serving import Served, abort_invalid, build_server
+from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_svc.jobs import InvalidRequest, TrainingJobs, plan_from_request
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name

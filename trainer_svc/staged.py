@@ -115,7 +115,7 @@ def cft_prompt(question: str, solution: str) -> str:
 
 
 def encode_records(
-    tokenizer, records: Sequence[dict], objective: str, max_len: int, indices: Sequence[int], out: dict  # noqa: ANN001
+    tokenizer, records: Sequence[dict], objective: str, max_len: int, indices: Sequence[int], out: dict
 ) -> dict[int, list[Example]]:
     """Per record index, its sequences: [sample] for sft/cft, [chosen, rejected] for dpo (into `out`)."""
     for i in indices:
@@ -196,7 +196,7 @@ def _rows_per_step(recipe: Recipe) -> int:
 class EpochSource(StepSource):
     """shuffled (seeded, packed best-fit) or static (ascending score, packed in order)."""
 
-    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths: Sequence[int], records, seed: int):  # noqa: ANN001
+    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths: Sequence[int], records, seed: int):
         self.recipe, self.items, self.lengths, self.seed = recipe, items, list(lengths), seed
         self.static = stage.curriculum.policy == "static"
         if self.static:
@@ -230,7 +230,7 @@ class SECSource(StepSource):
 
     wants_after = True
 
-    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths, records, seed: int):  # noqa: ANN001
+    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths, records, seed: int):
         c = stage.curriculum
         self.recipe, self.items, self.lengths = recipe, items, list(lengths)
         names = []
@@ -252,7 +252,7 @@ class SECSource(StepSource):
         chosen = [self.items[p] for p in self.sec.sample(self.recipe.batch_size)]
         return _pack(self.recipe, self.lengths, chosen, keep_order=False)
 
-    def feedback(self, items, loss_before, loss_after) -> None:  # noqa: ANN001
+    def feedback(self, items, loss_before, loss_after) -> None:
         by_arm: dict[int, list[float]] = {}
         for rec, b, a in zip(items, loss_before, loss_after or loss_before, strict=True):
             by_arm.setdefault(self.sec.arm_of[self.pos_of[rec]], []).append(b - a)
@@ -262,7 +262,7 @@ class SECSource(StepSource):
 class AdaRFTSource(StepSource):
     """AdaRFT: batches nearest the target difficulty (record score, 0..100); reward = mean exp(-loss)."""
 
-    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths, records, seed: int):  # noqa: ANN001
+    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths, records, seed: int):
         c = stage.curriculum
         self.recipe, self.items, self.lengths = recipe, items, list(lengths)
         lo, hi = c.adarft_range
@@ -273,7 +273,7 @@ class AdaRFTSource(StepSource):
         chosen = [self.items[p] for p in self.ada.sample(self.recipe.batch_size)]
         return _pack(self.recipe, self.lengths, chosen, keep_order=False)
 
-    def feedback(self, items, loss_before, loss_after) -> None:  # noqa: ANN001
+    def feedback(self, items, loss_before, loss_after) -> None:
         self.ada.update(sum(math.exp(-x) for x in loss_before) / len(loss_before))
 
 
@@ -283,7 +283,7 @@ class PUDFSource(StepSource):
 
     needs_ability = True
 
-    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths, records, seed: int):  # noqa: ANN001
+    def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths, records, seed: int):
         c = stage.curriculum
         self.recipe, self.items, self.lengths, self.seed = recipe, items, list(lengths), seed
         self.pudf = PUDF([records[i][c.score_key] for i in items], c.pudf_step)
@@ -322,7 +322,7 @@ SOURCES = {"shuffled": EpochSource, "static": EpochSource, "sec": SECSource, "ad
 # Model: adapters, Chain of LoRA, HFT
 
 
-def new_adapter(lm, stage: Stage, seed: int, init_adapter: Path | None = None):  # noqa: ANN001
+def new_adapter(lm, stage: Stage, seed: int, init_adapter: Path | None = None):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     torch.manual_seed(seed)
@@ -333,7 +333,7 @@ def new_adapter(lm, stage: Stage, seed: int, init_adapter: Path | None = None): 
     return get_peft_model(lm, cfg)
 
 
-def adapter_snapshot(model) -> dict:  # noqa: ANN001
+def adapter_snapshot(model) -> dict:
     """The live adapter's weights and scaling (what a merged stage leaves for the chained output)."""
     from peft import get_peft_model_state_dict
 
@@ -350,7 +350,7 @@ def _category(name: str) -> str:
     return "attn" if "self_attn" in name else "mlp" if ".mlp." in name else "norm"
 
 
-def hft_freeze(model, seed: int) -> list[torch.nn.Parameter]:  # noqa: ANN001
+def hft_freeze(model, seed: int) -> list[torch.nn.Parameter]:
     """Freeze a random half of the trainable units per (layer, category); return what was frozen.
 
     A unit is a LoRA-adapted module (its A and B together) or, in full fine-tuning, one parameter.
@@ -421,7 +421,7 @@ def _reduce_sum(x: torch.Tensor, dist_on: bool) -> torch.Tensor:
     return x
 
 
-def sft_step_loss(lm, batch, n_items: int, dist_on: bool, world: int):  # noqa: ANN001
+def sft_step_loss(lm, batch, n_items: int, dist_on: bool, world: int):
     """(loss to backpropagate, reported loss, per-item mean NLL) — loss = global mean over target tokens."""
     logp, sample_of, _ = token_logprobs(lm, batch)
     nll_sum = -logp.sum()
@@ -433,7 +433,7 @@ def sft_step_loss(lm, batch, n_items: int, dist_on: bool, world: int):  # noqa: 
     return loss, reported.item(), (sums / counts.clamp(min=1)).tolist()
 
 
-def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world: int):  # noqa: ANN001
+def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world: int):
     """DPO: -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), mean over pairs.
 
     Sequences alternate chosen, rejected in `batch.samples` order (pairs stay in one row)."""
@@ -467,7 +467,7 @@ def _load_ckpt(store: ArtifactStore, key: str) -> dict | None:
     return torch.load(io.BytesIO(store.get_bytes(ref)), weights_only=False)
 
 
-def trainable_state(model) -> dict:  # noqa: ANN001
+def trainable_state(model) -> dict:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad or "lora_" in n}
 
 
@@ -476,8 +476,8 @@ def trainable_state(model) -> dict:  # noqa: ANN001
 
 
 def train_recipe(
-    lm,  # noqa: ANN001  the base causal LM (weights change in place when stages merge)
-    tokenizer,  # noqa: ANN001
+    lm,
+    tokenizer,
     records: Sequence[dict],
     recipe: Recipe,
     *,
@@ -686,7 +686,7 @@ def train_recipe(
     return model, snapshots, result
 
 
-def _probe_right(core, enc, probe: list[int], pad_id: int, device, bf16: bool) -> dict[int, bool]:  # noqa: ANN001
+def _probe_right(core, enc, probe: list[int], pad_id: int, device, bf16: bool) -> dict[int, bool]:
     """Per probe record: is every target token the model's argmax (teacher forced)?"""
     seqs = [enc[i][0] for i in probe]
     batch = build_batch([[j] for j in range(len(seqs))], seqs, pad_id).to(device)
@@ -704,7 +704,7 @@ def _probe_right(core, enc, probe: list[int], pad_id: int, device, bf16: bool) -
 
 
 def save_outputs(
-    model, snapshots: list[dict], base: str, tokenizer, store: ArtifactStore, output_key: str, merged_key: str | None  # noqa: ANN001
+    model, snapshots: list[dict], base: str, tokenizer, store: ArtifactStore, output_key: str, merged_key: str | None
 ) -> tuple[ArtifactRef, ArtifactRef | None]:
     """Publish the adapter (peft; chained stages as one summed LoRA) and, if asked, merged HF weights."""
     from peft import PeftModel

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from student_svc.scoring import (
     ALL_METRICS,
     LOSS_BASE,
+    ScoreOptions,
     common_prefix_len,
     encode_records,
     learnability,
@@ -63,7 +64,9 @@ def test_common_prefix_len():
 
 def test_loss_matches_hand_computation(tiny_models, tiny_model_dir, mixed_records):
     model, tok = tiny_models.get(str(tiny_model_dir))
-    rows = score_records(model, tok, mixed_records, metrics=[LOSS_BASE], batch_size=5)
+    rows = score_records(
+        model, tok, mixed_records, metrics=[LOSS_BASE], options=ScoreOptions(dtype="float32", batch_size=5)
+    )
     for rec, row in zip(mixed_records, rows, strict=True):
         ids, labels = encode_records(tok, [rec])[0].input_ids, encode_records(tok, [rec])[0].labels
         assert row["id"] == rec["id"]
@@ -87,7 +90,7 @@ def test_learnability_with_real_adapter(
     adapter_dir = fetch_adapter(store, put_adapter(store), tmp_path / "adapters")
     with tiny_models.with_adapter(base_name, adapter_dir) as wrapped:
         _, tok = tiny_models.get(base_name)
-        rows = score_records(wrapped, tok, mixed_records, metrics=ALL_METRICS)
+        rows = score_records(wrapped, tok, mixed_records, metrics=ALL_METRICS, options=ScoreOptions(dtype="float32"))
 
     # Independent: a fresh base and a fresh peft model, full forwards.
     fresh_base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()

@@ -92,7 +92,6 @@ def test_recipe_errors_name_the_field() -> None:
 def test_dpo_request_becomes_a_one_stage_dpo_recipe() -> None:
     from syllabus_sdk.common.v1 import common_pb2
     from syllabus_sdk.trainer.v1 import trainer_pb2
-
     from trainer_svc.jobs import InvalidRequest, plan_from_request
 
     req = trainer_pb2.StartTrainingRequest(

@@ -87,7 +87,7 @@ def test_chain_of_lora_merged_weights_are_base_plus_stage_deltas(tiny_model_dir:
         torch.testing.assert_close(merged[name], final[name], atol=1e-5, rtol=1e-5)
 
 
-def dpo_margin(model, tok) -> float:  # noqa: ANN001
+def dpo_margin(model, tok) -> float:
     from trainer_svc.packing import per_sample_sums, token_logprobs
 
     enc = encode_records(tok, PAIRS, "dpo", 96, range(len(PAIRS)), {})
@@ -112,7 +112,7 @@ def test_dpo_increases_chosen_vs_rejected_margin(tiny_model_dir: Path) -> None:
     assert result.stage_losses[0][-1] < result.stage_losses[0][0]
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_model_dir: Path, store) -> None:  # noqa: ANN001
+def test_killed_run_resumes_to_the_same_weights(tiny_model_dir: Path, store) -> None:
     r = recipe(checkpoint_every=2, stages=[
         {**recipe().stages[0].model_dump(), "curriculum": {"policy": "sec", "arm_key": "category"}},
         {**recipe().stages[1].model_dump(), "after": "continue", "hft": True},

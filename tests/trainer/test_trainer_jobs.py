@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.trainer.v1 import trainer_pb2
-
 from trainer_svc.jobs import DEFAULT_MAX_SEQ_LEN, InvalidRequest, Job, plan_from_request
 
 pytestmark = pytest.mark.unit

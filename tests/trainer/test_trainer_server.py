@@ -9,13 +9,13 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import json_format
-from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 from syllabus.artifacts import LocalArtifactStore
 from syllabus.config import Config
 from syllabus.pb import ref_to_pb
 from syllabus.records import dumps_jsonl
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_svc.server import create_server, jobs_for
 
 pytestmark = pytest.mark.integration
