@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from syllabus.models import load_model, resolve_model_dir
@@ -116,23 +117,33 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(
-        self, base: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, revision: str
-    ) -> None:
+    def __init__(self, base: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, revision: str) -> None:
         self.model_obj = model
         self.tokenizer = tokenizer
         self.model = base
         self.revision = revision
 
+    adapter: str | None = None  # the adapter's sha256 when a LoRA is applied (recorded in provenance)
+
     @classmethod
-    def load(cls, base: str) -> TransformersBackend:
-        """Load `base` (raises `syllabus.models.ModelNotFound` if it names nothing loadable)."""
+    def load(cls, base: str, adapter_dir: str | Path | None = None, adapter_sha256: str = "") -> TransformersBackend:
+        """Load `base` (raises `syllabus.models.ModelNotFound` if it names nothing loadable), with the
+        peft adapter in `adapter_dir` applied when given (its sha256 joins the revision)."""
         import torch
 
         model, tok = load_model(base)
+        revision = model_revision(base)
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+            revision = f"{revision}+{adapter_sha256[:12]}"
         if torch.cuda.is_available():
             model.to("cuda")
-        return cls(base, model, tok, model_revision(base))
+        backend = cls(base, model, tok, revision)
+        if adapter_dir is not None:
+            backend.adapter = adapter_sha256
+        return backend
 
     def render(self, prompt: ChatPrompt) -> str:
         return render_chat(self.tokenizer, prompt)

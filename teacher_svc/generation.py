@@ -116,9 +116,7 @@ def build_prompts(
 
 
 _BULLET = re.compile(r"^\s*(?:[-*•>]+|#?\d+[.):]|\(\d+\))\s*")
-_PREFIX = re.compile(
-    r"^(?:new\s+)?(?:customer\s+)?(?:message|input|example|text)\s*\d*\s*:\s*", re.IGNORECASE
-)
+_PREFIX = re.compile(r"^(?:new\s+)?(?:customer\s+)?(?:message|input|example|text)\s*\d*\s*:\s*", re.IGNORECASE)
 _QUOTES = "\"'“”‘’`"
 
 
@@ -180,7 +178,7 @@ def provenance(
             "seed": sampling.seed,
         },
         "round": round_,
-    }
+    } | ({"adapter": backend.adapter} if getattr(backend, "adapter", None) else {})
 
 
 def expand_seeds(backend: Backend, req: ExpansionRequest) -> ExpansionResult:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
-
 from syllabus.artifacts import open_store
 from syllabus.config import Config
 from syllabus.serving import Served, build_server
+from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from teacher_svc.service import TeacherServicer
+from teacher_svc.tailor import GrpcDpoTrainer
 
 SERVICE_NAME = teacher_pb2.DESCRIPTOR.services_by_name["TeacherService"].full_name
 
 
 def build_servicer(config: Config) -> TeacherServicer:
-    """A servicer on the artifact store named by the config."""
-    return TeacherServicer(open_store(config.resolved_artifact_url(), config))
+    """A servicer on the artifact store named by the config; Tailor's DPO runs on the TrainerService
+    at `config.trainer_address`, and adapters are cached under `home/adapter-cache`."""
+    return TeacherServicer(
+        open_store(config.resolved_artifact_url(), config),
+        adapter_cache=config.home / "adapter-cache",
+        trainer=GrpcDpoTrainer(config.trainer_address),
+    )
 
 
 async def create_server(

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
-from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+from google.protobuf import json_format
 
 from syllabus.artifacts import (
     ArtifactNotFound,
@@ -27,17 +28,41 @@ from syllabus.artifacts import (
     InvalidKey,
     validate_key,
 )
-from syllabus.models import ModelNotFound, check_model_ref
+from syllabus.models import ModelNotFound, check_model_ref, fetch_adapter
 from syllabus.pb import ref_from_pb, ref_to_pb
-from syllabus.records import dumps_jsonl, loads_jsonl
-from teacher_svc.backend import Backend, BackendRequestError, BackendUnavailable, Sampling, load_backend
+from syllabus.records import content_id, dumps_jsonl, loads_jsonl
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+from teacher_svc.backend import (
+    Backend,
+    BackendRequestError,
+    BackendUnavailable,
+    Sampling,
+    TransformersBackend,
+    load_backend,
+)
+from teacher_svc.critics import cft_critique, reflect, rubric_revise
 from teacher_svc.critique import judge
 from teacher_svc.errors import DEFAULT_EXAMPLES_PER_SKILL, analyze_confusions
-from teacher_svc.leakage import LeakageGuard
 from teacher_svc.generation import DEFAULT_BATCH_SIZE, ExpansionRequest, Seed, expand_seeds, parse_seeds
+from teacher_svc.leakage import LeakageGuard
+from teacher_svc.reasoning import (
+    CLASSIFICATION,
+    EXACT,
+    NUMERIC,
+    STYLES,
+    Question,
+    RationaleResult,
+    RejectionResult,
+    rejection_sample,
+    write_rationales,
+)
+from teacher_svc.tailor import DpoTrainer, TrainerFailed, build_pairs, drafts_from_records, regenerate_rationales
+from teacher_svc.targeted import Skill, expand_until_accepted, generate_targeted
 
 MAX_PER_LABEL = 10_000
 MAX_N = 64
+VERIFIERS = (CLASSIFICATION, EXACT, NUMERIC)
 MAX_BATCH_SIZE = 1024
 STATS_SUFFIX = ".stats.json"  # Generate's counts, published before the examples so retries can return them
 
@@ -57,27 +82,44 @@ def invalid(field: str, problem: str) -> RequestFailed:
 
 
 class ModelCache:
-    """Loaded teacher backends, one per model base; thread-safe, loads each base once."""
+    """Loaded teacher backends, one per (model base, adapter); thread-safe, loads each once."""
 
     def __init__(self, load: Callable[[str], Backend] = load_backend) -> None:
         self._load = load
-        self._backends: dict[str, Backend] = {}
+        self._backends: dict[tuple[str, str], Backend] = {}
         self._lock = threading.Lock()
 
-    def get(self, base: str) -> Backend:
-        """The backend for `base`, loading it on first use (raises ModelNotFound)."""
+    def get(self, base: str, adapter_dir: Path | None = None, adapter_sha256: str = "") -> Backend:
+        """The backend for `base` (with the peft adapter in `adapter_dir` applied, transformers
+        backends only), loading it on first use (raises ModelNotFound, or ValueError for an adapter
+        on a backend that cannot apply one)."""
+        key = (base, adapter_sha256 if adapter_dir is not None else "")
         with self._lock:
-            if base not in self._backends:
-                self._backends[base] = self._load(base)
-            return self._backends[base]
+            if key not in self._backends:
+                if adapter_dir is None:
+                    self._backends[key] = self._load(base)
+                else:
+                    if base.startswith(("openai:", "vllm:")):
+                        raise ValueError("adapters are supported on transformers backends only")
+                    self._backends[key] = TransformersBackend.load(base, adapter_dir, adapter_sha256)
+            return self._backends[key]
 
 
 class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     """grpc.aio servicer of syllabus.teacher.v1.TeacherService."""
 
-    def __init__(self, store: ArtifactStore, models: ModelCache | None = None) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        models: ModelCache | None = None,
+        *,
+        adapter_cache: Path | None = None,
+        trainer: DpoTrainer | None = None,
+    ) -> None:
         self.store = store
         self.models = models or ModelCache()
+        self.adapter_cache = adapter_cache or Path(tempfile.gettempdir()) / "syllabus-teacher-adapters"
+        self.trainer = trainer  # Tailor's DPO runner (TrainerService over gRPC); None: Tailor is UNAVAILABLE
         # One model job at a time: the model is the bottleneck, and the event loop stays free for
         # health checks while the job runs in a worker thread.
         self._model_lock = asyncio.Lock()
@@ -94,6 +136,12 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         except RequestFailed as e:
             await context.abort(e.code, e.message)
 
+    async def Tailor(self, request: teacher_pb2.TailorRequest, context: grpc.aio.ServicerContext):
+        try:
+            return await self._tailor(request)
+        except RequestFailed as e:
+            await context.abort(e.code, e.message)
+
     async def AnalyzeErrors(self, request: teacher_pb2.AnalyzeErrorsRequest, context: grpc.aio.ServicerContext):
         try:
             return await self._analyze_errors(request)
@@ -103,19 +151,140 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     # -- Generate ---------------------------------------------------------------------------------
 
     async def _generate(self, request: teacher_pb2.GenerateRequest) -> teacher_pb2.GenerateResponse:
-        base = _check_model(request.model)
-        _check_kind(request.kind)
+        mode = request.mode or teacher_pb2.GENERATE_MODE_SEED_EXPANSION
+        if mode not in teacher_pb2.GenerateMode.values():
+            raise invalid("mode", f"unknown generate mode {request.mode}")
+        _check_model(request.model)
         if not request.instructions.strip():
             raise invalid("instructions", "required")
-        labels = _check_labels(request.labels)
-        if not 0 < request.per_label <= MAX_PER_LABEL:
-            raise invalid("per_label", f"must be > 0 and <= {MAX_PER_LABEL}, got {request.per_label}")
         sampling = _sampling(request.sampling)
         if not 0 <= request.batch_size <= MAX_BATCH_SIZE:
             raise invalid("batch_size", f"must be in [0, {MAX_BATCH_SIZE}], got {request.batch_size}")
         if request.round < 0:
             raise invalid("round", f"must be >= 0, got {request.round}")
         key = _check_key("output_key", request.output_key)
+        if mode == teacher_pb2.GENERATE_MODE_SEED_EXPANSION:
+            return await self._seed_expansion(request, sampling, key)
+        if existing := await asyncio.to_thread(self.store.stat, key):
+            return await asyncio.to_thread(self._existing_generate, key, existing)
+        batch_size = request.batch_size or DEFAULT_BATCH_SIZE
+        params = {"mode": teacher_pb2.GenerateMode.Name(mode), "batch_size": batch_size}
+        resp = teacher_pb2.GenerateResponse()
+        if mode in (teacher_pb2.GENERATE_MODE_RATIONALES, teacher_pb2.GENERATE_MODE_REJECTION_SAMPLING):
+            questions = await self._read_questions(
+                _required_ref("questions", request.questions), mode == teacher_pb2.GENERATE_MODE_REJECTION_SAMPLING
+            )
+            styles = list(request.styles)
+            unknown = [st for st in styles if st not in STYLES]
+            if unknown:
+                raise invalid("styles", f"unknown style(s) {', '.join(map(repr, unknown))}; known: {', '.join(STYLES)}")
+            if request.retries < 0:
+                raise invalid("retries", f"must be >= 0, got {request.retries}")
+            if mode == teacher_pb2.GENERATE_MODE_RATIONALES:
+                styles = styles or list(STYLES)
+                if request.per_style < 0:
+                    raise invalid("per_style", f"must be >= 0 (0 means 1), got {request.per_style}")
+                per_style = request.per_style or 1
+                if sampling.n != 1:
+                    raise invalid("sampling.n", "must be 1 (0) for rationales; use per_style for more draws")
+                params |= {"styles": styles, "per_style": per_style, "retries": request.retries}
+
+                def run(backend: Backend):
+                    return write_rationales(
+                        backend,
+                        request.instructions,
+                        questions,
+                        styles,
+                        sampling,
+                        per_style,
+                        batch_size,
+                        request.round,
+                        request.retries,
+                    )
+            else:
+                verifier = request.verifier or "classification"
+                if verifier not in VERIFIERS:
+                    raise invalid("verifier", f"must be one of {', '.join(VERIFIERS)}, got {verifier!r}")
+                if not 0 < request.rejection_k <= MAX_N:
+                    raise invalid("rejection_k", f"must be in [1, {MAX_N}], got {request.rejection_k}")
+                if sampling.temperature == 0 and request.rejection_k > 1:
+                    raise invalid("sampling.temperature", "rejection_k > 1 needs temperature > 0")
+                if len(styles) > 1:
+                    raise invalid("styles", "rejection sampling takes at most one style")
+                style = styles[0] if styles else "step_by_step"
+                params |= {"rejection_k": request.rejection_k, "verifier": verifier, "style": style}
+
+                def run(backend: Backend):
+                    return rejection_sample(
+                        backend,
+                        request.instructions,
+                        questions,
+                        verifier,
+                        request.rejection_k,
+                        sampling,
+                        style,
+                        batch_size,
+                        request.round,
+                    )
+        else:  # TARGETED
+            _check_kind(request.kind)
+            labels = _check_labels(request.labels)
+            if not 0 < request.per_skill <= MAX_PER_LABEL:
+                raise invalid("per_skill", f"must be > 0 and <= {MAX_PER_LABEL}, got {request.per_skill}")
+            skill_records = await asyncio.to_thread(self._records, "skills", _required_ref("skills", request.skills))
+            try:
+                skills = [Skill.from_record(r) for r in skill_records]
+            except (KeyError, TypeError) as e:
+                raise invalid("skills", f"a skill record lacks {e}") from e
+            if bad := [sk.label for sk in skills if sk.label not in labels]:
+                raise invalid("skills", f"skill label(s) not in labels: {', '.join(map(repr, bad))}")
+            seeds = await self._read_seeds(ref) if (ref := ref_from_pb(request.seeds)) else []
+            params |= {"per_skill": request.per_skill}
+
+            def run(backend: Backend):
+                return generate_targeted(
+                    backend,
+                    request.instructions,
+                    labels,
+                    skills,
+                    request.per_skill,
+                    sampling,
+                    seeds,
+                    batch_size,
+                    request.round,
+                )
+
+        result = await self._run_model(request.model, run)
+        records = _with_params(result.records, params)
+        guard = None
+        if eval_ref := ref_from_pb(request.eval):
+            eval_items = await asyncio.to_thread(self._records, "eval", eval_ref)
+            guard = LeakageGuard([str(r.get("input", "")) for r in eval_items])
+            records = guard.filter(records)
+        resp.generated = len(records)
+        resp.tokens_generated = result.tokens_generated
+        resp.leaked_removed = guard.total_dropped if guard else 0
+        if isinstance(result, RationaleResult):
+            resp.failed = result.failed
+        elif isinstance(result, RejectionResult):
+            resp.unparsable, resp.sampled = result.unparsable, result.sampled
+            resp.incorrect, resp.duplicate_paths = result.incorrect, result.duplicate_paths
+        else:
+            resp.duplicates_removed, resp.unparsable = result.duplicates_removed, result.unparsable
+        return await self._publish_generate(key, records, resp)
+
+    async def _seed_expansion(
+        self, request: teacher_pb2.GenerateRequest, sampling: Sampling, key: str
+    ) -> teacher_pb2.GenerateResponse:
+        _check_kind(request.kind)
+        labels = _check_labels(request.labels)
+        exact = request.accept_exactly
+        if exact < 0 or exact > MAX_PER_LABEL:
+            raise invalid("accept_exactly", f"must be in [0, {MAX_PER_LABEL}], got {exact}")
+        if exact and request.token_budget <= 0:
+            raise invalid("token_budget", f"must be > 0 with accept_exactly, got {request.token_budget}")
+        if not exact and not 0 < request.per_label <= MAX_PER_LABEL:
+            raise invalid("per_label", f"must be > 0 and <= {MAX_PER_LABEL}, got {request.per_label}")
         seeds_ref = _required_ref("seeds", request.seeds)
 
         if existing := await asyncio.to_thread(self.store.stat, key):
@@ -129,7 +298,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             instructions=request.instructions,
             labels=labels,
             seeds=seeds,
-            per_label=request.per_label,
+            per_label=request.per_label or 1,
             sampling=sampling,
             batch_size=request.batch_size or DEFAULT_BATCH_SIZE,
             round=request.round,
@@ -138,14 +307,26 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         if eval_ref := ref_from_pb(request.eval):
             eval_items = await asyncio.to_thread(self._records, "eval", eval_ref)
             guard = LeakageGuard([str(r.get("input", "")) for r in eval_items])
-        async with self._model_lock:
-            backend = await self._backend(base)
-            try:
-                result = await asyncio.to_thread(expand_seeds, backend, req)
-            except BackendUnavailable as e:
-                raise RequestFailed(grpc.StatusCode.UNAVAILABLE, f"model.base: {e}") from e
-            except BackendRequestError as e:
-                raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: {e}") from e
+        if exact:
+            report = await self._run_model(
+                request.model, lambda b: expand_until_accepted(b, req, exact, request.token_budget, guard)
+            )
+            params = {"mode": "GENERATE_MODE_SEED_EXPANSION", "accept_exactly": exact,
+                      "token_budget": request.token_budget, "batch_size": req.batch_size}  # fmt: skip
+            records = _with_params(report.records, params)
+            resp = teacher_pb2.GenerateResponse(
+                generated=len(records),
+                tokens_generated=report.tokens_spent,
+                duplicates_removed=report.dropped.get("duplicate", 0),
+                unparsable=report.dropped.get("unparsable", 0),
+                leaked_removed=sum(v for k, v in report.dropped.items() if k.startswith("leak_")),
+                passes=report.passes,
+                budget_exhausted=report.budget_exhausted,
+            )
+            for reason, count in report.dropped.items():
+                resp.dropped_by_reason[reason] = count
+            return await self._publish_generate(key, records, resp)
+        result = await self._run_model(request.model, lambda b: expand_seeds(b, req))
         records = guard.filter(result.records) if guard else result.records
         resp = teacher_pb2.GenerateResponse(
             generated=len(records),
@@ -154,35 +335,74 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             tokens_generated=result.tokens_generated,
             leaked_removed=guard.total_dropped if guard else 0,
         )
-        stats = {
-            "duplicates_removed": resp.duplicates_removed,
-            "unparsable": resp.unparsable,
-            "tokens_generated": resp.tokens_generated,
-            "leaked_removed": resp.leaked_removed,
-        }
-        await asyncio.to_thread(
-            self.store.put_bytes, key + STATS_SUFFIX, json.dumps(stats, sort_keys=True).encode()
-        )
+        return await self._publish_generate(key, records, resp)
+
+    async def _publish_generate(
+        self, key: str, records: list[dict], resp: teacher_pb2.GenerateResponse
+    ) -> teacher_pb2.GenerateResponse:
+        """Stats sidecar first, then the examples (so a retry finding the examples finds the counts)."""
+        stats = json_format.MessageToDict(resp, preserving_proto_field_name=True)
+        await asyncio.to_thread(self.store.put_bytes, key + STATS_SUFFIX, json.dumps(stats, sort_keys=True).encode())
         ref = await asyncio.to_thread(self.store.put_bytes, key, dumps_jsonl(records))
         resp.examples.CopyFrom(ref_to_pb(ref))
         return resp
 
+    async def _run_model(self, model: common_pb2.ModelRef, fn: Callable[[Backend], object]):
+        """Run `fn(backend)` in a worker thread under the model lock, mapping backend failures."""
+        async with self._model_lock:
+            backend = await self._backend_for(model)
+            try:
+                return await asyncio.to_thread(fn, backend)
+            except BackendUnavailable as e:
+                raise RequestFailed(grpc.StatusCode.UNAVAILABLE, f"model.base: {e}") from e
+            except BackendRequestError as e:
+                raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: {e}") from e
+            except ValueError as e:
+                raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
+
+    async def _read_questions(self, ref: ArtifactRef, need_answer: bool) -> list[Question]:
+        records = await asyncio.to_thread(self._records, "questions", ref)
+        questions = []
+        for i, r in enumerate(records):
+            text = r.get("input") or r.get("question")
+            answer = r.get("answer", r.get("label"))
+            if not isinstance(text, str) or not text.strip():
+                raise invalid("questions", f'record {i} needs a non-empty "input" (or "question")')
+            if need_answer and not isinstance(answer, str | int | float):
+                raise invalid("questions", f'record {i} needs a gold "answer" (or "label")')
+            qid = str(r.get("id") or content_id(text))
+            questions.append(Question(qid, text, None if answer is None else str(answer)))
+        if not questions:
+            raise invalid("questions", "no questions")
+        return questions
+
     def _existing_generate(self, key: str, ref: ArtifactRef) -> teacher_pb2.GenerateResponse:
         """The response of the run that published `key` (counts from the file and its stats sidecar)."""
-        resp = teacher_pb2.GenerateResponse(
-            examples=ref_to_pb(ref), generated=len(self._records("output_key", ref))
-        )
+        resp = teacher_pb2.GenerateResponse(examples=ref_to_pb(ref), generated=len(self._records("output_key", ref)))
         if stats_ref := self.store.stat(key + STATS_SUFFIX):
             stats = json.loads(self.store.get_bytes(stats_ref))
-            resp.duplicates_removed = stats["duplicates_removed"]
-            resp.unparsable = stats["unparsable"]
-            resp.tokens_generated = stats["tokens_generated"]
-            resp.leaked_removed = stats.get("leaked_removed", 0)
+            stats = {k: v for k, v in stats.items() if k not in ("examples", "generated")}
+            json_format.ParseDict(stats, resp, ignore_unknown_fields=True)
         return resp
 
-    async def _backend(self, base: str) -> Backend:
+    async def _backend_for(self, model: common_pb2.ModelRef) -> Backend:
+        """The backend of a ModelRef: its base, with its adapter (fetched and verified) applied."""
+        base = _check_model(model)
+        adapter_ref = ref_from_pb(model.adapter)
+        adapter_dir = None
+        if adapter_ref is not None:
+            try:
+                adapter_dir = await asyncio.to_thread(fetch_adapter, self.store, adapter_ref, self.adapter_cache)
+            except ArtifactNotFound as e:
+                raise RequestFailed(grpc.StatusCode.NOT_FOUND, f"model.adapter: {e}") from e
+            except ChecksumMismatch as e:
+                raise RequestFailed(grpc.StatusCode.DATA_LOSS, f"model.adapter: {e}") from e
+            except ValueError as e:
+                raise invalid("model.adapter", str(e)) from e
         try:
-            return await asyncio.to_thread(self.models.get, base)
+            return await asyncio.to_thread(
+                self.models.get, base, adapter_dir, adapter_ref.sha256 if adapter_ref else ""
+            )
         except (ModelNotFound, ValueError, ImportError) as e:
             raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: {e}") from e
 
@@ -196,8 +416,11 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     # -- Critique ---------------------------------------------------------------------------------
 
     async def _critique(self, request: teacher_pb2.CritiqueRequest) -> teacher_pb2.CritiqueResponse:
-        if request.mode not in (teacher_pb2.CRITIQUE_MODE_UNSPECIFIED, teacher_pb2.CRITIQUE_MODE_JUDGE):
+        mode = request.mode or teacher_pb2.CRITIQUE_MODE_JUDGE
+        if mode not in teacher_pb2.CritiqueMode.values():
             raise invalid("mode", f"unsupported critique mode {request.mode}")
+        if mode != teacher_pb2.CRITIQUE_MODE_JUDGE:
+            return await self._model_critique(request, mode)
         _check_kind(request.kind)
         labels = _check_labels(request.labels)
         examples_ref = _required_ref("examples", request.examples)
@@ -205,17 +428,8 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         kept_key = _check_key("output_key", request.output_key + "-kept.jsonl" if request.output_key else "")
         critiques_key = _check_key("output_key", request.output_key + "-critiques.jsonl")
 
-        kept_ref = await asyncio.to_thread(self.store.stat, kept_key)
-        critiques_ref = await asyncio.to_thread(self.store.stat, critiques_key)
-        if kept_ref and critiques_ref:
-            verdicts = await asyncio.to_thread(self._records, "output_key", critiques_ref)
-            kept_count = sum(1 for v in verdicts if v.get("keep"))
-            return teacher_pb2.CritiqueResponse(
-                kept=ref_to_pb(kept_ref),
-                critiques=ref_to_pb(critiques_ref),
-                kept_count=kept_count,
-                dropped_count=len(verdicts) - kept_count,
-            )
+        if done := await self._existing_critique(kept_key, critiques_key):
+            return done
 
         examples = await asyncio.to_thread(self._records, "examples", examples_ref)
         seeds = await self._read_seeds(seeds_ref)
@@ -231,6 +445,162 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             critiques=ref_to_pb(critiques_ref),
             kept_count=len(kept),
             dropped_count=len(verdicts) - len(kept),
+        )
+
+    async def _existing_critique(self, kept_key: str, critiques_key: str, rubrics_key: str = ""):
+        kept_ref = await asyncio.to_thread(self.store.stat, kept_key)
+        critiques_ref = await asyncio.to_thread(self.store.stat, critiques_key)
+        if not (kept_ref and critiques_ref):
+            return None
+        verdicts = await asyncio.to_thread(self._records, "output_key", critiques_ref)
+        if "keep" in (verdicts[0] if verdicts else {"keep": 0}):
+            kept_count = sum(1 for v in verdicts if v.get("keep"))
+            failed = 0
+        else:
+            kept_count = sum(1 for v in verdicts if v.get("status") == "ok")
+            failed = len(verdicts) - kept_count
+        resp = teacher_pb2.CritiqueResponse(
+            kept=ref_to_pb(kept_ref),
+            critiques=ref_to_pb(critiques_ref),
+            kept_count=kept_count,
+            dropped_count=len(verdicts) - kept_count,
+            failed_count=failed,
+        )
+        if rubrics_key and (rubrics_ref := await asyncio.to_thread(self.store.stat, rubrics_key)):
+            resp.rubrics.CopyFrom(ref_to_pb(rubrics_ref))
+        return resp
+
+    async def _model_critique(self, request: teacher_pb2.CritiqueRequest, mode: int) -> teacher_pb2.CritiqueResponse:
+        """CFT, rubric + revision, reflection: one record per example, "status" ok or failed; kept = ok."""
+        _check_model(request.model)
+        sampling = _sampling(request.sampling)
+        if sampling.n != 1:
+            raise invalid("sampling.n", "must be 1 (0) for critique modes")
+        if not 0 <= request.batch_size <= MAX_BATCH_SIZE:
+            raise invalid("batch_size", f"must be in [0, {MAX_BATCH_SIZE}], got {request.batch_size}")
+        if request.retries < 0:
+            raise invalid("retries", f"must be >= 0, got {request.retries}")
+        examples_ref = _required_ref("examples", request.examples)
+        prefix = request.output_key
+        kept_key = _check_key("output_key", prefix + "-kept.jsonl" if prefix else "")
+        critiques_key = _check_key("output_key", prefix + "-critiques.jsonl")
+        rubrics_key = _check_key("output_key", prefix + "-rubrics.jsonl")
+        is_rubric = mode == teacher_pb2.CRITIQUE_MODE_RUBRIC_REVISION
+        if done := await self._existing_critique(kept_key, critiques_key, rubrics_key if is_rubric else ""):
+            return done
+        examples = await asyncio.to_thread(self._records, "examples", examples_ref)
+        batch_size = request.batch_size or DEFAULT_BATCH_SIZE
+        fn = {
+            teacher_pb2.CRITIQUE_MODE_CFT: cft_critique,
+            teacher_pb2.CRITIQUE_MODE_RUBRIC_REVISION: rubric_revise,
+            teacher_pb2.CRITIQUE_MODE_REFLECTION: reflect,
+        }[mode]
+        try:
+            out = await self._run_model(request.model, lambda b: fn(b, examples, sampling, batch_size, request.retries))
+        except RequestFailed as e:
+            if e.code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise invalid("examples", e.message) from None
+            raise
+        params = {"mode": teacher_pb2.CritiqueMode.Name(mode), "batch_size": batch_size, "retries": request.retries}
+        rubrics = None
+        if is_rubric:
+            rubrics, records = out
+            rubrics = _with_params(rubrics, params)
+        else:
+            records = out
+        records = _with_params(records, params)
+        kept = [r for r in records if r.get("status") == "ok"]
+        resp = teacher_pb2.CritiqueResponse(
+            kept_count=len(kept), dropped_count=len(records) - len(kept), failed_count=len(records) - len(kept)
+        )
+        if rubrics is not None:
+            resp.rubrics.CopyFrom(
+                ref_to_pb(await asyncio.to_thread(self.store.put_bytes, rubrics_key, dumps_jsonl(rubrics)))
+            )
+        resp.kept.CopyFrom(ref_to_pb(await asyncio.to_thread(self.store.put_bytes, kept_key, dumps_jsonl(kept))))
+        resp.critiques.CopyFrom(
+            ref_to_pb(await asyncio.to_thread(self.store.put_bytes, critiques_key, dumps_jsonl(records)))
+        )
+        return resp
+
+    # -- Tailor (ARTE) ----------------------------------------------------------------------------
+
+    async def _tailor(self, request: teacher_pb2.TailorRequest) -> teacher_pb2.TailorResponse:
+        base = _check_model(request.model)
+        if base.startswith(("openai:", "vllm:")):
+            raise invalid("model.base", "Tailor trains a LoRA on the teacher: a bundled or local HF model is required")
+        if not request.instructions.strip():
+            raise invalid("instructions", "required")
+        drafts_ref = _required_ref("drafts", request.drafts)
+        scores_ref = _required_ref("scores", request.scores)
+        sampling = _sampling(request.sampling)
+        if sampling.n != 1:
+            raise invalid("sampling.n", "must be 1 (0): one regenerated rationale per question")
+        if request.dpo_beta < 0:
+            raise invalid("dpo_beta", f"must be >= 0 (0 means 0.1), got {request.dpo_beta:g}")
+        t = request.training
+        if t.epochs <= 0 or t.learning_rate <= 0 or t.batch_size <= 0:
+            raise invalid("training", "epochs, learning_rate and batch_size must be > 0")
+        if request.lora.rank <= 0 or request.lora.alpha <= 0:
+            raise invalid("lora", "rank and alpha must be > 0")
+        prefix = request.output_key
+        pairs_key = _check_key("output_key", prefix + "-pairs.jsonl" if prefix else "")
+        adapter_key = _check_key("output_key", prefix + "-adapter.tar")
+        regen_key = _check_key("output_key", prefix + "-regenerated.jsonl")
+        if self.trainer is None:
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "Tailor needs a TrainerService; none is configured")
+
+        drafts = await asyncio.to_thread(self._records, "drafts", drafts_ref)
+        score_rows = await asyncio.to_thread(self._records, "scores", scores_ref)
+        try:
+            built = drafts_from_records(drafts, score_rows)
+        except ValueError as e:
+            raise invalid("drafts", str(e)) from e
+        pairs = build_pairs(built, request.instructions)
+        if not pairs.records:
+            raise RequestFailed(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "scores: no preference pairs (every question's rationales scored alike and no question-level "
+                "gap); nothing to align",
+            )
+        pairs_ref = await asyncio.to_thread(self.store.stat, pairs_key) or await asyncio.to_thread(
+            self.store.put_bytes, pairs_key, dumps_jsonl(pairs.records)
+        )
+        try:
+            trained = await self.trainer.train_dpo(
+                job_key=prefix,
+                model=request.model,
+                dataset=ref_to_pb(pairs_ref),
+                lora=request.lora,
+                training=request.training,
+                beta=request.dpo_beta,
+                output_key=adapter_key,
+            )
+        except TrainerFailed as e:
+            raise RequestFailed(e.code, f"trainer: {e}") from e
+        aligned = common_pb2.ModelRef(base=base, adapter=trained.adapter)
+        questions = list({d.question.id: d.question for d in built}.values())
+
+        def regenerate(backend: Backend) -> list[dict]:
+            return regenerate_rationales(backend, request.instructions, questions, sampling, DEFAULT_BATCH_SIZE)
+
+        if not (regen_ref := await asyncio.to_thread(self.store.stat, regen_key)):
+            records = await self._run_model(aligned, regenerate)
+            params = {"mode": "TAILOR", "pairs": pairs_ref.uri, "dpo_beta": request.dpo_beta or 0.1,
+                      "lora_rank": request.lora.rank, "lora_alpha": request.lora.alpha,
+                      "epochs": t.epochs, "learning_rate": round(t.learning_rate, 8), "batch_size": t.batch_size,
+                      "seed": t.seed}  # fmt: skip
+            regen_ref = await asyncio.to_thread(
+                self.store.put_bytes, regen_key, dumps_jsonl(_with_params(records, params))
+            )
+        return teacher_pb2.TailorResponse(
+            question_pairs=pairs.question_level,
+            rationale_pairs=pairs.rationale_level,
+            pairs=ref_to_pb(pairs_ref),
+            aligned_model=aligned,
+            regenerated=ref_to_pb(regen_ref),
+            dpo_steps=trained.steps,
+            dpo_mean_loss=trained.mean_loss,
         )
 
     # -- AnalyzeErrors ----------------------------------------------------------------------------
@@ -280,15 +650,20 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         return records
 
 
+def _with_params(records: list[dict], params: dict) -> list[dict]:
+    """Records with the request's mode-specific hyperparameters added to their provenance."""
+    return [r | {"provenance": {**r.get("provenance", {}), "params": params}} for r in records]
+
+
 # -- validation helpers ---------------------------------------------------------------------------
 
 
 def _check_model(model: common_pb2.ModelRef) -> str:
     if not model.base:
         raise invalid("model.base", "required (bundled:smollm2-135m-instruct or a local HF model directory)")
-    if model.adapter.uri:
+    if model.adapter.uri and model.base.startswith(("openai:", "vllm:")):
         raise RequestFailed(
-            grpc.StatusCode.UNIMPLEMENTED, "model.adapter: teacher adapters are not supported yet"
+            grpc.StatusCode.UNIMPLEMENTED, "model.adapter: adapters are applied by the transformers backend only"
         )
     if model.base.startswith("openai:"):  # a remote endpoint: reachability is checked when it is used
         return model.base
@@ -345,6 +720,4 @@ def _sampling(msg: common_pb2.SamplingParams) -> Sampling:
         raise invalid("sampling.n", f"must be in [0, {MAX_N}] (0 means 1), got {msg.n}")
     if temperature == 0 and n != 1:
         raise invalid("sampling.n", "must be 1 with temperature 0 (greedy decoding gives one answer)")
-    return Sampling(
-        temperature=temperature, top_p=top_p or 1.0, max_new_tokens=msg.max_new_tokens, n=n, seed=msg.seed
-    )
+    return Sampling(temperature=temperature, top_p=top_p or 1.0, max_new_tokens=msg.max_new_tokens, n=n, seed=msg.seed)

@@ -17,12 +17,16 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from teacher_svc.backend import ChatPrompt
-from teacher_svc.reasoning import RATIONALE_STOP, Question
+import grpc
+
+from syllabus.records import content_id
+from teacher_svc.backend import Backend, ChatPrompt, Sampling
+from teacher_svc.reasoning import RATIONALE_STOP, Question, parse_rationale
+from teacher_svc.retry import generate_parsed
 
 NEUTRAL_RATIONALE_TEMPLATE = """{instructions}
 
@@ -30,6 +34,7 @@ Question: {question}
 
 Explain the answer, then finish with a line "Answer: <answer>"."""
 NEUTRAL_STOP = RATIONALE_STOP
+REGENERATE_METHOD = "arte_regenerate"
 
 
 def neutral_rationale_prompt(instructions: str, question: str) -> ChatPrompt:
@@ -72,7 +77,8 @@ def build_pairs(drafts: Sequence[Draft], instructions: str) -> Pairs:
     records: list[dict] = []
     by_prompt: dict[str, list[Draft]] = defaultdict(list)
     for d in drafts:
-        by_prompt[d.prompt].append(d)
+        if d.prompt and d.completion:  # question-level pairs need the generation prompt and reply
+            by_prompt[d.prompt].append(d)
     q_pairs = 0
     for prompt, group in by_prompt.items():
         ranked = sorted(group, key=lambda d: -d.s_q)
@@ -84,8 +90,14 @@ def build_pairs(drafts: Sequence[Draft], instructions: str) -> Pairs:
             if hi.s_q <= lo.s_q or hi is lo:
                 continue
             records.append(
-                {"prompt": prompt, "chosen": hi.completion, "rejected": lo.completion, "level": "question",
-                 "margin": round(hi.s_q - lo.s_q, 6), "question_id": hi.question.id}
+                {
+                    "prompt": prompt,
+                    "chosen": hi.completion,
+                    "rejected": lo.completion,
+                    "level": "question",
+                    "margin": round(hi.s_q - lo.s_q, 6),
+                    "question_id": hi.question.id,
+                }
             )
             q_pairs += 1
     r_pairs = 0
@@ -108,3 +120,113 @@ def build_pairs(drafts: Sequence[Draft], instructions: str) -> Pairs:
         )
         r_pairs += 1
     return Pairs(records, q_pairs, r_pairs)
+
+
+def drafts_from_records(drafts: Sequence[Mapping], scores: Sequence[Mapping]) -> list[Draft]:
+    """Drafts from Tailor's inputs: one record per rationale ("id", "question_id", "question",
+    "rationale", "answer", optional "prompt" and "completion") and the student's score rows ("id",
+    "arte_s_r"). Rationales without a score are left out; a question needs at least one scored."""
+    s_r = {}
+    for i, row in enumerate(scores):
+        if "id" not in row or not isinstance(row.get("arte_s_r"), int | float):
+            raise ValueError(f'scores[{i}] needs "id" and a numeric "arte_s_r"')
+        s_r[str(row["id"])] = float(row["arte_s_r"])
+    grouped: dict[str, list[Mapping]] = {}
+    for i, rec in enumerate(drafts):
+        for f in ("id", "question", "rationale"):
+            if not isinstance(rec.get(f), str) or not rec[f].strip():
+                raise ValueError(f'drafts[{i}] needs a non-empty string "{f}"')
+        if rec["id"] in s_r:
+            grouped.setdefault(str(rec.get("question_id") or rec["question"]), []).append(rec)
+    if not grouped:
+        raise ValueError("no draft has a score (scores ids must be draft ids)")
+    out = []
+    for qid, recs in grouped.items():
+        first = recs[0]
+        answer = first.get("answer")
+        out.append(
+            Draft(
+                Question(qid, first["question"], None if answer is None else str(answer)),
+                str(first.get("prompt") or ""),
+                str(first.get("completion") or ""),
+                [r["rationale"] for r in recs],
+                [s_r[r["id"]] for r in recs],
+            )
+        )
+    return out
+
+
+def regenerate_rationales(
+    backend: Backend, instructions: str, questions: Sequence[Question], sampling: Sampling, batch_size: int = 16
+) -> list[dict]:
+    """One rationale per question from the (aligned) teacher under the style-neutral prompt."""
+    from teacher_svc.generation import provenance, template_hash
+
+    prompts = [neutral_rationale_prompt(instructions, q.text) for q in questions]
+    outs = generate_parsed(backend, prompts, parse_rationale, sampling, batch_size, stop=NEUTRAL_STOP, retries=0)
+    prov = provenance(
+        backend, sampling, 0, REGENERATE_METHOD, template_hash(NEUTRAL_RATIONALE_TEMPLATE, "", NEUTRAL_STOP)
+    )
+    records = []
+    for q, out in zip(questions, outs, strict=True):
+        rationale = out.value.text if out.ok else out.raw.strip()
+        rec = {"id": content_id(q.text, rationale), "question_id": q.id, "question": q.text, "rationale": rationale,
+               "answer": out.value.answer if out.ok else None, "status": "ok" if out.ok else "failed",
+               "provenance": prov}  # fmt: skip
+        records.append(rec)
+    return records
+
+
+class TrainerFailed(Exception):
+    """The DPO job could not run or failed; `code` is the status the Tailor caller gets."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class DpoResult:
+    adapter: object  # common_pb2.ArtifactRef
+    steps: int
+    mean_loss: float
+
+
+class DpoTrainer(Protocol):
+    """Trains a LoRA with DPO on {"prompt", "chosen", "rejected"} records; returns the adapter."""
+
+    async def train_dpo(self, *, job_key, model, dataset, lora, training, beta, output_key) -> DpoResult: ...
+
+
+class GrpcDpoTrainer:
+    """DPO through TrainerService.StartTraining (objective OBJECTIVE_DPO) + WatchTraining."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    async def train_dpo(self, *, job_key, model, dataset, lora, training, beta, output_key) -> DpoResult:
+        from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+        req = trainer_pb2.StartTrainingRequest(
+            job_key=f"teacher-tailor:{job_key}", model=model, dataset=dataset, lora=lora, training=training,
+            output_key=output_key, objective=trainer_pb2.OBJECTIVE_DPO, dpo=trainer_pb2.DpoSpec(beta=beta),
+        )  # fmt: skip
+        try:
+            async with grpc.aio.insecure_channel(self.address) as channel:
+                stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+                started = await stub.StartTraining(req)
+                last = None
+                async for event in stub.WatchTraining(
+                    trainer_pb2.WatchTrainingRequest(training_id=started.training_id)
+                ):
+                    last = event
+                    if event.state in (trainer_pb2.TRAINING_STATE_SUCCEEDED, trainer_pb2.TRAINING_STATE_FAILED,
+                                       trainer_pb2.TRAINING_STATE_CANCELLED):  # fmt: skip
+                        break
+        except grpc.aio.AioRpcError as e:
+            code = e.code() if e.code() != grpc.StatusCode.INVALID_ARGUMENT else grpc.StatusCode.INVALID_ARGUMENT
+            raise TrainerFailed(code, e.details() or str(e.code())) from e
+        if last is None or last.state != trainer_pb2.TRAINING_STATE_SUCCEEDED:
+            state = trainer_pb2.TrainingState.Name(last.state) if last else "no events"
+            raise TrainerFailed(grpc.StatusCode.ABORTED, f"DPO job ended {state}: {last.message if last else ''}")
+        return DpoResult(last.adapter, last.step, last.mean_loss)

@@ -51,6 +51,11 @@ class TeacherServiceStub:
                 request_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsRequest.SerializeToString,
                 response_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsResponse.FromString,
                 _registered_method=True)
+        self.Tailor = channel.unary_unary(
+                '/syllabus.teacher.v1.TeacherService/Tailor',
+                request_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorRequest.SerializeToString,
+                response_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorResponse.FromString,
+                _registered_method=True)
 
 
 class TeacherServiceServicer:
@@ -82,6 +87,16 @@ class TeacherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tailor(self, request, context):
+        """Tailor aligns the teacher to a student (ARTE, arXiv 2406.19227): from draft rationales and the
+        student's preference scores it builds question- and rationale-level preference pairs, trains a
+        LoRA on the teacher with DPO through the TrainerService, and regenerates the rationales with the
+        aligned teacher (greedy).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TeacherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +114,11 @@ def add_TeacherServiceServicer_to_server(servicer, server):
                     servicer.AnalyzeErrors,
                     request_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsRequest.FromString,
                     response_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsResponse.SerializeToString,
+            ),
+            'Tailor': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tailor,
+                    request_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorRequest.FromString,
+                    response_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +203,33 @@ class TeacherService:
             '/syllabus.teacher.v1.TeacherService/AnalyzeErrors',
             syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsRequest.SerializeToString,
             syllabus_dot_teacher_dot_v1_dot_teacher__pb2.AnalyzeErrorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tailor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/syllabus.teacher.v1.TeacherService/Tailor',
+            syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorRequest.SerializeToString,
+            syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorResponse.FromString,
             options,
             channel_credentials,
             insecure,
