@@ -662,6 +662,13 @@ class Activities:
                                 type="TrainingFailed",
                                 non_retryable=True,
                             )
+                        if event.state == trainer_pb2.TRAINING_STATE_CANCELLED:
+                            # Someone cancelled the training job itself: retrying would not help.
+                            raise ApplicationError(
+                                f"training {started.training_id} was cancelled: {event.message}",
+                                type="TrainingCancelled",
+                                non_retryable=True,
+                            )
                         if event.state == trainer_pb2.TRAINING_STATE_SUCCEEDED:
                             final = event
                             break
