@@ -9,6 +9,13 @@ attention mask), the sequential arm one prompt per call. Progress goes to stderr
 stdout is JSON with `speedup` (batched tokens/s over sequential tokens/s), `identical_share` (share of
 prompts whose decoded greedy text is identical in both arms) and the prompts that differ. Both arms run
 in the same process on the same model, so the ratio is meaningful on a shared machine.
+
+Efficiency of the batched arm: KV cache (transformers' default dynamic cache), static left padding with
+position ids from the attention mask, greedy batches sorted by prompt length (less padding in the
+prefill), fp32 in both arms, and an explicit torch thread count (`--threads`, default 2 = this
+machine's cores) set before loading. bf16 autocast is not used: on this CPU (AMX) it makes the batched
+arm much faster, but batched and one-at-a-time bf16 greedy texts then diverge on about half the
+prompts, so the comparison would no longer be like for like.
 """
 
 from __future__ import annotations

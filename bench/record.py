@@ -43,9 +43,8 @@ def machine() -> str:
 def run(name: str, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", f"bench.{name}", "--json", *extra]
     started = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress (stderr) passes through
     if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"bench.{name} failed with exit code {proc.returncode}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"cmd": " ".join(["python", "-m", f"bench.{name}", "--json", *extra]), "seconds": time.monotonic() - started, "result": result}

@@ -3,22 +3,24 @@
     .venv/bin/python -m teacher_svc.arte_demo                 # prints progress, then a JSON report
     .venv/bin/python -m teacher_svc.arte_demo --labels 3 --questions-per-label 2 --dpref 4
 
-Steps: the teacher drafts Banking77 messages (seed expansion) and rationales in two styles; the student
-scores each rationale by one-shot ICL accuracy on a preference set (Dpref, drawn from the seeds not
-held back from the teacher; the eval split is never used); `teacher_svc.tailor.build_pairs` makes question- and
-rationale-level pairs; DPO trains a LoRA on the teacher; the aligned teacher regenerates the rationales
-greedily; the student scores them again. The report has the pair counts and the mean preference score
-of the unaligned and the aligned teacher's greedy rationales for the same questions.
+Steps: the teacher drafts Banking77 messages (seed expansion) and rationales in two styles; the
+student scores each rationale with its real ARTE preference function (`student_svc.arte.arte_preference`:
+greedy one-shot answers on a preference set Dpref drawn from the seeds not shown to the teacher, checked
+with the LABEL match; the eval split is never used); then the TeacherService Tailor RPC (in-process
+server) builds question- and rationale-level pairs, trains a LoRA on the teacher with DPO through a
+TrainerService (in-process server, OBJECTIVE_DPO over gRPC) and regenerates the rationales greedily
+with the aligned teacher (ModelRef.adapter); the student scores them again. The report has the pair
+counts and the mean preference score of the unaligned and the aligned teacher's greedy rationales for
+the same questions.
 
-Stand-ins, clearly labelled: until the student service exposes ICL preference scoring and the trainer
-service exposes the DPO objective over gRPC, the scores come from `LocalICLScorer` below and DPO runs
-through the trainer's Python entry point `trainer_svc.staged.run_recipe` (the same code the service
-will run).
+Demonstrations are answer-first ("<label>\n<rationale>"): the student copies the demo's format, so
+its free greedy answer starts with the label and the LABEL match can check it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import tempfile
@@ -27,14 +29,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from syllabus.models import DEFAULT_MODEL, load_model, unpack_adapter
+from syllabus.models import DEFAULT_MODEL, load_model
 from syllabus.prompts import classification_prompt
 from syllabus.records import loads_jsonl
 from teacher_svc.backend import Sampling, TransformersBackend
 from teacher_svc.generation import ExpansionRequest, build_prompts, expand_seeds, parse_seeds
 from teacher_svc.reasoning import Question, parse_rationale, write_rationales
 from teacher_svc.retry import generate_parsed
-from teacher_svc.tailor import NEUTRAL_STOP, Draft, build_pairs, neutral_rationale_prompt
+from teacher_svc.tailor import NEUTRAL_STOP, build_pairs, drafts_from_records, neutral_rationale_prompt
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "banking77" / "data"
 INSTRUCTIONS = "Classify the bank customer's message into one of the intents. Answer with the intent only."
@@ -44,67 +46,105 @@ def log(msg: str) -> None:
     print(f"[arte {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-class LocalICLScorer:
-    """STAND-IN for the student service's ARTE ICL preference scoring: one-shot accuracy on Dpref.
+class StudentArteScorer:
+    """The student's ARTE preference (`student_svc.arte.arte_preference`, what StudentService.Score
+    runs for METRIC_ARTE_PREFERENCE): s_r per demo = greedy one-shot accuracy on Dpref."""
 
-    The student sees the demo (question -> rationale, answer) as an earlier chat turn, then a Dpref
-    question; its prediction is the label whose first token is most likely (labels here have distinct
-    first tokens, checked), one forward pass per (demo, Dpref item), batched with left padding."""
-
-    def __init__(self, base: str, instructions: str, labels: Sequence[str], dpref: Sequence[dict]) -> None:
-        import torch
-
-        self.torch = torch
+    def __init__(
+        self, base: str, instructions: str, labels: Sequence[str], dpref: Sequence[dict], dtype: str = "auto"
+    ) -> None:
         self.model, self.tok = load_model(base)
-        self.instructions, self.labels, self.dpref = instructions, list(labels), list(dpref)
-        firsts = [self.tok(lab, add_special_tokens=False)["input_ids"][0] for lab in self.labels]
-        if len(set(firsts)) != len(firsts):
-            raise ValueError("labels share a first token; the first-token scorer cannot separate them")
-        self.first_ids = torch.tensor(firsts)
-
-    def _text(self, demo: tuple[str, str, str], item: dict) -> str:
-        q, rationale, answer = demo
-        messages = [
-            {"role": "user", "content": classification_prompt(self.instructions, self.labels, q)},
-            {"role": "assistant", "content": f"{rationale.strip()}\nAnswer: {answer}"},
-            {"role": "user", "content": classification_prompt(self.instructions, self.labels, item["input"])},
+        self.dtype = dtype
+        self.instructions, self.labels = instructions, list(labels)
+        self.probes = [
+            {
+                "id": f"p{i}",
+                "prompt": classification_prompt(instructions, self.labels, d["input"]),
+                "answer": d["label"],
+            }
+            for i, d in enumerate(dpref)
         ]
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def scores(self, demos: Sequence[tuple[str, str, str]], batch_size: int = 8) -> list[float]:
-        torch = self.torch
-        texts = [(i, self._text(d, item), item["label"]) for i, d in enumerate(demos) for item in self.dpref]
-        correct = [0] * len(demos)
-        self.tok.padding_side = "left"
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            enc = self.tok([t for _, t, _ in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.inference_mode():
-                logits = self.model(**enc).logits[:, -1, :]
-            picks = logits[:, self.first_ids].argmax(-1).tolist()
-            for (i, _, gold), p in zip(chunk, picks, strict=True):
-                correct[i] += self.labels[p] == gold
-        return [c / len(self.dpref) for c in correct]
+    def scores(self, demos: Sequence[tuple[str, str, str]]) -> list[float]:
+        from student_svc.arte import arte_preference
+        from student_svc.evaluation import LABEL
+
+        records = [
+            {"id": str(i), "question_id": str(i),
+             "prompt": classification_prompt(self.instructions, self.labels, q),
+             "response": f"{answer}\n{rationale.strip()}"}
+            for i, (q, rationale, answer) in enumerate(demos)
+        ]  # fmt: skip
+        rows = arte_preference(
+            self.model, self.tok, records, self.probes, match=LABEL, max_new_tokens=8, dtype=self.dtype
+        )
+        return [row["arte_s_r"] for row in rows]
 
 
-def aligned_backend(base: str, adapter_tar: bytes, workdir: Path) -> TransformersBackend:
-    """The teacher with the DPO LoRA applied."""
-    import hashlib
+async def tailor_over_grpc(
+    model: str, instructions: str, drafts: list[dict], scores: list[dict], args: argparse.Namespace, home: Path
+):
+    """TeacherService.Tailor on in-process teacher and trainer servers sharing one artifact store."""
+    import grpc
 
-    from peft import PeftModel
+    from syllabus.artifacts import LocalArtifactStore
+    from syllabus.config import Config
+    from syllabus.pb import ref_to_pb
+    from syllabus.records import dumps_jsonl
+    from syllabus_sdk.common.v1 import common_pb2
+    from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+    from syllabus_sdk.trainer.v1 import trainer_pb2
+    from teacher_svc.server import create_server as create_teacher
+    from teacher_svc.service import TeacherServicer
+    from teacher_svc.tailor import GrpcDpoTrainer
+    from trainer_svc.server import create_server as create_trainer
+    from trainer_svc.server import jobs_for
 
-    model, tok = load_model(base)
-    adapter_dir = unpack_adapter(adapter_tar, workdir / "adapter")
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
-    plain = TransformersBackend.load(base)
-    revision = plain.revision + "+" + hashlib.sha256(adapter_tar).hexdigest()[:8]
-    return TransformersBackend(base, model, tok, revision)
+    config = Config(home=home, artifact_url=(home / "artifacts").as_uri())
+    store = LocalArtifactStore(home / "artifacts")
+    jobs = jobs_for(config)
+    trainer = await create_trainer(config, jobs=jobs)
+    servicer = TeacherServicer(
+        store, adapter_cache=home / "adapters", trainer=GrpcDpoTrainer(f"127.0.0.1:{trainer.port}")
+    )
+    teacher = await create_teacher(config, servicer=servicer)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{teacher.port}") as channel:
+            resp = await teacher_pb2_grpc.TeacherServiceStub(channel).Tailor(
+                teacher_pb2.TailorRequest(
+                    model=common_pb2.ModelRef(base=model), instructions=instructions,
+                    drafts=ref_to_pb(store.put_bytes("arte/drafts.jsonl", dumps_jsonl(drafts))),
+                    scores=ref_to_pb(store.put_bytes("arte/scores.jsonl", dumps_jsonl(scores))),
+                    lora=trainer_pb2.LoraSpec(rank=8, alpha=16, target_modules=["q_proj", "v_proj"]),
+                    training=trainer_pb2.TrainingSpec(epochs=args.dpo_epochs, learning_rate=args.dpo_lr, batch_size=4,
+                                                      seed=0, max_seq_len=384),
+                    dpo_beta=0.1, sampling=common_pb2.SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens),
+                    output_key="arte/tailor",
+                ),
+                timeout=1800,
+            )  # fmt: skip
+        from syllabus.pb import ref_from_pb
+        from syllabus.records import loads_jsonl as _loads
+
+        regenerated = _loads(store.get_bytes(ref_from_pb(resp.regenerated)))
+        return resp, regenerated
+    finally:
+        await teacher.stop(0)
+        await trainer.stop(0)
+        await jobs.close()
 
 
 def greedy_rationales(backend, questions: Sequence[Question], max_new_tokens: int) -> list[str]:
     prompts = [neutral_rationale_prompt(INSTRUCTIONS, q.text) for q in questions]
-    outs = generate_parsed(backend, prompts, parse_rationale, Sampling(temperature=0.0, max_new_tokens=max_new_tokens),
-                           batch_size=16, stop=NEUTRAL_STOP, retries=0)
+    outs = generate_parsed(
+        backend,
+        prompts,
+        parse_rationale,
+        Sampling(temperature=0.0, max_new_tokens=max_new_tokens),
+        batch_size=16,
+        stop=NEUTRAL_STOP,
+        retries=0,
+    )
     return [o.value.text if o.ok else o.raw.strip() for o in outs]
 
 
@@ -115,16 +155,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--questions-per-label", type=int, default=3)
     parser.add_argument("--dpref", type=int, default=4, help="preference-set size (from seeds not used as drafts)")
     parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--dpo-epochs", type=float, default=3.0)
+    parser.add_argument("--dpo-epochs", type=int, default=3)
     parser.add_argument("--dpo-lr", type=float, default=5e-4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--student-dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+        help="the student's scoring precision (its Score default 'auto': bf16 where the CPU/GPU runs it natively)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     import torch
-
-    from syllabus.artifacts import LocalArtifactStore
-    from trainer_svc.recipe import LoraConfig, Recipe, Stage
-    from trainer_svc.staged import run_recipe
 
     torch.set_num_threads(args.threads)
     seeds_all = parse_seeds(loads_jsonl((DATA / "seeds.jsonl").read_bytes()))
@@ -155,22 +195,25 @@ def main(argv: list[str] | None = None) -> dict:
         by_q.setdefault(rec["question_id"], []).append(rec.get("rationale") or rec.get("raw", "").strip())
     log(f"wrote {len(rationales.records)} rationales ({rationales.failed} without an Answer line, kept as drafts)")
 
-    scorer = LocalICLScorer(args.model, INSTRUCTIONS, labels, dpref)
+    scorer = StudentArteScorer(args.model, INSTRUCTIONS, labels, dpref, args.student_dtype)
     demos = [(q.text, r, q.answer) for q in questions for r in by_q[q.id]]
     flat = scorer.scores(demos)
-    log(f"scored {len(demos)} drafts on Dpref")
+    log(f"student scored {len(demos)} draft rationales on Dpref (student_svc.arte.arte_preference)")
     # The question's generation prompt and the teacher's reply that produced it (prefill + message + quote).
     prompt_of = {}
     for rec in expansion.records:
         parent = next(p for p in gen_prompts.values() if p.label == rec["label"] and p.parent_id == rec["parent_id"])
         prompt_of[rec["id"]] = parent.chat
-    drafts, k = [], 0
+    drafts, scores, k = [], [], 0
     for q in questions:
-        n = len(by_q[q.id])
         chat = prompt_of[q.id]
-        drafts.append(Draft(q, chat.user, f'{chat.prefill}{q.text}"', by_q[q.id], flat[k : k + n]))
-        k += n
-    pairs = build_pairs(drafts, INSTRUCTIONS)
+        for j, r in enumerate(by_q[q.id]):
+            rid = f"{q.id}-{j}"
+            drafts.append({"id": rid, "question_id": q.id, "question": q.text, "rationale": r, "answer": q.answer,
+                           "prompt": chat.user, "completion": f'{chat.prefill}{q.text}"'})  # fmt: skip
+            scores.append({"id": rid, "question_id": q.id, "arte_s_r": flat[k]})
+            k += 1
+    pairs = build_pairs(drafts_from_records(drafts, scores), INSTRUCTIONS)
     log(f"pairs: {pairs.question_level} question-level, {pairs.rationale_level} rationale-level")
 
     before_texts = greedy_rationales(teacher, questions, args.max_new_tokens)
@@ -181,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         "questions": len(questions),
         "rationales": len(demos),
         "dpref": len(dpref),
+        "scorer": "student_svc.arte.arte_preference (match=label)",
         "pairs_question_level": pairs.question_level,
         "pairs_rationale_level": pairs.rationale_level,
         "draft_preference_mean": round(sum(flat) / len(flat), 4) if flat else None,
@@ -191,23 +235,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(report))
         return report
 
-    # STAND-IN for TrainerService.StartTraining with the DPO objective: the trainer's own entry point.
-    log(f"DPO on the teacher: {len(pairs.records)} pairs, {args.dpo_epochs} epochs, lr {args.dpo_lr}")
-    recipe = Recipe(
-        name="arte-dpo", packing=False, batch_size=4, bf16=False, max_seq_len=384, row_tokens=384,
-        stages=(Stage(objective="dpo", epochs=args.dpo_epochs, lr=args.dpo_lr, lora=LoraConfig(rank=8, alpha=16)),),
-    )  # fmt: skip
+    log(f"Tailor RPC: DPO on the teacher via TrainerService ({len(pairs.records)} pairs, {args.dpo_epochs} epochs)")
     with tempfile.TemporaryDirectory() as tmp:
-        store = LocalArtifactStore(Path(tmp) / "artifacts")
-        ref, result = run_recipe(args.model, pairs.records, recipe, store, "arte/teacher-dpo.tar")
-        aligned = aligned_backend(args.model, store.get_bytes(ref), Path(tmp))
-    after_texts = greedy_rationales(aligned, questions, args.max_new_tokens)
+        resp, regenerated = asyncio.run(tailor_over_grpc(args.model, INSTRUCTIONS, drafts, scores, args, Path(tmp)))
+    after_texts = [r["rationale"] for r in regenerated]
     after = scorer.scores([(q.text, r, q.answer) for q, r in zip(questions, after_texts, strict=True)])
-    losses = result.losses
     report |= {
-        "dpo_steps": len(losses),
-        "dpo_loss_first": round(losses[0], 4) if losses else None,
-        "dpo_loss_last": round(losses[-1], 4) if losses else None,
+        "tailor_question_pairs": resp.question_pairs,
+        "tailor_rationale_pairs": resp.rationale_pairs,
+        "dpo_steps": resp.dpo_steps,
+        "dpo_mean_loss": round(resp.dpo_mean_loss, 4),
+        "adapter_sha256": resp.aligned_model.adapter.sha256[:12],
         "preference_after": round(sum(after) / len(after), 4),
         "rationales_changed": sum(a != b for a, b in zip(before_texts, after_texts, strict=True)),
     }

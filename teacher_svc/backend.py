@@ -170,12 +170,21 @@ class TransformersBackend:
             stop_strings=list(stop) or None,
         )
         device = self.model_obj.device
-        results: list[list[Completion]] = []
         old_side = tok.padding_side
         tok.padding_side = "left"  # decoder-only: pad on the left so completions line up at the end
+        texts = [self.render(p) for p in prompts]
+        order = list(range(len(prompts)))
+        if greedy:
+            # Greedy output does not depend on the batch, so batch prompts of similar length together:
+            # less left padding to run through the model. (Sampled batches keep request order: their
+            # seed is per batch index, so a retry reproduces them.)
+            lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+            order.sort(key=lambda i: lengths[i])
+        by_index: dict[int, list[Completion]] = {}
         try:
             for b, start in enumerate(range(0, len(prompts), batch_size)):
-                batch = [self.render(p) for p in prompts[start : start + batch_size]]
+                idx = order[start : start + batch_size]
+                batch = [texts[i] for i in idx]
                 enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                 with (
                     torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
@@ -184,12 +193,12 @@ class TransformersBackend:
                     torch.manual_seed(sampling.seed + b)
                     out = self.model_obj.generate(**enc, generation_config=config, tokenizer=tok)
                 new = out[:, enc["input_ids"].shape[1] :]
-                for i in range(len(batch)):
-                    rows = new[i * sampling.n : (i + 1) * sampling.n]
-                    results.append([self._completion(row) for row in rows])
+                for k, i in enumerate(idx):
+                    rows = new[k * sampling.n : (k + 1) * sampling.n]
+                    by_index[i] = [self._completion(row) for row in rows]
         finally:
             tok.padding_side = old_side
-        return results
+        return [by_index[i] for i in range(len(prompts))]
 
     def _completion(self, row) -> Completion:
         """Decode one generated row; count tokens up to and including the first end-of-sequence/pad token."""

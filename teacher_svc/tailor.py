@@ -224,8 +224,7 @@ class GrpcDpoTrainer:
                                        trainer_pb2.TRAINING_STATE_CANCELLED):  # fmt: skip
                         break
         except grpc.aio.AioRpcError as e:
-            code = e.code() if e.code() != grpc.StatusCode.INVALID_ARGUMENT else grpc.StatusCode.INVALID_ARGUMENT
-            raise TrainerFailed(code, e.details() or str(e.code())) from e
+            raise TrainerFailed(e.code(), e.details() or str(e.code())) from e  # the trainer's status, passed on
         if last is None or last.state != trainer_pb2.TRAINING_STATE_SUCCEEDED:
             state = trainer_pb2.TrainingState.Name(last.state) if last else "no events"
             raise TrainerFailed(grpc.StatusCode.ABORTED, f"DPO job ended {state}: {last.message if last else ''}")
