@@ -15,7 +15,6 @@ scale.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,27 +84,3 @@ def most_discriminative(fit: IRTFit, k: int) -> list[int]:
     probe set Dpref."""
     order = sorted(range(len(fit.discrimination)), key=lambda i: (-fit.discrimination[i], i))
     return order[:k]
-
-
-def estimate_ability(difficulty: Sequence[float], right: Sequence[bool], start: float = 0.1) -> float:
-    """PUDF ability: argmax_theta log N(theta; 0, 1) + sum_j log(1 + (2 sigmoid(theta - b_j) - 1) r_j),
-    r_j = +1 right / -1 wrong on a dev split (reference: Nelder-Mead from 0.1; here a golden-section
-    search on [-10, 10] refined from `start`, the objective being unimodal in practice)."""
-    b = np.asarray(difficulty, dtype=np.float64)
-    r = np.where(np.asarray(right, dtype=bool), 1.0, -1.0)
-
-    def objective(theta: float) -> float:
-        s = 2.0 / (1.0 + np.exp(-(theta - b))) - 1.0
-        return -0.5 * theta * theta + float(np.log(np.maximum(1.0 + s * r, 1e-300)).sum())
-
-    grid = np.linspace(-10, 10, 401)
-    best = float(grid[int(np.argmax([objective(t) for t in grid]))])
-    lo, hi = best - 0.05, best + 0.05
-    phi = (math.sqrt(5) - 1) / 2
-    for _ in range(60):
-        x1, x2 = hi - phi * (hi - lo), lo + phi * (hi - lo)
-        if objective(x1) < objective(x2):
-            lo = x1
-        else:
-            hi = x2
-    return (lo + hi) / 2

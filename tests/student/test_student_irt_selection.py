@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from student_svc import selection
-from student_svc.irt import estimate_ability, fit_irt, most_discriminative
+from student_svc.irt import fit_irt, most_discriminative
 
 pytestmark = pytest.mark.unit
 
@@ -38,13 +38,6 @@ def test_2pl_finds_the_discriminative_items():
     assert set(most_discriminative(fit, 10)) == set(range(10))
     # Difficulty is well identified only where the item discriminates.
     assert _spearman(fit.difficulty[:10], b[:10]) > 0.9
-
-
-def test_ability_estimate_follows_answers():
-    b = np.linspace(-2, 2, 9)
-    strong = estimate_ability(b, [True] * 8 + [False])
-    weak = estimate_ability(b, [True] + [False] * 8)
-    assert strong > 0.5 > -0.5 > weak
 
 
 def test_rank_policies_and_ifd_filter():

@@ -112,3 +112,10 @@ def test_dpo_request_becomes_a_one_stage_dpo_recipe() -> None:
     req.recipe_yaml = "stages: [{lr: 0}]"
     with pytest.raises(InvalidRequest, match="recipe_yaml"):
         plan_from_request(req)
+
+
+def test_ability_estimate_follows_answers() -> None:
+    b = [-2 + 0.5 * i for i in range(9)]
+    strong = irt_ability(b, [True] * 8 + [False])
+    weak = irt_ability(b, [True] + [False] * 8)
+    assert strong > 0.5 > -0.5 > weak
