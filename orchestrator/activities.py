@@ -311,11 +311,10 @@ class Activities:
     @activity.defn
     async def evaluate_student(self, inp: EvaluateInput) -> EvaluateOutput:
         """StudentService.Evaluate on the eval set; records the Evaluation (and the Round, if given)."""
-        from syllabus_sdk.common.v1 import common_pb2
-        from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
-
         from syllabus.db import Evaluation, Round
         from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
         task = self._task(inp.task_ref)
         params = {"model": task.student.model, "kind": task.kind, "labels": task.labels}
@@ -383,11 +382,10 @@ class Activities:
     @activity.defn
     async def generate_examples(self, inp: GenerateInput) -> GenerateOutput:
         """TeacherService.Generate: expand the seeds into new labelled examples; records the samples."""
-        from syllabus_sdk.common.v1 import common_pb2
-        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
-
         from syllabus.db import Sample
         from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 
         task = self._task(inp.task_ref)
         g = task.generate
@@ -440,11 +438,10 @@ class Activities:
     @activity.defn
     async def critique_examples(self, inp: CritiqueInput) -> CritiqueOutput:
         """TeacherService.Critique (judge): keep or drop each generated example; records the critiques."""
-        from syllabus_sdk.common.v1 import common_pb2
-        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
-
         from syllabus.db import Critique
         from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 
         task = self._task(inp.task_ref)
         mode = task.critique.mode
@@ -497,11 +494,10 @@ class Activities:
     @activity.defn
     async def score_samples(self, inp: ScoreInput) -> ScoreOutput:
         """StudentService.Score: LoBaSS losses and learnability under the reference adapter; records scores."""
-        from syllabus_sdk.common.v1 import common_pb2
-        from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
-
         from syllabus.db import Score
         from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
         task = self._task(inp.task_ref)
         params = {"model": task.student.model, "metrics": list(SCORE_METRICS)}
@@ -582,11 +578,10 @@ class Activities:
         (`<key>-metrics.json`), published after the adapter, so a retry can answer from the store.
         """
         import grpc
+
+        from syllabus.pb import ref_from_pb, ref_to_pb
         from syllabus_sdk.common.v1 import common_pb2
         from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-
-        from syllabus.db import TrainingRun
-        from syllabus.pb import ref_from_pb, ref_to_pb
 
         if inp.stage not in ("reference", "sft"):
             raise ApplicationError(

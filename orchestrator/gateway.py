@@ -97,7 +97,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     # -- RPCs ---------------------------------------------------------------------------------
 
-    async def SubmitJob(self, request, context):  # noqa: N802 (gRPC method names)
+    async def SubmitJob(self, request, context):
         try:
             task = parse_task(request.task_yaml, source="task_yaml")
         except TaskSpecError as e:
@@ -138,10 +138,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 raise
         return jobs_pb2.SubmitJobResponse(job=await self._job(job_id, context))
 
-    async def GetJob(self, request, context):  # noqa: N802
+    async def GetJob(self, request, context):
         return jobs_pb2.GetJobResponse(job=await self._job(request.job_id, context))
 
-    async def ListJobs(self, request, context):  # noqa: N802
+    async def ListJobs(self, request, context):
         limit = request.limit or 50
         if limit < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit: must be >= 0")
@@ -150,7 +150,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         jobs = [await self._job(job_id, context, light=True) for job_id in ids]
         return jobs_pb2.ListJobsResponse(jobs=jobs)
 
-    async def WatchJob(self, request, context):  # noqa: N802
+    async def WatchJob(self, request, context):
         last = None
         while True:
             job = await self._job(request.job_id, context)
@@ -161,13 +161,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 return
             await asyncio.sleep(WATCH_POLL_SECONDS)
 
-    async def CancelJob(self, request, context):  # noqa: N802
+    async def CancelJob(self, request, context):
         job = await self._job(request.job_id, context)
         if job.status == jobs_pb2.JOB_STATUS_RUNNING:
             await self.client.get_workflow_handle(request.job_id).cancel()
         return jobs_pb2.CancelJobResponse(job=await self._job(request.job_id, context))
 
-    async def GetLineage(self, request, context):  # noqa: N802
+    async def GetLineage(self, request, context):
         from syllabus.lineage import sample_lineage, training_run_lineage
 
         target = request.WhichOneof("target")

@@ -98,7 +98,7 @@ class Stack:
                     "Stop it, or use `syllabus run` against it."
                 )
 
-    async def _wait(self, name: str, proc: subprocess.Popen, ready, timeout: float) -> None:  # noqa: ANN001
+    async def _wait(self, name: str, proc: subprocess.Popen, ready, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -109,10 +109,9 @@ class Stack:
         raise StackError(f"{name} not ready after {timeout:.0f}s; see {self.log_dir / (name + '.log')}")
 
     async def start(self) -> None:
+        from syllabus.db import make_engine
         from syllabus.models import resolve_model_dir
         from syllabus.serving import wait_healthy
-
-        from syllabus.db import make_engine
 
         c = self.config
         self._check_ports_free()

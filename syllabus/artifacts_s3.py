@@ -148,7 +148,7 @@ class S3ArtifactStore:
             return None  # not published by us (no checksum): treat as absent
         return ArtifactRef(uri=self.uri_for(key), sha256=digest, size_bytes=st.size)
 
-    def _read(self, ref: ArtifactRef, sink) -> None:  # noqa: ANN001
+    def _read(self, ref: ArtifactRef, sink) -> None:
         name = self._name(self._key_of(ref.uri))
         try:
             st = self.client.stat_object(self.bucket, name)

@@ -44,7 +44,7 @@ def _console(json_mode: bool) -> Console:
     return Console(stderr=json_mode, highlight=False, soft_wrap=True)  # never break URIs and ids
 
 
-def _client(config: Config):  # noqa: ANN202
+def _client(config: Config):
     from syllabus_sdk import SyllabusClient, SyllabusError
 
     client = SyllabusClient(config.gateway_address)
@@ -56,7 +56,7 @@ def _client(config: Config):  # noqa: ANN202
     return client
 
 
-def _sdk_call(fn, *args):  # noqa: ANN001, ANN202
+def _sdk_call(fn, *args):
     from syllabus_sdk import SyllabusError
 
     try:
@@ -69,7 +69,7 @@ def _sdk_call(fn, *args):  # noqa: ANN001, ANN202
 # -- report ---------------------------------------------------------------------------------------
 
 
-def job_report(job, config: Config) -> dict:  # noqa: ANN001
+def job_report(job, config: Config) -> dict:
     return {
         "job_id": job.job_id,
         "workflow_id": job.job_id,
@@ -120,7 +120,7 @@ def print_report(report: dict, console: Console) -> None:
     console.print(f"Temporal UI: {report['web_ui_url']}")
 
 
-def follow(client, job_id: str, console: Console):  # noqa: ANN001, ANN201
+def follow(client, job_id: str, console: Console):
     """Watch a job with one progress line per step; return the final job."""
     bars: dict[tuple[int, str], int] = {}
     done: set[tuple[int, str]] = set()
@@ -179,7 +179,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     return _submit_and_follow(config, Path(args.task), args.json, wait=not args.no_wait)
 
 
-def _stack(config: Config, console: Console, task_path: Path | None):  # noqa: ANN202
+def _stack(config: Config, console: Console, task_path: Path | None):
     from orchestrator.stack import Stack
 
     preload: tuple[str, ...] = ()
@@ -267,7 +267,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def print_sample_lineage(lin, console: Console) -> None:  # noqa: ANN001
+def print_sample_lineage(lin, console: Console) -> None:
     g = lin.generation
     console.print(f"[bold]sample {lin.sample_id}[/bold] in job {lin.job_id}: {lin.split}, round {lin.round}")
     console.print(f"  input: {lin.input!r}   label: {lin.label}")
@@ -291,7 +291,7 @@ def print_sample_lineage(lin, console: Console) -> None:  # noqa: ANN001
         console.print("  not trained on")
 
 
-def _lineage_direct(config: Config, args: argparse.Namespace):  # noqa: ANN202
+def _lineage_direct(config: Config, args: argparse.Namespace):
     """Lineage straight from the metadata DB: the same query the gateway runs, for a stopped stack."""
     from syllabus import db
     from syllabus.lineage import sample_lineage, training_run_lineage

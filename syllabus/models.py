@@ -130,7 +130,7 @@ def pack_adapter(src: Path) -> bytes:
     return buf.getvalue()
 
 
-def fetch_adapter(store, ref, cache_root: Path) -> Path:  # noqa: ANN001 (ArtifactStore, ArtifactRef)
+def fetch_adapter(store, ref, cache_root: Path) -> Path:
     """Unpack an adapter artifact once into `cache_root/<sha256>` (verified) and return that directory."""
     target = Path(cache_root) / ref.sha256
     if (target / "adapter_config.json").is_file():

@@ -23,7 +23,7 @@ class SyllabusError(Exception):
         self.details = details
 
 
-def _call(fn, request, **kwargs):  # noqa: ANN001, ANN202
+def _call(fn, request, **kwargs):
     try:
         return fn(request, **kwargs)
     except grpc.RpcError as e:  # a grpc.Call carries code() and details()

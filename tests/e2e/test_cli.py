@@ -78,7 +78,7 @@ def report(stack: Stack, task_file: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _last_json(result: subprocess.CompletedProcess):  # noqa: ANN202
+def _last_json(result: subprocess.CompletedProcess):
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -109,7 +109,7 @@ def test_run_completes_and_reports(stack: Stack, report: dict) -> None:
     assert adapter.is_file() and adapter.with_name(adapter.name + ".sha256").is_file()
     con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
     job_id = report["job_id"]
-    counts = {t: con.execute(f"select count(*) from {t} where job_id=?", (job_id,)).fetchone()[0]  # noqa: S608
+    counts = {t: con.execute(f"select count(*) from {t} where job_id=?", (job_id,)).fetchone()[0]
               for t in ("samples", "scores", "training_runs", "evaluations", "rounds")}
     assert counts["samples"] >= 12  # 6 seeds + 6 eval + generated
     assert counts["evaluations"] == 2  # baseline + round 1
@@ -131,7 +131,7 @@ def test_run_completes_and_reports(stack: Stack, report: dict) -> None:
         (lambda t: t["seeds"].append({"input": "hello", "label": "not_a_label"}), "label 'not_a_label' is not in labels"),
     ],
 )
-def test_bad_task_file_exits_2_and_starts_nothing(stack: Stack, task_file: Path, tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
+def test_bad_task_file_exits_2_and_starts_nothing(stack: Stack, task_file: Path, tmp_path: Path, edit, message: str) -> None:
     task = yaml.safe_load(task_file.read_text())
     edit(task)
     bad = tmp_path / "bad.yaml"
@@ -155,7 +155,7 @@ def test_web_ui_shows_the_workflow_completed(stack: Stack, report: dict) -> None
     import urllib.request
 
     url = f"{stack.config.temporal_ui_url}/api/v1/namespaces/default/workflows/{report['workflow_id']}"
-    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 — loopback
+    with urllib.request.urlopen(url, timeout=30) as resp:
         body = resp.read().decode()
     assert "WORKFLOW_EXECUTION_STATUS_COMPLETED" in body
 
@@ -237,7 +237,7 @@ def test_killed_worker_restarts_without_duplicates(stack: Stack, task_file: Path
     assert job["status"] == "completed", job
 
     con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
-    one = lambda sql: con.execute(sql, (job_id,)).fetchone()[0]  # noqa: E731
+    one = lambda sql: con.execute(sql, (job_id,)).fetchone()[0]
     (generated,) = [r["generated"] for r in job["rounds"]]
     assert one("select count(*) from samples where job_id = ?") == 6 + 6 + generated
     assert one("select count(*) from samples where job_id = ?") == one("select count(distinct sample_id) from samples where job_id = ?")

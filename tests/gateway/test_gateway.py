@@ -41,7 +41,7 @@ async def gateway(temporal: WorkflowEnvironment, tmp_path: Path):
     await served.stop(0)
 
 
-async def test_malformed_task_is_invalid_argument_and_starts_nothing(gateway) -> None:  # noqa: ANN001
+async def test_malformed_task_is_invalid_argument_and_starts_nothing(gateway) -> None:
     stub, _, client = gateway
     before = (await client.count_workflows()).count
     from syllabus.tasks import dump_task, load_task
@@ -58,7 +58,7 @@ async def test_malformed_task_is_invalid_argument_and_starts_nothing(gateway) ->
     assert (await stub.ListJobs(jobs_pb2.ListJobsRequest())).jobs == []
 
 
-async def test_bad_job_ids(gateway) -> None:  # noqa: ANN001
+async def test_bad_job_ids(gateway) -> None:
     stub, _, _ = gateway
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.GetJob(jobs_pb2.GetJobRequest(job_id="does-not-exist"))
@@ -75,7 +75,7 @@ async def test_bad_job_ids(gateway) -> None:  # noqa: ANN001
     assert info.value.details().startswith("job_id:")
 
 
-async def test_submit_is_idempotent_on_job_id(gateway) -> None:  # noqa: ANN001
+async def test_submit_is_idempotent_on_job_id(gateway) -> None:
     from syllabus.tasks import dump_task, load_task
 
     stub, _, client = gateway
@@ -91,7 +91,7 @@ async def test_submit_is_idempotent_on_job_id(gateway) -> None:  # noqa: ANN001
     assert cancelled.job_id == job_id  # no worker runs here, so the cancel request just records
 
 
-async def test_health_and_reflection(gateway) -> None:  # noqa: ANN001
+async def test_health_and_reflection(gateway) -> None:
     _, channel, _ = gateway
     health = health_pb2_grpc.HealthStub(channel)
     resp = await health.Check(health_pb2.HealthCheckRequest(service="syllabus.jobs.v1.JobService"))

@@ -23,7 +23,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path):
     return S3ArtifactStore(f"s3://syllabus-test/run-{uuid.uuid4().hex[:8]}", s3["endpoint"], s3["access_key"], s3["secret_key"], secure=False)
 
 
-def _corrupt(store, key: str, data: bytes) -> None:  # noqa: ANN001
+def _corrupt(store, key: str, data: bytes) -> None:
     """Overwrite an object's bytes behind the store's back, keeping its recorded checksum."""
     if isinstance(store, LocalArtifactStore):
         (store.root / key).write_bytes(data)
@@ -35,7 +35,7 @@ def _corrupt(store, key: str, data: bytes) -> None:  # noqa: ANN001
         store.client.put_object(store.bucket, name, io.BytesIO(data), len(data), metadata={"sha256": meta["x-amz-meta-sha256"]})
 
 
-def test_round_trip(any_store, tmp_path: Path) -> None:  # noqa: ANN001
+def test_round_trip(any_store, tmp_path: Path) -> None:
     ref = any_store.put_bytes("jobs/j/a.jsonl", b'{"a": 1}\n')
     assert any_store.get_bytes(ref) == b'{"a": 1}\n'
     assert any_store.stat("jobs/j/a.jsonl") == ref
@@ -48,7 +48,7 @@ def test_round_trip(any_store, tmp_path: Path) -> None:  # noqa: ANN001
     assert any_store.list_keys("jobs/j/") == ["jobs/j/a.jsonl", "jobs/j/big.bin"]
 
 
-def test_checksum_mismatch_detected(any_store) -> None:  # noqa: ANN001
+def test_checksum_mismatch_detected(any_store) -> None:
     ref = any_store.put_bytes("x.txt", b"original")
     _corrupt(any_store, "x.txt", b"tampered")
     with pytest.raises(ChecksumMismatch):
@@ -58,20 +58,20 @@ def test_checksum_mismatch_detected(any_store) -> None:  # noqa: ANN001
         any_store.get_bytes(dataclasses.replace(good, sha256="f" * 64))
 
 
-def test_crash_between_write_and_publish_leaves_nothing_readable(any_store, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_crash_between_write_and_publish_leaves_nothing_readable(any_store, monkeypatch: pytest.MonkeyPatch) -> None:
     if isinstance(any_store, LocalArtifactStore):
         import os
 
         real = os.replace
 
-        def crash(src, dst):  # noqa: ANN001
+        def crash(src, dst):
             if str(dst).endswith(".sha256"):
                 return real(src, dst)
             raise OSError("crash before publish")
 
         monkeypatch.setattr(os, "replace", crash)
     else:
-        def crash(*args, **kwargs):  # noqa: ANN002, ANN003
+        def crash(*args, **kwargs):
             raise OSError("crash before publish")
 
         monkeypatch.setattr(any_store.client, "copy_object", crash)
@@ -83,14 +83,14 @@ def test_crash_between_write_and_publish_leaves_nothing_readable(any_store, monk
 
 
 @pytest.mark.parametrize("key", ["../escape", "a/../../b", "/abs", "", "a//b"])
-def test_prefix_escape_rejected(any_store, key: str) -> None:  # noqa: ANN001
+def test_prefix_escape_rejected(any_store, key: str) -> None:
     with pytest.raises(InvalidKey):
         any_store.put_bytes(key, b"x")
     with pytest.raises(InvalidKey):
         any_store.stat(key)
 
 
-def test_wrong_credentials_give_a_clear_error(s3_server) -> None:  # noqa: ANN001
+def test_wrong_credentials_give_a_clear_error(s3_server) -> None:
     bad = S3ArtifactStore("s3://syllabus-test/p", s3_server["endpoint"], s3_server["access_key"], "wrong-secret", secure=False)
     with pytest.raises(ArtifactAuthError, match="rejected the credentials.*SYLLABUS_S3_SECRET_KEY"):
         bad.put_bytes("a.txt", b"x")
@@ -98,7 +98,7 @@ def test_wrong_credentials_give_a_clear_error(s3_server) -> None:  # noqa: ANN00
         bad.stat("a.txt")
 
 
-def test_open_store_s3_from_config(s3_server) -> None:  # noqa: ANN001
+def test_open_store_s3_from_config(s3_server) -> None:
     from syllabus.artifacts import open_store
     from syllabus.config import Config
 

@@ -54,7 +54,7 @@ def test_crash_before_publish_leaves_nothing_readable(store: LocalArtifactStore,
     real_replace = os.replace
     calls = []
 
-    def crash_on_data_publish(src, dst):  # noqa: ANN001
+    def crash_on_data_publish(src, dst):
         calls.append(dst)
         if not str(dst).endswith(".sha256"):
             raise OSError("simulated crash between write and publish")

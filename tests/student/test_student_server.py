@@ -6,13 +6,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
 from student_svc.server import create_server, make_servicer
 from syllabus import pb
 from syllabus.config import Config
 from syllabus.records import dumps_jsonl, loads_jsonl
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 
 from syllabus.artifacts import LocalArtifactStore
 from syllabus.config import Config
@@ -20,6 +18,8 @@ from syllabus.models import DEFAULT_MODEL
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.records import dumps_jsonl, loads_jsonl
 from syllabus.serving import wait_healthy
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from teacher_svc.critique import judge
 from teacher_svc.generation import parse_seeds
 from teacher_svc.server import create_server

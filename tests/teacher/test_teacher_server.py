@@ -7,14 +7,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 
 from syllabus.artifacts import LocalArtifactStore
 from syllabus.config import Config
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.prompts import classification_prompt
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from teacher_svc.leakage import LeakageGuard
 from teacher_svc.server import create_server
 
