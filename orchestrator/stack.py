@@ -46,6 +46,16 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGTERM this child when the stack's process dies, however it dies."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:  # not glibc Linux: `stop()` remains the only cleanup
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,7 +91,10 @@ class Stack:
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=config_env(self.config), start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=config_env(self.config), start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         out.close()
         self.procs.append((name, proc))
         return proc
@@ -180,6 +193,14 @@ class Stack:
         self._spawn("worker", [sys.executable, "-m", "orchestrator.worker"])
 
     def stop(self, timeout: float = 15.0) -> None:
+        # A second Ctrl-C while stopping must not abandon the remaining components.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._stop(timeout)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop(self, timeout: float) -> None:
         for name, proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)

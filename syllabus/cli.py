@@ -41,7 +41,9 @@ class CliError(Exception):
 
 def _console(json_mode: bool) -> Console:
     # With --json the human output goes to stderr so stdout's last line is the JSON report.
-    return Console(stderr=json_mode, highlight=False, soft_wrap=True)  # never break URIs and ids
+    stream = sys.stderr if json_mode else sys.stdout
+    # Never break URIs and ids; when piped, tables get room for full job ids instead of 80 columns.
+    return Console(stderr=json_mode, highlight=False, soft_wrap=True, width=None if stream.isatty() else 200)
 
 
 def _client(config: Config):
@@ -189,9 +191,22 @@ def _stack(config: Config, console: Console, task_path: Path | None):
     return Stack(config, preload=preload, log=lambda m: console.print(f"[dim]{m}[/dim]"))
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both end `up`/`demo` through their cleanup (even when started in the
+    background, where a shell leaves SIGINT ignored)."""
+    import signal
+
+    def _interrupt(signum, frame):  # noqa: ANN001, ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def cmd_up(args: argparse.Namespace, config: Config) -> int:
     from orchestrator.stack import StackError
 
+    _stop_on_signals()
     console = _console(False)
     stack = _stack(config, console, DEMO_TASK if DEMO_TASK.is_file() else None)
     try:
@@ -213,6 +228,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from orchestrator.stack import StackError
 
     task_path = Path(args.task) if args.task else DEMO_TASK
+    _stop_on_signals()
     console = _console(args.json)
     try:
         load_task(task_path)
