@@ -406,8 +406,9 @@ class Activities:
             "sampling": sampling,
             "round": inp.round,
         }
-        key = output_key(inp.job_id, inp.round, "generate", [inp.seeds], params, "jsonl")
+        key = output_key(inp.job_id, inp.round, "generate", [inp.seeds, inp.eval_set], params, "jsonl")
         examples = self.store.stat(key)
+        leaked = 0
         if examples is None:
             request = teacher_pb2.GenerateRequest(
                 model=common_pb2.ModelRef(base=task.teacher.model),
@@ -421,6 +422,8 @@ class Activities:
                 output_key=key,
                 round=inp.round,
             )
+            if inp.eval_set is not None:
+                request.eval.CopyFrom(ref_to_pb(inp.eval_set))
             response = await self._unary(
                 self.config.teacher_address,
                 "TeacherService.Generate",
@@ -429,11 +432,14 @@ class Activities:
             examples = ref_from_pb(response.examples)
             if examples is None:
                 raise ApplicationError("TeacherService.Generate returned no examples", type="DATA_LOSS")
+            leaked = response.leaked_removed
+        elif stats := self.store.stat(key + ".stats.json"):  # the teacher's counts of the run that published it
+            leaked = int(json.loads(self._read(stats)).get("leaked_removed", 0))
 
         records = self._read_jsonl(examples)
         await self._record(Sample, [_sample_row(inp.job_id, inp.round, "generated", r, examples.uri) for r in records])
         await self._record_artifacts(inp.job_id, inp.round, {"generated": examples})
-        return GenerateOutput(examples=examples, generated=len(records))
+        return GenerateOutput(examples=examples, generated=len(records), leaked=leaked)
 
     @activity.defn
     async def critique_examples(self, inp: CritiqueInput) -> CritiqueOutput:

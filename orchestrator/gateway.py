@@ -249,7 +249,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             job.rounds.extend(
                 jobs_pb2.RoundSummary(
                     round=r.round, generated=r.generated, kept=r.kept, selected=r.selected, trained=r.trained,
-                    accuracy=r.accuracy, train_loss=r.train_loss, adapter_uri=r.adapter_uri,
+                    accuracy=r.accuracy, train_loss=r.train_loss, adapter_uri=r.adapter_uri, leaked=r.leaked,
                 )
                 for r in p.rounds
             )

@@ -51,6 +51,8 @@ class RoundResult:
     accuracy: float
     train_loss: float
     adapter_uri: str
+    # Generated examples the teacher dropped because they overlap the eval set (leakage guard).
+    leaked: int = 0
 
 
 @dataclass
@@ -124,12 +126,15 @@ class GenerateInput:
     task_ref: ArtifactRef
     round: int
     seeds: ArtifactRef
+    # The eval set: the teacher drops generated examples that overlap it (exact or n-gram).
+    eval_set: ArtifactRef | None = None
 
 
 @dataclass
 class GenerateOutput:
     examples: ArtifactRef  # JSONL: id, input, label, prompt, response, parent_id, provenance
     generated: int
+    leaked: int = 0  # dropped by the leakage guard
 
 
 @dataclass

@@ -101,7 +101,7 @@ class DistillationWorkflow:
                 "generate",
                 r,
                 Activities.generate_examples,
-                GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds),
+                GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds, prep.eval_set),
             )
             kept: ArtifactRef | None = None
             kept_count = 0
@@ -165,6 +165,7 @@ class DistillationWorkflow:
                 RoundResult(
                     round=r,
                     generated=gen.generated,
+                    leaked=gen.leaked,
                     kept=kept_count,
                     selected=selected,
                     trained=trained.samples,

@@ -80,7 +80,7 @@ def job_report(job, config: Config) -> dict:
         "baseline_accuracy": job.baseline_accuracy if job.HasField("baseline_accuracy") else None,
         "final_accuracy": job.final_accuracy if job.HasField("final_accuracy") else None,
         "rounds": [
-            {"round": r.round, "generated": r.generated, "kept": r.kept, "selected": r.selected, "trained": r.trained,
+            {"round": r.round, "generated": r.generated, "leaked": r.leaked, "kept": r.kept, "selected": r.selected, "trained": r.trained,
              "accuracy": r.accuracy, "train_loss": r.train_loss, "adapter_uri": r.adapter_uri}
             for r in job.rounds
         ],
@@ -102,10 +102,10 @@ def print_report(report: dict, console: Console) -> None:
     console.print(f"Student accuracy on the eval set: baseline {pct(report['baseline_accuracy'])} -> final {pct(report['final_accuracy'])}")
     if report["rounds"]:
         t = Table(title="Rounds")
-        for col in ("round", "generated", "kept", "selected", "trained", "train loss", "accuracy"):
+        for col in ("round", "generated", "leaked", "kept", "selected", "trained", "train loss", "accuracy"):
             t.add_column(col, justify="right")
         for r in report["rounds"]:
-            t.add_row(str(r["round"]), str(r["generated"]), str(r["kept"]), str(r["selected"]), str(r["trained"]),
+            t.add_row(str(r["round"]), str(r["generated"]), str(r["leaked"]), str(r["kept"]), str(r["selected"]), str(r["trained"]),
                       f"{r['train_loss']:.3f}", pct(r["accuracy"]))
         console.print(t)
     if report["steps"]:

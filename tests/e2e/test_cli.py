@@ -87,6 +87,7 @@ def test_run_completes_and_reports(stack: Stack, report: dict) -> None:
     assert report["status"] == "completed"
     assert 0.0 <= report["baseline_accuracy"] <= 1.0 and 0.0 <= report["final_accuracy"] <= 1.0
     assert [r["round"] for r in report["rounds"]] == [1]
+    assert report["rounds"][0]["leaked"] >= 0  # the leakage guard's count reaches the report
     names = [s["name"] for s in report["steps"]]
     for step in ("prepare", "baseline-eval", "generate", "critique", "score", "select", "train", "evaluate"):
         assert step in names

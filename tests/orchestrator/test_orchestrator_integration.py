@@ -305,3 +305,27 @@ async def test_service_errors_become_typed_application_errors(stack: Stack, tmp_
     finally:
         down.close()
     assert transient.value.type == "UNAVAILABLE" and not transient.value.non_retryable
+
+
+async def test_generate_passes_the_eval_set_to_the_leakage_guard(stack: Stack, tiny_model_dir: Path) -> None:
+    """Generate once; then generate again (same seed, so the same texts) with those very texts as the
+    eval set: the teacher's leakage guard must drop every one, and the count must reach the output,
+    also when a retry answers from the store."""
+    from syllabus.records import dumps_jsonl
+
+    job_id = f"leak-{uuid.uuid4().hex[:8]}"
+    task_ref = stack.put_task(job_id, tiny_task(tiny_model_dir, rounds=1))
+    env = ActivityEnvironment()
+    acts = Activities(stack.config)
+    try:
+        prep = await env.run(acts.prepare_job, PrepareJobInput(job_id, task_ref, 1))
+        clean = await env.run(acts.generate_examples, GenerateInput(job_id, task_ref, 1, prep.seeds, prep.eval_set))
+        assert clean.generated > 0 and clean.leaked == 0
+        generated = loads_jsonl(acts.store.get_bytes(clean.examples))
+        overlapping = acts.store.put_bytes(f"jobs/{job_id}/overlapping-eval.jsonl", dumps_jsonl(generated))
+        guarded = await env.run(acts.generate_examples, GenerateInput(job_id, task_ref, 1, prep.seeds, overlapping))
+        assert guarded.leaked == len(generated) and guarded.generated == 0
+        again = await env.run(acts.generate_examples, GenerateInput(job_id, task_ref, 1, prep.seeds, overlapping))
+        assert (again.examples, again.leaked) == (guarded.examples, guarded.leaked)
+    finally:
+        acts.close()
