@@ -28,6 +28,8 @@ from temporalio.exceptions import ApplicationError
 from orchestrator.keys import job_prefix, output_key
 from orchestrator.selection import select_top
 from orchestrator.types import (
+    AnalyzeInput,
+    AnalyzeOutput,
     CritiqueInput,
     CritiqueOutput,
     EvaluateInput,
@@ -277,6 +279,11 @@ class Activities:
             )
         seeds_ref = self._publish_once(f"{prefix}/seeds.jsonl", dumps_jsonl(seeds.values()))
         eval_ref = self._publish_once(f"{prefix}/eval.jsonl", dumps_jsonl(evals.values()))
+        validation = {
+            (vid := content_id(ex.input, ex.label)): {"id": vid, "input": ex.input, "label": ex.label, "prompt": task.prompt_for(ex.input)}
+            for ex in (task.validation or task.seeds)
+        }
+        validation_ref = self._publish_once(f"{prefix}/validation.jsonl", dumps_jsonl(validation.values()))
         # A prefix, spelt as the gateway spells it (trailing slash).
         artifacts_uri = self.store.uri_for(prefix).rstrip("/") + "/"
 
@@ -299,13 +306,18 @@ class Activities:
             for r in records.values()
         ]
         await self._record(Sample, rows)
-        await self._record_artifacts(inp.job_id, 0, {"task": inp.task_ref, "seeds": seeds_ref, "eval": eval_ref})
+        if task.validation:
+            await self._record(Sample, [_sample_row(inp.job_id, 0, "validation", r, validation_ref.uri) for r in validation.values()])
+        await self._record_artifacts(
+            inp.job_id, 0, {"task": inp.task_ref, "seeds": seeds_ref, "eval": eval_ref, "validation": validation_ref}
+        )
         return PrepareJobOutput(
             seeds=seeds_ref,
             eval_set=eval_ref,
             seed_count=len(seeds),
             eval_count=len(evals),
             artifacts_uri=artifacts_uri,
+            validation=validation_ref,
         )
 
     @activity.defn
@@ -437,9 +449,91 @@ class Activities:
             leaked = int(json.loads(self._read(stats)).get("leaked_removed", 0))
 
         records = self._read_jsonl(examples)
+        targeted: list[dict] = []
+        if inp.skills is not None:
+            targeted_ref, targeted_leaked = await self._generate_targeted(inp, task, params, request_base={
+                "sampling": sampling, "key_inputs": [inp.seeds, inp.eval_set, inp.skills]})
+            leaked += targeted_leaked
+            seen = {r["id"] for r in records}
+            targeted = [r for r in self._read_jsonl(targeted_ref) if r["id"] not in seen]
+            if targeted:  # one examples artifact for the critique: expansion + targeted
+                key_all = output_key(inp.job_id, inp.round, "generate-all", [examples, targeted_ref], {}, "jsonl")
+                examples = self._publish_once(key_all, dumps_jsonl(records + targeted))
+                records = records + targeted
         await self._record(Sample, [_sample_row(inp.job_id, inp.round, "generated", r, examples.uri) for r in records])
         await self._record_artifacts(inp.job_id, inp.round, {"generated": examples})
-        return GenerateOutput(examples=examples, generated=len(records), leaked=leaked)
+        return GenerateOutput(examples=examples, generated=len(records), leaked=leaked, targeted=len(targeted))
+
+    async def _generate_targeted(self, inp: GenerateInput, task: TaskSpec, params: dict, request_base: dict) -> tuple[ArtifactRef, int]:
+        """TeacherService.Generate in TARGETED mode for the skills AnalyzeErrors named (error-driven
+        generation, arXiv 2412.15652): (examples, leaked count)."""
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+
+        from syllabus.pb import ref_from_pb, ref_to_pb
+
+        per_skill = task.generate.targeted_per_skill
+        key = output_key(inp.job_id, inp.round, "generate-targeted", request_base["key_inputs"],
+                         {**params, "per_skill": per_skill}, "jsonl")
+        if existing := self.store.stat(key):
+            stats = self.store.stat(key + ".stats.json")
+            return existing, int(json.loads(self._read(stats)).get("leaked_removed", 0)) if stats else 0
+        request = teacher_pb2.GenerateRequest(
+            model=common_pb2.ModelRef(base=task.teacher.model),
+            kind=common_pb2.TASK_KIND_CLASSIFICATION,
+            instructions=task.instructions,
+            labels=task.labels,
+            seeds=ref_to_pb(inp.seeds),
+            sampling=common_pb2.SamplingParams(**request_base["sampling"]),
+            batch_size=task.generate.batch_size,
+            output_key=key,
+            round=inp.round,
+            mode=teacher_pb2.GENERATE_MODE_TARGETED,
+            skills=ref_to_pb(inp.skills),
+            per_skill=per_skill,
+        )
+        if inp.eval_set is not None:
+            request.eval.CopyFrom(ref_to_pb(inp.eval_set))
+        response = await self._unary(
+            self.config.teacher_address,
+            "TeacherService.Generate (targeted)",
+            lambda ch: teacher_pb2_grpc.TeacherServiceStub(ch).Generate(request),
+        )
+        out = ref_from_pb(response.examples)
+        if out is None:
+            raise ApplicationError("TeacherService.Generate returned no examples", type="DATA_LOSS")
+        return out, response.leaked_removed
+
+    @activity.defn
+    async def analyze_errors(self, inp: AnalyzeInput) -> AnalyzeOutput:
+        """TeacherService.AnalyzeErrors: name the student's confusions on the validation split."""
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+
+        from syllabus.pb import ref_from_pb, ref_to_pb
+
+        task = self._task(inp.task_ref)
+        key = output_key(inp.job_id, inp.round, "analyze", [inp.predictions, inp.validation], {"labels": task.labels}, "jsonl")
+        skills = self.store.stat(key)
+        if skills is None:
+            request = teacher_pb2.AnalyzeErrorsRequest(
+                kind=common_pb2.TASK_KIND_CLASSIFICATION,
+                labels=task.labels,
+                predictions=ref_to_pb(inp.predictions),
+                eval=ref_to_pb(inp.validation),
+                output_key=key,
+            )
+            response = await self._unary(
+                self.config.teacher_address,
+                "TeacherService.AnalyzeErrors",
+                lambda ch: teacher_pb2_grpc.TeacherServiceStub(ch).AnalyzeErrors(request),
+            )
+            skills = ref_from_pb(response.skills)
+            if skills is None:
+                raise ApplicationError("TeacherService.AnalyzeErrors returned no skills", type="DATA_LOSS")
+        records = self._read_jsonl(skills)
+        await self._record_artifacts(inp.job_id, inp.round, {"skills": skills})
+        return AnalyzeOutput(skills=skills, skill_count=len(records), wrong=sum(int(r.get("count", 0)) for r in records))
 
     @activity.defn
     async def critique_examples(self, inp: CritiqueInput) -> CritiqueOutput:
@@ -765,6 +859,7 @@ class Activities:
             self.prepare_job,
             self.evaluate_student,
             self.generate_examples,
+            self.analyze_errors,
             self.critique_examples,
             self.score_samples,
             self.select_samples,

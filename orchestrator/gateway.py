@@ -123,6 +123,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             rounds=task.rounds,
             top_fraction=task.select.top_fraction,
             heartbeat_timeout_s=self.config.activity_heartbeat_timeout_s,
+            targeted_per_skill=task.generate.targeted_per_skill,
         )
         try:
             # USE_EXISTING: submitting the same job id again returns the running job instead of a second run.
@@ -249,7 +250,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             job.rounds.extend(
                 jobs_pb2.RoundSummary(
                     round=r.round, generated=r.generated, kept=r.kept, selected=r.selected, trained=r.trained,
-                    accuracy=r.accuracy, train_loss=r.train_loss, adapter_uri=r.adapter_uri, leaked=r.leaked,
+                    accuracy=r.accuracy, train_loss=r.train_loss, adapter_uri=r.adapter_uri, leaked=r.leaked, targeted=r.targeted,
                 )
                 for r in p.rounds
             )

@@ -24,6 +24,8 @@ class DistillationInput:
     rounds: int
     # select.top_fraction of the task: share of the kept examples selected by learnability.
     top_fraction: float
+    # generate.targeted_per_skill of the task: > 0 turns on error analysis + targeted generation.
+    targeted_per_skill: int = 0
     # How long a long activity may go without a heartbeat before Temporal retries it elsewhere
     # (a dead worker or service is detected this fast). From SYLLABUS_ACTIVITY_HEARTBEAT_TIMEOUT_S.
     heartbeat_timeout_s: float = 120.0
@@ -53,6 +55,8 @@ class RoundResult:
     adapter_uri: str
     # Generated examples the teacher dropped because they overlap the eval set (leakage guard).
     leaked: int = 0
+    # Of `generated`, examples made by targeted generation for the previous round's errors.
+    targeted: int = 0
 
 
 @dataclass
@@ -90,6 +94,8 @@ class PrepareJobOutput:
     seed_count: int
     eval_count: int
     artifacts_uri: str
+    # JSONL like eval_set: the validation split error analysis reads (the seeds when the task has none).
+    validation: ArtifactRef | None = None
 
 
 @dataclass
@@ -128,6 +134,8 @@ class GenerateInput:
     seeds: ArtifactRef
     # The eval set: the teacher drops generated examples that overlap it (exact or n-gram).
     eval_set: ArtifactRef | None = None
+    # AnalyzeErrors output of the previous round: also generate targeted examples for these skills.
+    skills: ArtifactRef | None = None
 
 
 @dataclass
@@ -135,6 +143,7 @@ class GenerateOutput:
     examples: ArtifactRef  # JSONL: id, input, label, prompt, response, parent_id, provenance
     generated: int
     leaked: int = 0  # dropped by the leakage guard
+    targeted: int = 0  # of `generated`, made by targeted generation
 
 
 @dataclass
@@ -216,3 +225,19 @@ class FinishJobInput:
 @dataclass
 class FinishJobOutput:
     status: str
+
+
+@dataclass
+class AnalyzeInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    predictions: ArtifactRef  # the student's predictions on the validation split
+    validation: ArtifactRef
+
+
+@dataclass
+class AnalyzeOutput:
+    skills: ArtifactRef  # JSONL skill records (AnalyzeErrors)
+    skill_count: int
+    wrong: int

@@ -23,6 +23,7 @@ from temporalio.exceptions import ActivityError, is_cancelled_exception
 with workflow.unsafe.imports_passed_through():
     from orchestrator.activities import Activities
     from orchestrator.types import (
+        AnalyzeInput,
         CritiqueInput,
         DistillationInput,
         EvaluateInput,
@@ -95,13 +96,14 @@ class DistillationWorkflow:
         p.baseline_accuracy = baseline.accuracy
 
         adapter: ArtifactRef | None = None
+        skills: ArtifactRef | None = None
         for r in range(1, inp.rounds + 1):
             p.current_round = r
             gen = await self._step(
                 "generate",
                 r,
                 Activities.generate_examples,
-                GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds, prep.eval_set),
+                GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds, prep.eval_set, skills),
             )
             kept: ArtifactRef | None = None
             kept_count = 0
@@ -166,6 +168,7 @@ class DistillationWorkflow:
                     round=r,
                     generated=gen.generated,
                     leaked=gen.leaked,
+                    targeted=gen.targeted,
                     kept=kept_count,
                     selected=selected,
                     trained=trained.samples,
@@ -174,6 +177,23 @@ class DistillationWorkflow:
                     adapter_uri=adapter.uri,
                 )
             )
+            skills = None
+            if inp.targeted_per_skill > 0 and r < inp.rounds and prep.validation is not None:
+                # Error-driven generation: what this round's student still confuses on the validation
+                # split becomes targeted examples in the next round.
+                val = await self._step(
+                    "validation-eval",
+                    r,
+                    Activities.evaluate_student,
+                    EvaluateInput(inp.job_id, inp.task_ref, round=r, stage="validation", eval_set=prep.validation, adapter=adapter),
+                )
+                analysis = await self._step(
+                    "analyze",
+                    r,
+                    Activities.analyze_errors,
+                    AnalyzeInput(inp.job_id, inp.task_ref, r, val.predictions, prep.validation),
+                )
+                skills = analysis.skills if analysis.skill_count > 0 else None
 
         p.final_accuracy = p.rounds[-1].accuracy if p.rounds else p.baseline_accuracy
         p.current_step = "finish"

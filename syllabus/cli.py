@@ -80,7 +80,7 @@ def job_report(job, config: Config) -> dict:
         "baseline_accuracy": job.baseline_accuracy if job.HasField("baseline_accuracy") else None,
         "final_accuracy": job.final_accuracy if job.HasField("final_accuracy") else None,
         "rounds": [
-            {"round": r.round, "generated": r.generated, "leaked": r.leaked, "kept": r.kept, "selected": r.selected, "trained": r.trained,
+            {"round": r.round, "generated": r.generated, "targeted": r.targeted, "leaked": r.leaked, "kept": r.kept, "selected": r.selected, "trained": r.trained,
              "accuracy": r.accuracy, "train_loss": r.train_loss, "adapter_uri": r.adapter_uri}
             for r in job.rounds
         ],

@@ -47,6 +47,11 @@ class GenerateSpec(_Strict):
     max_new_tokens: int = Field(40, ge=4, le=1024, description="Tokens per completion.")
     batch_size: int = Field(16, ge=1, le=512, description="Prompts per generation batch.")
     seed: int = Field(0, description="Sampling seed (a round's seed is seed + round).")
+    targeted_per_skill: int = Field(
+        0, ge=0, le=100,
+        description="From round 2: also generate this many examples per confusion the student showed on the "
+        "validation split after the previous round (AnalyzeErrors -> targeted generation); 0 = off.",
+    )
 
 
 class CritiqueSpec(_Strict):
@@ -85,6 +90,8 @@ class TaskSpec(_Strict):
     labels: list[str] = Field(min_length=2)
     seeds: list[Example] = Field(min_length=1)
     eval: list[Example] = Field(min_length=1)
+    # Error analysis reads the student's mistakes here, never on `eval`: the teacher sees these inputs.
+    validation: list[Example] = Field(default_factory=list, description="Validation split; default: the seeds.")
     teacher: ModelSpec = Field(default_factory=ModelSpec)
     student: ModelSpec = Field(default_factory=ModelSpec)
     rounds: int = Field(2, ge=1, le=100)
@@ -104,7 +111,7 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _labels_known(self) -> TaskSpec:
         known = set(self.labels)
-        for field in ("seeds", "eval"):
+        for field in ("seeds", "eval", "validation"):
             for i, ex in enumerate(getattr(self, field)):
                 if ex.label not in known:
                     raise ValueError(f"{field}[{i}].label {ex.label!r} is not in labels")
@@ -159,7 +166,7 @@ def parse_task(text: str, source: str = "task", base_dir: Path | None = None) ->
         raise TaskSpecError(f"{source}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise TaskSpecError(f"{source}: expected a mapping of task fields at the top level")
-    for field in ("seeds", "eval"):
+    for field in ("seeds", "eval", "validation"):
         if field in data:
             data[field] = _read_examples(base_dir or Path.cwd(), data[field], field, source)
     try:

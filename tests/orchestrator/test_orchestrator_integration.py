@@ -329,3 +329,52 @@ async def test_generate_passes_the_eval_set_to_the_leakage_guard(stack: Stack, t
         assert (again.examples, again.leaked) == (guarded.examples, guarded.leaked)
     finally:
         acts.close()
+
+
+async def test_errors_of_a_round_drive_targeted_generation_in_the_next(
+    stack: Stack, temporal_env: WorkflowEnvironment, tiny_model_dir: Path
+) -> None:
+    """generate.targeted_per_skill > 0: after round 1 the student is evaluated on the validation split
+    (the seeds here, never the eval set), AnalyzeErrors names its confusions, and round 2's Generate also
+    runs in TARGETED mode on exactly those skills."""
+    job_id = f"targeted-{uuid.uuid4().hex[:8]}"
+    task = tiny_task(tiny_model_dir, rounds=2)
+    task = task.model_copy(update={"generate": task.generate.model_copy(update={"targeted_per_skill": 2})})
+    inp = DistillationInput(
+        job_id, stack.put_task(job_id, task), rounds=2, top_fraction=task.select.top_fraction, targeted_per_skill=2
+    )
+    task_queue = f"test-{uuid.uuid4()}"
+    async with build_worker(temporal_env.client, stack.config, task_queue=task_queue):
+        result = await temporal_env.client.execute_workflow(DistillationWorkflow.run, inp, id=job_id, task_queue=task_queue)
+
+    steps = [(s.round, s.name) for s in result.steps]
+    assert (1, "validation-eval") in steps and (1, "analyze") in steps
+    assert (2, "analyze") not in steps  # nothing follows the last round
+    store = open_store(stack.config.resolved_artifact_url())
+    validation = loads_jsonl(store.get_bytes(store.stat(f"jobs/{job_id}/validation.jsonl")))
+    assert {r["input"] for r in validation} == {i for i, _ in SEEDS}
+    (predictions,) = [k for k in store.list_keys(f"jobs/{job_id}/round-1/") if k.split("/")[-1].startswith("evaluate-")
+                      and k.endswith(".jsonl") and _stage_of(stack, job_id, store.uri_for(k)) == "validation"]
+    wrong = [r for r in loads_jsonl(store.get_bytes(store.stat(predictions))) if not r["correct"]]
+    (skills_key,) = [k for k in store.list_keys(f"jobs/{job_id}/round-1/") if k.split("/")[-1].startswith("analyze-")]
+    skills = loads_jsonl(store.get_bytes(store.stat(skills_key)))
+    assert sum(s["count"] for s in skills) == len(wrong)
+    targeted_keys = [k for k in store.list_keys(f"jobs/{job_id}/round-2/") if k.split("/")[-1].startswith("generate-targeted-")
+                     and k.endswith(".jsonl")]
+    if skills:  # the student confused something: round 2 asked the teacher for targeted examples
+        assert len(targeted_keys) == 1
+        targeted = loads_jsonl(store.get_bytes(store.stat(targeted_keys[0])))
+        assert all(r["provenance"]["method"] == "targeted" for r in targeted)
+        assert result.rounds[1].targeted <= len(targeted)
+    else:
+        assert targeted_keys == [] and result.rounds[1].targeted == 0
+
+
+def _stage_of(stack: Stack, job_id: str, predictions_uri: str) -> str | None:
+    engine = db.make_engine(stack.config.resolved_database_url())
+    try:
+        with db.session_factory(engine)() as s:
+            row = s.query(db.Evaluation).filter_by(job_id=job_id, predictions_uri=predictions_uri).one_or_none()
+            return row.stage if row else None
+    finally:
+        engine.dispose()

@@ -37,7 +37,7 @@ class StepTiming(_message.Message):
     def __init__(self, name: _Optional[str] = ..., round: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
-    __slots__ = ("round", "generated", "kept", "selected", "trained", "accuracy", "train_loss", "adapter_uri", "leaked")
+    __slots__ = ("round", "generated", "kept", "selected", "trained", "accuracy", "train_loss", "adapter_uri", "leaked", "targeted")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GENERATED_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class RoundSummary(_message.Message):
     TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_URI_FIELD_NUMBER: _ClassVar[int]
     LEAKED_FIELD_NUMBER: _ClassVar[int]
+    TARGETED_FIELD_NUMBER: _ClassVar[int]
     round: int
     generated: int
     kept: int
@@ -56,7 +57,8 @@ class RoundSummary(_message.Message):
     train_loss: float
     adapter_uri: str
     leaked: int
-    def __init__(self, round: _Optional[int] = ..., generated: _Optional[int] = ..., kept: _Optional[int] = ..., selected: _Optional[int] = ..., trained: _Optional[int] = ..., accuracy: _Optional[float] = ..., train_loss: _Optional[float] = ..., adapter_uri: _Optional[str] = ..., leaked: _Optional[int] = ...) -> None: ...
+    targeted: int
+    def __init__(self, round: _Optional[int] = ..., generated: _Optional[int] = ..., kept: _Optional[int] = ..., selected: _Optional[int] = ..., trained: _Optional[int] = ..., accuracy: _Optional[float] = ..., train_loss: _Optional[float] = ..., adapter_uri: _Optional[str] = ..., leaked: _Optional[int] = ..., targeted: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "task_name", "status", "created_at", "rounds_total", "current_round", "current_step", "step_detail", "baseline_accuracy", "final_accuracy", "rounds", "steps", "artifacts_uri", "web_ui_url", "error")
