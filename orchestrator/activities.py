@@ -451,8 +451,7 @@ class Activities:
         records = self._read_jsonl(examples)
         targeted: list[dict] = []
         if inp.skills is not None:
-            targeted_ref, targeted_leaked = await self._generate_targeted(inp, task, params, request_base={
-                "sampling": sampling, "key_inputs": [inp.seeds, inp.eval_set, inp.skills]})
+            targeted_ref, targeted_leaked = await self._generate_targeted(inp, task, params, sampling)
             leaked += targeted_leaked
             seen = {r["id"] for r in records}
             targeted = [r for r in self._read_jsonl(targeted_ref) if r["id"] not in seen]
@@ -464,17 +463,20 @@ class Activities:
         await self._record_artifacts(inp.job_id, inp.round, {"generated": examples})
         return GenerateOutput(examples=examples, generated=len(records), leaked=leaked, targeted=len(targeted))
 
-    async def _generate_targeted(self, inp: GenerateInput, task: TaskSpec, params: dict, request_base: dict) -> tuple[ArtifactRef, int]:
+    async def _generate_targeted(
+        self, inp: GenerateInput, task: TaskSpec, params: dict, sampling: dict
+    ) -> tuple[ArtifactRef, int]:
         """TeacherService.Generate in TARGETED mode for the skills AnalyzeErrors named (error-driven
         generation, arXiv 2412.15652): (examples, leaked count)."""
+        from syllabus.pb import ref_from_pb, ref_to_pb
         from syllabus_sdk.common.v1 import common_pb2
         from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 
-        from syllabus.pb import ref_from_pb, ref_to_pb
-
         per_skill = task.generate.targeted_per_skill
-        key = output_key(inp.job_id, inp.round, "generate-targeted", request_base["key_inputs"],
-                         {**params, "per_skill": per_skill}, "jsonl")
+        key = output_key(
+            inp.job_id, inp.round, "generate-targeted", [inp.seeds, inp.eval_set, inp.skills],
+            {**params, "per_skill": per_skill}, "jsonl",
+        )
         if existing := self.store.stat(key):
             stats = self.store.stat(key + ".stats.json")
             return existing, int(json.loads(self._read(stats)).get("leaked_removed", 0)) if stats else 0
@@ -484,7 +486,7 @@ class Activities:
             instructions=task.instructions,
             labels=task.labels,
             seeds=ref_to_pb(inp.seeds),
-            sampling=common_pb2.SamplingParams(**request_base["sampling"]),
+            sampling=common_pb2.SamplingParams(**sampling),
             batch_size=task.generate.batch_size,
             output_key=key,
             round=inp.round,
@@ -507,10 +509,9 @@ class Activities:
     @activity.defn
     async def analyze_errors(self, inp: AnalyzeInput) -> AnalyzeOutput:
         """TeacherService.AnalyzeErrors: name the student's confusions on the validation split."""
+        from syllabus.pb import ref_from_pb, ref_to_pb
         from syllabus_sdk.common.v1 import common_pb2
         from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
-
-        from syllabus.pb import ref_from_pb, ref_to_pb
 
         task = self._task(inp.task_ref)
         key = output_key(inp.job_id, inp.round, "analyze", [inp.predictions, inp.validation], {"labels": task.labels}, "jsonl")
