@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from syllabus.prompts import classification_prompt
 from syllabus.records import content_id
-from teacher_svc.backend import Backend, ChatPrompt, Sampling
+from teacher_svc.backend import Backend, ChatPrompt, Completion, Sampling
 from teacher_svc.dedupe import DuplicateIndex
 
 METHOD = "seed_expansion"
@@ -190,8 +190,29 @@ def expand_seeds(backend: Backend, req: ExpansionRequest) -> ExpansionResult:
         seen.add(s.input, s.id)
     prov = provenance(backend, req.sampling, req.round)
     labels = list(req.labels)
-    records, duplicates, unparsable, tokens = [], 0, 0, 0
-    for prompt, outs in zip(prompts, completions, strict=True):
+    records, duplicates, unparsable, tokens = collect_examples(
+        ((p.label, {"parent_id": p.parent_id}, outs) for p, outs in zip(prompts, completions, strict=True)),
+        seen, req.instructions, labels, prov,
+    )
+    return ExpansionResult(records, duplicates, unparsable, tokens)
+
+
+def collect_examples(
+    groups: Iterable[tuple[str, dict, Sequence[Completion]]],
+    seen: DuplicateIndex,
+    instructions: str,
+    labels: list[str],
+    prov: dict,
+) -> tuple[list[dict], int, int, int]:
+    """Turn completions into labelled example records: (records, duplicates, unparsable, tokens).
+
+    Each group is (label, extra record fields, its completions). A completion that does not parse into
+    one input text is counted unparsable; one that duplicates `seen` (which grows with every kept
+    example) is counted duplicate.
+    """
+    records: list[dict] = []
+    duplicates = unparsable = tokens = 0
+    for label, extra, outs in groups:
         for out in outs:
             tokens += out.tokens
             text = parse_completion(out.text)
@@ -201,17 +222,17 @@ def expand_seeds(backend: Backend, req: ExpansionRequest) -> ExpansionResult:
             if seen.find(text) is not None:
                 duplicates += 1
                 continue
-            rid = content_id(text, prompt.label)
+            rid = content_id(text, label)
             seen.add(text, rid)
             records.append(
                 {
                     "id": rid,
                     "input": text,
-                    "label": prompt.label,
-                    "prompt": classification_prompt(req.instructions, labels, text),
-                    "response": prompt.label,
-                    "parent_id": prompt.parent_id,
+                    "label": label,
+                    "prompt": classification_prompt(instructions, labels, text),
+                    "response": label,
                     "provenance": prov,
+                    **extra,
                 }
             )
-    return ExpansionResult(records, duplicates, unparsable, tokens)
+    return records, duplicates, unparsable, tokens

@@ -18,8 +18,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from syllabus.prompts import classification_prompt
-from syllabus.records import content_id
 from teacher_svc.backend import Backend, ChatPrompt, Sampling
 from teacher_svc.critique import judge
 from teacher_svc.dedupe import DuplicateIndex
@@ -28,8 +26,8 @@ from teacher_svc.generation import (
     STOP,
     ExpansionRequest,
     Seed,
+    collect_examples,
     expand_seeds,
-    parse_completion,
     provenance,
     template_hash,
 )
@@ -109,31 +107,10 @@ def generate_targeted(
         for i, text in enumerate(skill.examples):
             seen.add(text, f"{skill.name}[{i}]")
     prov = provenance(backend, sampling, round_, TARGETED_METHOD, TARGETED_TEMPLATE_HASH)
-    records, dupes, unparsable, tokens = [], 0, 0, 0
-    for (skill, _), completions in zip(pairs, outs, strict=True):
-        for c in completions:
-            tokens += c.tokens
-            text = parse_completion(c.text)
-            if text is None:
-                unparsable += 1
-                continue
-            if seen.find(text) is not None:
-                dupes += 1
-                continue
-            rid = content_id(text, skill.label)
-            seen.add(text, rid)
-            records.append(
-                {
-                    "id": rid,
-                    "input": text,
-                    "label": skill.label,
-                    "prompt": classification_prompt(instructions, list(labels), text),
-                    "response": skill.label,
-                    "parent_id": None,
-                    "skill": skill.name,
-                    "provenance": prov,
-                }
-            )
+    records, dupes, unparsable, tokens = collect_examples(
+        ((skill.label, {"parent_id": None, "skill": skill.name}, completions) for (skill, _), completions in zip(pairs, outs, strict=True)),
+        seen, instructions, list(labels), prov,
+    )
     return TargetedResult(records, dupes, unparsable, tokens)
 
 
