@@ -29,6 +29,7 @@ from orchestrator.types import DistillationInput, JobProgress
 from orchestrator.workflows import DistillationWorkflow
 from syllabus import db
 from syllabus.artifacts import open_store
+from syllabus.auth import ADMIN_ROLE, TENANT_ROLE, gateway_table
 from syllabus.config import Config, load_config
 from syllabus.serving import Served, build_server, serve
 from syllabus.tasks import TaskSpecError, dump_task, parse_task
@@ -266,6 +267,8 @@ async def create_server(config: Config, address: str = "127.0.0.1:0", client: Cl
         address,
         lambda server: jobs_pb2_grpc.add_JobServiceServicer_to_server(servicer, server),
         (jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,),
+        gateway_table(config),
+        roles=frozenset({TENANT_ROLE, ADMIN_ROLE}),
     )
 
 

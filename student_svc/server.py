@@ -6,6 +6,7 @@ from student_svc.models import ModelCache
 from student_svc.service import SERVICE_NAME, StudentServicer
 from syllabus.artifacts import open_store
 from syllabus.config import Config
+from syllabus.auth import service_table
 from syllabus.serving import Served, build_server
 from syllabus_sdk.student.v1 import student_pb2_grpc
 
@@ -31,4 +32,5 @@ async def create_server(
         address,
         lambda server: student_pb2_grpc.add_StudentServiceServicer_to_server(servicer, server),
         (SERVICE_NAME,),
+        service_table(config),
     )

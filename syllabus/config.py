@@ -41,6 +41,14 @@ class Config(BaseModel):
     activity_heartbeat_timeout_s: float = Field(
         120.0, gt=0, description="Heartbeat timeout of long activities: how fast a dead worker/service is noticed."
     )
+    service_token: str = Field(
+        "", description="Bearer token of the service role: the worker sends it, teacher/student/trainer accept only it "
+        "(a Secret in deployments). Empty: read home/service-token, which `syllabus up` creates."
+    )
+    tokens_file: str = Field(
+        "", description="The gateway's tokens: a JSON object {token: tenant}, tenant '*' = admin (a Secret in "
+        "deployments). Empty: home/tokens.json, which `syllabus up` creates."
+    )
     log_level: str = Field("INFO", description="Python log level of services, worker and gateway.")
 
     def resolved_database_url(self) -> str:

@@ -1,7 +1,9 @@
 """The wiring every Syllabus gRPC server shares: health, reflection, port 0, graceful stop.
 
 A service module builds its servicer and calls `build_server`; its `__main__` calls `serve`.
-Health reports NOT_SERVING until the service says it is ready (model loaded) and again on SIGTERM.
+Health reports NOT_SERVING until the service says it is ready (model loaded) and again on SIGTERM;
+meanwhile every other RPC answers UNAVAILABLE (retryable). Every RPC but health passes
+`syllabus.auth.ServerGuard`: a bearer token of an allowed role, bounded error details.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from syllabus.auth import SERVICE_ROLE, ServerGuard, TokenTable
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +31,10 @@ class Served:
     port: int
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
+    state: dict = field(default_factory=lambda: {"serving": False})
 
     async def set_serving(self, serving: bool) -> None:
+        self.state["serving"] = serving
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self.service_names):
             await self.health.set(name, status)
@@ -42,14 +48,21 @@ async def build_server(
     address: str,
     add_servicers: Callable[[grpc.aio.Server], None],
     service_names: tuple[str, ...],
+    tokens: TokenTable,
+    roles: frozenset[str] = frozenset({SERVICE_ROLE}),
     max_message_mb: int = 64,
 ) -> Served:
-    """Create, bind and start an aio server at `address` ("host:port", port 0 picks a free one)."""
+    """Create, bind and start an aio server at `address` ("host:port", port 0 picks a free one).
+
+    `tokens` are the bearer tokens it accepts and `roles` the principals' roles allowed to call it:
+    the teacher, student and trainer take the service role only; the gateway takes tenants.
+    """
     opts = [
         ("grpc.max_send_message_length", max_message_mb << 20),
         ("grpc.max_receive_message_length", max_message_mb << 20),
     ]
-    server = grpc.aio.server(options=opts)
+    state = {"serving": False}
+    server = grpc.aio.server(options=opts, interceptors=[ServerGuard(tokens, roles, lambda: state["serving"])])
     add_servicers(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -58,7 +71,7 @@ async def build_server(
     if port == 0:
         raise OSError(f"could not bind {address}")
     await server.start()
-    served = Served(server, port, health_servicer, service_names)
+    served = Served(server, port, health_servicer, service_names, state)
     await served.set_serving(False)
     return served
 

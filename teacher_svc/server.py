@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from syllabus.artifacts import open_store
 from syllabus.config import Config
+from syllabus.auth import service_table
 from syllabus.serving import Served, build_server
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from teacher_svc.service import TeacherServicer
@@ -32,4 +33,5 @@ async def create_server(
         address,
         lambda server: teacher_pb2_grpc.add_TeacherServiceServicer_to_server(servicer, server),
         (SERVICE_NAME,),
+        service_table(config),
     )

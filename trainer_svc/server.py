@@ -15,6 +15,7 @@ import grpc
 from syllabus.artifacts import ArtifactNotFound, ChecksumMismatch, open_store
 from syllabus.config import Config
 from syllabus.models import ModelNotFound
+from syllabus.auth import service_table
 from syllabus.serving import Served, abort_invalid, build_server
 from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_svc.jobs import InvalidRequest, TrainingJobs, plan_from_request
@@ -87,4 +88,5 @@ async def create_server(
         address,
         lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
         (SERVICE_NAME,),
+        service_table(config),
     )
