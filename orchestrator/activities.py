@@ -241,7 +241,9 @@ class Activities:
         """Make one unary call on a fresh channel, heartbeating while it runs."""
         import grpc
 
-        async with grpc.aio.insecure_channel(address) as channel, _heartbeating():
+        from syllabus import auth
+
+        async with auth.channel(address, auth.service_token(self.config)) as channel, _heartbeating():
             try:
                 return await call(channel)
             except grpc.aio.AioRpcError as e:

@@ -122,6 +122,7 @@ class Stack:
         raise StackError(f"{name} not ready after {timeout:.0f}s; see {self.log_dir / (name + '.log')}")
 
     async def start(self) -> None:
+        from syllabus.auth import ensure_local_tokens
         from syllabus.db import make_engine
         from syllabus.models import resolve_model_dir
         from syllabus.serving import wait_healthy
@@ -129,6 +130,7 @@ class Stack:
         c = self.config
         self._check_ports_free()
         c.home.mkdir(parents=True, exist_ok=True)
+        ensure_local_tokens(c.home)  # home/token (admin, 0600), home/service-token, home/tokens.json
         # Migrate the metadata DB once here, before the gateway and worker both reach for it.
         await asyncio.to_thread(lambda: make_engine(c.resolved_database_url()).dispose())
         # Dequantize bundled models once here, not three times in parallel in the services.

@@ -16,12 +16,14 @@ JUDGE_RETRIES = 1
 
 
 def judge_answers(
-    address: str, store, judge_model: str, records: Sequence[Mapping[str, str]], answers: Sequence[str], prefix: str
+    address: str, store, judge_model: str, records: Sequence[Mapping[str, str]], answers: Sequence[str], prefix: str,
+    token: str = "",
 ) -> list[tuple[bool, str]]:
-    """(correct, reason) per answer, from the teacher at `address` (blocking; call from a worker thread)."""
+    """(correct, reason) per answer, from the teacher at `address` (blocking; call from a worker thread).
+    `token`: the service-role bearer token the teacher accepts."""
     import grpc
 
-    from syllabus import pb
+    from syllabus import auth, pb
     from syllabus.records import dumps_jsonl, loads_jsonl
     from syllabus_sdk.common.v1 import common_pb2
     from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
@@ -45,6 +47,7 @@ def judge_answers(
                     output_key=f"{prefix}-critique",
                 ),
                 timeout=600,
+                metadata=auth.metadata(token),
             )
         for rec in loads_jsonl(store.get_bytes(pb.ref_from_pb(resp.critiques))):
             if rec.get("status") == "ok":

@@ -457,10 +457,12 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
     """Score and Evaluate on a cached student; one request's model work at a time."""
 
     def __init__(
-        self, store: ArtifactStore, models: ModelCache, adapter_cache: Path, teacher_address: str = ""
+        self, store: ArtifactStore, models: ModelCache, adapter_cache: Path, teacher_address: str = "",
+        teacher_token: str = "",
     ) -> None:
         self.store = store
         self.teacher_address = teacher_address
+        self.teacher_token = teacher_token  # the service-role token the teacher accepts (judge scorer)
         self.models = models
         self.adapter_cache = Path(adapter_cache)
         self._lock = asyncio.Lock()
@@ -560,7 +562,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
 
         verdicts = judge_answers(
             self.teacher_address, self.store, job.judge_model, records, [r["generation"] for r in rows],
-            prefix=job.output_key + ".judge",
+            prefix=job.output_key + ".judge", token=self.teacher_token,
         )
         for row, (keep, reason) in zip(rows, verdicts, strict=True):
             row["correct"], row["reason"] = keep, reason

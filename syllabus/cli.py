@@ -46,16 +46,36 @@ def _console(json_mode: bool) -> Console:
     return Console(stderr=json_mode, highlight=False, soft_wrap=True, width=None if stream.isatty() else 200)
 
 
+class GatewayUnreachable(CliError):
+    """No gateway answers at the configured address."""
+
+
 def _client(config: Config):
+    from syllabus import auth
     from syllabus_sdk import SyllabusClient, SyllabusError
 
-    client = SyllabusClient(config.gateway_address)
+    token = auth.client_token(config)
+    if not token:
+        raise CliError(f"no gateway token: run `syllabus up` (it creates {config.home / 'token'}) or set SYLLABUS_TOKEN")
+    client = SyllabusClient(config.gateway_address, token=token)
     try:
         client.wait_ready(timeout=5)
     except SyllabusError:
         client.close()
-        raise CliError(f"cannot reach the Syllabus gateway at {config.gateway_address}: is `syllabus up` running?") from None
+        raise GatewayUnreachable(
+            f"cannot reach the Syllabus gateway at {config.gateway_address}: is `syllabus up` running?"
+        ) from None
     return client
+
+
+def _cli_error(e) -> CliError:
+    """A SyllabusError as one line: bad input and unknown jobs exit 2, everything else 1."""
+    name = e.code.name
+    if name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return CliError(f"the gateway refused the token ({name}): set SYLLABUS_TOKEN to a token it knows "
+                        "(the local stack's is $SYLLABUS_HOME/token)")
+    code = EXIT_USAGE if name in ("INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS") else EXIT_FAILED
+    return CliError(" ".join((e.details or str(e)).split()), code)
 
 
 def _sdk_call(fn, *args):
@@ -64,8 +84,7 @@ def _sdk_call(fn, *args):
     try:
         return fn(*args)
     except SyllabusError as e:
-        code = EXIT_USAGE if e.code.name in ("INVALID_ARGUMENT", "NOT_FOUND") else EXIT_FAILED
-        raise CliError(e.details or str(e), code) from None
+        raise _cli_error(e) from None
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -124,6 +143,15 @@ def print_report(report: dict, console: Console) -> None:
 
 def follow(client, job_id: str, console: Console):
     """Watch a job with one progress line per step; return the final job."""
+    from syllabus_sdk import SyllabusError
+
+    try:
+        return _follow(client, job_id, console)
+    except SyllabusError as e:  # raised while iterating the watch stream
+        raise _cli_error(e) from None
+
+
+def _follow(client, job_id: str, console: Console):
     bars: dict[tuple[int, str], int] = {}
     done: set[tuple[int, str]] = set()
     job = None
@@ -332,7 +360,7 @@ def cmd_lineage(args: argparse.Namespace, config: Config) -> int:
         raise CliError("syllabus lineage: give a SAMPLE_ID or --training-run ID", EXIT_USAGE)
     try:
         client = _client(config)
-    except CliError:
+    except GatewayUnreachable:
         # No gateway running (e.g. after `syllabus demo`): lineage is one SQL query away anyway.
         console.print(f"[dim]gateway not running; reading {config.resolved_database_url()} directly[/dim]")
         result = _lineage_direct(config, args)

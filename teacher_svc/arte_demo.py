@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import sys
 import tempfile
 import time
@@ -85,8 +86,7 @@ async def tailor_over_grpc(
     model: str, instructions: str, drafts: list[dict], scores: list[dict], args: argparse.Namespace, home: Path
 ):
     """TeacherService.Tailor on in-process teacher and trainer servers sharing one artifact store."""
-    import grpc
-
+    from syllabus import auth
     from syllabus.artifacts import LocalArtifactStore
     from syllabus.config import Config
     from syllabus.pb import ref_to_pb
@@ -100,16 +100,19 @@ async def tailor_over_grpc(
     from trainer_svc.server import create_server as create_trainer
     from trainer_svc.server import jobs_for
 
-    config = Config(home=home, artifact_url=(home / "artifacts").as_uri())
+    token = secrets.token_urlsafe(32)  # the demo's own service-role token (teacher -> trainer, demo -> teacher)
+    config = Config(home=home, artifact_url=(home / "artifacts").as_uri(), service_token=token)
     store = LocalArtifactStore(home / "artifacts")
     jobs = jobs_for(config)
     trainer = await create_trainer(config, jobs=jobs)
+    await trainer.set_serving(True)
     servicer = TeacherServicer(
-        store, adapter_cache=home / "adapters", trainer=GrpcDpoTrainer(f"127.0.0.1:{trainer.port}")
+        store, adapter_cache=home / "adapters", trainer=GrpcDpoTrainer(f"127.0.0.1:{trainer.port}", token)
     )
     teacher = await create_teacher(config, servicer=servicer)
+    await teacher.set_serving(True)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{teacher.port}") as channel:
+        async with auth.channel(f"127.0.0.1:{teacher.port}", token) as channel:
             resp = await teacher_pb2_grpc.TeacherServiceStub(channel).Tailor(
                 teacher_pb2.TailorRequest(
                     model=common_pb2.ModelRef(base=model), instructions=instructions,

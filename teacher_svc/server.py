@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from syllabus.artifacts import open_store
+from syllabus.auth import service_table, service_token
 from syllabus.config import Config
-from syllabus.auth import service_table
 from syllabus.serving import Served, build_server
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from teacher_svc.service import TeacherServicer
@@ -19,7 +19,7 @@ def build_servicer(config: Config) -> TeacherServicer:
     return TeacherServicer(
         open_store(config.resolved_artifact_url(), config),
         adapter_cache=config.home / "adapter-cache",
-        trainer=GrpcDpoTrainer(config.trainer_address),
+        trainer=GrpcDpoTrainer(config.trainer_address, service_token(config)),
     )
 
 

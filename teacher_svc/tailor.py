@@ -23,6 +23,7 @@ from typing import Protocol
 
 import grpc
 
+from syllabus import auth
 from syllabus.records import content_id
 from teacher_svc.backend import Backend, ChatPrompt, Sampling
 from teacher_svc.reasoning import RATIONALE_STOP, Question, parse_rationale
@@ -201,8 +202,9 @@ class DpoTrainer(Protocol):
 class GrpcDpoTrainer:
     """DPO through TrainerService.StartTraining (objective OBJECTIVE_DPO) + WatchTraining."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str = "") -> None:
         self.address = address
+        self.token = token  # the service-role token the trainer accepts
 
     async def train_dpo(self, *, job_key, model, dataset, lora, training, beta, output_key) -> DpoResult:
         from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -212,7 +214,7 @@ class GrpcDpoTrainer:
             output_key=output_key, objective=trainer_pb2.OBJECTIVE_DPO, dpo=trainer_pb2.DpoSpec(beta=beta),
         )  # fmt: skip
         try:
-            async with grpc.aio.insecure_channel(self.address) as channel:
+            async with auth.channel(self.address, self.token) as channel:
                 stub = trainer_pb2_grpc.TrainerServiceStub(channel)
                 started = await stub.StartTraining(req)
                 last = None

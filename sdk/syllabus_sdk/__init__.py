@@ -1,7 +1,7 @@
 """Syllabus Python SDK: the generated gRPC stubs (`syllabus_sdk.<area>.v1`) and a small typed client.
 
     from syllabus_sdk import SyllabusClient
-    with SyllabusClient("127.0.0.1:50060") as client:
+    with SyllabusClient("127.0.0.1:50060", token="...") as client:  # default: $SYLLABUS_TOKEN or .syllabus/token
         job = client.submit_job(open("task.yaml").read())   # seeds/eval must be inline
         for job in client.watch_job(job.job_id):
             print(job.current_step, job.step_detail)

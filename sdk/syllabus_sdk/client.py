@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 
@@ -30,14 +32,39 @@ def _call(fn, request, **kwargs):
         raise SyllabusError(e.code(), e.details() or "") from None
 
 
-class SyllabusClient:
-    """Submit and follow distillation jobs through the JobService gateway."""
+def default_token() -> str:
+    """`SYLLABUS_TOKEN`, else the local admin token `syllabus up` writes to `$SYLLABUS_HOME/token`
+    (default `.syllabus/token`), else ""."""
+    token = os.environ.get("SYLLABUS_TOKEN", "").strip()
+    if token:
+        return token
+    try:
+        return (Path(os.environ.get("SYLLABUS_HOME", ".syllabus")) / "token").read_text().strip()
+    except OSError:
+        return ""
 
-    def __init__(self, address: str = "127.0.0.1:50060", *, channel: grpc.Channel | None = None, timeout: float = 30.0):
+
+class SyllabusClient:
+    """Submit and follow distillation jobs through the JobService gateway.
+
+    Every call carries `authorization: Bearer <token>`; `token` defaults to `default_token()`.
+    The gateway answers UNAUTHENTICATED (a `SyllabusError`) for a missing or unknown token, and
+    shows a tenant only its own jobs.
+    """
+
+    def __init__(
+        self, address: str = "127.0.0.1:50060", *, token: str | None = None, channel: grpc.Channel | None = None,
+        timeout: float = 30.0,
+    ):
         self._channel = channel or grpc.insecure_channel(address)
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
         self.address = address
         self.timeout = timeout
+        token = default_token() if token is None else token.strip()
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def _rpc(self, fn, request):
+        return _call(fn, request, timeout=self.timeout, metadata=self._metadata)
 
     def __enter__(self) -> SyllabusClient:
         return self
@@ -56,19 +83,20 @@ class SyllabusClient:
             raise SyllabusError(grpc.StatusCode.UNAVAILABLE, f"no gateway at {self.address}") from None
 
     def submit_job(self, task_yaml: str, job_id: str = "") -> jobs_pb2.Job:
-        """Start a job for a task spec (YAML with seeds and eval inline). Same job_id twice → same job."""
+        """Start a job for a task spec (YAML with seeds and eval inline). Same job_id and task twice → the same job; the
+        same job_id with a different task → SyllabusError ALREADY_EXISTS."""
         req = jobs_pb2.SubmitJobRequest(task_yaml=task_yaml, job_id=job_id)
-        return _call(self._stub.SubmitJob, req, timeout=self.timeout).job
+        return self._rpc(self._stub.SubmitJob, req).job
 
     def get_job(self, job_id: str) -> jobs_pb2.Job:
-        return _call(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id), timeout=self.timeout).job
+        return self._rpc(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)).job
 
     def list_jobs(self, limit: int = 50) -> list[jobs_pb2.Job]:
-        return list(_call(self._stub.ListJobs, jobs_pb2.ListJobsRequest(limit=limit), timeout=self.timeout).jobs)
+        return list(self._rpc(self._stub.ListJobs, jobs_pb2.ListJobsRequest(limit=limit)).jobs)
 
     def watch_job(self, job_id: str) -> Iterator[jobs_pb2.Job]:
         """Yield the job each time it changes, until it ends."""
-        stream = self._stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id))
+        stream = self._stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id), metadata=self._metadata)
         try:
             for resp in stream:
                 yield resp.job
@@ -78,17 +106,17 @@ class SyllabusClient:
             stream.cancel()
 
     def cancel_job(self, job_id: str) -> jobs_pb2.Job:
-        return _call(self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout).job
+        return self._rpc(self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id)).job
 
     def sample_lineage(self, sample_id: str, job_id: str = "") -> list[jobs_pb2.SampleLineage]:
         """How a sample was made, judged, scored and used, and what training on it changed (per job)."""
         req = jobs_pb2.GetLineageRequest(sample_id=sample_id, job_id=job_id)
-        return list(_call(self._stub.GetLineage, req, timeout=self.timeout).samples)
+        return list(self._rpc(self._stub.GetLineage, req).samples)
 
     def training_run_lineage(self, training_run_id: int) -> jobs_pb2.TrainingRunLineage:
         """A training run and the exact samples it trained on."""
         req = jobs_pb2.GetLineageRequest(training_run_id=training_run_id)
-        return _call(self._stub.GetLineage, req, timeout=self.timeout).training_run
+        return self._rpc(self._stub.GetLineage, req).training_run
 
     @staticmethod
     def is_terminal(job: jobs_pb2.Job) -> bool:
