@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,12 @@ class ArtifactError(Exception):
 
 
 class InvalidKey(ArtifactError):
-    """The key is empty, absolute or escapes the store root."""
+    """The key is empty, absolute, malformed or escapes the store root; or a reference's sha256 is not
+    64 lower-case hex. `part` names the field of the reference that is wrong ("uri" or "sha256")."""
+
+    def __init__(self, message: str, part: str = "uri") -> None:
+        super().__init__(message)
+        self.part = part
 
 
 class ArtifactNotFound(ArtifactError):
@@ -46,16 +52,62 @@ class ChecksumMismatch(ArtifactError):
     """The object's bytes do not hash to the expected sha256."""
 
 
+MAX_KEY_CHARS = 512
+MAX_SEGMENT_CHARS = 200  # well below NAME_MAX (255): a key never fails with "file name too long"
+JOB_PREFIX = "jobs/"  # services write only under a job's prefix: jobs/<job id>/...
+_KEY_CHARS = re.compile(r"[A-Za-z0-9._/-]+")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _show(text: str, limit: int = 60) -> str:
+    """A bounded repr of client input for error messages (never echo a 1 MB key)."""
+    return repr(text[:limit]) + (f"... ({len(text)} chars)" if len(text) > limit else "")
+
+
 def validate_key(key: str) -> str:
-    """Return the normalised key, or raise InvalidKey for absolute, empty or `..` keys."""
-    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
-        raise InvalidKey(f"invalid artifact key {key!r}: must be a relative path")
+    """Return the key, or raise InvalidKey: it must be a relative path of at most MAX_KEY_CHARS
+    characters from `[A-Za-z0-9._/-]`, with non-empty segments of at most MAX_SEGMENT_CHARS, no `.`
+    or `..` segment and no reserved name (temporaries, checksum sidecars)."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("invalid artifact key: must not be empty")
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidKey(f"invalid artifact key {_show(key)}: longer than {MAX_KEY_CHARS} characters")
+    if not _KEY_CHARS.fullmatch(key):
+        raise InvalidKey(f"invalid artifact key {_show(key)}: use only letters, digits, '.', '_', '-' and '/'")
+    if key.startswith("/"):
+        raise InvalidKey(f"invalid artifact key {_show(key)}: must be a relative path")
     parts = key.split("/")
     if any(p in ("..", ".", "") for p in parts):
-        raise InvalidKey(f"invalid artifact key {key!r}: empty, '.' and '..' segments are not allowed")
+        raise InvalidKey(f"invalid artifact key {_show(key)}: empty, '.' and '..' segments are not allowed")
+    if any(len(p) > MAX_SEGMENT_CHARS for p in parts):
+        raise InvalidKey(f"invalid artifact key {_show(key)}: a segment is longer than {MAX_SEGMENT_CHARS} characters")
     if parts[-1].startswith(".tmp-") or parts[-1].endswith(".sha256"):
-        raise InvalidKey(f"invalid artifact key {key!r}: reserved name")
-    return "/".join(parts)
+        raise InvalidKey(f"invalid artifact key {_show(key)}: reserved name")
+    return key
+
+
+def validate_output_key(key: str) -> str:
+    """An output key a service may write: a valid key under a job prefix (`jobs/<job id>/...`)."""
+    key = validate_key(key)
+    parts = key.split("/")
+    if parts[0] != JOB_PREFIX.rstrip("/") or len(parts) < 3:
+        raise InvalidKey(f"invalid output key {_show(key)}: services write only under a job prefix, jobs/<job id>/...")
+    return key
+
+
+def validate_sha256(sha256: str) -> str:
+    """A reference's checksum: exactly 64 lower-case hex digits (raises InvalidKey, part "sha256")."""
+    if not isinstance(sha256, str) or not SHA256_RE.fullmatch(sha256):
+        raise InvalidKey(f"must be 64 lower-case hex digits, got {_show(str(sha256), 20)}", part="sha256")
+    return sha256
+
+
+def validate_ref(ref: ArtifactRef) -> ArtifactRef:
+    """Check a reference's form (sha256; the URI is checked against the store on read)."""
+    validate_sha256(ref.sha256)
+    if not ref.uri or len(ref.uri) > 4 * MAX_KEY_CHARS:
+        raise InvalidKey(f"invalid artifact URI {_show(ref.uri)}")
+    return ref
 
 
 def sha256_file(path: Path) -> str:
@@ -101,16 +153,27 @@ class LocalArtifactStore:
 
     def _key_of(self, uri: str) -> str:
         parsed = urlparse(uri)
-        if parsed.scheme != "file":
-            raise InvalidKey(f"{uri!r} is not in this store ({self.root.as_uri()})")
+        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
+            raise InvalidKey(f"{_show(uri)} is not in this artifact store")
         path = Path(unquote(parsed.path))
         try:
             return validate_key(path.relative_to(self.root).as_posix())
         except ValueError:
-            raise InvalidKey(f"{uri!r} is not in this store ({self.root.as_uri()})") from None
+            raise InvalidKey(f"{_show(uri)} is not in this artifact store") from None
+
+    def _check_free(self, key: str) -> Path:
+        """The path of an output key, or InvalidKey if the key names a directory-like prefix of other
+        artifacts, or lies under an existing object."""
+        path = self._path(key)
+        if path.is_dir():
+            raise InvalidKey(f"invalid output key {_show(key)}: a prefix of other artifacts, not an object name")
+        for parent in path.relative_to(self.root).parents:
+            if parent.parts and (self.root / parent).is_file():
+                raise InvalidKey(f"invalid output key {_show(key)}: {_show(parent.as_posix())} is an artifact, not a prefix")
+        return path
 
     def _publish(self, key: str, write) -> ArtifactRef:  # write(fileobj) -> sha256 hex
-        path = self._path(key)
+        path = self._check_free(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
@@ -149,7 +212,7 @@ class LocalArtifactStore:
         return self._publish(key, write)
 
     def stat(self, key: str) -> ArtifactRef | None:
-        path = self._path(key)
+        path = self._check_free(key)
         sidecar = path.with_name(path.name + ".sha256")
         if not path.is_file() or not sidecar.is_file():
             return None
@@ -157,13 +220,15 @@ class LocalArtifactStore:
         return ArtifactRef(uri=path.as_uri(), sha256=digest, size_bytes=int(size))
 
     def get_bytes(self, ref: ArtifactRef) -> bytes:
-        path = self._path(self._key_of(ref.uri))
+        validate_ref(ref)
+        key = self._key_of(ref.uri)
+        path = self._path(key)
         if not path.is_file():
-            raise ArtifactNotFound(f"artifact {ref.uri} does not exist")
+            raise ArtifactNotFound(f"artifact {key} does not exist")
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        if ref.sha256 and digest != ref.sha256:
-            raise ChecksumMismatch(f"artifact {ref.uri}: sha256 {digest} != expected {ref.sha256}")
+        if digest != ref.sha256:
+            raise ChecksumMismatch(f"artifact {key}: sha256 {digest} != expected {ref.sha256}")
         return data
 
     def get_file(self, ref: ArtifactRef, dest: Path) -> Path:

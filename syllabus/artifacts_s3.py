@@ -28,6 +28,7 @@ from syllabus.artifacts import (
     InvalidKey,
     sha256_file,
     validate_key,
+    validate_ref,
 )
 
 PART_SIZE = 16 << 20  # multipart chunk for streamed uploads of unknown or large size
@@ -71,8 +72,9 @@ class S3ArtifactStore:
         parsed = urlparse(uri)
         root = f"{self.prefix}/" if self.prefix else ""
         name = parsed.path.lstrip("/")
-        if parsed.scheme != "s3" or parsed.netloc != self.bucket or not name.startswith(root):
-            raise InvalidKey(f"{uri!r} is not in this store (s3://{self.bucket}/{self.prefix})")
+        if (parsed.scheme != "s3" or parsed.netloc != self.bucket or not name.startswith(root)
+                or parsed.query or parsed.fragment or parsed.params):
+            raise InvalidKey(f"{uri[:80]!r} is not in this artifact store")
         return validate_key(name[len(root) :])
 
     # -- errors -------------------------------------------------------------------------------
@@ -149,6 +151,7 @@ class S3ArtifactStore:
         return ArtifactRef(uri=self.uri_for(key), sha256=digest, size_bytes=st.size)
 
     def _read(self, ref: ArtifactRef, sink) -> None:
+        validate_ref(ref)
         name = self._name(self._key_of(ref.uri))
         try:
             st = self.client.stat_object(self.bucket, name)
@@ -165,7 +168,7 @@ class S3ArtifactStore:
             resp.release_conn()
         digest = h.hexdigest()
         stored = (st.metadata or {}).get(f"x-amz-meta-{_META}", "")
-        expected = ref.sha256 or stored
+        expected = ref.sha256
         if digest != expected or (stored and stored != digest):
             raise ChecksumMismatch(f"artifact {ref.uri}: sha256 {digest} != expected {expected}")
 

@@ -130,22 +130,45 @@ def pack_adapter(src: Path) -> bytes:
     return buf.getvalue()
 
 
+VERIFIED_MARKER = ".syllabus-verified"  # written into a cached adapter dir once its bytes were verified
+
+
 def fetch_adapter(store, ref, cache_root: Path) -> Path:
-    """Unpack an adapter artifact once into `cache_root/<sha256>` (verified) and return that directory."""
-    target = Path(cache_root) / ref.sha256
-    if (target / "adapter_config.json").is_file():
+    """Unpack an adapter artifact once into `cache_root/<sha256>` and return that directory.
+
+    The reference is checked first (sha256 64 lower-case hex, so the cache directory name can never
+    leave `cache_root`; the URI inside `store`), the bytes are verified against the sha256 on read,
+    and a cached directory is used only if it carries the marker written after that verification.
+    Raises `syllabus.artifacts.InvalidKey` for a malformed reference, ValueError for an archive
+    that is not a peft adapter.
+    """
+    import tarfile
+
+    from syllabus.artifacts import validate_ref
+
+    validate_ref(ref)
+    cache_root = Path(cache_root)
+    target = cache_root / ref.sha256
+    if (target / VERIFIED_MARKER).is_file() and (target / "adapter_config.json").is_file():
         return target
-    data = store.get_bytes(ref)  # verifies the checksum
-    Path(cache_root).mkdir(parents=True, exist_ok=True)
+    data = store.get_bytes(ref)  # checks the URI is in the store and verifies the checksum
+    cache_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=cache_root))
-    unpack_adapter(data, tmp)
+    try:
+        unpack_adapter(data, tmp)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"artifact is not a tar of a peft adapter directory ({type(e).__name__})") from None
     if not (tmp / "adapter_config.json").is_file():
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ValueError(f"artifact {ref.uri} is not a peft adapter (no adapter_config.json in the archive)")
+        raise ValueError("artifact is not a peft adapter (no adapter_config.json in the archive)")
+    (tmp / VERIFIED_MARKER).write_text(ref.sha256 + "\n")
+    if target.exists() and not (target / VERIFIED_MARKER).is_file():
+        shutil.rmtree(target, ignore_errors=True)  # an unverified leftover: never used
     try:
         os.rename(tmp, target)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "adapter_config.json").is_file():
+        if not (target / VERIFIED_MARKER).is_file():
             raise
     return target
