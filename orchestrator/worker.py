@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -32,6 +33,10 @@ def build_worker(client: Client, config: Config, task_queue: str | None = None) 
         task_queue=task_queue or config.task_queue,
         workflows=[DistillationWorkflow],
         activities=activities.all(),
+        # Heartbeats reach Temporal at least every second: a cancel reaches a training step in
+        # seconds, not after the SDK's default 30 s throttle.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
+        default_heartbeat_throttle_interval=timedelta(seconds=1),
     )
 
 

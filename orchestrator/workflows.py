@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator.activities import Activities
@@ -47,11 +48,13 @@ O = TypeVar("O")
 START_TO_CLOSE = timedelta(minutes=30)
 # Short data steps (prepare, select, finish) do not heartbeat.
 SHORT_TIMEOUT = timedelta(minutes=5)
+# Transient failures (a service restarting, a worker lost) retry for about 5 minutes, long enough
+# for a supervised component to come back; non-retryable errors (bad input) fail at once.
 RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    backoff_coefficient=3.0,
-    maximum_interval=timedelta(minutes=1),
-    maximum_attempts=4,
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=14,
 )
 
 
@@ -224,6 +227,9 @@ class DistillationWorkflow:
             start_to_close_timeout=SHORT_TIMEOUT if short else START_TO_CLOSE,
             heartbeat_timeout=None if short else self._heartbeat_timeout,
             retry_policy=RETRY,
+            # A cancelled job waits until its long step has stopped the service's work (training),
+            # so nothing runs or gets published after the job reads cancelled.
+            cancellation_type=ActivityCancellationType.TRY_CANCEL if short else ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         self._progress.steps.append(StepTime(name, round, (workflow.now() - started).total_seconds()))
         return result

@@ -5,12 +5,36 @@ Every field maps 1:1 to an env var (`SYLLABUS_<FIELD>` upper-cased) and, later, 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_PREFIX = "SYLLABUS_"
+ENDPOINT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class TeacherEndpoint(BaseModel):
+    """An OpenAI-compatible chat-completions server a task may name as `teacher.model: openai:<name>`.
+
+    Only the server's configuration says where a teacher lives and which key it gets: a task names
+    the endpoint, never a URL."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+    url: str = Field(pattern=r"^https?://\S+$", description="Base URL, e.g. http://vllm:8000/v1 (/chat/completions is appended).")
+    model: str = Field(min_length=1, description="The served model name sent in each request.")
+    api_key_env: str = Field(
+        "", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$",
+        description="Name of the env var (on the teacher) holding the API key; empty: no key is sent.",
+    )
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout.")
+    concurrency: int = Field(8, ge=1, le=256, description="Requests in flight at most.")
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None if self.api_key_env else None
 
 
 def _default_home() -> Path:
@@ -39,7 +63,7 @@ class Config(BaseModel):
     s3_secret_key: str = Field("", description="S3/MinIO secret key (a secret in deployments).")
     s3_secure: bool = Field(True, description="Use TLS to reach the S3 endpoint.")
     activity_heartbeat_timeout_s: float = Field(
-        120.0, gt=0, description="Heartbeat timeout of long activities: how fast a dead worker/service is noticed."
+        30.0, gt=0, description="Heartbeat timeout of long activities: how fast a dead worker/service is noticed."
     )
     service_token: str = Field(
         "", description="Bearer token of the service role: the worker sends it, teacher/student/trainer accept only it "
@@ -49,7 +73,29 @@ class Config(BaseModel):
         "", description="The gateway's tokens: a JSON object {token: tenant}, tenant '*' = admin (a Secret in "
         "deployments). Empty: home/tokens.json, which `syllabus up` creates."
     )
+    trainer_checkpoint_every: int = Field(
+        20, gt=0, description="Optimiser steps between the trainer's resumable checkpoints (a restarted trainer resumes there)."
+    )
+    teacher_endpoints: dict[str, TeacherEndpoint] = Field(
+        default_factory=dict,
+        description="Teachers at HTTP endpoints, as JSON {name: {url, model, api_key_env}}; a task names one as "
+        "teacher.model: openai:<name>. Keys are read on the teacher from the env vars named by api_key_env.",
+    )
     log_level: str = Field("INFO", description="Python log level of services, worker and gateway.")
+
+    @field_validator("teacher_endpoints", mode="before")
+    @classmethod
+    def _parse_endpoints(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as e:
+                raise ValueError(f"SYLLABUS_TEACHER_ENDPOINTS is not JSON: {e}") from None
+        if isinstance(value, dict):
+            bad = [k for k in value if not isinstance(k, str) or not ENDPOINT_NAME_RE.match(k)]
+            if bad:
+                raise ValueError(f"endpoint names must match {ENDPOINT_NAME_RE.pattern}, got {bad[0]!r}")
+        return value
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'syllabus.db'}"

@@ -115,18 +115,27 @@ def unpack_adapter(data: bytes, dest: Path) -> Path:
 
 
 def pack_adapter(src: Path) -> bytes:
-    """Pack a peft adapter directory into a deterministic tar (sorted names, zero mtimes)."""
+    """Pack a peft adapter directory into a deterministic tar (sorted names, zero mtimes, a canonical
+    adapter_config.json): equal weights give equal bytes, and so equal sha256, in every process."""
     import io
     import tarfile
+
+    import json
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for f in sorted(p for p in Path(src).rglob("*") if p.is_file()):
+            data = f.read_bytes()
+            if f.name == "adapter_config.json":
+                # peft writes target_modules from a set: its order follows the process's hash seed.
+                cfg = json.loads(data)
+                if isinstance(cfg.get("target_modules"), list):
+                    cfg["target_modules"] = sorted(cfg["target_modules"])
+                data = json.dumps(cfg, indent=2, sort_keys=True).encode()
             info = tarfile.TarInfo(f.relative_to(src).as_posix())
-            info.size = f.stat().st_size
+            info.size = len(data)
             info.mode = 0o644
-            with open(f, "rb") as fh:
-                tar.addfile(info, fh)
+            tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 

@@ -4,9 +4,13 @@
   `InvalidRequest` naming the field.
 - `TrainingJobs.start` is idempotent on `job_key`: a known key returns its job (unless that job
   FAILED: then a retry starts a new attempt). If the adapter already exists at `output_key` the job
-  succeeds at once without training — how a retried orchestrator activity avoids recomputing.
+  succeeds at once without training, with the step count and losses recorded beside the adapter —
+  how a retried orchestrator activity avoids recomputing and still reports the truth.
+- Every job runs through the staged trainer (`trainer_svc.staged`; a plain request is a one-stage
+  recipe) and checkpoints every `checkpoint_every` steps to `<output_key>.ckpt`: a job started again
+  after this process died (SIGKILL, node loss) resumes there and ends with the same weights.
 - Jobs run one at a time (FIFO) in a worker thread; their events (PENDING, RUNNING per optimiser
-  step, then SUCCEEDED or FAILED) stay in memory, and `Job.follow` streams them to watchers.
+  step, then SUCCEEDED, FAILED or CANCELLED) stay in memory, and `Job.follow` streams them.
 
 All job state is touched on the event loop only; the training thread hands events over with
 `call_soon_threadsafe`, so no locks guard it.
@@ -27,7 +31,7 @@ from syllabus.models import check_model_ref, fetch_adapter
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus_sdk.trainer.v1 import trainer_pb2
 from trainer_svc.recipe import Recipe, RecipeError, load_recipe
-from trainer_svc.sft import DatasetError, SFTConfig, TrainingStopped, read_dataset, run_sft
+from trainer_svc.sft import DatasetError, SFTConfig, TrainingStopped, read_dataset
 
 log = logging.getLogger(__name__)
 
@@ -56,28 +60,31 @@ class TrainingPlan:
     init_adapter: ArtifactRef | None
     output_key: str
     config: SFTConfig
-    recipe: Recipe | None = None
-    """Set: the staged trainer runs this recipe (recipe_yaml, or objective DPO/CFT)."""
+    recipe: Recipe
+    """What the staged trainer runs: recipe_yaml, or one stage built from lora/training/objective."""
     merged_key: str | None = None
+    pairs_only: bool = False
+    """A plain SFT request: every record needs a non-empty prompt and response (checked up front)."""
 
 
-def recipe_from_request(req: trainer_pb2.StartTrainingRequest, config: SFTConfig) -> Recipe | None:
-    """The staged recipe of a request: its recipe_yaml, or one DPO/CFT stage from lora/training."""
+def recipe_from_request(req: trainer_pb2.StartTrainingRequest, config: SFTConfig) -> Recipe:
+    """The staged recipe of a request: its recipe_yaml, or one SFT/DPO/CFT stage from lora/training.
+
+    A plain SFT stage is unpacked: `batch_size` samples per optimiser step, as the request says."""
     if req.recipe_yaml:
         try:
             return load_recipe(req.recipe_yaml)
         except RecipeError as e:
             raise InvalidRequest("recipe_yaml", str(e)) from None
-    if req.objective in (Objective.OBJECTIVE_UNSPECIFIED, Objective.OBJECTIVE_SFT) and not req.merged_output_key:
-        return None
     objective = {Objective.OBJECTIVE_DPO: "dpo", Objective.OBJECTIVE_CFT: "cft"}.get(req.objective, "sft")
+    packing = objective == "cft" or bool(req.merged_output_key)
     if req.dpo.beta < 0:
         raise InvalidRequest("dpo.beta", f"must be >= 0 (0: 0.1), got {req.dpo.beta:g}")
     return Recipe.model_validate(
         {
             "seed": config.seed,
             "max_seq_len": config.max_seq_len,
-            "packing": objective != "dpo",
+            "packing": packing,
             "row_tokens": max(1024, config.max_seq_len),
             "batch_size": config.batch_size,
             "rows_per_step": max(1, config.batch_size // 4),
@@ -183,6 +190,7 @@ def plan_from_request(req: trainer_pb2.StartTrainingRequest) -> TrainingPlan:
         config=config,
         recipe=recipe_from_request(req, config),
         merged_key=merged_key,
+        pairs_only=not req.recipe_yaml and req.objective in (Objective.OBJECTIVE_UNSPECIFIED, Objective.OBJECTIVE_SFT),
     )
 
 
@@ -229,9 +237,10 @@ class Job:
 class TrainingJobs:
     """The job registry of one service process."""
 
-    def __init__(self, store: ArtifactStore, adapter_cache: Path) -> None:
+    def __init__(self, store: ArtifactStore, adapter_cache: Path, checkpoint_every: int = 20) -> None:
         self.store = store
         self.adapter_cache = Path(adapter_cache)
+        self.checkpoint_every = checkpoint_every
         self._jobs: dict[str, Job] = {}
         self._by_key: dict[str, Job] = {}
         self._start_lock = asyncio.Lock()  # makes check-then-create on job_key atomic
@@ -247,11 +256,11 @@ class TrainingJobs:
             job = self._by_key.get(plan.job_key)
             if job is not None and job.state not in (State.TRAINING_STATE_FAILED, State.TRAINING_STATE_CANCELLED):
                 return job, True
-            done = await asyncio.to_thread(self.store.stat, plan.output_key)
+            done = await asyncio.to_thread(self._finished, plan.output_key)
             if done is not None:
                 log.info("job %s: adapter already at %s, not training", plan.job_key, plan.output_key)
                 job = self._add(plan.job_key)
-                job.publish(_succeeded(done, mean_loss=0.0))
+                job.publish(done)
                 return job, False
             check_model_ref(plan.base)
             pairs, init_dir = await asyncio.to_thread(self._fetch_inputs, plan)
@@ -276,6 +285,16 @@ class TrainingJobs:
         tasks = [j.task for j in self._jobs.values() if j.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _finished(self, output_key: str) -> trainer_pb2.WatchTrainingResponse | None:
+        """The SUCCEEDED event of a run that already published `output_key`, with its true metrics."""
+        from trainer_svc.staged import read_metrics
+
+        ref = self.store.stat(output_key)
+        metrics = read_metrics(self.store, output_key) if ref is not None else None
+        if metrics is None:  # no adapter, or one from before metrics were kept: train (same bytes)
+            return None
+        return _succeeded(ref, metrics["mean_loss"], metrics["steps"], metrics["losses"])
+
     def _add(self, job_key: str) -> Job:
         job = Job(job_key)
         self._jobs[job.training_id] = job
@@ -293,7 +312,9 @@ class TrainingJobs:
         except InvalidKey as e:
             raise InvalidRequest("dataset.uri", str(e)) from None
         try:
-            pairs = read_dataset(data) if plan.recipe is None else read_records(data)
+            if plan.pairs_only:
+                read_dataset(data)
+            pairs = read_records(data)
         except (DatasetError, ValueError) as e:
             raise InvalidRequest("dataset", str(e)) from None
         init_dir = None
@@ -338,32 +359,23 @@ class TrainingJobs:
             return self._stopping or job.cancel_requested
 
         def train() -> trainer_pb2.WatchTrainingResponse:
-            # Another job may have published this output while we queued.
-            done = self.store.stat(plan.output_key)
-            if done is not None:
-                return _succeeded(done, mean_loss=0.0)
-            if plan.recipe is not None:
-                from trainer_svc.staged import run_recipe
+            from trainer_svc.staged import run_recipe
 
-                ref, res = run_recipe(
-                    plan.base, pairs, plan.recipe, self.store, plan.output_key, init_adapter=init_dir,
-                    merged_key=plan.merged_key, on_step=on_progress, should_stop=stop,
-                )  # fmt: skip
-                final = _succeeded(ref, res.mean_loss, steps=len(res.losses))
-                if res.merged_ref is not None:
-                    final.merged.CopyFrom(ref_to_pb(res.merged_ref))
-                return final
-            ref, result = run_sft(
-                plan.base,
-                pairs,
-                plan.config,
-                self.store,
-                plan.output_key,
-                init_adapter=init_dir,
-                on_step=on_step,
-                should_stop=stop,
-            )
-            return _succeeded(ref, result.mean_loss, steps=len(result.losses))
+            # Another job may have published this output while we queued.
+            done = self._finished(plan.output_key)
+            if done is not None:
+                return done
+            recipe = plan.recipe
+            if not recipe.checkpoint_every:
+                recipe = recipe.model_copy(update={"checkpoint_every": self.checkpoint_every})
+            ref, res = run_recipe(
+                plan.base, pairs, recipe, self.store, plan.output_key, init_adapter=init_dir,
+                merged_key=plan.merged_key, on_step=on_progress, should_stop=stop,
+            )  # fmt: skip
+            final = _succeeded(ref, res.mean_loss, len(res.losses), res.losses)
+            if res.merged_ref is not None:
+                final.merged.CopyFrom(ref_to_pb(res.merged_ref))
+            return final
 
         async with self._run_lock:
             try:
@@ -400,12 +412,15 @@ class TrainingJobs:
                 job.publish(succeeded)
 
 
-def _succeeded(ref: ArtifactRef, mean_loss: float, steps: int = 0) -> trainer_pb2.WatchTrainingResponse:
-    """The final event; steps and mean_loss are 0 when the adapter existed and nothing was trained."""
+def _succeeded(
+    ref: ArtifactRef, mean_loss: float, steps: int, losses: list[float]
+) -> trainer_pb2.WatchTrainingResponse:
+    """The final event: the adapter and the run's true step count and loss curve."""
     return trainer_pb2.WatchTrainingResponse(
         state=State.TRAINING_STATE_SUCCEEDED,
         step=steps,
         total_steps=steps,
         adapter=ref_to_pb(ref),
         mean_loss=mean_loss,
+        losses=losses,
     )

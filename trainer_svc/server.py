@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 import grpc
 
 from syllabus.artifacts import ArtifactNotFound, ChecksumMismatch, open_store
+from syllabus.auth import service_table
 from syllabus.config import Config
 from syllabus.models import ModelNotFound
-from syllabus.auth import service_table
 from syllabus.serving import Served, abort_invalid, build_server
 from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_svc.jobs import InvalidRequest, TrainingJobs, plan_from_request
@@ -25,9 +25,9 @@ SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_na
 
 def jobs_for(config: Config) -> TrainingJobs:
     """The job registry a server of this config uses (adapters fetched for continued training are
-    cached under `home/adapter-cache`)."""
+    cached under `home/adapter-cache`; checkpoints every `config.trainer_checkpoint_every` steps)."""
     store = open_store(config.resolved_artifact_url(), config)
-    return TrainingJobs(store, adapter_cache=config.home / "adapter-cache")
+    return TrainingJobs(store, config.home / "adapter-cache", checkpoint_every=config.trainer_checkpoint_every)
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):

@@ -733,6 +733,21 @@ def save_outputs(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def metrics_key(output_key: str) -> str:
+    """Where a run's step count and loss curve live, next to its adapter (published before it)."""
+    return output_key + ".metrics.json"
+
+
+def read_metrics(store: ArtifactStore, output_key: str) -> dict | None:
+    """The metrics of a finished run at `output_key`, or None if it never finished."""
+    ref = store.stat(metrics_key(output_key))
+    return json.loads(store.get_bytes(ref)) if ref is not None else None
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged (inf/NaN loss): nothing is published."""
+
+
 def run_recipe(
     base: str,
     records: Sequence[dict],
@@ -745,7 +760,11 @@ def run_recipe(
     on_step: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[ArtifactRef, RecipeResult]:
-    """setup -> train every stage (resuming from `<output_key>.ckpt` if present) -> save -> cleanup."""
+    """setup -> train every stage (resuming from `<output_key>.ckpt` if present) -> save -> cleanup.
+
+    The metrics (`metrics_key`) are published before the adapter, so an adapter in the store always
+    has its true step count and loss curve beside it. A stop request or a non-finite loss publishes
+    nothing."""
     from syllabus.models import load_model
 
     lm, tokenizer = load_model(base)
@@ -755,6 +774,14 @@ def run_recipe(
         lm, tokenizer, records, recipe, init_adapter=init_adapter, store=store, checkpoint_key=ckpt_key,
         on_step=on_step, should_stop=should_stop,
     )  # fmt: skip
+    bad = next((i for i, x in enumerate(result.losses) if not math.isfinite(x)), None)
+    if bad is not None:
+        raise NonFiniteLoss(f"the loss became {result.losses[bad]} at step {bad + 1}: check lr and lora alpha")
+    if should_stop is not None and should_stop():
+        raise TrainingStopped("stopped before publishing")
+    metrics = {"steps": len(result.losses), "mean_loss": result.mean_loss, "losses": result.losses,
+               "resumed_from": result.resumed_from}  # fmt: skip
+    store.put_bytes(metrics_key(output_key), json.dumps(metrics, sort_keys=True).encode())
     ref, result.merged_ref = save_outputs(model, snapshots, base, tokenizer, store, output_key, merged_key)
     log.info("recipe %s: %d steps, mean loss %.4f -> %s", recipe.name, len(result.losses), result.mean_loss, ref.uri)
     return ref, result

@@ -108,7 +108,7 @@ class WatchTrainingRequest(_message.Message):
     def __init__(self, training_id: _Optional[str] = ...) -> None: ...
 
 class WatchTrainingResponse(_message.Message):
-    __slots__ = ("state", "step", "total_steps", "loss", "learning_rate", "adapter", "message", "mean_loss", "stage", "stage_name", "stage_count", "tokens_per_second", "eta_seconds", "merged")
+    __slots__ = ("state", "step", "total_steps", "loss", "learning_rate", "adapter", "message", "mean_loss", "stage", "stage_name", "stage_count", "tokens_per_second", "eta_seconds", "merged", "losses")
     STATE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,7 @@ class WatchTrainingResponse(_message.Message):
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MERGED_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
     state: TrainingState
     step: int
     total_steps: int
@@ -137,7 +138,8 @@ class WatchTrainingResponse(_message.Message):
     tokens_per_second: float
     eta_seconds: float
     merged: _common_pb2.ArtifactRef
-    def __init__(self, state: _Optional[_Union[TrainingState, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., message: _Optional[str] = ..., mean_loss: _Optional[float] = ..., stage: _Optional[int] = ..., stage_name: _Optional[str] = ..., stage_count: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., merged: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+    losses: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, state: _Optional[_Union[TrainingState, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., message: _Optional[str] = ..., mean_loss: _Optional[float] = ..., stage: _Optional[int] = ..., stage_name: _Optional[str] = ..., stage_count: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., merged: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., losses: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class CancelTrainingRequest(_message.Message):
     __slots__ = ("training_id",)
