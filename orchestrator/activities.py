@@ -677,11 +677,15 @@ class Activities:
     async def train_adapter(self, inp: TrainInput) -> TrainOutput:
         """TrainerService.StartTraining + WatchTraining: one LoRA SFT run; records the training run.
 
-        Heartbeats on every progress event. The adapter's step count and mean loss are kept next to it
-        (`<key>-metrics.json`), published after the adapter, so a retry can answer from the store.
+        Heartbeats on every progress event. A retry (this worker died, the trainer restarted) starts
+        the same `job_key` again: the trainer re-attaches to the running job, resumes a killed one
+        from its checkpoint, or answers from the store; the final event carries the run's true step
+        count and loss curve either way. Cancelling the activity cancels the training job.
         """
         import grpc
 
+        from syllabus.auth import channel as auth_channel
+        from syllabus.auth import service_token
         from syllabus.pb import ref_from_pb, ref_to_pb
         from syllabus_sdk.common.v1 import common_pb2
         from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -709,84 +713,69 @@ class Activities:
         params = {"model": task.student.model, "stage": inp.stage, "lora": lora, "training": training}
         step_name = "reference" if inp.stage == "reference" else "train"
         key = output_key(inp.job_id, inp.round, step_name, [inp.dataset, inp.init_adapter], params, "tar")
-        metrics_key = key.removesuffix(".tar") + "-metrics.json"
-
-        adapter = self.store.stat(key)
-        metrics_ref = self.store.stat(metrics_key)
         records = self._read_jsonl(inp.dataset)
         samples = len(records)
-        if adapter is not None and metrics_ref is not None:
-            metrics = json.loads(self._read(metrics_ref))
-        else:
-            model = common_pb2.ModelRef(base=task.student.model)
-            if inp.init_adapter is not None:
-                model.adapter.CopyFrom(ref_to_pb(inp.init_adapter))
-            request = trainer_pb2.StartTrainingRequest(
-                job_key=key,
-                model=model,
-                dataset=ref_to_pb(inp.dataset),
-                lora=trainer_pb2.LoraSpec(**lora),
-                training=trainer_pb2.TrainingSpec(**training),
-                output_key=key,
-            )
-            final: trainer_pb2.WatchTrainingResponse | None = None
-            losses: list[float] = []
-            async with (
-                grpc.aio.insecure_channel(self.config.trainer_address) as channel,
-                _heartbeating() as hb,
-            ):
-                stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-                try:
-                    started = await stub.StartTraining(request)
-                    hb.update({"training_id": started.training_id, "state": "PENDING"})
-                    async for event in stub.WatchTraining(
-                        trainer_pb2.WatchTrainingRequest(training_id=started.training_id)
-                    ):
-                        hb.update(
-                            {
-                                "state": trainer_pb2.TrainingState.Name(event.state).removeprefix(
-                                    "TRAINING_STATE_"
-                                ),
-                                "step": event.step,
-                                "total": event.total_steps,
-                                "loss": round(float(event.loss), 4),
-                            }
+
+        model = common_pb2.ModelRef(base=task.student.model)
+        if inp.init_adapter is not None:
+            model.adapter.CopyFrom(ref_to_pb(inp.init_adapter))
+        request = trainer_pb2.StartTrainingRequest(
+            job_key=key,
+            model=model,
+            dataset=ref_to_pb(inp.dataset),
+            lora=trainer_pb2.LoraSpec(**lora),
+            training=trainer_pb2.TrainingSpec(**training),
+            output_key=key,
+        )
+        final: trainer_pb2.WatchTrainingResponse | None = None
+        training_id = ""
+        async with (
+            auth_channel(self.config.trainer_address, service_token(self.config)) as channel,
+            _heartbeating() as hb,
+        ):
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            try:
+                started = await stub.StartTraining(request)
+                training_id = started.training_id
+                hb.update({"training_id": training_id, "state": "PENDING"})
+                async for event in stub.WatchTraining(trainer_pb2.WatchTrainingRequest(training_id=training_id)):
+                    state = trainer_pb2.TrainingState.Name(event.state).removeprefix("TRAINING_STATE_")
+                    hb.update({"state": state, "step": event.step, "total": event.total_steps, "loss": round(float(event.loss), 4)})
+                    if event.state == trainer_pb2.TRAINING_STATE_FAILED:
+                        raise ApplicationError(
+                            f"training {training_id} failed: {event.message}", type="TrainingFailed", non_retryable=True
                         )
-                        if event.state == trainer_pb2.TRAINING_STATE_RUNNING and event.step > len(losses):
-                            losses.append(round(float(event.loss), 5))
-                        if event.state == trainer_pb2.TRAINING_STATE_FAILED:
-                            raise ApplicationError(
-                                f"training {started.training_id} failed: {event.message}",
-                                type="TrainingFailed",
-                                non_retryable=True,
-                            )
-                        if event.state == trainer_pb2.TRAINING_STATE_CANCELLED:
-                            # Someone cancelled the training job itself: retrying would not help.
-                            raise ApplicationError(
-                                f"training {started.training_id} was cancelled: {event.message}",
-                                type="TrainingCancelled",
-                                non_retryable=True,
-                            )
-                        if event.state == trainer_pb2.TRAINING_STATE_SUCCEEDED:
-                            final = event
-                            break
-                except grpc.aio.AioRpcError as e:
-                    raise _rpc_failure(e, "TrainerService training") from None
-            if final is None:
-                # The stream ended without a verdict (e.g. the trainer restarted): retry, which
-                # reattaches to the same job through its job_key.
-                raise ApplicationError(
-                    "training progress stream ended before the job finished", type="TrainingInterrupted"
-                )
-            adapter = ref_from_pb(final.adapter)
-            if adapter is None:
-                raise ApplicationError("training succeeded without an adapter", type="DATA_LOSS")
-            metrics = {
-                "steps": int(final.total_steps or final.step),
-                "mean_loss": float(final.mean_loss),
-                "losses": losses,  # the stage's loss curve, one value per optimiser step
-            }
-            self._publish_once(metrics_key, json.dumps(metrics, sort_keys=True).encode())
+                    if event.state == trainer_pb2.TRAINING_STATE_CANCELLED:
+                        # Someone cancelled the training job itself: retrying would not help.
+                        raise ApplicationError(
+                            f"training {training_id} was cancelled: {event.message}",
+                            type="TrainingCancelled",
+                            non_retryable=True,
+                        )
+                    if event.state == trainer_pb2.TRAINING_STATE_SUCCEEDED:
+                        final = event
+                        break
+            except grpc.aio.AioRpcError as e:
+                raise _rpc_failure(e, "TrainerService training") from None
+            except asyncio.CancelledError:
+                # The workflow was cancelled (or this attempt timed out): stop the training job so it
+                # neither burns the trainer nor publishes an adapter nobody asked for any more.
+                if training_id:
+                    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
+                        await stub.CancelTraining(trainer_pb2.CancelTrainingRequest(training_id=training_id), timeout=5)
+                raise
+        if final is None:
+            # The stream ended without a verdict (e.g. the trainer restarted): retry, which
+            # reattaches to the same job through its job_key or resumes it from its checkpoint.
+            raise ApplicationError("training progress stream ended before the job finished", type="TrainingInterrupted")
+        adapter = ref_from_pb(final.adapter)
+        if adapter is None:
+            raise ApplicationError("training succeeded without an adapter", type="DATA_LOSS")
+        metrics = {
+            "steps": int(final.total_steps or final.step),
+            "mean_loss": float(final.mean_loss),
+            "losses": [round(float(x), 5) for x in final.losses],  # one value per optimiser step
+        }
 
         await asyncio.to_thread(
             self._record_training_run,
