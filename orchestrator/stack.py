@@ -3,6 +3,10 @@
 Used by `syllabus up` and `syllabus demo`. Every component runs as its own process on loopback,
 talking real gRPC; logs go to `<home>/logs/<name>.log`, Temporal's state to `<home>/temporal.db` so
 finished workflows stay visible in the Web UI after a restart.
+
+Supervised: `supervise()` (a background thread) restarts a component that died, after a backoff
+of 1 s doubling to 30 s (reset once it has run a minute), and logs each exit and restart; a job in
+flight goes on by itself because every step is an idempotent, retried activity.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,14 +51,23 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: ask Linux to SIGTERM this child when the stack's process dies, however it dies."""
+def _load_prctl():
     import ctypes
 
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except OSError:  # not glibc Linux: `stop()` remains the only cleanup
-        pass
+        return None
+
+
+_PRCTL = _load_prctl()  # resolved here, so the forked child runs no import or dlopen
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGTERM this child when the thread that started it dies, however it
+    dies (the main thread, or the supervisor thread, which lives until `stop()`)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -83,12 +97,21 @@ class Stack:
     preload: tuple[str, ...] = ()
     log: callable = print
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    restarts: dict[str, int] = field(default_factory=dict)
+    """How often each component was restarted by the supervisor."""
+    _cmds: dict[str, list[str]] = field(default_factory=dict)
+    _started: dict[str, float] = field(default_factory=dict)
+    _pending: dict[str, float] = field(default_factory=dict)  # name -> when to restart it
+    _backoff: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _supervisor: threading.Thread | None = None
 
     @property
     def log_dir(self) -> Path:
         return self.config.home / "logs"
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def _popen(self, name: str, cmd: list[str]) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
@@ -96,8 +119,49 @@ class Stack:
             preexec_fn=_die_with_parent,
         )
         out.close()
-        self.procs.append((name, proc))
+        self._cmds[name] = cmd
+        self._started[name] = time.monotonic()
         return proc
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        proc = self._popen(name, cmd)
+        with self._lock:
+            self.procs.append((name, proc))
+        return proc
+
+    # -- supervision ----------------------------------------------------------------------------
+
+    def supervise(self, every: float = 0.25) -> None:
+        """Restart dead components in a background thread until `stop()`."""
+        if self._supervisor is None:
+            self._supervisor = threading.Thread(target=self._supervise_loop, args=(every,), name="stack-supervisor", daemon=True)
+            self._supervisor.start()
+
+    def _supervise_loop(self, every: float) -> None:
+        while not self._stopping.wait(every):
+            self.supervise_once()
+
+    def supervise_once(self, now: float | None = None) -> None:
+        """One pass: note newly dead components, restart those whose backoff has passed."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for i, (name, proc) in enumerate(self.procs):
+                if self._stopping.is_set() or proc.poll() is None:
+                    continue
+                if name not in self._pending:
+                    delay = self._backoff.get(name, 1.0)
+                    if now - self._started.get(name, now) > 60:
+                        delay = 1.0  # it had been healthy: a fresh crash, not a crash loop
+                    self._pending[name] = now + delay
+                    self._backoff[name] = min(2 * delay, 30.0)
+                    self.log(f"{name} exited with code {proc.returncode}; restarting in {delay:.0f}s "
+                             f"(log: {self.log_dir / (name + '.log')})")
+                elif now >= self._pending[name]:
+                    del self._pending[name]
+                    new = self._popen(name, self._cmds[name])
+                    self.procs[i] = (name, new)
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    self.log(f"{name} restarted (pid {new.pid}, restart {self.restarts[name]})")
 
     def _check_ports_free(self) -> None:
         c = self.config
@@ -182,12 +246,18 @@ class Stack:
             await self._wait(name, proc, healthy, 300)
             self.log(f"{name} serving at {address}")
 
+    def pid(self, name: str) -> int | None:
+        """The running process id of a component, or None while it is down."""
+        with self._lock:
+            return next((p.pid for n, p in self.procs if n == name and p.poll() is None), None)
+
     def kill(self, name: str) -> None:
         """SIGKILL one component (crash testing): no graceful shutdown, no cleanup."""
-        for n, proc in self.procs:
-            if n == name and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        with self._lock:
+            procs = [p for n, p in self.procs if n == name and p.poll() is None]
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def restart_worker(self) -> None:
         """Start a fresh worker process (after `kill("worker")`)."""
@@ -195,6 +265,9 @@ class Stack:
         self._spawn("worker", [sys.executable, "-m", "orchestrator.worker"])
 
     def stop(self, timeout: float = 15.0) -> None:
+        self._stopping.set()  # the supervisor restarts nothing from here on
+        if self._supervisor is not None:
+            self._supervisor.join()
         # A second Ctrl-C while stopping must not abandon the remaining components.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
