@@ -42,6 +42,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+TEST_SERVICE_TOKEN = "test-service-token"  # the service-role token of every test server's Config
+
+
+@pytest.fixture(scope="session")
+def service_token() -> str:
+    """Pass as `Config(service_token=...)`: the teacher, student and trainer accept only it."""
+    return TEST_SERVICE_TOKEN
+
+
+@pytest.fixture(scope="session")
+def service_channel():
+    """`service_channel(port)`: an aio channel to 127.0.0.1:port that sends the test service token."""
+    from syllabus import auth
+
+    return lambda port: auth.channel(f"127.0.0.1:{port}", TEST_SERVICE_TOKEN)
+
+
 @pytest.fixture
 def store(tmp_path: Path):
     from syllabus.artifacts import LocalArtifactStore

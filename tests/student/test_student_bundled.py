@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,7 @@ TASK = Path(__file__).resolve().parents[2] / "examples" / "banking77" / "task.ya
 N_ITEMS = 10
 
 
-async def test_evaluate_banking77_matches_direct_computation(tmp_path, store):
+async def test_evaluate_banking77_matches_direct_computation(tmp_path, store, service_token, service_channel):
     task = load_task(TASK)
     items = task.eval[:: len(task.eval) // N_ITEMS][:N_ITEMS]  # spread over the intents
     records = [
@@ -41,11 +40,11 @@ async def test_evaluate_banking77_matches_direct_computation(tmp_path, store):
     ]
     eval_set = store.put_bytes("in/banking77-eval.jsonl", dumps_jsonl(records))
 
-    config = Config(home=tmp_path / "home", artifact_url=store.root.as_uri())
+    config = Config(home=tmp_path / "home", service_token=service_token, artifact_url=store.root.as_uri())
     served = await create_server(config, servicer=make_servicer(config, models=ModelCache(device="cpu")))
     await served.set_serving(True)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        async with service_channel(served.port) as channel:
             resp = await student_pb2_grpc.StudentServiceStub(channel).Evaluate(
                 student_pb2.EvaluateRequest(
                     model=common_pb2.ModelRef(base=DEFAULT_MODEL),

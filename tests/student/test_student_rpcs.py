@@ -18,8 +18,8 @@ from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 pytestmark = pytest.mark.integration
 
 @pytest.fixture
-async def served_student(tmp_path: Path, tiny_models, store):
-    config = Config(home=tmp_path / "home", artifact_url=store.root.as_uri(), teacher_address="127.0.0.1:1")
+async def served_student(tmp_path: Path, tiny_models, store, service_token):
+    config = Config(home=tmp_path / "home", service_token=service_token, artifact_url=store.root.as_uri(), teacher_address="127.0.0.1:1")
     return config
 
 async def _stub(config, tiny_models):
@@ -37,11 +37,11 @@ def test_answer_matching():
     assert label_from_generation("Card_arrival, I think", ["card_arrival", "exchange_rate"]) == "card_arrival"
     assert label_from_generation("nothing", ["card_arrival"]) is None
 
-async def test_score_stream_reports_progress_then_the_result(served_student, tiny_models, tiny_model_dir, store, mixed_records):
+async def test_score_stream_reports_progress_then_the_result(served_student, tiny_models, tiny_model_dir, store, mixed_records, service_channel):
     served = await _stub(served_student, tiny_models)
     dataset = pb.ref_to_pb(store.put_bytes("in/c.jsonl", dumps_jsonl(mixed_records)))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        async with service_channel(served.port) as channel:
             stub = student_pb2_grpc.StudentServiceStub(channel)
             request = student_pb2.ScoreRequest(
                 model=common_pb2.ModelRef(base=str(tiny_model_dir)),
@@ -72,13 +72,13 @@ async def test_score_stream_reports_progress_then_the_result(served_student, tin
         assert a["ifd_ppl"] == pytest.approx(b["ifd_ppl"], rel=1e-4)
         assert set(a) == {"id", "loss_base", "ifd_ppl", "ifd_loss", "answer_loss_cond", "answer_loss_uncond"}
 
-async def test_select_top_k_and_diversity(served_student, tiny_models, tiny_model_dir, store, mixed_records):
+async def test_select_top_k_and_diversity(served_student, tiny_models, tiny_model_dir, store, mixed_records, service_channel):
     served = await _stub(served_student, tiny_models)
     dataset = pb.ref_to_pb(store.put_bytes("in/c.jsonl", dumps_jsonl(mixed_records)))
     scores = [{"id": r["id"], "learnability": i / 10, "ifd_ppl": 0.5 if i % 2 else 1.5} for i, r in enumerate(mixed_records)]
     scores_ref = pb.ref_to_pb(store.put_bytes("in/s.jsonl", dumps_jsonl(scores)))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        async with service_channel(served.port) as channel:
             stub = student_pb2_grpc.StudentServiceStub(channel)
             top = await stub.Select(
                 student_pb2.SelectRequest(
@@ -104,7 +104,7 @@ async def test_select_top_k_and_diversity(served_student, tiny_models, tiny_mode
     picked = loads_jsonl(store.get_bytes(pb.ref_from_pb(div.selected)))
     assert div.count == 5 and len({r["id"] for r in picked}) == 5
 
-async def test_evaluate_exact_match_by_generation(served_student, tiny_models, tiny_model_dir, store):
+async def test_evaluate_exact_match_by_generation(served_student, tiny_models, tiny_model_dir, store, service_channel):
     model, tok = tiny_models.get(str(tiny_model_dir))
     prompts = ["What is 2 + 2?", "Name a colour.", "Say hi"]
     gens = generate_greedy(model, tok, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens=6)
@@ -113,7 +113,7 @@ async def test_evaluate_exact_match_by_generation(served_student, tiny_models, t
     eval_set = pb.ref_to_pb(store.put_bytes("in/qa.jsonl", dumps_jsonl(records)))
     served = await _stub(served_student, tiny_models)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        async with service_channel(served.port) as channel:
             resp = await student_pb2_grpc.StudentServiceStub(channel).Evaluate(
                 student_pb2.EvaluateRequest(
                     model=common_pb2.ModelRef(base=str(tiny_model_dir)),
@@ -131,10 +131,10 @@ async def test_evaluate_exact_match_by_generation(served_student, tiny_models, t
     assert [r["correct"] for r in rows] == [True, False, False]
     assert resp.total == 3 and resp.correct == sum(r["correct"] for r in rows)
 
-async def test_evaluate_judge_through_a_real_teacher(tmp_path, tiny_models, tiny_model_dir, store):
+async def test_evaluate_judge_through_a_real_teacher(tmp_path, tiny_models, tiny_model_dir, store, service_token, service_channel):
     from teacher_svc.server import create_server as create_teacher
 
-    config = Config(home=tmp_path / "home", artifact_url=store.root.as_uri())
+    config = Config(home=tmp_path / "home", service_token=service_token, artifact_url=store.root.as_uri())
     teacher = await create_teacher(config)
     await teacher.set_serving(True)
     config = config.model_copy(update={"teacher_address": f"127.0.0.1:{teacher.port}"})
@@ -145,7 +145,7 @@ async def test_evaluate_judge_through_a_real_teacher(tmp_path, tiny_models, tiny
     eval_set = pb.ref_to_pb(store.put_bytes("in/open.jsonl", dumps_jsonl(records)))
     served = await _stub(config, tiny_models)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        async with service_channel(served.port) as channel:
             resp = await student_pb2_grpc.StudentServiceStub(channel).Evaluate(
                 student_pb2.EvaluateRequest(
                     model=common_pb2.ModelRef(base=str(tiny_model_dir)),
@@ -164,7 +164,7 @@ async def test_evaluate_judge_through_a_real_teacher(tmp_path, tiny_models, tiny
     assert all(isinstance(r["reason"], str) and r["reason"] for r in rows)
     assert resp.correct == sum(r["correct"] for r in rows)
 
-async def test_score_car_arte_and_crowd_difficulty(served_student, tiny_models, tiny_model_dir, store, put_adapter):
+async def test_score_car_arte_and_crowd_difficulty(served_student, tiny_models, tiny_model_dir, store, put_adapter, service_channel):
 
     labels = ["card_arrival", "exchange_rate", "top_up_failed"]
     records = [
@@ -177,7 +177,7 @@ async def test_score_car_arte_and_crowd_difficulty(served_student, tiny_models, 
     adapter = put_adapter(store)
     served = await _stub(served_student, tiny_models)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        async with service_channel(served.port) as channel:
             resp = await student_pb2_grpc.StudentServiceStub(channel).Score(
                 student_pb2.ScoreRequest(
                     model=common_pb2.ModelRef(base=str(tiny_model_dir)),

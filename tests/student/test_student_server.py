@@ -20,12 +20,12 @@ LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate"]
 
 
 @pytest.fixture
-async def student(tmp_path: Path, tiny_models, store):
+async def student(tmp_path: Path, tiny_models, store, service_token, service_channel):
     """A started server whose artifact store is the `store` fixture's directory; yields a stub."""
-    config = Config(home=tmp_path / "home", artifact_url=store.root.as_uri())
+    config = Config(home=tmp_path / "home", service_token=service_token, artifact_url=store.root.as_uri())
     served = await create_server(config, servicer=make_servicer(config, models=tiny_models))
     await served.set_serving(True)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+    async with service_channel(served.port) as channel:
         yield student_pb2_grpc.StudentServiceStub(channel)
     await served.stop(0)
 
@@ -270,13 +270,13 @@ async def test_unknown_model_is_failed_precondition(student, store, tmp_path, mi
         assert err.value.details().startswith("model.base:")
 
 
-async def test_health_is_not_serving_until_ready(tmp_path, tiny_models):
+async def test_health_is_not_serving_until_ready(tmp_path, tiny_models, service_token):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    config = Config(home=tmp_path / "home", artifact_url=(tmp_path / "artifacts").as_uri())
+    config = Config(home=tmp_path / "home", service_token=service_token, artifact_url=(tmp_path / "artifacts").as_uri())
     served = await create_server(config, servicer=make_servicer(config, models=tiny_models))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:  # health needs no token
             health = health_pb2_grpc.HealthStub(channel)
             service = "syllabus.student.v1.StudentService"
             resp = await health.Check(health_pb2.HealthCheckRequest(service=service))

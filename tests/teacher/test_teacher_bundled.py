@@ -9,7 +9,6 @@ import re
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 
 from syllabus.artifacts import LocalArtifactStore
@@ -29,13 +28,14 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def test_bundled_teacher_expands_banking77_seeds(tmp_path: Path, banking77) -> None:
+async def test_bundled_teacher_expands_banking77_seeds(tmp_path: Path, banking77, service_token, service_channel) -> None:
     store = LocalArtifactStore(tmp_path / "artifacts")
     labels = ["card_arrival", "lost_or_stolen_card"]
     seeds_ref = store.put_bytes("inputs/seeds.jsonl", dumps_jsonl(banking77.seeds))
-    served = await create_server(Config(home=tmp_path))
+    served = await create_server(Config(home=tmp_path, service_token=service_token))
+    await served.set_serving(True)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        async with service_channel(served.port) as channel:
             resp = await teacher_pb2_grpc.TeacherServiceStub(channel).Generate(
                 teacher_pb2.GenerateRequest(
                     model=common_pb2.ModelRef(base=DEFAULT_MODEL),
@@ -63,8 +63,8 @@ async def test_bundled_teacher_expands_banking77_seeds(tmp_path: Path, banking77
     assert [v.reason for v in verdicts] == ["ok"] * len(records)
 
 
-async def test_main_serves_after_preload(tmp_path: Path, tiny_model_dir: Path) -> None:
-    env = {**os.environ, "SYLLABUS_HOME": str(tmp_path)}
+async def test_main_serves_after_preload(tmp_path: Path, tiny_model_dir: Path, service_token) -> None:
+    env = {**os.environ, "SYLLABUS_HOME": str(tmp_path), "SYLLABUS_SERVICE_TOKEN": service_token}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -30,11 +30,12 @@ PROVENANCE_KEYS = {"method", "backend", "model", "revision", "prompt_template_ha
 
 
 @pytest.fixture
-async def teacher(tmp_path: Path):
-    config = Config(home=tmp_path, artifact_url=(tmp_path / "artifacts").as_uri())
+async def teacher(tmp_path: Path, service_token, service_channel):
+    config = Config(home=tmp_path, artifact_url=(tmp_path / "artifacts").as_uri(), service_token=service_token)
     store = LocalArtifactStore(tmp_path / "artifacts")
     served = await create_server(config, servicer=TeacherServicer(store, adapter_cache=tmp_path / "adapters"))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+    await served.set_serving(True)
+    async with service_channel(served.port) as channel:
         yield teacher_pb2_grpc.TeacherServiceStub(channel), store
     await served.stop(0)
 
@@ -207,12 +208,14 @@ async def test_adapter_on_unsupported_backend_and_missing_adapter(teacher, tiny_
 
 
 @pytest.fixture
-async def trainer(tmp_path: Path):
+async def trainer(tmp_path: Path, service_token):
     """A TrainerService on the same artifact store as the teacher fixture."""
     from trainer_svc.server import create_server as create_trainer
     from trainer_svc.server import jobs_for
 
-    config = Config(home=tmp_path / "trainer-home", artifact_url=(tmp_path / "artifacts").as_uri())
+    config = Config(
+        home=tmp_path / "trainer-home", artifact_url=(tmp_path / "artifacts").as_uri(), service_token=service_token
+    )
     jobs = jobs_for(config)
     served = await create_trainer(config, jobs=jobs)
     await served.set_serving(True)
@@ -221,13 +224,16 @@ async def trainer(tmp_path: Path):
     await jobs.close()
 
 
-async def test_tailor_dpo_through_trainer_then_regenerate(teacher, trainer, tiny_model_dir) -> None:
+async def test_tailor_dpo_through_trainer_then_regenerate(
+    teacher, trainer, tiny_model_dir, service_token, service_channel
+) -> None:
     _, store = teacher
     # The servicer of the teacher fixture has no trainer; point it at the in-process TrainerService.
     servicer = TeacherServicer(
-        store, adapter_cache=Path(store.root).parent / "adapters2", trainer=GrpcDpoTrainer(trainer)
+        store, adapter_cache=Path(store.root).parent / "adapters2", trainer=GrpcDpoTrainer(trainer, service_token)
     )
-    served = await create_server(Config(home=Path(store.root).parent), servicer=servicer)
+    served = await create_server(Config(home=Path(store.root).parent, service_token=service_token), servicer=servicer)
+    await served.set_serving(True)
     drafts, scores = [], []
     for q in range(4):
         for s, style in enumerate(("step_by_step", "eli5")):
@@ -253,7 +259,7 @@ async def test_tailor_dpo_through_trainer_then_regenerate(teacher, trainer, tiny
         training=trainer_pb2.TrainingSpec(epochs=1, learning_rate=1e-3, batch_size=2, seed=0, max_seq_len=128),
         dpo_beta=0.1, sampling=common_pb2.SamplingParams(temperature=0, max_new_tokens=8), output_key="t/arte",
     )  # fmt: skip
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+    async with service_channel(served.port) as channel:
         tailor = teacher_pb2_grpc.TeacherServiceStub(channel)
         resp = await tailor.Tailor(req)
         # 4 questions under one prompt: quartile = 1 -> 1 question pair; every question has s_r gaps.

@@ -24,12 +24,13 @@ CLASSIFICATION = common_pb2.TASK_KIND_CLASSIFICATION
 
 
 @pytest.fixture
-async def teacher(tmp_path: Path):
+async def teacher(tmp_path: Path, service_token, service_channel):
     """(stub, store) for a started server whose artifact store is `store`."""
-    config = Config(home=tmp_path)
+    config = Config(home=tmp_path, service_token=service_token)
     served = await create_server(config)
+    await served.set_serving(True)
     store = LocalArtifactStore(tmp_path / "artifacts")
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+    async with service_channel(served.port) as channel:
         yield teacher_pb2_grpc.TeacherServiceStub(channel), store
     await served.stop(0)
 

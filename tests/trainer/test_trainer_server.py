@@ -28,13 +28,13 @@ RECORDS = [
 
 
 @pytest.fixture
-async def service(tmp_path: Path):
+async def service(tmp_path: Path, service_token, service_channel):
     """(stub, jobs) of a started TrainerService whose artifact store is under tmp_path."""
-    config = Config(home=tmp_path / "home", artifact_url=(tmp_path / "artifacts").as_uri())
+    config = Config(home=tmp_path / "home", service_token=service_token, artifact_url=(tmp_path / "artifacts").as_uri())
     jobs = jobs_for(config)
     served = await create_server(config, jobs=jobs)
     await served.set_serving(True)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+    async with service_channel(served.port) as channel:
         yield trainer_pb2_grpc.TrainerServiceStub(channel), jobs
     await served.stop(0)
     await jobs.close()
