@@ -6,12 +6,20 @@ Each job is one `DistillationWorkflow` whose workflow id is the job id. The gate
 task spec (INVALID_ARGUMENT naming the problem, nothing started), stores it as an artifact, records
 the job in SQL and starts the workflow. Job state comes from Temporal: the workflow's `progress`
 query while it runs, its result once completed, and the pending activity's heartbeat for step detail.
+
+Tenancy: every job row names the tenant whose token submitted it (`ADMIN_JOBS_TENANT` for the admin
+token). Get, Watch, Cancel, List and Lineage only ever show the caller's own jobs (admin: all); another
+tenant's job answers NOT_FOUND exactly as a missing one does. Job ids are one namespace: a job id is
+owned by its first submission, and resubmitting it is idempotent only with the same task (sha256 of the
+canonical task) from a caller who sees the job; anything else is ALREADY_EXISTS, and the stored task
+artifact is never overwritten.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import re
 import uuid
@@ -20,16 +28,17 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestrator.types import DistillationInput, JobProgress
 from orchestrator.workflows import DistillationWorkflow
 from syllabus import db
 from syllabus.artifacts import open_store
-from syllabus.auth import ADMIN_ROLE, TENANT_ROLE, gateway_table
+from syllabus.auth import ADMIN_ROLE, TENANT_ROLE, Principal, current_principal, gateway_table
 from syllabus.config import Config, load_config
 from syllabus.serving import Served, build_server, serve
 from syllabus.tasks import TaskSpecError, dump_task, parse_task
@@ -47,6 +56,7 @@ _STATUS = {
     WorkflowExecutionStatus.TERMINATED: jobs_pb2.JOB_STATUS_TERMINATED,
     WorkflowExecutionStatus.TIMED_OUT: jobs_pb2.JOB_STATUS_TERMINATED,
 }
+ADMIN_JOBS_TENANT = "admin"  # the tenant recorded for jobs the admin token submits
 WATCH_POLL_SECONDS = 0.5
 QUERY_TIMEOUT = timedelta(seconds=3)  # a query waits for a worker; do not hang a GetJob on a dead one
 
@@ -106,18 +116,31 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         job_id = request.job_id or f"{task.name}-{uuid.uuid4().hex[:8]}"
         if not JOB_ID_RE.match(job_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: use letters, digits, '.', '_' or '-' (max 128)")
+        principal = current_principal()
+        canonical = dump_task(task).encode()
+        digest = hashlib.sha256(canonical).hexdigest()
         task_key = f"jobs/{job_id}/task.yaml"
-        task_ref = await asyncio.to_thread(self.store.stat, task_key)
-        if task_ref is None:
-            task_ref = await asyncio.to_thread(self.store.put_bytes, task_key, dump_task(task).encode())
-        artifacts_uri = self.store.uri_for(f"jobs/{job_id}/task.yaml").removesuffix("task.yaml")
+        artifacts_uri = self.store.uri_for(task_key).removesuffix("task.yaml")
+        # The job row claims the id atomically (primary key); the first submission owns it.
         with self.sessions.begin() as s:
-            db.insert_ignore(
+            claimed = db.insert_ignore(
                 s,
                 db.Job,
-                [dict(id=job_id, task_name=task.name, task_yaml=request.task_yaml, rounds_total=task.rounds,
-                      artifacts_uri=artifacts_uri, status="running")],
+                [{"id": job_id, "tenant": _tenant_of(principal), "task_name": task.name, "task_yaml": request.task_yaml,
+                  "task_sha256": digest, "rounds_total": task.rounds, "artifacts_uri": artifacts_uri, "status": "running"}],
             )
+            row = None if claimed else s.get(db.Job, job_id)
+        stored = await asyncio.to_thread(self.store.stat, task_key)
+        if row is not None and not (principal.sees(row.tenant) and (row.task_sha256 or _sha(stored)) == digest):
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, _taken(job_id))
+        if stored is not None and stored.sha256 != digest:
+            # A task artifact this id's row does not account for (a store kept across a database reset):
+            # never overwrite it, and give the id back.
+            if claimed:
+                with self.sessions.begin() as s:
+                    s.execute(delete(db.Job).where(db.Job.id == job_id))
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, _taken(job_id))
+        task_ref = stored or await asyncio.to_thread(self.store.put_bytes, task_key, canonical)
         inp = DistillationInput(
             job_id=job_id,
             task_ref=task_ref,
@@ -127,14 +150,18 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             targeted_per_skill=task.generate.targeted_per_skill,
         )
         try:
-            # USE_EXISTING: submitting the same job id again returns the running job instead of a second run.
+            # USE_EXISTING: submitting the same job id again returns the running job instead of a second
+            # run; REJECT_DUPLICATE: nor does it start a finished job over.
             await self.client.start_workflow(
                 DistillationWorkflow.run,
                 inp,
                 id=job_id,
                 task_queue=self.config.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
+        except WorkflowAlreadyStartedError:
+            pass
         except RPCError as e:
             if e.status != RPCStatusCode.ALREADY_EXISTS:
                 raise
@@ -147,8 +174,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         limit = request.limit or 50
         if limit < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit: must be >= 0")
+        principal = current_principal()
+        stmt = select(db.Job.id).order_by(db.Job.created_at.desc()).limit(limit)
+        if principal.role != ADMIN_ROLE:
+            stmt = stmt.where(db.Job.tenant == principal.tenant)
         with self.sessions() as s:
-            ids = s.execute(select(db.Job.id).order_by(db.Job.created_at.desc()).limit(limit)).scalars().all()
+            ids = s.execute(stmt).scalars().all()
         jobs = [await self._job(job_id, context, light=True) for job_id in ids]
         return jobs_pb2.ListJobsResponse(jobs=jobs)
 
@@ -175,15 +206,19 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         target = request.WhichOneof("target")
         if target is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "target: set sample_id or training_run_id")
+        principal = current_principal()
         with self.sessions() as s:
             if target == "sample_id":
                 samples = sample_lineage(s, request.sample_id, request.job_id)
+                # Only the caller's jobs: another tenant's sample is as absent as a missing one.
+                tenants = _tenants(s, {x.job_id for x in samples})
+                samples = [x for x in samples if principal.sees(tenants.get(x.job_id))]
                 if not samples:
                     where = f" in job {request.job_id!r}" if request.job_id else ""
                     await context.abort(grpc.StatusCode.NOT_FOUND, f"sample {request.sample_id!r} not found{where}")
                 return jobs_pb2.GetLineageResponse(samples=samples)
             run = training_run_lineage(s, request.training_run_id)
-            if run is None:
+            if run is None or not principal.sees(_tenants(s, {run.job_id}).get(run.job_id)):
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"training run {request.training_run_id} not found")
             return jobs_pb2.GetLineageResponse(training_run=run)
 
@@ -217,6 +252,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def _job(self, job_id: str, context, light: bool = False) -> jobs_pb2.Job:
         if not job_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: required")
+        with self.sessions() as s:
+            row = s.get(db.Job, job_id)
+        # Another tenant's job is NOT_FOUND exactly as a missing one is; only admin sees a workflow
+        # that has no job row (started outside the gateway).
+        principal = current_principal()
+        if not (principal.sees(row.tenant) if row is not None else principal.role == ADMIN_ROLE):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} not found")
         handle = self.client.get_workflow_handle(job_id, result_type=JobProgress)
         try:
             snap = await self._snapshot(handle, light)
@@ -224,8 +266,6 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             if e.status == RPCStatusCode.NOT_FOUND:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} not found")
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"Temporal: {e.message}")
-        with self.sessions() as s:
-            row = s.get(db.Job, job_id)
         job = jobs_pb2.Job(
             job_id=job_id,
             status=snap.status,
@@ -257,6 +297,26 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             )
             job.steps.extend(jobs_pb2.StepTiming(name=t.name, round=t.round, seconds=t.seconds) for t in p.steps)
         return job
+
+
+def _tenant_of(principal: Principal) -> str:
+    return ADMIN_JOBS_TENANT if principal.role == ADMIN_ROLE else principal.tenant
+
+
+def _sha(ref) -> str:
+    return ref.sha256 if ref is not None else ""
+
+
+def _taken(job_id: str) -> str:
+    # The same words whoever owns the id: nothing says whether it is another tenant's job.
+    return f"job_id: {job_id!r} already exists with another task; resubmit the same task or choose another job_id"
+
+
+def _tenants(s, job_ids: set[str]) -> dict[str, str]:
+    """job id -> tenant for the job rows among `job_ids`."""
+    if not job_ids:
+        return {}
+    return dict(s.execute(select(db.Job.id, db.Job.tenant).where(db.Job.id.in_(job_ids))).all())
 
 
 async def create_server(config: Config, address: str = "127.0.0.1:0", client: Client | None = None) -> Served:

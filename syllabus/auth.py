@@ -128,11 +128,14 @@ def gateway_table(config) -> TokenTable:
     for token, tenant in raw.items():
         if tenant != ADMIN_TENANT and not TENANT_RE.match(tenant):
             raise AuthConfigError(f"{path}: tenant {tenant[:40]!r} must match {TENANT_RE.pattern} (or be '*')")
+        if tenant in RESERVED_TENANTS:
+            raise AuthConfigError(f"{path}: tenant {tenant!r} is reserved (the admin token's jobs); use '*' for admin")
         principals[token] = Principal(ADMIN_ROLE, ADMIN_TENANT) if tenant == ADMIN_TENANT else Principal(TENANT_ROLE, tenant)
     return TokenTable(principals)
 
 
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+RESERVED_TENANTS = frozenset({"admin"})  # the gateway records the admin token's jobs under "admin"
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -200,9 +203,15 @@ class _StreamToken(_AddToken, grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(self._details(client_call_details), request)
 
 
+class _BidiToken(_AddToken, grpc.aio.StreamStreamClientInterceptor):  # server reflection
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
 def channel(address: str, token: str, options: list | None = None) -> grpc.aio.Channel:
     """An aio channel to a Syllabus server that authenticates every call with `token`."""
-    return grpc.aio.insecure_channel(address, options=options, interceptors=[_UnaryToken(token), _StreamToken(token)])
+    interceptors = [_UnaryToken(token), _StreamToken(token), _BidiToken(token)]
+    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
 
 
 # -- server side ---------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+DEFAULT_TENANT = "default"  # the tenant of jobs recorded before tenants existed (migration 0002)
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -41,8 +43,12 @@ class Base(DeclarativeBase):
 class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # The tenant that submitted it (the gateway scopes every job RPC to it; "admin" for the admin token).
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT, index=True)
     task_name: Mapped[str] = mapped_column(String(256))
     task_yaml: Mapped[str] = mapped_column(Text)
+    # sha256 of the canonical task (`dump_task`): a resubmitted job id must carry the same task.
+    task_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
     status: Mapped[str] = mapped_column(String(32), default="running")
     rounds_total: Mapped[int] = mapped_column(Integer)
     artifacts_uri: Mapped[str] = mapped_column(Text, default="")

@@ -3,6 +3,7 @@ tests cover validation, lookup and server wiring; tests/e2e runs whole jobs)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import uuid
@@ -15,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from temporalio.testing import WorkflowEnvironment
 
 from orchestrator.gateway import create_server
+from syllabus import auth
 from syllabus.config import Config
 from syllabus_sdk.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -30,12 +32,17 @@ async def temporal():
     await env.shutdown()
 
 
+ADMIN_TOKEN = "test-admin-token"
+
+
 @pytest.fixture
 async def gateway(temporal: WorkflowEnvironment, tmp_path: Path):
-    config = Config(home=tmp_path, task_queue=f"tq-{uuid.uuid4()}")
+    tokens = tmp_path / "gateway-tokens.json"
+    tokens.write_text(json.dumps({ADMIN_TOKEN: "*"}))
+    config = Config(home=tmp_path, task_queue=f"tq-{uuid.uuid4()}", tokens_file=str(tokens))
     served = await create_server(config, "127.0.0.1:0", client=temporal.client)
     await served.set_serving(True)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{served.port}")
+    channel = auth.channel(f"127.0.0.1:{served.port}", ADMIN_TOKEN)
     yield jobs_pb2_grpc.JobServiceStub(channel), channel, temporal.client
     await channel.close()
     await served.stop(0)
