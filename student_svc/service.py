@@ -34,7 +34,7 @@ from syllabus.artifacts import (
     ArtifactStore,
     ChecksumMismatch,
     InvalidKey,
-    validate_key,
+    validate_output_key,
 )
 from syllabus.models import ModelNotFound, fetch_adapter
 from syllabus.records import dumps_jsonl, loads_jsonl
@@ -197,14 +197,22 @@ def _output_key(key: str) -> str:
     if not key:
         raise InvalidField("output_key", "required")
     try:
-        return validate_key(key)
+        return validate_output_key(key)
     except InvalidKey as e:
         raise InvalidField("output_key", str(e)) from None
 
 
-def _base(model: common_pb2.ModelRef) -> str:
+def _finite(request) -> None:
+    """No request field may hold inf or NaN (raises InvalidField naming it)."""
+    if bad := pb.first_nonfinite(request):
+        raise InvalidField(bad, "must be a finite number (no inf or NaN)")
+
+
+def _base(model: common_pb2.ModelRef, field: str = "model.base") -> str:
     if not model.base:
-        raise InvalidField("model.base", "required (e.g. bundled:smollm2-135m-instruct)")
+        raise InvalidField(field, "required (e.g. bundled:smollm2-135m-instruct)")
+    if len(model.base) > 1024 or "\x00" in model.base or "://" in model.base:
+        raise InvalidField(field, "not a model name (bundled:NAME or a local HF model directory)")
     return model.base
 
 
@@ -236,6 +244,7 @@ def _irt_fit(field: str, fit: student_pb2.IrtFit, default: str) -> IrtFitJob:
 
 def parse_score_request(request: student_pb2.ScoreRequest) -> ScoreJob:
     """Validate a ScoreRequest (raises InvalidField)."""
+    _finite(request)
     base = _base(request.model)
     dataset = pb.ref_from_pb(request.dataset)
     if dataset is None:
@@ -334,6 +343,7 @@ def _labels(field: str, labels: list[str]) -> list[str]:
 
 def parse_evaluate_request(request: student_pb2.EvaluateRequest) -> EvaluateJob:
     """Validate an EvaluateRequest (raises InvalidField)."""
+    _finite(request)
     base = _base(request.model)
     if request.kind == common_pb2.TASK_KIND_UNSPECIFIED:
         raise InvalidField("kind", "required (e.g. TASK_KIND_CLASSIFICATION)")
@@ -396,6 +406,7 @@ POLICIES = {
 
 def parse_select_request(request: student_pb2.SelectRequest) -> SelectJob:
     """Validate a SelectRequest (raises InvalidField)."""
+    _finite(request)
     if request.policy not in POLICIES:
         raise InvalidField("policy", "required: SELECT_POLICY_TOP_K, _RATIO, _THRESHOLD or _DIVERSITY")
     policy = POLICIES[request.policy]
@@ -575,8 +586,8 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         data = self._get(field, ref)
         try:
             records = loads_jsonl(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidField(field, f"not JSONL: {e}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise InvalidField(field, f"not JSONL: {type(e).__name__}") from None
         return check_records(records, field, required)
 
     def _get(self, field: str, ref: ArtifactRef) -> bytes:
@@ -587,7 +598,15 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         except ChecksumMismatch as e:
             raise CorruptArtifact(f"{field}: {e}") from None
         except InvalidKey as e:
-            raise InvalidField(f"{field}.uri", str(e)) from None
+            raise InvalidField(f"{field}.{e.part}", str(e)) from None
+
+    def _stat_output(self, key: str) -> ArtifactRef | None:
+        """The published output under key (a retried request), or None; InvalidField if the key is a
+        directory-like prefix of other artifacts or lies under an existing one."""
+        try:
+            return self.store.stat(key)
+        except InvalidKey as e:
+            raise InvalidField("output_key", str(e)) from None
 
     def _adapter_dir(self, ref: ArtifactRef) -> Path:
         try:
@@ -597,9 +616,11 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         except ChecksumMismatch as e:
             raise CorruptArtifact(f"model.adapter: {e}") from None
         except InvalidKey as e:
-            raise InvalidField("model.adapter.uri", str(e)) from None
+            raise InvalidField(f"model.adapter.{e.part}", str(e)) from None
         except tarfile.TarError as e:
             raise InvalidField("model.adapter", f"not a tar of a peft adapter directory: {e}") from None
+        except ValueError as e:
+            raise InvalidField("model.adapter", str(e)) from None
         if not (path / "adapter_config.json").is_file():
             shutil.rmtree(path, ignore_errors=True)  # our cache: do not keep a useless unpacked dir
             raise InvalidField(
@@ -624,7 +645,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
             raise Unloadable(f"model.adapter: {e}") from None
 
     def _score(self, job: ScoreJob, progress: StageProgress | None = None) -> student_pb2.ScoreResponse:
-        existing = self.store.stat(job.output_key)
+        existing = self._stat_output(job.output_key)
         if existing is not None:
             rows = loads_jsonl(self._get("output_key", existing))
             return self._score_response(job, existing, rows, None)
@@ -741,7 +762,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
     def _select(self, job: SelectJob) -> tuple[ArtifactRef, int]:
         from student_svc import selection
 
-        existing = self.store.stat(job.output_key)
+        existing = self._stat_output(job.output_key)
         if existing is not None:
             return existing, len(loads_jsonl(self._get("output_key", existing)))
         dataset = self._read_records("dataset", job.dataset, ("id",))
@@ -781,7 +802,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         return ref, len(ids)
 
     def _evaluate(self, job: EvaluateJob) -> tuple[ArtifactRef, evaluation.EvalSummary]:
-        existing = self.store.stat(job.output_key)
+        existing = self._stat_output(job.output_key)
         if existing is not None:
             rows = loads_jsonl(self._get("output_key", existing))
             return existing, evaluation.EvalSummary(

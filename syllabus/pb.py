@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from syllabus.artifacts import ArtifactRef
 from syllabus_sdk.common.v1 import common_pb2
 
@@ -15,3 +17,39 @@ def ref_from_pb(msg: common_pb2.ArtifactRef) -> ArtifactRef | None:
     if not msg.uri:
         return None
     return ArtifactRef(uri=msg.uri, sha256=msg.sha256, size_bytes=msg.size_bytes)
+
+
+def first_nonfinite(msg, prefix: str = "") -> str | None:
+    """The path ("training.learning_rate", "weights[2]") of the first float/double field of `msg`
+    holding inf or NaN, or None. No Syllabus RPC accepts a non-finite number anywhere."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    floats = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
+    for field, value in msg.ListFields():
+        name = f"{prefix}{field.name}"
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == FieldDescriptor.LABEL_REPEATED
+        if field.type in floats:
+            values = list(value) if repeated else [value]
+            for i, v in enumerate(values):
+                if not math.isfinite(v):
+                    return f"{name}[{i}]" if repeated else name
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
+                vfield = field.message_type.fields_by_name["value"]
+                if vfield.type in floats:
+                    bad = next((p for p, v in items if not math.isfinite(v)), None)
+                    if bad:
+                        return bad
+                    continue
+                if vfield.type != FieldDescriptor.TYPE_MESSAGE:
+                    continue
+                subs = items
+            elif repeated:
+                subs = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+            else:
+                subs = [(name, value)]
+            for path, sub in subs:
+                if bad := first_nonfinite(sub, path + "."):
+                    return bad
+    return None

@@ -9,7 +9,8 @@ one from a ModelRef base:
 
 - `bundled:NAME` or a local HF directory -> transformers;
 - `vllm:<bundled:NAME or directory>` -> vLLM;
-- `openai:<served model name>@<base url>` -> HTTP (key from SYLLABUS_TEACHER_API_KEY).
+- `openai:<endpoint name>` -> HTTP to an endpoint configured on the server
+  (`SYLLABUS_TEACHER_ENDPOINTS`: URL, served model, key env var); a URL in the base is refused.
 
 Reproducibility: each batch is seeded with `seed + batch_index` inside a forked RNG, so a retried
 request with the same parameters and batch size reproduces the same text and leaves the process's
@@ -83,12 +84,13 @@ class BackendUnavailable(BackendError):
     """The backend stayed unreachable or kept failing after the configured retries."""
 
 
-def load_backend(base: str) -> Backend:
-    """The backend a ModelRef base names (see the module docstring); raises ModelNotFound or ValueError."""
+def load_backend(base: str, endpoints=None) -> Backend:
+    """The backend a ModelRef base names (see the module docstring); raises ModelNotFound or ValueError.
+    `endpoints`: the configured HTTP teachers (default: `Config.teacher_endpoints` from the env)."""
     if base.startswith("openai:"):
         from teacher_svc.openai_backend import OpenAIBackend
 
-        return OpenAIBackend.from_base(base)
+        return OpenAIBackend.from_base(base, endpoints)
     if base.startswith("vllm:"):
         from teacher_svc.vllm_backend import VLLMBackend
 

@@ -12,6 +12,11 @@ reproducible on servers that honour `seed`), `stop`. A prefill is sent as a fina
 message with vLLM's `continue_final_message` flag, so the reply continues it as on the in-process
 backends; servers without that extension ignore the flag and answer the user message afresh.
 
+Where the endpoint lives and which key it gets come from the server's configuration only
+(`SYLLABUS_TEACHER_ENDPOINTS`, see `syllabus.config.TeacherEndpoint`): a ModelRef names a configured
+endpoint as `openai:<name>`, never a URL. Errors carry the endpoint's name, the HTTP status and a short
+reason, never the upstream body (it could echo prompts or secrets back to the client).
+
 Only the standard library is used (urllib), so the backend adds no dependency.
 """
 
@@ -19,15 +24,16 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from syllabus.config import TeacherEndpoint
+from syllabus.models import ModelNotFound
 from teacher_svc.backend import BackendRequestError, BackendUnavailable, ChatPrompt, Completion, Sampling
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -45,6 +51,7 @@ class HTTPSettings:
     backoff_s: float = 0.5  # first retry waits this long, doubling each time
     max_backoff_s: float = 8.0  # cap on one wait
     concurrency: int = 8  # requests in flight at most
+    label: str = ""  # how errors name the endpoint (its configured name); default "teacher endpoint"
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -76,13 +83,26 @@ class OpenAIBackend:
         self._sleep = time.sleep  # tests may replace it to observe backoff
 
     @classmethod
-    def from_base(cls, base: str) -> OpenAIBackend:
-        """From a ModelRef base "openai:<model>@<base_url>"; the API key comes from SYLLABUS_TEACHER_API_KEY."""
-        spec = base.removeprefix("openai:")
-        model, sep, url = spec.partition("@")
-        if not sep or not model or not url:
-            raise ValueError(f"expected 'openai:<model>@<base_url>', got {base!r}")
-        return cls(HTTPSettings(url, model, api_key=os.environ.get("SYLLABUS_TEACHER_API_KEY")))
+    def from_base(cls, base: str, endpoints: Mapping[str, TeacherEndpoint] | None = None) -> OpenAIBackend:
+        """From a ModelRef base "openai:<name>" naming one of `endpoints` (default: the config's
+        `teacher_endpoints`). Raises ValueError for a URL, ModelNotFound for an unknown name."""
+        name = base.removeprefix("openai:")
+        if is_url_like(name):
+            raise ValueError("name a configured endpoint, not a URL")
+        if endpoints is None:
+            from syllabus.config import load_config
+
+            endpoints = load_config().teacher_endpoints
+        endpoint = endpoints.get(name)
+        if endpoint is None:
+            known = ", ".join(sorted(endpoints)[:20]) or "none"
+            raise ModelNotFound(
+                f"no teacher endpoint {name[:64]!r} is configured (SYLLABUS_TEACHER_ENDPOINTS); configured: {known}"
+            )
+        return cls(HTTPSettings(
+            endpoint.url, endpoint.model, api_key=endpoint.api_key(), timeout_s=endpoint.timeout_s,
+            concurrency=endpoint.concurrency, label=f"teacher endpoint {name!r}",
+        ))  # fmt: skip
 
     def generate(
         self, prompts: Sequence[ChatPrompt], sampling: Sampling, batch_size: int, stop: Sequence[str] = ()
@@ -132,7 +152,7 @@ class OpenAIBackend:
             except _Retryable as e:
                 last = e
         raise BackendUnavailable(
-            f"{s.base_url}: prompt {index} failed after {s.max_retries + 1} attempts; last error: {last}"
+            f"{s.label or 'teacher endpoint'}: prompt {index} failed after {s.max_retries + 1} attempts; last error: {last}"
         )
 
     def _attempt(self, body: bytes, n: int) -> list[Completion]:
@@ -147,26 +167,43 @@ class OpenAIBackend:
             with urllib.request.urlopen(req, timeout=s.timeout_s) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
-            detail = e.read()[:200].decode(errors="replace")
+            # The status and its standard reason only: the body is the upstream's, never echoed.
+            detail = _reason(e.code)
             if e.code in RETRYABLE_STATUS:
-                raise _Retryable(f"HTTP {e.code}: {detail}", _retry_after(e.headers.get("Retry-After"))) from e
-            raise BackendRequestError(f"{s.base_url}: HTTP {e.code}: {detail}") from e
+                raise _Retryable(f"HTTP {e.code} {detail}", _retry_after(e.headers.get("Retry-After"))) from e
+            raise BackendRequestError(f"{s.label or 'teacher endpoint'}: HTTP {e.code} {detail}") from e
         except TimeoutError as e:
             raise _Retryable(f"timed out after {s.timeout_s} s") from e
         except urllib.error.URLError as e:
             if isinstance(e.reason, TimeoutError | socket.timeout):
                 raise _Retryable(f"timed out after {s.timeout_s} s") from e
-            raise _Retryable(f"connection failed: {e.reason}") from e
+            raise _Retryable(f"connection failed ({type(e.reason).__name__})") from e
         except (ConnectionError, http.client.HTTPException) as e:
-            raise _Retryable(f"connection failed: {e!r}") from e
+            raise _Retryable(f"connection failed ({type(e).__name__})") from e
         return _parse_response(raw, n)
+
+
+def is_url_like(name: str) -> bool:
+    """Whether a model name smuggles in a location (a task must name a configured endpoint)."""
+    lowered = name.lower()
+    return "://" in lowered or "@http" in lowered
+
+
+def _reason(code: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "(non-standard status)"
 
 
 def _retry_after(value: str | None) -> float | None:
     try:
-        return float(value) if value is not None else None
+        wait = float(value) if value is not None else None
     except ValueError:
         return None
+    return wait if wait is not None and 0 <= wait < float("inf") else None
 
 
 def _parse_response(raw: bytes, n: int) -> list[Completion]:
@@ -180,7 +217,7 @@ def _parse_response(raw: bytes, n: int) -> list[Completion]:
         usage = data.get("usage") or {}
         total = usage.get("completion_tokens")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise _Retryable(f"malformed response ({e}): {raw[:120]!r}") from e
+        raise _Retryable(f"malformed response body ({type(e).__name__}, {len(raw)} bytes)") from e
     if not isinstance(total, int):
         # No usage block: approximate by whitespace words (documented; providers almost always send usage).
         return [Completion(t, len(t.split())) for t in texts]

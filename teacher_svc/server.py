@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 from syllabus.artifacts import open_store
 from syllabus.auth import service_table, service_token
 from syllabus.config import Config
 from syllabus.serving import Served, build_server
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
-from teacher_svc.service import TeacherServicer
+from teacher_svc.backend import load_backend
+from teacher_svc.service import ModelCache, TeacherServicer
 from teacher_svc.tailor import GrpcDpoTrainer
 
 SERVICE_NAME = teacher_pb2.DESCRIPTOR.services_by_name["TeacherService"].full_name
@@ -18,6 +21,7 @@ def build_servicer(config: Config) -> TeacherServicer:
     at `config.trainer_address`, and adapters are cached under `home/adapter-cache`."""
     return TeacherServicer(
         open_store(config.resolved_artifact_url(), config),
+        ModelCache(functools.partial(load_backend, endpoints=config.teacher_endpoints)),
         adapter_cache=config.home / "adapter-cache",
         trainer=GrpcDpoTrainer(config.trainer_address, service_token(config)),
     )

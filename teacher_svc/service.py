@@ -26,10 +26,11 @@ from syllabus.artifacts import (
     ArtifactStore,
     ChecksumMismatch,
     InvalidKey,
-    validate_key,
+    validate_output_key,
+    validate_sha256,
 )
 from syllabus.models import ModelNotFound, check_model_ref, fetch_adapter
-from syllabus.pb import ref_from_pb, ref_to_pb
+from syllabus.pb import first_nonfinite, ref_from_pb, ref_to_pb
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
@@ -46,6 +47,7 @@ from teacher_svc.critique import judge
 from teacher_svc.errors import DEFAULT_EXAMPLES_PER_SKILL, analyze_confusions
 from teacher_svc.generation import DEFAULT_BATCH_SIZE, ExpansionRequest, Seed, expand_seeds, parse_seeds
 from teacher_svc.leakage import LeakageGuard
+from teacher_svc.openai_backend import is_url_like
 from teacher_svc.reasoning import (
     CLASSIFICATION,
     EXACT,
@@ -125,28 +127,28 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         self._model_lock = asyncio.Lock()
 
     async def Generate(self, request: teacher_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
-        try:
-            return await self._generate(request)
-        except RequestFailed as e:
-            await context.abort(e.code, e.message)
+        return await self._serve(self._generate, request, context)
 
     async def Critique(self, request: teacher_pb2.CritiqueRequest, context: grpc.aio.ServicerContext):
-        try:
-            return await self._critique(request)
-        except RequestFailed as e:
-            await context.abort(e.code, e.message)
+        return await self._serve(self._critique, request, context)
 
     async def Tailor(self, request: teacher_pb2.TailorRequest, context: grpc.aio.ServicerContext):
-        try:
-            return await self._tailor(request)
-        except RequestFailed as e:
-            await context.abort(e.code, e.message)
+        return await self._serve(self._tailor, request, context)
 
     async def AnalyzeErrors(self, request: teacher_pb2.AnalyzeErrorsRequest, context: grpc.aio.ServicerContext):
+        return await self._serve(self._analyze_errors, request, context)
+
+    async def _serve(self, handler, request, context: grpc.aio.ServicerContext):
+        """Run one RPC: non-finite numbers are refused up front, failures map to status codes; an
+        InvalidKey not mapped by the input readers comes from an output key (a directory-like prefix)."""
         try:
-            return await self._analyze_errors(request)
+            if bad := first_nonfinite(request):
+                raise invalid(bad, "must be a finite number (no inf or NaN)")
+            return await handler(request)
         except RequestFailed as e:
             await context.abort(e.code, e.message)
+        except InvalidKey as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"output_key: {e}")
 
     # -- Generate ---------------------------------------------------------------------------------
 
@@ -397,6 +399,8 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
                 raise RequestFailed(grpc.StatusCode.NOT_FOUND, f"model.adapter: {e}") from e
             except ChecksumMismatch as e:
                 raise RequestFailed(grpc.StatusCode.DATA_LOSS, f"model.adapter: {e}") from e
+            except InvalidKey as e:
+                raise invalid(f"model.adapter.{e.part}", str(e)) from e
             except ValueError as e:
                 raise invalid("model.adapter", str(e)) from e
         try:
@@ -639,11 +643,11 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         except ChecksumMismatch as e:
             raise RequestFailed(grpc.StatusCode.DATA_LOSS, f"{field}: {e}") from e
         except InvalidKey as e:
-            raise invalid(f"{field}.uri", str(e)) from e
+            raise invalid(f"{field}.{e.part}", str(e)) from e
         try:
             records = loads_jsonl(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise invalid(field, f"not a JSONL file: {e}") from e
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise invalid(field, f"not a JSONL file: {type(e).__name__}") from e
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
                 raise invalid(field, f"record {i} is not a JSON object")
@@ -661,6 +665,12 @@ def _with_params(records: list[dict], params: dict) -> list[dict]:
 def _check_model(model: common_pb2.ModelRef) -> str:
     if not model.base:
         raise invalid("model.base", "required (bundled:smollm2-135m-instruct or a local HF model directory)")
+    if is_url_like(model.base):
+        raise invalid("model.base", "name a configured endpoint (openai:<name>), not a URL")
+    if len(model.base) > 1024 or "\x00" in model.base:
+        raise invalid("model.base", "not a model name")
+    if model.adapter.uri or model.adapter.sha256:
+        _check_ref("model.adapter", model.adapter)
     if model.adapter.uri and model.base.startswith(("openai:", "vllm:")):
         raise RequestFailed(
             grpc.StatusCode.UNIMPLEMENTED, "model.adapter: adapters are applied by the transformers backend only"
@@ -693,16 +703,28 @@ def _check_labels(labels) -> list[str]:
 
 
 def _check_key(field: str, key: str) -> str:
+    """An output key: a valid artifact key under a job prefix (jobs/<job id>/...)."""
     try:
-        return validate_key(key)
+        return validate_output_key(key)
     except InvalidKey as e:
         raise invalid(field, str(e)) from e
+
+
+def _check_ref(field: str, msg: common_pb2.ArtifactRef) -> None:
+    """A reference's form: a URI and a 64-hex sha256 (the URI is checked against the store on read)."""
+    if not msg.uri:
+        raise invalid(f"{field}.uri", "required")
+    try:
+        validate_sha256(msg.sha256)
+    except InvalidKey as e:
+        raise invalid(f"{field}.sha256", str(e)) from e
 
 
 def _required_ref(field: str, msg: common_pb2.ArtifactRef) -> ArtifactRef:
     ref = ref_from_pb(msg)
     if ref is None:
         raise invalid(field, "required (an ArtifactRef to a JSONL artifact)")
+    _check_ref(field, msg)
     return ref
 
 

@@ -26,7 +26,7 @@ class RecipeError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LoraConfig(_Strict):
@@ -196,12 +196,17 @@ def load_recipe(text: str) -> Recipe:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise RecipeError(f"not valid YAML: {e}") from None
+        raise RecipeError(f"not valid YAML: {' '.join(str(getattr(e, 'problem', None) or e).split())[:200]}") from None
+    except (RecursionError, ValueError, OverflowError) as e:
+        raise RecipeError(f"not valid YAML ({type(e).__name__}: nested too deeply or a number out of range)") from None
     if not isinstance(raw, dict):
         raise RecipeError("a recipe is a mapping with at least `stages`")
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise RecipeError(f"{loc}: {err['msg']}" if loc else err["msg"]) from None
+        loc = ".".join(str(p)[:80] for p in err["loc"])
+        msg = " ".join(err["msg"].split())[:300]
+        raise RecipeError(f"{loc}: {msg}" if loc else msg) from None
+    except RecursionError:
+        raise RecipeError("nested too deeply") from None

@@ -12,10 +12,18 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from syllabus.artifacts import ArtifactNotFound, ChecksumMismatch, open_store
+from syllabus.artifacts import (
+    ArtifactNotFound,
+    ChecksumMismatch,
+    InvalidKey,
+    open_store,
+    validate_output_key,
+    validate_sha256,
+)
 from syllabus.auth import service_table
 from syllabus.config import Config
 from syllabus.models import ModelNotFound
+from syllabus.pb import first_nonfinite
 from syllabus.serving import Served, abort_invalid, build_server
 from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_svc.jobs import InvalidRequest, TrainingJobs, plan_from_request
@@ -30,6 +38,25 @@ def jobs_for(config: Config) -> TrainingJobs:
     return TrainingJobs(store, config.home / "adapter-cache", checkpoint_every=config.trainer_checkpoint_every)
 
 
+def check_request(request: trainer_pb2.StartTrainingRequest) -> None:
+    """What `plan_from_request` leaves to the service: no inf/NaN anywhere, outputs only under a job
+    prefix (jobs/<job id>/...), and every reference's sha256 64 lower-case hex (raises InvalidRequest)."""
+    if bad := first_nonfinite(request):
+        raise InvalidRequest(bad, "must be a finite number (no inf or NaN)")
+    for field in ("output_key", "merged_output_key"):
+        if key := getattr(request, field):
+            try:
+                validate_output_key(key)
+            except InvalidKey as e:
+                raise InvalidRequest(field, str(e)) from None
+    for field, ref in (("dataset", request.dataset), ("model.adapter", request.model.adapter)):
+        if ref.uri:
+            try:
+                validate_sha256(ref.sha256)
+            except InvalidKey as e:
+                raise InvalidRequest(f"{field}.sha256", str(e)) from None
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, jobs: TrainingJobs) -> None:
         self.jobs = jobs
@@ -38,6 +65,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self, request: trainer_pb2.StartTrainingRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.StartTrainingResponse:
         try:
+            check_request(request)
             job, existing = await self.jobs.start(plan_from_request(request))
         except InvalidRequest as e:
             await abort_invalid(context, e.field, e.problem)
@@ -47,6 +75,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             await context.abort(grpc.StatusCode.DATA_LOSS, str(e))
         except ModelNotFound as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: {e}")
+        except InvalidKey as e:  # the inputs' keys are mapped by the plan: this is the output's
+            await abort_invalid(context, "output_key", str(e))
         return trainer_pb2.StartTrainingResponse(training_id=job.training_id, existing=existing)
 
     async def WatchTraining(

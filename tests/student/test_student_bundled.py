@@ -51,7 +51,7 @@ async def test_evaluate_banking77_matches_direct_computation(tmp_path, store, se
                     kind=common_pb2.TASK_KIND_CLASSIFICATION,
                     eval_set=pb.ref_to_pb(eval_set),
                     labels=task.labels,
-                    output_key="out/banking77-predictions.jsonl",
+                    output_key="jobs/t/out/banking77-predictions.jsonl",
                 )
             )
     finally:

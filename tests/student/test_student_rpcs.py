@@ -49,13 +49,13 @@ async def test_score_stream_reports_progress_then_the_result(served_student, tin
                 metrics=[student_pb2.METRIC_IFD, student_pb2.METRIC_LOSS_BASE],
                 precision=student_pb2.PRECISION_FLOAT32,
                 max_batch_tokens=256,
-                output_key="out/stream.jsonl",
+                output_key="jobs/t/out/stream.jsonl",
             )
             events = [e async for e in stub.ScoreStream(student_pb2.ScoreStreamRequest(request=request))]
             unary = await stub.Score(
                 student_pb2.ScoreRequest(
                     model=request.model, dataset=dataset, metrics=request.metrics,
-                    precision=student_pb2.PRECISION_FLOAT32, output_key="out/unary.jsonl",
+                    precision=student_pb2.PRECISION_FLOAT32, output_key="jobs/t/out/unary.jsonl",
                 )
             )
     finally:
@@ -83,18 +83,18 @@ async def test_select_top_k_and_diversity(served_student, tiny_models, tiny_mode
             top = await stub.Select(
                 student_pb2.SelectRequest(
                     dataset=dataset, scores=scores_ref, column="learnability", policy=student_pb2.SELECT_POLICY_TOP_K,
-                    k=3, ifd_filter=True, output_key="out/top.jsonl",
+                    k=3, ifd_filter=True, output_key="jobs/t/out/top.jsonl",
                 )
             )
             div = await stub.Select(
                 student_pb2.SelectRequest(
                     model=common_pb2.ModelRef(base=str(tiny_model_dir)), dataset=dataset, scores=scores_ref,
                     column="learnability", policy=student_pb2.SELECT_POLICY_DIVERSITY, k=5, n_clusters=3,
-                    output_key="out/div.jsonl",
+                    output_key="jobs/t/out/div.jsonl",
                 )
             )
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Select(student_pb2.SelectRequest(dataset=dataset, scores=scores_ref, policy=student_pb2.SELECT_POLICY_TOP_K, k=1, output_key="o/x.jsonl"))
+                await stub.Select(student_pb2.SelectRequest(dataset=dataset, scores=scores_ref, policy=student_pb2.SELECT_POLICY_TOP_K, k=1, output_key="jobs/t/o/x.jsonl"))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("column")
     finally:
         await served.stop(0)
@@ -121,7 +121,7 @@ async def test_evaluate_exact_match_by_generation(served_student, tiny_models, t
                     eval_set=eval_set,
                     max_new_tokens=6,
                     precision=student_pb2.PRECISION_FLOAT32,
-                    output_key="out/qa-predictions.jsonl",
+                    output_key="jobs/t/out/qa-predictions.jsonl",
                 )
             )
     finally:
@@ -153,7 +153,7 @@ async def test_evaluate_judge_through_a_real_teacher(tmp_path, tiny_models, tiny
                     eval_set=eval_set,
                     judge_model=common_pb2.ModelRef(base=str(tiny_model_dir)),
                     max_new_tokens=8,
-                    output_key="out/open-predictions.jsonl",
+                    output_key="jobs/t/out/open-predictions.jsonl",
                 )
             )
     finally:
@@ -191,7 +191,7 @@ async def test_score_car_arte_and_crowd_difficulty(served_student, tiny_models, 
                     ),
                     irt=student_pb2.IrtSettings(crowd=[pb.ref_to_pb(adapter)], include_base=True, labels=labels),
                     precision=student_pb2.PRECISION_FLOAT32,
-                    output_key="out/all.jsonl",
+                    output_key="jobs/t/out/all.jsonl",
                 )
             )
     finally:

@@ -49,7 +49,7 @@ async def test_score_over_grpc(student, store, tiny_model_dir, mixed_records, pu
         model=_model(tiny_model_dir, adapter),
         dataset=pb.ref_to_pb(dataset),
         batch_size=4,
-        output_key="out/scores.jsonl",
+        output_key="jobs/t/out/scores.jsonl",
     )
     resp = await student.Score(request)
     assert resp.count == len(mixed_records)
@@ -65,7 +65,7 @@ async def test_score_over_grpc(student, store, tiny_model_dir, mixed_records, pu
             model=_model(tiny_model_dir, adapter),
             dataset=pb.ref_to_pb(dataset),
             metrics=[student_pb2.METRIC_LOSS_BASE],
-            output_key="out/scores.jsonl",
+            output_key="jobs/t/out/scores.jsonl",
         )
     )
     assert again.scores == resp.scores
@@ -77,7 +77,7 @@ async def test_score_over_grpc(student, store, tiny_model_dir, mixed_records, pu
             model=_model(tiny_model_dir),
             dataset=pb.ref_to_pb(dataset),
             metrics=[student_pb2.METRIC_LOSS_BASE],
-            output_key="out/base.jsonl",
+            output_key="jobs/t/out/base.jsonl",
         )
     )
     base_rows = loads_jsonl(store.get_bytes(pb.ref_from_pb(base_only.scores)))
@@ -93,7 +93,7 @@ async def test_evaluate_over_grpc(student, store, tiny_model_dir):
         kind=common_pb2.TASK_KIND_CLASSIFICATION,
         eval_set=pb.ref_to_pb(eval_set),
         labels=LABELS,
-        output_key="out/predictions.jsonl",
+        output_key="jobs/t/out/predictions.jsonl",
     )
     resp = await student.Evaluate(request)
     rows = loads_jsonl(store.get_bytes(pb.ref_from_pb(resp.predictions)))
@@ -112,11 +112,11 @@ async def test_evaluate_with_adapter_differs_from_base(student, store, tiny_mode
     eval_set = pb.ref_to_pb(store.put_bytes("in/eval.jsonl", dumps_jsonl(_eval_records())))
     common = {"kind": common_pb2.TASK_KIND_CLASSIFICATION, "eval_set": eval_set, "labels": LABELS}
     base = await student.Evaluate(
-        student_pb2.EvaluateRequest(model=_model(tiny_model_dir), output_key="out/p-base.jsonl", **common)
+        student_pb2.EvaluateRequest(model=_model(tiny_model_dir), output_key="jobs/t/out/p-base.jsonl", **common)
     )
     tuned = await student.Evaluate(
         student_pb2.EvaluateRequest(
-            model=_model(tiny_model_dir, put_adapter(store)), output_key="out/p-adapter.jsonl", **common
+            model=_model(tiny_model_dir, put_adapter(store)), output_key="jobs/t/out/p-adapter.jsonl", **common
         )
     )
     base_rows = loads_jsonl(store.get_bytes(pb.ref_from_pb(base.predictions)))
@@ -143,7 +143,7 @@ async def test_score_rejects_malformed_requests(student, store, tiny_model_dir, 
         model=_model(tiny_model_dir),
         dataset=pb.ref_to_pb(dataset),
         metrics=[student_pb2.METRIC_LOSS_BASE],
-        output_key="out/s.jsonl",
+        output_key="jobs/t/out/s.jsonl",
     )
     mutate(request)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -158,13 +158,13 @@ async def test_score_rejects_records_lacking_fields(student, store, tiny_model_d
         model=_model(tiny_model_dir),
         dataset=pb.ref_to_pb(dataset),
         metrics=[student_pb2.METRIC_LOSS_BASE],
-        output_key="out/s.jsonl",
+        output_key="jobs/t/out/s.jsonl",
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await student.Score(request)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "dataset:" in err.value.details() and "'response'" in err.value.details()
-    assert store.stat("out/s.jsonl") is None
+    assert store.stat("jobs/t/out/s.jsonl") is None
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ async def test_evaluate_rejects_malformed_requests(student, store, tiny_model_di
         kind=common_pb2.TASK_KIND_CLASSIFICATION,
         eval_set=pb.ref_to_pb(eval_set),
         labels=LABELS,
-        output_key="out/p.jsonl",
+        output_key="jobs/t/out/p.jsonl",
     )
     mutate(request)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -203,7 +203,7 @@ async def test_evaluate_rejects_labels_outside_the_label_set(student, store, tin
                 kind=common_pb2.TASK_KIND_CLASSIFICATION,
                 eval_set=pb.ref_to_pb(eval_set),
                 labels=LABELS,
-                output_key="out/p.jsonl",
+                output_key="jobs/t/out/p.jsonl",
             )
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -214,7 +214,7 @@ async def test_missing_artifacts_are_not_found(student, store, tiny_model_dir, m
     missing = common_pb2.ArtifactRef(uri=store.uri_for("in/nothing.jsonl"), sha256="0" * 64, size_bytes=1)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await student.Score(
-            student_pb2.ScoreRequest(model=_model(tiny_model_dir), dataset=missing, output_key="out/s.jsonl")
+            student_pb2.ScoreRequest(model=_model(tiny_model_dir), dataset=missing, output_key="jobs/t/out/s.jsonl")
         )
     # LOSS_REF/LEARNABILITY without an adapter is rejected before any artifact is read.
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -225,7 +225,7 @@ async def test_missing_artifacts_are_not_found(student, store, tiny_model_dir, m
                 model=_model(tiny_model_dir),
                 dataset=missing,
                 metrics=[student_pb2.METRIC_LOSS_BASE],
-                output_key="out/s.jsonl",
+                output_key="jobs/t/out/s.jsonl",
             )
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -234,7 +234,7 @@ async def test_missing_artifacts_are_not_found(student, store, tiny_model_dir, m
     dataset = pb.ref_to_pb(store.put_bytes("in/candidates.jsonl", dumps_jsonl(mixed_records)))
     model = common_pb2.ModelRef(base=str(tiny_model_dir), adapter=missing)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await student.Score(student_pb2.ScoreRequest(model=model, dataset=dataset, output_key="out/s.jsonl"))
+        await student.Score(student_pb2.ScoreRequest(model=model, dataset=dataset, output_key="jobs/t/out/s.jsonl"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert err.value.details().startswith("model.adapter:")
 
@@ -248,7 +248,7 @@ async def test_checksum_mismatch_is_data_loss(student, store, tiny_model_dir, mi
                 model=_model(tiny_model_dir),
                 dataset=tampered,
                 metrics=[student_pb2.METRIC_LOSS_BASE],
-                output_key="out/s.jsonl",
+                output_key="jobs/t/out/s.jsonl",
             )
         )
     assert err.value.code() == grpc.StatusCode.DATA_LOSS
@@ -263,7 +263,7 @@ async def test_unknown_model_is_failed_precondition(student, store, tmp_path, mi
                     model=common_pb2.ModelRef(base=base),
                     dataset=dataset,
                     metrics=[student_pb2.METRIC_LOSS_BASE],
-                    output_key="out/s.jsonl",
+                    output_key="jobs/t/out/s.jsonl",
                 )
             )
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION

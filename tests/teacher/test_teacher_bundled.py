@@ -47,7 +47,7 @@ async def test_bundled_teacher_expands_banking77_seeds(tmp_path: Path, banking77
                     sampling=common_pb2.SamplingParams(
                         temperature=0.9, top_p=0.95, max_new_tokens=24, n=2, seed=0
                     ),
-                    output_key="bundled/generate.jsonl",
+                    output_key="jobs/t/bundled/generate.jsonl",
                 )
             )
     finally:

@@ -14,7 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from teacher_svc.backend import BackendRequestError, BackendUnavailable, ChatPrompt, Sampling
+from syllabus.config import Config, TeacherEndpoint, load_config
+from syllabus.models import ModelNotFound
+from teacher_svc.backend import BackendRequestError, BackendUnavailable, ChatPrompt, Sampling, load_backend
 from teacher_svc.openai_backend import HTTPSettings, OpenAIBackend
 
 pytestmark = pytest.mark.integration
@@ -186,13 +188,54 @@ def test_concurrency_limit_is_respected(serve) -> None:
 
 
 def test_from_base_and_settings_validation() -> None:
-    backend = OpenAIBackend.from_base("openai:qwen-7b@http://127.0.0.1:9/v1")
+    endpoints = Config(teacher_endpoints='{"qwen": {"url": "http://127.0.0.1:9/v1", "model": "qwen-7b"}}').teacher_endpoints
+    backend = OpenAIBackend.from_base("openai:qwen", endpoints)
     assert (backend.name, backend.model, backend.settings.base_url) == ("openai", "qwen-7b", "http://127.0.0.1:9/v1")
-    with pytest.raises(ValueError, match="openai:<model>@<base_url>"):
-        OpenAIBackend.from_base("openai:no-url")
+    assert backend.settings.api_key is None
+    with pytest.raises(ModelNotFound, match="no teacher endpoint 'other' is configured"):
+        OpenAIBackend.from_base("openai:other", endpoints)
+    # A task names a configured endpoint, never a URL (no SSRF, no key sent to a host of the client's choice).
+    for base in ("openai:m@http://127.0.0.1:9/v1", "openai:http://evil/v1", "openai:m@HTTPS://x"):
+        with pytest.raises(ValueError, match="name a configured endpoint, not a URL"):
+            OpenAIBackend.from_base(base, endpoints)
     with pytest.raises(ValueError, match="concurrency"):
         HTTPSettings("http://x/v1", "m", concurrency=0)
     # Nothing listens on port 9: a connection error is retried, then reported as unavailable.
     refused = OpenAIBackend(HTTPSettings("http://127.0.0.1:9/v1", "m", max_retries=1, backoff_s=0.01))
     with pytest.raises(BackendUnavailable, match="connection failed"):
         refused.generate(PROMPTS[:1], Sampling(temperature=0.0, max_new_tokens=2), 1)
+
+
+def test_configured_endpoint_over_http_sends_its_key_and_never_echoes_the_body(serve, monkeypatch) -> None:
+    server = serve(plan=lambda i: "ok" if i == 0 else 400)
+    seen: list[str | None] = []
+    handle = server.handle
+    server.handle = lambda h, i, body: (seen.append(h.headers.get("Authorization")), handle(h, i, body))
+    monkeypatch.setenv("TINY_TEACHER_KEY", "k-123")
+    config = Config(teacher_endpoints=json.dumps(
+        {"tiny": {"url": server.url, "model": "tiny-served", "api_key_env": "TINY_TEACHER_KEY", "timeout_s": 30}}
+    ))  # fmt: skip
+    backend = load_backend("openai:tiny", config.teacher_endpoints)
+    out = backend.generate(PROMPTS[:1], Sampling(temperature=0.0, max_new_tokens=4), 1)
+    assert len(out) == 1 and out[0][0].text
+    assert server.bodies[0]["model"] == "tiny-served" and seen == ["Bearer k-123"]
+    with pytest.raises(BackendRequestError) as err:
+        backend.generate(PROMPTS[:1], Sampling(temperature=0.0, max_new_tokens=4), 1)
+    text = str(err.value)
+    assert "HTTP 400 Bad Request" in text and "teacher endpoint 'tiny'" in text
+    assert "scripted failure" not in text and server.url not in text
+
+
+def test_endpoints_config_is_parsed_from_the_env(monkeypatch) -> None:
+    monkeypatch.setenv(
+        "SYLLABUS_TEACHER_ENDPOINTS",
+        '{"big": {"url": "http://vllm:8000/v1", "model": "Qwen/Qwen2.5-7B-Instruct", "api_key_env": "BIG_KEY"}}',
+    )
+    endpoint = load_config().teacher_endpoints["big"]
+    assert isinstance(endpoint, TeacherEndpoint) and endpoint.url == "http://vllm:8000/v1"
+    monkeypatch.setenv("BIG_KEY", "s3cret")
+    assert OpenAIBackend.from_base("openai:big").settings.api_key == "s3cret"  # default: the env's config
+    for bad in ('{"big": {"url": "file:///etc/passwd", "model": "m"}}', "not json", '{"a b": {"url": "http://x", "model": "m"}}'):
+        monkeypatch.setenv("SYLLABUS_TEACHER_ENDPOINTS", bad)
+        with pytest.raises(ValueError):
+            load_config()

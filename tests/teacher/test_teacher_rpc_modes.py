@@ -65,7 +65,7 @@ async def test_generate_rationales(teacher, tiny_model_dir) -> None:
         model=common_pb2.ModelRef(base=str(tiny_model_dir)), instructions="Classify the message.",
         mode=teacher_pb2.GENERATE_MODE_RATIONALES, questions=ref_to_pb(q_ref), styles=["step_by_step", "eli5"],
         per_style=2, sampling=common_pb2.SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8, seed=1),
-        batch_size=4, output_key="r/rationales.jsonl", retries=1,
+        batch_size=4, output_key="jobs/t/r/rationales.jsonl", retries=1,
     )  # fmt: skip
     resp = await stub.Generate(req)
     recs = records(store, resp.examples)
@@ -79,7 +79,7 @@ async def test_generate_rationales(teacher, tiny_model_dir) -> None:
     assert (await stub.Generate(req)) == resp  # idempotent on the output key, counts included
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Generate(
-            teacher_pb2.GenerateRequest(**{**_fields(req), "styles": ["poetic"], "output_key": "x.jsonl"})
+            teacher_pb2.GenerateRequest(**{**_fields(req), "styles": ["poetic"], "output_key": "jobs/t/x.jsonl"})
         )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("styles:")
 
@@ -95,7 +95,7 @@ async def test_generate_rejection_sampling(teacher, tiny_model_dir) -> None:
         model=common_pb2.ModelRef(base=str(tiny_model_dir)), instructions="Classify the message.",
         mode=teacher_pb2.GENERATE_MODE_REJECTION_SAMPLING, questions=ref_to_pb(q_ref), rejection_k=3,
         verifier="classification", sampling=common_pb2.SamplingParams(temperature=1.0, max_new_tokens=8, seed=2),
-        output_key="r/rft.jsonl",
+        output_key="jobs/t/r/rft.jsonl",
     )  # fmt: skip
     resp = await stub.Generate(req)
     recs = records(store, resp.examples)
@@ -103,14 +103,14 @@ async def test_generate_rejection_sampling(teacher, tiny_model_dir) -> None:
     assert resp.generated + resp.incorrect + resp.unparsable + resp.duplicate_paths == resp.sampled
     assert len(recs) == resp.generated and resp.tokens_generated > 0
     check_provenance(recs, str(tiny_model_dir), rejection_k=3, verifier="classification")
-    bad = teacher_pb2.GenerateRequest(**{**_fields(req), "rejection_k": 0, "output_key": "r/x.jsonl"})
+    bad = teacher_pb2.GenerateRequest(**{**_fields(req), "rejection_k": 0, "output_key": "jobs/t/r/x.jsonl"})
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Generate(bad)
     assert e.value.details().startswith("rejection_k:")
     no_answers = store.put_bytes("in/q-noanswer.jsonl", dumps_jsonl([{"id": "q", "input": "hello"}]))
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Generate(teacher_pb2.GenerateRequest(**{**_fields(req), "questions": ref_to_pb(no_answers),
-                                                           "output_key": "r/y.jsonl"}))  # fmt: skip
+                                                           "output_key": "jobs/t/r/y.jsonl"}))  # fmt: skip
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("questions:")
 
 
@@ -122,7 +122,7 @@ async def test_generate_targeted(teacher, tiny_model_dir, banking77) -> None:
     req = teacher_pb2.GenerateRequest(
         model=common_pb2.ModelRef(base=str(tiny_model_dir)), kind=CLASSIFICATION, instructions=banking77.instructions,
         labels=banking77.labels, mode=teacher_pb2.GENERATE_MODE_TARGETED, skills=ref_to_pb(s_ref), per_skill=3,
-        sampling=common_pb2.SamplingParams(temperature=1.0, max_new_tokens=8, n=2, seed=4), output_key="r/targeted.jsonl",
+        sampling=common_pb2.SamplingParams(temperature=1.0, max_new_tokens=8, n=2, seed=4), output_key="jobs/t/r/targeted.jsonl",
     )  # fmt: skip
     resp = await stub.Generate(req)
     recs = records(store, resp.examples)
@@ -132,7 +132,7 @@ async def test_generate_targeted(teacher, tiny_model_dir, banking77) -> None:
     bad = store.put_bytes("in/skills-bad.jsonl", dumps_jsonl([skills[0] | {"label": "nope"}]))
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Generate(
-            teacher_pb2.GenerateRequest(**{**_fields(req), "skills": ref_to_pb(bad), "output_key": "r/z.jsonl"})
+            teacher_pb2.GenerateRequest(**{**_fields(req), "skills": ref_to_pb(bad), "output_key": "jobs/t/r/z.jsonl"})
         )
     assert e.value.details().startswith("skills:")
 
@@ -143,7 +143,7 @@ async def test_generate_accept_exactly(teacher, tiny_model_dir, banking77) -> No
     req = teacher_pb2.GenerateRequest(
         model=common_pb2.ModelRef(base=str(tiny_model_dir)), kind=CLASSIFICATION, instructions=banking77.instructions,
         labels=banking77.labels[:2], seeds=ref_to_pb(seeds_ref), accept_exactly=3, token_budget=400,
-        sampling=common_pb2.SamplingParams(temperature=1.0, max_new_tokens=8, n=2, seed=5), output_key="r/exact.jsonl",
+        sampling=common_pb2.SamplingParams(temperature=1.0, max_new_tokens=8, n=2, seed=5), output_key="jobs/t/r/exact.jsonl",
     )  # fmt: skip
     resp = await stub.Generate(req)
     recs = records(store, resp.examples)
@@ -154,7 +154,7 @@ async def test_generate_accept_exactly(teacher, tiny_model_dir, banking77) -> No
     check_provenance(recs, str(tiny_model_dir), accept_exactly=3, token_budget=400)
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Generate(
-            teacher_pb2.GenerateRequest(**{**_fields(req), "token_budget": 0, "output_key": "r/e2.jsonl"})
+            teacher_pb2.GenerateRequest(**{**_fields(req), "token_budget": 0, "output_key": "jobs/t/r/e2.jsonl"})
         )
     assert e.value.details().startswith("token_budget:")
 
@@ -174,7 +174,7 @@ async def test_critique_model_modes(teacher, tiny_model_dir, mode, example, prod
     req = teacher_pb2.CritiqueRequest(
         model=common_pb2.ModelRef(base=str(tiny_model_dir)), mode=mode, examples=ref_to_pb(ex_ref),
         sampling=common_pb2.SamplingParams(temperature=1.0, max_new_tokens=8, seed=6), batch_size=2, retries=1,
-        output_key="c/out",
+        output_key="jobs/t/c/out",
     )  # fmt: skip
     resp = await stub.Critique(req)
     crit = records(store, resp.critiques)
@@ -189,7 +189,7 @@ async def test_critique_model_modes(teacher, tiny_model_dir, mode, example, prod
         assert len(records(store, resp.rubrics)) == 1  # one question type
     assert (await stub.Critique(req)) == resp
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.Critique(teacher_pb2.CritiqueRequest(**{**_fields(req), "sampling": None, "output_key": "c/o2"}))
+        await stub.Critique(teacher_pb2.CritiqueRequest(**{**_fields(req), "sampling": None, "output_key": "jobs/t/c/o2"}))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("sampling.")
 
 
@@ -200,7 +200,7 @@ async def test_adapter_on_unsupported_backend_and_missing_adapter(teacher, tiny_
     req = teacher_pb2.GenerateRequest(
         model=common_pb2.ModelRef(base=str(tiny_model_dir), adapter=missing), instructions="x",
         mode=teacher_pb2.GENERATE_MODE_RATIONALES, questions=ref_to_pb(q_ref),
-        sampling=common_pb2.SamplingParams(max_new_tokens=4), output_key="a/out.jsonl",
+        sampling=common_pb2.SamplingParams(max_new_tokens=4), output_key="jobs/t/a/out.jsonl",
     )  # fmt: skip
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Generate(req)
@@ -257,7 +257,7 @@ async def test_tailor_dpo_through_trainer_then_regenerate(
         drafts=ref_to_pb(d_ref), scores=ref_to_pb(s_ref),
         lora=trainer_pb2.LoraSpec(rank=4, alpha=8, target_modules=["q_proj", "v_proj"]),
         training=trainer_pb2.TrainingSpec(epochs=1, learning_rate=1e-3, batch_size=2, seed=0, max_seq_len=128),
-        dpo_beta=0.1, sampling=common_pb2.SamplingParams(temperature=0, max_new_tokens=8), output_key="t/arte",
+        dpo_beta=0.1, sampling=common_pb2.SamplingParams(temperature=0, max_new_tokens=8), output_key="jobs/t/t/arte",
     )  # fmt: skip
     async with service_channel(served.port) as channel:
         tailor = teacher_pb2_grpc.TeacherServiceStub(channel)
@@ -277,14 +277,14 @@ async def test_tailor_dpo_through_trainer_then_regenerate(
         gen = await tailor.Generate(teacher_pb2.GenerateRequest(
             model=resp.aligned_model, instructions="Classify.", mode=teacher_pb2.GENERATE_MODE_RATIONALES,
             questions=ref_to_pb(q_ref), styles=["concise"], sampling=common_pb2.SamplingParams(max_new_tokens=4),
-            output_key="t/aligned-rationales.jsonl"))  # fmt: skip
+            output_key="jobs/t/t/aligned-rationales.jsonl"))  # fmt: skip
         assert all(
             r["provenance"]["adapter"] == resp.aligned_model.adapter.sha256 for r in records(store, gen.examples)
         )
         flat = store.put_bytes("in/flat.jsonl", dumps_jsonl([s | {"arte_s_r": 0.5} for s in scores]))
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await tailor.Tailor(
-                teacher_pb2.TailorRequest(**{**_fields(req), "scores": ref_to_pb(flat), "output_key": "t/flat"})
+                teacher_pb2.TailorRequest(**{**_fields(req), "scores": ref_to_pb(flat), "output_key": "jobs/t/t/flat"})
             )
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     await served.stop(0)

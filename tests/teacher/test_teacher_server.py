@@ -155,7 +155,7 @@ async def test_critique_rejects_malformed_requests(teacher, banking77) -> None:
         "labels": banking77.labels,
         "examples": seeds_ref,
         "seeds": seeds_ref,
-        "output_key": "c/x",
+        "output_key": "jobs/t/c/x",
     }
     for overrides, message in [
         ({"labels": ["only"]}, "labels: at least 2 labels required"),
@@ -186,7 +186,7 @@ async def test_analyze_errors_and_generate_leakage_guard(teacher, tiny_model_dir
     assert (await stub.AnalyzeErrors(req)).skills == resp.skills  # idempotent on the output key
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.AnalyzeErrors(teacher_pb2.AnalyzeErrorsRequest(kind=CLASSIFICATION, labels=banking77.labels,
-                                                                  eval=ref_to_pb(eval_ref), output_key="x.jsonl"))
+                                                                  eval=ref_to_pb(eval_ref), output_key="jobs/t/x.jsonl"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "predictions" in err.value.details()
 
     # The seeds themselves as eval items: anything generated that copies them is a leak, counted.

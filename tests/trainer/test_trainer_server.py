@@ -50,7 +50,7 @@ def request(tiny_model_dir: Path, store: LocalArtifactStore, **overrides) -> tra
         training=trainer_pb2.TrainingSpec(
             epochs=2, learning_rate=1e-2, batch_size=4, warmup_ratio=0.25, seed=1
         ),
-        output_key=f"adapters/{uuid.uuid4().hex[:8]}.tar",
+        output_key=f"jobs/t/adapters/{uuid.uuid4().hex[:8]}.tar",
     )
     for name, value in overrides.items():
         if isinstance(value, dict):  # a sub-message: replace the named fields
