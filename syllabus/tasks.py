@@ -40,7 +40,20 @@ class Example(_Strict):
 
 
 class ModelSpec(_Strict):
-    model: str = Field(DEFAULT_MODEL, description="bundled:smollm2-135m-instruct or a local HF model directory.")
+    model: str = Field(
+        DEFAULT_MODEL, min_length=1, max_length=1024,
+        description="bundled:smollm2-135m-instruct, a local HF model directory, or (teacher) openai:<name> of an "
+        "endpoint configured on the server (SYLLABUS_TEACHER_ENDPOINTS); never a URL.",
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _not_a_url(cls, model: str) -> str:
+        if "://" in model.lower() or "@http" in model.lower():
+            raise ValueError("name a configured endpoint, not a URL")
+        if "\x00" in model:
+            raise ValueError("must not contain NUL characters")
+        return model
 
 
 class GenerateSpec(_Strict):
