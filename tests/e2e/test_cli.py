@@ -252,7 +252,7 @@ def test_killed_worker_restarts_without_duplicates(stack: Stack, task_file: Path
     assert not [f for f in files if "/.tmp-" in f or f.startswith(".tmp-")], "half-written objects left behind"
     published = [f for f in files if not f.endswith(".sha256")]
     for step in ("generate-", "critique-", "reference-", "score-", "select-", "train-", "evaluate-"):
-        outputs = [f for f in published if f.startswith(f"round-1/{step}") and not f.endswith("-metrics.json")
+        outputs = [f for f in published if f.startswith(f"round-1/{step}") and not f.endswith((".metrics.json", ".ckpt"))
                    and not f.endswith("-critiques.jsonl") and not f.endswith(".stats.json")]
         assert len(outputs) == 1, (step, outputs)
     indexed = [r[0] for r in con.execute("select uri from artifacts where job_id = ?", (job_id,))]

@@ -1,0 +1,234 @@
+"""Real faults on the real stack: SIGKILL each component during the step that uses it, and cancel a job
+mid-training. Every component runs in its own process under the stack's supervisor (as `syllabus up`
+runs it), on the tiny model; nothing is restarted by hand.
+
+A faulted job must complete and equal a clean run of the same task: the same adapter bytes, eval
+predictions, SQL row counts and recorded metrics. The comparison ignores only what names the job
+(its id inside URIs and keys) and wall-clock times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.stack import Stack, free_port
+from syllabus.auth import client_token
+from syllabus.config import Config
+from syllabus.tasks import dump_task, load_task
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+JOB_TABLES = ("samples", "critiques", "scores", "selections", "training_runs", "evaluations", "rounds", "artifacts")
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("faults-home")
+    config = Config(
+        home=home,
+        temporal_address=f"127.0.0.1:{free_port()}",
+        temporal_ui_url=f"http://127.0.0.1:{free_port()}",
+        gateway_address=f"127.0.0.1:{free_port()}",
+        teacher_address=f"127.0.0.1:{free_port()}",
+        student_address=f"127.0.0.1:{free_port()}",
+        trainer_address=f"127.0.0.1:{free_port()}",
+        task_queue="faults",
+        activity_heartbeat_timeout_s=5,  # a dead worker's activity is retried after 5 s
+        trainer_checkpoint_every=3,
+    )
+    messages: list[str] = []
+    stack = Stack(config, preload=(str(tiny_model_dir),), log=messages.append)
+    try:
+        asyncio.run(stack.start())
+        stack.supervise()
+        stack.messages = messages
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def task_yaml(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Banking77, 3 labels, on the tiny model; training long enough to be killed part way."""
+    raw = yaml.safe_load((ROOT / "examples/banking77/task.yaml").read_text())
+    base = ROOT / "examples/banking77"
+    labels = raw["labels"][:3]
+    seeds = [json.loads(line) for line in (base / raw["seeds"]).read_text().splitlines()]
+    evals = [json.loads(line) for line in (base / raw["eval"]).read_text().splitlines()]
+    raw.update(
+        name="faults",
+        labels=labels,
+        seeds=[s for label in labels for s in seeds if s["label"] == label][::2],
+        eval=[e for label in labels for e in evals if e["label"] == label][::4],
+        teacher={"model": str(tiny_model_dir)},
+        student={"model": str(tiny_model_dir)},
+        rounds=1,
+        generate={"per_label": 6, "max_new_tokens": 24, "seed": 0},
+        train={"epochs": 12, "batch_size": 2, "reference_epochs": 4},
+    )
+    path = tmp_path_factory.mktemp("faults-task") / "task.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return dump_task(load_task(path))
+
+
+def _client(stack: Stack):
+    from syllabus_sdk import SyllabusClient
+
+    return SyllabusClient(stack.config.gateway_address, token=client_token(stack.config), timeout=10)
+
+
+def _job(stack: Stack, job_id: str):
+    """GetJob, riding out a gateway or Temporal that is being restarted."""
+    from syllabus_sdk import SyllabusError
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with _client(stack) as client:
+                return client.get_job(job_id)
+        except SyllabusError as e:
+            if e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _submit(stack: Stack, task_yaml: str, job_id: str) -> None:
+    with _client(stack) as client:
+        client.wait_ready()
+        client.submit_job(task_yaml, job_id=job_id)
+
+
+def _wait_for(stack: Stack, job_id: str, step: str, min_train_step: int = 0, timeout: float = 300):
+    """Poll until the job runs `step` (and, for training, has done `min_train_step` steps)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = _job(stack, job_id)
+        assert job.status == 1, f"job ended before reaching {step}: {job}"
+        if job.current_step == step:
+            detail = job.step_detail
+            if not min_train_step:
+                return job
+            if detail.startswith("step ") and int(detail.split()[1].split("/")[0]) >= min_train_step:
+                return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {step}")
+
+
+def _finish(stack: Stack, job_id: str, timeout: float = 600):
+    deadline = time.monotonic() + timeout
+    while (job := _job(stack, job_id)).status == 1:
+        assert time.monotonic() < deadline, f"job {job_id} did not finish: {job}"
+        time.sleep(0.5)
+    return job
+
+
+def fingerprint(stack: Stack, job_id: str) -> dict:
+    """What a run produced, with the job id taken out: row counts, artifacts by content, metrics."""
+    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
+    try:
+        q = lambda sql: con.execute(sql, (job_id,)).fetchall()  # noqa: E731
+        counts = {t: q(f"select count(*) from {t} where job_id = ?")[0][0] for t in JOB_TABLES}  # noqa: S608
+        artifacts = sorted((r, k, sha) for r, k, sha in q("select round, kind, sha256 from artifacts where job_id = ?"))
+        runs = sorted(
+            (r, st, n, steps, round(loss, 6), json.dumps(m))
+            for r, st, n, steps, loss, m in q(
+                "select round, stage, samples, steps, mean_loss, metrics from training_runs where job_id = ?"
+            )
+        )
+        adapters = sorted(
+            sha for (sha,) in q("select c.sha256 from checkpoints c join training_runs t on c.training_run_id = t.id where t.job_id = ?")
+        )
+        evals = sorted(q("select round, stage, accuracy, correct, total from evaluations where job_id = ?"))
+        scores = sorted((r, s, m, round(v, 6)) for r, s, m, v in q("select round, sample_id, metric, value from scores where job_id = ?"))
+        job = q("select status, baseline_accuracy, final_accuracy from jobs where id = ?")
+    finally:
+        con.close()
+    return {"job": job, "counts": counts, "artifacts": artifacts, "runs": runs, "adapters": adapters,
+            "evaluations": evals, "scores": scores}
+
+
+@pytest.fixture(scope="module")
+def clean(stack: Stack, task_yaml: str) -> dict:
+    _submit(stack, task_yaml, "clean")
+    job = _finish(stack, "clean")
+    assert job.status == 2, job.error
+    fp = fingerprint(stack, "clean")
+    assert fp["counts"]["training_runs"] == 2 and all(steps >= 6 for _, _, _, steps, _, _ in fp["runs"])
+    return fp
+
+
+# component -> (the step it serves when killed, training steps done first: a checkpoint exists)
+FAULTS = {
+    "teacher": ("generate", 0),
+    "student": ("score", 0),
+    "trainer": ("train", 4),
+    "worker": ("train", 4),
+    "gateway": ("train", 1),
+    "temporal": ("score", 0),
+}
+
+
+@pytest.mark.parametrize("component", list(FAULTS))
+def test_sigkill_during_its_step_loses_and_fakes_nothing(stack: Stack, task_yaml: str, clean: dict, component: str) -> None:
+    step, min_train_step = FAULTS[component]
+    job_id = f"kill-{component}"
+    restarts = stack.restarts.get(component, 0)
+    _submit(stack, task_yaml, job_id)
+    _wait_for(stack, job_id, step, min_train_step)
+    stack.kill(component)
+
+    job = _finish(stack, job_id)
+    assert job.status == 2, f"job failed after SIGKILL of the {component}: {job.error}"
+    assert stack.restarts.get(component, 0) == restarts + 1, stack.messages[-5:]
+    assert fingerprint(stack, job_id) == clean
+    if component == "trainer":  # it resumed from a checkpoint rather than starting over
+        log = (stack.log_dir / "trainer.log").read_text()
+        assert "resuming at stage 0 step" in log.split(f"jobs/{job_id}/round-1/train-", 1)[1]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_cancel_during_training_stops_the_trainer_and_publishes_nothing(stack: Stack, task_yaml: str, clean: dict) -> None:
+    job_id = "cancel-mid-training"
+    _submit(stack, task_yaml, job_id)
+    _wait_for(stack, job_id, "train", 2)
+    with _client(stack) as client:
+        client.cancel_job(job_id)
+    cancelled_at = time.monotonic()
+
+    trainer = stack.pid("trainer")
+    idle_since = None
+    while time.monotonic() - cancelled_at < 10:
+        before = _cpu_seconds(trainer)
+        time.sleep(0.5)
+        busy = (_cpu_seconds(trainer) - before) / 0.5
+        if busy < 0.1:
+            idle_since = time.monotonic() - cancelled_at
+            break
+    assert idle_since is not None, "the trainer still burns CPU 10 s after the cancel"
+
+    job = _finish(stack, job_id, timeout=60)
+    assert job.status == 4, job
+    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
+    try:
+        (status,) = con.execute("select status from jobs where id = ?", (job_id,)).fetchone()
+        runs = con.execute("select stage from training_runs where job_id = ?", (job_id,)).fetchall()
+    finally:
+        con.close()
+    assert status == "cancelled"
+    assert runs == [("reference",)], "only the finished reference run may be recorded"
+    prefix = stack.config.home / "artifacts" / "jobs" / job_id / "round-1"
+    assert not list(prefix.glob("train-*.tar")), "a cancelled training published its adapter"
+    time.sleep(2)  # a stop request that arrived late would publish now
+    assert not list(prefix.glob("train-*.tar"))
