@@ -168,3 +168,60 @@ def test_ddp_two_gloo_processes_end_identical_and_learn(tiny_model_dir: Path, tm
     assert any(v.abs().sum() > 0 for k, v in a["lora"].items() if "lora_B" in k)
     n = len(a["losses"]) // 3
     assert sum(a["losses"][-n:]) / n < sum(a["losses"][:n]) / n
+
+
+def _one_stage(**stage) -> Recipe:
+    return Recipe.model_validate({
+        "seed": 0, "max_seq_len": 96, "packing": False, "batch_size": 4, "bf16": False,
+        "stages": [{"lr": 2e-2, "epochs": 1, "lora": {"rank": 4, "alpha": 8}, **stage}],
+    })  # fmt: skip
+
+
+
+def test_published_adapter_has_its_true_metrics_beside_it(tiny_model_dir: Path, store) -> None:
+    from trainer_svc.staged import read_metrics, run_recipe
+
+    ref, res = run_recipe(str(tiny_model_dir), RECORDS, _one_stage(), store, "jobs/j/a.tar")
+    metrics = read_metrics(store, "jobs/j/a.tar")
+    assert metrics["steps"] == len(res.losses) == 4  # 16 records, 4 per step
+    assert metrics["losses"] == res.losses and metrics["mean_loss"] == pytest.approx(res.mean_loss)
+    assert store.stat("jobs/j/a.tar") == ref
+
+
+def test_a_diverged_run_publishes_nothing(tiny_model_dir: Path, store) -> None:
+    from trainer_svc.staged import NonFiniteLoss, run_recipe
+
+    # Unclipped, an absurd learning rate turns the weights into inf after step 1: the loss is NaN.
+    blowup = Recipe.model_validate({**_one_stage(lr=1e20).model_dump(), "max_grad_norm": 0})
+    with pytest.raises(NonFiniteLoss, match="the loss became"):
+        run_recipe(str(tiny_model_dir), RECORDS, blowup, store, "jobs/j/nan.tar")
+    assert store.stat("jobs/j/nan.tar") is None and store.stat("jobs/j/nan.tar.metrics.json") is None
+
+
+def test_a_stop_request_after_the_last_step_publishes_nothing(tiny_model_dir: Path, store) -> None:
+    from trainer_svc.staged import run_recipe
+
+    calls = {"n": 0}
+
+    def stop_at_the_end() -> bool:  # asked before each of the 4 steps, then once before publishing
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    with pytest.raises(TrainingStopped, match="before publishing"):
+        run_recipe(str(tiny_model_dir), RECORDS, _one_stage(), store, "jobs/j/b.tar", should_stop=stop_at_the_end)
+    assert store.stat("jobs/j/b.tar") is None
+
+
+def test_adapter_tar_is_canonical_whatever_order_peft_wrote(tmp_path: Path) -> None:
+    import json
+
+    from syllabus.models import pack_adapter
+
+    packed = []
+    for i, modules in enumerate((["v_proj", "q_proj", "o_proj"], ["o_proj", "q_proj", "v_proj"])):
+        d = tmp_path / str(i)
+        d.mkdir()
+        (d / "adapter_config.json").write_text(json.dumps({"r": 4, "target_modules": modules}))
+        (d / "adapter_model.safetensors").write_bytes(b"weights")
+        packed.append(pack_adapter(d))
+    assert packed[0] == packed[1]
