@@ -151,13 +151,39 @@ def follow(client, job_id: str, console: Console):
         raise _cli_error(e) from None
 
 
+RECONNECT_FOR_S = 180.0  # how long `run` keeps reconnecting to a gateway (or Temporal) that restarts
+
+
+def _watch(client, job_id: str, console: Console):
+    """The job's updates; reconnects while the gateway or Temporal is briefly unavailable (restarting)."""
+    from syllabus_sdk import SyllabusError
+
+    down_since = None
+    while True:
+        try:
+            for job in client.watch_job(job_id):
+                down_since = None
+                yield job
+            return
+        except SyllabusError as e:
+            if e.code.name != "UNAVAILABLE":
+                raise
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+                console.print(f"[dim]gateway unavailable ({e.details[:80]}); reconnecting...[/dim]")
+            elif now - down_since > RECONNECT_FOR_S:
+                raise
+            time.sleep(1.0)
+
+
 def _follow(client, job_id: str, console: Console):
     bars: dict[tuple[int, str], int] = {}
     done: set[tuple[int, str]] = set()
     job = None
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
-        for job in _sdk_call(client.watch_job, job_id):
+        for job in _watch(client, job_id, console):
             for s in job.steps:
                 key = (s.round, s.name)
                 if key not in bars:
@@ -196,8 +222,7 @@ def _submit_and_follow(config: Config, task_path: Path, json_mode: bool, wait: b
             if json_mode:
                 print(json.dumps(job_report(job, config)))
             return EXIT_OK
-        follow(client, job.job_id, console)
-        job = _sdk_call(client.get_job, job.job_id)
+        job = follow(client, job.job_id, console) or _sdk_call(client.get_job, job.job_id)
     report = job_report(job, config)
     print_report(report, console)
     if json_mode:
@@ -239,10 +264,10 @@ def cmd_up(args: argparse.Namespace, config: Config) -> int:
     stack = _stack(config, console, DEMO_TASK if DEMO_TASK.is_file() else None)
     try:
         asyncio.run(stack.start())
+        stack.supervise()  # a component that dies is restarted (and logged); jobs carry on
         console.print(f"Syllabus is up. Gateway {config.gateway_address}, Temporal Web UI {config.temporal_ui_url}. Ctrl-C stops.")
-        while not stack.failed():
+        while True:
             time.sleep(1)
-        raise CliError(f"component(s) exited: {', '.join(stack.failed())}; logs in {stack.log_dir}")
     except KeyboardInterrupt:
         return EXIT_OK
     except StackError as e:
@@ -266,6 +291,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     started = time.monotonic()
     try:
         asyncio.run(stack.start())
+        stack.supervise()
         code = _submit_and_follow(config, task_path, args.json)
     except StackError as e:
         raise CliError(str(e)) from None

@@ -134,8 +134,8 @@ def fingerprint(stack: Stack, job_id: str) -> dict:
     """What a run produced, with the job id taken out: row counts, artifacts by content, metrics."""
     con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
     try:
-        q = lambda sql: con.execute(sql, (job_id,)).fetchall()  # noqa: E731
-        counts = {t: q(f"select count(*) from {t} where job_id = ?")[0][0] for t in JOB_TABLES}  # noqa: S608
+        q = lambda sql: con.execute(sql, (job_id,)).fetchall()
+        counts = {t: q(f"select count(*) from {t} where job_id = ?")[0][0] for t in JOB_TABLES}
         artifacts = sorted((r, k, sha) for r, k, sha in q("select round, kind, sha256 from artifacts where job_id = ?"))
         runs = sorted(
             (r, st, n, steps, round(loss, 6), json.dumps(m))
