@@ -217,11 +217,13 @@ def channel(address: str, token: str, options: list | None = None) -> grpc.aio.C
 # -- server side ---------------------------------------------------------------------------------
 
 _ABS_PATH = re.compile(r"(?<![\w:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
+_FILE_URI = re.compile(r"file://[^\s'\"]*")
 
 
 def bounded(details: str, limit: int = MAX_DETAIL_CHARS) -> str:
     """Error text safe to send: one line, absolute server paths replaced, at most `limit` chars."""
     text = " ".join(str(details).split())
+    text = _FILE_URI.sub("<path>", text)  # a local store's URIs are server paths too
     text = _ABS_PATH.sub("<path>", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -244,6 +246,35 @@ def _bearer(context: grpc.aio.ServicerContext) -> str:
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer "):].strip()
     return ""
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message (bad wire format, string fields
+    that are not UTF-8): the guard answers it INVALID_ARGUMENT after authentication."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.type_name, self.error = type_name, error
+
+
+def _lenient(deserializer):
+    """Wrap a request deserializer so undecodable bytes reach the guard instead of gRPC's UNKNOWN."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as e:  # noqa: BLE001 — DecodeError (and friends) from client bytes
+            name = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+            return _Undecodable(getattr(name, "full_name", "request"), e)
+
+    return deserialize
+
+
+async def _reject_undecodable(context: grpc.aio.ServicerContext, method: str, request: _Undecodable) -> None:
+    log.info("%s: rejected undecodable request: %s", method, bounded(str(request.error), 200))
+    reason = "a string field is not UTF-8" if "UTF-8" in str(request.error) else "malformed wire format"
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {request.type_name} message ({reason})")
 
 
 class ServerGuard(grpc.aio.ServerInterceptor):
@@ -276,6 +307,8 @@ class ServerGuard(grpc.aio.ServerInterceptor):
 
             async def unary_stream(request, context):
                 principal = await self._admit(method, context)
+                if isinstance(request, _Undecodable):
+                    await _reject_undecodable(context, method, request)
                 token = _current.set(principal)
                 try:
                     async for item in inner(request, _GuardedContext(context)):
@@ -286,13 +319,15 @@ class ServerGuard(grpc.aio.ServerInterceptor):
                     _current.reset(token)
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, request_deserializer=handler.request_deserializer,
+                unary_stream, request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         inner_unary = handler.unary_unary
 
         async def unary_unary(request, context):
             principal = await self._admit(method, context)
+            if isinstance(request, _Undecodable):
+                await _reject_undecodable(context, method, request)
             token = _current.set(principal)
             try:
                 return await inner_unary(request, _GuardedContext(context))
@@ -302,7 +337,7 @@ class ServerGuard(grpc.aio.ServerInterceptor):
                 _current.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary, request_deserializer=handler.request_deserializer,
+            unary_unary, request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
