@@ -110,7 +110,9 @@ def closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> AsyncIterator[Stack]:
+async def stack(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, service_token: str
+) -> AsyncIterator[Stack]:
     """Teacher, student and trainer servers on port 0, sharing one local store and SQLite file."""
     from student_svc.server import create_server as create_student
     from teacher_svc.server import create_server as create_teacher
@@ -122,6 +124,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
         home=tmp,
         database_url=f"sqlite:///{tmp / 'syllabus.db'}",
         artifact_url=(tmp / "artifacts").as_uri(),
+        service_token=service_token,  # the worker's activities send it; the three services accept only it
     )
     jobs = jobs_for(base)
     teacher = await create_teacher(base)
