@@ -15,7 +15,9 @@ from syllabus.config import Config
 pytestmark = pytest.mark.unit
 
 KUBE_VERSION = "1.30.0"
-SECRET_FIELDS = {"database_url", "s3_access_key", "s3_secret_key"}
+SECRET_FIELDS = {"database_url", "s3_access_key", "s3_secret_key", "service_token"}
+# Fields a role must not get: the gateway never holds the service token the services accept.
+WITHHELD = {"gateway": {"SYLLABUS_SERVICE_TOKEN"}}
 GRPC_ROLES = {
     "teacher": "syllabus.teacher.v1.TeacherService",
     "student": "syllabus.student.v1.StudentService",
@@ -99,8 +101,9 @@ def test_env_names_exist_in_the_config_model(rendered: tuple[str, list[dict]]) -
             assert syllabus <= known, (
                 f"{overlay}/{role}: {sorted(syllabus - known)} not in syllabus.config.Config"
             )
-            # every config field reaches every role: one config model, mapped 1:1
-            assert syllabus == known, f"{overlay}/{role} misses {sorted(known - syllabus)}"
+            # every config field reaches every role (one config model, mapped 1:1), but what it must not hold
+            expected = known - WITHHELD.get(role, set())
+            assert syllabus == expected, f"{overlay}/{role}: {sorted(expected ^ syllabus)}"
 
 
 def test_secret_fields_come_from_secrets_only(rendered: tuple[str, list[dict]]) -> None:
@@ -253,3 +256,64 @@ def test_notes_tell_how_to_reach_gateway_and_temporal_ui() -> None:
     assert "port-forward svc/syl-syllabus-temporal 8233:8233" in notes
     external = render(overlay_values("external"))["syllabus/templates/NOTES.txt"]
     assert "https://temporal.example.com/namespaces/syllabus/workflows" in external
+
+
+def _env(dep: dict) -> dict[str, dict]:
+    (c,) = containers(dep)
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def test_tokens_come_from_the_secret(rendered: tuple[str, list[dict]]) -> None:
+    """The service token reaches the worker and the three services (secretKeyRef), never the gateway;
+    the gateway mounts the Secret's tokens.json where SYLLABUS_TOKENS_FILE points."""
+    overlay, objs = rendered
+    deps = role_deployments(objs)
+    for role in SYLLABUS_ROLES - {"gateway"}:
+        ref = _env(deps[role])["SYLLABUS_SERVICE_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == "SYLLABUS_SERVICE_TOKEN", f"{overlay}/{role}"
+    gateway = deps["gateway"]
+    assert "SYLLABUS_SERVICE_TOKEN" not in _env(gateway)
+    (cm,) = of_kind(objs, "ConfigMap")
+    tokens_file = cm["data"]["SYLLABUS_TOKENS_FILE"]
+    (c,) = containers(gateway)
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "auth-tokens"]
+    assert mount["readOnly"] and tokens_file == f"{mount['mountPath']}/tokens.json"
+    (vol,) = [v for v in gateway["spec"]["template"]["spec"]["volumes"] if v["name"] == "auth-tokens"]
+    assert vol["secret"]["items"] == [{"key": "tokens.json", "path": "tokens.json"}]
+    for role in SYLLABUS_ROLES - {"gateway"}:
+        (c,) = containers(deps[role])
+        assert all(m["name"] != "auth-tokens" for m in c["volumeMounts"]), f"{overlay}/{role}"
+
+
+def test_secret_holds_the_tokens() -> None:
+    import json
+
+    objs = manifests(render({"auth": {"serviceToken": "svc-t0ken", "tokens": {"tok-a": "tenant-a", "tok-root": "*"}}}))
+    (secret,) = [s for s in of_kind(objs, "Secret") if "helm.sh/hook" not in s["metadata"].get("annotations", {})]
+    data = secret["stringData"]
+    assert data["SYLLABUS_SERVICE_TOKEN"] == "svc-t0ken"
+    assert json.loads(data["tokens.json"]) == {"tok-a": "tenant-a", "tok-root": "*"}
+    assert "SYLLABUS_ADMIN_TOKEN" not in data
+    for cm in of_kind(objs, "ConfigMap"):
+        assert "svc-t0ken" not in yaml.safe_dump(cm) and "tok-a" not in yaml.safe_dump(cm)
+    # Defaults: a generated service token and one generated admin token, named in tokens.json.
+    (secret,) = [s for s in of_kind(manifests(render()), "Secret") if "helm.sh/hook" not in s["metadata"].get("annotations", {})]
+    data = secret["stringData"]
+    assert len(data["SYLLABUS_SERVICE_TOKEN"]) >= 32
+    assert json.loads(data["tokens.json"]) == {data["SYLLABUS_ADMIN_TOKEN"]: "*"}
+
+
+def test_only_the_worker_reaches_the_services(rendered: tuple[str, list[dict]]) -> None:
+    overlay, objs = rendered
+    allowed = {"teacher": {"worker", "student"}, "student": {"worker"}, "trainer": {"worker", "teacher"}}
+    policies = {component(p): p for p in of_kind(objs, "NetworkPolicy")}
+    assert set(policies) == set(allowed), overlay
+    for role, callers in allowed.items():
+        spec = policies[role]["spec"]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == role
+        assert spec["policyTypes"] == ["Ingress"]
+        (rule,) = spec["ingress"]
+        peers = {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]}
+        assert peers == callers and "gateway" not in peers, f"{overlay}/{role}"
+        assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    assert not of_kind(manifests(render({"networkPolicy": {"enabled": False}})), "NetworkPolicy")

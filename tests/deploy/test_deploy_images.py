@@ -127,10 +127,12 @@ def test_light_images_leave_out_only_the_ml_stack() -> None:
 async def test_healthcheck_script_follows_the_servers_health() -> None:
     import asyncio
 
+    from syllabus.auth import TokenTable
     from syllabus.serving import build_server
 
     service = "syllabus.student.v1.StudentService"
-    served = await build_server("127.0.0.1:0", lambda server: None, (service,))
+    # Health needs no token: the probe script sends none.
+    served = await build_server("127.0.0.1:0", lambda server: None, (service,), TokenTable({}))
     address = f"127.0.0.1:{served.port}"
 
     async def probe(*args: str) -> int:

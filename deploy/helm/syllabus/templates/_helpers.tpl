@@ -117,6 +117,15 @@ app.kubernetes.io/component: {{ .component }}
       key: SYLLABUS_S3_SECRET_KEY
 {{- end }}
 
+{{/* The service-role token: the worker, teacher, student and trainer have it, the gateway does not. */}}
+{{- define "syllabus.serviceTokenEnv" -}}
+- name: SYLLABUS_SERVICE_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "syllabus.secretName" . }}
+      key: SYLLABUS_SERVICE_TOKEN
+{{- end }}
+
 {{/* Env of every Syllabus container: the ConfigMap (envFrom) + secretKeyRefs + the role's extras. */}}
 {{- define "syllabus.envFrom" -}}
 - configMapRef:

@@ -66,6 +66,9 @@ spec:
             {{- include "syllabus.envFrom" $ctx | nindent 12 }}
           env:
             {{- include "syllabus.secretEnv" $ctx | nindent 12 }}
+            {{- if ne .component "gateway" }}
+            {{- include "syllabus.serviceTokenEnv" $ctx | nindent 12 }}
+            {{- end }}
             {{- with $role.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -96,12 +99,26 @@ spec:
             {{- toYaml $ctx.Values.securityContext | nindent 12 }}
           volumeMounts:
             {{- include "syllabus.volumeMounts" $ctx | nindent 12 }}
+            {{- if eq .component "gateway" }}
+            - name: auth-tokens
+              mountPath: {{ $ctx.Values.auth.tokensDir }}
+              readOnly: true
+            {{- end }}
             {{- if $role.shmSize }}
             - name: dshm
               mountPath: /dev/shm
             {{- end }}
       volumes:
         {{- include "syllabus.volumes" $ctx | nindent 8 }}
+        {{- if eq .component "gateway" }}
+        - name: auth-tokens
+          secret:
+            secretName: {{ include "syllabus.secretName" $ctx }}
+            defaultMode: 0440
+            items:
+              - key: tokens.json
+                path: tokens.json
+        {{- end }}
         {{- if $role.shmSize }}
         - name: dshm
           emptyDir:
