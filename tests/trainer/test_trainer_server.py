@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from pathlib import Path
 
@@ -96,7 +97,8 @@ async def test_train_and_watch(service, tiny_model_dir: Path) -> None:
     running = [e for e in events if e.state == S.TRAINING_STATE_RUNNING]
     assert [e.step for e in running] == list(range(1, 5))  # 2 epochs x 2 batches of 4
     assert {e.total_steps for e in running} == {4}
-    assert all(e.loss > 0 and e.learning_rate > 0 for e in running)
+    assert all(e.loss > 0 for e in running)
+    assert running[0].learning_rate == 0 and all(e.learning_rate > 0 for e in running[1:])  # warm-up from 0
     final = events[-1]
     assert final.state == S.TRAINING_STATE_SUCCEEDED, final.message
     assert [e.state for e in events] == [S.TRAINING_STATE_PENDING] + [S.TRAINING_STATE_RUNNING] * 4 + [
@@ -135,11 +137,15 @@ async def test_existing_output_succeeds_without_training(service, tiny_model_dir
     stub, jobs = service
     store = jobs.store
     req = request(tiny_model_dir, store)
+    # What a finished run leaves: its metrics first, then the adapter.
+    store.put_bytes(req.output_key + ".metrics.json", json.dumps({"steps": 4, "mean_loss": 2.5, "losses": [3, 2.5, 2.5, 2]}).encode())
     earlier = store.put_bytes(req.output_key, b"an adapter from an earlier attempt")
     started = await stub.StartTraining(req)
     events = await watch(stub, started.training_id)
     assert [e.state for e in events] == [S.TRAINING_STATE_SUCCEEDED]
     assert events[0].adapter == ref_to_pb(earlier)
+    # the true record of that run, not a made-up "0 steps, loss 0"
+    assert (events[0].step, events[0].mean_loss, list(events[0].losses)) == (4, 2.5, [3, 2.5, 2.5, 2])
 
 
 async def test_failed_job_reports_and_can_be_retried(service, tiny_model_dir: Path) -> None:
