@@ -684,6 +684,7 @@ class Activities:
         """
         import grpc
 
+        from syllabus.artifacts import training_metrics_key
         from syllabus.auth import channel as auth_channel
         from syllabus.auth import service_token
         from syllabus.pb import ref_from_pb, ref_to_pb
@@ -714,7 +715,6 @@ class Activities:
         step_name = "reference" if inp.stage == "reference" else "train"
         key = output_key(inp.job_id, inp.round, step_name, [inp.dataset, inp.init_adapter], params, "tar")
         records = self._read_jsonl(inp.dataset)
-        samples = len(records)
 
         model = common_pb2.ModelRef(base=task.student.model)
         if inp.init_adapter is not None:
@@ -727,6 +727,11 @@ class Activities:
             training=trainer_pb2.TrainingSpec(**training),
             output_key=key,
         )
+        adapter = self.store.stat(key)
+        metrics_ref = self.store.stat(training_metrics_key(key)) if adapter is not None else None
+        if metrics_ref is not None:  # a retry after the run finished: its output answers, no call
+            done = json.loads(self._read(metrics_ref))
+            return await self._finish_training(inp, params, records, adapter, done)
         final: trainer_pb2.WatchTrainingResponse | None = None
         training_id = ""
         async with (
@@ -771,11 +776,19 @@ class Activities:
         adapter = ref_from_pb(final.adapter)
         if adapter is None:
             raise ApplicationError("training succeeded without an adapter", type="DATA_LOSS")
-        metrics = {
-            "steps": int(final.total_steps or final.step),
-            "mean_loss": float(final.mean_loss),
-            "losses": [round(float(x), 5) for x in final.losses],  # one value per optimiser step
-        }
+        # The trainer's own record (float64, published before the adapter) is what SQL keeps, the same
+        # whether this attempt watched the run or a retry finds it finished.
+        metrics_ref = self.store.stat(training_metrics_key(key))
+        if metrics_ref is None:
+            raise ApplicationError(f"training {training_id} succeeded without its metrics", type="DATA_LOSS")
+        return await self._finish_training(inp, params, records, adapter, json.loads(self._read(metrics_ref)))
+
+    async def _finish_training(
+        self, inp: TrainInput, params: dict, records: list[dict], adapter: ArtifactRef, metrics: dict
+    ) -> TrainOutput:
+        """Record a finished training run (once) with the trainer's own step count and losses."""
+        samples = len(records)
+        metrics = {**metrics, "losses": [round(float(x), 5) for x in metrics["losses"]]}  # one per step
 
         await asyncio.to_thread(
             self._record_training_run,

@@ -260,3 +260,9 @@ def open_store(url: str, config: Config | None = None) -> ArtifactStore:
         c = config or load_config()
         return S3ArtifactStore(url, c.s3_endpoint, c.s3_access_key, c.s3_secret_key, c.s3_secure)
     raise ArtifactError(f"unsupported artifact URL {url!r}: expected file:///path or s3://bucket/prefix")
+
+
+def training_metrics_key(adapter_key: str) -> str:
+    """Where the trainer keeps a finished run's step count and loss curve: beside its adapter,
+    published before it, so an adapter in the store always comes with its true metrics."""
+    return adapter_key + ".metrics.json"

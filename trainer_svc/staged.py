@@ -48,7 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from syllabus.artifacts import ArtifactRef, ArtifactStore
+from syllabus.artifacts import ArtifactRef, ArtifactStore, training_metrics_key
 from syllabus.prompts import encode_example
 from trainer_svc.curriculum import PUDF, SEC, AdaRFT, checkpoint_weights, irt_ability, lr_at
 from trainer_svc.packing import (
@@ -733,14 +733,9 @@ def save_outputs(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def metrics_key(output_key: str) -> str:
-    """Where a run's step count and loss curve live, next to its adapter (published before it)."""
-    return output_key + ".metrics.json"
-
-
 def read_metrics(store: ArtifactStore, output_key: str) -> dict | None:
     """The metrics of a finished run at `output_key`, or None if it never finished."""
-    ref = store.stat(metrics_key(output_key))
+    ref = store.stat(training_metrics_key(output_key))
     return json.loads(store.get_bytes(ref)) if ref is not None else None
 
 
@@ -781,7 +776,7 @@ def run_recipe(
         raise TrainingStopped("stopped before publishing")
     metrics = {"steps": len(result.losses), "mean_loss": result.mean_loss, "losses": result.losses,
                "resumed_from": result.resumed_from}  # fmt: skip
-    store.put_bytes(metrics_key(output_key), json.dumps(metrics, sort_keys=True).encode())
+    store.put_bytes(training_metrics_key(output_key), json.dumps(metrics, sort_keys=True).encode())
     ref, result.merged_ref = save_outputs(model, snapshots, base, tokenizer, store, output_key, merged_key)
     log.info("recipe %s: %d steps, mean loss %.4f -> %s", recipe.name, len(result.losses), result.mean_loss, ref.uri)
     return ref, result
