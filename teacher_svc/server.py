@@ -5,25 +5,23 @@ from __future__ import annotations
 import functools
 
 from syllabus.artifacts import open_store
-from syllabus.auth import service_table, service_token
+from syllabus.auth import service_table
 from syllabus.config import Config
 from syllabus.serving import Served, build_server
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from teacher_svc.backend import load_backend
 from teacher_svc.service import ModelCache, TeacherServicer
-from teacher_svc.tailor import GrpcDpoTrainer
 
 SERVICE_NAME = teacher_pb2.DESCRIPTOR.services_by_name["TeacherService"].full_name
 
 
 def build_servicer(config: Config) -> TeacherServicer:
-    """A servicer on the artifact store named by the config; Tailor's DPO runs on the TrainerService
-    at `config.trainer_address`, and adapters are cached under `home/adapter-cache`."""
+    """A servicer on the artifact store named by the config; adapters are cached under
+    `home/adapter-cache`. The teacher calls no other service."""
     return TeacherServicer(
         open_store(config.resolved_artifact_url(), config),
         ModelCache(functools.partial(load_backend, endpoints=config.teacher_endpoints)),
         adapter_cache=config.home / "adapter-cache",
-        trainer=GrpcDpoTrainer(config.trainer_address, service_token(config)),
     )
 
 

@@ -59,7 +59,7 @@ from teacher_svc.reasoning import (
     rejection_sample,
     write_rationales,
 )
-from teacher_svc.tailor import DpoTrainer, TrainerFailed, build_pairs, drafts_from_records, regenerate_rationales
+from teacher_svc.tailor import build_pairs, drafts_from_records
 from teacher_svc.targeted import Skill, expand_until_accepted, generate_targeted
 
 MAX_PER_LABEL = 10_000
@@ -116,12 +116,10 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         models: ModelCache | None = None,
         *,
         adapter_cache: Path | None = None,
-        trainer: DpoTrainer | None = None,
     ) -> None:
         self.store = store
         self.models = models or ModelCache()
         self.adapter_cache = adapter_cache or Path(tempfile.gettempdir()) / "syllabus-teacher-adapters"
-        self.trainer = trainer  # Tailor's DPO runner (TrainerService over gRPC); None: Tailor is UNAVAILABLE
         # One model job at a time: the model is the bottleneck, and the event loop stays free for
         # health checks while the job runs in a worker thread.
         self._model_lock = asyncio.Lock()
@@ -530,30 +528,12 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     # -- Tailor (ARTE) ----------------------------------------------------------------------------
 
     async def _tailor(self, request: teacher_pb2.TailorRequest) -> teacher_pb2.TailorResponse:
-        base = _check_model(request.model)
-        if base.startswith(("openai:", "vllm:")):
-            raise invalid("model.base", "Tailor trains a LoRA on the teacher: a bundled or local HF model is required")
+        """The ARTE pairs only: training and regeneration are the orchestrator's steps."""
         if not request.instructions.strip():
             raise invalid("instructions", "required")
         drafts_ref = _required_ref("drafts", request.drafts)
         scores_ref = _required_ref("scores", request.scores)
-        sampling = _sampling(request.sampling)
-        if sampling.n != 1:
-            raise invalid("sampling.n", "must be 1 (0): one regenerated rationale per question")
-        if request.dpo_beta < 0:
-            raise invalid("dpo_beta", f"must be >= 0 (0 means 0.1), got {request.dpo_beta:g}")
-        t = request.training
-        if t.epochs <= 0 or t.learning_rate <= 0 or t.batch_size <= 0:
-            raise invalid("training", "epochs, learning_rate and batch_size must be > 0")
-        if request.lora.rank <= 0 or request.lora.alpha <= 0:
-            raise invalid("lora", "rank and alpha must be > 0")
-        prefix = request.output_key
-        pairs_key = _check_key("output_key", prefix + "-pairs.jsonl" if prefix else "")
-        adapter_key = _check_key("output_key", prefix + "-adapter.tar")
-        regen_key = _check_key("output_key", prefix + "-regenerated.jsonl")
-        if self.trainer is None:
-            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "Tailor needs a TrainerService; none is configured")
-
+        pairs_key = _check_key("output_key", request.output_key)
         drafts = await asyncio.to_thread(self._records, "drafts", drafts_ref)
         score_rows = await asyncio.to_thread(self._records, "scores", scores_ref)
         try:
@@ -567,44 +547,12 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
                 "scores: no preference pairs (every question's rationales scored alike and no question-level "
                 "gap); nothing to align",
             )
+        # The pairs are a pure function of the inputs: a retry finds them published and returns them.
         pairs_ref = await asyncio.to_thread(self.store.stat, pairs_key) or await asyncio.to_thread(
             self.store.put_bytes, pairs_key, dumps_jsonl(pairs.records)
         )
-        try:
-            trained = await self.trainer.train_dpo(
-                job_key=prefix,
-                model=request.model,
-                dataset=ref_to_pb(pairs_ref),
-                lora=request.lora,
-                training=request.training,
-                beta=request.dpo_beta,
-                output_key=adapter_key,
-            )
-        except TrainerFailed as e:
-            raise RequestFailed(e.code, f"trainer: {e}") from e
-        aligned = common_pb2.ModelRef(base=base, adapter=trained.adapter)
-        questions = list({d.question.id: d.question for d in built}.values())
-
-        def regenerate(backend: Backend) -> list[dict]:
-            return regenerate_rationales(backend, request.instructions, questions, sampling, DEFAULT_BATCH_SIZE)
-
-        if not (regen_ref := await asyncio.to_thread(self.store.stat, regen_key)):
-            records = await self._run_model(aligned, regenerate)
-            params = {"mode": "TAILOR", "pairs": pairs_ref.uri, "dpo_beta": request.dpo_beta or 0.1,
-                      "lora_rank": request.lora.rank, "lora_alpha": request.lora.alpha,
-                      "epochs": t.epochs, "learning_rate": round(t.learning_rate, 8), "batch_size": t.batch_size,
-                      "seed": t.seed}  # fmt: skip
-            regen_ref = await asyncio.to_thread(
-                self.store.put_bytes, regen_key, dumps_jsonl(_with_params(records, params))
-            )
         return teacher_pb2.TailorResponse(
-            question_pairs=pairs.question_level,
-            rationale_pairs=pairs.rationale_level,
-            pairs=ref_to_pb(pairs_ref),
-            aligned_model=aligned,
-            regenerated=ref_to_pb(regen_ref),
-            dpo_steps=trained.steps,
-            dpo_mean_loss=trained.mean_loss,
+            question_pairs=pairs.question_level, rationale_pairs=pairs.rationale_level, pairs=ref_to_pb(pairs_ref)
         )
 
     # -- AnalyzeErrors ----------------------------------------------------------------------------

@@ -4,14 +4,15 @@
    (`teacher_svc.reasoning.write_rationales`).
 2. Student preference: `s_r` = the student's accuracy on a small preference set Dpref when the draft
    (question, rationale, answer) is its one-shot demonstration; `s_q` = mean of `s_r` over the
-   question's rationales. A `PreferenceScorer` supplies the scores (the student service's job).
+   question's rationales. The student computes them (StudentService.Score, METRIC_ARTE_PREFERENCE);
+   Tailor reads them from the `scores` artifact.
 3. Pairs (`build_pairs`): question level — top vs bottom quartile of questions by `s_q` under the same
    generation prompt; rationale level — per question, argmax vs argmin `s_r` (skipped on ties). The
    rationale pair's prompt is the style-neutral rationale prompt, so the aligned teacher learns which
    kind of rationale to write when simply asked.
 4. DPO on the teacher (a LoRA; the reference is the teacher with the adapter disabled) over the mixed
-   pairs; the trainer does this (`objective: dpo`).
-5. The aligned teacher regenerates at temperature 0.
+   pairs, and regeneration with the aligned teacher at temperature 0: both are orchestrator steps
+   (`orchestrator.tailoring.TailorTeacherWorkflow`), not this service's — services never call each other.
 """
 
 from __future__ import annotations
@@ -19,15 +20,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-import grpc
-
-from syllabus import auth
-from syllabus.records import content_id
-from teacher_svc.backend import Backend, ChatPrompt, Sampling
-from teacher_svc.reasoning import RATIONALE_STOP, Question, parse_rationale
-from teacher_svc.retry import generate_parsed
+from teacher_svc.backend import ChatPrompt
+from teacher_svc.reasoning import RATIONALE_STOP, Question
 
 NEUTRAL_RATIONALE_TEMPLATE = """{instructions}
 
@@ -35,18 +30,10 @@ Question: {question}
 
 Explain the answer, then finish with a line "Answer: <answer>"."""
 NEUTRAL_STOP = RATIONALE_STOP
-REGENERATE_METHOD = "arte_regenerate"
 
 
 def neutral_rationale_prompt(instructions: str, question: str) -> ChatPrompt:
     return ChatPrompt(NEUTRAL_RATIONALE_TEMPLATE.format(instructions=instructions.strip(), question=question))
-
-
-class PreferenceScorer(Protocol):
-    """The student's one-shot ICL preference: for each demo (question, rationale, answer), its accuracy
-    on the preference set, in [0, 1]."""
-
-    def scores(self, demos: Sequence[tuple[str, str, str]]) -> list[float]: ...
 
 
 @dataclass(frozen=True)
@@ -155,79 +142,3 @@ def drafts_from_records(drafts: Sequence[Mapping], scores: Sequence[Mapping]) ->
             )
         )
     return out
-
-
-def regenerate_rationales(
-    backend: Backend, instructions: str, questions: Sequence[Question], sampling: Sampling, batch_size: int = 16
-) -> list[dict]:
-    """One rationale per question from the (aligned) teacher under the style-neutral prompt."""
-    from teacher_svc.generation import provenance, template_hash
-
-    prompts = [neutral_rationale_prompt(instructions, q.text) for q in questions]
-    outs = generate_parsed(backend, prompts, parse_rationale, sampling, batch_size, stop=NEUTRAL_STOP, retries=0)
-    prov = provenance(
-        backend, sampling, 0, REGENERATE_METHOD, template_hash(NEUTRAL_RATIONALE_TEMPLATE, "", NEUTRAL_STOP)
-    )
-    records = []
-    for q, out in zip(questions, outs, strict=True):
-        rationale = out.value.text if out.ok else out.raw.strip()
-        rec = {"id": content_id(q.text, rationale), "question_id": q.id, "question": q.text, "rationale": rationale,
-               "answer": out.value.answer if out.ok else None, "status": "ok" if out.ok else "failed",
-               "provenance": prov}  # fmt: skip
-        records.append(rec)
-    return records
-
-
-class TrainerFailed(Exception):
-    """The DPO job could not run or failed; `code` is the status the Tailor caller gets."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class DpoResult:
-    adapter: object  # common_pb2.ArtifactRef
-    steps: int
-    mean_loss: float
-
-
-class DpoTrainer(Protocol):
-    """Trains a LoRA with DPO on {"prompt", "chosen", "rejected"} records; returns the adapter."""
-
-    async def train_dpo(self, *, job_key, model, dataset, lora, training, beta, output_key) -> DpoResult: ...
-
-
-class GrpcDpoTrainer:
-    """DPO through TrainerService.StartTraining (objective OBJECTIVE_DPO) + WatchTraining."""
-
-    def __init__(self, address: str, token: str = "") -> None:
-        self.address = address
-        self.token = token  # the service-role token the trainer accepts
-
-    async def train_dpo(self, *, job_key, model, dataset, lora, training, beta, output_key) -> DpoResult:
-        from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-
-        req = trainer_pb2.StartTrainingRequest(
-            job_key=f"teacher-tailor:{job_key}", model=model, dataset=dataset, lora=lora, training=training,
-            output_key=output_key, objective=trainer_pb2.OBJECTIVE_DPO, dpo=trainer_pb2.DpoSpec(beta=beta),
-        )  # fmt: skip
-        try:
-            async with auth.channel(self.address, self.token) as channel:
-                stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-                started = await stub.StartTraining(req)
-                last = None
-                async for event in stub.WatchTraining(
-                    trainer_pb2.WatchTrainingRequest(training_id=started.training_id)
-                ):
-                    last = event
-                    if event.state in (trainer_pb2.TRAINING_STATE_SUCCEEDED, trainer_pb2.TRAINING_STATE_FAILED,
-                                       trainer_pb2.TRAINING_STATE_CANCELLED):  # fmt: skip
-                        break
-        except grpc.aio.AioRpcError as e:
-            raise TrainerFailed(e.code(), e.details() or str(e.code())) from e  # the trainer's status, passed on
-        if last is None or last.state != trainer_pb2.TRAINING_STATE_SUCCEEDED:
-            state = trainer_pb2.TrainingState.Name(last.state) if last else "no events"
-            raise TrainerFailed(grpc.StatusCode.ABORTED, f"DPO job ended {state}: {last.message if last else ''}")
-        return DpoResult(last.adapter, last.step, last.mean_loss)

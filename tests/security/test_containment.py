@@ -238,7 +238,7 @@ def test_non_finite_request_fields_are_named() -> None:
     assert err.value.field == "lora.alpha"
     assert first_nonfinite(teacher_pb2.GenerateRequest(sampling=common_pb2.SamplingParams(top_p=math.nan))) == "sampling.top_p"
     assert first_nonfinite(student_pb2.SelectRequest(temperature=-math.inf)) == "temperature"
-    assert first_nonfinite(teacher_pb2.TailorRequest(dpo_beta=0.5)) is None
+    assert first_nonfinite(trainer_pb2.DpoSpec(beta=0.5)) is None
 
 
 # -- malformed task files: one line, exit code 2 -------------------------------------------------

@@ -142,7 +142,7 @@ def _templates(s: Stack) -> dict[str, object]:
         "/syllabus.teacher.v1.TeacherService/AnalyzeErrors": teacher_pb2.AnalyzeErrorsRequest(
             kind=kind, labels=labels, predictions=preds, eval=evalset, output_key="jobs/fuzz/skills.jsonl"),
         "/syllabus.teacher.v1.TeacherService/Tailor": teacher_pb2.TailorRequest(
-            model=model, instructions="x", drafts=examples, scores=preds, sampling=sampling, output_key="jobs/fuzz/tailor"),
+            instructions="x", drafts=examples, scores=preds, output_key="jobs/fuzz/tailor.jsonl"),
         "/syllabus.student.v1.StudentService/Score": student_pb2.ScoreRequest(
             model=model, dataset=pairs, output_key="jobs/fuzz/score.jsonl"),
         "/syllabus.student.v1.StudentService/ScoreStream": student_pb2.ScoreStreamRequest(

@@ -1,4 +1,4 @@
-"""Every Generate and Critique mode, and Tailor (ARTE), over a real grpc.aio channel on the tiny model.
+"""Every Generate and Critique mode, and Tailor (ARTE pairs), over a real grpc.aio channel on the tiny model.
 
 The tiny model is random-init, so the text is noise: the tests check each mode's contract (counts that
 add up, one record per input where promised, provenance with the request's hyperparameters on every
@@ -18,10 +18,8 @@ from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.records import dumps_jsonl, loads_jsonl
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
-from syllabus_sdk.trainer.v1 import trainer_pb2
 from teacher_svc.server import create_server
 from teacher_svc.service import TeacherServicer
-from teacher_svc.tailor import GrpcDpoTrainer
 
 pytestmark = pytest.mark.integration
 
@@ -207,33 +205,8 @@ async def test_adapter_on_unsupported_backend_and_missing_adapter(teacher, tiny_
     assert e.value.code() == grpc.StatusCode.NOT_FOUND and e.value.details().startswith("model.adapter:")
 
 
-@pytest.fixture
-async def trainer(tmp_path: Path, service_token):
-    """A TrainerService on the same artifact store as the teacher fixture."""
-    from trainer_svc.server import create_server as create_trainer
-    from trainer_svc.server import jobs_for
-
-    config = Config(
-        home=tmp_path / "trainer-home", artifact_url=(tmp_path / "artifacts").as_uri(), service_token=service_token
-    )
-    jobs = jobs_for(config)
-    served = await create_trainer(config, jobs=jobs)
-    await served.set_serving(True)
-    yield f"127.0.0.1:{served.port}"
-    await served.stop(0)
-    await jobs.close()
-
-
-async def test_tailor_dpo_through_trainer_then_regenerate(
-    teacher, trainer, tiny_model_dir, service_token, service_channel
-) -> None:
-    _, store = teacher
-    # The servicer of the teacher fixture has no trainer; point it at the in-process TrainerService.
-    servicer = TeacherServicer(
-        store, adapter_cache=Path(store.root).parent / "adapters2", trainer=GrpcDpoTrainer(trainer, service_token)
-    )
-    served = await create_server(Config(home=Path(store.root).parent, service_token=service_token), servicer=servicer)
-    await served.set_serving(True)
+async def test_tailor_writes_the_pairs_and_trains_nothing(teacher) -> None:
+    stub, store = teacher
     drafts, scores = [], []
     for q in range(4):
         for s, style in enumerate(("step_by_step", "eli5")):
@@ -253,38 +226,33 @@ async def test_tailor_dpo_through_trainer_then_regenerate(
     d_ref = store.put_bytes("in/drafts.jsonl", dumps_jsonl(drafts))
     s_ref = store.put_bytes("in/scores.jsonl", dumps_jsonl(scores))
     req = teacher_pb2.TailorRequest(
-        model=common_pb2.ModelRef(base=str(tiny_model_dir)), instructions="Classify the message.",
-        drafts=ref_to_pb(d_ref), scores=ref_to_pb(s_ref),
-        lora=trainer_pb2.LoraSpec(rank=4, alpha=8, target_modules=["q_proj", "v_proj"]),
-        training=trainer_pb2.TrainingSpec(epochs=1, learning_rate=1e-3, batch_size=2, seed=0, max_seq_len=128),
-        dpo_beta=0.1, sampling=common_pb2.SamplingParams(temperature=0, max_new_tokens=8), output_key="jobs/t/t/arte",
+        instructions="Classify the message.", drafts=ref_to_pb(d_ref), scores=ref_to_pb(s_ref),
+        output_key="jobs/t/t/arte-pairs.jsonl",
     )  # fmt: skip
-    async with service_channel(served.port) as channel:
-        tailor = teacher_pb2_grpc.TeacherServiceStub(channel)
-        resp = await tailor.Tailor(req)
-        # 4 questions under one prompt: quartile = 1 -> 1 question pair; every question has s_r gaps.
-        assert (resp.question_pairs, resp.rationale_pairs) == (1, 4)
-        pairs = records(store, resp.pairs)
-        assert len(pairs) == 5 and all({"prompt", "chosen", "rejected"} <= set(p) for p in pairs)
-        assert resp.aligned_model.base == str(tiny_model_dir) and resp.aligned_model.adapter.sha256
-        assert resp.dpo_steps > 0
-        regen = records(store, resp.regenerated)
-        assert [r["question_id"] for r in regen] == ["q0", "q1", "q2", "q3"]
-        assert all(r["provenance"]["adapter"] == resp.aligned_model.adapter.sha256 for r in regen)
-        assert regen[0]["provenance"]["params"]["dpo_beta"] == pytest.approx(0.1)
-        # The aligned teacher is usable by the other RPCs through ModelRef.adapter.
-        q_ref = store.put_bytes("in/questions.jsonl", dumps_jsonl(QUESTIONS))
-        gen = await tailor.Generate(teacher_pb2.GenerateRequest(
-            model=resp.aligned_model, instructions="Classify.", mode=teacher_pb2.GENERATE_MODE_RATIONALES,
-            questions=ref_to_pb(q_ref), styles=["concise"], sampling=common_pb2.SamplingParams(max_new_tokens=4),
-            output_key="jobs/t/t/aligned-rationales.jsonl"))  # fmt: skip
-        assert all(
-            r["provenance"]["adapter"] == resp.aligned_model.adapter.sha256 for r in records(store, gen.examples)
+    resp = await stub.Tailor(req)
+    # 4 questions under one prompt: quartile = 1 -> 1 question pair; every question has s_r gaps.
+    assert (resp.question_pairs, resp.rationale_pairs) == (1, 4)
+    assert resp.pairs.uri.endswith("jobs/t/t/arte-pairs.jsonl")
+    pairs = records(store, resp.pairs)
+    assert [p["level"] for p in pairs] == ["question"] + ["rationale"] * 4
+    q_pair = pairs[0]
+    assert (q_pair["chosen"], q_pair["rejected"]) == (drafts[6]["completion"], drafts[0]["completion"])
+    assert q_pair["margin"] == pytest.approx(0.6)  # s_q(q3) = 0.7, s_q(q0) = 0.1
+    for p, q in zip(pairs[1:], range(4), strict=True):
+        assert (p["chosen"], p["rejected"], p["question_id"]) == (f"eli5 reasoning {q}", f"step_by_step reasoning {q}", f"q{q}")
+        assert "Question: My card number" in p["prompt"] and p["margin"] == pytest.approx(0.2)
+    # Nothing but the pairs was written: training and regeneration are the orchestrator's steps.
+    written = sorted(str(p.relative_to(store.root)) for p in Path(store.root).rglob("*") if p.is_file())
+    assert [w for w in written if w.startswith("jobs/") and not w.endswith(".sha256")] == ["jobs/t/t/arte-pairs.jsonl"]
+    # A retry returns the published pairs.
+    again = await stub.Tailor(req)
+    assert again.pairs.sha256 == resp.pairs.sha256
+    flat = store.put_bytes("in/flat.jsonl", dumps_jsonl([s | {"arte_s_r": 0.5} for s in scores]))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Tailor(
+            teacher_pb2.TailorRequest(**{**_fields(req), "scores": ref_to_pb(flat), "output_key": "jobs/t/t/flat.jsonl"})
         )
-        flat = store.put_bytes("in/flat.jsonl", dumps_jsonl([s | {"arte_s_r": 0.5} for s in scores]))
-        with pytest.raises(grpc.aio.AioRpcError) as e:
-            await tailor.Tailor(
-                teacher_pb2.TailorRequest(**{**_fields(req), "scores": ref_to_pb(flat), "output_key": "jobs/t/t/flat"})
-            )
-        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    await served.stop(0)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Tailor(teacher_pb2.TailorRequest(**{**_fields(req), "output_key": ""}))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("output_key")

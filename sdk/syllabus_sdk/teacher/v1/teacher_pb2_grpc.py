@@ -88,10 +88,10 @@ class TeacherServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Tailor(self, request, context):
-        """Tailor aligns the teacher to a student (ARTE, arXiv 2406.19227): from draft rationales and the
-        student's preference scores it builds question- and rationale-level preference pairs, trains a
-        LoRA on the teacher with DPO through the TrainerService, and regenerates the rationales with the
-        aligned teacher (greedy).
+        """Tailor builds the preference pairs that align the teacher to a student (ARTE, arXiv 2406.19227):
+        from draft rationales and the student's preference scores, question- and rationale-level DPO
+        pairs. It trains nothing: the orchestrator runs the DPO on the teacher (TrainerService) and
+        regenerates with the aligned teacher (Generate with ModelRef.adapter).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
