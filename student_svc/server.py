@@ -5,7 +5,7 @@ from __future__ import annotations
 from student_svc.models import ModelCache
 from student_svc.service import SERVICE_NAME, StudentServicer
 from syllabus.artifacts import open_store
-from syllabus.auth import service_table, service_token
+from syllabus.auth import service_table
 from syllabus.config import Config
 from syllabus.serving import Served, build_server
 from syllabus_sdk.student.v1 import student_pb2_grpc
@@ -17,8 +17,6 @@ def make_servicer(config: Config, models: ModelCache | None = None) -> StudentSe
         store=open_store(config.resolved_artifact_url()),
         models=models or ModelCache(),
         adapter_cache=config.home / "cache" / "adapters",
-        teacher_address=config.teacher_address,
-        teacher_token=service_token(config),
     )
 
 

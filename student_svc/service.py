@@ -163,19 +163,19 @@ LABEL_LIKELIHOOD = "label_likelihood"
 LABEL_GENERATION = "label_generation"
 EXACT_MATCH = "exact_match"
 NUMERIC_MATCH = "numeric"
-JUDGE = "judge"
 SCORERS = {
     student_pb2.EVAL_SCORER_LABEL_LIKELIHOOD: LABEL_LIKELIHOOD,
     student_pb2.EVAL_SCORER_LABEL_GENERATION: LABEL_GENERATION,
     student_pb2.EVAL_SCORER_EXACT_MATCH: EXACT_MATCH,
     student_pb2.EVAL_SCORER_NUMERIC: NUMERIC_MATCH,
-    student_pb2.EVAL_SCORER_JUDGE: JUDGE,
 }
 SCORER_BY_KIND = {
     common_pb2.TASK_KIND_CLASSIFICATION: LABEL_LIKELIHOOD,
     common_pb2.TASK_KIND_EXACT_ANSWER: EXACT_MATCH,
     common_pb2.TASK_KIND_NUMERIC: NUMERIC_MATCH,
-    common_pb2.TASK_KIND_OPEN_ENDED: JUDGE,
+    # Open-ended answers: the generation is written; the teacher's verdicts on it are an
+    # orchestrator step (orchestrator.judging), since services never call each other.
+    common_pb2.TASK_KIND_OPEN_ENDED: EXACT_MATCH,
 }
 
 
@@ -190,7 +190,6 @@ class EvaluateJob:
     scorer: str = LABEL_LIKELIHOOD
     max_new_tokens: int = 32
     dtype: str = "auto"
-    judge_model: str = ""
 
 
 def _output_key(key: str) -> str:
@@ -359,8 +358,6 @@ def parse_evaluate_request(request: student_pb2.EvaluateRequest) -> EvaluateJob:
     if scorer in (LABEL_LIKELIHOOD, LABEL_GENERATION) or labels:
         labels = _labels("labels", labels)
     _non_negative("max_new_tokens", request.max_new_tokens)
-    if scorer == JUDGE and not request.judge_model.base:
-        raise InvalidField("judge_model.base", "required for the judge scorer (the teacher model)")
     return EvaluateJob(
         base=base,
         adapter=pb.ref_from_pb(request.model.adapter),
@@ -371,7 +368,6 @@ def parse_evaluate_request(request: student_pb2.EvaluateRequest) -> EvaluateJob:
         scorer=scorer,
         max_new_tokens=request.max_new_tokens or evaluation.DEFAULT_MAX_NEW_TOKENS,
         dtype=_precision("precision", request.precision),
-        judge_model=request.judge_model.base,
     )
 
 
@@ -468,12 +464,9 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
     """Score and Evaluate on a cached student; one request's model work at a time."""
 
     def __init__(
-        self, store: ArtifactStore, models: ModelCache, adapter_cache: Path, teacher_address: str = "",
-        teacher_token: str = "",
+        self, store: ArtifactStore, models: ModelCache, adapter_cache: Path
     ) -> None:
         self.store = store
-        self.teacher_address = teacher_address
-        self.teacher_token = teacher_token  # the service-role token the teacher accepts (judge scorer)
         self.models = models
         self.adapter_cache = Path(adapter_cache)
         self._lock = asyncio.Lock()
@@ -560,25 +553,6 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
             total=summary.total,
             predictions=pb.ref_to_pb(ref),
         )
-
-    def _judge(self, job: EvaluateJob, records: list[dict], rows: list[dict]):
-        """Ask the teacher to judge the student's answers (TeacherService.Critique, judge mode).
-
-        Contract (the teacher's judge is classification-only today): each answer goes as an example
-        {"id", "input": answer, "label": "answer"} with labels ["answer", "no_answer"]; the eval
-        items' prompts are the seeds (an answer that copies its question is dropped). An answer the
-        teacher keeps counts as correct; the verdict's reason is recorded.
-        """
-        from student_svc.judge import judge_answers
-
-        verdicts = judge_answers(
-            self.teacher_address, self.store, job.judge_model, records, [r["generation"] for r in rows],
-            prefix=job.output_key + ".judge", token=self.teacher_token,
-        )
-        for row, (keep, reason) in zip(rows, verdicts, strict=True):
-            row["correct"], row["reason"] = keep, reason
-        correct = sum(row["correct"] for row in rows)
-        return rows, evaluation.EvalSummary(correct=correct, total=len(rows))
 
     # -- blocking work (worker thread, under the lock) -----------------------------------------
 
@@ -826,8 +800,6 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
                 batch_size=job.batch_size or 16, dtype=job.dtype,
             )
         rows, summary = self._with_model(job.base, job.adapter, work)
-        if job.scorer == JUDGE:
-            rows, summary = self._judge(job, records, rows)
         ref = self.store.put_bytes(job.output_key, dumps_jsonl(rows))
         log.info("evaluated %d items: accuracy %.3f -> %s", summary.total, summary.accuracy, ref.uri)
         return ref, summary

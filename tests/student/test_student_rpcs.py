@@ -1,4 +1,4 @@
-"""ScoreStream, Select and the generation/judge scorers of Evaluate over gRPC (tiny model)."""
+"""ScoreStream, Select and the generation scorers of Evaluate over gRPC (tiny model)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def served_student(tmp_path: Path, tiny_models, store, service_token):
-    config = Config(home=tmp_path / "home", service_token=service_token, artifact_url=store.root.as_uri(), teacher_address="127.0.0.1:1")
+    config = Config(home=tmp_path / "home", service_token=service_token, artifact_url=store.root.as_uri())
     return config
 
 async def _stub(config, tiny_models):
@@ -131,38 +131,43 @@ async def test_evaluate_exact_match_by_generation(served_student, tiny_models, t
     assert [r["correct"] for r in rows] == [True, False, False]
     assert resp.total == 3 and resp.correct == sum(r["correct"] for r in rows)
 
-async def test_evaluate_judge_through_a_real_teacher(tmp_path, tiny_models, tiny_model_dir, store, service_token, service_channel):
-    from teacher_svc.server import create_server as create_teacher
-
-    config = Config(home=tmp_path / "home", service_token=service_token, artifact_url=store.root.as_uri())
-    teacher = await create_teacher(config)
-    await teacher.set_serving(True)
-    config = config.model_copy(update={"teacher_address": f"127.0.0.1:{teacher.port}"})
+async def test_evaluate_open_ended_writes_generations_and_calls_no_teacher(served_student, tiny_models, tiny_model_dir, store, service_channel):
+    # The student never calls the teacher: open-ended answers are generated and written for the
+    # orchestrator's judge step (orchestrator.judging); the retired judge scorer is refused.
     records = [
         {"id": "o1", "prompt": "Write a sentence about the sea.", "label": ""},
         {"id": "o2", "prompt": "Describe a cat.", "label": ""},
     ]
     eval_set = pb.ref_to_pb(store.put_bytes("in/open.jsonl", dumps_jsonl(records)))
-    served = await _stub(config, tiny_models)
+    gens = generate_greedy(*tiny_models.get(str(tiny_model_dir)), [[{"role": "user", "content": r["prompt"]}] for r in records], max_new_tokens=8)
+    served = await _stub(served_student, tiny_models)
     try:
         async with service_channel(served.port) as channel:
-            resp = await student_pb2_grpc.StudentServiceStub(channel).Evaluate(
+            stub = student_pb2_grpc.StudentServiceStub(channel)
+            resp = await stub.Evaluate(
                 student_pb2.EvaluateRequest(
                     model=common_pb2.ModelRef(base=str(tiny_model_dir)),
                     kind=common_pb2.TASK_KIND_OPEN_ENDED,
                     eval_set=eval_set,
-                    judge_model=common_pb2.ModelRef(base=str(tiny_model_dir)),
                     max_new_tokens=8,
+                    precision=student_pb2.PRECISION_FLOAT32,
                     output_key="jobs/t/out/open-predictions.jsonl",
                 )
             )
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.Evaluate(
+                    student_pb2.EvaluateRequest(
+                        model=common_pb2.ModelRef(base=str(tiny_model_dir)), kind=common_pb2.TASK_KIND_OPEN_ENDED,
+                        eval_set=eval_set, scorer=5, output_key="jobs/t/out/judged.jsonl",  # the reserved EVAL_SCORER_JUDGE
+                    )
+                )
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("scorer")
     finally:
         await served.stop(0)
-        await teacher.stop(0)
     rows = loads_jsonl(store.get_bytes(pb.ref_from_pb(resp.predictions)))
-    assert resp.total == 2
-    assert all(isinstance(r["reason"], str) and r["reason"] for r in rows)
-    assert resp.correct == sum(r["correct"] for r in rows)
+    assert [r["generation"] for r in rows] == gens
+    assert all("reason" not in r for r in rows)
+    assert resp.total == 2 and resp.correct == sum(r["correct"] for r in rows)
 
 async def test_score_car_arte_and_crowd_difficulty(served_student, tiny_models, tiny_model_dir, store, put_adapter, service_channel):
 

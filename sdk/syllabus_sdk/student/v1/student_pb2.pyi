@@ -68,7 +68,6 @@ class EvalScorer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVAL_SCORER_LABEL_GENERATION: _ClassVar[EvalScorer]
     EVAL_SCORER_EXACT_MATCH: _ClassVar[EvalScorer]
     EVAL_SCORER_NUMERIC: _ClassVar[EvalScorer]
-    EVAL_SCORER_JUDGE: _ClassVar[EvalScorer]
 METRIC_UNSPECIFIED: Metric
 METRIC_LOSS_BASE: Metric
 METRIC_LOSS_REF: Metric
@@ -105,7 +104,6 @@ EVAL_SCORER_LABEL_LIKELIHOOD: EvalScorer
 EVAL_SCORER_LABEL_GENERATION: EvalScorer
 EVAL_SCORER_EXACT_MATCH: EvalScorer
 EVAL_SCORER_NUMERIC: EvalScorer
-EVAL_SCORER_JUDGE: EvalScorer
 
 class IrtFit(_message.Message):
     __slots__ = ("model", "steps", "learning_rate")
@@ -266,7 +264,7 @@ class SelectResponse(_message.Message):
     def __init__(self, selected: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("model", "kind", "eval_set", "labels", "output_key", "batch_size", "scorer", "max_new_tokens", "precision", "judge_model")
+    __slots__ = ("model", "kind", "eval_set", "labels", "output_key", "batch_size", "scorer", "max_new_tokens", "precision")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     EVAL_SET_FIELD_NUMBER: _ClassVar[int]
@@ -276,7 +274,6 @@ class EvaluateRequest(_message.Message):
     SCORER_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
-    JUDGE_MODEL_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     kind: _common_pb2.TaskKind
     eval_set: _common_pb2.ArtifactRef
@@ -286,8 +283,7 @@ class EvaluateRequest(_message.Message):
     scorer: EvalScorer
     max_new_tokens: int
     precision: Precision
-    judge_model: _common_pb2.ModelRef
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., kind: _Optional[_Union[_common_pb2.TaskKind, str]] = ..., eval_set: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., output_key: _Optional[str] = ..., batch_size: _Optional[int] = ..., scorer: _Optional[_Union[EvalScorer, str]] = ..., max_new_tokens: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., judge_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., kind: _Optional[_Union[_common_pb2.TaskKind, str]] = ..., eval_set: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., output_key: _Optional[str] = ..., batch_size: _Optional[int] = ..., scorer: _Optional[_Union[EvalScorer, str]] = ..., max_new_tokens: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("accuracy", "correct", "total", "predictions")
