@@ -596,7 +596,8 @@ class Activities:
 
     @activity.defn
     async def score_samples(self, inp: ScoreInput) -> ScoreOutput:
-        """StudentService.Score: LoBaSS losses and learnability under the reference adapter; records scores."""
+        """StudentService.Score: LoBaSS losses (L0 under the current student, Lref under the reference
+        adapter) and learnability; records scores."""
         from syllabus.db import Score
         from syllabus.pb import ref_from_pb, ref_to_pb
         from syllabus_sdk.common.v1 import common_pb2
@@ -604,7 +605,7 @@ class Activities:
 
         task = self._task(inp.task_ref)
         params = {"model": task.student.model, "metrics": list(SCORE_METRICS)}
-        key = output_key(inp.job_id, inp.round, "score", [inp.dataset, inp.reference], params, "jsonl")
+        key = output_key(inp.job_id, inp.round, "score", [inp.dataset, inp.reference, inp.student], params, "jsonl")
         scores = self.store.stat(key)
         if scores is None:
             request = student_pb2.ScoreRequest(
@@ -617,6 +618,8 @@ class Activities:
                 ],
                 output_key=key,
             )
+            if inp.student is not None:  # L0 under the current student, not the bare base
+                request.base_adapter.CopyFrom(ref_to_pb(inp.student))
             response = await self._unary(
                 self.config.student_address,
                 "StudentService.Score",
@@ -627,7 +630,9 @@ class Activities:
                 raise ApplicationError("StudentService.Score returned no scores", type="DATA_LOSS")
 
         records = self._read_jsonl(scores)
-        model = f"{task.student.model}+{inp.reference.uri}"
+        # Which model each loss was taken under: L0 under the current student, the rest under the reference.
+        under_ref = f"{task.student.model}+{inp.reference.uri}"
+        under = {"loss_base": f"{task.student.model}+{inp.student.uri}" if inp.student else task.student.model}
         await self._record(
             Score,
             [
@@ -637,7 +642,7 @@ class Activities:
                     "sample_id": r["id"],
                     "metric": metric,
                     "value": float(r[metric]),
-                    "model": model,
+                    "model": under.get(metric, under_ref),
                 }
                 for r in records
                 for metric in SCORE_METRICS

@@ -188,7 +188,8 @@ class ScoreInput:
     task_ref: ArtifactRef
     round: int
     dataset: ArtifactRef  # the kept examples
-    reference: ArtifactRef  # the LoBaSS reference adapter
+    reference: ArtifactRef  # the LoBaSS reference adapter (trained from the current student)
+    student: ArtifactRef | None = None  # the current student's adapter (None in round 1: the base)
 
 
 @dataclass

@@ -121,20 +121,19 @@ class DistillationWorkflow:
 
             train_set, selected = prep.seeds, 0
             if kept is not None and kept_count > 0:
-                reference = adapter
-                if reference is None:
-                    ref_run = await self._step(
-                        "reference-train",
-                        r,
-                        Activities.train_adapter,
-                        TrainInput(inp.job_id, inp.task_ref, r, stage="reference", dataset=kept),
-                    )
-                    reference = ref_run.adapter
+                # LoBaSS (Zhou et al. 2023) in every round: L0 under the current student, Lref under a
+                # brief reference trained from the current student on this round's candidates.
+                ref_run = await self._step(
+                    "reference-train",
+                    r,
+                    Activities.train_adapter,
+                    TrainInput(inp.job_id, inp.task_ref, r, stage="reference", dataset=kept, init_adapter=adapter),
+                )
                 scores = await self._step(
                     "score",
                     r,
                     Activities.score_samples,
-                    ScoreInput(inp.job_id, inp.task_ref, r, kept, reference),
+                    ScoreInput(inp.job_id, inp.task_ref, r, kept, ref_run.adapter, student=adapter),
                 )
                 sel = await self._step(
                     "select",

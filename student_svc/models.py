@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+STUDENT_ADAPTER = "current_student"  # the second adapter of a LoBaSS round >= 2 (see with_adapter)
+
+
 class AdapterMismatch(Exception):
     """The adapter cannot be applied to the base model (other architecture or shapes)."""
 
@@ -60,16 +63,20 @@ class ModelCache:
         self._bases.pop(base, None)
 
     @contextmanager
-    def with_adapter(self, base: str, adapter_dir: Path) -> Iterator[PreTrainedModel]:
+    def with_adapter(self, base: str, adapter_dir: Path, student_dir: Path | None = None) -> Iterator[PreTrainedModel]:
         """Yield the base wrapped with the peft adapter in `adapter_dir`; unwrap it on exit.
 
-        Inside, `with model.disable_adapter():` gives the base student on the same weights.
+        Inside, `with model.disable_adapter():` gives the base student on the same weights; with
+        `student_dir`, that adapter is loaded too as `STUDENT_ADAPTER`, and `scoring.run_plan` takes
+        the "base" losses under it (the current student of a later LoBaSS round).
         """
         from peft import PeftModel
 
         model, tok = self.get(base)
         try:
             wrapped = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+            if student_dir is not None:
+                wrapped.load_adapter(str(student_dir), adapter_name=STUDENT_ADAPTER, is_trainable=False)
         except (ValueError, RuntimeError, KeyError) as e:
             # peft injects layers before loading weights: a failure can leave the base modified.
             self.evict(base)

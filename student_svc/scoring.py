@@ -6,7 +6,8 @@ one pass, and a sequence several metrics need is run once):
 - **Response loss** `loss_base` / `loss_ref`: mean NLL over the response tokens only, with the
   sample tokenized by `syllabus.prompts.encode_example`, exactly as the trainer tokenizes it.
 - **LoBaSS learnability** (Learnability-Based Sample Selection, arXiv 2310.13008):
-  `s(x) = (L0(x) - Lref(x)) / L0(x)`, L0 under the base student (adapter disabled), Lref under the
+  `s(x) = (L0(x) - Lref(x)) / L0(x)`, L0 under the current student (the bare base with the adapter
+  disabled in round 1, the `base_adapter` in later rounds), Lref under the
   reference adapter. Both from ONE model load: the caller passes a peft model wrapping the base
   with the reference adapter and L0 is computed inside `with model.disable_adapter():`.
 - **IFD** (Cherry_LLM, "From Quantity to Quality", Li et al. 2023; Superfiltering):
@@ -472,8 +473,10 @@ def run_plan(
     progress: Progress | None = None,
 ) -> None:
     """Run every group of `plan`: group "base" with the adapter disabled (if `model` is a peft
-    model), "model" on `model` as given."""
+    model) or under the current student's adapter when one is loaded, "model" on `model` as given."""
     from peft import PeftModel
+
+    from student_svc.models import STUDENT_ADAPTER
 
     total = plan.total()
     done = 0
@@ -485,7 +488,15 @@ def run_plan(
             progress(done, total)
 
     for group in plan.groups():
-        if group == "base" and isinstance(model, PeftModel):
+        if group == "base" and isinstance(model, PeftModel) and STUDENT_ADAPTER in model.peft_config:
+            # LoBaSS round >= 2: L0 under the current student, Lref under the reference.
+            active = model.active_adapter
+            model.set_adapter(STUDENT_ADAPTER)
+            try:
+                plan.run(group, model, pad_id(tokenizer), options, step)
+            finally:
+                model.set_adapter(active)
+        elif group == "base" and isinstance(model, PeftModel):
             with model.disable_adapter():
                 plan.run(group, model, pad_id(tokenizer), options, step)
         else:

@@ -157,6 +157,8 @@ class ScoreJob:
     car_beta: float = DEFAULT_CAR_BETA
     arte: ArteJob | None = None
     irt: IrtJob | None = None
+    base_adapter: ArtifactRef | None = None
+    """LoBaSS rounds >= 2: loss_base (L0) under base + this adapter (the current student)."""
 
 
 LABEL_LIKELIHOOD = "label_likelihood"
@@ -262,6 +264,9 @@ def parse_score_request(request: student_pb2.ScoreRequest) -> ScoreJob:
         raise InvalidField(
             "model.adapter", f"required for {', '.join(needs_ref)} (the LoBaSS reference adapter)"
         )
+    base_adapter = pb.ref_from_pb(request.base_adapter) if request.HasField("base_adapter") else None
+    if base_adapter is not None and adapter is None:
+        raise InvalidField("base_adapter", "needs model.adapter (L0 and Lref come from one model load)")
     _non_negative("max_batch_tokens", request.max_batch_tokens)
     _non_negative("max_len", request.max_len)
     if 0 < request.max_len < 16:
@@ -326,6 +331,7 @@ def parse_score_request(request: student_pb2.ScoreRequest) -> ScoreJob:
         car_beta=car_beta,
         arte=arte,
         irt=irt,
+        base_adapter=base_adapter,
     )
 
 
@@ -602,13 +608,17 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
             )
         return path
 
-    def _with_model(self, base: str, adapter: ArtifactRef | None, work: Callable[..., T]) -> T:
-        """Run `work(model, tokenizer)` on the base, wrapped with the adapter if one is given."""
+    def _with_model(
+        self, base: str, adapter: ArtifactRef | None, work: Callable[..., T], base_adapter: ArtifactRef | None = None
+    ) -> T:
+        """Run `work(model, tokenizer)` on the base, wrapped with the adapter if one is given (and the
+        current student's `base_adapter`, which the "base" losses are then taken under)."""
         adapter_dir = self._adapter_dir(adapter) if adapter is not None else None
+        student_dir = self._adapter_dir(base_adapter) if base_adapter is not None else None
         try:
             _, tokenizer = self.models.get(base)
             ctx = (
-                self.models.with_adapter(base, adapter_dir) if adapter_dir is not None else nullcontext(None)
+                self.models.with_adapter(base, adapter_dir, student_dir) if adapter_dir is not None else nullcontext(None)
             )
             with ctx as wrapped:
                 model = wrapped if wrapped is not None else self.models.get(base)[0]
@@ -667,7 +677,9 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
                     progress("generate", len(records) * len(probes), len(records) * len(probes))
             return rows
 
-        rows = self._with_model(job.base, job.adapter if uses_adapter else None, work)
+        rows = self._with_model(
+            job.base, job.adapter if uses_adapter else None, work, job.base_adapter if uses_adapter else None
+        )
         if job.irt is not None:
             for row, scored in zip(rows, self._crowd_difficulty(job, records, progress), strict=True):
                 row.update(scored)

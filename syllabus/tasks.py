@@ -97,7 +97,7 @@ class TrainSpec(_Strict):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
     max_seq_len: int = Field(256, ge=16, le=8192)
     seed: int = Field(0, ge=0, le=2**31 - 1000)
-    reference_epochs: int = Field(1, ge=1, le=100, description="Epochs of the round-1 LoBaSS reference adapter.")
+    reference_epochs: int = Field(1, ge=1, le=100, description="Epochs of the brief LoBaSS reference adapter trained from the current student each round.")
 
 
 class TaskSpec(_Strict):

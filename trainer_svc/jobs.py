@@ -67,28 +67,38 @@ class TrainingPlan:
     """A plain SFT request: every record needs a non-empty prompt and response (checked up front)."""
 
 
+def bf16_supported() -> bool:
+    """bfloat16 autocast pays off: a GPU with bf16, or a CPU with AVX512-BF16/AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def recipe_from_request(req: trainer_pb2.StartTrainingRequest, config: SFTConfig) -> Recipe:
     """The staged recipe of a request: its recipe_yaml, or one SFT/DPO/CFT stage from lora/training.
 
-    A plain SFT stage is unpacked: `batch_size` samples per optimiser step, as the request says."""
+    SFT and CFT steps take `batch_size` samples, packed padding-free into rows; bf16 autocast where
+    the hardware has it (`bf16_supported`); the loss head runs at completion positions only."""
     if req.recipe_yaml:
         try:
             return load_recipe(req.recipe_yaml)
         except RecipeError as e:
             raise InvalidRequest("recipe_yaml", str(e)) from None
     objective = {Objective.OBJECTIVE_DPO: "dpo", Objective.OBJECTIVE_CFT: "cft"}.get(req.objective, "sft")
-    packing = objective == "cft" or bool(req.merged_output_key)
     if req.dpo.beta < 0:
         raise InvalidRequest("dpo.beta", f"must be >= 0 (0: 0.1), got {req.dpo.beta:g}")
     return Recipe.model_validate(
         {
             "seed": config.seed,
             "max_seq_len": config.max_seq_len,
-            "packing": packing,
-            "row_tokens": max(1024, config.max_seq_len),
+            # padding-free: each step's batch_size samples packed into rows (DPO pairs stay unpacked)
+            "packing": objective != "dpo",
+            "samples_per_step": config.batch_size,
+            "row_tokens": max(512, config.max_seq_len),
             "batch_size": config.batch_size,
-            "rows_per_step": max(1, config.batch_size // 4),
-            "bf16": False,
+            "bf16": bf16_supported(),
             "stages": [
                 {
                     "objective": objective,

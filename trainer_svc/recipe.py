@@ -159,6 +159,10 @@ class Recipe(_Strict):
     """Packed rows per optimiser step (shuffled/static policies)."""
     batch_size: int = Field(8, gt=0)
     """Samples per step without packing, and for sampling policies (sec, adarft)."""
+    samples_per_step: int = Field(0, ge=0)
+    """With packing and the shuffled/static policies: exactly this many samples per optimiser step,
+    packed into rows of `row_tokens` (the batch of unpacked training, without its padding); 0: whole
+    rows per step (`rows_per_step`)."""
     bf16: bool = True
     """bfloat16 autocast for forward passes (weights and optimiser stay fp32)."""
     max_grad_norm: float = Field(1.0, ge=0)

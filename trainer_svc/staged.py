@@ -211,6 +211,11 @@ class EpochSource(StepSource):
         order = list(self.items)
         if not self.static:
             g.shuffle(order)
+        n = self.recipe.samples_per_step
+        if self.recipe.packing and n:
+            # The same samples per step as unpacked training, each step's samples packed into rows.
+            chunks = [order[i : i + n] for i in range(0, len(order), n)]
+            return [_pack(self.recipe, self.lengths, c, keep_order=self.static) for c in chunks]
         bins = _pack(self.recipe, self.lengths, order, keep_order=self.static)
         if not self.static:
             g.shuffle(bins)

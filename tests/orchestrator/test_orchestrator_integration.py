@@ -165,7 +165,7 @@ async def test_workflow_distils_end_to_end(
     assert result.baseline_accuracy is not None and 0.0 <= result.baseline_accuracy <= 1.0
     assert result.final_accuracy == result.rounds[-1].accuracy
     assert result.artifacts_uri.endswith(f"/jobs/{job_id}/")
-    assert [s.name for s in result.steps if s.name == "reference-train"] == ["reference-train"]
+    assert [s.round for s in result.steps if s.name == "reference-train"] == [1, 2]  # LoBaSS every round
     r1, r2 = result.rounds
     assert r1.generated > 0, "the tiny teacher generated nothing: the test exercises no data path"
     assert r1.kept > 0 and 1 <= r1.selected <= r1.kept
@@ -177,7 +177,7 @@ async def test_workflow_distils_end_to_end(
     assert counts["samples"] >= len(SEEDS) + len(EVAL) + r1.kept
     assert counts["critiques"] >= r1.generated
     assert counts["scores"] > 0 and counts["selections"] == r1.selected + r2.selected
-    assert counts["training_runs"] == 3  # round 1 reference + sft, round 2 sft
+    assert counts["training_runs"] == 4  # a LoBaSS reference and an sft run per round
     assert counts["evaluations"] == 3 and counts["rounds"] == 2
 
     engine = db.make_engine(stack.config.resolved_database_url())
@@ -188,11 +188,15 @@ async def test_workflow_distils_end_to_end(
             runs = {(r.round, r.stage): r for r in s.query(db.TrainingRun).filter_by(job_id=job_id)}
             assert runs[(2, "sft")].params["init_adapter"] == r1.adapter_uri  # continued training
             assert runs[(1, "sft")].params["init_adapter"] is None
-            score_models = {sc.model for sc in s.query(db.Score).filter_by(job_id=job_id)}
-            assert score_models <= {
-                f"{tiny_model_dir}+{runs[(1, 'reference')].adapter_uri}",
-                f"{tiny_model_dir}+{r1.adapter_uri}",
-            }
+            # LoBaSS in round 2 as in the paper: the reference is trained from the current student (round
+            # 1's adapter); L0 is taken under that student, Lref under the reference.
+            assert runs[(1, "reference")].params["init_adapter"] is None
+            assert runs[(2, "reference")].params["init_adapter"] == r1.adapter_uri
+            under = {(sc.round, sc.metric): sc.model for sc in s.query(db.Score).filter_by(job_id=job_id)}
+            assert under[(1, "loss_base")] == str(tiny_model_dir)
+            assert under[(1, "loss_ref")] == f"{tiny_model_dir}+{runs[(1, 'reference')].adapter_uri}"
+            assert under[(2, "loss_base")] == f"{tiny_model_dir}+{r1.adapter_uri}"
+            assert under[(2, "loss_ref")] == f"{tiny_model_dir}+{runs[(2, 'reference')].adapter_uri}"
             rounds = {r.round: r for r in s.query(db.Round).filter_by(job_id=job_id)}
             assert (rounds[1].generated, rounds[1].kept, rounds[1].selected) == (
                 r1.generated,

@@ -286,3 +286,38 @@ async def test_health_is_not_serving_until_ready(tmp_path, tiny_models, service_
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await served.stop(0)
+
+
+async def test_lobass_later_round_takes_l0_under_the_current_student(
+    student, store, tiny_model_dir, mixed_records, tiny_adapter_dir, tmp_path
+):
+    """LoBaSS round >= 2: loss_base (L0) under base + the current student's adapter, loss_ref (Lref)
+    under the reference adapter; each equals that adapter's own loss, not the bare base's."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from syllabus.models import pack_adapter
+
+    other = tmp_path / "reference-adapter"
+    shutil.copytree(tiny_adapter_dir, other)
+    weights = load_file(other / "adapter_model.safetensors")
+    save_file({k: (-2 * v if "lora_B" in k else v) for k, v in weights.items()}, other / "adapter_model.safetensors")
+    current = store.put_bytes("jobs/t/round-1/train.tar", pack_adapter(tiny_adapter_dir))
+    reference = store.put_bytes("jobs/t/round-2/reference.tar", pack_adapter(other))
+    dataset = store.put_bytes("jobs/t/candidates.jsonl", dumps_jsonl(mixed_records))
+
+    async def losses(adapter, key: str, base_adapter=None) -> list[dict]:
+        req = student_pb2.ScoreRequest(model=_model(tiny_model_dir, adapter), dataset=pb.ref_to_pb(dataset), output_key=key,
+                                       metrics=[student_pb2.METRIC_LOSS_BASE, student_pb2.METRIC_LOSS_REF])
+        if base_adapter is not None:
+            req.base_adapter.CopyFrom(pb.ref_to_pb(base_adapter))
+        return loads_jsonl(store.get_bytes(pb.ref_from_pb((await student.Score(req)).scores)))
+
+    both = await losses(reference, "jobs/t/out/round2.jsonl", base_adapter=current)
+    under_current = await losses(current, "jobs/t/out/current.jsonl")
+    under_reference = await losses(reference, "jobs/t/out/reference.jsonl")
+    assert [r["loss_base"] for r in both] == pytest.approx([r["loss_ref"] for r in under_current], abs=1e-4)
+    assert [r["loss_ref"] for r in both] == pytest.approx([r["loss_ref"] for r in under_reference], abs=1e-4)
+    # and not the round-1 semantics, where L0 is the bare base
+    assert [r["loss_base"] for r in both] != pytest.approx([r["loss_base"] for r in under_reference], abs=1e-3)

@@ -109,8 +109,8 @@ def test_dpo_request_becomes_a_one_stage_dpo_recipe() -> None:
     assert (st.objective, st.dpo_beta, st.lr, st.lora.rank) == ("dpo", pytest.approx(0.2), pytest.approx(1e-5), 8)
     req.objective = trainer_pb2.OBJECTIVE_SFT
     sft = plan_from_request(req)
-    # one trainer path: a plain SFT request is a one-stage, unpacked recipe of batch_size samples per step
-    assert (sft.recipe.stages[0].objective, sft.recipe.packing, sft.recipe.batch_size, sft.pairs_only) == ("sft", False, 16, True)
+    # one trainer path: a plain SFT request is a one-stage recipe of batch_size samples per step, packed
+    assert (sft.recipe.stages[0].objective, sft.recipe.packing, sft.recipe.samples_per_step, sft.pairs_only) == ("sft", True, 16, True)
     req.recipe_yaml = "stages: [{lr: 0}]"
     with pytest.raises(InvalidRequest, match="recipe_yaml"):
         plan_from_request(req)

@@ -225,3 +225,18 @@ def test_adapter_tar_is_canonical_whatever_order_peft_wrote(tmp_path: Path) -> N
         (d / "adapter_model.safetensors").write_bytes(b"weights")
         packed.append(pack_adapter(d))
     assert packed[0] == packed[1]
+
+
+def test_samples_per_step_packs_each_steps_batch_without_padding_rows(tiny_model_dir: Path) -> None:
+    from trainer_svc.staged import EpochSource
+
+    r = Recipe.model_validate({**_one_stage(epochs=2).model_dump(), "packing": True, "samples_per_step": 4, "row_tokens": 96})
+    lengths = [10 + (i * 7) % 50 for i in range(len(RECORDS))]
+    source = EpochSource(r, r.stages[0], list(range(len(RECORDS))), lengths, RECORDS, seed=0)
+    steps = [source.next_rows() for _ in range(source.total)]
+    assert source.total == 8  # 16 records, 4 per step, 2 epochs: as unpacked training
+    for rows in steps:
+        assert sum(len(row) for row in rows) == 4
+        assert all(sum(lengths[i] for i in row) <= 96 for row in rows)
+    epoch1 = sorted(i for rows in steps[:4] for row in rows for i in row)
+    assert epoch1 == list(range(16))  # every record once per epoch

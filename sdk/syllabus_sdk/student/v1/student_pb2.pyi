@@ -158,7 +158,7 @@ class TeacherCar(_message.Message):
     def __init__(self, teacher: _Optional[str] = ..., count: _Optional[int] = ..., reward: _Optional[float] = ..., loss: _Optional[float] = ..., car: _Optional[float] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "dataset", "metrics", "batch_size", "output_key", "precision", "max_batch_tokens", "max_len", "ifd_ratio", "car_beta", "arte", "irt")
+    __slots__ = ("model", "dataset", "metrics", "batch_size", "output_key", "precision", "max_batch_tokens", "max_len", "ifd_ratio", "car_beta", "arte", "irt", "base_adapter")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,7 @@ class ScoreRequest(_message.Message):
     CAR_BETA_FIELD_NUMBER: _ClassVar[int]
     ARTE_FIELD_NUMBER: _ClassVar[int]
     IRT_FIELD_NUMBER: _ClassVar[int]
+    BASE_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     dataset: _common_pb2.ArtifactRef
     metrics: _containers.RepeatedScalarFieldContainer[Metric]
@@ -183,7 +184,8 @@ class ScoreRequest(_message.Message):
     car_beta: float
     arte: ArteSettings
     irt: IrtSettings
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[Metric, str]]] = ..., batch_size: _Optional[int] = ..., output_key: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., max_batch_tokens: _Optional[int] = ..., max_len: _Optional[int] = ..., ifd_ratio: _Optional[_Union[IfdRatio, str]] = ..., car_beta: _Optional[float] = ..., arte: _Optional[_Union[ArteSettings, _Mapping]] = ..., irt: _Optional[_Union[IrtSettings, _Mapping]] = ...) -> None: ...
+    base_adapter: _common_pb2.ArtifactRef
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[Metric, str]]] = ..., batch_size: _Optional[int] = ..., output_key: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., max_batch_tokens: _Optional[int] = ..., max_len: _Optional[int] = ..., ifd_ratio: _Optional[_Union[IfdRatio, str]] = ..., car_beta: _Optional[float] = ..., arte: _Optional[_Union[ArteSettings, _Mapping]] = ..., irt: _Optional[_Union[IrtSettings, _Mapping]] = ..., base_adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("scores", "count", "car")
