@@ -1,4 +1,5 @@
-"""The orchestrator worker: runs DistillationWorkflow and its activities on the configured task queue.
+"""The orchestrator worker: runs DistillationWorkflow, TailorTeacherWorkflow (ARTE) and their activities,
+and the judge step, on the configured task queue.
 
 Run it (the services and a Temporal server must be reachable; settings come from `SYLLABUS_*`):
 
@@ -19,6 +20,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from orchestrator.activities import Activities
+from orchestrator.judging import JudgingActivities
+from orchestrator.tailoring import TailoringActivities, TailorTeacherWorkflow
 from orchestrator.workflows import DistillationWorkflow
 from syllabus.config import Config, load_config
 
@@ -26,13 +29,13 @@ log = logging.getLogger(__name__)
 
 
 def build_worker(client: Client, config: Config, task_queue: str | None = None) -> Worker:
-    """A worker for the distillation workflow and its activities (not started)."""
+    """A worker for the workflows and their activities (not started)."""
     activities = Activities(config)
     return Worker(
         client,
         task_queue=task_queue or config.task_queue,
-        workflows=[DistillationWorkflow],
-        activities=activities.all(),
+        workflows=[DistillationWorkflow, TailorTeacherWorkflow],
+        activities=activities.all() + TailoringActivities(activities).all() + JudgingActivities(activities).all(),
         # Heartbeats reach Temporal at least every second: a cancel reaches a training step in
         # seconds, not after the SDK's default 30 s throttle.
         max_heartbeat_throttle_interval=timedelta(seconds=1),

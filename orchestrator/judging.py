@@ -1,0 +1,146 @@
+"""Judge-based evaluation as an orchestrated step: the teacher judges the student's open-ended answers.
+
+    student Evaluate (a generation scorer; predictions carry "generation")
+        -> `JudgingActivities.judge_answers`: teacher Critique on the answers -> accuracy, reasons
+
+The student never calls the teacher (services are stateless compute); this activity carries the
+student's answers to the teacher. The teacher reads "Question: ... Solution: <answer>" and writes a
+critique ending "Conclusion: right/wrong" (CRITIQUE_MODE_CFT: the model-based judge; the rule-based
+CRITIQUE_MODE_JUDGE vets generated training examples and cannot judge an answer). An answer is
+correct when the conclusion is "right"; a reply that never parses counts as wrong with the raw reply
+as the reason; an empty answer is wrong without asking the teacher. Accuracy = the share judged right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from orchestrator.activities import Activities
+from orchestrator.keys import output_key
+from syllabus.artifacts import ArtifactRef
+from syllabus.records import dumps_jsonl
+
+# Room for a short critique and its conclusion line; one retry of a reply that does not parse.
+JUDGE_MAX_NEW_TOKENS = 192
+JUDGE_RETRIES = 1
+
+
+@dataclass
+class JudgeInput:
+    job_id: str
+    # The task spec: its teacher model judges.
+    task_ref: ArtifactRef
+    round: int
+    # Recorded as the Evaluation's stage (e.g. "baseline-judge", "judge").
+    stage: str
+    # StudentService.Evaluate's predictions: "id" and "generation" per item.
+    predictions: ArtifactRef
+    # The eval items the predictions answer: "id" and "prompt" (or "input").
+    eval_set: ArtifactRef
+    # The student adapter that answered (recorded only).
+    adapter: ArtifactRef | None = None
+
+
+@dataclass
+class JudgeOutput:
+    accuracy: float
+    correct: int
+    total: int
+    # One record per prediction: "id", "generation", "correct", "reason".
+    verdicts: ArtifactRef
+
+
+class JudgingActivities:
+    """The judge step; store, task specs and unary calls come from the loop's `Activities`."""
+
+    def __init__(self, base: Activities) -> None:
+        self.base = base
+
+    @activity.defn
+    async def judge_answers(self, inp: JudgeInput) -> JudgeOutput:
+        """TeacherService.Critique (CFT judge) on the student's answers; records the Evaluation."""
+        from syllabus.db import Evaluation
+        from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+
+        task = self.base._task(inp.task_ref)
+        params = {"model": task.teacher.model, "max_new_tokens": JUDGE_MAX_NEW_TOKENS, "retries": JUDGE_RETRIES}
+        key = output_key(inp.job_id, inp.round, "judge", [inp.predictions, inp.eval_set], params)
+        predictions = self.base._read_jsonl(inp.predictions)
+        prompts = {}
+        for item in self.base._read_jsonl(inp.eval_set):
+            prompts[str(item["id"])] = item.get("prompt") or item.get("input") or ""
+        for i, p in enumerate(predictions):
+            if not isinstance(p.get("generation"), str) or str(p.get("id")) not in prompts:
+                raise ApplicationError(
+                    f'predictions[{i}] needs a string "generation" (a generation scorer) and an eval item "id"',
+                    type="INVALID_ARGUMENT",
+                    non_retryable=True,
+                )
+        asked = [p for p in predictions if p["generation"].strip()]
+        verdicts: dict[str, tuple[bool, str]] = {}
+        if asked:
+            answers = self.base._publish_once(
+                f"{key}-answers.jsonl",
+                dumps_jsonl(
+                    {"id": p["id"], "question": prompts[str(p["id"])], "solution": p["generation"]} for p in asked
+                ),
+            )
+            critiques = self.base.store.stat(f"{key}-critique-critiques.jsonl")
+            if critiques is None:
+                request = teacher_pb2.CritiqueRequest(
+                    model=common_pb2.ModelRef(base=task.teacher.model),
+                    mode=teacher_pb2.CRITIQUE_MODE_CFT,
+                    kind=common_pb2.TASK_KIND_OPEN_ENDED,
+                    examples=ref_to_pb(answers),
+                    sampling=common_pb2.SamplingParams(temperature=0.0, max_new_tokens=JUDGE_MAX_NEW_TOKENS),
+                    retries=JUDGE_RETRIES,
+                    output_key=f"{key}-critique",
+                )
+                response = await self.base._unary(
+                    self.base.config.teacher_address,
+                    "TeacherService.Critique",
+                    lambda ch: teacher_pb2_grpc.TeacherServiceStub(ch).Critique(request),
+                )
+                critiques = ref_from_pb(response.critiques)
+                if critiques is None:
+                    raise ApplicationError("TeacherService.Critique returned no critiques", type="DATA_LOSS")
+            for rec in self.base._read_jsonl(critiques):
+                if rec.get("status") == "ok":
+                    verdicts[str(rec["id"])] = (rec.get("verdict") == "right", rec.get("critique", ""))
+                else:
+                    raw = str(rec.get("raw", ""))[:200]
+                    verdicts[str(rec["id"])] = (False, f"judge reply did not parse ({rec.get('error', '')}): {raw}")
+        rows = []
+        for p in predictions:
+            correct, reason = verdicts.get(str(p["id"]), (False, "empty answer"))
+            rows.append({"id": p["id"], "generation": p["generation"], "correct": correct, "reason": reason})
+        verdicts_ref = self.base._publish_once(f"{key}-verdicts.jsonl", dumps_jsonl(rows))
+        correct = sum(r["correct"] for r in rows)
+        total = len(rows)
+        accuracy = correct / total if total else 0.0
+        await self.base._record(
+            Evaluation,
+            [
+                {
+                    "job_id": inp.job_id,
+                    "round": inp.round,
+                    "stage": inp.stage,
+                    "accuracy": accuracy,
+                    "correct": correct,
+                    "total": total,
+                    "adapter_uri": inp.adapter.uri if inp.adapter is not None else "",
+                    "predictions_uri": verdicts_ref.uri,
+                }
+            ],
+        )
+        await self.base._record_artifacts(inp.job_id, inp.round, {f"verdicts-{inp.stage}": verdicts_ref})
+        return JudgeOutput(accuracy=accuracy, correct=correct, total=total, verdicts=verdicts_ref)
+
+    def all(self) -> list:
+        """The activity callables to register on a worker."""
+        return [self.judge_answers]

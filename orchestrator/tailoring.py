@@ -1,0 +1,481 @@
+"""TailorTeacherWorkflow: ARTE (arXiv 2406.19227) as orchestrated steps, a child workflow of the loop.
+
+    drafts (teacher Generate, rationales mode) -> preference (student Score, METRIC_ARTE_PREFERENCE)
+        -> pairs (teacher Tailor) -> DPO on the teacher (trainer StartTraining, OBJECTIVE_DPO)
+        -> the teacher adapter
+
+The services never call each other: each step is one activity in `orchestrator.tailoring_activities`
+that calls one service, and data moves between them as `ArtifactRef`s. The aligned teacher is the
+task's teacher base plus the returned adapter (`ModelRef.adapter`); regenerating with it is a plain
+Generate call of the caller's next step.
+
+Run it as a child workflow (`workflow.execute_child_workflow(TailorTeacherWorkflow.run, inp)`) or on
+its own; `orchestrator.worker` registers it and its activities.
+
+The activities live here too (one module per flow): heavy modules (grpc, the generated stubs) are
+imported inside them, so the workflow sandbox imports this module cheaply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from temporalio import activity, workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from orchestrator.activities import Activities, _heartbeating, _rpc_failure
+    from orchestrator.keys import output_key
+    from syllabus.artifacts import ArtifactRef
+    from syllabus.records import dumps_jsonl
+
+# Training and generation on a CPU can take many minutes; heartbeats, not this, detect a dead service.
+START_TO_CLOSE = timedelta(minutes=30)
+# As the main loop's: transient failures retry for about 5 minutes, bad input fails at once.
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=14,
+)
+
+
+@dataclass
+class ArteSettings:
+    """The ARTE knobs (docs/ALGORITHMS: lr 1e-7 for full models; a LoRA needs a larger one)."""
+
+    # Reasoning styles of the draft rationales (teacher_svc.reasoning.STYLES); two at least.
+    styles: list[str] = field(default_factory=lambda: ["step_by_step", "eli5"])
+    # Temperature and length of the draft rationales.
+    draft_temperature: float = 0.7
+    draft_max_new_tokens: int = 64
+    # Greedy tokens of each of the student's probe answers.
+    probe_max_new_tokens: int = 16
+    # DPO on the teacher: LoRA and optimisation.
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    epochs: int = 1
+    learning_rate: float = 5e-4
+    batch_size: int = 4
+    max_seq_len: int = 384
+    beta: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class TailorTeacherInput:
+    """Input of TailorTeacherWorkflow."""
+
+    job_id: str
+    # The task spec (teacher, student, instructions, labels, kind).
+    task_ref: ArtifactRef
+    round: int
+    # Draft questions: JSONL with "id", "input" (or "question"), the gold "label" (or "answer"), and
+    # optionally "prompt" + "completion" (the generation prompt and the teacher's reply that made the
+    # question; with them Tailor also builds question-level pairs).
+    questions: ArtifactRef
+    # Dpref, the student's preference set: JSONL with "id", "prompt" (the student's prompt) and
+    # "answer". Never the eval split.
+    probe_set: ArtifactRef
+    # The current student (base = the task's student model); None: the base student.
+    student_adapter: ArtifactRef | None = None
+    # The teacher to align (base = the task's teacher model); None: the base teacher.
+    teacher_adapter: ArtifactRef | None = None
+    settings: ArteSettings = field(default_factory=ArteSettings)
+    heartbeat_timeout_s: float = 120.0
+
+
+@dataclass
+class DraftInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    questions: ArtifactRef
+    teacher_adapter: ArtifactRef | None
+    settings: ArteSettings
+
+
+@dataclass
+class DraftOutput:
+    # Tailor's drafts: one record per rationale ("id", "question_id", "question", "rationale",
+    # "answer", optional "prompt" + "completion").
+    drafts: ArtifactRef
+    # The student's demonstrations, one per draft: "id", "question_id", "prompt", "response".
+    demos: ArtifactRef
+    rationales: int
+    # Of `rationales`, replies without an "Answer:" line (kept: the raw reply is the rationale).
+    failed: int
+
+
+@dataclass
+class PreferenceInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    demos: ArtifactRef
+    probe_set: ArtifactRef
+    student_adapter: ArtifactRef | None
+    settings: ArteSettings
+
+
+@dataclass
+class PreferenceOutput:
+    # Rows "id", "question_id", "arte_s_r", "arte_s_q".
+    scores: ArtifactRef
+    count: int
+
+
+@dataclass
+class PairsInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    drafts: ArtifactRef
+    scores: ArtifactRef
+
+
+@dataclass
+class PairsOutput:
+    # DPO records "prompt", "chosen", "rejected", "level", "margin", "question_id".
+    pairs: ArtifactRef
+    question_pairs: int
+    rationale_pairs: int
+
+
+@dataclass
+class DpoInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    pairs: ArtifactRef
+    teacher_adapter: ArtifactRef | None
+    settings: ArteSettings
+
+
+@dataclass
+class DpoOutput:
+    adapter: ArtifactRef
+    steps: int
+    mean_loss: float
+
+
+@dataclass
+class TailorTeacherOutput:
+    """The aligned teacher (the task's teacher base + `adapter`) and what each step produced."""
+
+    adapter: ArtifactRef
+    pairs: ArtifactRef
+    question_pairs: int
+    rationale_pairs: int
+    drafts: ArtifactRef
+    scores: ArtifactRef
+    dpo_steps: int
+    dpo_mean_loss: float
+
+
+class TailoringActivities:
+    """The ARTE steps: each calls one service. Store, task specs and unary calls come from the
+    loop's `Activities` (one artifact store and one error mapping for the whole orchestrator)."""
+
+    def __init__(self, base: Activities) -> None:
+        self.base = base
+
+    @property
+    def config(self):
+        return self.base.config
+
+    @activity.defn
+    async def draft_rationales(self, inp: DraftInput) -> DraftOutput:
+        """TeacherService.Generate (rationales mode): one rationale per (question, style); writes
+        Tailor's drafts and the student's one-shot demonstrations (answer first, so the student's
+        greedy answer starts with the label it copies)."""
+        from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+
+        task = self.base._task(inp.task_ref)
+        s = inp.settings
+        if len(s.styles) < 2:
+            raise ApplicationError(
+                "ARTE needs at least two styles to compare", type="INVALID_ARGUMENT", non_retryable=True
+            )
+        sampling = {
+            "temperature": s.draft_temperature,
+            "max_new_tokens": s.draft_max_new_tokens,
+            "seed": s.seed + inp.round,
+        }
+        params = {
+            "model": task.teacher.model,
+            "instructions": task.instructions,
+            "styles": s.styles,
+            "sampling": sampling,
+        }
+        key = output_key(
+            inp.job_id, inp.round, "arte-rationales", [inp.questions, inp.teacher_adapter], params, "jsonl"
+        )
+        rationales = self.base.store.stat(key)
+        if rationales is None:
+            model = common_pb2.ModelRef(base=task.teacher.model)
+            if inp.teacher_adapter is not None:
+                model.adapter.CopyFrom(ref_to_pb(inp.teacher_adapter))
+            request = teacher_pb2.GenerateRequest(
+                model=model, kind=common_pb2.TASK_KIND_CLASSIFICATION, instructions=task.instructions,
+                mode=teacher_pb2.GENERATE_MODE_RATIONALES, questions=ref_to_pb(inp.questions), styles=s.styles,
+                sampling=common_pb2.SamplingParams(**sampling), output_key=key, round=inp.round,
+            )  # fmt: skip
+            response = await self.base._unary(
+                self.config.teacher_address,
+                "TeacherService.Generate",
+                lambda ch: teacher_pb2_grpc.TeacherServiceStub(ch).Generate(request),
+            )
+            rationales = ref_from_pb(response.examples)
+            if rationales is None:
+                raise ApplicationError("TeacherService.Generate returned no rationales", type="DATA_LOSS")
+        questions = {}
+        for q in self.base._read_jsonl(inp.questions):
+            text = q.get("input") or q.get("question")
+            questions[str(q.get("id"))] = q | {"text": text, "gold": str(q.get("label", q.get("answer", "")))}
+        drafts, demos, failed = [], [], 0
+        for r in self.base._read_jsonl(rationales):
+            q = questions.get(str(r.get("question_id")))
+            # A reply without an "Answer:" line is still a rationale to show the student (the gold
+            # answer goes first in the demonstration); only an empty one has nothing to prefer.
+            rationale = r.get("rationale") if r.get("status") == "ok" else str(r.get("raw", "")).strip()
+            if q is None or not rationale:
+                continue
+            failed += r.get("status") != "ok"
+            draft = {"id": r["id"], "question_id": r["question_id"], "question": q["text"], "style": r.get("style"),
+                     "rationale": rationale, "answer": q["gold"]}  # fmt: skip
+            if q.get("prompt") and q.get("completion"):
+                draft |= {"prompt": q["prompt"], "completion": q["completion"]}
+            drafts.append(draft)
+            demos.append({"id": r["id"], "question_id": r["question_id"], "prompt": task.prompt_for(q["text"]),
+                          "response": f"{q['gold']}\n{rationale.strip()}"})  # fmt: skip
+        if not drafts:
+            raise ApplicationError(
+                "the teacher wrote no rationale: nothing for the student to score",
+                type="FAILED_PRECONDITION",
+                non_retryable=True,
+            )
+        drafts_ref = self.base._publish_once(key.removesuffix(".jsonl") + "-drafts.jsonl", dumps_jsonl(drafts))
+        demos_ref = self.base._publish_once(key.removesuffix(".jsonl") + "-demos.jsonl", dumps_jsonl(demos))
+        await self.base._record_artifacts(inp.job_id, inp.round, {"arte-drafts": drafts_ref})
+        return DraftOutput(drafts=drafts_ref, demos=demos_ref, rationales=len(drafts), failed=failed)
+
+    @activity.defn
+    async def score_preference(self, inp: PreferenceInput) -> PreferenceOutput:
+        """StudentService.Score (METRIC_ARTE_PREFERENCE): s_r per demonstration on Dpref."""
+        from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
+
+        task = self.base._task(inp.task_ref)
+        s = inp.settings
+        params = {"model": task.student.model, "match": "label", "max_new_tokens": s.probe_max_new_tokens}
+        key = output_key(
+            inp.job_id, inp.round, "arte-preference", [inp.demos, inp.probe_set, inp.student_adapter], params, "jsonl"
+        )
+        scores = self.base.store.stat(key)
+        if scores is None:
+            model = common_pb2.ModelRef(base=task.student.model)
+            if inp.student_adapter is not None:
+                model.adapter.CopyFrom(ref_to_pb(inp.student_adapter))
+            request = student_pb2.ScoreRequest(
+                model=model, dataset=ref_to_pb(inp.demos), metrics=[student_pb2.METRIC_ARTE_PREFERENCE],
+                arte=student_pb2.ArteSettings(probe_set=ref_to_pb(inp.probe_set), match=student_pb2.ANSWER_MATCH_LABEL,
+                                              max_new_tokens=s.probe_max_new_tokens),
+                output_key=key,
+            )  # fmt: skip
+            response = await self.base._unary(
+                self.config.student_address,
+                "StudentService.Score",
+                lambda ch: student_pb2_grpc.StudentServiceStub(ch).Score(request),
+            )
+            scores = ref_from_pb(response.scores)
+            if scores is None:
+                raise ApplicationError("StudentService.Score returned no scores", type="DATA_LOSS")
+        await self.base._record_artifacts(inp.job_id, inp.round, {"arte-scores": scores})
+        return PreferenceOutput(scores=scores, count=len(self.base._read_jsonl(scores)))
+
+    @activity.defn
+    async def build_pairs(self, inp: PairsInput) -> PairsOutput:
+        """TeacherService.Tailor: the question- and rationale-level DPO pairs."""
+        from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+
+        task = self.base._task(inp.task_ref)
+        key = output_key(
+            inp.job_id, inp.round, "arte-pairs", [inp.drafts, inp.scores], {"instructions": task.instructions}, "jsonl"
+        )
+        request = teacher_pb2.TailorRequest(
+            instructions=task.instructions, drafts=ref_to_pb(inp.drafts), scores=ref_to_pb(inp.scores), output_key=key
+        )
+        # No "output exists?" shortcut: the counts come with the response, and a retried Tailor
+        # returns the published pairs without rebuilding them.
+        response = await self.base._unary(
+            self.config.teacher_address,
+            "TeacherService.Tailor",
+            lambda ch: teacher_pb2_grpc.TeacherServiceStub(ch).Tailor(request),
+        )
+        pairs = ref_from_pb(response.pairs)
+        if pairs is None:
+            raise ApplicationError("TeacherService.Tailor returned no pairs", type="DATA_LOSS")
+        await self.base._record_artifacts(inp.job_id, inp.round, {"arte-pairs": pairs})
+        return PairsOutput(
+            pairs=pairs, question_pairs=response.question_pairs, rationale_pairs=response.rationale_pairs
+        )
+
+    @activity.defn
+    async def train_teacher_dpo(self, inp: DpoInput) -> DpoOutput:
+        """TrainerService.StartTraining (OBJECTIVE_DPO) on the teacher + WatchTraining to completion.
+
+        The same re-attach semantics as `Activities.train_adapter`: the job key is the output key, so
+        a retry re-attaches to the running job, resumes a killed one, or (adapter and metrics
+        published) answers from the store without a call. Cancelling the activity cancels the job.
+        """
+        import grpc
+
+        from syllabus.artifacts import training_metrics_key
+        from syllabus.auth import channel as auth_channel
+        from syllabus.auth import service_token
+        from syllabus.pb import ref_from_pb, ref_to_pb
+        from syllabus_sdk.common.v1 import common_pb2
+        from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+        task = self.base._task(inp.task_ref)
+        s = inp.settings
+        if task.teacher.model.startswith(("openai:", "vllm:")):
+            raise ApplicationError(
+                f"DPO trains a LoRA on the teacher: {task.teacher.model} is an endpoint, not weights",
+                type="INVALID_ARGUMENT",
+                non_retryable=True,
+            )
+        lora = {"rank": s.lora_rank, "alpha": s.lora_alpha, "target_modules": s.target_modules}
+        training = {"epochs": s.epochs, "learning_rate": s.learning_rate, "batch_size": s.batch_size,
+                    "seed": s.seed, "max_seq_len": s.max_seq_len}  # fmt: skip
+        params = {"model": task.teacher.model, "objective": "dpo", "beta": s.beta, "lora": lora, "training": training}
+        key = output_key(inp.job_id, inp.round, "arte-dpo", [inp.pairs, inp.teacher_adapter], params, "tar")
+        adapter = self.base.store.stat(key)
+        metrics_ref = self.base.store.stat(training_metrics_key(key)) if adapter is not None else None
+        if adapter is not None and metrics_ref is not None:  # a retry after the run finished
+            return await self._dpo_done(inp, adapter, json.loads(self.base._read(metrics_ref)))
+        model = common_pb2.ModelRef(base=task.teacher.model)
+        if inp.teacher_adapter is not None:
+            model.adapter.CopyFrom(ref_to_pb(inp.teacher_adapter))
+        request = trainer_pb2.StartTrainingRequest(
+            job_key=key, model=model, dataset=ref_to_pb(inp.pairs), lora=trainer_pb2.LoraSpec(**lora),
+            training=trainer_pb2.TrainingSpec(**training), output_key=key, objective=trainer_pb2.OBJECTIVE_DPO,
+            dpo=trainer_pb2.DpoSpec(beta=s.beta),
+        )  # fmt: skip
+        final = None
+        training_id = ""
+        async with (
+            auth_channel(self.config.trainer_address, service_token(self.config)) as channel,
+            _heartbeating() as hb,
+        ):
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            try:
+                started = await stub.StartTraining(request)
+                training_id = started.training_id
+                hb.update({"training_id": training_id, "state": "PENDING"})
+                async for event in stub.WatchTraining(trainer_pb2.WatchTrainingRequest(training_id=training_id)):
+                    state = trainer_pb2.TrainingState.Name(event.state).removeprefix("TRAINING_STATE_")
+                    hb.update(
+                        {
+                            "state": state,
+                            "step": event.step,
+                            "total": event.total_steps,
+                            "loss": round(float(event.loss), 4),
+                        }
+                    )
+                    if event.state == trainer_pb2.TRAINING_STATE_FAILED:
+                        raise ApplicationError(
+                            f"DPO training {training_id} failed: {event.message}",
+                            type="TrainingFailed",
+                            non_retryable=True,
+                        )
+                    if event.state == trainer_pb2.TRAINING_STATE_CANCELLED:
+                        raise ApplicationError(
+                            f"DPO training {training_id} was cancelled: {event.message}",
+                            type="TrainingCancelled",
+                            non_retryable=True,
+                        )
+                    if event.state == trainer_pb2.TRAINING_STATE_SUCCEEDED:
+                        final = event
+                        break
+            except grpc.aio.AioRpcError as e:
+                raise _rpc_failure(e, "TrainerService DPO training") from None
+            except asyncio.CancelledError:
+                # The workflow was cancelled (or this attempt timed out): stop the job too.
+                if training_id:
+                    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
+                        await stub.CancelTraining(trainer_pb2.CancelTrainingRequest(training_id=training_id), timeout=5)
+                raise
+        if final is None:
+            # The stream ended without a verdict (the trainer restarted): a retry re-attaches.
+            raise ApplicationError("DPO progress stream ended before the job finished", type="TrainingInterrupted")
+        adapter = ref_from_pb(final.adapter)
+        metrics_ref = self.base.store.stat(training_metrics_key(key))
+        if adapter is None or metrics_ref is None:
+            raise ApplicationError(
+                f"DPO training {training_id} succeeded without its adapter or metrics", type="DATA_LOSS"
+            )
+        return await self._dpo_done(inp, adapter, json.loads(self.base._read(metrics_ref)))
+
+    async def _dpo_done(self, inp: DpoInput, adapter: ArtifactRef, metrics: dict) -> DpoOutput:
+        await self.base._record_artifacts(inp.job_id, inp.round, {"adapter-teacher-dpo": adapter})
+        return DpoOutput(adapter=adapter, steps=int(metrics["steps"]), mean_loss=float(metrics["mean_loss"]))
+
+    def all(self) -> list:
+        """The activity callables to register on a worker."""
+        return [self.draft_rationales, self.score_preference, self.build_pairs, self.train_teacher_dpo]
+
+
+@workflow.defn
+class TailorTeacherWorkflow:
+    """Align the task's teacher to the current student (ARTE); returns the teacher adapter."""
+
+    @workflow.run
+    async def run(self, inp: TailorTeacherInput) -> TailorTeacherOutput:
+        s = inp.settings
+        opts = {
+            "start_to_close_timeout": START_TO_CLOSE,
+            "heartbeat_timeout": timedelta(seconds=inp.heartbeat_timeout_s),
+            "retry_policy": RETRY,
+        }
+        drafted = await workflow.execute_activity_method(
+            TailoringActivities.draft_rationales,
+            DraftInput(inp.job_id, inp.task_ref, inp.round, inp.questions, inp.teacher_adapter, s),
+            **opts,
+        )
+        preference = await workflow.execute_activity_method(
+            TailoringActivities.score_preference,
+            PreferenceInput(inp.job_id, inp.task_ref, inp.round, drafted.demos, inp.probe_set, inp.student_adapter, s),
+            **opts,
+        )
+        pairs = await workflow.execute_activity_method(
+            TailoringActivities.build_pairs,
+            PairsInput(inp.job_id, inp.task_ref, inp.round, drafted.drafts, preference.scores),
+            **opts,
+        )
+        dpo = await workflow.execute_activity_method(
+            TailoringActivities.train_teacher_dpo,
+            DpoInput(inp.job_id, inp.task_ref, inp.round, pairs.pairs, inp.teacher_adapter, s),
+            **opts,
+        )
+        return TailorTeacherOutput(
+            adapter=dpo.adapter,
+            pairs=pairs.pairs,
+            question_pairs=pairs.question_pairs,
+            rationale_pairs=pairs.rationale_pairs,
+            drafts=drafted.drafts,
+            scores=preference.scores,
+            dpo_steps=dpo.steps,
+            dpo_mean_loss=dpo.mean_loss,
+        )
