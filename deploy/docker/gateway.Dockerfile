@@ -25,7 +25,7 @@ COPY deploy/docker/light_requirements.py deploy/docker/
 RUN python deploy/docker/light_requirements.py pyproject.toml > /tmp/light-requirements.txt \
     && pip install --no-cache-dir --requirement /tmp/light-requirements.txt \
     && pip install --no-cache-dir --no-deps . \
-    && python -c "import orchestrator.gateway, syllabus.cli"
+    && python -c "import orchestrator.gateway, orchestrator.cli"
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --uid 10001 --user-group --home-dir /var/lib/syllabus --no-create-home --shell /usr/sbin/nologin syllabus \

@@ -19,7 +19,7 @@ from syllabus.config import Config
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-SYLLABUS = [sys.executable, "-m", "syllabus.cli"]
+SYLLABUS = [sys.executable, "-m", "orchestrator.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -245,7 +245,7 @@ def test_non_finite_request_fields_are_named() -> None:
 
 
 def _run_cli(tmp_path, capsys, monkeypatch, task: bytes, seeds: bytes | None = None) -> tuple[int, str]:
-    from syllabus.cli import main
+    from orchestrator.cli import main
 
     monkeypatch.setenv("SYLLABUS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SYLLABUS_GATEWAY_ADDRESS", "127.0.0.1:9")  # never reached: validation fails first

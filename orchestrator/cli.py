@@ -9,7 +9,9 @@
     syllabus db upgrade|downgrade|current [--revision REV]
 
 Exit codes: 0 success, 1 the job or the stack failed, 2 bad input (task file, arguments).
-Configuration comes from SYLLABUS_* env vars (see syllabus/config.py).
+Configuration comes from SYLLABUS_* env vars (see syllabus/config.py). Also `python -m orchestrator.cli`.
+It lives in the orchestrator package, not the shared library: `up` and `demo` run the embedded stack
+(`orchestrator.stack`), and the shared library depends on no service and not on the orchestrator.
 """
 
 from __future__ import annotations
@@ -249,7 +251,7 @@ def _stop_on_signals() -> None:
     background, where a shell leaves SIGINT ignored)."""
     import signal
 
-    def _interrupt(signum, frame):  # noqa: ANN001, ARG001
+    def _interrupt(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, _interrupt)
@@ -488,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config()
-    except Exception as e:  # pydantic ValidationError from a malformed SYLLABUS_* value
+    except ValueError as e:  # pydantic ValidationError (a ValueError) from a malformed SYLLABUS_* value
         print(f"syllabus: bad configuration: {e}".splitlines()[0], file=sys.stderr)
         return EXIT_USAGE
     try:
