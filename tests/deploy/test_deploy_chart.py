@@ -305,7 +305,7 @@ def test_secret_holds_the_tokens() -> None:
 
 def test_only_the_worker_reaches_the_services(rendered: tuple[str, list[dict]]) -> None:
     overlay, objs = rendered
-    allowed = {"teacher": {"worker", "student"}, "student": {"worker"}, "trainer": {"worker", "teacher"}}
+    allowed = {"teacher": {"worker"}, "student": {"worker"}, "trainer": {"worker"}}
     policies = {component(p): p for p in of_kind(objs, "NetworkPolicy")}
     assert set(policies) == set(allowed), overlay
     for role, callers in allowed.items():
