@@ -96,7 +96,7 @@ def recipe_from_request(req: trainer_pb2.StartTrainingRequest, config: SFTConfig
             # padding-free: each step's batch_size samples packed into rows (DPO pairs stay unpacked)
             "packing": objective != "dpo",
             "samples_per_step": config.batch_size,
-            "row_tokens": max(512, config.max_seq_len),
+            "row_tokens": max(1024, config.max_seq_len),
             "batch_size": config.batch_size,
             "bf16": bf16_supported(),
             "stages": [

@@ -71,7 +71,7 @@ class PackedBatch:
     position_ids: torch.Tensor  # [B, L], restarting at 0 for every sample
     attention_mask: torch.Tensor  # [B, 1, L, L] bool, block-diagonal causal
     targets: torch.Tensor  # [B, L], next token within the sample or IGNORE_INDEX
-    sample_ids: torch.Tensor  # [B, L], index into `samples` or -1 on padding
+    sample_ids: torch.Tensor  # [B, L], index into `samples`, or -1 on padding and on a shared prefix
     samples: list[int]  # the caller's sample ids, in the order they appear in the rows
     num_tokens: int  # real (non-padding) tokens
 
@@ -87,38 +87,70 @@ class PackedBatch:
         )
 
 
+def shared_prefix(row: Sequence[int], examples: Sequence[Example]) -> int:
+    """Tokens the samples of a row have in common at the start, cut before any position that
+    predicts a response token (a shared position may serve no sample's target). 0 for one sample."""
+    if len(row) < 2:
+        return 0
+    seqs = [examples[i][0] for i in row]
+    n = min(len(s) for s in seqs)
+    for i in row:  # position t predicts token t+1: the prefix must end before the first target
+        labels = examples[i][1]
+        first = next((t for t, lab in enumerate(labels) if lab != IGNORE_INDEX), len(labels))
+        n = min(n, first - 1)
+    p = 0
+    first_seq = seqs[0]
+    while p < n and all(s[p] == first_seq[p] for s in seqs[1:]):
+        p += 1
+    return p
+
+
 def build_batch(
-    rows: Sequence[Sequence[int]], examples: Sequence[Example], pad_id: int
+    rows: Sequence[Sequence[int]], examples: Sequence[Example], pad_id: int, share_prefix: bool = False
 ) -> PackedBatch:
-    """Pack `rows` (lists of indices into `examples`) into tensors; see the module docstring."""
-    width = max(sum(len(examples[i][0]) for i in row) for row in rows)
+    """Pack `rows` (lists of indices into `examples`) into tensors; see the module docstring.
+
+    With `share_prefix`, the tokens a row's samples share at the start (`shared_prefix`: the
+    instructions and label list of a classification prompt, say) are laid out once at the row's
+    start; every sample's own tokens follow with positions continuing after the prefix, and attend
+    to the prefix and to themselves. Each sample sees exactly the context and positions it would see
+    alone, so logits and gradients are those of the unshared row, for fewer tokens."""
+    prefixes = [shared_prefix(row, examples) if share_prefix else 0 for row in rows]
+    width = max(p + sum(len(examples[i][0]) - p for i in row) for row, p in zip(rows, prefixes, strict=True))
     n = len(rows)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((n, width), dtype=torch.long)
     targets = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
     segment = torch.full((n, width), -1, dtype=torch.long)
+    is_prefix = torch.zeros((n, width), dtype=torch.bool)
     samples: list[int] = []
     num_tokens = 0
-    for r, row in enumerate(rows):
-        pos = 0
+    for r, (row, p) in enumerate(zip(rows, prefixes, strict=True)):
+        if p:
+            input_ids[r, :p] = torch.tensor(examples[row[0]][0][:p])
+            position_ids[r, :p] = torch.arange(p)
+            is_prefix[r, :p] = True
+            num_tokens += p
+        pos = p
         for i in row:
             ids, labels = examples[i]
-            m = len(ids)
-            input_ids[r, pos : pos + m] = torch.tensor(ids)
-            position_ids[r, pos : pos + m] = torch.arange(m)
+            m = len(ids) - p  # this sample's own tokens
+            input_ids[r, pos : pos + m] = torch.tensor(ids[p:])
+            position_ids[r, pos : pos + m] = torch.arange(p, p + m)
             if m > 1:
-                targets[r, pos : pos + m - 1] = torch.tensor(labels[1:])
+                targets[r, pos : pos + m - 1] = torch.tensor(labels[p + 1 :])
             segment[r, pos : pos + m] = len(samples)
             samples.append(i)
             pos += m
             num_tokens += m
     # Padding positions get their own segment id per position so each attends only to itself
     # (a fully masked row would give NaN in softmax); their outputs are never used.
-    pad = segment < 0
+    pad = (segment < 0) & ~is_prefix
     seg_for_mask = torch.where(pad, -2 - torch.arange(width).expand(n, width), segment)
-    same = seg_for_mask[:, :, None] == seg_for_mask[:, None, :]
+    same = seg_for_mask[:, :, None] == seg_for_mask[:, None, :]  # prefix positions share id -1
+    sees_prefix = is_prefix[:, None, :] & ~pad[:, :, None]
     causal = torch.ones((width, width), dtype=torch.bool).tril()
-    mask = (same & causal)[:, None, :, :]
+    mask = ((same | sees_prefix) & causal)[:, None, :, :]
     return PackedBatch(input_ids, position_ids, mask, targets, segment, samples, num_tokens)
 
 

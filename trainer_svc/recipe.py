@@ -163,6 +163,9 @@ class Recipe(_Strict):
     """With packing and the shuffled/static policies: exactly this many samples per optimiser step,
     packed into rows of `row_tokens` (the batch of unpacked training, without its padding); 0: whole
     rows per step (`rows_per_step`)."""
+    share_prefix: bool = True
+    """Packed rows lay out the prefix their samples share once (the same logits and gradients, for
+    fewer tokens: a classification prompt's instructions and label list, a DPO pair's prompt)."""
     bf16: bool = True
     """bfloat16 autocast for forward passes (weights and optimiser stay fp32)."""
     max_grad_norm: float = Field(1.0, ge=0)

@@ -602,7 +602,7 @@ def train_recipe(
                 seq_rows.append(sr)
             mine = seq_rows[rank::world] or [seq_rows[0]]
             weight = 1.0 if seq_rows[rank::world] else 0.0
-            batch = build_batch(mine, seqs, pad_id).to(device)
+            batch = build_batch(mine, seqs, pad_id, share_prefix=recipe.packing and recipe.share_prefix).to(device)
             items = [items_of_seq[s] for s in batch.samples]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 if st.objective == "dpo":

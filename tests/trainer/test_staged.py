@@ -240,3 +240,31 @@ def test_samples_per_step_packs_each_steps_batch_without_padding_rows(tiny_model
         assert all(sum(lengths[i] for i in row) <= 96 for row in rows)
     epoch1 = sorted(i for rows in steps[:4] for row in rows for i in row)
     assert epoch1 == list(range(16))  # every record once per epoch
+
+
+def test_shared_prefix_rows_give_the_same_logits_and_gradients(tiny_model_dir: Path) -> None:
+    from trainer_svc.packing import shared_prefix, token_logprobs
+
+    lm, tok = load_model(str(tiny_model_dir))
+    prompt = "Classify the message. Intents: card_arrival, exchange_rate, top_up_failed, lost_card\\nMessage: "
+    recs = [{"prompt": prompt + m, "response": c} for m, c in
+            [("where is my card", "card_arrival"), ("rate today?", "exchange_rate"), ("top up broke", "top_up_failed")]]
+    enc = encode_records(tok, recs, "sft", 96, [0, 1, 2], {})
+    seqs = [enc[i][0] for i in range(3)]
+    assert shared_prefix([0, 1, 2], seqs) > 15  # the instructions and intents, laid out once
+
+    core = CompletionLM(lm)
+    results = []
+    for share in (False, True):
+        batch = build_batch([[0, 1, 2]], seqs, tok.pad_token_id, share_prefix=share)
+        lm.zero_grad()
+        logp, sample_of, _ = token_logprobs(core, batch)
+        (-logp.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None}
+        results.append((batch.num_tokens, logp.detach(), sample_of, grads))
+    (n_full, lp_full, s_full, g_full), (n_shared, lp_shared, s_shared, g_shared) = results
+    assert n_shared < n_full
+    assert torch.equal(s_full, s_shared)
+    torch.testing.assert_close(lp_shared, lp_full, atol=1e-5, rtol=1e-5)
+    for name, g in g_full.items():
+        torch.testing.assert_close(g_shared[name], g, atol=1e-5, rtol=1e-4)
