@@ -328,7 +328,7 @@ def test_local_tokens_are_private_and_stable(tmp_path: Path, monkeypatch: pytest
 
 
 def test_cli_without_a_token_says_how_to_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from syllabus import cli
+    from orchestrator import cli
 
     monkeypatch.delenv("SYLLABUS_TOKEN", raising=False)
     monkeypatch.setenv("SYLLABUS_HOME", str(tmp_path / "empty-home"))
@@ -338,7 +338,7 @@ def test_cli_without_a_token_says_how_to_get_one(tmp_path: Path, monkeypatch: py
 
 
 async def test_cli_with_a_rejected_token_is_one_line(servers, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from syllabus import cli
+    from orchestrator import cli
 
     ports, _ = servers
     monkeypatch.setenv("SYLLABUS_TOKEN", "not-a-token")
