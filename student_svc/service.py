@@ -38,7 +38,7 @@ from syllabus.artifacts import (
 )
 from syllabus.models import ModelNotFound, fetch_adapter
 from syllabus.records import dumps_jsonl, loads_jsonl
-from syllabus.serving import abort_invalid
+from syllabus.serving import InvalidRequest, RequestFailed
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
@@ -79,45 +79,25 @@ T = TypeVar("T")
 StageProgress = Callable[[str, int, int], None]
 
 
-class RequestFailed(Exception):
-    """A failure the client can act on; `code` is the gRPC status it maps to."""
-
-    code = grpc.StatusCode.UNKNOWN
-
-    async def abort(self, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(self.code, str(self))
-
-
-class InvalidField(RequestFailed):
-    """A request field (or the data it names) is malformed: INVALID_ARGUMENT naming the field."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-
-    async def abort(self, context: grpc.aio.ServicerContext) -> None:
-        await abort_invalid(context, self.field, self.problem)
-
-
 class MissingArtifact(RequestFailed):
     """An input artifact does not exist: NOT_FOUND."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.NOT_FOUND, message)
 
 
 class CorruptArtifact(RequestFailed):
     """An input artifact does not match its sha256: DATA_LOSS."""
 
-    code = grpc.StatusCode.DATA_LOSS
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.DATA_LOSS, message)
 
 
 class Unloadable(RequestFailed):
     """The model or adapter cannot be used: FAILED_PRECONDITION."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
 @dataclass(frozen=True)
@@ -196,64 +176,64 @@ class EvaluateJob:
 
 def _output_key(key: str) -> str:
     if not key:
-        raise InvalidField("output_key", "required")
+        raise InvalidRequest("output_key", "required")
     try:
         return validate_output_key(key)
     except InvalidKey as e:
-        raise InvalidField("output_key", str(e)) from None
+        raise InvalidRequest("output_key", str(e)) from None
 
 
 def _finite(request) -> None:
-    """No request field may hold inf or NaN (raises InvalidField naming it)."""
+    """No request field may hold inf or NaN (raises InvalidRequest naming it)."""
     if bad := pb.first_nonfinite(request):
-        raise InvalidField(bad, "must be a finite number (no inf or NaN)")
+        raise InvalidRequest(bad, "must be a finite number (no inf or NaN)")
 
 
 def _base(model: common_pb2.ModelRef, field: str = "model.base") -> str:
     if not model.base:
-        raise InvalidField(field, "required (e.g. bundled:smollm2-135m-instruct)")
+        raise InvalidRequest(field, "required (e.g. bundled:smollm2-135m-instruct)")
     if len(model.base) > 1024 or "\x00" in model.base or "://" in model.base:
-        raise InvalidField(field, "not a model name (bundled:NAME or a local HF model directory)")
+        raise InvalidRequest(field, "not a model name (bundled:NAME or a local HF model directory)")
     return model.base
 
 
 def _batch_size(value: int) -> int:
     if value < 0:
-        raise InvalidField("batch_size", f"must be >= 0 (0 lets the service choose), got {value}")
+        raise InvalidRequest("batch_size", f"must be >= 0 (0 lets the service choose), got {value}")
     return value
 
 
 def _non_negative(field: str, value: float) -> None:
     if value < 0:
-        raise InvalidField(field, f"must be >= 0 (0 means the default), got {value}")
+        raise InvalidRequest(field, f"must be >= 0 (0 means the default), got {value}")
 
 
 def _precision(field: str, value: int) -> str:
     if value not in PRECISIONS:
-        raise InvalidField(field, f"{value} is not a Precision")
+        raise InvalidRequest(field, f"{value} is not a Precision")
     return PRECISIONS[value]
 
 
 def _irt_fit(field: str, fit: student_pb2.IrtFit, default: str) -> IrtFitJob:
     models = {student_pb2.IRT_MODEL_UNSPECIFIED: default, student_pb2.IRT_MODEL_1PL: "1pl", student_pb2.IRT_MODEL_2PL: "2pl"}
     if fit.model not in models:
-        raise InvalidField(f"{field}.model", f"{fit.model} is not an IrtModel")
+        raise InvalidRequest(f"{field}.model", f"{fit.model} is not an IrtModel")
     _non_negative(f"{field}.steps", fit.steps)
     _non_negative(f"{field}.learning_rate", fit.learning_rate)
     return IrtFitJob(model=models[fit.model], steps=fit.steps or 2000, lr=fit.learning_rate or 0.05)
 
 
 def parse_score_request(request: student_pb2.ScoreRequest) -> ScoreJob:
-    """Validate a ScoreRequest (raises InvalidField)."""
+    """Validate a ScoreRequest (raises InvalidRequest)."""
     _finite(request)
     base = _base(request.model)
     dataset = pb.ref_from_pb(request.dataset)
     if dataset is None:
-        raise InvalidField("dataset", "required (an ArtifactRef with a uri)")
+        raise InvalidRequest("dataset", "required (an ArtifactRef with a uri)")
     metrics: list[str] = []
     for i, m in enumerate(request.metrics):
         if m not in METRIC_NAMES:
-            raise InvalidField(f"metrics[{i}]", f"{m} is not a Metric (see student.proto)")
+            raise InvalidRequest(f"metrics[{i}]", f"{m} is not a Metric (see student.proto)")
         if METRIC_NAMES[m] not in metrics:
             metrics.append(METRIC_NAMES[m])
     if not metrics:
@@ -261,19 +241,19 @@ def parse_score_request(request: student_pb2.ScoreRequest) -> ScoreJob:
     adapter = pb.ref_from_pb(request.model.adapter)
     needs_ref = [m for m in metrics if m in scoring.REF_METRICS]
     if needs_ref and adapter is None:
-        raise InvalidField(
+        raise InvalidRequest(
             "model.adapter", f"required for {', '.join(needs_ref)} (the LoBaSS reference adapter)"
         )
     base_adapter = pb.ref_from_pb(request.base_adapter) if request.HasField("base_adapter") else None
     if base_adapter is not None and adapter is None:
-        raise InvalidField("base_adapter", "needs model.adapter (L0 and Lref come from one model load)")
+        raise InvalidRequest("base_adapter", "needs model.adapter (L0 and Lref come from one model load)")
     _non_negative("max_batch_tokens", request.max_batch_tokens)
     _non_negative("max_len", request.max_len)
     if 0 < request.max_len < 16:
-        raise InvalidField("max_len", f"must be 0 (default 512) or >= 16, got {request.max_len}")
+        raise InvalidRequest("max_len", f"must be 0 (default 512) or >= 16, got {request.max_len}")
     ratios = {student_pb2.IFD_RATIO_UNSPECIFIED: "ppl", student_pb2.IFD_RATIO_PPL: "ppl", student_pb2.IFD_RATIO_LOSS: "loss"}
     if request.ifd_ratio not in ratios:
-        raise InvalidField("ifd_ratio", f"{request.ifd_ratio} is not an IfdRatio")
+        raise InvalidRequest("ifd_ratio", f"{request.ifd_ratio} is not an IfdRatio")
     options = scoring.ScoreOptions(
         dtype=_precision("precision", request.precision),
         batch_size=_batch_size(request.batch_size),
@@ -287,14 +267,14 @@ def parse_score_request(request: student_pb2.ScoreRequest) -> ScoreJob:
     if ARTE in metrics:
         probe_set = pb.ref_from_pb(request.arte.probe_set)
         if probe_set is None:
-            raise InvalidField("arte.probe_set", "required for METRIC_ARTE_PREFERENCE")
+            raise InvalidRequest("arte.probe_set", "required for METRIC_ARTE_PREFERENCE")
         _non_negative("arte.probe_k", request.arte.probe_k)
         _non_negative("arte.max_new_tokens", request.arte.max_new_tokens)
         if request.arte.match not in MATCHES:
-            raise InvalidField("arte.match", f"{request.arte.match} is not an AnswerMatch")
+            raise InvalidRequest("arte.match", f"{request.arte.match} is not an AnswerMatch")
         responses = pb.ref_from_pb(request.arte.probe_responses)
         if responses is not None and not request.arte.probe_k:
-            raise InvalidField("arte.probe_k", "required (> 0) with arte.probe_responses")
+            raise InvalidRequest("arte.probe_k", "required (> 0) with arte.probe_responses")
         arte = ArteJob(
             probe_set=probe_set,
             probe_responses=responses,
@@ -309,10 +289,10 @@ def parse_score_request(request: student_pb2.ScoreRequest) -> ScoreJob:
         for i, ref in enumerate(request.irt.crowd):
             parsed = pb.ref_from_pb(ref)
             if parsed is None:
-                raise InvalidField(f"irt.crowd[{i}]", "an ArtifactRef with a uri")
+                raise InvalidRequest(f"irt.crowd[{i}]", "an ArtifactRef with a uri")
             crowd.append(parsed)
         if len(crowd) + request.irt.include_base < 2:
-            raise InvalidField("irt.crowd", "the crowd needs at least 2 members (checkpoints, or 1 + include_base)")
+            raise InvalidRequest("irt.crowd", "the crowd needs at least 2 members (checkpoints, or 1 + include_base)")
         labels = _labels("irt.labels", list(request.irt.labels))
         irt = IrtJob(
             crowd=tuple(crowd),
@@ -337,29 +317,29 @@ def parse_score_request(request: student_pb2.ScoreRequest) -> ScoreJob:
 
 def _labels(field: str, labels: list[str]) -> list[str]:
     if not labels:
-        raise InvalidField(field, "required (the label set, at least one label)")
+        raise InvalidRequest(field, "required (the label set, at least one label)")
     for i, label in enumerate(labels):
         if not label.strip():
-            raise InvalidField(f"{field}[{i}]", "must be a non-empty string")
+            raise InvalidRequest(f"{field}[{i}]", "must be a non-empty string")
         if label in labels[:i]:
-            raise InvalidField(f"{field}[{i}]", f"duplicate label {label!r}")
+            raise InvalidRequest(f"{field}[{i}]", f"duplicate label {label!r}")
     return labels
 
 
 def parse_evaluate_request(request: student_pb2.EvaluateRequest) -> EvaluateJob:
-    """Validate an EvaluateRequest (raises InvalidField)."""
+    """Validate an EvaluateRequest (raises InvalidRequest)."""
     _finite(request)
     base = _base(request.model)
     if request.kind == common_pb2.TASK_KIND_UNSPECIFIED:
-        raise InvalidField("kind", "required (e.g. TASK_KIND_CLASSIFICATION)")
+        raise InvalidRequest("kind", "required (e.g. TASK_KIND_CLASSIFICATION)")
     if request.kind not in SCORER_BY_KIND:
-        raise InvalidField("kind", f"{request.kind} is not a TaskKind")
+        raise InvalidRequest("kind", f"{request.kind} is not a TaskKind")
     if request.scorer != student_pb2.EVAL_SCORER_UNSPECIFIED and request.scorer not in SCORERS:
-        raise InvalidField("scorer", f"{request.scorer} is not an EvalScorer")
+        raise InvalidRequest("scorer", f"{request.scorer} is not an EvalScorer")
     scorer = SCORERS.get(request.scorer) or SCORER_BY_KIND[request.kind]
     eval_set = pb.ref_from_pb(request.eval_set)
     if eval_set is None:
-        raise InvalidField("eval_set", "required (an ArtifactRef with a uri)")
+        raise InvalidRequest("eval_set", "required (an ArtifactRef with a uri)")
     labels = list(request.labels)
     if scorer in (LABEL_LIKELIHOOD, LABEL_GENERATION) or labels:
         labels = _labels("labels", labels)
@@ -407,28 +387,28 @@ POLICIES = {
 
 
 def parse_select_request(request: student_pb2.SelectRequest) -> SelectJob:
-    """Validate a SelectRequest (raises InvalidField)."""
+    """Validate a SelectRequest (raises InvalidRequest)."""
     _finite(request)
     if request.policy not in POLICIES:
-        raise InvalidField("policy", "required: SELECT_POLICY_TOP_K, _RATIO, _THRESHOLD or _DIVERSITY")
+        raise InvalidRequest("policy", "required: SELECT_POLICY_TOP_K, _RATIO, _THRESHOLD or _DIVERSITY")
     policy = POLICIES[request.policy]
     dataset, scores = pb.ref_from_pb(request.dataset), pb.ref_from_pb(request.scores)
     if dataset is None:
-        raise InvalidField("dataset", "required (an ArtifactRef with a uri)")
+        raise InvalidRequest("dataset", "required (an ArtifactRef with a uri)")
     if scores is None:
-        raise InvalidField("scores", "required (an ArtifactRef with a uri)")
+        raise InvalidRequest("scores", "required (an ArtifactRef with a uri)")
     if policy != "diversity" and not request.column:
-        raise InvalidField("column", f"required for {policy} (e.g. learnability, ifd_ppl)")
+        raise InvalidRequest("column", f"required for {policy} (e.g. learnability, ifd_ppl)")
     if policy in ("top_k", "diversity") and request.k <= 0:
-        raise InvalidField("k", f"must be > 0, got {request.k}")
+        raise InvalidRequest("k", f"must be > 0, got {request.k}")
     if policy == "ratio" and not 0 <= request.ratio <= 1:
-        raise InvalidField("ratio", f"must be in [0, 1], got {request.ratio}")
+        raise InvalidRequest("ratio", f"must be in [0, 1], got {request.ratio}")
     if policy == "diversity" and request.n_clusters <= 0:
-        raise InvalidField("n_clusters", f"must be > 0, got {request.n_clusters}")
+        raise InvalidRequest("n_clusters", f"must be > 0, got {request.n_clusters}")
     _non_negative("temperature", request.temperature)
     quotas = {student_pb2.QUOTA_MODE_UNSPECIFIED: "proportional", student_pb2.QUOTA_MODE_PROPORTIONAL: "proportional", student_pb2.QUOTA_MODE_EQUAL: "equal"}
     if request.quota not in quotas:
-        raise InvalidField("quota", f"{request.quota} is not a QuotaMode")
+        raise InvalidRequest("quota", f"{request.quota} is not a QuotaMode")
     base = _base(request.model) if policy == "diversity" else request.model.base
     return SelectJob(
         base=base,
@@ -452,15 +432,15 @@ def parse_select_request(request: student_pb2.SelectRequest) -> SelectJob:
 
 
 def check_records(records: object, field: str, required: Sequence[str]) -> list[dict]:
-    """Each record must be an object with string values for `required` (raises InvalidField)."""
+    """Each record must be an object with string values for `required` (raises InvalidRequest)."""
     if not isinstance(records, list):
-        raise InvalidField(field, "expected JSONL records")
+        raise InvalidRequest(field, "expected JSONL records")
     for i, r in enumerate(records):
         if not isinstance(r, dict):
-            raise InvalidField(field, f"record {i} is not a JSON object")
+            raise InvalidRequest(field, f"record {i} is not a JSON object")
         for key in required:
             if not isinstance(r.get(key), str):
-                raise InvalidField(
+                raise InvalidRequest(
                     field, f"record {i} lacks a string {key!r} (records need {', '.join(required)})"
                 )
     return records
@@ -567,7 +547,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         try:
             records = loads_jsonl(data)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise InvalidField(field, f"not JSONL: {type(e).__name__}") from None
+            raise InvalidRequest(field, f"not JSONL: {type(e).__name__}") from None
         return check_records(records, field, required)
 
     def _get(self, field: str, ref: ArtifactRef) -> bytes:
@@ -578,15 +558,15 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         except ChecksumMismatch as e:
             raise CorruptArtifact(f"{field}: {e}") from None
         except InvalidKey as e:
-            raise InvalidField(f"{field}.{e.part}", str(e)) from None
+            raise InvalidRequest(f"{field}.{e.part}", str(e)) from None
 
     def _stat_output(self, key: str) -> ArtifactRef | None:
-        """The published output under key (a retried request), or None; InvalidField if the key is a
+        """The published output under key (a retried request), or None; InvalidRequest if the key is a
         directory-like prefix of other artifacts or lies under an existing one."""
         try:
             return self.store.stat(key)
         except InvalidKey as e:
-            raise InvalidField("output_key", str(e)) from None
+            raise InvalidRequest("output_key", str(e)) from None
 
     def _adapter_dir(self, ref: ArtifactRef) -> Path:
         try:
@@ -596,14 +576,14 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         except ChecksumMismatch as e:
             raise CorruptArtifact(f"model.adapter: {e}") from None
         except InvalidKey as e:
-            raise InvalidField(f"model.adapter.{e.part}", str(e)) from None
+            raise InvalidRequest(f"model.adapter.{e.part}", str(e)) from None
         except tarfile.TarError as e:
-            raise InvalidField("model.adapter", f"not a tar of a peft adapter directory: {e}") from None
+            raise InvalidRequest("model.adapter", f"not a tar of a peft adapter directory: {e}") from None
         except ValueError as e:
-            raise InvalidField("model.adapter", str(e)) from None
+            raise InvalidRequest("model.adapter", str(e)) from None
         if not (path / "adapter_config.json").is_file():
             shutil.rmtree(path, ignore_errors=True)  # our cache: do not keep a useless unpacked dir
-            raise InvalidField(
+            raise InvalidRequest(
                 "model.adapter", "the archive holds no adapter_config.json (not a peft adapter)"
             )
         return path
@@ -642,7 +622,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         if CAR in job.metrics:
             for i, r in enumerate(records):
                 if not isinstance(r.get("teacher"), str) or not isinstance(r.get("reward"), (int, float)):
-                    raise InvalidField("dataset", f"record {i} lacks a string 'teacher' or numeric 'reward' (METRIC_CAR)")
+                    raise InvalidRequest("dataset", f"record {i} lacks a string 'teacher' or numeric 'reward' (METRIC_CAR)")
         nll_metrics = [m for m in job.metrics if m in scoring.NLL_METRICS]
         if CAR in job.metrics and scoring.LOSS_BASE not in nll_metrics:
             nll_metrics.append(scoring.LOSS_BASE)
@@ -701,7 +681,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
     def _probes(self, arte: ArteJob) -> list[dict]:
         probes = self._read_records("arte.probe_set", arte.probe_set, ("id", "prompt", "answer"))
         if not probes:
-            raise InvalidField("arte.probe_set", "holds no records")
+            raise InvalidRequest("arte.probe_set", "holds no records")
         if arte.probe_responses is not None:
             from student_svc.arte import probe_set_by_discrimination
 
@@ -709,7 +689,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
             try:
                 probes = probe_set_by_discrimination(probes, responses, arte.probe_k, arte.fit.steps, arte.fit.lr)
             except ValueError as e:
-                raise InvalidField("arte.probe_responses", str(e)) from None
+                raise InvalidRequest("arte.probe_responses", str(e)) from None
         elif arte.probe_k:
             probes = probes[: arte.probe_k]
         return probes
@@ -724,7 +704,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         assert irt is not None
         for i, r in enumerate(records):
             if r["response"] not in irt.labels:
-                raise InvalidField("dataset", f"record {i}: response {r['response']!r} is not in irt.labels")
+                raise InvalidRequest("dataset", f"record {i}: response {r['response']!r} is not in irt.labels")
         members: list[ArtifactRef | None] = ([None] if irt.include_base else []) + list(irt.crowd)
         labels = list(irt.labels)
 
@@ -756,7 +736,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         rows = []
         for i, r in enumerate(dataset):
             if r["id"] not in scores:
-                raise InvalidField("scores", f"no scores for dataset record {i} ({r['id']!r})")
+                raise InvalidRequest("scores", f"no scores for dataset record {i} ({r['id']!r})")
             rows.append({**scores[r["id"]], "id": r["id"]})
         try:
             if job.ifd_filter:
@@ -781,7 +761,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
                     job.temperature, job.quota, job.seed,
                 )
         except (KeyError, ValueError) as e:
-            raise InvalidField("column", f"{type(e).__name__}: {e}") from None
+            raise InvalidRequest("column", f"{type(e).__name__}: {e}") from None
         by_id = {r["id"]: r for r in dataset}
         ref = self.store.put_bytes(job.output_key, dumps_jsonl(by_id[i] for i in ids))
         log.info("selected %d of %d (%s) -> %s", len(ids), len(dataset), job.policy, ref.uri)
@@ -796,11 +776,11 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
             )
         records = self._read_records("eval_set", job.eval_set, ("id", "prompt", "label"))
         if not records:
-            raise InvalidField("eval_set", "holds no records")
+            raise InvalidRequest("eval_set", "holds no records")
         if job.scorer in (LABEL_LIKELIHOOD, LABEL_GENERATION):
             for i, r in enumerate(records):
                 if r["label"] not in job.labels:
-                    raise InvalidField("eval_set", f"record {i}: label {r['label']!r} is not in labels")
+                    raise InvalidRequest("eval_set", f"record {i}: label {r['label']!r} is not in labels")
         if job.scorer == LABEL_LIKELIHOOD:
             work = lambda model, tok: evaluation.evaluate_classification(
                 model, tok, records, list(job.labels), batch_size=job.batch_size

@@ -108,6 +108,31 @@ async def wait_healthy(address: str, timeout: float = 120.0, service: str = "") 
             await asyncio.sleep(0.2)
 
 
+class RequestFailed(Exception):
+    """A request the service cannot serve: `code` is the status the client gets, `message` its details.
+
+    Services raise it (or `InvalidRequest`) from validation and compute; the handler maps it with
+    `abort`. A subclass exists only for a status a service raises often (e.g. NOT_FOUND)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    async def abort(self, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(self.code, self.message)
+
+
+class InvalidRequest(RequestFailed):
+    """A request field (or the data it names) is malformed: INVALID_ARGUMENT "<field>: <problem>",
+    `field` its proto path (e.g. "lora.rank"). The one request-error type of every service."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
 async def abort_invalid(context: grpc.aio.ServicerContext, field: str, problem: str) -> None:
     """Reject a malformed request: INVALID_ARGUMENT naming the field."""
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}")
+    await InvalidRequest(field, problem).abort(context)

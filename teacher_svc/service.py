@@ -32,6 +32,7 @@ from syllabus.artifacts import (
 from syllabus.models import ModelNotFound, check_model_ref, fetch_adapter
 from syllabus.pb import first_nonfinite, ref_from_pb, ref_to_pb
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
+from syllabus.serving import InvalidRequest, RequestFailed
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from teacher_svc.backend import (
@@ -67,20 +68,6 @@ MAX_N = 64
 VERIFIERS = (CLASSIFICATION, EXACT, NUMERIC)
 MAX_BATCH_SIZE = 1024
 STATS_SUFFIX = ".stats.json"  # Generate's counts, published before the examples so retries can return them
-
-
-class RequestFailed(Exception):
-    """A request that cannot be served, with the status code and message the client gets."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def invalid(field: str, problem: str) -> RequestFailed:
-    """INVALID_ARGUMENT naming the field, in the `syllabus.serving.abort_invalid` format."""
-    return RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}")
 
 
 class ModelCache:
@@ -141,10 +128,10 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         InvalidKey not mapped by the input readers comes from an output key (a directory-like prefix)."""
         try:
             if bad := first_nonfinite(request):
-                raise invalid(bad, "must be a finite number (no inf or NaN)")
+                raise InvalidRequest(bad, "must be a finite number (no inf or NaN)")
             return await handler(request)
         except RequestFailed as e:
-            await context.abort(e.code, e.message)
+            await e.abort(context)
         except InvalidKey as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"output_key: {e}")
 
@@ -153,15 +140,15 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     async def _generate(self, request: teacher_pb2.GenerateRequest) -> teacher_pb2.GenerateResponse:
         mode = request.mode or teacher_pb2.GENERATE_MODE_SEED_EXPANSION
         if mode not in teacher_pb2.GenerateMode.values():
-            raise invalid("mode", f"unknown generate mode {request.mode}")
+            raise InvalidRequest("mode", f"unknown generate mode {request.mode}")
         _check_model(request.model)
         if not request.instructions.strip():
-            raise invalid("instructions", "required")
+            raise InvalidRequest("instructions", "required")
         sampling = _sampling(request.sampling)
         if not 0 <= request.batch_size <= MAX_BATCH_SIZE:
-            raise invalid("batch_size", f"must be in [0, {MAX_BATCH_SIZE}], got {request.batch_size}")
+            raise InvalidRequest("batch_size", f"must be in [0, {MAX_BATCH_SIZE}], got {request.batch_size}")
         if request.round < 0:
-            raise invalid("round", f"must be >= 0, got {request.round}")
+            raise InvalidRequest("round", f"must be >= 0, got {request.round}")
         key = _check_key("output_key", request.output_key)
         if mode == teacher_pb2.GENERATE_MODE_SEED_EXPANSION:
             return await self._seed_expansion(request, sampling, key)
@@ -177,16 +164,16 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             styles = list(request.styles)
             unknown = [st for st in styles if st not in STYLES]
             if unknown:
-                raise invalid("styles", f"unknown style(s) {', '.join(map(repr, unknown))}; known: {', '.join(STYLES)}")
+                raise InvalidRequest("styles", f"unknown style(s) {', '.join(map(repr, unknown))}; known: {', '.join(STYLES)}")
             if request.retries < 0:
-                raise invalid("retries", f"must be >= 0, got {request.retries}")
+                raise InvalidRequest("retries", f"must be >= 0, got {request.retries}")
             if mode == teacher_pb2.GENERATE_MODE_RATIONALES:
                 styles = styles or list(STYLES)
                 if request.per_style < 0:
-                    raise invalid("per_style", f"must be >= 0 (0 means 1), got {request.per_style}")
+                    raise InvalidRequest("per_style", f"must be >= 0 (0 means 1), got {request.per_style}")
                 per_style = request.per_style or 1
                 if sampling.n != 1:
-                    raise invalid("sampling.n", "must be 1 (0) for rationales; use per_style for more draws")
+                    raise InvalidRequest("sampling.n", "must be 1 (0) for rationales; use per_style for more draws")
                 params |= {"styles": styles, "per_style": per_style, "retries": request.retries}
 
                 def run(backend: Backend):
@@ -204,13 +191,13 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             else:
                 verifier = request.verifier or "classification"
                 if verifier not in VERIFIERS:
-                    raise invalid("verifier", f"must be one of {', '.join(VERIFIERS)}, got {verifier!r}")
+                    raise InvalidRequest("verifier", f"must be one of {', '.join(VERIFIERS)}, got {verifier!r}")
                 if not 0 < request.rejection_k <= MAX_N:
-                    raise invalid("rejection_k", f"must be in [1, {MAX_N}], got {request.rejection_k}")
+                    raise InvalidRequest("rejection_k", f"must be in [1, {MAX_N}], got {request.rejection_k}")
                 if sampling.temperature == 0 and request.rejection_k > 1:
-                    raise invalid("sampling.temperature", "rejection_k > 1 needs temperature > 0")
+                    raise InvalidRequest("sampling.temperature", "rejection_k > 1 needs temperature > 0")
                 if len(styles) > 1:
-                    raise invalid("styles", "rejection sampling takes at most one style")
+                    raise InvalidRequest("styles", "rejection sampling takes at most one style")
                 style = styles[0] if styles else "step_by_step"
                 params |= {"rejection_k": request.rejection_k, "verifier": verifier, "style": style}
 
@@ -230,14 +217,14 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             _check_kind(request.kind)
             labels = _check_labels(request.labels)
             if not 0 < request.per_skill <= MAX_PER_LABEL:
-                raise invalid("per_skill", f"must be > 0 and <= {MAX_PER_LABEL}, got {request.per_skill}")
+                raise InvalidRequest("per_skill", f"must be > 0 and <= {MAX_PER_LABEL}, got {request.per_skill}")
             skill_records = await asyncio.to_thread(self._records, "skills", _required_ref("skills", request.skills))
             try:
                 skills = [Skill.from_record(r) for r in skill_records]
             except (KeyError, TypeError) as e:
-                raise invalid("skills", f"a skill record lacks {e}") from e
+                raise InvalidRequest("skills", f"a skill record lacks {e}") from e
             if bad := [sk.label for sk in skills if sk.label not in labels]:
-                raise invalid("skills", f"skill label(s) not in labels: {', '.join(map(repr, bad))}")
+                raise InvalidRequest("skills", f"skill label(s) not in labels: {', '.join(map(repr, bad))}")
             seeds = await self._read_seeds(ref) if (ref := ref_from_pb(request.seeds)) else []
             params |= {"per_skill": request.per_skill}
 
@@ -280,11 +267,11 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         labels = _check_labels(request.labels)
         exact = request.accept_exactly
         if exact < 0 or exact > MAX_PER_LABEL:
-            raise invalid("accept_exactly", f"must be in [0, {MAX_PER_LABEL}], got {exact}")
+            raise InvalidRequest("accept_exactly", f"must be in [0, {MAX_PER_LABEL}], got {exact}")
         if exact and request.token_budget <= 0:
-            raise invalid("token_budget", f"must be > 0 with accept_exactly, got {request.token_budget}")
+            raise InvalidRequest("token_budget", f"must be > 0 with accept_exactly, got {request.token_budget}")
         if not exact and not 0 < request.per_label <= MAX_PER_LABEL:
-            raise invalid("per_label", f"must be > 0 and <= {MAX_PER_LABEL}, got {request.per_label}")
+            raise InvalidRequest("per_label", f"must be > 0 and <= {MAX_PER_LABEL}, got {request.per_label}")
         seeds_ref = _required_ref("seeds", request.seeds)
 
         if existing := await asyncio.to_thread(self.store.stat, key):
@@ -293,7 +280,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         seeds = await self._read_seeds(seeds_ref)
         missing = [label for label in labels if not any(s.label == label for s in seeds)]
         if missing:
-            raise invalid("seeds", f"no seed example for label(s) {', '.join(map(repr, missing))}")
+            raise InvalidRequest("seeds", f"no seed example for label(s) {', '.join(map(repr, missing))}")
         req = ExpansionRequest(
             instructions=request.instructions,
             labels=labels,
@@ -367,13 +354,13 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             text = r.get("input") or r.get("question")
             answer = r.get("answer", r.get("label"))
             if not isinstance(text, str) or not text.strip():
-                raise invalid("questions", f'record {i} needs a non-empty "input" (or "question")')
+                raise InvalidRequest("questions", f'record {i} needs a non-empty "input" (or "question")')
             if need_answer and not isinstance(answer, str | int | float):
-                raise invalid("questions", f'record {i} needs a gold "answer" (or "label")')
+                raise InvalidRequest("questions", f'record {i} needs a gold "answer" (or "label")')
             qid = str(r.get("id") or content_id(text))
             questions.append(Question(qid, text, None if answer is None else str(answer)))
         if not questions:
-            raise invalid("questions", "no questions")
+            raise InvalidRequest("questions", "no questions")
         return questions
 
     def _existing_generate(self, key: str, ref: ArtifactRef) -> teacher_pb2.GenerateResponse:
@@ -398,9 +385,9 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             except ChecksumMismatch as e:
                 raise RequestFailed(grpc.StatusCode.DATA_LOSS, f"model.adapter: {e}") from e
             except InvalidKey as e:
-                raise invalid(f"model.adapter.{e.part}", str(e)) from e
+                raise InvalidRequest(f"model.adapter.{e.part}", str(e)) from e
             except ValueError as e:
-                raise invalid("model.adapter", str(e)) from e
+                raise InvalidRequest("model.adapter", str(e)) from e
         try:
             return await asyncio.to_thread(
                 self.models.get, base, adapter_dir, adapter_ref.sha256 if adapter_ref else ""
@@ -413,14 +400,14 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         try:
             return parse_seeds(records)
         except ValueError as e:
-            raise invalid("seeds", str(e)) from e
+            raise InvalidRequest("seeds", str(e)) from e
 
     # -- Critique ---------------------------------------------------------------------------------
 
     async def _critique(self, request: teacher_pb2.CritiqueRequest) -> teacher_pb2.CritiqueResponse:
         mode = request.mode or teacher_pb2.CRITIQUE_MODE_JUDGE
         if mode not in teacher_pb2.CritiqueMode.values():
-            raise invalid("mode", f"unsupported critique mode {request.mode}")
+            raise InvalidRequest("mode", f"unsupported critique mode {request.mode}")
         if mode != teacher_pb2.CRITIQUE_MODE_JUDGE:
             return await self._model_critique(request, mode)
         _check_kind(request.kind)
@@ -477,11 +464,11 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         _check_model(request.model)
         sampling = _sampling(request.sampling)
         if sampling.n != 1:
-            raise invalid("sampling.n", "must be 1 (0) for critique modes")
+            raise InvalidRequest("sampling.n", "must be 1 (0) for critique modes")
         if not 0 <= request.batch_size <= MAX_BATCH_SIZE:
-            raise invalid("batch_size", f"must be in [0, {MAX_BATCH_SIZE}], got {request.batch_size}")
+            raise InvalidRequest("batch_size", f"must be in [0, {MAX_BATCH_SIZE}], got {request.batch_size}")
         if request.retries < 0:
-            raise invalid("retries", f"must be >= 0, got {request.retries}")
+            raise InvalidRequest("retries", f"must be >= 0, got {request.retries}")
         examples_ref = _required_ref("examples", request.examples)
         prefix = request.output_key
         kept_key = _check_key("output_key", prefix + "-kept.jsonl" if prefix else "")
@@ -501,7 +488,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             out = await self._run_model(request.model, lambda b: fn(b, examples, sampling, batch_size, request.retries))
         except RequestFailed as e:
             if e.code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise invalid("examples", e.message) from None
+                raise InvalidRequest("examples", e.message) from None
             raise
         params = {"mode": teacher_pb2.CritiqueMode.Name(mode), "batch_size": batch_size, "retries": request.retries}
         rubrics = None
@@ -530,7 +517,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     async def _tailor(self, request: teacher_pb2.TailorRequest) -> teacher_pb2.TailorResponse:
         """The ARTE pairs only: training and regeneration are the orchestrator's steps."""
         if not request.instructions.strip():
-            raise invalid("instructions", "required")
+            raise InvalidRequest("instructions", "required")
         drafts_ref = _required_ref("drafts", request.drafts)
         scores_ref = _required_ref("scores", request.scores)
         pairs_key = _check_key("output_key", request.output_key)
@@ -539,7 +526,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         try:
             built = drafts_from_records(drafts, score_rows)
         except ValueError as e:
-            raise invalid("drafts", str(e)) from e
+            raise InvalidRequest("drafts", str(e)) from e
         pairs = build_pairs(built, request.instructions)
         if not pairs.records:
             raise RequestFailed(
@@ -563,7 +550,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         predictions_ref = _required_ref("predictions", request.predictions)
         eval_ref = _required_ref("eval", request.eval)
         if request.examples_per_skill < 0:
-            raise invalid("examples_per_skill", f"must be >= 0, got {request.examples_per_skill}")
+            raise InvalidRequest("examples_per_skill", f"must be >= 0, got {request.examples_per_skill}")
         key = _check_key("output_key", request.output_key)
         predictions = await asyncio.to_thread(self._records, "predictions", predictions_ref)
         eval_items = await asyncio.to_thread(self._records, "eval", eval_ref)
@@ -572,7 +559,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
                 predictions, eval_items, labels, request.examples_per_skill or DEFAULT_EXAMPLES_PER_SKILL
             )
         except ValueError as e:
-            raise invalid("predictions", str(e)) from e
+            raise InvalidRequest("predictions", str(e)) from e
         ref = await asyncio.to_thread(self.store.stat, key) or await asyncio.to_thread(
             self.store.put_bytes, key, dumps_jsonl(analysis.skills)
         )
@@ -591,14 +578,14 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         except ChecksumMismatch as e:
             raise RequestFailed(grpc.StatusCode.DATA_LOSS, f"{field}: {e}") from e
         except InvalidKey as e:
-            raise invalid(f"{field}.{e.part}", str(e)) from e
+            raise InvalidRequest(f"{field}.{e.part}", str(e)) from e
         try:
             records = loads_jsonl(data)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise invalid(field, f"not a JSONL file: {type(e).__name__}") from e
+            raise InvalidRequest(field, f"not a JSONL file: {type(e).__name__}") from e
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
-                raise invalid(field, f"record {i} is not a JSON object")
+                raise InvalidRequest(field, f"record {i} is not a JSON object")
         return records
 
 
@@ -612,11 +599,11 @@ def _with_params(records: list[dict], params: dict) -> list[dict]:
 
 def _check_model(model: common_pb2.ModelRef) -> str:
     if not model.base:
-        raise invalid("model.base", "required (bundled:smollm2-135m-instruct or a local HF model directory)")
+        raise InvalidRequest("model.base", "required (bundled:smollm2-135m-instruct or a local HF model directory)")
     if is_url_like(model.base):
-        raise invalid("model.base", "name a configured endpoint (openai:<name>), not a URL")
+        raise InvalidRequest("model.base", "name a configured endpoint (openai:<name>), not a URL")
     if len(model.base) > 1024 or "\x00" in model.base:
-        raise invalid("model.base", "not a model name")
+        raise InvalidRequest("model.base", "not a model name")
     if model.adapter.uri or model.adapter.sha256:
         _check_ref("model.adapter", model.adapter)
     if model.adapter.uri and model.base.startswith(("openai:", "vllm:")):
@@ -635,18 +622,18 @@ def _check_model(model: common_pb2.ModelRef) -> str:
 def _check_kind(kind: int) -> None:
     if kind != common_pb2.TASK_KIND_CLASSIFICATION:
         name = common_pb2.TaskKind.Name(kind) if kind in common_pb2.TaskKind.values() else str(kind)
-        raise invalid("kind", f"must be TASK_KIND_CLASSIFICATION, got {name}")
+        raise InvalidRequest("kind", f"must be TASK_KIND_CLASSIFICATION, got {name}")
 
 
 def _check_labels(labels) -> list[str]:
     labels = list(labels)
     if len(labels) < 2:
-        raise invalid("labels", f"at least 2 labels required, got {len(labels)}")
+        raise InvalidRequest("labels", f"at least 2 labels required, got {len(labels)}")
     if any(not label.strip() for label in labels):
-        raise invalid("labels", "labels must be non-empty")
+        raise InvalidRequest("labels", "labels must be non-empty")
     dupes = sorted({label for label in labels if labels.count(label) > 1})
     if dupes:
-        raise invalid("labels", f"duplicate labels: {', '.join(dupes)}")
+        raise InvalidRequest("labels", f"duplicate labels: {', '.join(dupes)}")
     return labels
 
 
@@ -655,23 +642,23 @@ def _check_key(field: str, key: str) -> str:
     try:
         return validate_output_key(key)
     except InvalidKey as e:
-        raise invalid(field, str(e)) from e
+        raise InvalidRequest(field, str(e)) from e
 
 
 def _check_ref(field: str, msg: common_pb2.ArtifactRef) -> None:
     """A reference's form: a URI and a 64-hex sha256 (the URI is checked against the store on read)."""
     if not msg.uri:
-        raise invalid(f"{field}.uri", "required")
+        raise InvalidRequest(f"{field}.uri", "required")
     try:
         validate_sha256(msg.sha256)
     except InvalidKey as e:
-        raise invalid(f"{field}.sha256", str(e)) from e
+        raise InvalidRequest(f"{field}.sha256", str(e)) from e
 
 
 def _required_ref(field: str, msg: common_pb2.ArtifactRef) -> ArtifactRef:
     ref = ref_from_pb(msg)
     if ref is None:
-        raise invalid(field, "required (an ArtifactRef to a JSONL artifact)")
+        raise InvalidRequest(field, "required (an ArtifactRef to a JSONL artifact)")
     _check_ref(field, msg)
     return ref
 
@@ -680,14 +667,14 @@ def _sampling(msg: common_pb2.SamplingParams) -> Sampling:
     """Validated sampling parameters; float32 fields are rounded so provenance reads 0.9, not 0.899999976."""
     temperature, top_p = round(msg.temperature, 6), round(msg.top_p, 6)
     if not 0 <= temperature <= 5:
-        raise invalid("sampling.temperature", f"must be in [0, 5], got {temperature}")
+        raise InvalidRequest("sampling.temperature", f"must be in [0, 5], got {temperature}")
     if not 0 <= top_p <= 1:
-        raise invalid("sampling.top_p", f"must be in (0, 1] (0 means 1), got {top_p}")
+        raise InvalidRequest("sampling.top_p", f"must be in (0, 1] (0 means 1), got {top_p}")
     if msg.max_new_tokens <= 0:
-        raise invalid("sampling.max_new_tokens", f"must be > 0, got {msg.max_new_tokens}")
+        raise InvalidRequest("sampling.max_new_tokens", f"must be > 0, got {msg.max_new_tokens}")
     n = msg.n or 1
     if not 0 < n <= MAX_N:
-        raise invalid("sampling.n", f"must be in [0, {MAX_N}] (0 means 1), got {msg.n}")
+        raise InvalidRequest("sampling.n", f"must be in [0, {MAX_N}] (0 means 1), got {msg.n}")
     if temperature == 0 and n != 1:
-        raise invalid("sampling.n", "must be 1 with temperature 0 (greedy decoding gives one answer)")
+        raise InvalidRequest("sampling.n", "must be 1 with temperature 0 (greedy decoding gives one answer)")
     return Sampling(temperature=temperature, top_p=top_p or 1.0, max_new_tokens=msg.max_new_tokens, n=n, seed=msg.seed)

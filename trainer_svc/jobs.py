@@ -1,7 +1,7 @@
 """Training jobs of one TrainerService process: validation, idempotency, one run at a time, events.
 
 - `plan_from_request` turns a `StartTrainingRequest` into a validated `TrainingPlan` or raises
-  `InvalidRequest` naming the field.
+  `syllabus.serving.InvalidRequest` naming the field.
 - `TrainingJobs.start` is idempotent on `job_key`: a known key returns its job (unless that job
   FAILED: then a retry starts a new attempt). If the adapter already exists at `output_key` the job
   succeeds at once without training, with the step count and losses recorded beside the adapter —
@@ -29,6 +29,7 @@ from pathlib import Path
 from syllabus.artifacts import ArtifactRef, ArtifactStore, InvalidKey, validate_key
 from syllabus.models import check_model_ref, fetch_adapter
 from syllabus.pb import ref_from_pb, ref_to_pb
+from syllabus.serving import InvalidRequest
 from syllabus_sdk.trainer.v1 import trainer_pb2
 from trainer_svc.recipe import Recipe, RecipeError, load_recipe
 from trainer_svc.sft import DatasetError, SFTConfig, TrainingStopped, read_dataset
@@ -39,15 +40,6 @@ State = trainer_pb2.TrainingState
 TERMINAL = (State.TRAINING_STATE_SUCCEEDED, State.TRAINING_STATE_FAILED, State.TRAINING_STATE_CANCELLED)
 Objective = trainer_pb2.Objective
 DEFAULT_MAX_SEQ_LEN = 512  # TrainingSpec.max_seq_len 0 means this
-
-
-class InvalidRequest(ValueError):
-    """A request field is malformed: `field` is its proto path (e.g. "lora.rank")."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from syllabus.auth import service_table
 from syllabus.config import Config
 from syllabus.models import ModelNotFound
 from syllabus.pb import first_nonfinite
-from syllabus.serving import Served, abort_invalid, build_server
+from syllabus.serving import InvalidRequest, Served, abort_invalid, build_server
 from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from trainer_svc.jobs import InvalidRequest, TrainingJobs, plan_from_request
+from trainer_svc.jobs import TrainingJobs, plan_from_request
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 
@@ -68,7 +68,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             check_request(request)
             job, existing = await self.jobs.start(plan_from_request(request))
         except InvalidRequest as e:
-            await abort_invalid(context, e.field, e.problem)
+            await e.abort(context)
         except ArtifactNotFound as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         except ChecksumMismatch as e:

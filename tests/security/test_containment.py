@@ -112,7 +112,7 @@ def test_a_url_as_teacher_model_is_refused(model) -> None:
 
 
 def test_adapter_sha256_path_traversal_never_loads_outside_the_store(tmp_path) -> None:
-    from student_svc.service import InvalidField, StudentServicer
+    from student_svc.service import InvalidRequest, StudentServicer
     from teacher_svc.service import RequestFailed, _check_model
 
     evil = tmp_path / "x" / "adapterdir"
@@ -135,7 +135,7 @@ def test_adapter_sha256_path_traversal_never_loads_outside_the_store(tmp_path) -
     assert (terr.value.code, terr.value.message.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "model.adapter.sha256")
 
     student = StudentServicer(store, models=None, adapter_cache=cache)
-    with pytest.raises(InvalidField) as serr:
+    with pytest.raises(InvalidRequest) as serr:
         student._adapter_dir(ref)
     assert serr.value.field == "model.adapter.sha256"
 
