@@ -26,7 +26,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from orchestrator.keys import job_prefix, output_key
-from orchestrator.selection import select_top
 from orchestrator.types import (
     AnalyzeInput,
     AnalyzeOutput,
@@ -49,6 +48,7 @@ from orchestrator.types import (
 )
 from syllabus.artifacts import ArtifactRef
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
+from syllabus.selection import top_fraction
 
 if TYPE_CHECKING:
     import grpc
@@ -660,7 +660,7 @@ class Activities:
 
         kept = {r["id"]: r for r in self._read_jsonl(inp.kept)}
         scores = [r for r in self._read_jsonl(inp.scores) if r["id"] in kept]
-        chosen = select_top(scores, inp.top_fraction, metric="learnability")
+        chosen = top_fraction(scores, "learnability", inp.top_fraction)
         seeds = self._read_jsonl(inp.seeds)
         chosen_ids = set(chosen)
         train = [kept[i] for i in chosen] + [s for s in seeds if s["id"] not in chosen_ids]

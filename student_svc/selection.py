@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from syllabus import selection as shared
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -29,8 +31,7 @@ def _ranked(rows: Sequence[Mapping], column: str, ascending: bool) -> list[Mappi
     for i, r in enumerate(rows):
         if not isinstance(r.get(column), (int, float)):
             raise ValueError(f"row {i} ({r.get('id')!r}) has no numeric {column!r}")  # noqa: TRY004 (data, not a type error)
-    key = (lambda r: r[column]) if ascending else (lambda r: -r[column])
-    return sorted(rows, key=lambda r: (key(r), str(r["id"])))
+    return shared.ranked(rows, column, ascending)
 
 
 def ifd_filter(rows: Sequence[Mapping], column: str = "ifd_ppl", max_ifd: float = 1.0) -> list[Mapping]:
@@ -46,10 +47,10 @@ def top_k(rows: Sequence[Mapping], column: str, k: int, ascending: bool = False)
 
 
 def top_ratio(rows: Sequence[Mapping], column: str, ratio: float, ascending: bool = False) -> list[str]:
-    """Ids of the best ceil(ratio * n) rows (Cherry_LLM's "top rate")."""
+    """Ids of the best rows, `syllabus.selection.top_count(n, ratio)` of them (Cherry_LLM's "top rate")."""
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-    return top_k(rows, column, math.ceil(ratio * len(rows)), ascending)
+    return top_k(rows, column, shared.top_count(len(rows), ratio), ascending)
 
 
 def threshold(rows: Sequence[Mapping], column: str, value: float, ascending: bool = False) -> list[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.keys import output_key
-from orchestrator.selection import select_top, selection_size
 from syllabus.artifacts import ArtifactRef
+from syllabus.selection import top_count, top_fraction
 
 pytestmark = pytest.mark.unit
 
@@ -22,16 +22,25 @@ pytestmark = pytest.mark.unit
         (10, 0.3, 3),  # 10 * 0.3 == 3.0000000000000004 in floating point: still 3
         (7, 1.0, 7),
         (100, 0.06, 6),
+        (4, 0.0, 0),  # a zero fraction selects nothing
     ],
 )
-def test_selection_size(kept: int, fraction: float, expected: int) -> None:
-    assert selection_size(kept, fraction) == expected
+def test_top_count(kept: int, fraction: float, expected: int) -> None:
+    assert top_count(kept, fraction) == expected
 
 
-@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
-def test_selection_size_rejects_bad_fractions(fraction: float) -> None:
-    with pytest.raises(ValueError, match="top_fraction"):
-        selection_size(4, fraction)
+@pytest.mark.parametrize("fraction", [-0.1, 1.5])
+def test_top_count_rejects_bad_fractions(fraction: float) -> None:
+    with pytest.raises(ValueError, match="fraction"):
+        top_count(4, fraction)
+
+
+def test_student_select_ratio_rounds_as_the_loop_does() -> None:
+    from student_svc import selection as student_selection
+
+    rows = [{"id": f"r{i}", "s": float(i)} for i in range(10)]
+    # One rounding for both: 10 * 0.3 selects 3 in the loop and in the student's Select RPC.
+    assert student_selection.top_ratio(rows, "s", 0.3) == top_fraction(rows, "s", 0.3) == ["r9", "r8", "r7"]
 
 
 def test_select_top_ranks_by_learnability_and_breaks_ties_by_id() -> None:
@@ -42,20 +51,20 @@ def test_select_top_ranks_by_learnability_and_breaks_ties_by_id() -> None:
         {"id": "a", "learnability": 0.5},
         {"id": "e", "learnability": -0.2},
     ]
-    assert select_top(scores, 0.6) == ["c", "a", "b"]
+    assert top_fraction(scores, "learnability", 0.6) == ["c", "a", "b"]
     # The input order does not matter.
-    assert select_top(list(reversed(scores)), 0.6) == ["c", "a", "b"]
-    assert select_top(scores, 1.0) == ["c", "a", "b", "d", "e"]
+    assert top_fraction(list(reversed(scores)), "learnability", 0.6) == ["c", "a", "b"]
+    assert top_fraction(scores, "learnability", 1.0) == ["c", "a", "b", "d", "e"]
 
 
 def test_select_top_ranks_missing_and_nan_scores_last() -> None:
     scores = [{"id": "x", "learnability": float("nan")}, {"id": "y"}, {"id": "z", "learnability": -5.0}]
-    assert select_top(scores, 0.3) == ["z"]
-    assert select_top(scores, 1.0) == ["z", "x", "y"]
+    assert top_fraction(scores, "learnability", 0.3) == ["z"]
+    assert top_fraction(scores, "learnability", 1.0) == ["z", "x", "y"]
 
 
 def test_select_top_of_nothing_is_empty() -> None:
-    assert select_top([], 0.5) == []
+    assert top_fraction([], "learnability", 0.5) == []
 
 
 def _ref(sha: str) -> ArtifactRef:
