@@ -35,6 +35,8 @@ from pathlib import Path
 
 import grpc
 
+from syllabus_sdk.services import authenticated_channel
+
 log = logging.getLogger(__name__)
 
 ADMIN_TENANT = "*"
@@ -181,37 +183,9 @@ def metadata(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-class _AddToken:
-    """Adds the bearer token to a call's metadata."""
-
-    def __init__(self, token: str) -> None:
-        self._md = metadata(token)
-
-    def _details(self, d):
-        md = tuple(d.metadata or ()) + self._md
-        return grpc.aio.ClientCallDetails(d.method, d.timeout, md, d.credentials, d.wait_for_ready)
-
-
-# grpc.aio files each interceptor under one call kind only, hence one class per kind.
-class _UnaryToken(_AddToken, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
-        return await continuation(self._details(client_call_details), request)
-
-
-class _StreamToken(_AddToken, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await continuation(self._details(client_call_details), request)
-
-
-class _BidiToken(_AddToken, grpc.aio.StreamStreamClientInterceptor):  # server reflection
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        return await continuation(self._details(client_call_details), request_iterator)
-
-
 def channel(address: str, token: str, options: list | None = None) -> grpc.aio.Channel:
-    """An aio channel to a Syllabus server that authenticates every call with `token`."""
-    interceptors = [_UnaryToken(token), _StreamToken(token), _BidiToken(token)]
-    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    """An aio channel to a Syllabus server that authenticates every call with `token` (the SDK's)."""
+    return authenticated_channel(address, token, options)
 
 
 # -- server side ---------------------------------------------------------------------------------

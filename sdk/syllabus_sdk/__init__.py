@@ -6,6 +6,9 @@
         for job in client.watch_job(job.job_id):
             print(job.current_step, job.step_detail)
 
+Typed async clients of the teacher, student and trainer services (what the orchestrator's
+activities call): `syllabus_sdk.services` (`TeacherClient`, `StudentClient`, `TrainerClient`).
+
 Needs only grpcio and protobuf.
 """
 
