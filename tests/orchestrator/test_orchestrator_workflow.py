@@ -1,5 +1,5 @@
 """DistillationWorkflow's own logic, with the activities replaced by fakes registered under the same
-names (no services, no models): step order, progress query, timings, reference-train only once."""
+names (no services, no models): step order, progress query, timings, LoBaSS reference per round."""
 
 from __future__ import annotations
 
@@ -178,19 +178,24 @@ async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowE
         "evaluate",
     ]
     assert [n for r, n in names if r == 2] == ["generate", "critique", "train", "evaluate"]
-    assert [n for r, n in names if r == 3] == ["generate", "critique", "score", "select", "train", "evaluate"]
+    assert [n for r, n in names if r == 3] == [
+        "generate", "critique", "reference-train", "score", "select", "train", "evaluate",
+    ]  # fmt: skip
     assert {n for _, n in names} <= ROUND_STEPS | {"prepare", "baseline-eval"}
     assert all(s.seconds >= 0 for s in result.steps)
 
-    # Data flows by reference: the reference adapter exists only in round 1; later rounds score
-    # against the previous round's adapter and continue training from it.
+    # Data flows by reference. LoBaSS in every round with candidates: a reference trained from the
+    # current student on them; L0 under the current student, Lref under that reference. Training
+    # continues from the previous round's adapter.
     trains = fakes.inputs("train_adapter")
-    assert [(t.round, t.stage) for t in trains] == [(1, "reference"), (1, "sft"), (2, "sft"), (3, "sft")]
+    assert [(t.round, t.stage) for t in trains] == [(1, "reference"), (1, "sft"), (2, "sft"), (3, "reference"), (3, "sft")]
     assert trains[0].dataset == ref("kept-1") and trains[0].init_adapter is None
     assert trains[1].dataset == ref("train-1") and trains[1].init_adapter is None
     assert trains[2].dataset == ref("seeds") and trains[2].init_adapter == ref("sft-1")
-    assert trains[3].dataset == ref("train-3") and trains[3].init_adapter == ref("sft-2")
-    assert [s.reference for s in fakes.inputs("score_samples")] == [ref("reference-1"), ref("sft-2")]
+    assert trains[3].dataset == ref("kept-3") and trains[3].init_adapter == ref("sft-2")
+    assert trains[4].dataset == ref("train-3") and trains[4].init_adapter == ref("sft-2")
+    scores = fakes.inputs("score_samples")
+    assert [(s.reference, s.student) for s in scores] == [(ref("reference-1"), None), (ref("reference-3"), ref("sft-2"))]
     assert all(s.top_fraction == 0.5 for s in fakes.inputs("select_samples"))
     evals = fakes.inputs("evaluate_student")
     assert [(e.round, e.stage, e.adapter) for e in evals] == [
