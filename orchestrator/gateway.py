@@ -28,12 +28,13 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from orchestrator.metadata import Metadata
 from orchestrator.types import DistillationInput, JobProgress
 from orchestrator.workflows import DistillationWorkflow
 from syllabus import db
@@ -104,7 +105,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self.config = config
         self.client = client
         self.store = open_store(config.resolved_artifact_url(), config)
-        self.sessions = db.session_factory(db.make_engine(config.resolved_database_url()))
+        # The gateway creates each job's row (the only place that does), through the metadata module.
+        self.metadata = Metadata(config.resolved_database_url())
+        self.sessions = self.metadata.sessions()  # reads
 
     # -- RPCs ---------------------------------------------------------------------------------
 
@@ -122,14 +125,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         task_key = f"jobs/{job_id}/task.yaml"
         artifacts_uri = self.store.uri_for(task_key).removesuffix("task.yaml")
         # The job row claims the id atomically (primary key); the first submission owns it.
-        with self.sessions.begin() as s:
-            claimed = db.insert_ignore(
-                s,
-                db.Job,
-                [{"id": job_id, "tenant": _tenant_of(principal), "task_name": task.name, "task_yaml": request.task_yaml,
-                  "task_sha256": digest, "rounds_total": task.rounds, "artifacts_uri": artifacts_uri, "status": "running"}],
-            )
-            row = None if claimed else s.get(db.Job, job_id)
+        row = self.metadata.claim_job(
+            {"id": job_id, "tenant": _tenant_of(principal), "task_name": task.name, "task_yaml": request.task_yaml,
+             "task_sha256": digest, "rounds_total": task.rounds, "artifacts_uri": artifacts_uri, "status": "running"}
+        )
+        claimed = row is None
         stored = await asyncio.to_thread(self.store.stat, task_key)
         if row is not None and not (principal.sees(row.tenant) and (row.task_sha256 or _sha(stored)) == digest):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, _taken(job_id))
@@ -137,8 +137,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             # A task artifact this id's row does not account for (a store kept across a database reset):
             # never overwrite it, and give the id back.
             if claimed:
-                with self.sessions.begin() as s:
-                    s.execute(delete(db.Job).where(db.Job.id == job_id))
+                self.metadata.release_job(job_id)
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, _taken(job_id))
         task_ref = stored or await asyncio.to_thread(self.store.put_bytes, task_key, canonical)
         inp = DistillationInput(

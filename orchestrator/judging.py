@@ -21,7 +21,10 @@ from temporalio.exceptions import ApplicationError
 from orchestrator.activities import Activities
 from orchestrator.keys import output_key
 from syllabus.artifacts import ArtifactRef
+from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.records import dumps_jsonl
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.teacher.v1 import teacher_pb2
 
 # Room for a short critique and its conclusion line; one retry of a reply that does not parse.
 JUDGE_MAX_NEW_TOKENS = 192
@@ -62,11 +65,6 @@ class JudgingActivities:
     @activity.defn
     async def judge_answers(self, inp: JudgeInput) -> JudgeOutput:
         """TeacherService.Critique (CFT judge) on the student's answers; records the Evaluation."""
-        from syllabus.db import Evaluation
-        from syllabus.pb import ref_from_pb, ref_to_pb
-        from syllabus_sdk.common.v1 import common_pb2
-        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
-
         task = self.base._task(inp.task_ref)
         params = {"model": task.teacher.model, "max_new_tokens": JUDGE_MAX_NEW_TOKENS, "retries": JUDGE_RETRIES}
         key = output_key(inp.job_id, inp.round, "judge", [inp.predictions, inp.eval_set], params)
@@ -101,11 +99,7 @@ class JudgingActivities:
                     retries=JUDGE_RETRIES,
                     output_key=f"{key}-critique",
                 )
-                response = await self.base._unary(
-                    self.base.config.teacher_address,
-                    "TeacherService.Critique",
-                    lambda ch: teacher_pb2_grpc.TeacherServiceStub(ch).Critique(request),
-                )
+                response = await self.base._teacher(lambda t: t.critique(request))
                 critiques = ref_from_pb(response.critiques)
                 if critiques is None:
                     raise ApplicationError("TeacherService.Critique returned no critiques", type="DATA_LOSS")
@@ -123,21 +117,17 @@ class JudgingActivities:
         correct = sum(r["correct"] for r in rows)
         total = len(rows)
         accuracy = correct / total if total else 0.0
-        await self.base._record(
-            Evaluation,
-            [
-                {
-                    "job_id": inp.job_id,
-                    "round": inp.round,
-                    "stage": inp.stage,
-                    "accuracy": accuracy,
-                    "correct": correct,
-                    "total": total,
-                    "adapter_uri": inp.adapter.uri if inp.adapter is not None else "",
-                    "predictions_uri": verdicts_ref.uri,
-                }
-            ],
-        )
+        evaluation = {
+            "job_id": inp.job_id,
+            "round": inp.round,
+            "stage": inp.stage,
+            "accuracy": accuracy,
+            "correct": correct,
+            "total": total,
+            "adapter_uri": inp.adapter.uri if inp.adapter is not None else "",
+            "predictions_uri": verdicts_ref.uri,
+        }
+        await self.base._db(self.base.metadata.record_evaluation, evaluation)
         await self.base._record_artifacts(inp.job_id, inp.round, {f"verdicts-{inp.stage}": verdicts_ref})
         return JudgeOutput(accuracy=accuracy, correct=correct, total=total, verdicts=verdicts_ref)
 

@@ -12,15 +12,12 @@ Generate call of the caller's next step.
 Run it as a child workflow (`workflow.execute_child_workflow(TailorTeacherWorkflow.run, inp)`) or on
 its own; `orchestrator.worker` registers it and its activities.
 
-The activities live here too (one module per flow): heavy modules (grpc, the generated stubs) are
-imported inside them, so the workflow sandbox imports this module cheaply.
+The activities live here too (one module per flow); they call the services through the loop's
+`Activities` (typed clients, one error mapping, `_train` for a watched training run).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -29,10 +26,15 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from orchestrator.activities import Activities, _heartbeating, _rpc_failure
+    from orchestrator.activities import Activities
     from orchestrator.keys import output_key
     from syllabus.artifacts import ArtifactRef
+    from syllabus.pb import ref_from_pb, ref_to_pb
     from syllabus.records import dumps_jsonl
+    from syllabus_sdk.common.v1 import common_pb2
+    from syllabus_sdk.student.v1 import student_pb2
+    from syllabus_sdk.teacher.v1 import teacher_pb2
+    from syllabus_sdk.trainer.v1 import trainer_pb2
 
 # Training and generation on a CPU can take many minutes; heartbeats, not this, detect a dead service.
 START_TO_CLOSE = timedelta(minutes=30)
@@ -195,9 +197,6 @@ class TailoringActivities:
         """TeacherService.Generate (rationales mode): one rationale per (question, style); writes
         Tailor's drafts and the student's one-shot demonstrations (answer first, so the student's
         greedy answer starts with the label it copies)."""
-        from syllabus.pb import ref_from_pb, ref_to_pb
-        from syllabus_sdk.common.v1 import common_pb2
-        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 
         task = self.base._task(inp.task_ref)
         s = inp.settings
@@ -229,11 +228,7 @@ class TailoringActivities:
                 mode=teacher_pb2.GENERATE_MODE_RATIONALES, questions=ref_to_pb(inp.questions), styles=s.styles,
                 sampling=common_pb2.SamplingParams(**sampling), output_key=key, round=inp.round,
             )  # fmt: skip
-            response = await self.base._unary(
-                self.config.teacher_address,
-                "TeacherService.Generate",
-                lambda ch: teacher_pb2_grpc.TeacherServiceStub(ch).Generate(request),
-            )
+            response = await self.base._teacher(lambda t: t.generate(request))
             rationales = ref_from_pb(response.examples)
             if rationales is None:
                 raise ApplicationError("TeacherService.Generate returned no rationales", type="DATA_LOSS")
@@ -271,9 +266,6 @@ class TailoringActivities:
     @activity.defn
     async def score_preference(self, inp: PreferenceInput) -> PreferenceOutput:
         """StudentService.Score (METRIC_ARTE_PREFERENCE): s_r per demonstration on Dpref."""
-        from syllabus.pb import ref_from_pb, ref_to_pb
-        from syllabus_sdk.common.v1 import common_pb2
-        from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
         task = self.base._task(inp.task_ref)
         s = inp.settings
@@ -292,11 +284,7 @@ class TailoringActivities:
                                               max_new_tokens=s.probe_max_new_tokens),
                 output_key=key,
             )  # fmt: skip
-            response = await self.base._unary(
-                self.config.student_address,
-                "StudentService.Score",
-                lambda ch: student_pb2_grpc.StudentServiceStub(ch).Score(request),
-            )
+            response = await self.base._student(lambda st: st.score(request))
             scores = ref_from_pb(response.scores)
             if scores is None:
                 raise ApplicationError("StudentService.Score returned no scores", type="DATA_LOSS")
@@ -306,8 +294,6 @@ class TailoringActivities:
     @activity.defn
     async def build_pairs(self, inp: PairsInput) -> PairsOutput:
         """TeacherService.Tailor: the question- and rationale-level DPO pairs."""
-        from syllabus.pb import ref_from_pb, ref_to_pb
-        from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 
         task = self.base._task(inp.task_ref)
         key = output_key(
@@ -318,11 +304,7 @@ class TailoringActivities:
         )
         # No "output exists?" shortcut: the counts come with the response, and a retried Tailor
         # returns the published pairs without rebuilding them.
-        response = await self.base._unary(
-            self.config.teacher_address,
-            "TeacherService.Tailor",
-            lambda ch: teacher_pb2_grpc.TeacherServiceStub(ch).Tailor(request),
-        )
+        response = await self.base._teacher(lambda t: t.tailor(request))
         pairs = ref_from_pb(response.pairs)
         if pairs is None:
             raise ApplicationError("TeacherService.Tailor returned no pairs", type="DATA_LOSS")
@@ -339,15 +321,6 @@ class TailoringActivities:
         a retry re-attaches to the running job, resumes a killed one, or (adapter and metrics
         published) answers from the store without a call. Cancelling the activity cancels the job.
         """
-        import grpc
-
-        from syllabus.artifacts import training_metrics_key
-        from syllabus.auth import channel as auth_channel
-        from syllabus.auth import service_token
-        from syllabus.pb import ref_from_pb, ref_to_pb
-        from syllabus_sdk.common.v1 import common_pb2
-        from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-
         task = self.base._task(inp.task_ref)
         s = inp.settings
         if task.teacher.model.startswith(("openai:", "vllm:")):
@@ -361,72 +334,14 @@ class TailoringActivities:
                     "seed": s.seed, "max_seq_len": s.max_seq_len}  # fmt: skip
         params = {"model": task.teacher.model, "objective": "dpo", "beta": s.beta, "lora": lora, "training": training}
         key = output_key(inp.job_id, inp.round, "arte-dpo", [inp.pairs, inp.teacher_adapter], params, "tar")
-        adapter = self.base.store.stat(key)
-        metrics_ref = self.base.store.stat(training_metrics_key(key)) if adapter is not None else None
-        if adapter is not None and metrics_ref is not None:  # a retry after the run finished
-            return await self._dpo_done(inp, adapter, json.loads(self.base._read(metrics_ref)))
-        model = common_pb2.ModelRef(base=task.teacher.model)
-        if inp.teacher_adapter is not None:
-            model.adapter.CopyFrom(ref_to_pb(inp.teacher_adapter))
+        model = common_pb2.ModelRef(base=task.teacher.model, adapter=ref_to_pb(inp.teacher_adapter))
         request = trainer_pb2.StartTrainingRequest(
             job_key=key, model=model, dataset=ref_to_pb(inp.pairs), lora=trainer_pb2.LoraSpec(**lora),
             training=trainer_pb2.TrainingSpec(**training), output_key=key, objective=trainer_pb2.OBJECTIVE_DPO,
             dpo=trainer_pb2.DpoSpec(beta=s.beta),
         )  # fmt: skip
-        final = None
-        training_id = ""
-        async with (
-            auth_channel(self.config.trainer_address, service_token(self.config)) as channel,
-            _heartbeating() as hb,
-        ):
-            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-            try:
-                started = await stub.StartTraining(request)
-                training_id = started.training_id
-                hb.update({"training_id": training_id, "state": "PENDING"})
-                async for event in stub.WatchTraining(trainer_pb2.WatchTrainingRequest(training_id=training_id)):
-                    state = trainer_pb2.TrainingState.Name(event.state).removeprefix("TRAINING_STATE_")
-                    hb.update(
-                        {
-                            "state": state,
-                            "step": event.step,
-                            "total": event.total_steps,
-                            "loss": round(float(event.loss), 4),
-                        }
-                    )
-                    if event.state == trainer_pb2.TRAINING_STATE_FAILED:
-                        raise ApplicationError(
-                            f"DPO training {training_id} failed: {event.message}",
-                            type="TrainingFailed",
-                            non_retryable=True,
-                        )
-                    if event.state == trainer_pb2.TRAINING_STATE_CANCELLED:
-                        raise ApplicationError(
-                            f"DPO training {training_id} was cancelled: {event.message}",
-                            type="TrainingCancelled",
-                            non_retryable=True,
-                        )
-                    if event.state == trainer_pb2.TRAINING_STATE_SUCCEEDED:
-                        final = event
-                        break
-            except grpc.aio.AioRpcError as e:
-                raise _rpc_failure(e, "TrainerService DPO training") from None
-            except asyncio.CancelledError:
-                # The workflow was cancelled (or this attempt timed out): stop the job too.
-                if training_id:
-                    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
-                        await stub.CancelTraining(trainer_pb2.CancelTrainingRequest(training_id=training_id), timeout=5)
-                raise
-        if final is None:
-            # The stream ended without a verdict (the trainer restarted): a retry re-attaches.
-            raise ApplicationError("DPO progress stream ended before the job finished", type="TrainingInterrupted")
-        adapter = ref_from_pb(final.adapter)
-        metrics_ref = self.base.store.stat(training_metrics_key(key))
-        if adapter is None or metrics_ref is None:
-            raise ApplicationError(
-                f"DPO training {training_id} succeeded without its adapter or metrics", type="DATA_LOSS"
-            )
-        return await self._dpo_done(inp, adapter, json.loads(self.base._read(metrics_ref)))
+        adapter, metrics = await self.base._train(request, "TrainerService DPO training")
+        return await self._dpo_done(inp, adapter, metrics)
 
     async def _dpo_done(self, inp: DpoInput, adapter: ArtifactRef, metrics: dict) -> DpoOutput:
         await self.base._record_artifacts(inp.job_id, inp.round, {"adapter-teacher-dpo": adapter})

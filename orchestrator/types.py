@@ -100,10 +100,15 @@ class PrepareJobOutput:
 
 @dataclass
 class RoundCounts:
+    """Every counter of a round, as the `rounds` row records it (with the round's accuracy)."""
+
     generated: int
     kept: int
     selected: int
     trained: int
+    leaked: int = 0
+    targeted: int = 0
+    train_loss: float | None = None
 
 
 @dataclass
@@ -114,7 +119,8 @@ class EvaluateInput:
     stage: str  # "baseline" or "sft"
     eval_set: ArtifactRef
     adapter: ArtifactRef | None = None
-    # Set after a training round: the Round row is recorded together with the evaluation.
+    # Set for a round's final evaluation: the round's row (these counters, the accuracy and the
+    # adapter) is written with it, the accuracy being the round's last counter.
     round_counts: RoundCounts | None = None
 
 

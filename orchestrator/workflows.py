@@ -162,7 +162,9 @@ class DistillationWorkflow:
                     stage="sft",
                     eval_set=prep.eval_set,
                     adapter=adapter,
-                    round_counts=RoundCounts(gen.generated, kept_count, selected, trained.samples),
+                    round_counts=RoundCounts(
+                        gen.generated, kept_count, selected, trained.samples, gen.leaked, gen.targeted, trained.mean_loss
+                    ),
                 ),
             )
             p.rounds.append(

@@ -69,6 +69,13 @@ class Round(Base):
     selected: Mapped[int] = mapped_column(Integer, default=0)
     trained: Mapped[int] = mapped_column(Integer, default=0)
     accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Generated examples the teacher dropped for overlapping the eval set (leakage guard).
+    leaked: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Of `generated`, examples made by targeted generation for the previous round's errors.
+    targeted: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Mean training loss of the round's sft run, and the adapter it produced.
+    train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    adapter_uri: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class Sample(Base):

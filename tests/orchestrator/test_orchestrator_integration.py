@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from orchestrator.activities import Activities
+from orchestrator.metadata import Metadata
 from orchestrator.types import (
     CritiqueInput,
     DistillationInput,
@@ -70,14 +71,25 @@ def tiny_task(model: Path, rounds: int) -> TaskSpec:
     )
 
 
+def claim_job(config: Config, job_id: str, task: TaskSpec) -> None:
+    meta = Metadata(config.resolved_database_url())
+    try:
+        meta.claim_job({"id": job_id, "task_name": task.name, "task_yaml": dump_task(task), "rounds_total": task.rounds})
+    finally:
+        meta.close()
+
+
 @dataclass
 class Stack:
     config: Config
     tmp: Path
 
     def put_task(self, job_id: str, task: TaskSpec) -> ArtifactRef:
+        """Store the task and create the job's row, as the gateway's SubmitJob does before the workflow."""
         store = open_store(self.config.resolved_artifact_url())
-        return store.put_bytes(f"jobs/{job_id}/task.yaml", dump_task(task).encode())
+        ref = store.put_bytes(f"jobs/{job_id}/task.yaml", dump_task(task).encode())
+        claim_job(self.config, job_id, task)
+        return ref
 
     def counts(self, job_id: str) -> dict[str, int]:
         engine = db.make_engine(self.config.resolved_database_url())
@@ -198,11 +210,14 @@ async def test_workflow_distils_end_to_end(
             assert under[(2, "loss_base")] == f"{tiny_model_dir}+{r1.adapter_uri}"
             assert under[(2, "loss_ref")] == f"{tiny_model_dir}+{runs[(2, 'reference')].adapter_uri}"
             rounds = {r.round: r for r in s.query(db.Round).filter_by(job_id=job_id)}
-            assert (rounds[1].generated, rounds[1].kept, rounds[1].selected) == (
-                r1.generated,
-                r1.kept,
-                r1.selected,
-            )
+            # Every counter of a round is a column, equal to what the workflow reports.
+            for r in (r1, r2):
+                row = rounds[r.round]
+                assert (row.generated, row.kept, row.selected, row.trained, row.leaked, row.targeted) == (
+                    r.generated, r.kept, r.selected, r.trained, r.leaked, r.targeted,
+                )  # fmt: skip
+                assert row.accuracy == pytest.approx(r.accuracy) and row.train_loss == pytest.approx(r.train_loss)
+                assert row.adapter_uri == r.adapter_uri
     finally:
         engine.dispose()
 

@@ -19,6 +19,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from orchestrator.activities import Activities
 from orchestrator.judging import JudgeInput, JudgingActivities
+from orchestrator.metadata import Metadata
 from orchestrator.tailoring import (
     ArteSettings,
     DraftInput,
@@ -26,7 +27,6 @@ from orchestrator.tailoring import (
     TailorTeacherInput,
     TailorTeacherWorkflow,
 )
-from orchestrator.types import PrepareJobInput
 from orchestrator.worker import build_worker
 from syllabus import db
 from syllabus.artifacts import ArtifactStore, open_store, training_metrics_key
@@ -68,7 +68,13 @@ class Stack:
                 "student": {"model": STUDENT},
             }
         )
-        return task, self.store.put_bytes(f"jobs/{job_id}/task.yaml", dump_task(task).encode())
+        ref = self.store.put_bytes(f"jobs/{job_id}/task.yaml", dump_task(task).encode())
+        meta = Metadata(self.config.resolved_database_url())  # the job's row, as the gateway creates it
+        try:
+            meta.claim_job({"id": job_id, "task_name": task.name, "task_yaml": dump_task(task), "rounds_total": 1})
+        finally:
+            meta.close()
+        return task, ref
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +152,6 @@ async def test_tailor_teacher_workflow_trains_a_dpo_adapter_on_the_teacher(
     questions = stack.store.put_bytes(f"jobs/{job_id}/questions.jsonl", dumps_jsonl(QUESTIONS))
     settings = ArteSettings(draft_max_new_tokens=24, lora_rank=4, lora_alpha=8, epochs=1, batch_size=2, max_seq_len=160)
     base = Activities(stack.config)
-    await ActivityEnvironment().run(base.prepare_job, PrepareJobInput(job_id, task_ref, 1))  # the Job row
     # The draft step first, to build a Dpref the tiny student answers differently after different
     # rationales; the workflow's own draft step then finds this output (same key) and reuses it.
     drafted = await ActivityEnvironment().run(
@@ -253,7 +258,6 @@ async def test_judge_step_asks_the_teacher_about_the_students_answers(stack: Sta
     predictions = stack.store.put_bytes(f"jobs/{job_id}/predictions-edited.jsonl", dumps_jsonl(rows))
 
     base = Activities(stack.config)
-    await ActivityEnvironment().run(base.prepare_job, PrepareJobInput(job_id, task_ref, 1))  # the Job row
     judging = JudgingActivities(base)
     inp = JudgeInput(job_id, task_ref, 0, "judge", predictions, eval_set)
     out = await ActivityEnvironment().run(judging.judge_answers, inp)

@@ -1,0 +1,190 @@
+"""What every activity module shares: the artifact store, the metadata module, task specs, the typed
+service clients with one error mapping, background heartbeats, and `published_or_call`, the
+"output exists? else call the service" step every service-calling activity takes.
+
+Idempotency: an activity's output key is derived from the job, round, step, the sha256 of its input
+artifacts and its parameters (`orchestrator.keys.output_key`); before calling a service it looks
+for that key in the artifact store and, if the output is already published, uses it without a call.
+SQL rows are always (re)derived from the output artifact and written insert-or-ignore
+(`orchestrator.metadata`), so a retry after a crash between "artifact written" and "rows written"
+completes the rows and a retry after both duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from orchestrator.metadata import Metadata
+from syllabus.artifacts import ArtifactNotFound, ArtifactRef, ArtifactStore, ChecksumMismatch, InvalidKey, open_store
+from syllabus.auth import service_token
+from syllabus.config import Config
+from syllabus.records import loads_jsonl
+from syllabus.tasks import TaskSpec, TaskSpecError, parse_task
+from syllabus_sdk.services import ServiceError, StudentClient, TeacherClient, TrainerClient
+
+T = TypeVar("T")
+C = TypeVar("C", TeacherClient, StudentClient, TrainerClient)
+
+# Status codes that no retry can fix: the request, an input or the model is wrong.
+NON_RETRYABLE_CODES = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "DATA_LOSS"})
+# Interval of background heartbeats while a call runs (the SDK throttles them further).
+HEARTBEAT_EVERY_S = 5.0
+
+
+class Heartbeater:
+    """Heartbeats in the background while a long call runs, repeating the latest progress details."""
+
+    def __init__(self) -> None:
+        self.details: dict[str, Any] | None = None
+
+    def update(self, details: dict[str, Any]) -> None:
+        self.details = details
+        activity.heartbeat(details)
+
+    async def loop(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            if self.details is None:
+                activity.heartbeat()
+            else:
+                activity.heartbeat(self.details)
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(every: float = HEARTBEAT_EVERY_S) -> AsyncIterator[Heartbeater]:
+    timeout = activity.info().heartbeat_timeout
+    if timeout:  # beat well inside the timeout the workflow chose
+        every = min(every, timeout.total_seconds() / 3)
+    hb = Heartbeater()
+    task = asyncio.create_task(hb.loop(every))
+    try:
+        yield hb
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def service_failure(err: ServiceError) -> ApplicationError:
+    """The one mapping of a failed service call to an activity error: the status code is the type,
+    and only codes a retry cannot fix are non-retryable."""
+    code = err.code.name
+    return ApplicationError(str(err), type=code, non_retryable=code in NON_RETRYABLE_CODES)
+
+
+def no_output(what: str) -> ApplicationError:
+    return ApplicationError(f"{what} returned no output", type="DATA_LOSS")
+
+
+def finite(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+class ActivityBase:
+    """Resources of the orchestrator's activities (store and SQL engine created lazily)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metadata = Metadata(config.resolved_database_url())
+        self._store: ArtifactStore | None = None
+        self._lock = threading.Lock()
+        self._tasks: dict[str, TaskSpec] = {}
+
+    @property
+    def store(self) -> ArtifactStore:
+        with self._lock:
+            if self._store is None:
+                self._store = open_store(self.config.resolved_artifact_url(), self.config)
+            return self._store
+
+    def close(self) -> None:
+        """Dispose the SQL engine (the worker calls this on shutdown)."""
+        self.metadata.close()
+
+    async def _db(self, write: Callable[..., T], *args: Any) -> T:
+        """Run a metadata write off the event loop."""
+        return await asyncio.to_thread(write, *args)
+
+    async def _record_artifacts(self, job_id: str, round_: int, refs: dict[str, ArtifactRef | None]) -> None:
+        await self._db(self.metadata.record_artifacts, job_id, round_, refs)
+
+    # -- artifacts -------------------------------------------------------------------------------
+
+    def _read(self, ref: ArtifactRef) -> bytes:
+        try:
+            return self.store.get_bytes(ref)
+        except ArtifactNotFound as e:
+            raise ApplicationError(str(e), type="NOT_FOUND", non_retryable=True) from e
+        except ChecksumMismatch as e:
+            raise ApplicationError(str(e), type="DATA_LOSS", non_retryable=True) from e
+        except InvalidKey as e:
+            raise ApplicationError(str(e), type="INVALID_ARGUMENT", non_retryable=True) from e
+
+    def _read_jsonl(self, ref: ArtifactRef) -> list[dict]:
+        return loads_jsonl(self._read(ref))
+
+    def _publish_once(self, key: str, data: bytes) -> ArtifactRef:
+        """Publish derived data at key unless the same bytes are already there."""
+        existing = self.store.stat(key)
+        if existing is not None:
+            if existing.sha256 != hashlib.sha256(data).hexdigest():
+                raise ApplicationError(
+                    f"artifact {key} exists with different content; refusing to overwrite it",
+                    type="CONFLICT",
+                    non_retryable=True,
+                )
+            return existing
+        return self.store.put_bytes(key, data)
+
+    def _task(self, ref: ArtifactRef) -> TaskSpec:
+        """The task spec behind ref (parsed once per sha256)."""
+        task = self._tasks.get(ref.sha256)
+        if task is None:
+            try:
+                task = parse_task(self._read(ref).decode(), source=ref.uri)
+            except TaskSpecError as e:
+                raise ApplicationError(str(e), type="INVALID_ARGUMENT", non_retryable=True) from e
+            self._tasks[ref.sha256] = task
+        return task
+
+    # -- services --------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _client(self, kind: type[C], address: str) -> AsyncIterator[tuple[C, Heartbeater]]:
+        """A typed client on a fresh channel, heartbeating while it is used; a `ServiceError` leaves
+        as an `ApplicationError` (`service_failure`)."""
+        async with kind(address, token=service_token(self.config)) as client, heartbeating() as hb:
+            try:
+                yield client, hb
+            except ServiceError as e:
+                raise service_failure(e) from None
+
+    async def _teacher(self, call: Callable[[TeacherClient], Awaitable[T]]) -> T:
+        async with self._client(TeacherClient, self.config.teacher_address) as (client, _):
+            return await call(client)
+
+    async def _student(self, call: Callable[[StudentClient], Awaitable[T]]) -> T:
+        async with self._client(StudentClient, self.config.student_address) as (client, _):
+            return await call(client)
+
+    async def published_or_call(
+        self, key: str, call: Callable[[], Awaitable[ArtifactRef | None]], what: str
+    ) -> ArtifactRef:
+        """The output already published at `key` (a retry: no call), else the one `call` publishes
+        there (DATA_LOSS if the service answers without it)."""
+        existing = self.store.stat(key)
+        if existing is not None:
+            return existing
+        out = await call()
+        if out is None:
+            raise no_output(what)
+        return out

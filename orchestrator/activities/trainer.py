@@ -1,0 +1,124 @@
+"""Steps the TrainerService computes: LoRA training runs (the LoBaSS reference and the round's sft),
+followed to completion with a heartbeat per progress event."""
+
+from __future__ import annotations
+
+import json
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from orchestrator.activities.base import ActivityBase
+from orchestrator.keys import output_key
+from orchestrator.types import TrainInput, TrainOutput
+from syllabus.artifacts import ArtifactRef, training_metrics_key
+from syllabus.pb import ref_from_pb, ref_to_pb
+from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.services import TrainerClient, TrainingCancelled, TrainingFailed, TrainingInterrupted
+from syllabus_sdk.trainer.v1 import trainer_pb2
+
+
+class TrainerActivities(ActivityBase):
+    def _finished_run(self, key: str) -> tuple[ArtifactRef, dict] | None:
+        """(adapter, the trainer's metrics record) of a run that already published both, else None."""
+        adapter = self.store.stat(key)
+        metrics = self.store.stat(training_metrics_key(key)) if adapter is not None else None
+        if adapter is None or metrics is None:
+            return None
+        return adapter, json.loads(self._read(metrics))
+
+    async def _train(self, request: trainer_pb2.StartTrainingRequest, what: str) -> tuple[ArtifactRef, dict]:
+        """(adapter, metrics) of the training run whose job key and output key is `request.output_key`.
+
+        A finished run answers from the store without a call. Otherwise StartTraining re-attaches to
+        a running job of that key, resumes a killed one from its checkpoint, or starts it, and the
+        run is followed to its end with a heartbeat per event. The metrics are the trainer's own
+        record (float64, published before the adapter), the same whichever attempt watched the run.
+        Cancelling the activity cancels the training job (`TrainerClient.train_to_completion`).
+        """
+        key = request.output_key
+        if (done := self._finished_run(key)) is not None:
+            return done
+        async with self._client(TrainerClient, self.config.trainer_address) as (trainer, hb):
+
+            def on_event(event: trainer_pb2.WatchTrainingResponse) -> None:
+                state = trainer_pb2.TrainingState.Name(event.state).removeprefix("TRAINING_STATE_")
+                hb.update({"state": state, "step": event.step, "total": event.total_steps, "loss": round(float(event.loss), 4)})
+
+            try:
+                final = await trainer.train_to_completion(
+                    request,
+                    on_event=on_event,
+                    on_started=lambda training_id: hb.update({"training_id": training_id, "state": "PENDING"}),
+                )
+            except TrainingFailed as e:
+                raise ApplicationError(f"{what}: {e}", type="TrainingFailed", non_retryable=True) from None
+            except TrainingCancelled as e:
+                # Someone cancelled the training job itself: retrying would not help.
+                raise ApplicationError(f"{what}: {e}", type="TrainingCancelled", non_retryable=True) from None
+            except TrainingInterrupted as e:
+                # The stream ended without a verdict (e.g. the trainer restarted): retry, which
+                # reattaches to the same job through its job_key or resumes it from its checkpoint.
+                raise ApplicationError(f"{what}: {e}", type="TrainingInterrupted") from None
+        adapter = ref_from_pb(final.adapter)
+        if adapter is None:
+            raise ApplicationError(f"{what}: training succeeded without an adapter", type="DATA_LOSS")
+        metrics = self.store.stat(training_metrics_key(key))
+        if metrics is None:
+            raise ApplicationError(f"{what}: training succeeded without its metrics", type="DATA_LOSS")
+        return adapter, json.loads(self._read(metrics))
+
+    @activity.defn
+    async def train_adapter(self, inp: TrainInput) -> TrainOutput:
+        """TrainerService.StartTraining + WatchTraining: one LoRA SFT run; records the training run.
+
+        Heartbeats on every progress event. A retry (this worker died, the trainer restarted) starts
+        the same `job_key` again: the trainer re-attaches to the running job, resumes a killed one
+        from its checkpoint, or answers from the store; the final event carries the run's true step
+        count and loss curve either way. Cancelling the activity cancels the training job.
+        """
+        if inp.stage not in ("reference", "sft"):
+            raise ApplicationError(
+                f"unknown training stage {inp.stage!r}", type="INVALID_ARGUMENT", non_retryable=True
+            )
+        task = self._task(inp.task_ref)
+        t = task.train
+        lora = {"rank": t.lora_rank, "alpha": t.lora_alpha, "dropout": t.lora_dropout, "target_modules": t.target_modules}
+        training = {
+            "epochs": t.reference_epochs if inp.stage == "reference" else t.epochs,
+            "learning_rate": t.learning_rate,
+            "batch_size": t.batch_size,
+            "warmup_ratio": t.warmup_ratio,
+            "seed": t.seed,
+            "max_seq_len": t.max_seq_len,
+        }
+        params = {"model": task.student.model, "stage": inp.stage, "lora": lora, "training": training}
+        step_name = "reference" if inp.stage == "reference" else "train"
+        key = output_key(inp.job_id, inp.round, step_name, [inp.dataset, inp.init_adapter], params, "tar")
+        records = self._read_jsonl(inp.dataset)
+        request = trainer_pb2.StartTrainingRequest(
+            job_key=key,
+            model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.init_adapter)),
+            dataset=ref_to_pb(inp.dataset),
+            lora=trainer_pb2.LoraSpec(**lora),
+            training=trainer_pb2.TrainingSpec(**training),
+            output_key=key,
+        )
+        adapter, metrics = await self._train(request, f"TrainerService training ({inp.stage})")
+
+        steps, mean_loss = int(metrics["steps"]), float(metrics["mean_loss"])
+        run = {
+            "job_id": inp.job_id,
+            "round": inp.round,
+            "stage": inp.stage,
+            "dataset_uri": inp.dataset.uri,
+            "adapter_uri": adapter.uri,
+            "samples": len(records),
+            "steps": steps,
+            "mean_loss": mean_loss,
+            "params": {**params, "init_adapter": inp.init_adapter.uri if inp.init_adapter is not None else None},
+            "metrics": {"losses": [round(float(x), 5) for x in metrics["losses"]]},  # one per step
+        }
+        await self._db(self.metadata.record_training_run, run, sorted({r["id"] for r in records}), adapter)
+        await self._record_artifacts(inp.job_id, inp.round, {f"adapter-{inp.stage}": adapter})
+        return TrainOutput(adapter=adapter, samples=len(records), steps=steps, mean_loss=mean_loss)
