@@ -1,5 +1,8 @@
 """Trainer benchmark: this trainer vs TRL's SFTTrainer on the same data, side by side in one run.
 
+"Ours" is the staged recipe runner (`trainer_svc.staged.train_recipe`, one LoRA SFT stage), the path
+every TrainerService job takes.
+
     python -m bench.trainer --json                 # 512 samples (minutes on 2 CPU cores)
     python -m bench.trainer --samples 64 --json    # quick look
 

@@ -19,6 +19,7 @@ All job state is touched on the event loop only; the training thread hands event
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import uuid
@@ -32,7 +33,6 @@ from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.serving import InvalidRequest
 from syllabus_sdk.trainer.v1 import trainer_pb2
 from trainer_svc.recipe import Recipe, RecipeError, load_recipe
-from trainer_svc.sft import DatasetError, SFTConfig, TrainingStopped, read_dataset
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,58 @@ State = trainer_pb2.TrainingState
 TERMINAL = (State.TRAINING_STATE_SUCCEEDED, State.TRAINING_STATE_FAILED, State.TRAINING_STATE_CANCELLED)
 Objective = trainer_pb2.Objective
 DEFAULT_MAX_SEQ_LEN = 512  # TrainingSpec.max_seq_len 0 means this
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """The validated LoRA and optimisation settings of a request (`LoraSpec` and `TrainingSpec`,
+    defaults filled in); `recipe_from_request` turns them into a one-stage recipe."""
+
+    epochs: int = 1
+    """Passes over the dataset."""
+    learning_rate: float = 1e-3
+    """Peak learning rate (after warm-up, before cosine decay)."""
+    batch_size: int = 8
+    """Examples per optimiser step (packed into rows); the last step of an epoch may have fewer."""
+    warmup_ratio: float = 0.0
+    """Share of the steps spent in linear warm-up; 0 starts at the peak rate."""
+    seed: int = 0
+    """Seeds the LoRA initialisation, dropout and the data order of every epoch."""
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
+    """Examples are truncated to this many tokens (the prompt from the left; see encode_example)."""
+    lora_rank: int = 8
+    """Rank of the LoRA update matrices (ignored when continuing from an adapter: its own is used)."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator; the update is scaled by alpha / rank."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Module names that get LoRA updates."""
+
+
+class DatasetError(ValueError):
+    """The dataset is not JSONL records with string "prompt" and "response"; the message says where."""
+
+
+def read_dataset(data: bytes) -> list[tuple[str, str]]:
+    """Parse plain SFT JSONL bytes into (prompt, response) pairs; raise DatasetError naming the bad line."""
+    pairs = []
+    for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"line {lineno} is not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DatasetError(f"line {lineno} is not a JSON object")
+        for key in ("prompt", "response"):
+            if not isinstance(record.get(key), str) or not record[key]:
+                raise DatasetError(f"line {lineno}: {key!r} must be a non-empty string")
+        pairs.append((record["prompt"], record["response"]))
+    if not pairs:
+        raise DatasetError("no records")
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -265,10 +317,10 @@ class TrainingJobs:
                 job.publish(done)
                 return job, False
             check_model_ref(plan.base)
-            pairs, init_dir = await asyncio.to_thread(self._fetch_inputs, plan)
+            records, init_dir = await asyncio.to_thread(self._fetch_inputs, plan)
             job = self._add(plan.job_key)
             job.publish(trainer_pb2.WatchTrainingResponse(state=State.TRAINING_STATE_PENDING))
-            job.task = asyncio.create_task(self._run(job, plan, pairs, init_dir))
+            job.task = asyncio.create_task(self._run(job, plan, records, init_dir))
             return job, False
 
     def cancel(self, training_id: str) -> bool | None:
@@ -303,10 +355,11 @@ class TrainingJobs:
         self._by_key[job_key] = job
         return job
 
-    def _fetch_inputs(self, plan: TrainingPlan) -> tuple[list, Path | None]:
+    def _fetch_inputs(self, plan: TrainingPlan) -> tuple[list[dict], Path | None]:
         """Read and check the dataset and the init adapter before accepting the job (worker thread).
 
-        Returns (prompt, response) pairs for the single-stage SFT path, record dicts for recipes."""
+        Returns the dataset's records (dicts); a plain SFT request's must each have a non-empty
+        prompt and response (`read_dataset`)."""
         from trainer_svc.staged import read_records
 
         try:
@@ -316,7 +369,7 @@ class TrainingJobs:
         try:
             if plan.pairs_only:
                 read_dataset(data)
-            pairs = read_records(data)
+            records = read_records(data)
         except (DatasetError, ValueError) as e:
             raise InvalidRequest("dataset", str(e)) from None
         init_dir = None
@@ -325,22 +378,14 @@ class TrainingJobs:
                 init_dir = fetch_adapter(self.store, plan.init_adapter, self.adapter_cache)
             except InvalidKey as e:
                 raise InvalidRequest("model.adapter.uri", str(e)) from None
-        return pairs, init_dir
+        return records, init_dir
 
     async def _run(
-        self, job: Job, plan: TrainingPlan, pairs: list[tuple[str, str]], init_dir: Path | None
+        self, job: Job, plan: TrainingPlan, records: list[dict], init_dir: Path | None
     ) -> None:
-        loop = asyncio.get_running_loop()
+        from trainer_svc.staged import TrainingStopped  # staged imports torch: load it only to train
 
-        def on_step(step: int, total_steps: int, loss: float, lr: float) -> None:
-            event = trainer_pb2.WatchTrainingResponse(
-                state=State.TRAINING_STATE_RUNNING,
-                step=step,
-                total_steps=total_steps,
-                loss=loss,
-                learning_rate=lr,
-            )
-            loop.call_soon_threadsafe(job.publish, event)
+        loop = asyncio.get_running_loop()
 
         def on_progress(p) -> None:
             event = trainer_pb2.WatchTrainingResponse(
@@ -371,7 +416,7 @@ class TrainingJobs:
             if not recipe.checkpoint_every:
                 recipe = recipe.model_copy(update={"checkpoint_every": self.checkpoint_every})
             ref, res = run_recipe(
-                plan.base, pairs, recipe, self.store, plan.output_key, init_adapter=init_dir,
+                plan.base, records, recipe, self.store, plan.output_key, init_adapter=init_dir,
                 merged_key=plan.merged_key, on_step=on_progress, should_stop=stop,
             )  # fmt: skip
             final = _succeeded(ref, res.mean_loss, len(res.losses), res.losses)

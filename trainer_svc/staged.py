@@ -61,9 +61,12 @@ from trainer_svc.packing import (
     token_logprobs,
 )
 from trainer_svc.recipe import Recipe, Stage
-from trainer_svc.sft import TrainingStopped
 
 log = logging.getLogger(__name__)
+
+
+class TrainingStopped(Exception):
+    """Training was asked to stop (cancelled, or the service is shutting down) before it finished."""
 
 
 @dataclass
