@@ -64,9 +64,9 @@ def run(task_path: Path) -> dict:
         with _client(config) as client:
             submitted = time.monotonic()
             job = client.submit_job(dump_task(task), job_id="bench-loop")
-            for job in client.watch_job(job.job_id):
-                if job.current_step:
-                    print(f"round {job.current_round} {job.current_step} {job.step_detail}", file=sys.stderr)
+            for update in client.watch_job(job.job_id):
+                if update.current_step:
+                    print(f"round {update.current_round} {update.current_step} {update.step_detail}", file=sys.stderr)
             wall = time.monotonic() - submitted
             job = client.get_job(job.job_id)
     finally:

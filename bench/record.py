@@ -43,7 +43,7 @@ def machine() -> str:
 def run(name: str, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", f"bench.{name}", "--json", *extra]
     started = time.monotonic()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress (stderr) passes through
+    proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True)  # progress (stderr) passes through
     if proc.returncode != 0:
         raise SystemExit(f"bench.{name} failed with exit code {proc.returncode}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
