@@ -40,10 +40,18 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem}, Python {platform.python_version()}, torch {torch_v}"
 
 
-def run(name: str, extra: list[str]) -> dict:
+def tree_label(tree: Path | None) -> str:
+    """The checkout a benchmark ran on: `git describe` of `tree` (default: this one)."""
+    where = tree or RESULTS.parent.parent
+    proc = subprocess.run(["git", "-C", str(where), "log", "-1", "--format=%h %s"], check=False, capture_output=True, text=True)
+    return proc.stdout.strip()[:100] or str(where)
+
+
+def run(name: str, extra: list[str], tree: Path | None = None) -> dict:
     cmd = [sys.executable, "-m", f"bench.{name}", "--json", *extra]
     started = time.monotonic()
-    proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True)  # progress (stderr) passes through
+    # progress (stderr) passes through; with `tree`, the benchmark runs that checkout's code
+    proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True, cwd=tree)
     if proc.returncode != 0:
         raise SystemExit(f"bench.{name} failed with exit code {proc.returncode}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -54,17 +62,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="+", help="benchmark modules under bench/ (generation, scoring, trainer)")
     parser.add_argument("--args", default="", help="extra arguments passed to every benchmark")
+    parser.add_argument("--tree", type=Path, help="run the benchmarks on another checkout (e.g. an older commit, "
+                        "as a git worktree with bench/<name>.py copied in); recorded in the entry")
     args = parser.parse_args()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     entries = []
     for name in args.names:
         print(f"running bench.{name} ...", file=sys.stderr, flush=True)
-        entries.append((name, run(name, args.args.split())))
+        entries.append((name, run(name, args.args.split(), args.tree)))
     if not RESULTS.exists():
         RESULTS.write_text("# Benchmark results\n\nAppended by `python -m bench.record NAME...`; never edited by hand.\n")
     with open(RESULTS, "a") as f:
         for name, e in entries:
-            f.write(f"\n## bench.{name} — {when}\n\n- machine: {machine()}\n- command: `{e['cmd']}` ({e['seconds']:.0f} s)\n\n")
+            f.write(f"\n## bench.{name} — {when}\n\n- machine: {machine()}\n- command: `{e['cmd']}` ({e['seconds']:.0f} s)\n- code: {tree_label(args.tree)}\n\n")
             f.write("```json\n" + json.dumps(e["result"], indent=2, sort_keys=True) + "\n```\n")
             print(json.dumps({"bench": name, **e["result"]}))
 
