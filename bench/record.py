@@ -51,7 +51,10 @@ def run(name: str, extra: list[str], tree: Path | None = None) -> dict:
     cmd = [sys.executable, "-m", f"bench.{name}", "--json", *extra]
     started = time.monotonic()
     # progress (stderr) passes through; with `tree`, the benchmark runs that checkout's code
-    proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True, cwd=tree)
+    env = None
+    if tree is not None:  # that checkout's packages and generated SDK first, not the installed ones
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "sdk")])}
+    proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True, cwd=tree, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"bench.{name} failed with exit code {proc.returncode}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
