@@ -39,23 +39,26 @@ def _client(config):
     return SyllabusClient(config.gateway_address, token=client_token(config), timeout=30)
 
 
+def _loopback_config(home: Path, **overrides):
+    try:
+        from orchestrator.stack import loopback_config
+    except ImportError:  # a tree from before loopback_config: the same free loopback ports, spelled out here
+        from orchestrator.stack import free_port
+        from syllabus.config import Config
+
+        names = ("temporal_address", "gateway_address", "teacher_address", "student_address", "trainer_address")
+        ports = {name: f"127.0.0.1:{free_port()}" for name in names}
+        return Config(home=home, temporal_ui_url=f"http://127.0.0.1:{free_port()}", **ports, **overrides)
+    return loopback_config(home, **overrides)
+
+
 def run(task_path: Path) -> dict:
-    from orchestrator.stack import Stack, free_port
-    from syllabus.config import Config
+    from orchestrator.stack import Stack
     from syllabus.tasks import dump_task, load_task
 
     task = load_task(task_path)
     home = Path(tempfile.mkdtemp(prefix="bench-loop-"))
-    config = Config(
-        home=home,
-        temporal_address=f"127.0.0.1:{free_port()}",
-        temporal_ui_url=f"http://127.0.0.1:{free_port()}",
-        gateway_address=f"127.0.0.1:{free_port()}",
-        teacher_address=f"127.0.0.1:{free_port()}",
-        student_address=f"127.0.0.1:{free_port()}",
-        trainer_address=f"127.0.0.1:{free_port()}",
-        task_queue="bench-loop",
-    )
+    config = _loopback_config(home, task_queue="bench-loop")
     stack = Stack(config, preload=tuple(dict.fromkeys((task.student.model, task.teacher.model))),
                   log=lambda m: print(m, file=sys.stderr))
     t0 = time.monotonic()

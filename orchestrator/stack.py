@@ -76,6 +76,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def loopback_config(home: Path, **overrides) -> Config:
+    """A Config whose Temporal, UI, gateway and service addresses are free loopback ports (tests, benchmarks)."""
+    addresses = {name: f"127.0.0.1:{free_port()}" for name in
+                 ("temporal_address", "gateway_address", *(attr for _, _, attr in SERVICES))}
+    return Config(home=home, temporal_ui_url=f"http://127.0.0.1:{free_port()}", **{**addresses, **overrides})
+
+
 def config_env(config: Config) -> dict[str, str]:
     """The config as SYLLABUS_* env vars, so child processes see exactly the same settings."""
     env = dict(os.environ)

@@ -14,8 +14,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
-from orchestrator.stack import Stack, config_env, free_port
-from syllabus.config import Config
+from orchestrator.stack import Stack, config_env, loopback_config
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,14 +24,8 @@ SYLLABUS = [sys.executable, "-m", "orchestrator.cli"]
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("home")
-    config = Config(
-        home=home,
-        temporal_address=f"127.0.0.1:{free_port()}",
-        temporal_ui_url=f"http://127.0.0.1:{free_port()}",
-        gateway_address=f"127.0.0.1:{free_port()}",
-        teacher_address=f"127.0.0.1:{free_port()}",
-        student_address=f"127.0.0.1:{free_port()}",
-        trainer_address=f"127.0.0.1:{free_port()}",
+    config = loopback_config(
+        home,
         task_queue="e2e",
         activity_heartbeat_timeout_s=5,  # notice the killed worker in seconds, not minutes
     )
@@ -67,7 +60,7 @@ def task_file(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _cli(stack: Stack, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*SYLLABUS, *args], env=config_env(stack.config), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*SYLLABUS, *args], check=False, env=config_env(stack.config), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +91,7 @@ def test_run_completes_and_reports(stack: Stack, report: dict) -> None:
     temporal = Path(sys.executable).parent / "temporal"
     listing = subprocess.run(
         [str(temporal), "workflow", "list", "--address", stack.config.temporal_address, "--query", f"WorkflowId='{report['workflow_id']}'"],
-        capture_output=True, text=True, timeout=60,
+        check=False, capture_output=True, text=True, timeout=60,
     )
     assert "Completed" in listing.stdout, listing.stdout + listing.stderr
 
@@ -199,7 +192,7 @@ def test_export_loads_with_hf_datasets(stack: Stack, report: dict, tmp_path: Pat
     out = tmp_path / f"train.{fmt}"
     result = subprocess.run(
         [*SYLLABUS, "export", report["job_id"], "--round", "1", "--format", fmt, "-o", str(out)],
-        env=config_env(stack.config), capture_output=True, text=True, timeout=120,
+        check=False, env=config_env(stack.config), capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     ds = load_dataset("json" if fmt == "jsonl" else "parquet", data_files=str(out), split="train")
@@ -207,7 +200,8 @@ def test_export_loads_with_hf_datasets(stack: Stack, report: dict, tmp_path: Pat
     assert {"id", "input", "label", "prompt", "response", "learnability", "provenance"} <= set(ds.column_names)
     generated = [r for r in ds if r["split"] == "generated"]
     assert generated and all(r["learnability"] is not None for r in generated)
-    bad = subprocess.run([*SYLLABUS, "export", report["job_id"], "--round", "7"], env=config_env(stack.config),
+    bad = subprocess.run([*SYLLABUS, "export", report["job_id"], "--round", "7"], check=False,
+                         env=config_env(stack.config),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no trained round 7" in bad.stderr
 

@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.stack import Stack, free_port
+from orchestrator.stack import Stack, loopback_config
 from syllabus.auth import client_token
-from syllabus.config import Config
 from syllabus.tasks import dump_task, load_task
 
 pytestmark = pytest.mark.e2e
@@ -32,14 +31,8 @@ JOB_TABLES = ("samples", "critiques", "scores", "selections", "training_runs", "
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("faults-home")
-    config = Config(
-        home=home,
-        temporal_address=f"127.0.0.1:{free_port()}",
-        temporal_ui_url=f"http://127.0.0.1:{free_port()}",
-        gateway_address=f"127.0.0.1:{free_port()}",
-        teacher_address=f"127.0.0.1:{free_port()}",
-        student_address=f"127.0.0.1:{free_port()}",
-        trainer_address=f"127.0.0.1:{free_port()}",
+    config = loopback_config(
+        home,
         task_queue="faults",
         activity_heartbeat_timeout_s=5,  # a dead worker's activity is retried after 5 s
         trainer_checkpoint_every=3,
