@@ -42,6 +42,36 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def banking77_tiny(tiny_model_dir: Path):
+    """`banking77_tiny(labels, **overrides) -> dict`: the banking77 example task cut to its first `labels`
+    labels (every 2nd seed and every 4th eval example of each, grouped by label), one round, teacher and
+    student the tiny model; `overrides` replace top-level keys (generate, train, name, ...)."""
+    import json
+
+    import yaml
+
+    base = Path(__file__).resolve().parents[1] / "examples" / "banking77"
+
+    def make(labels: int, **overrides) -> dict:
+        task = yaml.safe_load((base / "task.yaml").read_text())
+        names = task["labels"][:labels]
+        seeds = [json.loads(line) for line in (base / task["seeds"]).read_text().splitlines()]
+        evals = [json.loads(line) for line in (base / task["eval"]).read_text().splitlines()]
+        task.update(
+            labels=names,
+            seeds=[s for label in names for s in seeds if s["label"] == label][::2],
+            eval=[e for label in names for e in evals if e["label"] == label][::4],
+            teacher={"model": str(tiny_model_dir)},
+            student={"model": str(tiny_model_dir)},
+            rounds=1,
+            **overrides,
+        )
+        return task
+
+    return make
+
+
 TEST_SERVICE_TOKEN = "test-service-token"  # the service-role token of every test server's Config
 
 

@@ -38,22 +38,9 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def task_file(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    task = yaml.safe_load((ROOT / "examples/banking77/task.yaml").read_text())
-    base = ROOT / "examples/banking77"
-    labels = task["labels"][:3]
-    seeds = [json.loads(line) for line in (base / task["seeds"]).read_text().splitlines()]
-    evals = [json.loads(line) for line in (base / task["eval"]).read_text().splitlines()]
-    task.update(
-        labels=labels,
-        seeds=[s for label in labels for s in seeds if s["label"] == label][::2],  # 2 per label
-        eval=[e for label in labels for e in evals if e["label"] == label][::4],  # 2 per label
-        teacher={"model": str(tiny_model_dir)},
-        student={"model": str(tiny_model_dir)},
-        rounds=1,
-        generate={"per_label": 2, "max_new_tokens": 12, "seed": 0},
-        train={"epochs": 1, "batch_size": 4},
-    )
+def task_file(banking77_tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    task = banking77_tiny(3, generate={"per_label": 2, "max_new_tokens": 12, "seed": 0},  # 2 seeds, 2 evals a label
+                          train={"epochs": 1, "batch_size": 4})
     path = tmp_path_factory.mktemp("task") / "task.yaml"
     path.write_text(yaml.safe_dump(task))
     return path
@@ -78,9 +65,7 @@ def _last_json(result: subprocess.CompletedProcess):
 
 def test_run_completes_and_reports(stack: Stack, report: dict) -> None:
     assert report["status"] == "completed"
-    assert 0.0 <= report["baseline_accuracy"] <= 1.0 and 0.0 <= report["final_accuracy"] <= 1.0
     assert [r["round"] for r in report["rounds"]] == [1]
-    assert report["rounds"][0]["leaked"] >= 0  # the leakage guard's count reaches the report
     names = [s["name"] for s in report["steps"]]
     for step in ("prepare", "baseline-eval", "generate", "critique", "score", "select", "train", "evaluate"):
         assert step in names
@@ -108,6 +93,16 @@ def test_run_completes_and_reports(stack: Stack, report: dict) -> None:
     assert counts["samples"] >= 12  # 6 seeds + 6 eval + generated
     assert counts["evaluations"] == 2  # baseline + round 1
     assert counts["rounds"] == 1 and counts["training_runs"] >= 1
+    # Each reported accuracy is its evaluation's correct / total over the 6 eval examples.
+    evaluations = dict(con.execute("select round, correct from evaluations where job_id=? and total=6", (job_id,)).fetchall())
+    assert report["baseline_accuracy"] == evaluations[0] / 6 and report["final_accuracy"] == evaluations[1] / 6
+    assert report["rounds"][0]["accuracy"] == report["final_accuracy"]
+    # The leakage guard's count reaches the report and the round row: the teacher's own Generate stats, summed.
+    stats = list((prefix / "round-1").rglob("*.stats.json"))
+    assert stats, "the teacher published no Generate stats"
+    leaked = sum(json.loads(f.read_text()).get("leaked_removed", 0) for f in stats)  # proto JSON omits a 0
+    assert report["rounds"][0]["leaked"] == leaked
+    assert con.execute("select leaked from rounds where job_id=?", (job_id,)).fetchone()[0] == leaked
     assert con.execute("select status from jobs where id=?", (job_id,)).fetchone()[0] == "completed"
 
     listed = _cli(stack, "jobs", "list", "--json")

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_job_on_postgres_and_s3_with_lineage(tiny_model_dir: Path, tmp_path: Path, postgres_url: str, s3_server: dict) -> None:
+def test_job_on_postgres_and_s3_with_lineage(tiny_model_dir: Path, banking77_tiny, tmp_path: Path, postgres_url: str, s3_server: dict) -> None:
     bucket_url = f"s3://syllabus-e2e/run-{uuid.uuid4().hex[:8]}"
     config = loopback_config(
         tmp_path / "home",
@@ -33,16 +33,7 @@ def test_job_on_postgres_and_s3_with_lineage(tiny_model_dir: Path, tmp_path: Pat
         s3_secure=False,
         task_queue="e2e-prod",
     )
-    task = yaml.safe_load((ROOT / "examples/banking77/task.yaml").read_text())
-    base = ROOT / "examples/banking77"
-    labels = task["labels"][:2]
-    seeds = [json.loads(x) for x in (base / task["seeds"]).read_text().splitlines()]
-    evals = [json.loads(x) for x in (base / task["eval"]).read_text().splitlines()]
-    task.update(
-        labels=labels, rounds=1, teacher={"model": str(tiny_model_dir)}, student={"model": str(tiny_model_dir)},
-        seeds=[s for s in seeds if s["label"] in labels][::2], eval=[e for e in evals if e["label"] in labels][::4],
-        generate={"per_label": 2, "max_new_tokens": 12}, train={"epochs": 1, "batch_size": 4},
-    )
+    task = banking77_tiny(2, generate={"per_label": 2, "max_new_tokens": 12}, train={"epochs": 1, "batch_size": 4})
     task_path = tmp_path / "task.yaml"
     task_path.write_text(yaml.safe_dump(task))
 

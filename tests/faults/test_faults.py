@@ -49,24 +49,10 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def task_yaml(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+def task_yaml(banking77_tiny, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Banking77, 3 labels, on the tiny model; training long enough to be killed part way."""
-    raw = yaml.safe_load((ROOT / "examples/banking77/task.yaml").read_text())
-    base = ROOT / "examples/banking77"
-    labels = raw["labels"][:3]
-    seeds = [json.loads(line) for line in (base / raw["seeds"]).read_text().splitlines()]
-    evals = [json.loads(line) for line in (base / raw["eval"]).read_text().splitlines()]
-    raw.update(
-        name="faults",
-        labels=labels,
-        seeds=[s for label in labels for s in seeds if s["label"] == label][::2],
-        eval=[e for label in labels for e in evals if e["label"] == label][::4],
-        teacher={"model": str(tiny_model_dir)},
-        student={"model": str(tiny_model_dir)},
-        rounds=1,
-        generate={"per_label": 6, "max_new_tokens": 24, "seed": 0},
-        train={"epochs": 12, "batch_size": 2, "reference_epochs": 4},
-    )
+    raw = banking77_tiny(3, name="faults", generate={"per_label": 6, "max_new_tokens": 24, "seed": 0},
+                         train={"epochs": 12, "batch_size": 2, "reference_epochs": 4})
     path = tmp_path_factory.mktemp("faults-task") / "task.yaml"
     path.write_text(yaml.safe_dump(raw))
     return dump_task(load_task(path))
