@@ -59,7 +59,11 @@ def _client(config: Config):
     token = auth.client_token(config)
     if not token:
         raise CliError(f"no gateway token: run `syllabus up` (it creates {config.home / 'token'}) or set SYLLABUS_TOKEN")
-    client = SyllabusClient(config.gateway_address, token=token)
+    try:
+        ca = auth.client_ca(config)
+    except auth.AuthConfigError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+    client = SyllabusClient(config.gateway_address, token=token, root_certificates=ca)
     try:
         client.wait_ready(timeout=5)
     except SyllabusError:

@@ -39,7 +39,7 @@ from orchestrator.types import DistillationInput, JobProgress
 from orchestrator.workflows import DistillationWorkflow
 from syllabus import db
 from syllabus.artifacts import open_store
-from syllabus.auth import ADMIN_ROLE, TENANT_ROLE, Principal, current_principal, gateway_table
+from syllabus.auth import ADMIN_ROLE, TENANT_ROLE, Principal, current_principal, gateway_table, server_tls
 from syllabus.config import Config, load_config
 from syllabus.serving import Served, build_server, serve
 from syllabus.tasks import TaskSpecError, dump_task, parse_task
@@ -328,6 +328,7 @@ async def create_server(config: Config, address: str = "127.0.0.1:0", client: Cl
         (jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,),
         gateway_table(config),
         roles=frozenset({TENANT_ROLE, ADMIN_ROLE}),
+        tls=server_tls(config),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from student_svc.models import ModelCache
 from student_svc.service import SERVICE_NAME, StudentServicer
 from syllabus.artifacts import open_store
-from syllabus.auth import service_table
+from syllabus.auth import server_tls, service_table
 from syllabus.config import Config
 from syllabus.serving import Served, build_server
 from syllabus_sdk.student.v1 import student_pb2_grpc
@@ -32,4 +32,5 @@ async def create_server(
         lambda server: student_pb2_grpc.add_StudentServiceServicer_to_server(servicer, server),
         (SERVICE_NAME,),
         service_table(config),
+        tls=server_tls(config),
     )

@@ -183,9 +183,31 @@ def metadata(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def channel(address: str, token: str, options: list | None = None) -> grpc.aio.Channel:
-    """An aio channel to a Syllabus server that authenticates every call with `token` (the SDK's)."""
-    return authenticated_channel(address, token, options)
+def channel(address: str, token: str, options: list | None = None, root_certificates: bytes | None = None) -> grpc.aio.Channel:
+    """An aio channel to a Syllabus server that authenticates every call with `token` (the SDK's),
+    over TLS when `root_certificates` (`client_ca(config)`) are given."""
+    return authenticated_channel(address, token, options, root_certificates)
+
+
+def _pem(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise AuthConfigError(f"cannot read the TLS {what} {path}: {e.strerror}") from None
+
+
+def server_tls(config) -> tuple[bytes, bytes] | None:
+    """(key, certificate) the servers present, from `tls_key_file`/`tls_cert_file`; None: plaintext."""
+    if not (config.tls_cert_file or config.tls_key_file):
+        return None
+    if not (config.tls_cert_file and config.tls_key_file):
+        raise AuthConfigError("TLS needs both SYLLABUS_TLS_CERT_FILE and SYLLABUS_TLS_KEY_FILE")
+    return _pem(config.tls_key_file, "key"), _pem(config.tls_cert_file, "certificate")
+
+
+def client_ca(config) -> bytes | None:
+    """The CA clients verify servers with (`tls_ca_file`); None: plaintext."""
+    return _pem(config.tls_ca_file, "CA") if config.tls_ca_file else None
 
 
 # -- server side ---------------------------------------------------------------------------------

@@ -73,6 +73,15 @@ class Config(BaseModel):
         "", description="The gateway's tokens: a JSON object {token: tenant}, tenant '*' = admin (a Secret in "
         "deployments). Empty: home/tokens.json, which `syllabus up` creates."
     )
+    tls_cert_file: str = Field(
+        "", description="PEM certificate the gRPC servers (services, gateway) present; with tls_key_file, they "
+        "listen over TLS only. Empty: plaintext (loopback or a mesh that encrypts)."
+    )
+    tls_key_file: str = Field("", description="PEM private key of tls_cert_file (a Secret in deployments).")
+    tls_ca_file: str = Field(
+        "", description="PEM CA that clients (worker -> services, CLI/SDK -> gateway) verify servers with; set "
+        "it to talk TLS. Empty: plaintext."
+    )
     trainer_checkpoint_every: int = Field(
         20, gt=0, description="Optimiser steps between the trainer's resumable checkpoints (a restarted trainer resumes there)."
     )

@@ -51,11 +51,13 @@ async def build_server(
     tokens: TokenTable,
     roles: frozenset[str] = frozenset({SERVICE_ROLE}),
     max_message_mb: int = 64,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> Served:
     """Create, bind and start an aio server at `address` ("host:port", port 0 picks a free one).
 
     `tokens` are the bearer tokens it accepts and `roles` the principals' roles allowed to call it:
     the teacher, student and trainer take the service role only; the gateway takes tenants.
+    `tls` (key, certificate chain; `syllabus.auth.server_tls(config)`) makes it listen over TLS.
     """
     opts = [
         ("grpc.max_send_message_length", max_message_mb << 20),
@@ -67,7 +69,10 @@ async def build_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*service_names, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    if tls is not None:  # (private key, certificate chain), PEM: TLS only, no plaintext port
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
     await server.start()

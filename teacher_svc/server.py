@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from syllabus.artifacts import open_store
-from syllabus.auth import service_table
+from syllabus.auth import server_tls, service_table
 from syllabus.config import Config
 from syllabus.serving import Served, build_server
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
@@ -36,4 +36,5 @@ async def create_server(
         lambda server: teacher_pb2_grpc.add_TeacherServiceServicer_to_server(servicer, server),
         (SERVICE_NAME,),
         service_table(config),
+        tls=server_tls(config),
     )

@@ -20,7 +20,7 @@ from syllabus.artifacts import (
     validate_output_key,
     validate_sha256,
 )
-from syllabus.auth import service_table
+from syllabus.auth import server_tls, service_table
 from syllabus.config import Config
 from syllabus.models import ModelNotFound
 from syllabus.pb import first_nonfinite
@@ -119,4 +119,5 @@ async def create_server(
         lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
         (SERVICE_NAME,),
         service_table(config),
+        tls=server_tls(config),
     )

@@ -23,9 +23,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 TEMPORAL_SERVICE = "temporal.api.workflowservice.v1.WorkflowService"
 
 
-def check(address: str, service: str = "", timeout: float = 3.0) -> bool:
+def _channel(address: str, tls: bool) -> grpc.Channel:
+    """Over TLS when asked and $SYLLABUS_TLS_CA_FILE names the CA (a Syllabus server with TLS: the
+    kubelet's grpc probe cannot do TLS). Temporal's frontend is checked in plaintext."""
+    ca = os.environ.get("SYLLABUS_TLS_CA_FILE", "") if tls else ""
+    if ca:
+        with open(ca, "rb") as f:
+            return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=f.read()))
+    return grpc.insecure_channel(address)
+
+
+def check(address: str, service: str = "", timeout: float = 3.0, tls: bool = True) -> bool:
     """True iff the health service at `address` answers SERVING for `service`."""
-    with grpc.insecure_channel(address) as channel:
+    with _channel(address, tls) as channel:
         try:
             resp = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
@@ -43,7 +53,7 @@ def check(address: str, service: str = "", timeout: float = 3.0) -> bool:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--temporal"]:
         address = os.environ.get("SYLLABUS_TEMPORAL_ADDRESS", "127.0.0.1:7233")
-        return 0 if check(address, TEMPORAL_SERVICE) else 1
+        return 0 if check(address, TEMPORAL_SERVICE, tls=False) else 1
     if not 1 <= len(argv) <= 2:
         print(__doc__, file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 
 from orchestrator.metadata import Metadata
 from syllabus.artifacts import ArtifactNotFound, ArtifactRef, ArtifactStore, ChecksumMismatch, InvalidKey, open_store
-from syllabus.auth import service_token
+from syllabus.auth import client_ca, service_token
 from syllabus.config import Config
 from syllabus.records import loads_jsonl
 from syllabus.tasks import TaskSpec, TaskSpecError, parse_task
@@ -162,7 +162,8 @@ class ActivityBase:
     async def _client(self, kind: type[C], address: str) -> AsyncIterator[tuple[C, Heartbeater]]:
         """A typed client on a fresh channel, heartbeating while it is used; a `ServiceError` leaves
         as an `ApplicationError` (`service_failure`)."""
-        async with kind(address, token=service_token(self.config)) as client, heartbeating() as hb:
+        ca = client_ca(self.config)
+        async with kind(address, token=service_token(self.config), root_certificates=ca) as client, heartbeating() as hb:
             try:
                 yield client, hb
             except ServiceError as e:

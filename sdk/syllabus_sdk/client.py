@@ -32,6 +32,15 @@ def _call(fn, request, **kwargs):
         raise SyllabusError(e.code(), e.details() or "") from None
 
 
+def default_root_certificates() -> bytes | None:
+    """The CA (PEM) to verify a TLS gateway with: the file `$SYLLABUS_TLS_CA_FILE`; None: plaintext."""
+    path = os.environ.get("SYLLABUS_TLS_CA_FILE", "").strip()
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def default_token() -> str:
     """`SYLLABUS_TOKEN`, else the local admin token `syllabus up` writes to `$SYLLABUS_HOME/token`
     (default `.syllabus/token`), else ""."""
@@ -54,9 +63,13 @@ class SyllabusClient:
 
     def __init__(
         self, address: str = "127.0.0.1:50060", *, token: str | None = None, channel: grpc.Channel | None = None,
-        timeout: float = 30.0,
+        timeout: float = 30.0, root_certificates: bytes | None = None,
     ):
-        self._channel = channel or grpc.insecure_channel(address)
+        ca = root_certificates if root_certificates is not None else default_root_certificates()
+        self._channel = channel or (
+            grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca)) if ca
+            else grpc.insecure_channel(address)
+        )  # fmt: skip
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
         self.address = address
         self.timeout = timeout

@@ -100,9 +100,15 @@ class _BidiToken(_AddToken, grpc.aio.StreamStreamClientInterceptor):  # server r
         return await continuation(self._details(client_call_details), request_iterator)
 
 
-def authenticated_channel(address: str, token: str, options: list | None = None) -> grpc.aio.Channel:
-    """An aio channel that sends `authorization: Bearer <token>` on every call."""
+def authenticated_channel(
+    address: str, token: str, options: list | None = None, root_certificates: bytes | None = None
+) -> grpc.aio.Channel:
+    """An aio channel that sends `authorization: Bearer <token>` on every call; over TLS, verifying
+    the server against `root_certificates` (PEM), when given."""
     interceptors = [_UnaryToken(token), _StreamToken(token), _BidiToken(token)]
+    if root_certificates:
+        creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        return grpc.aio.secure_channel(address, creds, options=options, interceptors=interceptors)
     return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
 
 
@@ -115,12 +121,13 @@ class _ServiceClient:
     service = ""
 
     def __init__(
-        self, address: str = "", *, token: str = "", channel: grpc.aio.Channel | None = None, timeout: float | None = None
+        self, address: str = "", *, token: str = "", channel: grpc.aio.Channel | None = None, timeout: float | None = None,
+        root_certificates: bytes | None = None,
     ) -> None:
         if channel is None and not address:
             raise ValueError("an address or a channel is required")
         self._owned = channel is None
-        self.channel = channel if channel is not None else authenticated_channel(address, token)
+        self.channel = channel if channel is not None else authenticated_channel(address, token, None, root_certificates)
         self.address = address
         # Per-call deadline; None: none (compute RPCs take as long as the model needs).
         self.timeout = timeout

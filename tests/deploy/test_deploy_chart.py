@@ -317,3 +317,28 @@ def test_only_the_worker_reaches_the_services(rendered: tuple[str, list[dict]]) 
         assert peers == callers and "gateway" not in peers, f"{overlay}/{role}"
         assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
     assert not of_kind(manifests(render({"networkPolicy": {"enabled": False}})), "NetworkPolicy")
+
+
+def test_tls_on_mounts_the_secret_points_the_config_at_it_and_probes_over_tls() -> None:
+    values = overlay_values("default") or {}
+    values = {**values, "tls": {"enabled": True, "secretName": "syllabus-grpc-tls", "mountPath": "/etc/syllabus/tls"}}
+    objs = manifests(render(values))
+    (cm,) = [o for o in of_kind(objs, "ConfigMap") if "SYLLABUS_TASK_QUEUE" in o.get("data", {})]
+    assert cm["data"]["SYLLABUS_TLS_CERT_FILE"] == "/etc/syllabus/tls/tls.crt"
+    assert cm["data"]["SYLLABUS_TLS_KEY_FILE"] == "/etc/syllabus/tls/tls.key"
+    assert cm["data"]["SYLLABUS_TLS_CA_FILE"] == "/etc/syllabus/tls/ca.crt"
+    deps = role_deployments(objs)
+    for role in SYLLABUS_ROLES:  # servers present the certificate, the worker verifies with the CA
+        spec = deps[role]["spec"]["template"]["spec"]
+        (vol,) = [v for v in spec["volumes"] if v["name"] == "tls"]
+        assert vol["secret"]["secretName"] == "syllabus-grpc-tls"
+        (c,) = spec["containers"]
+        assert {"name": "tls", "mountPath": "/etc/syllabus/tls", "readOnly": True} in c["volumeMounts"]
+    for role, service in GRPC_ROLES.items():
+        (c,) = containers(deps[role])
+        port = c["ports"][0]["containerPort"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert "grpc" not in c[probe], f"{role}/{probe}: the kubelet's gRPC probe cannot do TLS"
+            assert c[probe]["exec"]["command"] == ["/usr/local/bin/syllabus-healthcheck", f"127.0.0.1:{port}", service]
+    with pytest.raises(Exception, match="tls.secretName"):
+        render({**values, "tls": {"enabled": True, "secretName": ""}})

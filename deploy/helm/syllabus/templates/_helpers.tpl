@@ -150,6 +150,12 @@ app.kubernetes.io/component: {{ .component }}
   emptyDir:
     sizeLimit: {{ .Values.modelCache.sizeLimit }}
 {{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.secretName }}
+    defaultMode: 0440
+{{- end }}
 {{- end }}
 
 {{- define "syllabus.volumeMounts" -}}
@@ -159,6 +165,11 @@ app.kubernetes.io/component: {{ .component }}
   mountPath: /tmp
 - name: model-cache
   mountPath: {{ .Values.config.modelCache }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: {{ .Values.tls.mountPath }}
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/* Checksum of the ConfigMap so pods roll when a SYLLABUS_* setting changes. */}}

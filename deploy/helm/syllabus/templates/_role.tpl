@@ -6,6 +6,18 @@ has `autoscaling`). Call with
 Probes are the kubelet's native gRPC probes against the grpc.health.v1 service every Syllabus server
 registers (syllabus/serving.py): NOT_SERVING until the model is loaded and again on SIGTERM.
 */}}
+{{/* The kubelet's native gRPC probe, or with TLS on (it cannot do TLS) the health check script. */}}
+{{- define "syllabus.grpcProbe" -}}
+{{- if .ctx.Values.tls.enabled }}
+exec:
+  command: ["/usr/local/bin/syllabus-healthcheck", {{ printf "127.0.0.1:%d" (int .role.port) | quote }}, {{ .service | quote }}]
+{{- else }}
+grpc:
+  port: {{ .role.port }}
+  service: {{ .service }}
+{{- end }}
+{{- end }}
+
 {{- define "syllabus.grpcRole" -}}
 {{- $ctx := .ctx -}}
 {{- $role := .role -}}
@@ -73,23 +85,17 @@ spec:
             {{- toYaml . | nindent 12 }}
             {{- end }}
           startupProbe:
-            grpc:
-              port: {{ $role.port }}
-              service: {{ .service }}
+            {{- include "syllabus.grpcProbe" (dict "ctx" $ctx "role" $role "service" .service) | nindent 12 }}
             periodSeconds: {{ $role.startupProbe.periodSeconds }}
             failureThreshold: {{ $role.startupProbe.failureThreshold }}
             timeoutSeconds: 5
           readinessProbe:
-            grpc:
-              port: {{ $role.port }}
-              service: {{ .service }}
+            {{- include "syllabus.grpcProbe" (dict "ctx" $ctx "role" $role "service" .service) | nindent 12 }}
             periodSeconds: 10
             failureThreshold: 3
             timeoutSeconds: 5
           livenessProbe:
-            grpc:
-              port: {{ $role.port }}
-              service: {{ .service }}
+            {{- include "syllabus.grpcProbe" (dict "ctx" $ctx "role" $role "service" .service) | nindent 12 }}
             periodSeconds: 20
             failureThreshold: 6
             timeoutSeconds: 5
