@@ -7,10 +7,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from student_svc.evaluation import answers_match, extract_number, generate_greedy, label_from_generation
+from student_svc.arte import one_shot, probe_set_by_discrimination
+from student_svc.evaluation import (
+    answers_match,
+    extract_number,
+    generate_greedy,
+    label_from_generation,
+    normalize_answer,
+)
 from student_svc.server import create_server, make_servicer
 from syllabus import pb
 from syllabus.config import Config
+from syllabus.models import DEFAULT_MODEL
 from syllabus.records import dumps_jsonl, loads_jsonl
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
@@ -104,19 +112,25 @@ async def test_select_top_k_and_diversity(served_student, tiny_models, tiny_mode
     picked = loads_jsonl(store.get_bytes(pb.ref_from_pb(div.selected)))
     assert div.count == 5 and len({r["id"] for r in picked}) == 5
 
-async def test_evaluate_exact_match_by_generation(served_student, tiny_models, tiny_model_dir, store, service_channel):
-    model, tok = tiny_models.get(str(tiny_model_dir))
+async def test_evaluate_exact_match_by_generation(served_student, tiny_models, store, service_channel):
+    # The bundled model: the random-init tiny model answers only blank lines, which match a blank gold by accident.
+    model, tok = tiny_models.get(DEFAULT_MODEL)
     prompts = ["What is 2 + 2?", "Name a colour.", "Say hi"]
     gens = generate_greedy(model, tok, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens=6)
-    # Gold answers: the first item's gold is the model's own greedy answer, so it must be correct.
-    records = [{"id": f"q{i}", "prompt": p, "label": gens[0] if i == 0 else "zzz-never"} for i, p in enumerate(prompts)]
+    # Gold answers: q0's is the model's greedy answer re-cased, quoted and padded (equal only after exact-match
+    # normalization); q1's is the model's answer plus a word (a near miss that a prefix match would take); q2's
+    # is nothing the model says.
+    assert all(normalize_answer(g) for g in gens[:2]), gens
+    golds = [f'  "{gens[0].upper()}".  ', f"{gens[1]} extra", "zzz-never"]
+    assert normalize_answer(golds[0]) == normalize_answer(gens[0]) and gens[0] != golds[0]
+    records = [{"id": f"q{i}", "prompt": p, "label": gold} for i, (p, gold) in enumerate(zip(prompts, golds, strict=True))]
     eval_set = pb.ref_to_pb(store.put_bytes("in/qa.jsonl", dumps_jsonl(records)))
     served = await _stub(served_student, tiny_models)
     try:
         async with service_channel(served.port) as channel:
             resp = await student_pb2_grpc.StudentServiceStub(channel).Evaluate(
                 student_pb2.EvaluateRequest(
-                    model=common_pb2.ModelRef(base=str(tiny_model_dir)),
+                    model=common_pb2.ModelRef(base=DEFAULT_MODEL),
                     kind=common_pb2.TASK_KIND_EXACT_ANSWER,
                     eval_set=eval_set,
                     max_new_tokens=6,
@@ -179,6 +193,16 @@ async def test_score_car_arte_and_crowd_difficulty(served_student, tiny_models, 
     ]
     probes = [{"id": f"p{j}", "prompt": f"Question {j}?", "answer": "yes" if j % 2 else ""} for j in range(4)]
     responses = [{"item_id": f"p{j}", "subject": f"m{s}", "correct": (j + s) % 3 == 0} for j in range(4) for s in range(5)]
+    # ARTE's 2 probes are the most discriminative under the crowd's responses. The first one's answer is what
+    # the student replies to it after r0's demonstration, the second's nothing it says: r0 scores exactly 0.5,
+    # the others what their own replies (computed here, the same greedy decoding) match, halved.
+    chosen = [p["id"] for p in probe_set_by_discrimination(probes, responses, 2)]
+    model, tok = tiny_models.get(str(tiny_model_dir))
+    by_id = {p["id"]: p for p in probes}
+    replies = generate_greedy(model, tok, [one_shot(r["prompt"], r["response"], by_id[j]["prompt"]) for r in records for j in chosen],
+                              max_new_tokens=4)
+    by_id[chosen[0]]["answer"], by_id[chosen[1]]["answer"] = replies[0], "zzz-never"
+    expected_s_r = [answers_match(replies[2 * k], replies[0]) / 2 for k in range(len(records))]
     adapter = put_adapter(store)
     served = await _stub(served_student, tiny_models)
     try:
@@ -208,7 +232,8 @@ async def test_score_car_arte_and_crowd_difficulty(served_student, tiny_models, 
         loss = sum(r["loss_base"] for r in members) / 3
         reward = sum(float(r["id"][1:]) for r in members) / 3
         assert by_teacher[t].car == pytest.approx(reward / (1 + 0.5 * loss))
-    assert all(r["arte_s_r"] in (0.0, 0.5, 1.0) for r in rows)  # 2 probes
+    assert [r["arte_s_r"] for r in rows] == expected_s_r and expected_s_r[0] == 0.5
+    assert [r["arte_s_q"] for r in rows] == expected_s_r  # one rationale per question: s_q = s_r
     assert all(0 <= r["crowd_correct"] <= 2 for r in rows)
     # More crowd members right -> easier (lower difficulty).
     order = sorted(rows, key=lambda r: r["crowd_correct"])
