@@ -174,7 +174,6 @@ async def test_workflow_distils_end_to_end(
         )
 
     assert [r.round for r in result.rounds] == [1, 2]
-    assert result.baseline_accuracy is not None and 0.0 <= result.baseline_accuracy <= 1.0
     assert result.final_accuracy == result.rounds[-1].accuracy
     assert result.artifacts_uri.endswith(f"/jobs/{job_id}/")
     assert [s.round for s in result.steps if s.name == "reference-train"] == [1, 2]  # LoBaSS every round
@@ -218,6 +217,11 @@ async def test_workflow_distils_end_to_end(
                 )  # fmt: skip
                 assert row.accuracy == pytest.approx(r.accuracy) and row.train_loss == pytest.approx(r.train_loss)
                 assert row.adapter_uri == r.adapter_uri
+            # Each accuracy is its evaluation's correct / total over the whole eval set.
+            evals = {e.round: e for e in s.query(db.Evaluation).filter_by(job_id=job_id) if e.stage != "validation"}
+            assert {e.total for e in evals.values()} == {len(EVAL)}
+            assert result.baseline_accuracy == evals[0].correct / len(EVAL)
+            assert [r.accuracy for r in result.rounds] == [evals[1].correct / len(EVAL), evals[2].correct / len(EVAL)]
     finally:
         engine.dispose()
 
