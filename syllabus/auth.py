@@ -22,6 +22,7 @@ Tokens travel as `authorization: Bearer <token>` metadata. Each token is bound t
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -291,6 +292,22 @@ class ServerGuard(grpc.aio.ServerInterceptor):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method}: not allowed for the {principal.role} role")
         return principal
 
+    @contextlib.asynccontextmanager
+    async def _call(self, method: str, request, context: grpc.aio.ServicerContext):
+        """One unary-request RPC: admitted (ready, authenticated, allowed), its request decoded, the
+        principal current while it runs, a ValueError out of it answered INVALID_ARGUMENT; yields the
+        context the handler sees (details bounded)."""
+        principal = await self._admit(method, context)
+        if isinstance(request, _Undecodable):
+            await _reject_undecodable(context, method, request)
+        token = _current.set(principal)
+        try:
+            yield _GuardedContext(context)
+        except ValueError as e:
+            await _invalid(context, method, e)
+        finally:
+            _current.reset(token)
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
@@ -302,17 +319,9 @@ class ServerGuard(grpc.aio.ServerInterceptor):
             inner = handler.unary_stream
 
             async def unary_stream(request, context):
-                principal = await self._admit(method, context)
-                if isinstance(request, _Undecodable):
-                    await _reject_undecodable(context, method, request)
-                token = _current.set(principal)
-                try:
-                    async for item in inner(request, _GuardedContext(context)):
+                async with self._call(method, request, context) as guarded:
+                    async for item in inner(request, guarded):
                         yield item
-                except ValueError as e:
-                    await _invalid(context, method, e)
-                finally:
-                    _current.reset(token)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, request_deserializer=_lenient(handler.request_deserializer),
@@ -321,16 +330,8 @@ class ServerGuard(grpc.aio.ServerInterceptor):
         inner_unary = handler.unary_unary
 
         async def unary_unary(request, context):
-            principal = await self._admit(method, context)
-            if isinstance(request, _Undecodable):
-                await _reject_undecodable(context, method, request)
-            token = _current.set(principal)
-            try:
-                return await inner_unary(request, _GuardedContext(context))
-            except ValueError as e:
-                await _invalid(context, method, e)
-            finally:
-                _current.reset(token)
+            async with self._call(method, request, context) as guarded:
+                return await inner_unary(request, guarded)
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, request_deserializer=_lenient(handler.request_deserializer),
