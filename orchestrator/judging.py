@@ -114,20 +114,7 @@ class JudgingActivities:
             correct, reason = verdicts.get(str(p["id"]), (False, "empty answer"))
             rows.append({"id": p["id"], "generation": p["generation"], "correct": correct, "reason": reason})
         verdicts_ref = self.base._publish_once(f"{key}-verdicts.jsonl", dumps_jsonl(rows))
-        correct = sum(r["correct"] for r in rows)
-        total = len(rows)
-        accuracy = correct / total if total else 0.0
-        evaluation = {
-            "job_id": inp.job_id,
-            "round": inp.round,
-            "stage": inp.stage,
-            "accuracy": accuracy,
-            "correct": correct,
-            "total": total,
-            "adapter_uri": inp.adapter.uri if inp.adapter is not None else "",
-            "predictions_uri": verdicts_ref.uri,
-        }
-        await self.base._db(self.base.metadata.record_evaluation, evaluation)
+        accuracy, correct, total = await self.base._record_evaluation(inp, rows, verdicts_ref)
         await self.base._record_artifacts(inp.job_id, inp.round, {f"verdicts-{inp.stage}": verdicts_ref})
         return JudgeOutput(accuracy=accuracy, correct=correct, total=total, verdicts=verdicts_ref)
 

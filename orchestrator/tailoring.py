@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import activity, workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
+
+# The main loop's retry policy: transient failures retry for about 5 minutes, bad input fails at once.
+from orchestrator.workflows import RETRY
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator.activities import Activities
@@ -38,13 +40,6 @@ with workflow.unsafe.imports_passed_through():
 
 # Training and generation on a CPU can take many minutes; heartbeats, not this, detect a dead service.
 START_TO_CLOSE = timedelta(minutes=30)
-# As the main loop's: transient failures retry for about 5 minutes, bad input fails at once.
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=14,
-)
 
 
 @dataclass

@@ -117,6 +117,25 @@ class ActivityBase:
     async def _record_artifacts(self, job_id: str, round_: int, refs: dict[str, ArtifactRef | None]) -> None:
         await self._db(self.metadata.record_artifacts, job_id, round_, refs)
 
+    async def _record_evaluation(self, inp: Any, rows: list[dict], predictions: ArtifactRef) -> tuple[float, int, int]:
+        """(accuracy, correct, total) of graded `rows` (each with "correct"), written as the Evaluation
+        row of `inp`'s job, round, stage and adapter, `predictions` the artifact they were read from."""
+        correct = sum(1 for r in rows if r.get("correct"))
+        total = len(rows)
+        accuracy = correct / total if total else 0.0
+        evaluation = {
+            "job_id": inp.job_id,
+            "round": inp.round,
+            "stage": inp.stage,
+            "accuracy": accuracy,
+            "correct": correct,
+            "total": total,
+            "adapter_uri": inp.adapter.uri if inp.adapter is not None else "",
+            "predictions_uri": predictions.uri,
+        }
+        await self._db(self.metadata.record_evaluation, evaluation)
+        return accuracy, correct, total
+
     # -- artifacts -------------------------------------------------------------------------------
 
     def _read(self, ref: ArtifactRef) -> bytes:

@@ -37,21 +37,8 @@ class StudentActivities(ActivityBase):
 
         predictions = await self.published_or_call(key, call, "StudentService.Evaluate")
         records = self._read_jsonl(predictions)
-        correct = sum(1 for r in records if r.get("correct"))
-        total = len(records)
-        accuracy = correct / total if total else 0.0
+        accuracy, correct, total = await self._record_evaluation(inp, records, predictions)
         adapter_uri = inp.adapter.uri if inp.adapter is not None else ""
-        evaluation = {
-            "job_id": inp.job_id,
-            "round": inp.round,
-            "stage": inp.stage,
-            "accuracy": accuracy,
-            "correct": correct,
-            "total": total,
-            "adapter_uri": adapter_uri,
-            "predictions_uri": predictions.uri,
-        }
-        await self._db(self.metadata.record_evaluation, evaluation)
         if (c := inp.round_counts) is not None:
             counts = {"generated": c.generated, "kept": c.kept, "selected": c.selected, "trained": c.trained,
                       "leaked": c.leaked, "targeted": c.targeted, "train_loss": c.train_loss}  # fmt: skip

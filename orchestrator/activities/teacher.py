@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -26,6 +27,26 @@ from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.teacher.v1 import teacher_pb2
 
 STATS_SUFFIX = ".stats.json"  # the teacher's counts of the Generate run that published the examples
+
+
+def _generate_request(
+    task: TaskSpec, inp: GenerateInput, key: str, sampling: dict, **mode: Any
+) -> teacher_pb2.GenerateRequest:
+    """A Generate by the task's teacher from the job's seeds, the eval set given to the leakage guard;
+    `mode` the fields of the kind of generation (per_label, or mode/skills/per_skill)."""
+    return teacher_pb2.GenerateRequest(
+        model=common_pb2.ModelRef(base=task.teacher.model),
+        kind=common_pb2.TASK_KIND_CLASSIFICATION,
+        instructions=task.instructions,
+        labels=task.labels,
+        seeds=ref_to_pb(inp.seeds),
+        sampling=common_pb2.SamplingParams(**sampling),
+        batch_size=task.generate.batch_size,
+        output_key=key,
+        round=inp.round,
+        eval=ref_to_pb(inp.eval_set),
+        **mode,
+    )
 
 
 class TeacherActivities(ActivityBase):
@@ -69,19 +90,7 @@ class TeacherActivities(ActivityBase):
             "round": inp.round,
         }
         key = output_key(inp.job_id, inp.round, "generate", [inp.seeds, inp.eval_set], params, "jsonl")
-        request = teacher_pb2.GenerateRequest(
-            model=common_pb2.ModelRef(base=task.teacher.model),
-            kind=common_pb2.TASK_KIND_CLASSIFICATION,
-            instructions=task.instructions,
-            labels=task.labels,
-            seeds=ref_to_pb(inp.seeds),
-            per_label=g.per_label,
-            sampling=common_pb2.SamplingParams(**sampling),
-            batch_size=g.batch_size,
-            output_key=key,
-            round=inp.round,
-            eval=ref_to_pb(inp.eval_set),
-        )
+        request = _generate_request(task, inp, key, sampling, per_label=g.per_label)
         examples, leaked = await self._generate(key, request, "TeacherService.Generate")
 
         records = self._read_jsonl(examples)
@@ -110,20 +119,8 @@ class TeacherActivities(ActivityBase):
             inp.job_id, inp.round, "generate-targeted", [inp.seeds, inp.eval_set, inp.skills],
             {**params, "per_skill": per_skill}, "jsonl",
         )  # fmt: skip
-        request = teacher_pb2.GenerateRequest(
-            model=common_pb2.ModelRef(base=task.teacher.model),
-            kind=common_pb2.TASK_KIND_CLASSIFICATION,
-            instructions=task.instructions,
-            labels=task.labels,
-            seeds=ref_to_pb(inp.seeds),
-            sampling=common_pb2.SamplingParams(**sampling),
-            batch_size=task.generate.batch_size,
-            output_key=key,
-            round=inp.round,
-            mode=teacher_pb2.GENERATE_MODE_TARGETED,
-            skills=ref_to_pb(inp.skills),
-            per_skill=per_skill,
-            eval=ref_to_pb(inp.eval_set),
+        request = _generate_request(
+            task, inp, key, sampling, mode=teacher_pb2.GENERATE_MODE_TARGETED, skills=ref_to_pb(inp.skills), per_skill=per_skill
         )
         return await self._generate(key, request, "TeacherService.Generate (targeted)")
 
