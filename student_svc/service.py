@@ -29,16 +29,14 @@ from student_svc import evaluation, scoring
 from student_svc.models import AdapterMismatch, ModelCache
 from syllabus import pb
 from syllabus.artifacts import (
-    ArtifactNotFound,
     ArtifactRef,
     ArtifactStore,
-    ChecksumMismatch,
     InvalidKey,
     validate_output_key,
 )
 from syllabus.models import ModelNotFound, fetch_adapter
 from syllabus.records import dumps_jsonl, loads_jsonl
-from syllabus.serving import InvalidRequest, RequestFailed
+from syllabus.serving import InvalidRequest, RequestFailed, reading
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
@@ -77,20 +75,6 @@ DEFAULT_CAR_BETA = 1.0
 T = TypeVar("T")
 #: progress(stage, done, total), called from the worker thread.
 StageProgress = Callable[[str, int, int], None]
-
-
-class MissingArtifact(RequestFailed):
-    """An input artifact does not exist: NOT_FOUND."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(grpc.StatusCode.NOT_FOUND, message)
-
-
-class CorruptArtifact(RequestFailed):
-    """An input artifact does not match its sha256: DATA_LOSS."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(grpc.StatusCode.DATA_LOSS, message)
 
 
 class Unloadable(RequestFailed):
@@ -551,14 +535,8 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         return check_records(records, field, required)
 
     def _get(self, field: str, ref: ArtifactRef) -> bytes:
-        try:
+        with reading(field):
             return self.store.get_bytes(ref)
-        except ArtifactNotFound as e:
-            raise MissingArtifact(f"{field}: {e}") from None
-        except ChecksumMismatch as e:
-            raise CorruptArtifact(f"{field}: {e}") from None
-        except InvalidKey as e:
-            raise InvalidRequest(f"{field}.{e.part}", str(e)) from None
 
     def _stat_output(self, key: str) -> ArtifactRef | None:
         """The published output under key (a retried request), or None; InvalidRequest if the key is a
@@ -570,13 +548,8 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
 
     def _adapter_dir(self, ref: ArtifactRef) -> Path:
         try:
-            path = fetch_adapter(self.store, ref, self.adapter_cache)
-        except ArtifactNotFound as e:
-            raise MissingArtifact(f"model.adapter: {e}") from None
-        except ChecksumMismatch as e:
-            raise CorruptArtifact(f"model.adapter: {e}") from None
-        except InvalidKey as e:
-            raise InvalidRequest(f"model.adapter.{e.part}", str(e)) from None
+            with reading("model.adapter"):
+                path = fetch_adapter(self.store, ref, self.adapter_cache)
         except tarfile.TarError as e:
             raise InvalidRequest("model.adapter", f"not a tar of a peft adapter directory: {e}") from None
         except ValueError as e:

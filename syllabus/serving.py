@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -136,6 +137,23 @@ class InvalidRequest(RequestFailed):
         super().__init__(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}")
         self.field = field
         self.problem = problem
+
+
+@contextmanager
+def reading(field: str) -> Iterator[None]:
+    """Map what reading the artifact a request field names can raise to the status the client gets:
+    NOT_FOUND (no such artifact), DATA_LOSS (bytes do not match the sha256), INVALID_ARGUMENT naming
+    the bad part of the reference (`<field>.uri` / `<field>.sha256`). The one mapping every service uses."""
+    from syllabus.artifacts import ArtifactNotFound, ChecksumMismatch, InvalidKey
+
+    try:
+        yield
+    except ArtifactNotFound as e:
+        raise RequestFailed(grpc.StatusCode.NOT_FOUND, f"{field}: {e}") from None
+    except ChecksumMismatch as e:
+        raise RequestFailed(grpc.StatusCode.DATA_LOSS, f"{field}: {e}") from None
+    except InvalidKey as e:
+        raise InvalidRequest(f"{field}.{e.part}", str(e)) from None
 
 
 async def abort_invalid(context: grpc.aio.ServicerContext, field: str, problem: str) -> None:

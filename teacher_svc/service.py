@@ -21,10 +21,8 @@ import grpc
 from google.protobuf import json_format
 
 from syllabus.artifacts import (
-    ArtifactNotFound,
     ArtifactRef,
     ArtifactStore,
-    ChecksumMismatch,
     InvalidKey,
     validate_output_key,
     validate_sha256,
@@ -32,7 +30,7 @@ from syllabus.artifacts import (
 from syllabus.models import ModelNotFound, check_model_ref, fetch_adapter
 from syllabus.pb import first_nonfinite, ref_from_pb, ref_to_pb
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
-from syllabus.serving import InvalidRequest, RequestFailed
+from syllabus.serving import InvalidRequest, RequestFailed, reading
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from teacher_svc.backend import (
@@ -379,13 +377,8 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         adapter_dir = None
         if adapter_ref is not None:
             try:
-                adapter_dir = await asyncio.to_thread(fetch_adapter, self.store, adapter_ref, self.adapter_cache)
-            except ArtifactNotFound as e:
-                raise RequestFailed(grpc.StatusCode.NOT_FOUND, f"model.adapter: {e}") from e
-            except ChecksumMismatch as e:
-                raise RequestFailed(grpc.StatusCode.DATA_LOSS, f"model.adapter: {e}") from e
-            except InvalidKey as e:
-                raise InvalidRequest(f"model.adapter.{e.part}", str(e)) from e
+                with reading("model.adapter"):
+                    adapter_dir = await asyncio.to_thread(fetch_adapter, self.store, adapter_ref, self.adapter_cache)
             except ValueError as e:
                 raise InvalidRequest("model.adapter", str(e)) from e
         try:
@@ -571,14 +564,8 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
 
     def _records(self, field: str, ref: ArtifactRef) -> list[dict]:
         """JSONL records of an input artifact, with store failures mapped to status codes (blocking)."""
-        try:
+        with reading(field):
             data = self.store.get_bytes(ref)
-        except ArtifactNotFound as e:
-            raise RequestFailed(grpc.StatusCode.NOT_FOUND, f"{field}: {e}") from e
-        except ChecksumMismatch as e:
-            raise RequestFailed(grpc.StatusCode.DATA_LOSS, f"{field}: {e}") from e
-        except InvalidKey as e:
-            raise InvalidRequest(f"{field}.{e.part}", str(e)) from e
         try:
             records = loads_jsonl(data)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:

@@ -30,7 +30,7 @@ from pathlib import Path
 from syllabus.artifacts import ArtifactRef, ArtifactStore, InvalidKey, validate_key
 from syllabus.models import check_model_ref, fetch_adapter
 from syllabus.pb import ref_from_pb, ref_to_pb
-from syllabus.serving import InvalidRequest
+from syllabus.serving import InvalidRequest, reading
 from syllabus_sdk.trainer.v1 import trainer_pb2
 from trainer_svc.recipe import Recipe, RecipeError, load_recipe
 
@@ -305,7 +305,7 @@ class TrainingJobs:
         return self._jobs.get(training_id)
 
     async def start(self, plan: TrainingPlan) -> tuple[Job, bool]:
-        """Return (job, existing). Raises InvalidRequest, ModelNotFound, ArtifactNotFound, ChecksumMismatch."""
+        """Return (job, existing). Raises RequestFailed (InvalidRequest, NOT_FOUND, DATA_LOSS), ModelNotFound."""
         async with self._start_lock:
             job = self._by_key.get(plan.job_key)
             if job is not None and job.state not in (State.TRAINING_STATE_FAILED, State.TRAINING_STATE_CANCELLED):
@@ -362,10 +362,8 @@ class TrainingJobs:
         prompt and response (`read_dataset`)."""
         from trainer_svc.staged import read_records
 
-        try:
+        with reading("dataset"):
             data = self.store.get_bytes(plan.dataset)
-        except InvalidKey as e:
-            raise InvalidRequest("dataset.uri", str(e)) from None
         try:
             if plan.pairs_only:
                 read_dataset(data)
@@ -374,10 +372,8 @@ class TrainingJobs:
             raise InvalidRequest("dataset", str(e)) from None
         init_dir = None
         if plan.init_adapter is not None:
-            try:
+            with reading("model.adapter"):
                 init_dir = fetch_adapter(self.store, plan.init_adapter, self.adapter_cache)
-            except InvalidKey as e:
-                raise InvalidRequest("model.adapter.uri", str(e)) from None
         return records, init_dir
 
     async def _run(

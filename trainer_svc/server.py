@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator
 import grpc
 
 from syllabus.artifacts import (
-    ArtifactNotFound,
-    ChecksumMismatch,
     InvalidKey,
     open_store,
     validate_output_key,
@@ -24,7 +22,7 @@ from syllabus.auth import server_tls, service_table
 from syllabus.config import Config
 from syllabus.models import ModelNotFound
 from syllabus.pb import first_nonfinite
-from syllabus.serving import InvalidRequest, Served, abort_invalid, build_server
+from syllabus.serving import InvalidRequest, RequestFailed, Served, abort_invalid, build_server
 from syllabus_sdk.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_svc.jobs import TrainingJobs, plan_from_request
 
@@ -67,42 +65,35 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         try:
             check_request(request)
             job, existing = await self.jobs.start(plan_from_request(request))
-        except InvalidRequest as e:
+        except RequestFailed as e:
             await e.abort(context)
-        except ArtifactNotFound as e:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-        except ChecksumMismatch as e:
-            await context.abort(grpc.StatusCode.DATA_LOSS, str(e))
         except ModelNotFound as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: {e}")
         except InvalidKey as e:  # the inputs' keys are mapped by the plan: this is the output's
             await abort_invalid(context, "output_key", str(e))
         return trainer_pb2.StartTrainingResponse(training_id=job.training_id, existing=existing)
 
+    async def _job(self, training_id: str, context: grpc.aio.ServicerContext):
+        """The job a Watch/Cancel request names, or INVALID_ARGUMENT / NOT_FOUND."""
+        if not training_id:
+            await abort_invalid(context, "training_id", "must not be empty")
+        job = self.jobs.get(training_id)
+        if job is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no training job {training_id!r} in this service")
+        return job
+
     async def WatchTraining(
         self, request: trainer_pb2.WatchTrainingRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[trainer_pb2.WatchTrainingResponse]:
-        if not request.training_id:
-            await abort_invalid(context, "training_id", "must not be empty")
-        job = self.jobs.get(request.training_id)
-        if job is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"no training job {request.training_id!r} in this service"
-            )
+        job = await self._job(request.training_id, context)
         async for event in job.follow():
             yield event
 
     async def CancelTraining(
         self, request: trainer_pb2.CancelTrainingRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.CancelTrainingResponse:
-        if not request.training_id:
-            await abort_invalid(context, "training_id", "must not be empty")
-        cancelled = self.jobs.cancel(request.training_id)
-        if cancelled is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"no training job {request.training_id!r} in this service"
-            )
-        return trainer_pb2.CancelTrainingResponse(cancelled=cancelled)
+        job = await self._job(request.training_id, context)
+        return trainer_pb2.CancelTrainingResponse(cancelled=bool(self.jobs.cancel(job.training_id)))
 
 
 async def create_server(
