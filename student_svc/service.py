@@ -447,16 +447,21 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
 
     # -- RPCs ---------------------------------------------------------------------------------
 
-    async def Score(
-        self, request: student_pb2.ScoreRequest, context: grpc.aio.ServicerContext
-    ) -> student_pb2.ScoreResponse:
+    async def _serve(self, context: grpc.aio.ServicerContext, parse: Callable, request, work: Callable):
+        """Validate `request` with `parse`, run `work(job)` in the worker thread under the model lock;
+        a RequestFailed from either becomes its status code."""
         try:
-            job = parse_score_request(request)
+            job = parse(request)
             async with self._lock:
-                return await asyncio.to_thread(self._score, job)
+                return await asyncio.to_thread(work, job)
         except RequestFailed as e:
             await e.abort(context)
             raise  # unreachable: abort raises
+
+    async def Score(
+        self, request: student_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> student_pb2.ScoreResponse:
+        return await self._serve(context, parse_score_request, request, self._score)
 
     async def ScoreStream(
         self, request: student_pb2.ScoreStreamRequest, context: grpc.aio.ServicerContext
@@ -498,25 +503,13 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
     async def Select(
         self, request: student_pb2.SelectRequest, context: grpc.aio.ServicerContext
     ) -> student_pb2.SelectResponse:
-        try:
-            job = parse_select_request(request)
-            async with self._lock:
-                ref, count = await asyncio.to_thread(self._select, job)
-        except RequestFailed as e:
-            await e.abort(context)
-            raise
+        ref, count = await self._serve(context, parse_select_request, request, self._select)
         return student_pb2.SelectResponse(selected=pb.ref_to_pb(ref), count=count)
 
     async def Evaluate(
         self, request: student_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> student_pb2.EvaluateResponse:
-        try:
-            job = parse_evaluate_request(request)
-            async with self._lock:
-                ref, summary = await asyncio.to_thread(self._evaluate, job)
-        except RequestFailed as e:
-            await e.abort(context)
-            raise  # unreachable: abort raises
+        ref, summary = await self._serve(context, parse_evaluate_request, request, self._evaluate)
         return student_pb2.EvaluateResponse(
             accuracy=summary.accuracy,
             correct=summary.correct,
