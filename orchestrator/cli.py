@@ -423,10 +423,20 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     from syllabus.export import ExportError, training_set, write_export
 
     out = Path(args.output or f"{args.job_id}-round{args.round}.{args.format}")
-    sessions = db.session_factory(db.make_engine(config.resolved_database_url()))
     try:
-        with sessions() as s:
-            records = training_set(s, args.job_id, args.round)
+        client = _client(config)
+    except GatewayUnreachable:
+        # No gateway running (e.g. after `syllabus demo`): read the metadata DB directly.
+        sessions = db.session_factory(db.make_engine(config.resolved_database_url()))
+        try:
+            with sessions() as s:
+                records = training_set(s, args.job_id, args.round)
+        except ExportError as e:
+            raise CliError(str(e), EXIT_USAGE) from None
+    else:  # through the gateway: scoped to the caller's tenant
+        with client:
+            records = _sdk_call(client.export_training_set, args.job_id, args.round)
+    try:
         write_export(records, out, args.format)
     except ExportError as e:
         raise CliError(str(e), EXIT_USAGE) from None

@@ -248,7 +248,22 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                     detail = _detail(hb)
         return _Snapshot(status, progress, detail, error, created)
 
-    async def _job(self, job_id: str, context, light: bool = False) -> jobs_pb2.Job:
+    async def ExportTrainingSet(self, request, context):
+        from syllabus.export import ExportError, training_set
+        from syllabus.records import dumps_jsonl
+
+        if request.round < 1:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"round: must be >= 1, got {request.round}")
+        await self._visible(request.job_id, context)
+        try:
+            with self.sessions() as s:
+                records = await asyncio.to_thread(training_set, s, request.job_id, request.round)
+        except ExportError as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        return jobs_pb2.ExportTrainingSetResponse(records_jsonl=dumps_jsonl(records), count=len(records))
+
+    async def _visible(self, job_id: str, context) -> db.Job | None:
+        """The job's row if the caller may see the job; NOT_FOUND otherwise."""
         if not job_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: required")
         with self.sessions() as s:
@@ -258,6 +273,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         principal = current_principal()
         if not (principal.sees(row.tenant) if row is not None else principal.role == ADMIN_ROLE):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} not found")
+        return row
+
+    async def _job(self, job_id: str, context, light: bool = False) -> jobs_pb2.Job:
+        row = await self._visible(job_id, context)
         handle = self.client.get_workflow_handle(job_id, result_type=JobProgress)
         try:
             snap = await self._snapshot(handle, light)

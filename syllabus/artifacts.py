@@ -183,13 +183,18 @@ class LocalArtifactStore:
                 os.fsync(f.fileno())
             size = os.path.getsize(tmp)
             sidecar = path.with_name(path.name + ".sha256")
-            sidecar_tmp = path.with_name(f".tmp-{path.name}.sha256")
-            sidecar_tmp.write_text(f"{digest} {size}\n")
+            # A temp name of its own: concurrent writers of one key (a retried request racing the
+            # first) must not rename each other's checksum away.
+            sfd, sidecar_tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".sha256", dir=path.parent)
+            with os.fdopen(sfd, "w") as sf:
+                sf.write(f"{digest} {size}\n")
             # Checksum first, data last: once the data file is visible its checksum is too.
             os.replace(sidecar_tmp, sidecar)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
+            if "sidecar_tmp" in locals():
+                Path(sidecar_tmp).unlink(missing_ok=True)
             raise
         return ArtifactRef(uri=path.as_uri(), sha256=digest, size_bytes=size)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,13 @@ class SyllabusClient:
 
     def get_job(self, job_id: str) -> jobs_pb2.Job:
         return self._rpc(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)).job
+
+    def export_training_set(self, job_id: str, round_: int) -> list[dict]:
+        """The exact training set of one round of a job: records with input, label, prompt, response,
+        scores and provenance (what `syllabus export` writes)."""
+        req = jobs_pb2.ExportTrainingSetRequest(job_id=job_id, round=round_)
+        data = self._rpc(self._stub.ExportTrainingSet, req).records_jsonl
+        return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
     def list_jobs(self, limit: int = 50) -> list[jobs_pb2.Job]:
         return list(self._rpc(self._stub.ListJobs, jobs_pb2.ListJobsRequest(limit=limit)).jobs)

@@ -79,3 +79,18 @@ def test_open_store_by_url(tmp_path: Path) -> None:
     assert isinstance(open_store(tmp_path.as_uri()), LocalArtifactStore)
     with pytest.raises(Exception, match="unsupported artifact URL"):
         open_store("ftp://x/y")
+
+
+def test_concurrent_writers_of_one_key_both_succeed(tmp_path) -> None:
+    """A retried request racing the first one publishes the same object; neither writer fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from syllabus.artifacts import LocalArtifactStore
+
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    data = b"same output\n" * 1000
+    with ThreadPoolExecutor(8) as pool:
+        refs = list(pool.map(lambda _: store.put_bytes("jobs/j/out.jsonl", data), range(64)))
+    assert {r.sha256 for r in refs} == {store.stat("jobs/j/out.jsonl").sha256}
+    assert store.get_bytes(refs[0]) == data
+    assert not [p for p in (tmp_path / "artifacts" / "jobs" / "j").iterdir() if p.name.startswith(".tmp-")]

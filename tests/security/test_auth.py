@@ -3,7 +3,7 @@
 (a) every RPC of every service, enumerated from the generated descriptors (a new RPC is covered
     without touching this file), refuses a missing or unknown token and a token of the wrong role;
     health answers without one;
-(b) tenant B cannot list, get, watch, cancel or see the lineage of tenant A's job, and what B gets
+(b) tenant B cannot list, get, watch, cancel, export or see the lineage of tenant A's job, and what B gets
     is word for word what a job that does not exist gets; admin sees every tenant's jobs;
 (c) resubmitting a job id: the same task returns the same job, another task (or another tenant) is
     ALREADY_EXISTS and the stored task is unchanged;
@@ -195,9 +195,16 @@ async def job_of_a(servers) -> str:
                         label="lost_or_stolen_card", provenance={"method": "seed_expansion"}))
         run = db.TrainingRun(job_id=job_id, round=1, stage="reference", dataset_uri="file:///x", adapter_uri="file:///y",
                              samples=1, steps=1, mean_loss=0.5)
-        s.add(run)
+        sft = db.TrainingRun(job_id=job_id, round=1, stage="sft", dataset_uri="file:///x", adapter_uri="file:///z",
+                             samples=1, steps=1, mean_loss=0.4)
+        s.add_all([run, sft])
+    with sessions.begin() as s:
+        sft_id = s.execute(select(db.TrainingRun.id).where(db.TrainingRun.job_id == job_id, db.TrainingRun.stage == "sft")).scalar_one()
+        s.add(db.TrainingRunSample(training_run_id=sft_id, sample_id="s-of-a"))  # what round 1 trained on: exportable
     with sessions() as s:
-        run_id = s.execute(select(db.TrainingRun.id).where(db.TrainingRun.job_id == job_id)).scalar_one()
+        run_id = s.execute(
+            select(db.TrainingRun.id).where(db.TrainingRun.job_id == job_id, db.TrainingRun.stage == "reference")
+        ).scalar_one()
     return job_id, run_id
 
 
@@ -229,6 +236,9 @@ async def test_tenant_b_cannot_see_or_touch_tenant_a_jobs(servers, job_of_a) -> 
         theirs = await _error(lambda: b.GetLineage(jobs_pb2.GetLineageRequest(training_run_id=run_id)))
         missing = await _error(lambda: b.GetLineage(jobs_pb2.GetLineageRequest(training_run_id=run_id + 10_000)))
         _same_shape(theirs, missing, run_id, run_id + 10_000)
+        theirs = await _error(lambda: b.ExportTrainingSet(jobs_pb2.ExportTrainingSetRequest(job_id=job_id, round=1)))
+        missing = await _error(lambda: b.ExportTrainingSet(jobs_pb2.ExportTrainingSetRequest(job_id=nobody, round=1)))
+        _same_shape(theirs, missing, job_id, nobody)
 
     # B's cancel did nothing; A still sees its job, its sample and its training run.
     a, channel = _stub(ports, "a")
@@ -240,6 +250,8 @@ async def test_tenant_b_cannot_see_or_touch_tenant_a_jobs(servers, job_of_a) -> 
         assert [x.job_id for x in samples] == [job_id]
         run = (await a.GetLineage(jobs_pb2.GetLineageRequest(training_run_id=run_id))).training_run
         assert run.job_id == job_id
+        export = await a.ExportTrainingSet(jobs_pb2.ExportTrainingSetRequest(job_id=job_id, round=1))
+        assert export.count == 1 and b'"id": "s-of-a"' in export.records_jsonl
 
 
 async def test_admin_sees_every_tenant(servers, job_of_a) -> None:

@@ -26,6 +26,22 @@ JOB_STATUS_FAILED: JobStatus
 JOB_STATUS_CANCELLED: JobStatus
 JOB_STATUS_TERMINATED: JobStatus
 
+class ExportTrainingSetRequest(_message.Message):
+    __slots__ = ("job_id", "round")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class ExportTrainingSetResponse(_message.Message):
+    __slots__ = ("records_jsonl", "count")
+    RECORDS_JSONL_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    records_jsonl: bytes
+    count: int
+    def __init__(self, records_jsonl: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
+
 class StepTiming(_message.Message):
     __slots__ = ("name", "round", "seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -66,6 +66,11 @@ class JobServiceStub:
                 request_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageRequest.SerializeToString,
                 response_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageResponse.FromString,
                 _registered_method=True)
+        self.ExportTrainingSet = channel.unary_unary(
+                '/syllabus.jobs.v1.JobService/ExportTrainingSet',
+                request_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetRequest.SerializeToString,
+                response_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -115,6 +120,14 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportTrainingSet(self, request, context):
+        """ExportTrainingSet returns the exact training set of one round of a job, as JSONL records that
+        HF datasets loads (what `syllabus export` writes). Scoped to the caller's tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +160,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetLineage,
                     request_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageRequest.FromString,
                     response_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageResponse.SerializeToString,
+            ),
+            'ExportTrainingSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportTrainingSet,
+                    request_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetRequest.FromString,
+                    response_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +330,33 @@ class JobService:
             '/syllabus.jobs.v1.JobService/GetLineage',
             syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageRequest.SerializeToString,
             syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetLineageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportTrainingSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/syllabus.jobs.v1.JobService/ExportTrainingSet',
+            syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetRequest.SerializeToString,
+            syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetResponse.FromString,
             options,
             channel_credentials,
             insecure,
