@@ -118,9 +118,8 @@ def pack_adapter(src: Path) -> bytes:
     """Pack a peft adapter directory into a deterministic tar (sorted names, zero mtimes, a canonical
     adapter_config.json): equal weights give equal bytes, and so equal sha256, in every process."""
     import io
-    import tarfile
-
     import json
+    import tarfile
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
