@@ -120,12 +120,12 @@ class Stack:
 
     def _popen(self, name: str, cmd: list[str]) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=config_env(self.config), start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        out.close()
+        with open(self.log_dir / f"{name}.log", "ab") as out:  # the child keeps its own copy of the fd
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=config_env(self.config), start_new_session=True,
+                # safe beside the supervisor thread: the child only calls prctl, resolved before any fork
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
+            )
         self._cmds[name] = cmd
         self._started[name] = time.monotonic()
         return proc
@@ -228,7 +228,7 @@ class Stack:
                 client = await Client.connect(c.temporal_address, namespace=c.temporal_namespace)
                 await client.count_workflows()
                 return True
-            except Exception:  # not up yet: connection refused or namespace not registered
+            except Exception:  # noqa: BLE001 — not up yet: refused, or namespace not registered (varied types)
                 return False
 
         await self._wait("temporal", proc, temporal_ready, 60)

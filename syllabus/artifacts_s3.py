@@ -98,7 +98,7 @@ class S3ArtifactStore:
         try:
             if not self.client.bucket_exists(self.bucket):
                 self.client.make_bucket(self.bucket)
-        except Exception as e:  # minio raises S3Error / urllib3 errors; map them to one clear error
+        except Exception as e:  # noqa: BLE001 — minio raises S3Error / urllib3 errors; one clear error
             raise self._wrap(e) from None
         self._bucket_checked = True
 

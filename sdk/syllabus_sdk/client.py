@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import grpc
 
@@ -80,7 +81,7 @@ class SyllabusClient:
     def _rpc(self, fn, request):
         return _call(fn, request, timeout=self.timeout, metadata=self._metadata)
 
-    def __enter__(self) -> SyllabusClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -42,10 +42,10 @@ def test_models_match_the_migrations(database_url: str) -> None:
 def test_insert_ignore_is_idempotent(database_url: str) -> None:
     engine = db.make_engine(database_url)
     sessions = db.session_factory(engine)
-    rows = [dict(job_id="j", sample_id=f"s{i}", round=1, split="generated", input=f"text {i}", label="a",
-                 provenance={"method": "seed_expansion"}) for i in range(3)]
+    rows = [{"job_id": "j", "sample_id": f"s{i}", "round": 1, "split": "generated", "input": f"text {i}", "label": "a",
+                 "provenance": {"method": "seed_expansion"}} for i in range(3)]
     with sessions.begin() as s:
-        db.insert_ignore(s, db.Job, [dict(id="j", task_name="t", task_yaml="", rounds_total=1)])
+        db.insert_ignore(s, db.Job, [{"id": "j", "task_name": "t", "task_yaml": "", "rounds_total": 1}])
         assert db.insert_ignore(s, db.Sample, rows) == 3
     with sessions.begin() as s:
         assert db.insert_ignore(s, db.Sample, rows + [dict(rows[0], sample_id="s9")]) == 1

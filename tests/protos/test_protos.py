@@ -21,7 +21,7 @@ def _buf() -> str:
 
 
 def test_buf_lint_passes() -> None:
-    result = subprocess.run([_buf(), "lint"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([_buf(), "lint"], cwd=ROOT, check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -31,7 +31,7 @@ def test_buf_lint_catches_a_violation(tmp_path: Path) -> None:
     mod.mkdir(parents=True)
     (mod / "bad.proto").write_text('syntax = "proto3";\npackage syllabus.bad.v1;\nservice Bad { rpc do_it(X) returns (X); }\nmessage X {}\n')
     shutil.copy(ROOT / "buf.yaml", tmp_path / "buf.yaml")
-    result = subprocess.run([_buf(), "lint"], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run([_buf(), "lint"], cwd=tmp_path, check=False, capture_output=True, text=True)
     assert result.returncode != 0
     assert "do_it" in result.stdout + result.stderr
 
@@ -42,7 +42,7 @@ def _snapshot() -> dict[str, bytes]:
 
 def test_generated_code_is_reproducible() -> None:
     before = _snapshot()
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py")], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py")], check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     after = _snapshot()
     assert sorted(after) == sorted(before)
