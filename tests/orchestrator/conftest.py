@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from collections.abc import AsyncIterator
@@ -29,3 +30,46 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def _services(home: Path, service_token: str) -> AsyncIterator[tuple]:
+    """Teacher, student and trainer servers on port 0 sharing one local store and SQLite file under
+    `home`; yields (config addressing them, the teacher's Served)."""
+    from student_svc.server import create_server as create_student
+    from syllabus.config import Config
+    from teacher_svc.server import create_server as create_teacher
+    from trainer_svc.server import create_server as create_trainer
+    from trainer_svc.server import jobs_for
+
+    base = Config(
+        home=home,
+        database_url=f"sqlite:///{home / 'syllabus.db'}",
+        artifact_url=(home / "artifacts").as_uri(),
+        service_token=service_token,  # the worker's activities send it; the three services accept only it
+    )
+    jobs = jobs_for(base)
+    teacher = await create_teacher(base)
+    student = await create_student(base)
+    trainer = await create_trainer(base, jobs=jobs)
+    try:
+        for served in (teacher, student, trainer):
+            await served.set_serving(True)
+        config = base.model_copy(
+            update={
+                "teacher_address": f"127.0.0.1:{teacher.port}",
+                "student_address": f"127.0.0.1:{student.port}",
+                "trainer_address": f"127.0.0.1:{trainer.port}",
+            }
+        )
+        yield config, teacher
+    finally:
+        for served in (teacher, student, trainer):
+            await served.stop(1.0)
+        await jobs.close()
+
+
+@pytest.fixture(scope="session")
+def services():
+    """`async with services(home, service_token) as (config, teacher_served)`: the three services."""
+    return _services

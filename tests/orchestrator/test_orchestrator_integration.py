@@ -123,40 +123,12 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="module")
 async def stack(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, service_token: str
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, service_token: str, services
 ) -> AsyncIterator[Stack]:
     """Teacher, student and trainer servers on port 0, sharing one local store and SQLite file."""
-    from student_svc.server import create_server as create_student
-    from teacher_svc.server import create_server as create_teacher
-    from trainer_svc.server import create_server as create_trainer
-    from trainer_svc.server import jobs_for
-
     tmp = tmp_path_factory.mktemp("orchestrator-stack")
-    base = Config(
-        home=tmp,
-        database_url=f"sqlite:///{tmp / 'syllabus.db'}",
-        artifact_url=(tmp / "artifacts").as_uri(),
-        service_token=service_token,  # the worker's activities send it; the three services accept only it
-    )
-    jobs = jobs_for(base)
-    teacher = await create_teacher(base)
-    student = await create_student(base)
-    trainer = await create_trainer(base, jobs=jobs)
-    try:
-        for served in (teacher, student, trainer):
-            await served.set_serving(True)
-        config = base.model_copy(
-            update={
-                "teacher_address": f"127.0.0.1:{teacher.port}",
-                "student_address": f"127.0.0.1:{student.port}",
-                "trainer_address": f"127.0.0.1:{trainer.port}",
-            }
-        )
+    async with services(tmp, service_token) as (config, _):
         yield Stack(config, tmp)
-    finally:
-        for served in (teacher, student, trainer):
-            await served.stop(1.0)
-        await jobs.close()
 
 
 async def test_workflow_distils_end_to_end(

@@ -79,41 +79,10 @@ class Stack:
 
 @pytest.fixture(scope="module")
 async def stack(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, service_token: str
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, service_token: str, services
 ) -> AsyncIterator[Stack]:
-    from student_svc.server import create_server as create_student
-    from teacher_svc.server import create_server as create_teacher
-    from trainer_svc.server import create_server as create_trainer
-    from trainer_svc.server import jobs_for
-
-    tmp = tmp_path_factory.mktemp("tailoring-stack")
-    base = Config(
-        home=tmp,
-        database_url=f"sqlite:///{tmp / 'syllabus.db'}",
-        artifact_url=(tmp / "artifacts").as_uri(),
-        service_token=service_token,
-    )
-    jobs = jobs_for(base)
-    teacher, student, trainer = (
-        await create_teacher(base),
-        await create_student(base),
-        await create_trainer(base, jobs=jobs),
-    )
-    try:
-        for served in (teacher, student, trainer):
-            await served.set_serving(True)
-        config = base.model_copy(
-            update={
-                "teacher_address": f"127.0.0.1:{teacher.port}",
-                "student_address": f"127.0.0.1:{student.port}",
-                "trainer_address": f"127.0.0.1:{trainer.port}",
-            }
-        )
+    async with services(tmp_path_factory.mktemp("tailoring-stack"), service_token) as (config, teacher):
         yield Stack(config, open_store(config.resolved_artifact_url()), tiny_model_dir, teacher.port)
-    finally:
-        for served in (teacher, student, trainer):
-            await served.stop(1.0)
-        await jobs.close()
 
 
 def key_of(store: ArtifactStore, ref) -> str:
