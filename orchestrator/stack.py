@@ -266,11 +266,6 @@ class Stack:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
-    def restart_worker(self) -> None:
-        """Start a fresh worker process (after `kill("worker")`)."""
-        self.procs = [(n, p) for n, p in self.procs if not (n == "worker" and p.poll() is not None)]
-        self._spawn("worker", [sys.executable, "-m", "orchestrator.worker"])
-
     def stop(self, timeout: float = 15.0) -> None:
         self._stopping.set()  # the supervisor restarts nothing from here on
         if self._supervisor is not None:
@@ -294,7 +289,3 @@ class Stack:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.procs.clear()
-
-    def failed(self) -> list[str]:
-        """Components that have exited while the stack should be up."""
-        return [name for name, proc in self.procs if proc.poll() is not None]

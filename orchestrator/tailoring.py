@@ -215,9 +215,7 @@ class TailoringActivities:
         )
         rationales = self.base.store.stat(key)
         if rationales is None:
-            model = common_pb2.ModelRef(base=task.teacher.model)
-            if inp.teacher_adapter is not None:
-                model.adapter.CopyFrom(ref_to_pb(inp.teacher_adapter))
+            model = common_pb2.ModelRef(base=task.teacher.model, adapter=ref_to_pb(inp.teacher_adapter))
             request = teacher_pb2.GenerateRequest(
                 model=model, kind=common_pb2.TASK_KIND_CLASSIFICATION, instructions=task.instructions,
                 mode=teacher_pb2.GENERATE_MODE_RATIONALES, questions=ref_to_pb(inp.questions), styles=s.styles,
@@ -270,9 +268,7 @@ class TailoringActivities:
         )
         scores = self.base.store.stat(key)
         if scores is None:
-            model = common_pb2.ModelRef(base=task.student.model)
-            if inp.student_adapter is not None:
-                model.adapter.CopyFrom(ref_to_pb(inp.student_adapter))
+            model = common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.student_adapter))
             request = student_pb2.ScoreRequest(
                 model=model, dataset=ref_to_pb(inp.demos), metrics=[student_pb2.METRIC_ARTE_PREFERENCE],
                 arte=student_pb2.ArteSettings(probe_set=ref_to_pb(inp.probe_set), match=student_pb2.ANSWER_MATCH_LABEL,

@@ -220,7 +220,7 @@ def test_killed_worker_restarts_without_duplicates(stack: Stack, task_file: Path
         assert time.monotonic() < deadline
         time.sleep(0.3)
     stack.kill("worker")
-    stack.restart_worker()
+    stack.supervise()  # restarts the worker, as `syllabus up` would
     while (job := _last_json(_cli(stack, "jobs", "status", job_id, "--json")))["status"] == "running":
         assert time.monotonic() < deadline, "job did not finish after the worker restart"
         time.sleep(1)
