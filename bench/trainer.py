@@ -66,7 +66,7 @@ def run_ours(args: argparse.Namespace, q: mp.Queue) -> None:
     import torch
 
     from syllabus.models import load_model
-    from trainer_svc.recipe import Recipe
+    from syllabus.recipe import Recipe
     from trainer_svc.staged import train_recipe
 
     torch.set_num_threads(args.threads)

@@ -32,7 +32,7 @@ from syllabus.models import check_model_ref, fetch_adapter
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.serving import InvalidRequest, reading
 from syllabus_sdk.trainer.v1 import trainer_pb2
-from trainer_svc.recipe import Recipe, RecipeError, load_recipe
+from syllabus.recipe import Recipe, RecipeError, load_recipe
 
 log = logging.getLogger(__name__)
 

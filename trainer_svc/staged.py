@@ -1,6 +1,6 @@
 """Staged training (a `Recipe`), readable top to bottom: setup -> stages -> save.
 
-    from trainer_svc.recipe import load_recipe
+    from syllabus.recipe import load_recipe
     from trainer_svc.staged import run_recipe
     recipe = load_recipe(open("recipes/chain_of_lora_2stage.yaml").read())
     ref, result = run_recipe("bundled:smollm2-135m-instruct", records, recipe, store, "adapters/x.tar")
@@ -60,7 +60,7 @@ from trainer_svc.packing import (
     sequential_pack,
     token_logprobs,
 )
-from trainer_svc.recipe import Recipe, Stage
+from syllabus.recipe import Recipe, Stage
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pytest
 
 from trainer_svc.curriculum import PUDF, SEC, AdaRFT, checkpoint_weights, irt_ability, lr_at
 from trainer_svc.packing import bfd_pack
-from trainer_svc.recipe import RecipeError, load_recipe
+from syllabus.recipe import RecipeError, load_recipe
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import torch
 
 from syllabus.models import load_model
 from trainer_svc.packing import CompletionLM, build_batch
-from trainer_svc.recipe import Recipe
+from syllabus.recipe import Recipe
 from trainer_svc.staged import TrainingStopped, chained_adapter_files, encode_records, train_recipe
 
 pytestmark = pytest.mark.unit

@@ -1,9 +1,10 @@
 """Staged training recipes: a typed, validated config loaded from YAML.
 
-    from trainer_svc.recipe import load_recipe
+    from syllabus.recipe import load_recipe
     recipe = load_recipe(open("recipes/chain_of_lora_2stage.yaml").read())
 
-A recipe is a list of stages run in order on one model. Each stage says which records it trains on
+The format is a contract between the task spec (`train.recipe`) and the trainer, so it lives in the
+shared library. A recipe is a list of stages run in order on one model. Each stage says which records it trains on
 (score band, categories, replay of earlier stages), for how long (epochs or steps), with what
 learning rate and schedule, which parameters (a LoRA, or the full model), in which order the data
 comes (a curriculum policy; `shuffled` is the baseline) and what happens after it (`merge`: Chain
