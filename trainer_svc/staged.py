@@ -7,7 +7,8 @@
 
 Records are dicts: `{"prompt", "response"}` for SFT, `{"prompt", "chosen", "rejected"}` for DPO,
 `{"question", "solution", "critique"}` (or prompt/response) for CFT, with optional score fields and
-"category" for filters and curricula.
+"category" for filters and curricula. A record with `"heldout": true` is never trained on, by any
+stage or replay: it is the held-out split on which a PUDF stage estimates the model's ability.
 
 How one step runs: the step's samples are packed into rows (`trainer_svc.packing`), the model body
 runs once over the rows, and the LM head runs only at target positions. SFT/CFT loss is the mean
@@ -20,9 +21,9 @@ peft LoRA whose rank is the sum of the stages' ranks (A stacked, B stacked and p
 base + that adapter = base + the sum of stage deltas exactly; merged HF weights on request.
 
 Resumable: with a checkpoint key, the full training state (stage, step, adapters of merged
-stages, trainable weights, optimiser, RNG, curriculum state) is saved every `checkpoint_every`
-steps and at stage ends; a restarted run loads it and continues with the same data order, ending
-with the same weights as an uninterrupted run.
+stages, trainable weights, optimiser, RNG, curriculum state, per-stage losses, seconds and records)
+is saved every `checkpoint_every` steps and at stage ends; a restarted run loads it and continues
+with the same data order, ending with the same weights as an uninterrupted run.
 
 Distributed: pass `dist=True` inside an initialised torch.distributed process group (gloo on CPU,
 nccl on GPUs): every rank builds the same plan, takes every world-th row of each step, gradients
@@ -50,6 +51,7 @@ import torch.nn.functional as F
 
 from syllabus.artifacts import ArtifactRef, ArtifactStore, training_metrics_key
 from syllabus.prompts import encode_example
+from syllabus.recipe import Recipe, Stage
 from trainer_svc.curriculum import PUDF, SEC, AdaRFT, checkpoint_weights, irt_ability, lr_at
 from trainer_svc.packing import (
     CompletionLM,
@@ -60,7 +62,6 @@ from trainer_svc.packing import (
     sequential_pack,
     token_logprobs,
 )
-from syllabus.recipe import Recipe, Stage
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,27 @@ class RecipeResult:
     resumed_from: int = 0
     """Global step the run resumed from (0: fresh)."""
     merged_ref: ArtifactRef | None = None
+    stage_seconds: list[float] = field(default_factory=list)
+    """Wall seconds per stage, setup to merge; a resumed run adds those of earlier attempts (as
+    of their last checkpoint)."""
+    stage_samples: list[set[int]] = field(default_factory=list)
+    """Indices of the records each stage trained on (its replay included)."""
+    stage_curriculum: list[dict] = field(default_factory=list)
+    """Curriculum metrics per stage (`StepSource.metrics`: PUDF's abilities and caps)."""
+
+    def open_stage(self) -> None:
+        self.stage_losses.append([])
+        self.stage_lrs.append([])
+        self.stage_seconds.append(0.0)
+        self.stage_samples.append(set())
+        self.stage_curriculum.append({})
+
+    def per_stage(self) -> dict:
+        """The per-stage lists, as a checkpoint keeps them (`RecipeResult(**d)` restores them)."""
+        return {
+            "stage_losses": self.stage_losses, "stage_lrs": self.stage_lrs, "stage_seconds": self.stage_seconds,
+            "stage_samples": self.stage_samples, "stage_curriculum": self.stage_curriculum,
+        }  # fmt: skip
 
     @property
     def losses(self) -> list[float]:
@@ -140,11 +162,22 @@ def encode_records(
     return out
 
 
+def is_heldout(record: dict, index: int) -> bool:
+    """`"heldout": true`: a record no stage trains on (PUDF's probe set)."""
+    v = record.get("heldout", False)
+    if not isinstance(v, bool):
+        # A dataset error, reported like the dataset's others (ValueError -> INVALID_ARGUMENT), not a TypeError.
+        raise ValueError(f'record {index}: "heldout" must be true or false, got {v!r}')  # noqa: TRY004
+    return v
+
+
 def select_records(records: Sequence[dict], stage: Stage) -> list[int]:
-    """Indices of the records passing the stage's data filter (before replay)."""
+    """Indices of the records passing the stage's data filter (before replay); never a held-out one."""
     f = stage.data
     keep = []
     for i, r in enumerate(records):
+        if is_heldout(r, i):
+            continue
         if f.categories and r.get("category") not in f.categories:
             continue
         if f.score_key is not None:
@@ -160,7 +193,8 @@ def select_records(records: Sequence[dict], stage: Stage) -> list[int]:
 
 
 def with_replay(own: list[int], earlier: list[int], share: float, seed: int) -> list[int]:
-    """Add round(share * len(own)) records drawn without replacement from earlier stages' records."""
+    """Add round(share * len(own)) records drawn without replacement from earlier stages' records
+    (`select_records` results, so never a held-out one)."""
     pool = sorted(set(earlier) - set(own))
     k = min(len(pool), round(share * len(own)))
     return own + random.Random(seed).sample(pool, k) if k else own
@@ -180,6 +214,10 @@ class StepSource:
 
     def feedback(self, items: list[int], loss_before: list[float], loss_after: list[float] | None) -> None:
         pass
+
+    def metrics(self) -> dict:
+        """Extra keys of the stage's entry in the published metrics."""
+        return {}
 
     wants_after = False  # does feedback need the loss after the update (SEC)?
 
@@ -286,10 +324,16 @@ class AdaRFTSource(StepSource):
 
 
 class PUDFSource(StepSource):
-    """PUDF: each epoch, the records with difficulty (IRT b) <= cap; cap follows the ability,
-    estimated at epoch ends on a probe set (right = every target token is the model's argmax)."""
+    """PUDF (DDaCLAE): each epoch trains on the records with difficulty (IRT b) <= cap; the cap follows
+    the model's ability theta, estimated before the first epoch and after every epoch on the probe
+    set (right = every target token is the model's argmax; `trainer_svc.curriculum.PUDF`).
 
-    needs_ability = True
+    The probe set is the held-out records (`"heldout": true`) that carry the difficulty, as the paper
+    estimates ability on a dev split; without any, the first 64 training records stand in (the
+    stage logs a warning). The step budget is `epochs` passes over the whole pool, as the shuffled
+    baseline's; a PUDF epoch is one pass over the records eligible then, so it is usually shorter."""
+
+    PROBE_FALLBACK = 64
 
     def __init__(self, recipe: Recipe, stage: Stage, items: list[int], lengths, records, seed: int):
         c = stage.curriculum
@@ -299,11 +343,18 @@ class PUDFSource(StepSource):
         per_epoch = math.ceil(len(_pack(recipe, lengths, items, keep_order=False)) / k)
         self.total = stage.steps or max(1, math.ceil(stage.epochs * per_epoch))
         self.epoch, self.plan, self.pos = -1, [], 0
-        self.probe = items[: min(64, len(items))]
-        self.pending_ability = False
+        held = [i for i, r in enumerate(records) if is_heldout(r, i) and r.get(c.score_key) is not None]
+        self.probe_from = "heldout" if held else "training"
+        self.probe = held or items[: self.PROBE_FALLBACK]
+        self.probe_b = [records[i][c.score_key] for i in self.probe]
+        self.abilities: list[float] = []
+        self.caps: list[float] = []
+        self.pending_ability = True  # the first epoch waits for theta_0
 
     def next_rows(self) -> list[list[int]]:
         if self.pos >= len(self.plan):
+            if self.pending_ability:
+                raise RuntimeError("PUDF: an epoch may start only after the ability was estimated (set_ability)")
             self.epoch += 1
             g = random.Random(self.seed * 1_000_003 + self.epoch)
             order = [self.items[p] for p in self.pudf.eligible()]
@@ -316,11 +367,18 @@ class PUDFSource(StepSource):
             self.pending_ability = True
         return self.plan[self.pos - 1]
 
-    def set_ability(self, right: dict[int, bool]) -> None:
-        pos_of = {rec: p for p, rec in enumerate(self.items)}
-        b = [self.pudf.b[pos_of[r]] for r in right]
-        self.pudf.update(irt_ability(b, list(right.values())))
+    def set_ability(self, right: Sequence[bool]) -> None:
+        """The probe's right/wrong (in `probe` order) -> theta -> the cap of the next epoch."""
+        theta = irt_ability(self.probe_b, list(right))
+        self.pudf.update(theta)
+        self.abilities.append(theta)
+        self.caps.append(self.pudf.cap)
         self.pending_ability = False
+
+    def metrics(self) -> dict:
+        """abilities[k]: theta before epoch k+1 (the last: after the last full epoch); caps[k]: the cap it set."""
+        return {"abilities": list(self.abilities), "caps": list(self.caps), "probe": self.probe_from,
+                "probe_size": len(self.probe)}  # fmt: skip
 
 
 SOURCES = {"shuffled": EpochSource, "static": EpochSource, "sec": SECSource, "adarft": AdaRFTSource, "pudf": PUDFSource}
@@ -462,9 +520,13 @@ def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world
 # Checkpoints
 
 
+CKPT_FORMAT = 2
+"""2: per-stage seconds, records and curriculum metrics; PUDF's probe set and pre-epoch ability."""
+
+
 def _save_ckpt(store: ArtifactStore, key: str, state: dict) -> None:
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save({"format": CKPT_FORMAT, **state}, buf)
     store.put_bytes(key, buf.getvalue())
 
 
@@ -472,7 +534,12 @@ def _load_ckpt(store: ArtifactStore, key: str) -> dict | None:
     ref = store.stat(key)
     if ref is None:
         return None
-    return torch.load(io.BytesIO(store.get_bytes(ref)), weights_only=False)
+    ckpt = torch.load(io.BytesIO(store.get_bytes(ref)), weights_only=False)
+    if ckpt.get("format") != CKPT_FORMAT:
+        # Its curriculum state may not fit this code; a fresh run ends with the same weights.
+        log.warning("checkpoint %s has format %s, not %d: training from the start", key, ckpt.get("format"), CKPT_FORMAT)
+        return None
+    return ckpt
 
 
 def trainable_state(model) -> dict:
@@ -517,7 +584,16 @@ def train_recipe(
         seen += own
         enc = encode_records(tokenizer, records, st.objective, recipe.max_seq_len, items, encoded.setdefault(st.objective, {}))
         lengths = [sum(len(ids) for ids, _ in enc[i]) if i in enc else 0 for i in range(len(records))]
-        sources.append(SOURCES[st.curriculum.policy](recipe, st, items, lengths, records, recipe.seed * 7919 + si))
+        source = SOURCES[st.curriculum.policy](recipe, st, items, lengths, records, recipe.seed * 7919 + si)
+        if isinstance(source, PUDFSource):
+            encode_records(tokenizer, records, st.objective, recipe.max_seq_len, source.probe, enc)
+            if source.probe_from != "heldout":
+                log.warning(
+                    "recipe %s stage %s: no held-out record (\"heldout\": true) has %r; PUDF estimates the "
+                    "ability on the first %d training records instead", recipe.name, recipe.stage_name(si),
+                    st.curriculum.score_key, len(source.probe),
+                )  # fmt: skip
+        sources.append(source)
     global_total = sum(s.total for s in sources)
 
     ckpt = _load_ckpt(store, checkpoint_key) if store is not None and checkpoint_key else None
@@ -528,8 +604,7 @@ def train_recipe(
     start_stage, start_step = 0, 0
     if ckpt is not None:
         start_stage, start_step = ckpt["stage"], ckpt["step"]
-        result.stage_losses, result.stage_lrs = ckpt["stage_losses"], ckpt["stage_lrs"]
-        result.resumed_from = ckpt["global_step"]
+        result = RecipeResult(**ckpt["per_stage"], resumed_from=ckpt["global_step"])
         sources[start_stage] = ckpt["source"]
         log.info("recipe %s: resuming at stage %d step %d", recipe.name, start_stage, start_step)
     global_step = sum(len(x) for x in result.stage_losses[:start_stage]) + start_step
@@ -537,6 +612,7 @@ def train_recipe(
 
     for si, st in enumerate(recipe.stages):
         # --- stage setup: adapter (fresh, continued or from init), optimiser, HFT
+        t_stage = time.perf_counter()
         fresh_adapter = st.lora is not None and (si == 0 or recipe.stages[si - 1].after == "merge")
         if fresh_adapter:
             model = new_adapter(lm, st, recipe.seed + si, init_adapter if si == 0 else None)
@@ -569,9 +645,10 @@ def train_recipe(
             avg_snaps = ckpt["avg_snaps"]
             ckpt = None
         else:
-            result.stage_losses.append([])
-            result.stage_lrs.append([])
             avg_snaps = []
+        if len(result.stage_losses) == si:  # a fresh stage (a resumed one has its lists already)
+            result.open_stage()
+        seconds0 = result.stage_seconds[si]  # of earlier attempts
         core = CompletionLM(model)
         lm_fwd = core
         if dist_on:
@@ -579,6 +656,9 @@ def train_recipe(
 
             lm_fwd = DDP(core)
         enc = encoded[st.objective]
+        if isinstance(source, PUDFSource) and source.pending_ability:
+            # theta_0, so that the first epoch already trains only on b <= cap
+            _estimate_ability(source, model, core, enc, pad_id, recipe, dist_on)
         model.train()
         sched = st.schedule
         avg_steps = set()
@@ -590,6 +670,7 @@ def train_recipe(
                 raise TrainingStopped(f"stopped at stage {si + 1} step {step} of {source.total}")
             t0 = time.perf_counter()
             rows = source.next_rows()
+            result.stage_samples[si].update(i for row in rows for i in row)
             lr = lr_at(step, source.total, st.lr, sched.warmup_ratio, sched.kind, sched.final_lr_ratio)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -636,7 +717,7 @@ def train_recipe(
             if items:
                 source.feedback(items, per_item, after)
             if isinstance(source, PUDFSource) and source.pending_ability:
-                source.set_ability(_probe_right(core, enc, source.probe, pad_id, device, recipe.bf16))
+                _estimate_ability(source, model, core, enc, pad_id, recipe, dist_on)  # the next epoch's cap
             if step in avg_steps:
                 avg_snaps.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
             global_step += 1
@@ -658,9 +739,9 @@ def train_recipe(
                 )
             last = step + 1 == source.total
             if (recipe.checkpoint_every and (step + 1) % recipe.checkpoint_every == 0 and not last) and store is not None and checkpoint_key and rank == 0:
+                result.stage_seconds[si] = seconds0 + time.perf_counter() - t_stage
                 _save_ckpt(store, checkpoint_key, {
-                    "stage": si, "step": step + 1, "global_step": global_step,
-                    "stage_losses": result.stage_losses, "stage_lrs": result.stage_lrs,
+                    "stage": si, "step": step + 1, "global_step": global_step, "per_stage": result.per_stage(),
                     "source": source, "snapshots": snapshots,
                     "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
                     "rng": torch.get_rng_state(), "avg_snaps": avg_snaps,
@@ -681,11 +762,12 @@ def train_recipe(
             lm = model.merge_and_unload()
             model = lm
             optimizer = None
+        result.stage_seconds[si] = seconds0 + time.perf_counter() - t_stage
+        result.stage_curriculum[si] = source.metrics()
         if si + 1 < len(recipe.stages) and store is not None and checkpoint_key and rank == 0:
             nxt = sources[si + 1]
             _save_ckpt(store, checkpoint_key, {
-                "stage": si + 1, "step": 0, "global_step": global_step,
-                "stage_losses": result.stage_losses + [[]], "stage_lrs": result.stage_lrs + [[]],
+                "stage": si + 1, "step": 0, "global_step": global_step, "per_stage": result.per_stage(),
                 "source": nxt, "snapshots": snapshots,
                 "trainable": trainable_state(model) if st.after == "continue" else {},
                 "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -694,17 +776,41 @@ def train_recipe(
     return model, snapshots, result
 
 
-def _probe_right(core, enc, probe: list[int], pad_id: int, device, bf16: bool) -> dict[int, bool]:
-    """Per probe record: is every target token the model's argmax (teacher forced)?"""
+def _estimate_ability(source: PUDFSource, model, core, enc, pad_id: int, recipe: Recipe, dist_on: bool) -> None:
+    """Probe in eval mode (no dropout: right/wrong is the model's answer), then back to training."""
+    model.eval()
+    source.set_ability(_probe_right(core, enc, source.probe, pad_id, recipe, dist_on))
+    model.train()
+
+
+def _probe_right(core, enc, probe: list[int], pad_id: int, recipe: Recipe, dist_on: bool) -> list[bool]:
+    """Per probe record, in order: is every target token the model's argmax (teacher forced)?
+
+    The probe is packed into rows of `row_tokens` and run `rows_per_step` rows at a time (a
+    held-out split may be large). Under DDP every rank takes rank 0's answers, so the curriculum
+    cannot diverge."""
     seqs = [enc[i][0] for i in probe]
-    batch = build_batch([[j] for j in range(len(seqs))], seqs, pad_id).to(device)
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        flat = batch.targets.reshape(-1)
-        pos = (flat >= 0).nonzero(as_tuple=True)[0]
-        pred = core(batch, pos).argmax(-1)
-    ok = (pred == flat.index_select(0, pos)).float()
-    sums, counts = per_sample_sums(ok, batch.sample_ids.reshape(-1).index_select(0, pos), len(seqs))
-    return {probe[j]: bool(sums[j] == counts[j]) for j in range(len(seqs))}
+    rows = bfd_pack([len(ids) for ids, _ in seqs], max(recipe.row_tokens, recipe.max_seq_len))
+    per_forward = _rows_per_step(recipe)
+    device = next(core.parameters()).device
+    right = [False] * len(seqs)
+    for k in range(0, len(rows), per_forward):
+        batch = build_batch(rows[k : k + per_forward], seqs, pad_id).to(device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+            flat = batch.targets.reshape(-1)
+            pos = (flat >= 0).nonzero(as_tuple=True)[0]
+            pred = core(batch, pos).argmax(-1)
+        ok = (pred == flat.index_select(0, pos)).float()
+        sums, counts = per_sample_sums(ok, batch.sample_ids.reshape(-1).index_select(0, pos), len(batch.samples))
+        for j, s in enumerate(batch.samples):
+            right[s] = bool(sums[j] == counts[j])
+    if dist_on:
+        import torch.distributed as dist
+
+        box = [right]
+        dist.broadcast_object_list(box, src=0)
+        right = box[0]
+    return right
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -747,6 +853,25 @@ def read_metrics(store: ArtifactStore, output_key: str) -> dict | None:
     return json.loads(store.get_bytes(ref)) if ref is not None else None
 
 
+def stage_metrics(recipe: Recipe, result: RecipeResult) -> list[dict]:
+    """One entry per recipe stage, in order: name, steps, mean_loss (None without a step), seconds
+    (wall, summed over a resumed run's attempts), samples (distinct records trained on, replay
+    included), plus the curriculum's own keys (PUDF: abilities, caps, probe, probe_size)."""
+    out = []
+    for i in range(len(recipe.stages)):
+        ran = i < len(result.stage_losses)
+        losses = result.stage_losses[i] if ran else []
+        out.append({
+            "name": recipe.stage_name(i),
+            "steps": len(losses),
+            "mean_loss": sum(losses) / len(losses) if losses else None,
+            "seconds": round(result.stage_seconds[i], 3) if ran else 0.0,
+            "samples": len(result.stage_samples[i]) if ran else 0,
+            **(result.stage_curriculum[i] if ran else {}),
+        })  # fmt: skip
+    return out
+
+
 class NonFiniteLoss(RuntimeError):
     """Training diverged (inf/NaN loss): nothing is published."""
 
@@ -783,7 +908,7 @@ def run_recipe(
     if should_stop is not None and should_stop():
         raise TrainingStopped("stopped before publishing")
     metrics = {"steps": len(result.losses), "mean_loss": result.mean_loss, "losses": result.losses,
-               "resumed_from": result.resumed_from}  # fmt: skip
+               "resumed_from": result.resumed_from, "stages": stage_metrics(recipe, result)}  # fmt: skip
     store.put_bytes(training_metrics_key(output_key), json.dumps(metrics, sort_keys=True).encode())
     ref, result.merged_ref = save_outputs(model, snapshots, base, tokenizer, store, output_key, merged_key)
     log.info("recipe %s: %d steps, mean loss %.4f -> %s", recipe.name, len(result.losses), result.mean_loss, ref.uri)
@@ -798,6 +923,7 @@ def read_records(data: bytes) -> list[dict]:
             r = json.loads(line)
             if not isinstance(r, dict):
                 raise ValueError(f"line {lineno} is not a JSON object")
+            is_heldout(r, len(out))
             out.append(r)
     if not out:
         raise ValueError("no records")

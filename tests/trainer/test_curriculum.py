@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from syllabus.recipe import RecipeError, load_recipe
 from trainer_svc.curriculum import PUDF, SEC, AdaRFT, checkpoint_weights, irt_ability, lr_at
 from trainer_svc.packing import bfd_pack
-from syllabus.recipe import RecipeError, load_recipe
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,3 +121,28 @@ def test_ability_estimate_follows_answers() -> None:
     strong = irt_ability(b, [True] * 8 + [False])
     weak = irt_ability(b, [True] + [False] * 8)
     assert strong > 0.5 > -0.5 > weak
+
+
+def test_pudf_source_probes_held_out_records_and_waits_for_theta_0() -> None:
+    from syllabus.recipe import Recipe
+    from trainer_svc.staged import PUDFSource, read_records, select_records
+
+    records = [{"prompt": "p", "response": "r", "b": x} for x in (-1.0, 0.0, 1.0, 2.0)] + [
+        {"prompt": "p", "response": "r", "b": 0.5, "heldout": True},
+        {"prompt": "p", "response": "r", "heldout": True},  # no difficulty: held out, but no probe
+    ]
+    r = load_recipe("packing: false\nbatch_size: 2\nstages: [{curriculum: {policy: pudf, score_key: b}}]")
+    assert select_records(records, r.stages[0]) == [0, 1, 2, 3]
+    assert select_records(records, Recipe.model_validate({"stages": [{}]}).stages[0]) == [0, 1, 2, 3]
+    src = PUDFSource(r, r.stages[0], [0, 1, 2, 3], [5] * 6, records, seed=0)
+    assert (src.probe, src.probe_b, src.probe_from) == ([4], [0.5], "heldout")
+    with pytest.raises(RuntimeError, match="ability"):
+        src.next_rows()  # no epoch before theta_0
+    src.set_ability([True])
+    theta = irt_ability([0.5], [True])
+    assert src.abilities == [theta] and src.caps == [max(theta, -1.0)]
+    epoch = [i for _ in range(math.ceil(len(src.pudf.eligible()) / 2)) for row in src.next_rows() for i in row]
+    assert sorted(epoch) == [i for i in range(4) if records[i]["b"] <= src.caps[0]]
+    assert src.pending_ability  # the epoch ended: the next one waits for a new estimate
+    with pytest.raises(ValueError, match='"heldout" must be true or false'):
+        read_records(b'{"prompt": "p", "response": "r", "heldout": "yes"}\n')

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from syllabus.models import load_model
-from trainer_svc.packing import CompletionLM, build_batch
 from syllabus.recipe import Recipe
+from trainer_svc.packing import CompletionLM, build_batch
 from trainer_svc.staged import TrainingStopped, chained_adapter_files, encode_records, train_recipe
 
 pytestmark = pytest.mark.unit
@@ -267,3 +267,141 @@ def test_shared_prefix_rows_give_the_same_logits_and_gradients(tiny_model_dir: P
     torch.testing.assert_close(lp_shared, lp_full, atol=1e-5, rtol=1e-5)
     for name, g in g_full.items():
         torch.testing.assert_close(g_shared[name], g, atol=1e-5, rtol=1e-4)
+
+
+def test_metrics_have_one_entry_per_stage_and_skip_held_out_records(tiny_model_dir: Path, store) -> None:
+    from trainer_svc.staged import read_metrics, run_recipe
+
+    # Held-out records pass the "easy" band: only the `heldout` flag keeps them out of training.
+    held = [{"prompt": f"Held-out message {j}", "response": "lost_card", "difficulty": 0.1, "heldout": True} for j in range(3)]
+    _, res = run_recipe(str(tiny_model_dir), held + RECORDS, recipe(), store, "jobs/j/s.tar")
+    metrics = read_metrics(store, "jobs/j/s.tar")
+    assert set(metrics) == {"steps", "mean_loss", "losses", "resumed_from", "stages"}
+    stages = metrics["stages"]
+    assert [s["name"] for s in stages] == ["easy", "hard"]
+    assert all(set(s) == {"name", "steps", "mean_loss", "seconds", "samples"} for s in stages)
+    assert [s["steps"] for s in stages] == [len(x) for x in res.stage_losses]
+    assert sum(s["steps"] for s in stages) == metrics["steps"] == len(metrics["losses"])
+    for s, losses in zip(stages, res.stage_losses, strict=True):
+        assert s["steps"] > 0 and s["mean_loss"] == pytest.approx(sum(losses) / len(losses))
+        assert s["seconds"] > 0
+    # easy: the 8 records with difficulty < 0.5; hard: its 8 + round(0.5 * 8) replayed; never a held-out one
+    assert [s["samples"] for s in stages] == [8, 12]
+    assert all(not ({0, 1, 2} & seen) for seen in res.stage_samples)
+
+
+PUDF_TRAIN = [{"prompt": f"Classify: customer message number {i} about {c}", "response": c, "irt_b": -2 + 0.25 * i}
+              for i, c in enumerate(CATS * 4)]  # fmt: skip
+PUDF_HELD = [{"prompt": f"Which intent has held-out query {j}?", "response": "exchange_rate or top_up_failed",
+              "irt_b": b, "heldout": True} for j, b in enumerate([1.0, 1.5, 2.0, 2.5])]  # fmt: skip
+PUDF_RECORDS = PUDF_HELD[:2] + PUDF_TRAIN + PUDF_HELD[2:]  # held-out records at both ends
+HELD_IDX = [0, 1, 18, 19]
+
+
+def pudf_recipe(**over) -> Recipe:
+    return Recipe.model_validate({
+        "seed": 0, "max_seq_len": 96, "packing": False, "batch_size": 4, "bf16": False, **over,
+        "stages": [{"name": "pudf", "lr": 2e-2, "epochs": 2, "lora": {"rank": 4, "alpha": 8},
+                    "curriculum": {"policy": "pudf", "score_key": "irt_b", "pudf_step": 0.5}}],
+    })  # fmt: skip
+
+
+def test_pudf_estimates_ability_on_held_out_records_before_the_first_epoch(tiny_model_dir: Path, monkeypatch) -> None:
+    from trainer_svc import staged
+    from trainer_svc.curriculum import irt_ability
+
+    events: list[tuple] = []
+    next_rows, probe_right = staged.PUDFSource.next_rows, staged._probe_right
+
+    def spy_rows(self):
+        rows = next_rows(self)
+        events.append(("rows", self.epoch, [i for row in rows for i in row]))
+        return rows
+
+    def spy_probe(core, enc, probe, *args):
+        right = probe_right(core, enc, probe, *args)
+        events.append(("probe", list(probe), right))
+        return right
+
+    monkeypatch.setattr(staged.PUDFSource, "next_rows", spy_rows)
+    monkeypatch.setattr(staged, "_probe_right", spy_probe)
+    lm, tok = load_model(str(tiny_model_dir))
+    _, _, result = train_recipe(lm, tok, PUDF_RECORDS, pudf_recipe())
+    info = result.stage_curriculum[0]
+    assert info["probe"] == "heldout" and info["probe_size"] == 4
+
+    assert events[0][0] == "probe"  # theta_0 comes before any step
+    probes = [e for e in events if e[0] == "probe"]
+    assert all(p[1] == HELD_IDX for p in probes)  # only the held-out split is probed
+    held_b = [PUDF_RECORDS[i]["irt_b"] for i in HELD_IDX]
+    assert info["abilities"] == [pytest.approx(irt_ability(held_b, p[2])) for p in probes]
+
+    b = {i: r["irt_b"] for i, r in enumerate(PUDF_RECORDS)}
+    epochs: dict[int, list[int]] = {}
+    probes_before: dict[int, int] = {}
+    for e in events:
+        if e[0] == "rows":
+            epochs.setdefault(e[1], []).extend(e[2])
+            probes_before.setdefault(e[1], sum(x[0] == "probe" for x in events[: events.index(e)]))
+    assert all(probes_before[k] == k + 1 for k in epochs)  # one estimate before each epoch
+    for k, items in epochs.items():
+        eligible = {i for i in range(len(PUDF_RECORDS)) if i not in HELD_IDX and b[i] <= info["caps"][k]}
+        assert set(items) <= eligible
+        if k < len(epochs) - 1:
+            assert sorted(items) == sorted(eligible)  # a full epoch = every eligible record once
+    assert any(b[i] > info["caps"][0] for i in range(2, 18))  # so the first epoch really was restricted
+    assert info["caps"][-1] > info["caps"][0]  # and the cap moved
+    # the budget (2 passes of 4 steps over the 16 records) ends exactly with the third PUDF epoch (2 + 3 + 3 steps):
+    # an estimate before each epoch and one after the last
+    assert [len(v) for v in epochs.values()] == [7, 9, 11]
+    assert len(info["abilities"]) == len(info["caps"]) == len(epochs) + 1
+    assert result.stage_samples[0] == {i for e in events if e[0] == "rows" for i in e[2]}
+    assert not result.stage_samples[0] & set(HELD_IDX)
+
+
+def test_pudf_without_held_out_records_probes_training_records(tiny_model_dir: Path, caplog) -> None:
+    lm, tok = load_model(str(tiny_model_dir))
+    r = pudf_recipe()
+    r = r.model_copy(update={"stages": (r.stages[0].model_copy(update={"steps": 2}),)})
+    with caplog.at_level("WARNING", logger="trainer_svc.staged"):
+        _, _, result = train_recipe(lm, tok, PUDF_TRAIN, r)
+    info = result.stage_curriculum[0]
+    assert (info["probe"], info["probe_size"]) == ("training", 16)
+    assert info["abilities"] and info["caps"][0] == max(info["abilities"][0], -2.0)  # theta_0; never an empty epoch
+    assert "no held-out record" in caplog.text
+
+
+def test_killed_pudf_run_resumes_with_its_ability_and_cap(tiny_model_dir: Path, store) -> None:
+    from trainer_svc.staged import _load_ckpt
+
+    r = pudf_recipe(checkpoint_every=2)
+    lm, tok = load_model(str(tiny_model_dir))
+    straight, _, res_a = train_recipe(lm, tok, PUDF_RECORDS, r)
+    want = {k: v.clone() for k, v in straight.state_dict().items()}
+
+    calls = {"n": 0}
+
+    def stop_after_4() -> bool:  # steps 1-4 run: epoch 1 (2 steps) and 2 of epoch 2's 3
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    lm, tok = load_model(str(tiny_model_dir))
+    with pytest.raises(TrainingStopped):
+        train_recipe(lm, tok, PUDF_RECORDS, r, store=store, checkpoint_key="pudf.ckpt", should_stop=stop_after_4)
+    ckpt = _load_ckpt(store, "pudf.ckpt")
+    assert (ckpt["stage"], ckpt["step"]) == (0, 4)
+    assert ckpt["source"].abilities == res_a.stage_curriculum[0]["abilities"][:2]  # theta_0 and after epoch 1
+    assert ckpt["source"].caps == res_a.stage_curriculum[0]["caps"][:2]
+    seconds_before = ckpt["per_stage"]["stage_seconds"][0]
+    assert seconds_before > 0
+
+    lm, tok = load_model(str(tiny_model_dir))
+    resumed, _, res_b = train_recipe(lm, tok, PUDF_RECORDS, r, store=store, checkpoint_key="pudf.ckpt")
+    assert res_b.resumed_from == 4
+    assert res_b.stage_losses == res_a.stage_losses
+    assert res_b.stage_curriculum == res_a.stage_curriculum
+    assert res_b.stage_samples == res_a.stage_samples
+    assert res_b.stage_seconds[0] > seconds_before  # the attempts' seconds add up
+    got = resumed.state_dict()
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, atol=0, rtol=0)
