@@ -24,12 +24,13 @@ from datetime import timedelta
 from temporalio import activity, workflow
 from temporalio.exceptions import ApplicationError
 
-# The main loop's retry policy: transient failures retry for about 5 minutes, bad input fails at once.
-from orchestrator.workflows import RETRY
+# The main loop's timeouts and retry policy: transient failures retry for about 5 minutes, bad input fails at once.
+from orchestrator.policies import RETRY, START_TO_CLOSE
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator.activities import Activities
     from orchestrator.keys import output_key
+    from orchestrator.types import ArteSettings
     from syllabus.artifacts import ArtifactRef
     from syllabus.pb import ref_from_pb, ref_to_pb
     from syllabus.records import dumps_jsonl
@@ -38,31 +39,6 @@ with workflow.unsafe.imports_passed_through():
     from syllabus_sdk.teacher.v1 import teacher_pb2
     from syllabus_sdk.trainer.v1 import trainer_pb2
 
-# Training and generation on a CPU can take many minutes; heartbeats, not this, detect a dead service.
-START_TO_CLOSE = timedelta(minutes=30)
-
-
-@dataclass
-class ArteSettings:
-    """The ARTE knobs (docs/ALGORITHMS: lr 1e-7 for full models; a LoRA needs a larger one)."""
-
-    # Reasoning styles of the draft rationales (teacher_svc.reasoning.STYLES); two at least.
-    styles: list[str] = field(default_factory=lambda: ["step_by_step", "eli5"])
-    # Temperature and length of the draft rationales.
-    draft_temperature: float = 0.7
-    draft_max_new_tokens: int = 64
-    # Greedy tokens of each of the student's probe answers.
-    probe_max_new_tokens: int = 16
-    # DPO on the teacher: LoRA and optimisation.
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    epochs: int = 1
-    learning_rate: float = 5e-4
-    batch_size: int = 4
-    max_seq_len: int = 384
-    beta: float = 0.1
-    seed: int = 0
 
 
 @dataclass

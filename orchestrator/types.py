@@ -22,13 +22,33 @@ class DistillationInput:
     # The task spec YAML (seeds/eval inline), stored by the gateway at jobs/<job_id>/task.yaml.
     task_ref: ArtifactRef
     rounds: int
-    # select.top_fraction of the task: share of the kept examples selected by learnability.
-    top_fraction: float
-    # generate.targeted_per_skill of the task: > 0 turns on error analysis + targeted generation.
-    targeted_per_skill: int = 0
     # How long a long activity may go without a heartbeat before Temporal retries it elsewhere
     # (a dead worker or service is detected this fast). From SYLLABUS_ACTIVITY_HEARTBEAT_TIMEOUT_S.
     heartbeat_timeout_s: float = 120.0
+
+
+@dataclass
+class LoopPlan:
+    """Which steps the task turns on; decided by `prepare_job` from the task, so the workflow's
+    choices are recorded in its history (deterministic on replay)."""
+
+    expand: bool = True
+    targeted: bool = False
+    critique: str = "rules"
+    # Reasoning modes run after the critique, in order: "rationales", "rft".
+    reasoning: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=lambda: ["learnability"])
+    select_policy: str = "top_fraction"
+    # Recipe stage names ("" = the stage has no name); empty: one SFT stage from train.*.
+    stages: list[str] = field(default_factory=list)
+    # ARTE tailoring after rounds every, 2*every, ...; 0 = off.
+    tailor_every: int = 0
+    # A PUDF stage needs held-out records (the validation split with difficulties) in its dataset.
+    heldout: bool = False
+
+    @property
+    def learnability(self) -> bool:
+        return "learnability" in self.metrics
 
 
 @dataclass
@@ -57,6 +77,15 @@ class RoundResult:
     leaked: int = 0
     # Of `generated`, examples made by targeted generation for the previous round's errors.
     targeted: int = 0
+    # Critique drops by reason code ("copies_seed", "judge_wrong", "unparsable", ...).
+    dropped: dict[str, int] = field(default_factory=dict)
+    # Reasoning modes: {"rationales": {"written": n, "wrong": n, "failed": n, "kept": n}, "rft": {...}}.
+    reasoning: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Candidates scored (kept examples + rationales + RFT records) and what selection dropped.
+    candidates: int = 0
+    selection_dropped: dict[str, int] = field(default_factory=dict)
+    # The teacher adapter that generated this round (after tailoring), if any.
+    teacher_adapter_uri: str = ""
 
 
 @dataclass
@@ -96,6 +125,7 @@ class PrepareJobOutput:
     artifacts_uri: str
     # JSONL like eval_set: the validation split error analysis reads (the seeds when the task has none).
     validation: ArtifactRef | None = None
+    plan: LoopPlan = field(default_factory=LoopPlan)
 
 
 @dataclass
@@ -142,11 +172,13 @@ class GenerateInput:
     eval_set: ArtifactRef | None = None
     # AnalyzeErrors output of the previous round: also generate targeted examples for these skills.
     skills: ArtifactRef | None = None
+    # The tailored teacher's adapter (ARTE); None: the task's teacher as is.
+    teacher_adapter: ArtifactRef | None = None
 
 
 @dataclass
 class GenerateOutput:
-    examples: ArtifactRef  # JSONL: id, input, label, prompt, response, parent_id, provenance
+    examples: ArtifactRef | None  # JSONL: id, input, label, prompt, response, parent_id, provenance; None: nothing ran
     generated: int
     leaked: int = 0  # dropped by the leakage guard
     targeted: int = 0  # of `generated`, made by targeted generation
@@ -159,14 +191,37 @@ class CritiqueInput:
     round: int
     examples: ArtifactRef
     seeds: ArtifactRef
+    teacher_adapter: ArtifactRef | None = None
 
 
 @dataclass
 class CritiqueOutput:
-    kept: ArtifactRef  # the kept examples, in the input format
-    critiques: ArtifactRef  # JSONL: id, keep, reason
+    # The kept examples (relabelled or reflected by rubric/reflection), then any critique records (cft).
+    kept: ArtifactRef
+    critiques: ArtifactRef  # JSONL: the model's critiques (model-based modes), else the rules' id, keep, reason
     kept_count: int
     dropped_count: int
+    dropped: dict[str, int] = field(default_factory=dict)  # by reason code
+    extra_count: int = 0  # cft critique records among `kept`
+
+
+@dataclass
+class ReasonInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    mode: str  # "rationales" or "rft"
+    seeds: ArtifactRef
+    # The round's candidates so far (kept examples, earlier reasoning records); None: the seeds only.
+    candidates: ArtifactRef | None = None
+    teacher_adapter: ArtifactRef | None = None
+
+
+@dataclass
+class ReasonOutput:
+    candidates: ArtifactRef  # the input candidates followed by the kept rationale records
+    count: int
+    counts: dict[str, int] = field(default_factory=dict)  # written, wrong, failed, duplicate_paths, kept
 
 
 @dataclass
@@ -174,10 +229,22 @@ class TrainInput:
     job_id: str
     task_ref: ArtifactRef
     round: int
-    stage: str  # "reference" (LoBaSS reference adapter) or "sft"
+    # "reference" (LoBaSS reference adapter), "sft" (one stage from train.*) or "recipe" (train.recipe)
+    stage: str
     dataset: ArtifactRef  # JSONL with prompt and response
     # Adapter to continue from (the previous round's); None trains a fresh adapter.
     init_adapter: ArtifactRef | None = None
+
+
+@dataclass
+class StageResult:
+    """One recipe stage of a training run, as the trainer measured it."""
+
+    name: str
+    steps: int
+    seconds: float
+    mean_loss: float | None = None
+    samples: int = 0
 
 
 @dataclass
@@ -186,6 +253,7 @@ class TrainOutput:
     samples: int
     steps: int
     mean_loss: float
+    stages: list[StageResult] = field(default_factory=list)
 
 
 @dataclass
@@ -193,32 +261,47 @@ class ScoreInput:
     job_id: str
     task_ref: ArtifactRef
     round: int
-    dataset: ArtifactRef  # the kept examples
-    reference: ArtifactRef  # the LoBaSS reference adapter (trained from the current student)
+    dataset: ArtifactRef | None  # the round's candidates (scored with the seeds); None: the seeds only
+    seeds: ArtifactRef
+    # The validation split: ARTE's probe set (preference).
+    validation: ArtifactRef
+    reference: ArtifactRef | None = None  # the LoBaSS reference adapter (trained from the current student)
     student: ArtifactRef | None = None  # the current student's adapter (None in round 1: the base)
+    # The student's checkpoints so far (each round's adapter, this round's reference): the IRT crowd.
+    crowd: list[ArtifactRef] = field(default_factory=list)
+    # The validation split scored too as held-out records (PUDF's ability probe); None: not needed.
+    heldout: ArtifactRef | None = None
 
 
 @dataclass
 class ScoreOutput:
-    scores: ArtifactRef  # JSONL: id, loss_base, loss_ref, learnability
+    # JSONL: "id" and every score column (loss_base, loss_ref, learnability, ifd_ppl, ..., "<col>_pct",
+    # irt_b, difficulty100) of each candidate, seed and held-out record.
+    scores: ArtifactRef
     count: int
 
 
 @dataclass
 class SelectInput:
     job_id: str
+    task_ref: ArtifactRef
     round: int
-    kept: ArtifactRef
+    candidates: ArtifactRef | None  # None: no candidates this round (the training set is the seeds)
     scores: ArtifactRef
     seeds: ArtifactRef
-    top_fraction: float
+    # Held-out records join the training set flagged `heldout` (PUDF's probe; never trained on).
+    heldout: ArtifactRef | None = None
+    student: ArtifactRef | None = None  # the current student (diversity embeds with it)
 
 
 @dataclass
 class SelectOutput:
-    train_set: ArtifactRef  # the selected examples (by rank) followed by the seeds
+    # The selected candidates (by rank), then the seeds, then held-out records; each with its score
+    # columns and category, as the trainer's recipe filters and curricula read them.
+    train_set: ArtifactRef
     selected: int
     trained: int
+    dropped: dict[str, int] = field(default_factory=dict)  # candidates not selected, by reason
 
 
 @dataclass
@@ -248,3 +331,46 @@ class AnalyzeOutput:
     skills: ArtifactRef  # JSONL skill records (AnalyzeErrors)
     skill_count: int
     wrong: int
+
+
+@dataclass
+class TailorInputsInput:
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    seeds: ArtifactRef
+    validation: ArtifactRef
+    candidates: ArtifactRef | None = None
+
+
+@dataclass
+class TailorInputsOutput:
+    # ARTE draft questions: "id", "input", "label" (the seeds first, then kept examples).
+    questions: ArtifactRef
+    # Dpref, the student's probe set: "id", "prompt", "answer" from the validation split.
+    probe_set: ArtifactRef
+    # The task's tailor settings.
+    settings: ArteSettings
+
+
+@dataclass
+class ArteSettings:
+    """The ARTE knobs (docs/ALGORITHMS: lr 1e-7 for full models; a LoRA needs a larger one)."""
+
+    # Reasoning styles of the draft rationales (teacher_svc.reasoning.STYLES); two at least.
+    styles: list[str] = field(default_factory=lambda: ["step_by_step", "eli5"])
+    # Temperature and length of the draft rationales.
+    draft_temperature: float = 0.7
+    draft_max_new_tokens: int = 64
+    # Greedy tokens of each of the student's probe answers.
+    probe_max_new_tokens: int = 16
+    # DPO on the teacher: LoRA and optimisation.
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    epochs: int = 1
+    learning_rate: float = 5e-4
+    batch_size: int = 4
+    max_seq_len: int = 384
+    beta: float = 0.1
+    seed: int = 0

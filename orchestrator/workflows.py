@@ -1,12 +1,17 @@
 """DistillationWorkflow: the durable distillation loop.
 
-    prepare -> baseline-eval -> for each round:
-        generate -> critique -> [reference-train (round 1)] -> score -> select -> train -> evaluate
+    prepare (datasets + the task's LoopPlan) -> baseline-eval -> for each round:
+        generate (expand, targeted) -> critique -> rationales -> rft
+        -> reference-train (LoBaSS) -> score -> select
+        -> train (one SFT stage) | train-stage-1..N (the task's recipe, one checkpointed run)
+        -> evaluate [-> validation-eval -> analyze (targeted generation next round)]
+        [-> tailor (ARTE child workflow: later rounds generate with the aligned teacher)]
 
 Deterministic logic only; every step with I/O is an activity in `orchestrator.activities`, and data
-moves between steps as `ArtifactRef`s. Learnability needs a reference adapter (LoBaSS): round 1
-trains a brief one on the kept candidates; later rounds use the previous round's adapter. A round
-whose critique keeps nothing trains on the seeds alone.
+moves between steps as `ArtifactRef`s. Which steps run is the task's `LoopPlan`, returned by the
+prepare activity, so the choices are in the workflow's history. Learnability needs a reference
+adapter (LoBaSS): each round trains a brief one from the current student on the round's
+candidates. A round without candidates trains on the seeds alone.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, is_cancelled_exception
+from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelled_exception
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from orchestrator import search
     from orchestrator.activities import Activities
+    from orchestrator.policies import RETRY, SHORT_TIMEOUT, START_TO_CLOSE
+    from orchestrator.tailoring import TailorTeacherInput, TailorTeacherWorkflow
     from orchestrator.types import (
         AnalyzeInput,
         CritiqueInput,
@@ -31,31 +39,21 @@ with workflow.unsafe.imports_passed_through():
         FinishJobInput,
         GenerateInput,
         JobProgress,
+        LoopPlan,
         PrepareJobInput,
+        ReasonInput,
         RoundCounts,
         RoundResult,
         ScoreInput,
         SelectInput,
         StepTime,
+        TailorInputsInput,
         TrainInput,
     )
     from syllabus.artifacts import ArtifactRef
 
 I = TypeVar("I")
 O = TypeVar("O")
-
-# Training and generation on a CPU can take many minutes; heartbeats, not this, detect a dead service.
-START_TO_CLOSE = timedelta(minutes=30)
-# Short data steps (prepare, select, finish) do not heartbeat.
-SHORT_TIMEOUT = timedelta(minutes=5)
-# Transient failures (a service restarting, a worker lost) retry for about 5 minutes, long enough
-# for a supervised component to come back; non-retryable errors (bad input) fail at once.
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=14,
-)
 
 
 @workflow.defn
@@ -75,21 +73,17 @@ class DistillationWorkflow:
     async def run(self, inp: DistillationInput) -> JobProgress:
         try:
             return await self._distil(inp)
-        except (ActivityError, asyncio.CancelledError) as err:
+        except (ActivityError, ChildWorkflowError, asyncio.CancelledError) as err:
             cancelled = is_cancelled_exception(err)
+            search.upsert(status=search.CANCELLED if cancelled else search.FAILED)
             await self._mark_ended(inp.job_id, "cancelled" if cancelled else "failed")
             raise
 
     async def _distil(self, inp: DistillationInput) -> JobProgress:
         p = self._progress
-        prep = await self._step(
-            "prepare",
-            0,
-            Activities.prepare_job,
-            PrepareJobInput(inp.job_id, inp.task_ref, inp.rounds),
-            short=True,
-        )
+        prep = await self._step("prepare", 0, Activities.prepare_job, PrepareJobInput(inp.job_id, inp.task_ref, inp.rounds), short=True)
         p.artifacts_uri = prep.artifacts_uri
+        plan = prep.plan
         baseline = await self._step(
             "baseline-eval",
             0,
@@ -98,59 +92,60 @@ class DistillationWorkflow:
         )
         p.baseline_accuracy = baseline.accuracy
 
-        adapter: ArtifactRef | None = None
-        skills: ArtifactRef | None = None
+        adapter: ArtifactRef | None = None  # the student: the latest round's adapter
+        teacher: ArtifactRef | None = None  # the tailored teacher's adapter (ARTE)
+        skills: ArtifactRef | None = None  # the student's confusions after the previous round
+        crowd: list[ArtifactRef] = []  # the student's checkpoints: the IRT crowd of `difficulty`
+        validation = prep.validation or prep.seeds
         for r in range(1, inp.rounds + 1):
             p.current_round = r
-            gen = await self._step(
-                "generate",
-                r,
-                Activities.generate_examples,
-                GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds, prep.eval_set, skills),
-            )
-            kept: ArtifactRef | None = None
-            kept_count = 0
-            if gen.generated > 0:
-                crit = await self._step(
-                    "critique",
+            search.upsert(round=r)
+            result = RoundResult(round=r, generated=0, kept=0, selected=0, trained=0, accuracy=0.0, train_loss=0.0,
+                                 adapter_uri="", teacher_adapter_uri=teacher.uri if teacher else "")  # fmt: skip
+            candidates: ArtifactRef | None = None
+            n_candidates = 0
+            if plan.expand or (plan.targeted and skills is not None):
+                gen = await self._step(
+                    "generate",
                     r,
-                    Activities.critique_examples,
-                    CritiqueInput(inp.job_id, inp.task_ref, r, gen.examples, prep.seeds),
+                    Activities.generate_examples,
+                    GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds, prep.eval_set, skills, teacher),
                 )
-                kept, kept_count = crit.kept, crit.kept_count
+                result.generated, result.leaked, result.targeted = gen.generated, gen.leaked, gen.targeted
+                if gen.examples is not None and gen.generated > 0:
+                    crit = await self._step(
+                        "critique",
+                        r,
+                        Activities.critique_examples,
+                        CritiqueInput(inp.job_id, inp.task_ref, r, gen.examples, prep.seeds, teacher),
+                    )
+                    result.kept, result.dropped = crit.kept_count, crit.dropped
+                    n_candidates = crit.kept_count + crit.extra_count
+                    candidates = crit.kept if n_candidates > 0 else None
+            for mode in plan.reasoning:
+                reasoned = await self._step(
+                    mode, r, Activities.reason_examples, ReasonInput(inp.job_id, inp.task_ref, r, mode, prep.seeds, candidates, teacher)
+                )
+                result.reasoning[mode] = reasoned.counts
+                if reasoned.count > 0:
+                    candidates, n_candidates = reasoned.candidates, reasoned.count
+            result.candidates = n_candidates
 
-            train_set, selected = prep.seeds, 0
-            if kept is not None and kept_count > 0:
-                # LoBaSS (Zhou et al. 2023) in every round: L0 under the current student, Lref under a
-                # brief reference trained from the current student on this round's candidates.
-                ref_run = await self._step(
-                    "reference-train",
-                    r,
-                    Activities.train_adapter,
-                    TrainInput(inp.job_id, inp.task_ref, r, stage="reference", dataset=kept, init_adapter=adapter),
-                )
-                scores = await self._step(
-                    "score",
-                    r,
-                    Activities.score_samples,
-                    ScoreInput(inp.job_id, inp.task_ref, r, kept, ref_run.adapter, student=adapter),
-                )
-                sel = await self._step(
-                    "select",
-                    r,
-                    Activities.select_samples,
-                    SelectInput(inp.job_id, r, kept, scores.scores, prep.seeds, inp.top_fraction),
-                    short=True,
-                )
-                train_set, selected = sel.train_set, sel.selected
+            train_set = prep.seeds
+            if n_candidates > 0 or plan.stages:  # a recipe's score bands need the seeds scored too
+                train_set = await self._score_and_select(inp, plan, r, prep.seeds, validation, candidates, adapter, crowd, result)
 
-            trained = await self._step(
-                "train",
-                r,
-                Activities.train_adapter,
-                TrainInput(inp.job_id, inp.task_ref, r, stage="sft", dataset=train_set, init_adapter=adapter),
-            )
+            if plan.stages:
+                trained = await self._step(
+                    "train", r, Activities.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "recipe", train_set, adapter), record=False
+                )
+                for i, stage in enumerate(trained.stages):  # one step per recipe stage, timed by the trainer
+                    p.steps.append(StepTime(f"train-stage-{i + 1}", r, stage.seconds))
+            else:
+                trained = await self._step("train", r, Activities.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "sft", train_set, adapter))
             adapter = trained.adapter
+            crowd.append(adapter)
+            result.trained, result.train_loss, result.adapter_uri = trained.samples, trained.mean_loss, adapter.uri
             ev = await self._step(
                 "evaluate",
                 r,
@@ -163,26 +158,14 @@ class DistillationWorkflow:
                     eval_set=prep.eval_set,
                     adapter=adapter,
                     round_counts=RoundCounts(
-                        gen.generated, kept_count, selected, trained.samples, gen.leaked, gen.targeted, trained.mean_loss
+                        result.generated, result.kept, result.selected, result.trained, result.leaked, result.targeted, result.train_loss
                     ),
                 ),
             )
-            p.rounds.append(
-                RoundResult(
-                    round=r,
-                    generated=gen.generated,
-                    leaked=gen.leaked,
-                    targeted=gen.targeted,
-                    kept=kept_count,
-                    selected=selected,
-                    trained=trained.samples,
-                    accuracy=ev.accuracy,
-                    train_loss=trained.mean_loss,
-                    adapter_uri=adapter.uri,
-                )
-            )
+            result.accuracy = ev.accuracy
+            p.rounds.append(result)
             skills = None
-            if inp.targeted_per_skill > 0 and r < inp.rounds and prep.validation is not None:
+            if plan.targeted and r < inp.rounds and prep.validation is not None:
                 # Error-driven generation: what this round's student still confuses on the validation
                 # split becomes targeted examples in the next round.
                 val = await self._step(
@@ -198,6 +181,8 @@ class DistillationWorkflow:
                     AnalyzeInput(inp.job_id, inp.task_ref, r, val.predictions, prep.validation),
                 )
                 skills = analysis.skills if analysis.skill_count > 0 else None
+            if plan.tailor_every and r % plan.tailor_every == 0 and r < inp.rounds:
+                teacher = await self._tailor(inp, r, prep.seeds, validation, candidates, adapter, teacher)
 
         p.final_accuracy = p.rounds[-1].accuracy if p.rounds else p.baseline_accuracy
         p.current_step = "finish"
@@ -208,7 +193,81 @@ class DistillationWorkflow:
             retry_policy=RETRY,
         )
         p.current_step = ""
+        search.upsert(status=search.COMPLETED)
         return p
+
+    async def _score_and_select(
+        self,
+        inp: DistillationInput,
+        plan: LoopPlan,
+        r: int,
+        seeds: ArtifactRef,
+        validation: ArtifactRef,
+        candidates: ArtifactRef | None,
+        adapter: ArtifactRef | None,
+        crowd: list[ArtifactRef],
+        result: RoundResult,
+    ) -> ArtifactRef:
+        """reference-train (LoBaSS) -> score -> select; the round's training set."""
+        reference = None
+        if plan.learnability:
+            # LoBaSS (Zhou et al. 2023) in every round: L0 under the current student, Lref under a
+            # brief reference trained from the current student on this round's candidates.
+            ref_run = await self._step(
+                "reference-train",
+                r,
+                Activities.train_adapter,
+                TrainInput(inp.job_id, inp.task_ref, r, "reference", candidates or seeds, adapter),
+            )
+            reference = ref_run.adapter
+        heldout = validation if plan.heldout else None
+        scores = await self._step(
+            "score",
+            r,
+            Activities.score_samples,
+            ScoreInput(inp.job_id, inp.task_ref, r, candidates, seeds, validation, reference, adapter,
+                       [*crowd, *([reference] if reference else [])], heldout),
+        )
+        sel = await self._step(
+            "select",
+            r,
+            Activities.select_samples,
+            SelectInput(inp.job_id, inp.task_ref, r, candidates, scores.scores, seeds, heldout, adapter),
+            short=plan.select_policy not in ("diversity", "reflection"),  # those two run the student
+        )
+        result.selected, result.selection_dropped = sel.selected, sel.dropped
+        return sel.train_set
+
+    async def _tailor(
+        self,
+        inp: DistillationInput,
+        r: int,
+        seeds: ArtifactRef,
+        validation: ArtifactRef,
+        candidates: ArtifactRef | None,
+        student: ArtifactRef | None,
+        teacher: ArtifactRef | None,
+    ) -> ArtifactRef:
+        """ARTE as a child workflow: the teacher's DPO adapter aligned to this round's student."""
+        p = self._progress
+        p.current_step = "tailor"
+        started = workflow.now()
+        inputs = await workflow.execute_activity_method(
+            Activities.tailor_inputs,
+            TailorInputsInput(inp.job_id, inp.task_ref, r, seeds, validation, candidates),
+            start_to_close_timeout=SHORT_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        out = await workflow.execute_child_workflow(
+            TailorTeacherWorkflow.run,
+            TailorTeacherInput(
+                inp.job_id, inp.task_ref, r, inputs.questions, inputs.probe_set, student_adapter=student,
+                teacher_adapter=teacher, settings=inputs.settings, heartbeat_timeout_s=inp.heartbeat_timeout_s,
+            ),
+            id=f"{inp.job_id}-tailor-{r}",
+        )
+        p.steps.append(StepTime("tailor", r, (workflow.now() - started).total_seconds()))
+        return out.adapter
 
     async def _step(
         self,
@@ -218,8 +277,9 @@ class DistillationWorkflow:
         arg: I,
         *,
         short: bool = False,
+        record: bool = True,
     ) -> O:
-        """Run one activity as the named step and record its wall time."""
+        """Run one activity as the named step and (unless `record` is off) record its wall time."""
         self._progress.current_step = name
         started = workflow.now()
         result = await workflow.execute_activity_method(
@@ -232,7 +292,8 @@ class DistillationWorkflow:
             # so nothing runs or gets published after the job reads cancelled.
             cancellation_type=ActivityCancellationType.TRY_CANCEL if short else ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
-        self._progress.steps.append(StepTime(name, round, (workflow.now() - started).total_seconds()))
+        if record:
+            self._progress.steps.append(StepTime(name, round, (workflow.now() - started).total_seconds()))
         return result
 
     async def _mark_ended(self, job_id: str, status: str) -> None:

@@ -7,6 +7,9 @@ probe set Dpref of (q', a') pairs, with greedy decoding:
     s_r = (1 / |Dpref|) * sum_{(q', a') in Dpref} 1[student(demo (q, r); q') == a']
     s_q = mean over r in R_q of s_r
 
+The student's answer is its final answer (`final_answer`: after the last "Answer:" line) before it is
+matched, so a one-shot rationale demo that makes the student reason does not hide a right answer.
+
 Dpref is the k most discriminative questions of a validation bank (k = 40 of 100 per task in the
 paper); discrimination comes from a 2PL IRT model fitted on several small models' right/wrong
 answers (`student_svc.irt.fit_irt(..., "2pl")`, `most_discriminative`). Preference pairs (top vs
@@ -18,6 +21,7 @@ Cost: |records| x |Dpref| student generations - all of them run as length-bucket
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -25,6 +29,17 @@ from student_svc.evaluation import DEFAULT_MAX_NEW_TOKENS, EXACT, answers_match,
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+_ANSWER_LINE = re.compile(r"^\s*(?:final\s+)?answer\s*(?:is)?\s*[:=]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+
+
+def final_answer(generation: str) -> str:
+    """What a generation answers: the text after its last "Answer:" line when it reasons first (a
+    rationale demo makes the student reason too), else the whole generation. Matching the whole
+    rationale against a label or number would almost never hit."""
+    matches = _ANSWER_LINE.findall(generation)
+    return matches[-1].strip() if matches else generation
 
 
 def one_shot(demo_question: str, demo_rationale: str, question: str) -> list[dict]:
@@ -56,7 +71,7 @@ def arte_preference(
     n = len(probes)
     rows = []
     for k, r in enumerate(records):
-        hits = [answers_match(gens[k * n + j], probes[j]["answer"], match) for j in range(n)]
+        hits = [answers_match(final_answer(gens[k * n + j]), probes[j]["answer"], match) for j in range(n)]
         rows.append({"id": r["id"], "question_id": str(r.get("question_id") or r["prompt"]), "arte_s_r": sum(hits) / n})
     by_q: dict[str, list[float]] = {}
     for row in rows:

@@ -16,6 +16,20 @@ def classification_prompt(instructions: str, labels: list[str], text: str) -> st
     return f"{instructions.strip()}\nIntents: {', '.join(labels)}\nMessage: {text.strip()}\nIntent:"
 
 
+def rationale_prompt(instructions: str, labels: list[str], text: str) -> str:
+    """The student's user message for the rationale task (Distilling step-by-step): explain, then
+    answer. Rationale records train on it beside the plain classification prompt."""
+    return (
+        f"{instructions.strip()}\nIntents: {', '.join(labels)}\nMessage: {text.strip()}\n"
+        'Explain your reasoning, then give the intent on a last line "Answer: <intent>".'
+    )
+
+
+def teacher_instructions(instructions: str, labels: list[str]) -> str:
+    """What the teacher is told a classification question is about (rationales, RFT, tailoring)."""
+    return f"{instructions.strip()}\nAnswer with one of these intents: {', '.join(labels)}."
+
+
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """The prompt as the model sees it, up to where the response starts."""
     if tokenizer.chat_template:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from syllabus.models import DEFAULT_MODEL
+from syllabus.recipe import Recipe
 from syllabus.prompts import classification_prompt
 
 
@@ -56,9 +57,61 @@ class ModelSpec(_Strict):
         return model
 
 
-class GenerateSpec(_Strict):
-    """Seed expansion by the teacher (Self-Instruct style)."""
+STYLES = ("step_by_step", "eli5", "symbolic", "concise")  # the teacher's reasoning styles (teacher_svc.reasoning)
+Style = Literal["step_by_step", "eli5", "symbolic", "concise"]
 
+
+class ExpandMode(_Strict):
+    """Self-Instruct seed expansion: new labelled examples from the seeds."""
+
+    mode: Literal["expand"]
+    per_label: int | None = Field(None, ge=1, le=1000, description="Generation prompts per label and round; default generate.per_label.")
+
+
+class RationalesMode(_Strict):
+    """Fine-tune-CoT / Distilling step-by-step: the teacher writes a rationale per (question, style) for
+    the seeds and this round's kept examples; a rationale whose final answer is not the example's
+    label is dropped. Kept rationales train the student as a second task (rationale, then answer)."""
+
+    mode: Literal["rationales"]
+    styles: list[Style] = Field(default_factory=lambda: ["step_by_step", "concise"], min_length=1)
+    per_style: int = Field(1, ge=1, le=16, description="Rationales per (question, style).")
+    max_questions: int = Field(16, ge=1, le=10000, description="Questions per round (seeds first, then kept examples).")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_new_tokens: int = Field(96, ge=8, le=2048)
+    retries: int = Field(1, ge=0, le=5, description="Retries of a reply without an answer line.")
+
+
+class RftMode(_Strict):
+    """Rejection-sampling fine-tuning (RFT): k samples per question, kept when the verifier accepts the
+    answer, deduplicated by reasoning path."""
+
+    mode: Literal["rft"]
+    k: int = Field(4, ge=1, le=100, description="Samples per question.")
+    style: Style = "step_by_step"
+    max_questions: int = Field(16, ge=1, le=10000, description="Questions per round (seeds first, then kept examples).")
+    temperature: float = Field(0.7, gt=0.0, le=2.0)
+    max_new_tokens: int = Field(96, ge=8, le=2048)
+
+
+class TargetedMode(_Strict):
+    """Error-driven generation (arXiv 2412.15652): from round 2, new examples for each confusion the
+    student showed on the validation split after the previous round."""
+
+    mode: Literal["targeted"]
+    per_skill: int = Field(2, ge=1, le=100, description="Examples per confusion.")
+
+
+GenerateMode = Annotated[ExpandMode | RationalesMode | RftMode | TargetedMode, Field(discriminator="mode")]
+
+
+class GenerateSpec(_Strict):
+    """What the teacher generates each round: `modes`, each with its own budget. The sampling fields
+    below are those of `expand` and `targeted`."""
+
+    modes: list[GenerateMode] | None = Field(
+        None, min_length=1, description="Default: [expand], plus targeted when targeted_per_skill > 0."
+    )
     per_label: int = Field(4, ge=1, le=1000, description="Generation prompts per label and round.")
     n: int = Field(1, ge=1, le=16, description="Completions per prompt.")
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy).")
@@ -68,24 +121,119 @@ class GenerateSpec(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1000, description="Sampling seed (a round's seed is seed + round).")
     targeted_per_skill: int = Field(
         0, ge=0, le=100,
-        description="From round 2: also generate this many examples per confusion the student showed on the "
-        "validation split after the previous round (AnalyzeErrors -> targeted generation); 0 = off.",
+        description="Shorthand for a `targeted` mode with this per_skill; 0 = off.",
     )
+
+    @model_validator(mode="after")
+    def _modes(self) -> GenerateSpec:
+        modes = list(self.modes) if self.modes is not None else [ExpandMode(mode="expand")]
+        names = [m.mode for m in modes]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"modes: {', '.join(dupes)} given twice")
+        if self.targeted_per_skill:
+            if "targeted" not in names:
+                modes.append(TargetedMode(mode="targeted", per_skill=self.targeted_per_skill))
+            elif self.mode_in(modes, "targeted").per_skill != self.targeted_per_skill:
+                raise ValueError("targeted_per_skill and the targeted mode's per_skill disagree; give one")
+        self.modes = modes
+        return self
+
+    @staticmethod
+    def mode_in(modes, name: str):
+        return next((m for m in modes if m.mode == name), None)
+
+    def mode(self, name: str):
+        """The mode named `name` (expand, rationales, rft, targeted), or None when it is off."""
+        return self.mode_in(self.modes or (), name)
+
 
 
 class CritiqueSpec(_Strict):
-    mode: Literal["judge"] = Field("judge", description="judge: keep/drop each example with a reason.")
+    """How the teacher vets the round's generated examples (expand and targeted).
+
+    rules: a rule filter, no model (label in the set, sane length, not a copy of a seed, no duplicate);
+    judge: the rules, then the teacher's verdict ("Conclusion: right/wrong") with its reason;
+    cft: as judge, and the teacher's critiques also become training records (Critique Fine-Tuning);
+    rubric: the rules, then CITING — a rubric per label, the answer revised against it (relabelled
+        when the revision names another label, dropped when it names none);
+    reflection: the rules, then Reflection-Tuning — a better instruction and answer per example.
+    An unparseable reply is retried, then dropped with its raw text kept; it never fails the batch."""
+
+    mode: Literal["rules", "judge", "cft", "rubric", "reflection"] = "rules"
+    retries: int = Field(1, ge=0, le=5, description="Retries of a model reply that does not parse.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature of model-based modes.")
+    max_new_tokens: int = Field(128, ge=8, le=2048, description="Tokens per model reply.")
+
+
+Metric = Literal["learnability", "ifd", "rifd", "preference", "car", "difficulty"]
+# The score column each metric contributes to records (what select.metric, select.weights and
+# recipe score_key name), beside "<column>_pct", its percentile rank in [0, 1) within the round.
+METRIC_COLUMNS: dict[str, str] = {
+    "learnability": "learnability",
+    "ifd": "ifd_ppl",
+    "rifd": "rifd_ppl",
+    "preference": "arte_s_r",
+    "car": "car",
+    "difficulty": "irt_difficulty",
+}
+# Columns the loop derives from `difficulty` for the trainer's curricula.
+DIFFICULTY_COLUMNS = ("irt_b", "difficulty100", "success_rate")
+
+
+class ScoreSpec(_Strict):
+    """What the student scores each round's candidates with (one batched pass where passes are shared)."""
+
+    metrics: list[Metric] = Field(default_factory=lambda: ["learnability"], min_length=1)
+    car_beta: float = Field(1.0, ge=0.0, le=1000.0, description="CAR: reward / (1 + beta * loss).")
+    probe_k: int = Field(8, ge=1, le=1000, description="preference: validation items in the ARTE probe set.")
+    probe_max_new_tokens: int = Field(16, ge=1, le=512, description="preference: greedy tokens per probe answer.")
+    crowd_include_base: bool = Field(True, description="difficulty: the base student is a crowd member too.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, metrics: list[str]) -> list[str]:
+        return list(dict.fromkeys(metrics))
 
 
 class SelectSpec(_Strict):
-    """LoBaSS selection: keep the most learnable fraction of the kept examples."""
+    """Which scored candidates train the student (the seeds always do).
 
-    metric: Literal["learnability"] = "learnability"
-    top_fraction: float = Field(0.5, gt=0.0, le=1.0, description="Share of kept examples selected.")
+    policy: top_fraction | top_k | threshold (on `metric` or the weighted mix), diversity (k-means
+    quotas, sampling by the metric inside a cluster), reflection (the Selective Reflection-Tuning rule;
+    needs critique.mode reflection), random (a seeded sample of top_fraction)."""
+
+    policy: Literal["top_fraction", "top_k", "threshold", "diversity", "reflection", "random"] = "top_fraction"
+    metric: Metric = Field("learnability", description="The metric policies rank by (it must be scored).")
+    weights: dict[Metric, float] | None = Field(
+        None, description="Rank by sum(w * z-score of the metric) instead of `metric`.",
+    )
+    top_fraction: float = Field(0.5, gt=0.0, le=1.0, description="Share of the candidates selected.")
+    k: int | None = Field(None, ge=1, le=10**6, description="top_k and diversity: how many (default: top_fraction of them).")
+    threshold: float | None = Field(None, description="threshold: keep scores >= this (<= when ascending).")
+    ascending: bool = Field(False, description="Lower scores first (e.g. difficulty easy first).")
+    ifd_filter: bool = Field(False, description="Drop candidates with IFD > 1 first (needs ifd scored).")
+    n_clusters: int = Field(4, ge=1, le=1000, description="diversity: k-means clusters.")
+    quota: Literal["proportional", "equal"] = "proportional"
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="diversity: sampling temperature in a cluster.")
+    seed: int = Field(0, ge=0, le=2**31 - 1000)
+
+    @model_validator(mode="after")
+    def _policy(self) -> SelectSpec:
+        if self.policy == "threshold" and self.threshold is None:
+            raise ValueError("policy threshold needs `threshold`")
+        if self.weights is not None and not self.weights:
+            raise ValueError("weights: give at least one metric")
+        return self
+
+    def ranked_metrics(self) -> list[str]:
+        """The metrics this selection reads."""
+        used = list(self.weights) if self.weights else ([] if self.policy in ("random", "reflection") else [self.metric])
+        return used + (["ifd"] if self.ifd_filter and "ifd" not in used else [])
 
 
 class TrainSpec(_Strict):
-    """One LoRA SFT stage per round (completion-only loss)."""
+    """The round's training: one LoRA SFT stage from these fields, or a staged `recipe` (then the
+    fields below shape only the LoBaSS reference adapter)."""
 
     epochs: int = Field(2, ge=1, le=100)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
@@ -98,6 +246,28 @@ class TrainSpec(_Strict):
     max_seq_len: int = Field(256, ge=16, le=8192)
     seed: int = Field(0, ge=0, le=2**31 - 1000)
     reference_epochs: int = Field(1, ge=1, le=100, description="Epochs of the brief LoBaSS reference adapter trained from the current student each round.")
+    recipe: Recipe | None = Field(
+        None, description="A staged recipe (syllabus.recipe), inline or a path to a recipe YAML file.",
+    )
+
+
+class TailorSpec(_Strict):
+    """ARTE (arXiv 2406.19227): align the teacher to the student's preferences with DPO; later rounds
+    generate with the aligned teacher."""
+
+    every: int = Field(1, ge=1, le=100, description="Tailor after rounds every, 2*every, ... (never after the last).")
+    questions: int = Field(6, ge=1, le=1000, description="Draft questions (seeds first, then kept examples).")
+    styles: list[Style] = Field(default_factory=lambda: ["step_by_step", "eli5"], min_length=2)
+    draft_temperature: float = Field(0.7, gt=0.0, le=2.0)
+    draft_max_new_tokens: int = Field(64, ge=8, le=2048)
+    probe_k: int = Field(8, ge=1, le=1000, description="Validation items in the student's probe set (Dpref).")
+    probe_max_new_tokens: int = Field(16, ge=1, le=512)
+    lora_rank: int = Field(8, ge=1, le=512)
+    lora_alpha: float = Field(16.0, gt=0.0, le=65536.0)
+    epochs: int = Field(1, ge=1, le=100)
+    learning_rate: float = Field(5e-4, gt=0.0, le=1.0)
+    batch_size: int = Field(4, ge=1, le=1024)
+    beta: float = Field(0.1, gt=0.0, le=100.0, description="DPO temperature.")
 
 
 class TaskSpec(_Strict):
@@ -116,8 +286,10 @@ class TaskSpec(_Strict):
     rounds: int = Field(2, ge=1, le=100)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
     critique: CritiqueSpec = Field(default_factory=CritiqueSpec)
+    score: ScoreSpec = Field(default_factory=ScoreSpec)
     select: SelectSpec = Field(default_factory=SelectSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    tailor: TailorSpec | None = Field(None, description="ARTE teacher tailoring; off when absent.")
 
     @field_validator("labels")
     @classmethod
@@ -138,7 +310,34 @@ class TaskSpec(_Strict):
         missing = [label for label in self.labels if label not in {ex.label for ex in self.seeds}]
         if missing:
             raise ValueError(f"seeds: no seed example for label(s) {', '.join(missing)}")
+        self._check_method()
         return self
+
+    def _check_method(self) -> None:
+        """Cross-field rules of the method: what selection and the recipe read must be scored."""
+        scored = self.score.metrics
+        for m in self.select.ranked_metrics():
+            if m not in scored:
+                raise ValueError(f"select: ranks by {m}, which is not in score.metrics {scored}")
+        if self.select.policy == "reflection" and self.critique.mode != "reflection":
+            raise ValueError("select.policy reflection needs critique.mode reflection (the reflected versions)")
+        if self.tailor is not None and self.rounds < 2:
+            raise ValueError("tailor: needs rounds >= 2 (the aligned teacher generates in the rounds after tailoring)")
+        if (recipe := self.train.recipe) is None:
+            return
+        columns = {c for m in scored for c in (METRIC_COLUMNS[m], METRIC_COLUMNS[m] + "_pct")}
+        if "difficulty" in scored:
+            columns |= set(DIFFICULTY_COLUMNS)
+        for i, st in enumerate(recipe.stages):
+            where = f"train.recipe.stages.{i}"
+            for key in (st.data.score_key, st.curriculum.score_key):
+                if key is not None and key not in columns:
+                    hint = " (add difficulty to score.metrics)" if key in DIFFICULTY_COLUMNS else ""
+                    raise ValueError(f"{where}: score_key {key!r} is not a scored column; scored: {sorted(columns)}{hint}")
+            if st.objective == "dpo":
+                raise ValueError(f"{where}.objective: dpo needs preference pairs; the loop trains on sft or cft records")
+            if st.objective == "cft" and (self.critique.mode != "cft" or st.data.categories != ("cft",)):
+                raise ValueError(f"{where}.objective: cft trains on critique records: needs critique.mode cft and data.categories [cft]")
 
     def prompt_for(self, text: str) -> str:
         return classification_prompt(self.instructions, self.labels, text)
@@ -189,6 +388,21 @@ def _read_examples(base: Path, value: object, field: str, source: str) -> object
     return records
 
 
+def _read_recipe(base: Path, value: str, source: str) -> object:
+    """Inline a `train.recipe` file reference: relative to the task file, else to the working directory
+    (so `recipes/chain_of_lora_2stage.yaml` works from the repository root)."""
+    path = next((p for p in ((base / value).resolve(), (Path.cwd() / value).resolve()) if p.is_file()), None)
+    if path is None:
+        raise TaskSpecError(f"{source}: train.recipe: file {value[:200]!r} not found")
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError, OverflowError) as e:
+        raise TaskSpecError(f"{source}: train.recipe: cannot read {value[:200]} ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not _depth_ok(data):
+        raise TaskSpecError(f"{source}: train.recipe: {value[:200]} is not a recipe mapping")
+    return data
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not allowed")
 
@@ -237,6 +451,11 @@ def parse_task(
                     f"{field}: a task sent to the gateway must carry its examples inline; `syllabus run` inlines files"
                 )
             data[field] = _read_examples(base_dir or Path.cwd(), data[field], field, source)
+    train = data.get("train")
+    if isinstance(train, dict) and isinstance(train.get("recipe"), str):
+        if inline_only:
+            raise TaskSpecError("train.recipe: a task sent to the gateway must carry its recipe inline; `syllabus run` inlines files")
+        train["recipe"] = _read_recipe(base_dir or Path.cwd(), train["recipe"], source)
     try:
         return TaskSpec.model_validate(data)
     except ValidationError as e:

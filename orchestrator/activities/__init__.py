@@ -1,10 +1,10 @@
 """The orchestrator's activities, one module per service they drive (each calls one service, or does
 one small data step, and records metadata through `orchestrator.metadata`):
 
-- `data`: prepare_job, select_samples, finish_job (no service);
-- `teacher`: generate_examples, critique_examples, analyze_errors;
-- `student`: evaluate_student (and the round's row), score_samples;
-- `trainer`: train_adapter.
+- `data`: prepare_job (the datasets and the `LoopPlan`), tailor_inputs, finish_job (no service);
+- `teacher`: generate_examples, critique_examples, reason_examples (rationales, RFT), analyze_errors;
+- `student`: evaluate_student (and the round's row), score_samples, select_samples;
+- `trainer`: train_adapter (one SFT stage, or the task's recipe).
 
 `Activities(config)` is all of them over one artifact store, SQL engine and task-spec cache:
 `Activities(config).all()` is what the worker registers, and the workflow refers to each as
@@ -34,9 +34,11 @@ class Activities(DataActivities, TeacherActivities, StudentActivities, TrainerAc
             self.generate_examples,
             self.analyze_errors,
             self.critique_examples,
+            self.reason_examples,
             self.score_samples,
             self.select_samples,
             self.train_adapter,
+            self.tailor_inputs,
             self.finish_job,
         ]
 

@@ -1,24 +1,28 @@
-"""Data steps that call no service: prepare the job's datasets, select the training set, finish."""
+"""Data steps that call no service: prepare the job's datasets and plan, finish."""
 
 from __future__ import annotations
 
 import logging
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from orchestrator import reasoning
 from orchestrator.activities.base import ActivityBase
-from orchestrator.keys import job_prefix, output_key
+from orchestrator.keys import job_prefix
 from orchestrator.metadata import sample_row
 from orchestrator.types import (
+    ArteSettings,
     FinishJobInput,
     FinishJobOutput,
+    LoopPlan,
     PrepareJobInput,
     PrepareJobOutput,
-    SelectInput,
-    SelectOutput,
+    TailorInputsInput,
+    TailorInputsOutput,
 )
 from syllabus.records import content_id, dumps_jsonl
-from syllabus.selection import top_fraction
+from syllabus.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +86,32 @@ class DataActivities(ActivityBase):
             eval_count=len(evals),
             artifacts_uri=artifacts_uri,
             validation=validation_ref,
+            plan=plan_of(task),
         )
 
     @activity.defn
-    async def select_samples(self, inp: SelectInput) -> SelectOutput:
-        """Select the most learnable kept examples and write the training set (selected + seeds)."""
-        kept = {r["id"]: r for r in self._read_jsonl(inp.kept)}
-        scores = [r for r in self._read_jsonl(inp.scores) if r["id"] in kept]
-        chosen = top_fraction(scores, "learnability", inp.top_fraction)
-        seeds = self._read_jsonl(inp.seeds)
-        chosen_ids = set(chosen)
-        train = [kept[i] for i in chosen] + [s for s in seeds if s["id"] not in chosen_ids]
-
-        params = {"top_fraction": inp.top_fraction, "metric": "learnability"}
-        key = output_key(inp.job_id, inp.round, "select", [inp.kept, inp.scores, inp.seeds], params, "jsonl")
-        train_set = self._publish_once(key, dumps_jsonl(train))
-        await self._db(self.metadata.record_selection, inp.job_id, inp.round, chosen)
-        await self._record_artifacts(inp.job_id, inp.round, {"train-set": train_set})
-        return SelectOutput(train_set=train_set, selected=len(chosen), trained=len(train))
+    async def tailor_inputs(self, inp: TailorInputsInput) -> TailorInputsOutput:
+        """ARTE's inputs: draft questions (the seeds, then this round's kept examples, up to
+        tailor.questions) and the student's probe set (tailor.probe_k validation items)."""
+        task = self._task(inp.task_ref)
+        spec = task.tailor
+        if spec is None:
+            raise ApplicationError("the task has no tailor section", type="INVALID_ARGUMENT", non_retryable=True)
+        candidates = self._read_jsonl(inp.candidates) if inp.candidates is not None else []
+        questions = reasoning.questions(self._read_jsonl(inp.seeds), candidates, spec.questions)
+        probe = [{"id": r["id"], "prompt": task.prompt_for(r["input"]), "answer": r["label"]} for r in self._read_jsonl(inp.validation)]
+        prefix = f"{job_prefix(inp.job_id)}/round-{inp.round}"
+        return TailorInputsOutput(
+            questions=self._publish_once(f"{prefix}/tailor-questions.jsonl", dumps_jsonl(questions)),
+            probe_set=self._publish_once(f"{prefix}/tailor-probe.jsonl", dumps_jsonl(probe[: spec.probe_k])),
+            settings=ArteSettings(
+                styles=list(spec.styles), draft_temperature=spec.draft_temperature,
+                draft_max_new_tokens=spec.draft_max_new_tokens, probe_max_new_tokens=spec.probe_max_new_tokens,
+                lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha, epochs=spec.epochs,
+                learning_rate=spec.learning_rate, batch_size=spec.batch_size, beta=spec.beta,
+                seed=task.generate.seed,
+            ),
+        )
 
     @activity.defn
     async def finish_job(self, inp: FinishJobInput) -> FinishJobOutput:
@@ -111,3 +123,20 @@ class DataActivities(ActivityBase):
             # The job was started without the gateway, which creates its row: nothing to mark.
             log.warning("finish_job: no row for job %s", inp.job_id)
         return FinishJobOutput(status=inp.status)
+
+
+def plan_of(task: TaskSpec) -> LoopPlan:
+    """The steps `task` turns on (see `LoopPlan`)."""
+    recipe = task.train.recipe
+    stages = [st.name or f"stage-{i + 1}" for i, st in enumerate(recipe.stages)] if recipe else []
+    return LoopPlan(
+        expand=task.generate.mode("expand") is not None,
+        targeted=task.generate.mode("targeted") is not None,
+        critique=task.critique.mode,
+        reasoning=[m for m in ("rationales", "rft") if task.generate.mode(m) is not None],
+        metrics=list(task.score.metrics),
+        select_policy=task.select.policy,
+        stages=stages,
+        tailor_every=task.tailor.every if task.tailor is not None else 0,
+        heldout=bool(recipe) and any(st.curriculum.policy == "pudf" for st in recipe.stages),
+    )

@@ -1,19 +1,33 @@
-"""Steps the StudentService computes: evaluate (and the round's row) and LoBaSS scores."""
+"""Steps the StudentService computes: evaluate (and the round's row) and the round's scores."""
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from orchestrator.activities.base import ActivityBase, finite
-from orchestrator.keys import output_key
-from orchestrator.types import EvaluateInput, EvaluateOutput, ScoreInput, ScoreOutput
+from orchestrator.keys import job_prefix, output_key
+from orchestrator.scores import (
+    STUDENT_METRICS,
+    add_percentiles,
+    car,
+    difficulty_columns,
+    heldout_records,
+    reflection_versions,
+    scoring_records,
+    weighted_mix,
+)
+from orchestrator.types import EvaluateInput, EvaluateOutput, ScoreInput, ScoreOutput, SelectInput, SelectOutput
 from syllabus.artifacts import ArtifactRef
 from syllabus.pb import ref_from_pb, ref_to_pb
+from syllabus.records import dumps_jsonl
+from syllabus.selection import ranked, top_count, top_fraction
+from syllabus.tasks import METRIC_COLUMNS
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.student.v1 import student_pb2
-
-# Scores the student computes, in SQL `scores.metric` spelling.
-SCORE_METRICS = ("loss_base", "loss_ref", "learnability")
 
 
 class StudentActivities(ActivityBase):
@@ -47,43 +61,238 @@ class StudentActivities(ActivityBase):
         await self._record_artifacts(inp.job_id, inp.round, {f"predictions-{inp.stage}": predictions})
         return EvaluateOutput(accuracy=accuracy, correct=correct, total=total, predictions=predictions)
 
-    @activity.defn
-    async def score_samples(self, inp: ScoreInput) -> ScoreOutput:
-        """StudentService.Score: LoBaSS losses (L0 under the current student, Lref under the reference
-        adapter) and learnability; records scores."""
-        task = self._task(inp.task_ref)
-        params = {"model": task.student.model, "metrics": list(SCORE_METRICS)}
-        key = output_key(inp.job_id, inp.round, "score", [inp.dataset, inp.reference, inp.student], params, "jsonl")
-        request = student_pb2.ScoreRequest(
-            model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.reference)),
-            dataset=ref_to_pb(inp.dataset),
-            metrics=[student_pb2.METRIC_LOSS_BASE, student_pb2.METRIC_LOSS_REF, student_pb2.METRIC_LEARNABILITY],
-            output_key=key,
-            base_adapter=ref_to_pb(inp.student),  # L0 under the current student, not the bare base
-        )
+    async def _score_call(self, key: str, request: student_pb2.ScoreRequest, what: str) -> list[dict]:
+        """Rows of a StudentService.Score whose output is `key` (published already, or computed now)."""
+        request.output_key = key
 
         async def call() -> ArtifactRef | None:
             return ref_from_pb((await self._student(lambda s: s.score(request))).scores)
 
-        scores = await self.published_or_call(key, call, "StudentService.Score")
-        records = self._read_jsonl(scores)
-        # Which model each loss was taken under: L0 under the current student, the rest under the reference.
-        under_ref = f"{task.student.model}+{inp.reference.uri}"
-        under = {"loss_base": f"{task.student.model}+{inp.student.uri}" if inp.student else task.student.model}
-        rows = [
-            {
-                "job_id": inp.job_id,
-                "round": inp.round,
-                "sample_id": r["id"],
-                "metric": metric,
-                "value": float(r[metric]),
-                "model": under.get(metric, under_ref),
-            }
-            for r in records
-            for metric in SCORE_METRICS
+        return self._read_jsonl(await self.published_or_call(key, call, what))
+
+    @activity.defn
+    async def score_samples(self, inp: ScoreInput) -> ScoreOutput:
+        """StudentService.Score: the task's `score.metrics` on the round's candidates and the seeds
+        (and, for a PUDF recipe, the held-out validation items); one scores artifact with every column,
+        its percentile rank ("<column>_pct") and the curriculum difficulties; records scores.
+
+        - learnability (LoBaSS): L0 under the current student, Lref under the reference adapter;
+        - ifd, rifd, preference (ARTE s_r on a probe set of validation items), car: the current student;
+          CAR's loss is the base student's, as in the paper, with reward 1 for every kept candidate and
+          the generation method as the "teacher";
+        - difficulty: IRT over the artificial crowd of the student's own checkpoints (the base, each
+          round's adapter, this round's reference) answering each record's label.
+        """
+        task = self._task(inp.task_ref)
+        sc = task.score
+        seeds = self._read_jsonl(inp.seeds)
+        records = scoring_records(self._read_jsonl(inp.dataset) if inp.dataset else [], seeds)
+        heldout = heldout_records(task, self._read_jsonl(inp.heldout)) if inp.heldout is not None else []
+        data = self._publish_once(
+            output_key(inp.job_id, inp.round, "score-input", [inp.dataset, inp.seeds], {}, "jsonl"), dumps_jsonl(records)
+        )
+        student = common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.student))
+        rows: dict[str, dict] = {r["id"]: {"id": r["id"]} for r in records + heldout}
+        models: dict[str, str] = {}
+        under_student = f"{task.student.model}+{inp.student.uri}" if inp.student else task.student.model
+
+        def merge(scored: list[dict], model: str) -> None:
+            for row in scored:
+                for col, value in row.items():
+                    if col != "id" and row["id"] in rows:
+                        rows[row["id"]][col] = value
+                        models.setdefault(col, model)
+
+        if "learnability" in sc.metrics:
+            if inp.reference is None:
+                raise ApplicationError("learnability needs a reference adapter", type="INVALID_ARGUMENT", non_retryable=True)
+            key = output_key(inp.job_id, inp.round, "score-lobass", [data, inp.reference, inp.student], {"model": task.student.model}, "jsonl")
+            request = student_pb2.ScoreRequest(
+                model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.reference)),
+                dataset=ref_to_pb(data),
+                metrics=[student_pb2.METRIC_LOSS_BASE, student_pb2.METRIC_LOSS_REF, student_pb2.METRIC_LEARNABILITY],
+                base_adapter=ref_to_pb(inp.student),  # L0 under the current student, not the bare base
+            )
+            scored = await self._score_call(key, request, "StudentService.Score (learnability)")
+            merge([{"id": r["id"], "loss_base": r["loss_base"]} for r in scored], under_student)
+            merge([{k: v for k, v in r.items() if k != "loss_base"} for r in scored], f"{task.student.model}+{inp.reference.uri}")
+
+        as_is = [m for m in ("ifd", "rifd", "preference", "car") if m in sc.metrics]
+        if as_is:
+            metrics = [STUDENT_METRICS[m] for m in as_is]
+            arte = None
+            if "preference" in sc.metrics:
+                probe = [{"id": r["id"], "prompt": task.prompt_for(r["input"]), "answer": r["label"]} for r in self._read_jsonl(inp.validation)]
+                probe_ref = self._publish_once(job_prefix(inp.job_id) + "/arte-probe.jsonl", dumps_jsonl(probe))
+                arte = student_pb2.ArteSettings(
+                    probe_set=ref_to_pb(probe_ref), probe_k=sc.probe_k, match=student_pb2.ANSWER_MATCH_LABEL,
+                    max_new_tokens=sc.probe_max_new_tokens,
+                )  # fmt: skip
+            car_data = data
+            if "car" in sc.metrics:  # CAR reads each record's teacher (here: its generation method) and reward
+                car_data = self._publish_once(
+                    output_key(inp.job_id, inp.round, "score-car-input", [data], {}, "jsonl"),
+                    dumps_jsonl({**r, "teacher": r["category"], "reward": 1.0} for r in records),
+                )
+            params = {"model": task.student.model, "metrics": as_is, "score": sc.model_dump()}
+            key = output_key(inp.job_id, inp.round, "score-student", [car_data, inp.student, inp.validation], params, "jsonl")
+            request = student_pb2.ScoreRequest(
+                model=student, dataset=ref_to_pb(car_data), metrics=metrics, arte=arte, car_beta=sc.car_beta
+            )
+            scored = await self._score_call(key, request, "StudentService.Score")
+            merge([{k: v for k, v in r.items() if k not in ("question_id", "loss_base")} for r in scored], under_student)
+            if "car" in sc.metrics:  # per-record CAR = reward / (1 + beta * L), L under the base student
+                merge([{"id": r["id"], "car": car(1.0, r.get("loss_base"), sc.car_beta)} for r in scored], task.student.model)
+
+        if "difficulty" in sc.metrics:
+            label_form = [{"id": r["id"], "prompt": task.prompt_for(r["input"]), "response": r["label"]} for r in records + heldout]
+            label_ref = self._publish_once(
+                output_key(inp.job_id, inp.round, "score-crowd-input", [data, inp.heldout], {}, "jsonl"), dumps_jsonl(label_form)
+            )
+            crowd = [a for a in inp.crowd if a is not None]
+            params = {"model": task.student.model, "crowd": [a.sha256 for a in crowd], "base": sc.crowd_include_base}
+            key = output_key(inp.job_id, inp.round, "score-difficulty", [label_ref], params, "jsonl")
+            request = student_pb2.ScoreRequest(
+                model=common_pb2.ModelRef(base=task.student.model),
+                dataset=ref_to_pb(label_ref),
+                metrics=[student_pb2.METRIC_IRT_DIFFICULTY],
+                irt=student_pb2.IrtSettings(crowd=[ref_to_pb(a) for a in crowd], include_base=sc.crowd_include_base, labels=task.labels),
+            )
+            scored = await self._score_call(key, request, "StudentService.Score (difficulty)")
+            members = len(crowd) + int(sc.crowd_include_base)
+            merge([difficulty_columns(r, members) for r in scored], f"{task.student.model}+crowd:{members}")
+
+        table = add_percentiles(list(rows.values()))
+        scores = self._publish_once(
+            output_key(inp.job_id, inp.round, "scores", [data, inp.heldout], {"metrics": sc.metrics}, "jsonl"), dumps_jsonl(table)
+        )
+        sql = [
+            {"job_id": inp.job_id, "round": inp.round, "sample_id": r["id"], "metric": col, "value": float(r[col]), "model": model}
+            for r in table
+            for col, model in models.items()
             # A NaN (e.g. learnability at zero base loss) is kept in the artifact, not in SQL.
-            if finite(r.get(metric))
+            if finite(r.get(col))
         ]
-        await self._db(self.metadata.record_scores, rows)
+        await self._db(self.metadata.record_scores, sql)
         await self._record_artifacts(inp.job_id, inp.round, {"scores": scores})
         return ScoreOutput(scores=scores, count=len(records))
+
+    @activity.defn
+    async def select_samples(self, inp: SelectInput) -> SelectOutput:
+        """Select the candidates that train (the task's `select`), and write the training set: the
+        selected candidates by rank, then the seeds, then any held-out records, each carrying its
+        score columns and category (what a recipe's stage filters and curricula read).
+
+        top_fraction / top_k / threshold / random rank or sample here (`syllabus.selection`);
+        diversity is the StudentService's Select (k-means on the student's embeddings); reflection
+        applies the Selective Reflection-Tuning rule through StudentService.Score (METRIC_REFLECTION)."""
+        task = self._task(inp.task_ref)
+        sel = task.select
+        candidates = scoring_records(self._read_jsonl(inp.candidates) if inp.candidates is not None else [], [])
+        scores = {r["id"]: r for r in self._read_jsonl(inp.scores)}
+        rows = [{**scores.get(r["id"], {}), "id": r["id"]} for r in candidates]
+        dropped: Counter[str] = Counter()
+        if sel.ifd_filter:
+            kept_rows = [r for r in rows if finite(r.get("ifd_ppl")) and r["ifd_ppl"] <= 1.0]
+            dropped["ifd_above_1"] = len(rows) - len(kept_rows)
+            rows = kept_rows
+        column = METRIC_COLUMNS[sel.metric]
+        if sel.weights:
+            mix = weighted_mix(rows, dict(sel.weights), METRIC_COLUMNS)
+            rows = [{**r, "mix": mix[r["id"]]} for r in rows]
+            column = "mix"
+        budget = sel.k if sel.k is not None else top_count(len(rows), sel.top_fraction)
+        by_id = {r["id"]: r for r in candidates}
+        chosen_records: list[dict] | None = None
+        if sel.policy == "top_fraction":
+            chosen = top_fraction(rows, column, sel.top_fraction, sel.ascending)
+        elif sel.policy == "top_k":
+            chosen = [str(r["id"]) for r in ranked(rows, column, sel.ascending)[:budget]]
+        elif sel.policy == "threshold":
+            keep = (lambda v: v <= sel.threshold) if sel.ascending else (lambda v: v >= sel.threshold)
+            chosen = [str(r["id"]) for r in ranked(rows, column, sel.ascending) if finite(r.get(column)) and keep(r[column])]
+        elif sel.policy == "random":
+            ids = sorted(r["id"] for r in rows)
+            chosen = random.Random(f"{sel.seed}:{inp.round}").sample(ids, min(len(ids), budget))
+        elif sel.policy == "diversity":
+            chosen = await self._diversity(inp, task, [by_id[r["id"]] for r in rows], rows, column, budget)
+        else:  # reflection
+            chosen_records, versions = await self._reflection(inp, task, [by_id[r["id"]] for r in rows])
+            chosen = [r["id"] for r in chosen_records]
+            dropped.update({f"reflection_chose_{v}": n for v, n in versions.items()})
+        dropped["not_selected"] = len(rows) - len(chosen)
+        picked = chosen_records or [by_id[i] for i in chosen]
+        seeds = scoring_records([], self._read_jsonl(inp.seeds))
+        heldout = heldout_records(task, self._read_jsonl(inp.heldout)) if inp.heldout is not None else []
+        chosen_ids = {r["id"] for r in picked}
+        train = [{**r, **_columns(scores.get(r["id"]))} for r in picked]
+        train += [{**s, **_columns(scores.get(s["id"]))} for s in seeds if s["id"] not in chosen_ids]
+        train += [{**h, **_columns(scores.get(h["id"]))} for h in heldout]
+
+        params = {"select": sel.model_dump()}
+        key = output_key(inp.job_id, inp.round, "select", [inp.candidates, inp.scores, inp.seeds, inp.heldout], params, "jsonl")
+        train_set = self._publish_once(key, dumps_jsonl(train))
+        await self._db(self.metadata.record_selection, inp.job_id, inp.round, [r["id"] for r in picked])
+        await self._record_artifacts(inp.job_id, inp.round, {"train-set": train_set})
+        trained = len(train) - len(heldout)
+        return SelectOutput(train_set=train_set, selected=len(picked), trained=trained, dropped={k: v for k, v in sorted(dropped.items()) if v})
+
+    async def _diversity(
+        self, inp: SelectInput, task, records: list[dict], rows: list[dict], column: str, budget: int
+    ) -> list[str]:
+        """StudentService.Select, SELECT_POLICY_DIVERSITY (Diversify and Conquer): k-means on the
+        current student's embeddings, per-cluster quotas, sampling by the score inside a cluster."""
+        sel = task.select
+        data = self._publish_once(output_key(inp.job_id, inp.round, "diversity-input", [inp.candidates], {"n": len(records)}, "jsonl"), dumps_jsonl(records))
+        table = self._publish_once(output_key(inp.job_id, inp.round, "diversity-scores", [inp.scores], {"column": column, "ids": len(rows)}, "jsonl"), dumps_jsonl(rows))
+        key = output_key(inp.job_id, inp.round, "diversity", [data, table, inp.student], {"select": sel.model_dump(), "k": budget}, "jsonl")
+        request = student_pb2.SelectRequest(
+            model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.student)),
+            dataset=ref_to_pb(data), scores=ref_to_pb(table), column=column, policy=student_pb2.SELECT_POLICY_DIVERSITY,
+            k=max(1, min(budget, len(records))), ascending=sel.ascending, n_clusters=min(sel.n_clusters, max(1, len(records))),
+            quota=student_pb2.QUOTA_MODE_EQUAL if sel.quota == "equal" else student_pb2.QUOTA_MODE_PROPORTIONAL,
+            temperature=sel.temperature, seed=sel.seed + inp.round, output_key=key,
+        )  # fmt: skip
+
+        async def call() -> ArtifactRef | None:
+            return ref_from_pb((await self._student(lambda s: s.select(request))).selected)
+
+        if not records:
+            return []
+        selected = await self.published_or_call(key, call, "StudentService.Select (diversity)")
+        return [r["id"] for r in self._read_jsonl(selected)]
+
+    async def _reflection(self, inp: SelectInput, task, records: list[dict]) -> tuple[list[dict], Counter[str]]:
+        """The Selective Reflection-Tuning rule on each reflected candidate: the student's IFD and
+        r-IFD of the four versions (ori, Q*, A*, QA*) choose the one that trains."""
+        reflected = [r for r in records if isinstance(r.get("reflection"), dict)]
+        versions: Counter[str] = Counter()
+        if not reflected:
+            return records, versions
+        four = [reflection_versions(task, r) for r in reflected]
+        data = self._publish_once(output_key(inp.job_id, inp.round, "reflection-input", [inp.candidates], {}, "jsonl"), dumps_jsonl(four))
+        key = output_key(inp.job_id, inp.round, "reflection-rule", [data, inp.student], {"model": task.student.model}, "jsonl")
+        request = student_pb2.ScoreRequest(
+            model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.student)),
+            dataset=ref_to_pb(data), metrics=[student_pb2.METRIC_REFLECTION],
+        )  # fmt: skip
+        rule = {r["id"]: r for r in await self._score_call(key, request, "StudentService.Score (reflection rule)")}
+        out = []
+        for r in records:
+            choice = rule.get(r["id"])
+            if choice is None:
+                out.append(r)
+                continue
+            v = choice["reflection_choice"]
+            versions[v] += 1
+            ori = r["reflection"]
+            text = r["input"] if v in ("q", "qa") else ori["input"]
+            label = r["label"] if v in ("a", "qa") else ori["label"]
+            out.append({**r, "input": text, "label": label, "prompt": choice["selected_prompt"],
+                        "response": choice["selected_response"], "reflection_choice": v})  # fmt: skip
+        return out, versions
+
+
+def _columns(row: dict | None) -> dict:
+    """A record's score columns (everything of its score row but the id)."""
+    return {k: v for k, v in (row or {}).items() if k != "id"}

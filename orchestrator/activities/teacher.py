@@ -1,13 +1,16 @@
-"""Steps the TeacherService computes: generate (seed expansion + targeted), critique, analyze errors."""
+"""Steps the TeacherService computes: generate (seed expansion + targeted), critique (rules, or rules
+then a model-based mode), reasoning (rationales, RFT) and error analysis."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from orchestrator import critique_modes, reasoning
 from orchestrator.activities.base import ActivityBase
 from orchestrator.keys import output_key
 from orchestrator.metadata import sample_row
@@ -18,9 +21,12 @@ from orchestrator.types import (
     CritiqueOutput,
     GenerateInput,
     GenerateOutput,
+    ReasonInput,
+    ReasonOutput,
 )
 from syllabus.artifacts import ArtifactRef
 from syllabus.pb import ref_from_pb, ref_to_pb
+from syllabus.prompts import teacher_instructions
 from syllabus.records import dumps_jsonl
 from syllabus.tasks import TaskSpec
 from syllabus_sdk.common.v1 import common_pb2
@@ -29,13 +35,18 @@ from syllabus_sdk.teacher.v1 import teacher_pb2
 STATS_SUFFIX = ".stats.json"  # the teacher's counts of the Generate run that published the examples
 
 
+def _teacher_ref(task: TaskSpec, adapter: ArtifactRef | None) -> common_pb2.ModelRef:
+    """The task's teacher, tailored by `adapter` (ARTE) when given."""
+    return common_pb2.ModelRef(base=task.teacher.model, adapter=ref_to_pb(adapter))
+
+
 def _generate_request(
     task: TaskSpec, inp: GenerateInput, key: str, sampling: dict, **mode: Any
 ) -> teacher_pb2.GenerateRequest:
     """A Generate by the task's teacher from the job's seeds, the eval set given to the leakage guard;
     `mode` the fields of the kind of generation (per_label, or mode/skills/per_skill)."""
     return teacher_pb2.GenerateRequest(
-        model=common_pb2.ModelRef(base=task.teacher.model),
+        model=_teacher_ref(task, inp.teacher_adapter),
         kind=common_pb2.TASK_KIND_CLASSIFICATION,
         instructions=task.instructions,
         labels=task.labels,
@@ -69,7 +80,8 @@ class TeacherActivities(ActivityBase):
 
     @activity.defn
     async def generate_examples(self, inp: GenerateInput) -> GenerateOutput:
-        """TeacherService.Generate: expand the seeds into new labelled examples; records the samples."""
+        """TeacherService.Generate: seed expansion (`expand`) and, with skills from the previous round,
+        targeted generation, as one examples artifact; records the samples."""
         task = self._task(inp.task_ref)
         g = task.generate
         sampling = {
@@ -81,40 +93,47 @@ class TeacherActivities(ActivityBase):
         }
         params = {
             "model": task.teacher.model,
+            "teacher_adapter": inp.teacher_adapter.sha256 if inp.teacher_adapter else None,
             "kind": task.kind,
             "instructions": task.instructions,
             "labels": task.labels,
-            "per_label": g.per_label,
             "batch_size": g.batch_size,
             "sampling": sampling,
             "round": inp.round,
         }
-        key = output_key(inp.job_id, inp.round, "generate", [inp.seeds, inp.eval_set], params, "jsonl")
-        request = _generate_request(task, inp, key, sampling, per_label=g.per_label)
-        examples, leaked = await self._generate(key, request, "TeacherService.Generate")
-
-        records = self._read_jsonl(examples)
-        targeted: list[dict] = []
-        if inp.skills is not None:
-            targeted_ref, targeted_leaked = await self._generate_targeted(inp, task, params, sampling)
+        parts: list[tuple[ArtifactRef, list[dict]]] = []
+        leaked = 0
+        if (expand := g.mode("expand")) is not None:
+            per_label = expand.per_label or g.per_label
+            key = output_key(inp.job_id, inp.round, "generate", [inp.seeds, inp.eval_set], {**params, "per_label": per_label}, "jsonl")
+            request = _generate_request(task, inp, key, sampling, per_label=per_label)
+            ref, leaked = await self._generate(key, request, "TeacherService.Generate")
+            parts.append((ref, self._read_jsonl(ref)))
+        targeted_count = 0
+        if inp.skills is not None and (targeted := g.mode("targeted")) is not None:
+            ref, targeted_leaked = await self._generate_targeted(inp, task, params, sampling, targeted.per_skill)
             leaked += targeted_leaked
-            seen = {r["id"] for r in records}
-            targeted = [r for r in self._read_jsonl(targeted_ref) if r["id"] not in seen]
-            if targeted:  # one examples artifact for the critique: expansion + targeted
-                key_all = output_key(inp.job_id, inp.round, "generate-all", [examples, targeted_ref], {}, "jsonl")
-                examples = self._publish_once(key_all, dumps_jsonl(records + targeted))
-                records = records + targeted
+            seen = {r["id"] for _, rs in parts for r in rs}
+            records = [r for r in self._read_jsonl(ref) if r["id"] not in seen]
+            targeted_count = len(records)
+            parts.append((ref, records))
+        records = [r for _, rs in parts for r in rs]
+        if not parts:
+            return GenerateOutput(examples=None, generated=0)
+        examples = parts[0][0]
+        if len(parts) > 1:  # one examples artifact for the critique: expansion + targeted
+            key_all = output_key(inp.job_id, inp.round, "generate-all", [ref for ref, _ in parts], {}, "jsonl")
+            examples = self._publish_once(key_all, dumps_jsonl(records))
         rows = [sample_row(inp.job_id, inp.round, "generated", r, examples.uri) for r in records]
         await self._db(self.metadata.record_samples, rows)
         await self._record_artifacts(inp.job_id, inp.round, {"generated": examples})
-        return GenerateOutput(examples=examples, generated=len(records), leaked=leaked, targeted=len(targeted))
+        return GenerateOutput(examples=examples, generated=len(records), leaked=leaked, targeted=targeted_count)
 
     async def _generate_targeted(
-        self, inp: GenerateInput, task: TaskSpec, params: dict, sampling: dict
+        self, inp: GenerateInput, task: TaskSpec, params: dict, sampling: dict, per_skill: int
     ) -> tuple[ArtifactRef, int]:
         """TeacherService.Generate in TARGETED mode for the skills AnalyzeErrors named (error-driven
         generation, arXiv 2412.15652): (examples, leaked count)."""
-        per_skill = task.generate.targeted_per_skill
         key = output_key(
             inp.job_id, inp.round, "generate-targeted", [inp.seeds, inp.eval_set, inp.skills],
             {**params, "per_skill": per_skill}, "jsonl",
@@ -145,21 +164,24 @@ class TeacherActivities(ActivityBase):
         await self._record_artifacts(inp.job_id, inp.round, {"skills": skills})
         return AnalyzeOutput(skills=skills, skill_count=len(records), wrong=sum(int(r.get("count", 0)) for r in records))
 
-    @activity.defn
-    async def critique_examples(self, inp: CritiqueInput) -> CritiqueOutput:
-        """TeacherService.Critique (judge): keep or drop each generated example; records the critiques."""
-        task = self._task(inp.task_ref)
-        mode = task.critique.mode
-        params = {"model": task.teacher.model, "mode": mode, "kind": task.kind, "labels": task.labels}
-        prefix = output_key(inp.job_id, inp.round, "critique", [inp.examples, inp.seeds], params)
+    async def _critique_call(
+        self, task: TaskSpec, inp: CritiqueInput, mode: int, examples: ArtifactRef, prefix: str
+    ) -> tuple[ArtifactRef, ArtifactRef]:
+        """(kept, critiques) of one TeacherService.Critique whose outputs live under `prefix`."""
+        c = task.critique
         request = teacher_pb2.CritiqueRequest(
-            model=common_pb2.ModelRef(base=task.teacher.model),
-            mode=teacher_pb2.CRITIQUE_MODE_JUDGE,
+            model=_teacher_ref(task, inp.teacher_adapter),
+            mode=mode,
             kind=common_pb2.TASK_KIND_CLASSIFICATION,
             labels=task.labels,
-            examples=ref_to_pb(inp.examples),
+            examples=ref_to_pb(examples),
             seeds=ref_to_pb(inp.seeds),
             output_key=prefix,
+            sampling=common_pb2.SamplingParams(
+                temperature=c.temperature, top_p=1.0, max_new_tokens=c.max_new_tokens, n=1, seed=task.generate.seed + inp.round
+            ),
+            batch_size=task.generate.batch_size,
+            retries=c.retries,
         )
         kept = self.store.stat(f"{prefix}-kept.jsonl")
         critiques = self.store.stat(f"{prefix}-critiques.jsonl")
@@ -168,14 +190,112 @@ class TeacherActivities(ActivityBase):
             kept, critiques = ref_from_pb(response.kept), ref_from_pb(response.critiques)
             if kept is None or critiques is None:
                 raise ApplicationError("TeacherService.Critique returned no outputs", type="DATA_LOSS")
+        return kept, critiques
 
-        verdicts = self._read_jsonl(critiques)
-        kept_count = len(self._read_jsonl(kept))
+    @activity.defn
+    async def critique_examples(self, inp: CritiqueInput) -> CritiqueOutput:
+        """TeacherService.Critique: the rule filter, then (judge, cft, rubric, reflection) the teacher
+        model on what the rules kept; records one critique per example and the repaired samples.
+
+        The model's reply decides per mode (`orchestrator.critique_modes`): judge/cft keep an example
+        whose critique concludes "right"; rubric (CITING) and reflection relabel it with the one label
+        the revision names (reflection also rewrites the input). A reply that never parses drops the
+        example with reason "unparsable" and its raw text kept in the critiques artifact."""
+        task = self._task(inp.task_ref)
+        mode = task.critique.mode
+        params = {"model": task.teacher.model, "kind": task.kind, "labels": task.labels}
+        prefix = output_key(inp.job_id, inp.round, "critique", [inp.examples, inp.seeds], {**params, "mode": "rules"})
+        rule_kept, rule_critiques = await self._critique_call(task, inp, teacher_pb2.CRITIQUE_MODE_RULES, inp.examples, prefix)
+        verdicts = self._read_jsonl(rule_critiques)
+        kept_records = self._read_jsonl(rule_kept)
+        outputs: dict[str, ArtifactRef | None] = {"rule-critiques": rule_critiques}
+        extra: list[dict] = []  # training records the critique itself makes (cft critiques)
+        if mode != "rules" and kept_records:
+            model_mode, examples = critique_modes.request_examples(task, mode, kept_records)
+            ex_ref = self._publish_once(f"{prefix}-{mode}-input.jsonl", dumps_jsonl(examples))
+            model_prefix = output_key(
+                inp.job_id, inp.round, f"critique-{mode}", [ex_ref, inp.teacher_adapter],
+                {**params, "mode": mode, "critique": task.critique.model_dump()},
+            )  # fmt: skip
+            _, model_critiques = await self._critique_call(task, inp, model_mode, ex_ref, model_prefix)
+            outcome = critique_modes.interpret(task, mode, kept_records, self._read_jsonl(model_critiques))
+            kept_records, extra = outcome.kept, outcome.extra
+            verdicts = [v for v in verdicts if not v["keep"]] + outcome.verdicts
+            outputs["critiques"] = model_critiques
+        kept_ids = {r["id"] for r in kept_records}
+        kept = self._publish_once(f"{prefix}-{mode}-kept.jsonl", dumps_jsonl(kept_records + extra))
+        # Records the critique wrote (relabelled, reflected, critiques) are new samples of the lineage.
+        repaired = [r for r in kept_records + extra if r.get("provenance", {}).get("method") in critique_modes.REPAIR_METHODS]
+        if repaired:
+            await self._db(self.metadata.record_samples, [sample_row(inp.job_id, inp.round, "repaired", r, kept.uri) for r in repaired])
         await self._db(self.metadata.record_critiques, inp.job_id, mode, verdicts)
-        await self._record_artifacts(inp.job_id, inp.round, {"kept": kept, "critiques": critiques})
+        await self._record_artifacts(inp.job_id, inp.round, {"kept": kept, **outputs})
+        dropped = Counter(critique_modes.reason_code(v["reason"]) for v in verdicts if not v["keep"])
         return CritiqueOutput(
             kept=kept,
-            critiques=critiques,
-            kept_count=kept_count,
-            dropped_count=sum(1 for v in verdicts if not v["keep"]),
+            critiques=outputs.get("critiques") or rule_critiques,
+            kept_count=len(kept_ids),
+            dropped_count=sum(dropped.values()),
+            dropped=dict(sorted(dropped.items())),
+            extra_count=len(extra),
         )
+
+    @activity.defn
+    async def reason_examples(self, inp: ReasonInput) -> ReasonOutput:
+        """TeacherService.Generate in RATIONALES or REJECTION_SAMPLING mode on the seeds and the kept
+        examples: rationales whose final answer is not the example's label are dropped (Fine-tune-CoT),
+        RFT keeps verified samples on distinct reasoning paths. The kept ones join the candidates as
+        rationale-task records (`syllabus.prompts.rationale_prompt`)."""
+        task = self._task(inp.task_ref)
+        spec = task.generate.mode(inp.mode)
+        if spec is None:
+            raise ApplicationError(f"generate mode {inp.mode} is off", type="INVALID_ARGUMENT", non_retryable=True)
+        candidates = self._read_jsonl(inp.candidates) if inp.candidates is not None else []
+        questions = reasoning.questions(self._read_jsonl(inp.seeds), candidates, spec.max_questions)
+        q_ref = self._publish_once(
+            output_key(inp.job_id, inp.round, f"{inp.mode}-questions", [], {"ids": [q["id"] for q in questions]}, "jsonl"),
+            dumps_jsonl(questions),
+        )
+        sampling = {"temperature": spec.temperature, "top_p": 1.0, "max_new_tokens": spec.max_new_tokens, "n": 1,
+                    "seed": task.generate.seed + inp.round}  # fmt: skip
+        params = {"model": task.teacher.model, "teacher_adapter": inp.teacher_adapter.sha256 if inp.teacher_adapter else None,
+                  "spec": spec.model_dump(), "labels": task.labels, "instructions": task.instructions}  # fmt: skip
+        key = output_key(inp.job_id, inp.round, inp.mode, [q_ref], params, "jsonl")
+        if inp.mode == "rationales":
+            mode = {"mode": teacher_pb2.GENERATE_MODE_RATIONALES, "styles": spec.styles, "per_style": spec.per_style,
+                    "retries": spec.retries}  # fmt: skip
+        else:
+            mode = {"mode": teacher_pb2.GENERATE_MODE_REJECTION_SAMPLING, "styles": [spec.style], "rejection_k": spec.k,
+                    "verifier": "classification"}  # fmt: skip
+        request = teacher_pb2.GenerateRequest(
+            model=_teacher_ref(task, inp.teacher_adapter),
+            kind=common_pb2.TASK_KIND_CLASSIFICATION,
+            instructions=teacher_instructions(task.instructions, task.labels),
+            labels=task.labels,
+            questions=ref_to_pb(q_ref),
+            sampling=common_pb2.SamplingParams(**sampling),
+            batch_size=task.generate.batch_size,
+            output_key=key,
+            round=inp.round,
+            **mode,
+        )
+        stats: dict = {}
+
+        async def call() -> ArtifactRef | None:
+            nonlocal stats
+            response = await self._teacher(lambda t: t.generate(request))
+            stats = {"failed": response.failed, "sampled": response.sampled, "incorrect": response.incorrect,
+                     "duplicate_paths": response.duplicate_paths, "unparsable": response.unparsable}  # fmt: skip
+            return ref_from_pb(response.examples)
+
+        written = await self.published_or_call(key, call, f"TeacherService.Generate ({inp.mode})")
+        if not stats and (st := self.store.stat(key + STATS_SUFFIX)):
+            stats = json.loads(self._read(st))
+        outcome = reasoning.training_records(task, inp.mode, questions, self._read_jsonl(written), stats)
+        merged = candidates + outcome.records
+        out = self._publish_once(
+            output_key(inp.job_id, inp.round, f"{inp.mode}-candidates", [inp.candidates, written], {}, "jsonl"), dumps_jsonl(merged)
+        )
+        await self._db(self.metadata.record_samples, [sample_row(inp.job_id, inp.round, inp.mode, r, out.uri) for r in outcome.records])
+        await self._record_artifacts(inp.job_id, inp.round, {inp.mode: written, f"candidates-{inp.mode}": out})
+        return ReasonOutput(candidates=out, count=len(merged), counts=outcome.counts)

@@ -1,16 +1,17 @@
-"""Steps the TrainerService computes: LoRA training runs (the LoBaSS reference and the round's sft),
+"""Steps the TrainerService computes: training runs (the LoBaSS reference, the round's SFT stage or recipe),
 followed to completion with a heartbeat per progress event."""
 
 from __future__ import annotations
 
 import json
 
+import yaml
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from orchestrator.activities.base import ActivityBase
 from orchestrator.keys import output_key
-from orchestrator.types import TrainInput, TrainOutput
+from orchestrator.types import StageResult, TrainInput, TrainOutput
 from syllabus.artifacts import ArtifactRef, training_metrics_key
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus_sdk.common.v1 import common_pb2
@@ -70,14 +71,16 @@ class TrainerActivities(ActivityBase):
 
     @activity.defn
     async def train_adapter(self, inp: TrainInput) -> TrainOutput:
-        """TrainerService.StartTraining + WatchTraining: one LoRA SFT run; records the training run.
+        """TrainerService.StartTraining + WatchTraining: the LoBaSS reference, the round's SFT stage,
+        or the task's staged recipe (Chain of LoRA, curricula, replay, HFT, checkpoint averaging) as one
+        checkpointed run; records the training run.
 
         Heartbeats on every progress event. A retry (this worker died, the trainer restarted) starts
         the same `job_key` again: the trainer re-attaches to the running job, resumes a killed one
         from its checkpoint, or answers from the store; the final event carries the run's true step
         count and loss curve either way. Cancelling the activity cancels the training job.
         """
-        if inp.stage not in ("reference", "sft"):
+        if inp.stage not in ("reference", "sft", "recipe"):
             raise ApplicationError(
                 f"unknown training stage {inp.stage!r}", type="INVALID_ARGUMENT", non_retryable=True
             )
@@ -92,10 +95,20 @@ class TrainerActivities(ActivityBase):
             "seed": t.seed,
             "max_seq_len": t.max_seq_len,
         }
-        params = {"model": task.student.model, "stage": inp.stage, "lora": lora, "training": training}
-        step_name = "reference" if inp.stage == "reference" else "train"
+        recipe_yaml = ""
+        if inp.stage == "recipe":
+            if t.recipe is None:
+                raise ApplicationError("the task has no train.recipe", type="INVALID_ARGUMENT", non_retryable=True)
+            recipe = t.recipe
+            if recipe.checkpoint_every == 0:  # resumable mid-stage, like every other training run
+                recipe = recipe.model_copy(update={"checkpoint_every": self.config.trainer_checkpoint_every})
+            recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=True)
+            params = {"model": task.student.model, "stage": inp.stage, "recipe": recipe_yaml}
+        else:
+            params = {"model": task.student.model, "stage": inp.stage, "lora": lora, "training": training}
+        step_name = {"reference": "reference", "sft": "train", "recipe": "train-recipe"}[inp.stage]
         key = output_key(inp.job_id, inp.round, step_name, [inp.dataset, inp.init_adapter], params, "tar")
-        records = self._read_jsonl(inp.dataset)
+        records = [r for r in self._read_jsonl(inp.dataset) if not r.get("heldout")]
         request = trainer_pb2.StartTrainingRequest(
             job_key=key,
             model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.init_adapter)),
@@ -103,10 +116,16 @@ class TrainerActivities(ActivityBase):
             lora=trainer_pb2.LoraSpec(**lora),
             training=trainer_pb2.TrainingSpec(**training),
             output_key=key,
+            recipe_yaml=recipe_yaml,
         )
         adapter, metrics = await self._train(request, f"TrainerService training ({inp.stage})")
 
         steps, mean_loss = int(metrics["steps"]), float(metrics["mean_loss"])
+        stages = [
+            StageResult(str(st["name"]), int(st["steps"]), float(st.get("seconds") or 0.0),
+                        st.get("mean_loss"), int(st.get("samples") or 0))
+            for st in metrics.get("stages", [])
+        ]
         run = {
             "job_id": inp.job_id,
             "round": inp.round,
@@ -117,8 +136,9 @@ class TrainerActivities(ActivityBase):
             "steps": steps,
             "mean_loss": mean_loss,
             "params": {**params, "init_adapter": inp.init_adapter.uri if inp.init_adapter is not None else None},
-            "metrics": {"losses": [round(float(x), 5) for x in metrics["losses"]]},  # one per step
+            "metrics": {"losses": [round(float(x), 5) for x in metrics["losses"]],  # one per step
+                        "stages": metrics.get("stages", [])},
         }
         await self._db(self.metadata.record_training_run, run, sorted({r["id"] for r in records}), adapter)
         await self._record_artifacts(inp.job_id, inp.round, {f"adapter-{inp.stage}": adapter})
-        return TrainOutput(adapter=adapter, samples=len(records), steps=steps, mean_loss=mean_loss)
+        return TrainOutput(adapter=adapter, samples=len(records), steps=steps, mean_loss=mean_loss, stages=stages)

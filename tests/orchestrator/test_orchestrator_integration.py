@@ -137,7 +137,7 @@ async def test_workflow_distils_end_to_end(
     job_id = f"tiny-{uuid.uuid4().hex[:8]}"
     task = tiny_task(tiny_model_dir, rounds=2)
     inp = DistillationInput(
-        job_id, stack.put_task(job_id, task), rounds=2, top_fraction=task.select.top_fraction
+        job_id, stack.put_task(job_id, task), rounds=2
     )
     task_queue = f"test-{uuid.uuid4()}"
     async with build_worker(temporal_env.client, stack.config, task_queue=task_queue):
@@ -339,7 +339,7 @@ async def test_errors_of_a_round_drive_targeted_generation_in_the_next(
     task = tiny_task(tiny_model_dir, rounds=2)
     task = task.model_copy(update={"generate": task.generate.model_copy(update={"targeted_per_skill": 2})})
     inp = DistillationInput(
-        job_id, stack.put_task(job_id, task), rounds=2, top_fraction=task.select.top_fraction, targeted_per_skill=2
+        job_id, stack.put_task(job_id, task), rounds=2
     )
     task_queue = f"test-{uuid.uuid4()}"
     async with build_worker(temporal_env.client, stack.config, task_queue=task_queue):

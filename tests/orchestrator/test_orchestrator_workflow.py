@@ -26,12 +26,16 @@ from orchestrator.types import (
     GenerateInput,
     GenerateOutput,
     JobProgress,
+    LoopPlan,
     PrepareJobInput,
     PrepareJobOutput,
+    ReasonInput,
+    ReasonOutput,
     ScoreInput,
     ScoreOutput,
     SelectInput,
     SelectOutput,
+    StageResult,
     TrainInput,
     TrainOutput,
 )
@@ -55,6 +59,7 @@ class FakeServices:
 
     empty_rounds: frozenset[int] = frozenset()
     fail_generate: bool = False
+    plan: LoopPlan = field(default_factory=LoopPlan)
     calls: list[tuple[str, object]] = field(default_factory=list)
     # Set by the fake evaluate of round 1, then it waits for `release` (to query mid-step).
     in_evaluate: asyncio.Event = field(default_factory=asyncio.Event)
@@ -64,7 +69,7 @@ class FakeServices:
         @activity.defn(name="prepare_job")
         async def prepare_job(inp: PrepareJobInput) -> PrepareJobOutput:
             self.calls.append(("prepare_job", inp))
-            return PrepareJobOutput(ref("seeds"), ref("eval"), 4, 6, f"file:///fake/jobs/{inp.job_id}")
+            return PrepareJobOutput(ref("seeds"), ref("eval"), 4, 6, f"file:///fake/jobs/{inp.job_id}", ref("val"), self.plan)
 
         @activity.defn(name="evaluate_student")
         async def evaluate_student(inp: EvaluateInput) -> EvaluateOutput:
@@ -92,7 +97,14 @@ class FakeServices:
         @activity.defn(name="train_adapter")
         async def train_adapter(inp: TrainInput) -> TrainOutput:
             self.calls.append(("train_adapter", inp))
-            return TrainOutput(ref(f"{inp.stage}-{inp.round}"), samples=7, steps=3, mean_loss=1.5 / inp.round)
+            stages = [StageResult(name, 2, 0.5 + i) for i, name in enumerate(self.plan.stages)] if inp.stage == "recipe" else []
+            return TrainOutput(ref(f"{inp.stage}-{inp.round}"), samples=7, steps=3, mean_loss=1.5 / inp.round, stages=stages)
+
+        @activity.defn(name="reason_examples")
+        async def reason_examples(inp: ReasonInput) -> ReasonOutput:
+            self.calls.append(("reason_examples", inp))
+            counts = {"written": 4, "wrong": 1, "failed": 1, "duplicate_paths": 0, "kept": 2}
+            return ReasonOutput(ref(f"{inp.mode}-{inp.round}"), 8, counts)
 
         @activity.defn(name="score_samples")
         async def score_samples(inp: ScoreInput) -> ScoreOutput:
@@ -114,6 +126,7 @@ class FakeServices:
             evaluate_student,
             generate_examples,
             critique_examples,
+            reason_examples,
             train_adapter,
             score_samples,
             select_samples,
@@ -128,7 +141,7 @@ async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowE
     fakes = FakeServices(empty_rounds=frozenset({2}))
     task_queue = f"test-{uuid.uuid4()}"
     inp = DistillationInput(
-        job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=3, top_fraction=0.5
+        job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=3
     )
     async with Worker(
         temporal_env.client,
@@ -196,7 +209,8 @@ async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowE
     assert trains[4].dataset == ref("train-3") and trains[4].init_adapter == ref("sft-2")
     scores = fakes.inputs("score_samples")
     assert [(s.reference, s.student) for s in scores] == [(ref("reference-1"), None), (ref("reference-3"), ref("sft-2"))]
-    assert all(s.top_fraction == 0.5 for s in fakes.inputs("select_samples"))
+    # The IRT crowd is the student's own checkpoints: every round's adapter, then this round's reference.
+    assert scores[1].crowd == [ref("sft-1"), ref("sft-2"), ref("reference-3")]
     evals = fakes.inputs("evaluate_student")
     assert [(e.round, e.stage, e.adapter) for e in evals] == [
         (0, "baseline", None),
@@ -209,11 +223,38 @@ async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowE
     assert (finish.status, finish.baseline_accuracy, finish.final_accuracy) == ("completed", 0.1, 0.4)
 
 
+
+async def test_the_plan_turns_on_reasoning_modes_and_recipe_stages(temporal_env: WorkflowEnvironment) -> None:
+    """The task's plan decides the steps: rationales then RFT after the critique, each feeding the
+    next the candidates so far; a recipe trains once and reports one step per stage."""
+    plan = LoopPlan(reasoning=["rationales", "rft"], metrics=["ifd"], stages=["easy", "hard"])
+    fakes = FakeServices(plan=plan)
+    fakes.release.set()
+    task_queue = f"test-{uuid.uuid4()}"
+    inp = DistillationInput(job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=1)
+    async with Worker(temporal_env.client, task_queue=task_queue, workflows=[DistillationWorkflow], activities=fakes.activities()):
+        result = await temporal_env.client.execute_workflow(DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue)
+
+    names = [s.name for s in result.steps if s.round == 1]
+    # No learnability scored: no reference adapter is trained.
+    assert names == ["generate", "critique", "rationales", "rft", "score", "select", "train-stage-1", "train-stage-2", "evaluate"]
+    assert [s.seconds for s in result.steps if s.name.startswith("train-stage")] == [0.5, 1.5]
+    rationales, rft = fakes.inputs("reason_examples")
+    assert (rationales.mode, rationales.candidates) == ("rationales", ref("kept-1"))
+    assert (rft.mode, rft.candidates) == ("rft", ref("rationales-1"))
+    (score,) = fakes.inputs("score_samples")
+    assert score.dataset == ref("rft-1") and score.reference is None
+    (train,) = fakes.inputs("train_adapter")
+    assert (train.stage, train.dataset) == ("recipe", ref("train-1"))
+    (r1,) = result.rounds
+    assert r1.reasoning["rationales"] == {"written": 4, "wrong": 1, "failed": 1, "duplicate_paths": 0, "kept": 2}
+    assert r1.candidates == 8
+
 async def test_workflow_failure_marks_the_job_failed(temporal_env: WorkflowEnvironment) -> None:
     fakes = FakeServices(fail_generate=True)
     task_queue = f"test-{uuid.uuid4()}"
     inp = DistillationInput(
-        job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=2, top_fraction=0.5
+        job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=2
     )
     async with Worker(
         temporal_env.client,
@@ -236,7 +277,7 @@ async def test_cancelled_workflow_marks_the_job_cancelled(temporal_env: Workflow
     fakes = FakeServices()
     task_queue = f"test-{uuid.uuid4()}"
     inp = DistillationInput(
-        job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=2, top_fraction=0.5
+        job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=2
     )
     async with Worker(
         temporal_env.client,

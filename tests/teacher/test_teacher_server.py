@@ -85,7 +85,7 @@ async def test_generate_then_critique(teacher, tiny_model_dir, banking77) -> Non
     ]
     examples_ref = store.put_bytes("inputs/examples.jsonl", dumps_jsonl(records + known))
     creq = teacher_pb2.CritiqueRequest(
-        mode=teacher_pb2.CRITIQUE_MODE_JUDGE,
+        mode=teacher_pb2.CRITIQUE_MODE_RULES,
         kind=CLASSIFICATION,
         labels=list(req.labels),
         examples=ref_to_pb(examples_ref),

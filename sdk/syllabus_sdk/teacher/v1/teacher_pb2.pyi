@@ -20,7 +20,7 @@ class GenerateMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 class CritiqueMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CRITIQUE_MODE_UNSPECIFIED: _ClassVar[CritiqueMode]
-    CRITIQUE_MODE_JUDGE: _ClassVar[CritiqueMode]
+    CRITIQUE_MODE_RULES: _ClassVar[CritiqueMode]
     CRITIQUE_MODE_CFT: _ClassVar[CritiqueMode]
     CRITIQUE_MODE_RUBRIC_REVISION: _ClassVar[CritiqueMode]
     CRITIQUE_MODE_REFLECTION: _ClassVar[CritiqueMode]
@@ -30,7 +30,7 @@ GENERATE_MODE_RATIONALES: GenerateMode
 GENERATE_MODE_REJECTION_SAMPLING: GenerateMode
 GENERATE_MODE_TARGETED: GenerateMode
 CRITIQUE_MODE_UNSPECIFIED: CritiqueMode
-CRITIQUE_MODE_JUDGE: CritiqueMode
+CRITIQUE_MODE_RULES: CritiqueMode
 CRITIQUE_MODE_CFT: CritiqueMode
 CRITIQUE_MODE_RUBRIC_REVISION: CritiqueMode
 CRITIQUE_MODE_REFLECTION: CritiqueMode

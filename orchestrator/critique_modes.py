@@ -1,0 +1,136 @@
+"""How the loop reads the teacher's model-based critiques of classification examples (pure logic).
+
+`critique.mode` past the rule filter (ALGORITHMS.md, "Critique and repair"):
+
+- judge: the teacher critiques "Question: <the student's prompt> / Solution: <label>" and ends with
+  "Conclusion: right/wrong" (the CFT prompt, used as a verdict); kept when right.
+- cft: as judge, and every parsed critique is also a training record (Critique Fine-Tuning: the
+  student learns to write the critique), category "cft".
+- rubric: CITING — one rubric per label (the question type), then the answer revised against it;
+  the example takes the one label the revision names (relabelled when it differs), and is dropped
+  when the revision names none or several.
+- reflection: Reflection-Tuning — a better instruction and answer; the example becomes the reflected
+  one (new input, the label the better answer names), keeping the original under "reflection" so
+  the Selective Reflection-Tuning rule (`select.policy: reflection`) can choose between versions.
+
+A reply that never parsed ("status": "failed") drops its example with reason "unparsable"; its raw
+text stays in the critiques artifact. Nothing here fails a batch.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from syllabus.records import content_id
+from syllabus.tasks import TaskSpec
+from syllabus_sdk.teacher.v1 import teacher_pb2
+
+# Provenance methods of records a critique writes (new samples in the lineage).
+RELABEL, REFLECTION, CFT = "rubric_revision", "reflection", "cft_critique"
+REPAIR_METHODS = frozenset({RELABEL, REFLECTION, CFT})
+REASON_CHARS = 300  # a verdict's reason quotes at most this much of the teacher's reply
+
+
+def normalize(text: str) -> str:
+    """Lowercase, punctuation and symbols (including "_") to spaces, whitespace collapsed."""
+    chars = (" " if unicodedata.category(c)[0] in "PS" else c for c in text.lower())
+    return " ".join("".join(chars).split())
+
+
+def named_label(text: str, labels: Sequence[str]) -> str | None:
+    """The one label `text` names (normalised, whole words), or None when it names none or several."""
+    padded = f" {normalize(text)} "
+    named = [label for label in labels if f" {normalize(label)} " in padded]
+    return named[0] if len(named) == 1 else None
+
+
+def reason_code(reason: str) -> str:
+    """"copies_seed: same text as ..." -> "copies_seed"."""
+    return reason.split(":", 1)[0].strip() or "unknown"
+
+
+def _quote(text: str) -> str:
+    return " ".join(str(text).split())[:REASON_CHARS]
+
+
+def request_examples(task: TaskSpec, mode: str, records: Sequence[dict]) -> tuple[int, list[dict]]:
+    """(CritiqueMode, the examples in that mode's input format) for the rule-kept `records`."""
+    if mode in ("judge", "cft"):
+        return teacher_pb2.CRITIQUE_MODE_CFT, [
+            {"id": r["id"], "question": task.prompt_for(r["input"]), "solution": r["label"]} for r in records
+        ]
+    if mode == "rubric":
+        return teacher_pb2.CRITIQUE_MODE_RUBRIC_REVISION, [
+            {"id": r["id"], "question": task.prompt_for(r["input"]), "answer": r["label"], "type": r["label"]} for r in records
+        ]
+    if mode == "reflection":
+        return teacher_pb2.CRITIQUE_MODE_REFLECTION, [{"id": r["id"], "instruction": r["input"], "answer": r["label"]} for r in records]
+    raise ValueError(f"no model critique for mode {mode!r}")
+
+
+@dataclass
+class Outcome:
+    kept: list[dict] = field(default_factory=list)  # examples kept (as given, relabelled or reflected)
+    extra: list[dict] = field(default_factory=list)  # training records the critique wrote (cft)
+    verdicts: list[dict] = field(default_factory=list)  # {"id", "keep", "reason"} per rule-kept example
+
+
+def _example(task: TaskSpec, parent: dict, text: str, label: str, method: str, prov: dict, **more) -> dict:
+    return {
+        "id": content_id(text, label),
+        "input": text,
+        "label": label,
+        "prompt": task.prompt_for(text),
+        "response": label,
+        "parent_id": parent["id"],
+        "provenance": {**(prov or {}), "method": method},
+        **more,
+    }
+
+
+def interpret(task: TaskSpec, mode: str, records: Sequence[dict], critiques: Sequence[dict]) -> Outcome:
+    """The kept examples, extra training records and verdicts of a model-based critique."""
+    by_id = {c["id"]: c for c in critiques}
+    out = Outcome()
+    for r in records:
+        c = by_id.get(r["id"])
+        if c is None or c.get("status") != "ok":
+            error = "no reply" if c is None else f"{c.get('error', '')} | raw: {c.get('raw', '')}"
+            out.verdicts.append({"id": r["id"], "keep": False, "reason": f"unparsable: {_quote(error)}"})
+            continue
+        prov = c.get("provenance") or {}
+        if mode in ("judge", "cft"):
+            right = c.get("verdict") == "right"
+            reason = f"judge_{'right' if right else 'wrong'}: {_quote(c['critique'])}"
+            out.verdicts.append({"id": r["id"], "keep": right, "reason": reason})
+            if right:
+                out.kept.append(r)
+            if mode == "cft":
+                out.extra.append({
+                    "id": content_id("cft", c["prompt"], c["response"]), "input": r["input"], "label": r["label"],
+                    "prompt": c["prompt"], "response": c["response"], "parent_id": r["id"], "category": "cft",
+                    "provenance": {**prov, "method": CFT},
+                })  # fmt: skip
+        elif mode == "rubric":
+            label = named_label(c.get("revision", ""), task.labels)
+            if label is None:
+                out.verdicts.append({"id": r["id"], "keep": False, "reason": f"revision_names_no_label: {_quote(c.get('revision', ''))}"})
+            elif label == r["label"]:
+                out.verdicts.append({"id": r["id"], "keep": True, "reason": "rubric_confirmed"})
+                out.kept.append(r)
+            else:
+                out.verdicts.append({"id": r["id"], "keep": True, "reason": f"rubric_relabelled: {r['label']} -> {label}"})
+                out.kept.append(_example(task, r, r["input"], label, RELABEL, prov, rubric=c.get("rubric", "")))
+        else:  # reflection
+            text = " ".join(str(c.get("new_instruction", "")).split())
+            label = named_label(c.get("better_answer", ""), task.labels)
+            if label is None or not 3 <= len(text.split()) <= 120:
+                why = "reflection_names_no_label" if label is None else "reflection_bad_instruction"
+                out.verdicts.append({"id": r["id"], "keep": False, "reason": f"{why}: {_quote(c.get('better_answer', ''))}"})
+                continue
+            out.verdicts.append({"id": r["id"], "keep": True, "reason": f"reflected: {_quote(text)}"})
+            original = {"input": r["input"], "label": r["label"]}
+            out.kept.append(_example(task, r, text, label, REFLECTION, prov, reflection=original))
+    return out

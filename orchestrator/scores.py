@@ -1,0 +1,121 @@
+"""The round's score table (pure logic; the step is `StudentActivities.score_samples`).
+
+Every candidate carries a `category` — its generation method: seed, expand, targeted, rationales,
+rft, cft (critique records), rubric_revision, reflection — which CAR uses as its "teacher", SEC as
+its arm, and a recipe stage's `data.categories` filters on. Each score column gets its percentile
+rank "<column>_pct" in [0, 1) within the round (so a recipe's score band reads "the easier half"
+whatever the metric's scale), and `difficulty` adds the curriculum columns the trainer reads:
+`irt_b` (PUDF), `success_rate` and `difficulty100` = 100 * (1 - success rate) (AdaRFT).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+
+from syllabus.tasks import TaskSpec
+from syllabus_sdk.student.v1 import student_pb2
+
+STUDENT_METRICS = {
+    "ifd": student_pb2.METRIC_IFD,
+    "rifd": student_pb2.METRIC_RIFD,
+    "preference": student_pb2.METRIC_ARTE_PREFERENCE,
+    "car": student_pb2.METRIC_CAR,
+}
+# Teacher provenance methods -> candidate categories.
+CATEGORY_OF_METHOD = {"seed_expansion": "expand", "targeted": "targeted", "rationales": "rationales",
+                      "rejection_sampling": "rft"}  # fmt: skip
+HELDOUT_PREFIX = "heldout:"  # ids of held-out validation records (PUDF's ability probe)
+# Columns that are not scores (no percentile rank).
+NOT_SCORES = frozenset({"id", "question_id", "crowd_correct"})
+
+
+def category(record: dict) -> str:
+    if "category" in record:
+        return record["category"]
+    method = (record.get("provenance") or {}).get("method", "")
+    return CATEGORY_OF_METHOD.get(method, method or "expand")
+
+
+def scoring_records(candidates: Sequence[dict], seeds: Sequence[dict]) -> list[dict]:
+    """The records the round scores: every candidate, then the seeds it does not hold, each with its
+    category."""
+    out = [{**r, "category": category(r)} for r in candidates]
+    have = {r["id"] for r in out}
+    out += [{**s, "category": "seed"} for s in seeds if s["id"] not in have]
+    return out
+
+
+def heldout_records(task: TaskSpec, validation: Sequence[dict]) -> list[dict]:
+    """The validation items as held-out training records (`"heldout": true`: never trained on; PUDF
+    estimates the student's ability on them), ids prefixed so they never collide with a seed's."""
+    return [
+        {"id": HELDOUT_PREFIX + r["id"], "input": r["input"], "label": r["label"], "prompt": task.prompt_for(r["input"]),
+         "response": r["label"], "category": "heldout", "heldout": True}
+        for r in validation
+    ]  # fmt: skip
+
+
+def car(reward: float, loss: object, beta: float) -> float | None:
+    """Compatibility-Adjusted Reward of one record: reward / (1 + beta * L) (arXiv 2411.07133)."""
+    if not isinstance(loss, int | float) or not math.isfinite(loss):
+        return None
+    return reward / (1.0 + beta * loss)
+
+
+def difficulty_columns(row: dict, members: int) -> dict:
+    """IRT difficulty b (PUDF's `irt_b`) and the crowd's success rate as AdaRFT's difficulty 0..100."""
+    rate = row["crowd_correct"] / members if members else 0.0
+    return {"id": row["id"], "irt_difficulty": row["irt_difficulty"], "irt_b": row["irt_difficulty"],
+            "crowd_correct": row["crowd_correct"], "success_rate": rate, "difficulty100": 100.0 * (1.0 - rate)}  # fmt: skip
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def add_percentiles(rows: list[dict]) -> list[dict]:
+    """Each numeric column c gets "c_pct": the share of rows with a smaller value (ties share the
+    lowest rank; a missing or non-finite value ranks lowest). In [0, 1)."""
+    columns = sorted({c for r in rows for c, v in r.items() if c not in NOT_SCORES and _finite(v) and not c.endswith("_pct")})
+    for c in columns:
+        values = sorted(r[c] for r in rows if _finite(r.get(c)))
+        n = len(rows)
+        for r in rows:
+            v = r.get(c)
+            r[c + "_pct"] = (bisect.bisect_left(values, v) / n) if _finite(v) else 0.0
+    return rows
+
+
+
+def weighted_mix(rows: Sequence[dict], weights: dict[str, float], columns: dict[str, str]) -> dict[str, float]:
+    """sum over metrics of w * z-score(metric column) per row id (a missing value counts as the mean)."""
+    mix = {r["id"]: 0.0 for r in rows}
+    for metric, w in weights.items():
+        col = columns[metric]
+        xs = [r[col] for r in rows if _finite(r.get(col))]
+        if len(xs) < 2:
+            continue
+        mean = sum(xs) / len(xs)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)) or 1.0
+        for r in rows:
+            if _finite(r.get(col)):
+                mix[r["id"]] += w * (r[col] - mean) / sd
+    return mix
+
+
+def reflection_versions(task: TaskSpec, record: dict) -> dict:
+    """The four versions of a reflected classification example, as the reflection rule reads them:
+    ori (original input, original label), Q* (reflected input, original label), A* (original input,
+    reflected label), QA* (reflected input and label)."""
+    ori = record["reflection"]
+    return {
+        "id": record["id"],
+        "prompt": task.prompt_for(ori["input"]),
+        "response": ori["label"],
+        "prompt_q": task.prompt_for(record["input"]),
+        "response_q": ori["label"],
+        "response_a": record["label"],
+        "response_qa": record["label"],
+    }
