@@ -115,10 +115,11 @@ class PairsInput:
 
 @dataclass
 class PairsOutput:
-    # DPO records "prompt", "chosen", "rejected", "level", "margin", "question_id".
-    pairs: ArtifactRef
+    # DPO records "prompt", "chosen", "rejected", "level", "margin", "question_id"; None: no pair.
+    pairs: ArtifactRef | None
     question_pairs: int
     rationale_pairs: int
+    skipped: str = ""  # why there is no pair (the teacher's FAILED_PRECONDITION message)
 
 
 @dataclass
@@ -140,16 +141,18 @@ class DpoOutput:
 
 @dataclass
 class TailorTeacherOutput:
-    """The aligned teacher (the task's teacher base + `adapter`) and what each step produced."""
+    """The aligned teacher (the task's teacher base + `adapter`) and what each step produced. With no
+    preference pair to train on, `adapter` is the teacher given (None: the base) and `skipped` says why."""
 
-    adapter: ArtifactRef
-    pairs: ArtifactRef
+    adapter: ArtifactRef | None
+    pairs: ArtifactRef | None
     question_pairs: int
     rationale_pairs: int
     drafts: ArtifactRef
     scores: ArtifactRef
     dpo_steps: int
     dpo_mean_loss: float
+    skipped: str = ""
 
 
 class TailoringActivities:
@@ -271,7 +274,15 @@ class TailoringActivities:
         )
         # No "output exists?" shortcut: the counts come with the response, and a retried Tailor
         # returns the published pairs without rebuilding them.
-        response = await self.base._teacher(lambda t: t.tailor(request))
+        try:
+            response = await self.base._teacher(lambda t: t.tailor(request))
+        except ApplicationError as e:
+            if e.type != "FAILED_PRECONDITION":
+                raise
+            # Every rationale helped the student alike (e.g. a student that answers nothing right
+            # yet): there is no preference to align to, which is an outcome, not a failure.
+            activity.logger.warning("ARTE round %d: %s", inp.round, e.message)
+            return PairsOutput(pairs=None, question_pairs=0, rationale_pairs=0, skipped=e.message)
         pairs = ref_from_pb(response.pairs)
         if pairs is None:
             raise ApplicationError("TeacherService.Tailor returned no pairs", type="DATA_LOSS")
@@ -346,6 +357,11 @@ class TailorTeacherWorkflow:
             PairsInput(inp.job_id, inp.task_ref, inp.round, drafted.drafts, preference.scores),
             **opts,
         )
+        if pairs.pairs is None:
+            return TailorTeacherOutput(
+                adapter=inp.teacher_adapter, pairs=None, question_pairs=0, rationale_pairs=0, drafts=drafted.drafts,
+                scores=preference.scores, dpo_steps=0, dpo_mean_loss=0.0, skipped=pairs.skipped,
+            )  # fmt: skip
         dpo = await workflow.execute_activity_method(
             TailoringActivities.train_teacher_dpo,
             DpoInput(inp.job_id, inp.task_ref, inp.round, pairs.pairs, inp.teacher_adapter, s),

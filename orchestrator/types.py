@@ -86,6 +86,9 @@ class RoundResult:
     selection_dropped: dict[str, int] = field(default_factory=dict)
     # The teacher adapter that generated this round (after tailoring), if any.
     teacher_adapter_uri: str = ""
+    # ARTE after this round: DPO pairs the teacher trained on, or why it did not (no preference).
+    tailor_pairs: int = 0
+    tailor_skipped: str = ""
 
 
 @dataclass

@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator import search
     from orchestrator.activities import Activities
     from orchestrator.policies import RETRY, SHORT_TIMEOUT, START_TO_CLOSE
-    from orchestrator.tailoring import TailorTeacherInput, TailorTeacherWorkflow
+    from orchestrator.tailoring import TailorTeacherInput, TailorTeacherOutput, TailorTeacherWorkflow
     from orchestrator.types import (
         AnalyzeInput,
         CritiqueInput,
@@ -182,7 +182,10 @@ class DistillationWorkflow:
                 )
                 skills = analysis.skills if analysis.skill_count > 0 else None
             if plan.tailor_every and r % plan.tailor_every == 0 and r < inp.rounds:
-                teacher = await self._tailor(inp, r, prep.seeds, validation, candidates, adapter, teacher)
+                tailored = await self._tailor(inp, r, prep.seeds, validation, candidates, adapter, teacher)
+                teacher = tailored.adapter
+                result.tailor_pairs = tailored.question_pairs + tailored.rationale_pairs
+                result.tailor_skipped = tailored.skipped
 
         p.final_accuracy = p.rounds[-1].accuracy if p.rounds else p.baseline_accuracy
         p.current_step = "finish"
@@ -247,7 +250,7 @@ class DistillationWorkflow:
         candidates: ArtifactRef | None,
         student: ArtifactRef | None,
         teacher: ArtifactRef | None,
-    ) -> ArtifactRef:
+    ) -> TailorTeacherOutput:
         """ARTE as a child workflow: the teacher's DPO adapter aligned to this round's student."""
         p = self._progress
         p.current_step = "tailor"
@@ -267,7 +270,7 @@ class DistillationWorkflow:
             id=f"{inp.job_id}-tailor-{r}",
         )
         p.steps.append(StepTime("tailor", r, (workflow.now() - started).total_seconds()))
-        return out.adapter
+        return out
 
     async def _step(
         self,

@@ -85,6 +85,7 @@ class Progress:
     lr: float
     tokens_per_s: float
     eta_s: float
+    tokens: int = 0  # real tokens of this step on every rank (this rank's x world, as tokens_per_s)
 
 
 @dataclass
@@ -220,6 +221,12 @@ class StepSource:
         return {}
 
     wants_after = False  # does feedback need the loss after the update (SEC)?
+
+
+class EmptySource(StepSource):
+    """A stage no record passes the filter of: no step."""
+
+    total = 0
 
 
 def _pack(recipe: Recipe, lengths: Sequence[int], order: Sequence[int], keep_order: bool) -> list[list[int]]:
@@ -579,7 +586,12 @@ def train_recipe(
     for si, st in enumerate(recipe.stages):
         own = select_records(records, st)
         if not own:
-            raise ValueError(f"stages.{si}.data: no record passes the filter")
+            # In a loop a score band can be empty in some round: the stage is skipped (0 steps),
+            # the run goes on. (A merge of its untrained adapter changes nothing: B = 0.)
+            log.warning("recipe %s stage %s: no record passes the data filter; the stage is skipped",
+                        recipe.name, recipe.stage_name(si))  # fmt: skip
+            sources.append(EmptySource())
+            continue
         items = with_replay(own, seen, st.data.replay, recipe.seed + si)
         seen += own
         enc = encode_records(tokenizer, records, st.objective, recipe.max_seq_len, items, encoded.setdefault(st.objective, {}))
@@ -735,6 +747,7 @@ def train_recipe(
                         global_step, global_total, reported, lr,
                         batch.num_tokens * world / dt if dt > 0 else 0.0,
                         elapsed / max(1, done_here) * (global_total - global_step),
+                        tokens=batch.num_tokens * world,
                     )
                 )
             last = step + 1 == source.total

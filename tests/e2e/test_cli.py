@@ -3,7 +3,6 @@ processes, SQLite and a local artifact store, on the tiny model (the demo runs t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import subprocess
@@ -14,27 +13,11 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
-from orchestrator.stack import Stack, config_env, loopback_config
+from orchestrator.stack import Stack, config_env
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 SYLLABUS = [sys.executable, "-m", "orchestrator.cli"]
-
-
-@pytest.fixture(scope="module")
-def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("home")
-    config = loopback_config(
-        home,
-        task_queue="e2e",
-        activity_heartbeat_timeout_s=5,  # notice the killed worker in seconds, not minutes
-    )
-    stack = Stack(config, preload=(str(tiny_model_dir),))
-    try:
-        asyncio.run(stack.start())
-        yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,28 @@ class StepTiming(_message.Message):
     def __init__(self, name: _Optional[str] = ..., round: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
-    __slots__ = ("round", "generated", "kept", "selected", "trained", "accuracy", "train_loss", "adapter_uri", "leaked", "targeted")
+    __slots__ = ("round", "generated", "kept", "selected", "trained", "accuracy", "train_loss", "adapter_uri", "leaked", "targeted", "critique_dropped", "reasoning", "candidates", "selection_dropped", "teacher_adapter_uri", "tailor_pairs", "tailor_skipped")
+    class CritiqueDroppedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ReasoningEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ReasoningCounts
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ReasoningCounts, _Mapping]] = ...) -> None: ...
+    class SelectionDroppedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GENERATED_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +85,13 @@ class RoundSummary(_message.Message):
     ADAPTER_URI_FIELD_NUMBER: _ClassVar[int]
     LEAKED_FIELD_NUMBER: _ClassVar[int]
     TARGETED_FIELD_NUMBER: _ClassVar[int]
+    CRITIQUE_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    REASONING_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_ADAPTER_URI_FIELD_NUMBER: _ClassVar[int]
+    TAILOR_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    TAILOR_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     round: int
     generated: int
     kept: int
@@ -74,7 +102,28 @@ class RoundSummary(_message.Message):
     adapter_uri: str
     leaked: int
     targeted: int
-    def __init__(self, round: _Optional[int] = ..., generated: _Optional[int] = ..., kept: _Optional[int] = ..., selected: _Optional[int] = ..., trained: _Optional[int] = ..., accuracy: _Optional[float] = ..., train_loss: _Optional[float] = ..., adapter_uri: _Optional[str] = ..., leaked: _Optional[int] = ..., targeted: _Optional[int] = ...) -> None: ...
+    critique_dropped: _containers.ScalarMap[str, int]
+    reasoning: _containers.MessageMap[str, ReasoningCounts]
+    candidates: int
+    selection_dropped: _containers.ScalarMap[str, int]
+    teacher_adapter_uri: str
+    tailor_pairs: int
+    tailor_skipped: str
+    def __init__(self, round: _Optional[int] = ..., generated: _Optional[int] = ..., kept: _Optional[int] = ..., selected: _Optional[int] = ..., trained: _Optional[int] = ..., accuracy: _Optional[float] = ..., train_loss: _Optional[float] = ..., adapter_uri: _Optional[str] = ..., leaked: _Optional[int] = ..., targeted: _Optional[int] = ..., critique_dropped: _Optional[_Mapping[str, int]] = ..., reasoning: _Optional[_Mapping[str, ReasoningCounts]] = ..., candidates: _Optional[int] = ..., selection_dropped: _Optional[_Mapping[str, int]] = ..., teacher_adapter_uri: _Optional[str] = ..., tailor_pairs: _Optional[int] = ..., tailor_skipped: _Optional[str] = ...) -> None: ...
+
+class ReasoningCounts(_message.Message):
+    __slots__ = ("written", "wrong", "failed", "duplicate_paths", "kept")
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    WRONG_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_PATHS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    written: int
+    wrong: int
+    failed: int
+    duplicate_paths: int
+    kept: int
+    def __init__(self, written: _Optional[int] = ..., wrong: _Optional[int] = ..., failed: _Optional[int] = ..., duplicate_paths: _Optional[int] = ..., kept: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "task_name", "status", "created_at", "rounds_total", "current_round", "current_step", "step_detail", "baseline_accuracy", "final_accuracy", "rounds", "steps", "artifacts_uri", "web_ui_url", "error")
@@ -137,10 +186,14 @@ class GetJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("limit",)
+    __slots__ = ("limit", "task_name", "status")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     limit: int
-    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+    task_name: str
+    status: JobStatus
+    def __init__(self, limit: _Optional[int] = ..., task_name: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs",)
