@@ -7,6 +7,10 @@ task spec (INVALID_ARGUMENT naming the problem, nothing started), stores it as a
 the job in SQL and starts the workflow. Job state comes from Temporal: the workflow's `progress`
 query while it runs, its result once completed, and the pending activity's heartbeat for step detail.
 
+Search: each job's workflow carries the SyllabusTask, SyllabusTenant, SyllabusRound and SyllabusStatus
+search attributes (`orchestrator.search`) where the namespace has them registered; ListJobs with a task
+name or status filter finds jobs through them.
+
 Tenancy: every job row names the tenant whose token submitted it (`ADMIN_JOBS_TENANT` for the admin
 token). Get, Watch, Cancel, List and Lineage only ever show the caller's own jobs (admin: all); another
 tenant's job answers NOT_FOUND exactly as a missing one does. Job ids are one namespace: a job id is
@@ -34,6 +38,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from orchestrator import search
 from orchestrator.metadata import Metadata
 from orchestrator.types import DistillationInput, JobProgress
 from orchestrator.workflows import DistillationWorkflow
@@ -60,6 +65,14 @@ _STATUS = {
 ADMIN_JOBS_TENANT = "admin"  # the tenant recorded for jobs the admin token submits
 WATCH_POLL_SECONDS = 0.5
 QUERY_TIMEOUT = timedelta(seconds=3)  # a query waits for a worker; do not hang a GetJob on a dead one
+SEARCH_RECHECK_SECONDS = 60.0  # how often to look again for search attributes the namespace lacked
+_SEARCH_STATUS = {
+    jobs_pb2.JOB_STATUS_RUNNING: search.RUNNING,
+    jobs_pb2.JOB_STATUS_COMPLETED: search.COMPLETED,
+    jobs_pb2.JOB_STATUS_FAILED: search.FAILED,
+    jobs_pb2.JOB_STATUS_CANCELLED: search.CANCELLED,
+    jobs_pb2.JOB_STATUS_TERMINATED: search.TERMINATED,
+}
 
 
 @dataclass
@@ -108,6 +121,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         # The gateway creates each job's row (the only place that does), through the metadata module.
         self.metadata = Metadata(config.resolved_database_url())
         self.sessions = self.metadata.sessions()  # reads
+        self._searchable = False  # the namespace has the search attributes (once seen, for good)
+        self._search_checked = float("-inf")  # loop time of the last look
 
     # -- RPCs ---------------------------------------------------------------------------------
 
@@ -140,6 +155,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 self.metadata.release_job(job_id)
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, _taken(job_id))
         task_ref = stored or await asyncio.to_thread(self.store.put_bytes, task_key, canonical)
+        attributes = search.start_attributes(task.name, _tenant_of(principal)) if await self._search_ready() else None
         inp = DistillationInput(
             job_id=job_id,
             task_ref=task_ref,
@@ -158,6 +174,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 task_queue=self.config.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=attributes,
             )
         except WorkflowAlreadyStartedError:
             pass
@@ -174,6 +191,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         if limit < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit: must be >= 0")
         principal = current_principal()
+        if request.task_name or request.status:
+            ids = await self._search_jobs(request, limit, principal, context)
+            return jobs_pb2.ListJobsResponse(jobs=[await self._job(job_id, context, light=True) for job_id in ids])
         stmt = select(db.Job.id).order_by(db.Job.created_at.desc()).limit(limit)
         if principal.role != ADMIN_ROLE:
             stmt = stmt.where(db.Job.tenant == principal.tenant)
@@ -222,6 +242,43 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             return jobs_pb2.GetLineageResponse(training_run=run)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    async def _search_ready(self) -> bool:
+        """Whether job workflows may carry the search attributes (the namespace has them registered)."""
+        now = asyncio.get_running_loop().time()
+        if not self._searchable and now - self._search_checked >= SEARCH_RECHECK_SECONDS:
+            self._search_checked = now
+            self._searchable = await search.registered(self.client, self.config.temporal_namespace)
+        return self._searchable
+
+    async def _search_jobs(self, request, limit: int, principal: Principal, context) -> list[str]:
+        """Ids of the caller's jobs matching the request's task name and status, newest first, found
+        through Temporal's visibility store by the jobs' search attributes."""
+        if request.status and request.status not in _SEARCH_STATUS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"status: unknown value {request.status}")
+        try:
+            query = search.job_query(
+                DistillationWorkflow.__name__, task=request.task_name, status=_SEARCH_STATUS.get(request.status, ""),
+                tenant="" if principal.role == ADMIN_ROLE else principal.tenant,
+            )
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if not await self._search_ready():
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Temporal namespace {self.config.temporal_namespace!r} lacks the Syllabus search attributes, so jobs "
+                f"cannot be listed by task or status; register them: {'; '.join(search.create_commands(self.config.temporal_namespace))}",
+            )
+        try:
+            found = [w async for w in self.client.list_workflows(query, limit=limit)]
+        except RPCError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"Temporal: {e.message}")
+        found.sort(key=lambda w: w.start_time, reverse=True)
+        ids = list(dict.fromkeys(w.id for w in found))
+        # The job rows decide visibility, as for every other RPC: a tenant sees only its own rows.
+        with self.sessions() as s:
+            tenants = _tenants(s, set(ids))
+        return [i for i in ids if (principal.sees(tenants[i]) if i in tenants else principal.role == ADMIN_ROLE)]
 
     async def _snapshot(self, handle: WorkflowHandle, light: bool) -> _Snapshot:
         desc = await handle.describe()

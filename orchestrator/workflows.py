@@ -213,9 +213,10 @@ class DistillationWorkflow:
     ) -> ArtifactRef:
         """reference-train (LoBaSS) -> score -> select; the round's training set."""
         reference = None
-        if plan.learnability:
+        if plan.learnability or ("difficulty" in plan.metrics and not crowd):
             # LoBaSS (Zhou et al. 2023) in every round: L0 under the current student, Lref under a
-            # brief reference trained from the current student on this round's candidates.
+            # brief reference trained from the current student on this round's candidates. Before
+            # the first round's adapter, it is also the IRT crowd's second member (difficulty).
             ref_run = await self._step(
                 "reference-train",
                 r,

@@ -126,3 +126,136 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(stack:
     # Round 2 generated with the aligned teacher: its examples' provenance names the adapter.
     gen2 = [p for p in (artifacts(report) / "round-2").glob("generate-*.jsonl")]
     assert gen2
+
+
+def scores_of(report: dict, r: int = 1) -> dict[str, dict]:
+    (path,) = [p for p in (artifacts(report) / f"round-{r}").glob("scores-*.jsonl")]
+    return {row["id"]: row for row in loads_jsonl(path.read_bytes())}
+
+
+def candidate_ids(report: dict, r: int = 1) -> list[str]:
+    """Ids of the round's candidates (what critique and reasoning kept)."""
+    return [row["id"] for row in train_set(report, r) if row["category"] not in ("seed", "heldout")] + [
+        i for i, row in scores_of(report, r).items() if i not in {t["id"] for t in train_set(report, r)}
+    ]
+
+
+@pytest.mark.parametrize("mode", ["judge", "cft", "rubric", "reflection"])
+def test_model_critique_modes_ask_the_teacher_and_keep_what_they_drop(stack: Stack, banking77_tiny, tmp_path: Path, mode: str) -> None:
+    """Past the rule filter, each model-based mode asks the teacher about every example; a reply that
+    never parses drops its example as "unparsable" with the raw reply kept, and never fails the job."""
+    select = {"policy": "reflection"} if mode == "reflection" else {"metric": "ifd"}
+    task = banking77_tiny(2, name=f"critique-{mode}", generate={"per_label": 2, "max_new_tokens": 12},
+                          critique={"mode": mode, "retries": 1, "max_new_tokens": 24},
+                          score={"metrics": ["ifd"]}, select=select, train=TRAIN)  # fmt: skip
+    report = run(stack, tmp_path, task)
+    (one,) = report["rounds"]
+    assert "critique" in names(report, 1)
+    dropped = one["critique_dropped"]
+    assert sum(dropped.values()) == one["generated"] - one["kept"]
+    rows = db(stack).execute("select keep, reason, mode from critiques where job_id=?", (report["job_id"],)).fetchall()
+    assert {m for *_, m in rows} == {mode}
+    rule_kept = one["generated"] - sum(n for code, n in dropped.items() if code in ("too_short", "too_long", "empty", "copies_seed", "duplicate", "label_not_in_task"))
+    assert rule_kept > 0, "the rule filter kept nothing: the teacher was never asked"
+    # The tiny teacher's replies never parse: each rule-kept example is dropped with its raw reply.
+    assert dropped.get("unparsable") == rule_kept and one["kept"] == 0
+    unparsable = [reason for keep, reason, _ in rows if reason.startswith("unparsable")]
+    assert len(unparsable) == rule_kept and all("raw:" in reason for reason in unparsable)
+    (critiques,) = [p for p in (artifacts(report) / "round-1").glob(f"critique-{mode}-*-critiques.jsonl")]
+    replies = loads_jsonl(critiques.read_bytes())
+    assert len([r for r in replies if "raw" in r]) >= rule_kept and all(r["status"] == "failed" for r in replies if "raw" in r)
+    assert one["candidates"] == 0 and names(report, 1)[-2:] == ["train", "evaluate"]  # the seeds alone train
+
+
+def _selected(report: dict) -> list[str]:
+    rows = train_set(report)
+    return [r["id"] for r in rows if r["category"] not in ("seed", "heldout")]
+
+
+def test_top_k_selection_and_an_sec_curriculum(stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+    recipe = {"stages": [{**STAGE, "curriculum": {"policy": "sec", "arm_key": "category", "sec_tau": 0.5}}], "batch_size": 4}
+    task = banking77_tiny(2, name="topk-sec", generate={"per_label": 3, "max_new_tokens": 12},
+                          score={"metrics": ["ifd"]}, select={"policy": "top_k", "metric": "ifd", "k": 2},
+                          train={**TRAIN, "recipe": recipe})  # fmt: skip
+    report = run(stack, tmp_path, task)
+    scores = scores_of(report)
+    chosen = _selected(report)
+    kept = [i for i in scores if i not in {r["id"] for r in train_set(report) if r["category"] == "seed"}]
+    assert len(chosen) == min(2, len(kept)) and report["rounds"][0]["selected"] == len(chosen)
+    best = sorted(kept, key=lambda i: (-scores[i]["ifd_ppl"], i))[: len(chosen)]
+    assert chosen == best  # the k highest IFD, best first
+    assert names(report, 1)[-2:] == ["train-stage-1", "evaluate"]
+    (metrics,) = db(stack).execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
+    (stage,) = json.loads(metrics)["stages"]
+    assert stage["steps"] > 0
+
+
+def test_threshold_selection_and_an_adarft_curriculum(stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+    recipe = {"stages": [{**STAGE, "steps": 3, "curriculum": {"policy": "adarft", "score_key": "difficulty100"}}], "batch_size": 2}
+    task = banking77_tiny(2, name="threshold-adarft", generate={"per_label": 3, "max_new_tokens": 12},
+                          score={"metrics": ["ifd", "difficulty"]},
+                          select={"policy": "threshold", "metric": "ifd", "threshold": 1.0, "ascending": True},
+                          train={**TRAIN, "recipe": recipe})  # fmt: skip
+    report = run(stack, tmp_path, task)
+    scores = scores_of(report)
+    records = train_set(report)
+    seeds = {r["id"] for r in records if r["category"] == "seed"}
+    expected = sorted((i for i, row in scores.items() if i not in seeds and row["ifd_ppl"] <= 1.0), key=lambda i: (scores[i]["ifd_ppl"], i))
+    assert _selected(report) == expected
+    # AdaRFT's difficulty is 100 * (1 - the crowd's success rate), on every training record.
+    assert all(r["difficulty100"] == pytest.approx(100 * (1 - r["success_rate"])) for r in records)
+    (metrics,) = db(stack).execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
+    assert json.loads(metrics)["stages"][0]["steps"] == 3
+
+
+def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+    recipe = {"stages": [{**STAGE, "epochs": 2, "curriculum": {"policy": "pudf", "score_key": "irt_b"}}]}
+    task = banking77_tiny(2, name="random-pudf", generate={"per_label": 3, "max_new_tokens": 12},
+                          score={"metrics": ["ifd", "difficulty"]},
+                          select={"policy": "random", "top_fraction": 0.5, "ifd_filter": True, "seed": 3},
+                          train={**TRAIN, "recipe": recipe})  # fmt: skip
+    report = run(stack, tmp_path, task)
+    (one,) = report["rounds"]
+    scores = scores_of(report)
+    records = train_set(report)
+    heldout = [r for r in records if r.get("heldout")]
+    # PUDF's held-out split: the validation items (here the seeds), scored, flagged and never trained on.
+    assert heldout and all(r["id"].startswith("heldout:") and "irt_b" in r for r in heldout)
+    chosen = _selected(report)
+    assert all(scores[i]["ifd_ppl"] <= 1.0 for i in chosen)
+    assert one["selection_dropped"].get("ifd_above_1", 0) + len(chosen) + one["selection_dropped"].get("not_selected", 0) == one["candidates"]
+    con = db(stack)
+    (metrics,) = con.execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
+    (stage,) = json.loads(metrics)["stages"]
+    assert stage["probe"] == "heldout" and stage["probe_size"] == len(heldout)
+    assert len(stage["abilities"]) >= 2  # before the first epoch, then after epochs
+    trained = {i for (i,) in con.execute(
+        "select s.sample_id from training_run_samples s join training_runs t on s.training_run_id = t.id"
+        " where t.job_id=? and t.stage='recipe'",
+        (report["job_id"],))}  # fmt: skip
+    assert trained and not any(i.startswith("heldout:") for i in trained)
+
+
+def test_weighted_mix_selection_and_a_shuffled_baseline(stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+    recipe = {"stages": [{**STAGE, "curriculum": {"policy": "shuffled"}}]}
+    task = banking77_tiny(2, name="mix-shuffled", generate={"per_label": 3, "max_new_tokens": 12},
+                          score={"metrics": ["learnability", "ifd", "car"]},
+                          select={"policy": "top_fraction", "top_fraction": 0.5, "weights": {"learnability": 1.0, "ifd": 0.5, "car": 0.5}},
+                          train={**TRAIN, "recipe": recipe})  # fmt: skip
+    report = run(stack, tmp_path, task)
+    scores = scores_of(report)
+    chosen = _selected(report)
+    seeds = {r["id"] for r in train_set(report) if r["category"] == "seed"}
+    kept = [i for i in scores if i not in seeds]
+    # Recompute the mix by hand: sum of w * z-score over the candidates.
+    import statistics
+
+    def z(col: str) -> dict[str, float]:
+        xs = [scores[i][col] for i in kept]
+        mean, sd = statistics.fmean(xs), statistics.pstdev(xs) or 1.0
+        return {i: (scores[i][col] - mean) / sd for i in kept}
+
+    zl, zi, zc = z("learnability"), z("ifd_ppl"), z("car")
+    mix = {i: zl[i] + 0.5 * zi[i] + 0.5 * zc[i] for i in kept}
+    assert chosen == sorted(kept, key=lambda i: (-mix[i], i))[: len(chosen)]
+    assert len(chosen) == -(-len(kept) // 2)

@@ -60,3 +60,60 @@ def test_file_references_resolve_relative_to_the_task(tmp_path: Path) -> None:
     (tmp_path / "task.yaml").write_text(GOOD.replace("eval: [{input: three, label: a}]", "eval: nowhere.jsonl"))
     with pytest.raises(TaskSpecError, match="eval: file 'nowhere.jsonl' not found"):
         load_task(tmp_path / "task.yaml")
+
+
+def test_a_task_file_of_the_first_format_keeps_its_meaning() -> None:
+    """Old files load: one expand mode (plus targeted when targeted_per_skill > 0), LoBaSS top fraction."""
+    task = parse_task(GOOD + "generate: {per_label: 3, targeted_per_skill: 2}\nselect: {metric: learnability, top_fraction: 0.3}\n")
+    assert [m.mode for m in task.generate.modes] == ["expand", "targeted"]
+    assert task.generate.mode("targeted").per_skill == 2 and task.generate.mode("expand").per_label is None
+    assert (task.select.policy, task.select.metric, task.select.top_fraction) == ("top_fraction", "learnability", 0.3)
+    assert task.score.metrics == ["learnability"] and task.critique.mode == "rules" and task.train.recipe is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("select: {metric: ifd}\n", "select: ranks by ifd, which is not in score.metrics ['learnability']"),
+        ("select: {policy: reflection}\n", "select.policy reflection needs critique.mode reflection"),
+        ("select: {policy: threshold}\n", "policy threshold needs `threshold`"),
+        ("rounds: 1\ntailor: {every: 1}\n", "tailor: needs rounds >= 2"),
+        ("generate: {modes: [{mode: expand}, {mode: expand}]}\n", "modes: expand given twice"),
+        ("generate: {modes: [{mode: rationales, styles: [haiku]}]}\n", "generate.modes[0].rationales.styles[0]"),
+        ("critique: {mode: vibes}\n", "critique.mode"),
+        ("score: {metrics: [ifd, magic]}\n", "score.metrics[1]"),
+        ("train: {recipe: {stages: [{data: {score_key: difficulty100}}]}}\n",
+         "score_key 'difficulty100' is not a scored column; scored: ['learnability', 'learnability_pct'] (add difficulty to score.metrics)"),
+        ("train: {recipe: {stages: [{objective: dpo}]}}\n", "dpo needs preference pairs"),
+        ("train: {recipe: {stages: [{objective: cft}]}}\n", "cft trains on critique records"),
+        ("train: {recipe: {stages: [{lr: -1}]}}\n", "train.recipe.stages[0].lr"),
+    ],
+)
+def test_method_options_are_validated(extra: str, message: str) -> None:
+    with pytest.raises(TaskSpecError) as err:
+        parse_task(GOOD + extra, source="task.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_shipped_recipe_is_a_valid_train_recipe(tmp_path: Path) -> None:
+    """A task names a recipe by path (resolved like seeds, on the client); the gateway wants it inline."""
+    recipes = sorted((ROOT / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 5
+    for path in recipes:
+        if path.name == "dpo_teacher.yaml":  # the teacher's DPO (tailoring), not a student recipe
+            continue
+        task_file = tmp_path / "task.yaml"
+        task_file.write_text(GOOD + f"score: {{metrics: [learnability, difficulty]}}\ntrain: {{recipe: {path}}}\n")
+        task = load_task(task_file)
+        assert task.train.recipe is not None and task.train.recipe.stages, path.name
+        assert parse_task(dump_task(task), inline_only=True) == task
+    with pytest.raises(TaskSpecError, match="must carry its recipe inline"):
+        parse_task(GOOD + "train: {recipe: recipes/shuffled_baseline.yaml}\n", inline_only=True)
+    with pytest.raises(TaskSpecError, match="train.recipe: file 'nope.yaml' not found"):
+        parse_task(GOOD + "train: {recipe: nope.yaml}\n", base_dir=tmp_path)
+
+
+def test_every_example_task_loads() -> None:
+    for path in sorted((ROOT / "examples").glob("*/*.yaml")):
+        if path.name.startswith(("task", "full")):
+            assert load_task(path).name, path

@@ -15,7 +15,19 @@ from temporalio.exceptions import ApplicationError, is_cancelled_exception
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from orchestrator.tailoring import (
+    DpoInput,
+    DpoOutput,
+    DraftInput,
+    DraftOutput,
+    PairsInput,
+    PairsOutput,
+    PreferenceInput,
+    PreferenceOutput,
+    TailorTeacherWorkflow,
+)
 from orchestrator.types import (
+    ArteSettings,
     CritiqueInput,
     CritiqueOutput,
     DistillationInput,
@@ -36,6 +48,8 @@ from orchestrator.types import (
     SelectInput,
     SelectOutput,
     StageResult,
+    TailorInputsInput,
+    TailorInputsOutput,
     TrainInput,
     TrainOutput,
 )
@@ -249,6 +263,59 @@ async def test_the_plan_turns_on_reasoning_modes_and_recipe_stages(temporal_env:
     (r1,) = result.rounds
     assert r1.reasoning["rationales"] == {"written": 4, "wrong": 1, "failed": 1, "duplicate_paths": 0, "kept": 2}
     assert r1.candidates == 8
+
+
+def tailoring_fakes(calls: list) -> list:
+    """Fake ARTE steps (and their inputs step): the DPO adapter of round r is "teacher-dpo-r"."""
+
+    @activity.defn(name="tailor_inputs")
+    async def tailor_inputs(inp: TailorInputsInput) -> TailorInputsOutput:
+        calls.append(("tailor_inputs", inp))
+        return TailorInputsOutput(ref(f"questions-{inp.round}"), ref(f"probe-{inp.round}"), ArteSettings())
+
+    @activity.defn(name="draft_rationales")
+    async def draft_rationales(inp: DraftInput) -> DraftOutput:
+        calls.append(("draft_rationales", inp))
+        return DraftOutput(ref("drafts"), ref("demos"), 4, 0)
+
+    @activity.defn(name="score_preference")
+    async def score_preference(inp: PreferenceInput) -> PreferenceOutput:
+        calls.append(("score_preference", inp))
+        return PreferenceOutput(ref("pref"), 4)
+
+    @activity.defn(name="build_pairs")
+    async def build_pairs(inp: PairsInput) -> PairsOutput:
+        return PairsOutput(ref("pairs"), 1, 2)
+
+    @activity.defn(name="train_teacher_dpo")
+    async def train_teacher_dpo(inp: DpoInput) -> DpoOutput:
+        calls.append(("train_teacher_dpo", inp))
+        return DpoOutput(ref(f"teacher-dpo-{inp.round}"), 3, 0.6)
+
+    return [tailor_inputs, draft_rationales, score_preference, build_pairs, train_teacher_dpo]
+
+
+async def test_tailoring_aligns_the_teacher_that_generates_the_later_rounds(temporal_env: WorkflowEnvironment) -> None:
+    """tailor.every 1 over 3 rounds: ARTE after rounds 1 and 2 (never after the last), each aligning
+    the current teacher to the current student; rounds 2 and 3 generate and critique with it."""
+    fakes = FakeServices(plan=LoopPlan(tailor_every=1))
+    fakes.release.set()
+    task_queue = f"test-{uuid.uuid4()}"
+    inp = DistillationInput(job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=3)
+    async with Worker(temporal_env.client, task_queue=task_queue, workflows=[DistillationWorkflow, TailorTeacherWorkflow],
+                      activities=fakes.activities() + tailoring_fakes(fakes.calls)):  # fmt: skip
+        result = await temporal_env.client.execute_workflow(DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue)
+
+    assert [s.round for s in result.steps if s.name == "tailor"] == [1, 2]
+    assert [g.teacher_adapter for g in fakes.inputs("generate_examples")] == [None, ref("teacher-dpo-1"), ref("teacher-dpo-2")]
+    assert [c.teacher_adapter for c in fakes.inputs("critique_examples")] == [None, ref("teacher-dpo-1"), ref("teacher-dpo-2")]
+    dpo = fakes.inputs("train_teacher_dpo")
+    assert [d.teacher_adapter for d in dpo] == [None, ref("teacher-dpo-1")]  # each tailoring continues the last
+    prefs = fakes.inputs("score_preference")
+    assert [p.student_adapter for p in prefs] == [ref("sft-1"), ref("sft-2")]  # aligned to the current student
+    assert [r.teacher_adapter_uri for r in result.rounds] == ["", ref("teacher-dpo-1").uri, ref("teacher-dpo-2").uri]
+    assert [r.tailor_pairs for r in result.rounds] == [3, 3, 0]
+
 
 async def test_workflow_failure_marks_the_job_failed(temporal_env: WorkflowEnvironment) -> None:
     fakes = FakeServices(fail_generate=True)

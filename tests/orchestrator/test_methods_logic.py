@@ -1,0 +1,140 @@
+"""The loop's reading of teacher replies and score tables (pure logic, no services): what each
+critique mode keeps, relabels or drops, which rationales train, and the score columns selection and
+recipes read. The replies are the teacher's record formats (teacher_svc.critics / reasoning)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from orchestrator import critique_modes, reasoning
+from orchestrator.scores import add_percentiles, difficulty_columns, reflection_versions, scoring_records, weighted_mix
+from syllabus.tasks import TaskSpec
+
+pytestmark = pytest.mark.unit
+
+LABELS = ["card_arrival", "lost_or_stolen_card"]
+
+
+@pytest.fixture
+def task() -> TaskSpec:
+    return TaskSpec(
+        name="t", kind="classification", instructions="Classify.", labels=LABELS,
+        seeds=[{"input": "Where is my card?", "label": "card_arrival"}, {"input": "My card was stolen", "label": "lost_or_stolen_card"}],
+        eval=[{"input": "card not here", "label": "card_arrival"}],
+    )  # fmt: skip
+
+
+def ex(i: str, text: str, label: str) -> dict:
+    return {"id": i, "input": text, "label": label, "prompt": f"p:{text}", "response": label, "provenance": {"method": "seed_expansion"}}
+
+
+EXAMPLES = [ex("a", "When will my new card arrive?", "card_arrival"), ex("b", "Someone took my wallet and card", "card_arrival"),
+            ex("c", "I lost it", "lost_or_stolen_card")]  # fmt: skip
+FAILED = {"status": "failed", "error": 'no "Conclusion: right/wrong" line', "raw": "blah blah", "attempts": 2}
+
+
+def test_judge_keeps_right_drops_wrong_and_unparsable_with_the_raw_reply(task: TaskSpec) -> None:
+    replies = [
+        {"id": "a", "status": "ok", "critique": "The card is on its way.\nConclusion: right", "verdict": "right"},
+        {"id": "b", "status": "ok", "critique": "It was stolen, not late.\nConclusion: wrong", "verdict": "wrong"},
+        {"id": "c", **FAILED},
+    ]
+    out = critique_modes.interpret(task, "judge", EXAMPLES, replies)
+    assert [r["id"] for r in out.kept] == ["a"] and out.extra == []
+    reasons = {v["id"]: (v["keep"], v["reason"]) for v in out.verdicts}
+    assert reasons["a"][0] and reasons["a"][1].startswith("judge_right: The card is on its way.")
+    assert reasons["b"] == (False, "judge_wrong: It was stolen, not late. Conclusion: wrong")
+    assert not reasons["c"][0] and reasons["c"][1].startswith("unparsable:") and "raw: blah blah" in reasons["c"][1]
+    assert {critique_modes.reason_code(v["reason"]) for v in out.verdicts} == {"judge_right", "judge_wrong", "unparsable"}
+
+
+def test_cft_also_trains_on_every_parsed_critique(task: TaskSpec) -> None:
+    replies = [
+        {"id": "a", "status": "ok", "critique": "c1 Conclusion: right", "verdict": "right", "prompt": "Question: q\n\nSolution: s", "response": "c1 Conclusion: right"},
+        {"id": "b", "status": "ok", "critique": "c2 Conclusion: wrong", "verdict": "wrong", "prompt": "Question: q2\n\nSolution: s2", "response": "c2 Conclusion: wrong"},
+    ]  # fmt: skip
+    out = critique_modes.interpret(task, "cft", EXAMPLES[:2], replies)
+    assert [r["id"] for r in out.kept] == ["a"]
+    assert [(r["parent_id"], r["category"], r["response"]) for r in out.extra] == [("a", "cft", "c1 Conclusion: right"), ("b", "cft", "c2 Conclusion: wrong")]
+    assert all(r["provenance"]["method"] == critique_modes.CFT for r in out.extra)
+
+
+def test_rubric_revision_confirms_relabels_or_drops(task: TaskSpec) -> None:
+    replies = [
+        {"id": "a", "status": "ok", "revision": "The intent is card_arrival.", "rubric": "1. names the intent"},
+        {"id": "b", "status": "ok", "revision": "This is Lost or stolen card", "rubric": "1. x"},
+        {"id": "c", "status": "ok", "revision": "I cannot tell.", "rubric": "1. x"},
+    ]
+    out = critique_modes.interpret(task, "rubric", EXAMPLES, replies)
+    kept = {r["parent_id"] if r.get("parent_id") else r["id"]: r for r in out.kept}
+    assert kept["a"] is EXAMPLES[0]  # confirmed: the same record
+    assert kept["b"]["label"] == "lost_or_stolen_card" and kept["b"]["input"] == EXAMPLES[1]["input"]
+    assert kept["b"]["provenance"]["method"] == critique_modes.RELABEL and kept["b"]["id"] != "b"
+    assert "c" not in kept
+    reasons = {v["id"]: v["reason"] for v in out.verdicts}
+    assert reasons["b"] == "rubric_relabelled: card_arrival -> lost_or_stolen_card"
+    assert reasons["c"].startswith("revision_names_no_label")
+
+
+def test_reflection_rewrites_the_example_and_keeps_the_original_for_the_selection_rule(task: TaskSpec) -> None:
+    replies = [
+        {"id": "a", "status": "ok", "new_instruction": "My replacement card has not arrived after two weeks, where is it?",
+         "better_answer": "card_arrival"},
+        {"id": "b", "status": "ok", "new_instruction": "ok", "better_answer": "card_arrival"},
+        {"id": "c", "status": "ok", "new_instruction": "I lost my card on the bus yesterday", "better_answer": "both intents apply"},
+    ]  # fmt: skip
+    out = critique_modes.interpret(task, "reflection", EXAMPLES, replies)
+    (kept,) = out.kept
+    assert kept["input"].startswith("My replacement card") and kept["label"] == "card_arrival"
+    assert kept["reflection"] == {"input": EXAMPLES[0]["input"], "label": "card_arrival"}
+    assert kept["prompt"] == task.prompt_for(kept["input"])
+    codes = {v["id"]: critique_modes.reason_code(v["reason"]) for v in out.verdicts}
+    assert codes == {"a": "reflected", "b": "reflection_bad_instruction", "c": "reflection_names_no_label"}
+    four = reflection_versions(task, kept)
+    assert (four["prompt"], four["response"]) == (task.prompt_for(EXAMPLES[0]["input"]), "card_arrival")
+    assert (four["prompt_q"], four["response_qa"]) == (kept["prompt"], "card_arrival")
+
+
+def test_named_label_needs_exactly_one_label() -> None:
+    assert critique_modes.named_label("it's Card Arrival.", LABELS) == "card_arrival"
+    assert critique_modes.named_label("card_arrival or lost_or_stolen_card", LABELS) is None
+    assert critique_modes.named_label("no idea", LABELS) is None
+
+
+def test_only_rationales_that_reach_the_label_train(task: TaskSpec) -> None:
+    qs = reasoning.questions([ex("s1", "Where is my card?", "card_arrival")], EXAMPLES + [{"id": "r", "category": "rationales"}], 3)
+    assert [q["id"] for q in qs] == ["s1", "a", "b"]
+    written = [
+        {"id": "w1", "question_id": "a", "status": "ok", "rationale": "It is late.\nAnswer: card arrival", "answer": "card arrival"},
+        {"id": "w2", "question_id": "a", "status": "ok", "rationale": "Stolen.\nAnswer: lost_or_stolen_card", "answer": "lost_or_stolen_card"},
+        {"id": "w3", "question_id": "b", "status": "failed", "error": "no answer", "raw": "..."},
+    ]  # fmt: skip
+    out = reasoning.training_records(task, "rationales", qs, written, {})
+    assert [r["id"] for r in out.records] == ["w1"]
+    (rec,) = out.records
+    assert rec["label"] == "card_arrival" and rec["parent_id"] == "a" and rec["category"] == "rationales"
+    assert rec["prompt"].endswith('"Answer: <intent>".') and rec["response"].endswith("Answer: card arrival")
+    assert out.counts == {"written": 3, "wrong": 1, "failed": 1, "duplicate_paths": 0, "kept": 1}
+
+
+def test_rft_counts_come_from_the_teacher(task: TaskSpec) -> None:
+    qs = [{"id": "a", "input": "x y z", "label": "card_arrival"}]
+    kept = [{"id": "k", "question_id": "a", "response": "r\nAnswer: card_arrival", "answer": "card_arrival", "provenance": {}}]
+    stats = {"sampled": 4, "incorrect": 2, "unparsable": 1}  # proto JSON omits zero counts
+    out = reasoning.training_records(task, "rft", qs, kept, stats)
+    assert [r["id"] for r in out.records] == ["k"] and out.records[0]["category"] == "rft"
+    assert out.counts == {"written": 4, "wrong": 2, "failed": 1, "duplicate_paths": 0, "kept": 1}
+
+
+def test_score_table_columns() -> None:
+    rows = add_percentiles([{"id": "a", "x": 3.0}, {"id": "b", "x": 1.0}, {"id": "c", "x": math.nan}, {"id": "d", "x": 2.0}])
+    assert {r["id"]: r["x_pct"] for r in rows} == {"a": 0.5, "b": 0.0, "c": 0.0, "d": 0.25}
+    assert difficulty_columns({"id": "a", "irt_difficulty": 0.7, "crowd_correct": 1}, 4) == {
+        "id": "a", "irt_difficulty": 0.7, "irt_b": 0.7, "crowd_correct": 1, "success_rate": 0.25, "difficulty100": 75.0,
+    }  # fmt: skip
+    mix = weighted_mix([{"id": "a", "u": 1.0, "v": 0.0}, {"id": "b", "u": 3.0, "v": 2.0}], {"m": 1.0, "n": 2.0}, {"m": "u", "n": "v"})
+    assert mix == pytest.approx({"a": -3.0, "b": 3.0})
+    records = scoring_records([ex("a", "t", "card_arrival"), {**ex("r", "t", "card_arrival"), "category": "rft"}], [ex("a", "t", "card_arrival"), ex("s", "u", "card_arrival")])
+    assert [(r["id"], r["category"]) for r in records] == [("a", "expand"), ("r", "rft"), ("s", "seed")]
