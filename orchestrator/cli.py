@@ -3,7 +3,8 @@
     syllabus demo [--json]              start the embedded stack, run the Banking77 example, stop everything
     syllabus up                         start the embedded stack and leave it running (Ctrl-C stops it)
     syllabus run TASK.yaml [--json]     submit a task to a running stack and follow it to the end
-    syllabus jobs list|status|watch|cancel [JOB_ID] [--json]
+    syllabus jobs list [--task NAME] [--status S] [--json]    (S: running, completed, failed, cancelled, terminated)
+    syllabus jobs status|watch|cancel JOB_ID [--json]
     syllabus lineage SAMPLE_ID [--job JOB_ID] [--json]   |   syllabus lineage --training-run ID
     syllabus export JOB_ID --round N --format jsonl|parquet [-o FILE]
     syllabus db upgrade|downgrade|current [--revision REV]
@@ -314,7 +315,7 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
         raise CliError(f"syllabus jobs {args.action}: JOB_ID required", EXIT_USAGE)
     with _client(config) as client:
         if args.action == "list":
-            jobs = _sdk_call(client.list_jobs, args.limit)
+            jobs = _sdk_call(lambda: client.list_jobs(args.limit, task_name=args.task or "", status=args.status or ""))
             if args.json:
                 print(json.dumps([job_report(j, config) for j in jobs]))
                 return EXIT_OK
@@ -478,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "status", "watch", "cancel"])
     p.add_argument("job_id", nargs="?")
     p.add_argument("--limit", type=int, default=50, help="jobs to list")
+    p.add_argument("--task", help="list: only jobs of this task name (searches Temporal's SyllabusTask attribute)")
+    p.add_argument("--status", choices=["running", "completed", "failed", "cancelled", "terminated"],
+                   help="list: only jobs in this status (searches Temporal's SyllabusStatus attribute)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(fn=cmd_jobs)
     p = sub.add_parser("lineage", help="trace a sample (or a training run's sample set)")

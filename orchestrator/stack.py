@@ -1,6 +1,7 @@
 """The embedded stack for one machine: Temporal dev server, the three services, the worker, the gateway.
 
-Used by `syllabus up` and `syllabus demo`. Every component runs as its own process on loopback,
+Used by `syllabus up` and `syllabus demo`. The dev server registers the jobs' search attributes
+(`orchestrator.search`). Every component runs as its own process on loopback,
 talking real gRPC; logs go to `<home>/logs/<name>.log`, Temporal's state to `<home>/temporal.db` so
 finished workflows stay visible in the Web UI after a restart.
 
@@ -193,6 +194,7 @@ class Stack:
         raise StackError(f"{name} not ready after {timeout:.0f}s; see {self.log_dir / (name + '.log')}")
 
     async def start(self) -> None:
+        from orchestrator import search
         from syllabus.auth import ensure_local_tokens
         from syllabus.db import make_engine
         from syllabus.models import resolve_model_dir
@@ -218,7 +220,9 @@ class Stack:
             [temporal, "server", "start-dev", "--ip", _host(c.temporal_address), "--port", str(_port(c.temporal_address)),
              "--ui-ip", ui.hostname or "127.0.0.1", "--ui-port", str(ui.port), "--http-port", str(free_port()),
              "--metrics-port", str(free_port()), "--ui-disable-news-fetch", "--db-filename", str(c.home / "temporal.db"),
-             "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=off", "--log-level", "warn"],
+             "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=off", "--log-level", "warn",
+             # the jobs' search attributes (task, tenant, round, status), so the Web UI can filter by them
+             *search.dev_server_flags()],
         )
 
         async def temporal_ready() -> bool:

