@@ -242,13 +242,14 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _stack(config: Config, console: Console, task_path: Path | None):
-    from orchestrator.stack import Stack
+    from orchestrator.stack import Stack, with_metrics
 
     preload: tuple[str, ...] = ()
     if task_path is not None:
         task = load_task(task_path)
         preload = tuple(dict.fromkeys((task.student.model, task.teacher.model)))
-    return Stack(config, preload=preload, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    # Metrics on, at the documented ports unless the config sets others; the stack logs their URLs.
+    return Stack(with_metrics(config), preload=preload, log=lambda m: console.print(f"[dim]{m}[/dim]"))
 
 
 def _stop_on_signals() -> None:

@@ -2,6 +2,8 @@
 
 Run: python -m orchestrator.gateway [--address HOST:PORT]     (env: SYLLABUS_*; see syllabus/config.py)
 
+Metrics at SYLLABUS_GATEWAY_METRICS_PORT; with SYLLABUS_OTLP_ENDPOINT each job's trace starts at its SubmitJob.
+
 Each job is one `DistillationWorkflow` whose workflow id is the job id. The gateway validates the
 task spec (INVALID_ARGUMENT naming the problem, nothing started), stores it as an artifact, records
 the job in SQL and starts the workflow. Job state comes from Temporal: the workflow's `progress`
@@ -47,6 +49,7 @@ from syllabus.artifacts import open_store
 from syllabus.auth import ADMIN_ROLE, TENANT_ROLE, Principal, current_principal, gateway_table, server_tls
 from syllabus.config import Config, load_config
 from syllabus.serving import Served, build_server, serve
+from syllabus.telemetry import setup_tracing, start_metrics, temporal_interceptors
 from syllabus.tasks import TaskSpecError, dump_task, parse_task
 from syllabus_sdk.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -396,7 +399,9 @@ def _tenants(s, job_ids: set[str]) -> dict[str, str]:
 
 async def create_server(config: Config, address: str = "127.0.0.1:0", client: Client | None = None) -> Served:
     """Start the gateway (health NOT_SERVING until `await served.set_serving(True)`)."""
-    client = client or await Client.connect(config.temporal_address, namespace=config.temporal_namespace)
+    client = client or await Client.connect(
+        config.temporal_address, namespace=config.temporal_namespace, interceptors=temporal_interceptors(config)
+    )
     servicer = JobServicer(config, client)
     return await build_server(
         address,
@@ -414,6 +419,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config()
+    setup_tracing(config, "gateway")  # a job's trace starts at its SubmitJob
+    start_metrics("gateway", config.gateway_metrics_port, config.metrics_host)
 
     async def _main() -> None:
         served = await create_server(config, args.address or config.gateway_address)

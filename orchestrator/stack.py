@@ -77,11 +77,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The Prometheus ports of `syllabus up` and `syllabus demo` (README "Observability"), for each one the
+# config leaves at 0 (off).
+UP_METRICS_PORTS = {
+    "gateway_metrics_port": 9460,
+    "teacher_metrics_port": 9461,
+    "student_metrics_port": 9462,
+    "trainer_metrics_port": 9463,
+    "worker_metrics_port": 9464,
+}
+
+
 def loopback_config(home: Path, **overrides) -> Config:
-    """A Config whose Temporal, UI, gateway and service addresses are free loopback ports (tests, benchmarks)."""
+    """A Config whose Temporal, UI, gateway and service addresses and metrics ports are free loopback
+    ports (tests, benchmarks)."""
     addresses = {name: f"127.0.0.1:{free_port()}" for name in
                  ("temporal_address", "gateway_address", *(attr for _, _, attr in SERVICES))}
-    return Config(home=home, temporal_ui_url=f"http://127.0.0.1:{free_port()}", **{**addresses, **overrides})
+    metrics = {name: free_port() for name in UP_METRICS_PORTS}
+    return Config(home=home, temporal_ui_url=f"http://127.0.0.1:{free_port()}", **{**addresses, **metrics, **overrides})
+
+
+def with_metrics(config: Config) -> Config:
+    """`config` with every metrics port it leaves off (0) set to its `syllabus up` default."""
+    return config.model_copy(update={k: v for k, v in UP_METRICS_PORTS.items() if not getattr(config, k)})
+
+
+def metrics_urls(config: Config) -> dict[str, str]:
+    """component -> its /metrics URL, for the components whose metrics are on."""
+    host = "127.0.0.1" if config.metrics_host in ("0.0.0.0", "") else config.metrics_host
+    ports = {name.removesuffix("_metrics_port"): getattr(config, name) for name in UP_METRICS_PORTS}
+    return {name: f"http://{host}:{port}/metrics" for name, port in ports.items() if port}
 
 
 def config_env(config: Config) -> dict[str, str]:
@@ -176,6 +201,7 @@ class Stack:
         ui = urlparse(c.temporal_ui_url)
         wanted = [("Temporal", c.temporal_address), ("Temporal Web UI", f"{ui.hostname}:{ui.port}"), ("gateway", c.gateway_address)]
         wanted += [(name, getattr(c, attr)) for name, _, attr in SERVICES]
+        wanted += [(f"{name} metrics", urlparse(url).netloc) for name, url in metrics_urls(c).items()]
         for name, addr in wanted:
             if port_in_use(_host(addr), _port(addr)):
                 raise StackError(
@@ -256,6 +282,8 @@ class Stack:
 
             await self._wait(name, proc, healthy, 300)
             self.log(f"{name} serving at {address}")
+        if urls := metrics_urls(c):
+            self.log("metrics (Prometheus): " + ", ".join(f"{name} {url}" for name, url in urls.items()))
 
     def pid(self, name: str) -> int | None:
         """The running process id of a component, or None while it is down."""

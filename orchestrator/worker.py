@@ -5,6 +5,9 @@ Run it (the services and a Temporal server must be reachable; settings come from
 
     SYLLABUS_TEMPORAL_ADDRESS=127.0.0.1:7233 SYLLABUS_TASK_QUEUE=syllabus python -m orchestrator.worker
 
+The Temporal SDK's metrics are served at SYLLABUS_WORKER_METRICS_PORT (0: off); with SYLLABUS_OTLP_ENDPOINT
+the workflow and activity spans (and the service calls under them) join each job's trace.
+
 On SIGTERM or SIGINT it stops polling and cancels its in-flight activities; Temporal retries them on
 another worker, and because every activity is idempotent the retry picks up their published outputs.
 """
@@ -24,6 +27,7 @@ from orchestrator.judging import JudgingActivities
 from orchestrator.tailoring import TailoringActivities, TailorTeacherWorkflow
 from orchestrator.workflows import DistillationWorkflow
 from syllabus.config import Config, load_config
+from syllabus.telemetry import setup_tracing, temporal_interceptors, temporal_runtime
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,10 @@ def build_worker(client: Client, config: Config, task_queue: str | None = None) 
 
 async def run_worker(config: Config, stop: asyncio.Event | None = None) -> None:
     """Connect to Temporal and run a worker until `stop` is set (or forever when None)."""
-    client = await Client.connect(config.temporal_address, namespace=config.temporal_namespace)
+    client = await Client.connect(
+        config.temporal_address, namespace=config.temporal_namespace, interceptors=temporal_interceptors(config),
+        runtime=temporal_runtime(config, config.worker_metrics_port),
+    )
     worker = build_worker(client, config)
     log.info("worker polling task queue %r on %s", config.task_queue, config.temporal_address)
     if stop is None:
@@ -60,7 +67,9 @@ async def _main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await run_worker(load_config(), stop)
+    config = load_config()
+    setup_tracing(config, "worker")
+    await run_worker(config, stop)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+from prometheus_client import Counter
 
 from student_svc import evaluation, scoring
 from student_svc.models import AdapterMismatch, ModelCache
@@ -37,10 +38,15 @@ from syllabus.artifacts import (
 from syllabus.models import ModelNotFound, fetch_adapter
 from syllabus.records import dumps_jsonl, loads_jsonl
 from syllabus.serving import InvalidRequest, RequestFailed, reading
+from syllabus.telemetry import model_turn
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+# Throughput (rate() of these is samples per second); a retried request that finds its output counts nothing.
+SAMPLES_SCORED = Counter("syllabus_student_samples_scored", "Samples the student scored (Score, ScoreStream).")
+SAMPLES_EVALUATED = Counter("syllabus_student_samples_evaluated", "Eval items the student answered and was graded on (Evaluate).")
 
 SERVICE_NAME = student_pb2.DESCRIPTOR.services_by_name["StudentService"].full_name
 
@@ -452,7 +458,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         a RequestFailed from either becomes its status code."""
         try:
             job = parse(request)
-            async with self._lock:
+            async with model_turn("student", self._lock):
                 return await asyncio.to_thread(work, job)
         except RequestFailed as e:
             await e.abort(context)
@@ -479,7 +485,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
             loop.call_soon_threadsafe(events.put_nowait, student_pb2.ScoreProgress(stage=stage, done=done, total=total))
 
         async def work() -> student_pb2.ScoreResponse:
-            async with self._lock:
+            async with model_turn("student", self._lock):
                 return await asyncio.to_thread(self._score, job, progress)
 
         task = asyncio.create_task(work())
@@ -631,6 +637,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
                 row.update(scored)
         car = scoring.car_by_teacher(records, rows, job.car_beta) if CAR in job.metrics else None
         ref = self.store.put_bytes(job.output_key, dumps_jsonl(rows))
+        SAMPLES_SCORED.inc(len(rows))
         log.info("scored %d samples (%s) -> %s", len(rows), ",".join(job.metrics), ref.uri)
         return self._score_response(job, ref, rows, car)
 
@@ -759,5 +766,6 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
             )
         rows, summary = self._with_model(job.base, job.adapter, work)
         ref = self.store.put_bytes(job.output_key, dumps_jsonl(rows))
+        SAMPLES_EVALUATED.inc(summary.total)
         log.info("evaluated %d items: accuracy %.3f -> %s", summary.total, summary.accuracy, ref.uri)
         return ref, summary

@@ -91,6 +91,23 @@ class Config(BaseModel):
         "teacher.model: openai:<name>. Keys are read on the teacher from the env vars named by api_key_env.",
     )
     log_level: str = Field("INFO", description="Python log level of services, worker and gateway.")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Interface the Prometheus endpoints bind (0.0.0.0 in a cluster, where Prometheus scrapes pods)."
+    )
+    gateway_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the gateway's Prometheus endpoint (/metrics); 0: off. `syllabus up`: 9460."
+    )
+    teacher_metrics_port: int = Field(0, ge=0, le=65535, description="Teacher's Prometheus endpoint port; 0: off. `syllabus up`: 9461.")
+    student_metrics_port: int = Field(0, ge=0, le=65535, description="Student's Prometheus endpoint port; 0: off. `syllabus up`: 9462.")
+    trainer_metrics_port: int = Field(0, ge=0, le=65535, description="Trainer's Prometheus endpoint port; 0: off. `syllabus up`: 9463.")
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port where the worker serves the Temporal SDK's metrics (Prometheus); 0: off. `syllabus up`: 9464."
+    )
+    otlp_endpoint: str = Field(
+        "", pattern=r"^(https?://\S+)?$",
+        description="OpenTelemetry collector (OTLP/gRPC) every component sends its spans to: http://host:4317 plaintext, "
+        "https:// TLS. Empty: tracing off.",
+    )
 
     @field_validator("teacher_endpoints", mode="before")
     @classmethod

@@ -3,7 +3,8 @@
 A service module builds its servicer and calls `build_server`; its `__main__` calls `serve`.
 Health reports NOT_SERVING until the service says it is ready (model loaded) and again on SIGTERM;
 meanwhile every other RPC answers UNAVAILABLE (retryable). Every RPC but health passes
-`syllabus.auth.ServerGuard`: a bearer token of an allowed role, bounded error details.
+`syllabus.auth.ServerGuard`: a bearer token of an allowed role, bounded error details. Every RPC,
+health included, is counted, timed and traced by `syllabus.telemetry.RpcTelemetry`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from syllabus.auth import SERVICE_ROLE, ServerGuard, TokenTable
+from syllabus.telemetry import RpcTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,9 @@ async def build_server(
         ("grpc.max_receive_message_length", max_message_mb << 20),
     ]
     state = {"serving": False}
-    server = grpc.aio.server(options=opts, interceptors=[ServerGuard(tokens, roles, lambda: state["serving"])])
+    # Telemetry outermost: the guard's refusals (UNAUTHENTICATED, UNAVAILABLE) are counted and traced too.
+    guard = ServerGuard(tokens, roles, lambda: state["serving"])
+    server = grpc.aio.server(options=opts, interceptors=[RpcTelemetry(), guard])
     add_servicers(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -31,6 +31,7 @@ from syllabus.models import ModelNotFound, check_model_ref, fetch_adapter
 from syllabus.pb import first_nonfinite, ref_from_pb, ref_to_pb
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
 from syllabus.serving import InvalidRequest, RequestFailed, reading
+from syllabus.telemetry import model_turn
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from teacher_svc.backend import (
@@ -46,6 +47,7 @@ from teacher_svc.critique import judge
 from teacher_svc.errors import DEFAULT_EXAMPLES_PER_SKILL, analyze_confusions
 from teacher_svc.generation import DEFAULT_BATCH_SIZE, ExpansionRequest, Seed, expand_seeds, parse_seeds
 from teacher_svc.leakage import LeakageGuard
+from teacher_svc.metering import MeteredBackend
 from teacher_svc.openai_backend import is_url_like
 from teacher_svc.reasoning import (
     CLASSIFICATION,
@@ -334,10 +336,10 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
 
     async def _run_model(self, model: common_pb2.ModelRef, fn: Callable[[Backend], object]):
         """Run `fn(backend)` in a worker thread under the model lock, mapping backend failures."""
-        async with self._model_lock:
+        async with model_turn("teacher", self._model_lock):  # queue depth and busy, in the metrics
             backend = await self._backend_for(model)
             try:
-                return await asyncio.to_thread(fn, backend)
+                return await asyncio.to_thread(fn, MeteredBackend(backend))
             except BackendUnavailable as e:
                 raise RequestFailed(grpc.StatusCode.UNAVAILABLE, f"model.base: {e}") from e
             except BackendRequestError as e:

@@ -4,7 +4,8 @@
 
 The address defaults to `SYLLABUS_TRAINER_ADDRESS` (127.0.0.1:50063); the artifact store is
 `SYLLABUS_ARTIFACT_URL`, the log level `SYLLABUS_LOG_LEVEL`. `--preload bundled:smollm2-135m-instruct` loads the model once before the
-service reports SERVING, so the first job does not pay for dequantizing the bundled GGUF.
+service reports SERVING, so the first job does not pay for dequantizing the bundled GGUF. Metrics at
+SYLLABUS_TRAINER_METRICS_PORT, traces to SYLLABUS_OTLP_ENDPOINT (syllabus.telemetry).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 from syllabus.config import load_config
 from syllabus.models import ModelNotFound, check_model_ref, load_model
 from syllabus.serving import serve
+from syllabus.telemetry import setup_tracing, start_metrics
 from trainer_svc.server import create_server, jobs_for
 
 
@@ -33,6 +35,8 @@ async def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    setup_tracing(config, "trainer")
+    start_metrics("trainer", config.trainer_metrics_port, config.metrics_host)
     jobs = jobs_for(config)
     served = await create_server(config, config.trainer_address, jobs=jobs)
     try:

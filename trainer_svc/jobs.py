@@ -27,12 +27,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from syllabus.artifacts import ArtifactRef, ArtifactStore, InvalidKey, validate_key
 from syllabus.models import check_model_ref, fetch_adapter
 from syllabus.pb import ref_from_pb, ref_to_pb
-from syllabus.serving import InvalidRequest, reading
-from syllabus_sdk.trainer.v1 import trainer_pb2
 from syllabus.recipe import Recipe, RecipeError, load_recipe
+from syllabus.serving import InvalidRequest, reading
+from syllabus.telemetry import model_turn
+from syllabus_sdk.trainer.v1 import trainer_pb2
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ State = trainer_pb2.TrainingState
 TERMINAL = (State.TRAINING_STATE_SUCCEEDED, State.TRAINING_STATE_FAILED, State.TRAINING_STATE_CANCELLED)
 Objective = trainer_pb2.Objective
 DEFAULT_MAX_SEQ_LEN = 512  # TrainingSpec.max_seq_len 0 means this
+# rate() of it is the trainer's training tokens per second (real tokens, padding excluded).
+TRAINED_TOKENS = Counter("syllabus_trainer_tokens", "Tokens the trainer trained on (every optimiser step, all ranks).")
 
 
 @dataclass(frozen=True)
@@ -384,6 +389,7 @@ class TrainingJobs:
         loop = asyncio.get_running_loop()
 
         def on_progress(p) -> None:
+            TRAINED_TOKENS.inc(p.tokens)
             event = trainer_pb2.WatchTrainingResponse(
                 state=State.TRAINING_STATE_RUNNING,
                 step=p.global_step,
@@ -420,7 +426,7 @@ class TrainingJobs:
                 final.merged.CopyFrom(ref_to_pb(res.merged_ref))
             return final
 
-        async with self._run_lock:
+        async with model_turn("trainer", self._run_lock):  # the training queue, in the metrics
             try:
                 if self._stopping:
                     raise TrainingStopped("the service is shutting down")

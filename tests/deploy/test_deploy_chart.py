@@ -312,10 +312,12 @@ def test_only_the_worker_reaches_the_services(rendered: tuple[str, list[dict]]) 
         spec = policies[role]["spec"]
         assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == role
         assert spec["policyTypes"] == ["Ingress"]
-        (rule,) = spec["ingress"]
+        # the gRPC port from the worker only; the metrics port (only it) from any peer, for Prometheus
+        rule, metrics = spec["ingress"]
         peers = {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]}
         assert peers == callers and "gateway" not in peers, f"{overlay}/{role}"
         assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+        assert metrics == {"ports": [{"port": "metrics", "protocol": "TCP"}]}, f"{overlay}/{role}"
     assert not of_kind(manifests(render({"networkPolicy": {"enabled": False}})), "NetworkPolicy")
 
 
@@ -342,3 +344,79 @@ def test_tls_on_mounts_the_secret_points_the_config_at_it_and_probes_over_tls() 
             assert c[probe]["exec"]["command"] == ["/usr/local/bin/syllabus-healthcheck", f"127.0.0.1:{port}", service]
     with pytest.raises(Exception, match="tls.secretName"):
         render({**values, "tls": {"enabled": True, "secretName": ""}})
+
+
+METRICS_PORTS = {"gateway": 9460, "teacher": 9461, "student": 9462, "trainer": 9463, "worker": 9464}
+
+
+def test_metrics_ports_reach_the_config_the_pods_and_their_annotations(rendered: tuple[str, list[dict]]) -> None:
+    """Each role serves /metrics on its metricsPort: the ConfigMap sets SYLLABUS_<ROLE>_METRICS_PORT (and
+    binds 0.0.0.0), the container names the port "metrics", the pod carries the prometheus.io annotations."""
+    overlay, objs = rendered
+    (cm,) = of_kind(objs, "ConfigMap")
+    assert cm["data"]["SYLLABUS_METRICS_HOST"] == "0.0.0.0"
+    assert cm["data"]["SYLLABUS_OTLP_ENDPOINT"] == ""  # tracing off unless config.otlpEndpoint is set
+    for role, dep in role_deployments(objs).items():
+        port = METRICS_PORTS[role]
+        assert cm["data"][f"SYLLABUS_{role.upper()}_METRICS_PORT"] == str(port), f"{overlay}/{role}"
+        (c,) = containers(dep)
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in c["ports"], f"{overlay}/{role}"
+        annotations = dep["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(port)
+        assert annotations["prometheus.io/path"] == "/metrics"
+    assert not [s for s in of_kind(objs, "Service") if s["metadata"]["name"].endswith("-metrics")]
+    assert not of_kind(objs, "ServiceMonitor")  # optional, off by default
+
+
+def test_metrics_off_turns_every_endpoint_off() -> None:
+    objs = manifests(render({"metrics": {"enabled": False}, "config": {"otlpEndpoint": "http://otel:4317"}}))
+    (cm,) = of_kind(objs, "ConfigMap")
+    assert cm["data"]["SYLLABUS_OTLP_ENDPOINT"] == "http://otel:4317"
+    for role, dep in role_deployments(objs).items():
+        assert cm["data"][f"SYLLABUS_{role.upper()}_METRICS_PORT"] == "0"
+        (c,) = containers(dep)
+        assert all(p["name"] != "metrics" for p in c.get("ports", [])), role
+        assert not any(k.startswith("prometheus.io/") for k in dep["spec"]["template"]["metadata"]["annotations"])
+    for policy in of_kind(objs, "NetworkPolicy"):
+        assert len(policy["spec"]["ingress"]) == 1  # the gRPC rule only
+    # scrape annotations can be dropped on their own (a ServiceMonitor scrapes instead)
+    objs = manifests(render({"metrics": {"scrapeAnnotations": False}}))
+    for dep in role_deployments(objs).values():
+        assert "prometheus.io/scrape" not in dep["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_service_monitor_scrapes_every_role_through_metrics_only_services() -> None:
+    from kubernetes_validate import utils
+
+    scrapers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    values = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}, "from": scrapers}}
+    objs = manifests(render(values))
+    services = {s["metadata"]["name"]: s for s in of_kind(objs, "Service") if s["metadata"]["name"].endswith("-metrics")}
+    assert set(services) == {f"syl-syllabus-{role}-metrics" for role in SYLLABUS_ROLES}
+    for role in SYLLABUS_ROLES:
+        spec = services[f"syl-syllabus-{role}-metrics"]["spec"]
+        assert spec["selector"]["app.kubernetes.io/component"] == role
+        assert spec["clusterIP"] == "None"
+        assert spec["ports"] == [{"name": "metrics", "port": METRICS_PORTS[role], "targetPort": "metrics", "protocol": "TCP"}]
+    # the gateway's (possibly public) Service never exposes the metrics port
+    (gateway,) = [s for s in of_kind(objs, "Service") if s["metadata"]["name"] == "syl-syllabus-gateway"]
+    assert [p["name"] for p in gateway["spec"]["ports"]] == ["grpc"]
+    (monitor,) = of_kind(objs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (expr,) = monitor["spec"]["selector"]["matchExpressions"]
+    assert sorted(expr["values"]) == sorted(f"{role}-metrics" for role in SYLLABUS_ROLES)
+    selected = [s for s in services.values()
+                if s["metadata"]["labels"]["app.kubernetes.io/component"] in expr["values"]
+                and all(s["metadata"]["labels"][k] == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())]
+    assert len(selected) == len(SYLLABUS_ROLES)
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    # only the monitoring namespace reaches the services' metrics port
+    for policy in of_kind(objs, "NetworkPolicy"):
+        _, metrics = policy["spec"]["ingress"]
+        assert metrics["from"] == scrapers
+    for obj in objs:  # everything but the CRD's object is schema-valid
+        if obj["kind"] != "ServiceMonitor":
+            utils.validate(obj, KUBE_VERSION, strict=True)

@@ -43,6 +43,9 @@ spec:
         {{- include "syllabus.labels" $labels | nindent 8 }}
       annotations:
         checksum/config: {{ include "syllabus.configChecksum" $ctx }}
+        {{- with include "syllabus.scrapeAnnotations" (dict "ctx" $ctx "role" $role) }}
+        {{- . | nindent 8 }}
+        {{- end }}
         {{- with $role.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -74,6 +77,9 @@ spec:
             - name: grpc
               containerPort: {{ $role.port }}
               protocol: TCP
+            {{- with include "syllabus.metricsContainerPort" (dict "ctx" $ctx "role" $role) }}
+            {{- . | nindent 12 }}
+            {{- end }}
           envFrom:
             {{- include "syllabus.envFrom" $ctx | nindent 12 }}
           env:
