@@ -49,8 +49,8 @@ from syllabus.artifacts import open_store
 from syllabus.auth import ADMIN_ROLE, TENANT_ROLE, Principal, current_principal, gateway_table, server_tls
 from syllabus.config import Config, load_config
 from syllabus.serving import Served, build_server, serve
-from syllabus.telemetry import setup_tracing, start_metrics, temporal_interceptors
 from syllabus.tasks import TaskSpecError, dump_task, parse_task
+from syllabus.telemetry import setup_tracing, start_metrics, temporal_interceptors
 from syllabus_sdk.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 log = logging.getLogger(__name__)
