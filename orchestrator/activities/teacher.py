@@ -223,7 +223,9 @@ class TeacherActivities(ActivityBase):
             verdicts = [v for v in verdicts if not v["keep"]] + outcome.verdicts
             outputs["critiques"] = model_critiques
         kept_ids = {r["id"] for r in kept_records}
-        kept = self._publish_once(f"{prefix}-{mode}-kept.jsonl", dumps_jsonl(kept_records + extra))
+        kept = rule_kept
+        if mode != "rules":
+            kept = self._publish_once(f"{prefix}-{mode}-kept.jsonl", dumps_jsonl(kept_records + extra))
         # Records the critique wrote (relabelled, reflected, critiques) are new samples of the lineage.
         repaired = [r for r in kept_records + extra if r.get("provenance", {}).get("method") in critique_modes.REPAIR_METHODS]
         if repaired:

@@ -223,10 +223,10 @@ async def test_activities_are_idempotent(stack: Stack, tiny_model_dir: Path) -> 
             acts.critique_examples, CritiqueInput(job_id, task_ref, 1, gen.examples, prep.seeds)
         )
         ref = await env.run(acts.train_adapter, TrainInput(job_id, task_ref, 1, "reference", crit.kept))
-        scores = await env.run(acts.score_samples, ScoreInput(job_id, task_ref, 1, crit.kept, ref.adapter))
-        sel = await env.run(
-            acts.select_samples, SelectInput(job_id, 1, crit.kept, scores.scores, prep.seeds, 0.5)
+        scores = await env.run(
+            acts.score_samples, ScoreInput(job_id, task_ref, 1, crit.kept, prep.seeds, prep.validation, ref.adapter)
         )
+        sel = await env.run(acts.select_samples, SelectInput(job_id, task_ref, 1, crit.kept, scores.scores, prep.seeds))
         return [prep, base, gen, crit, ref, scores, sel]
 
     heartbeats: list = []
@@ -240,13 +240,12 @@ async def test_activities_are_idempotent(stack: Stack, tiny_model_dir: Path) -> 
     assert any(isinstance(h, dict) and {"step", "total", "loss"} <= h.keys() for h in heartbeats)
     gen, crit, scores = first[2], first[3], first[5]
     assert gen.generated > 0 and crit.kept_count > 0
-    assert scores.count == crit.kept_count
-    assert {
-        r["id"]
-        for r in loads_jsonl(
-            (stack.tmp / "artifacts" / scores.scores.uri.split("/artifacts/")[1]).read_bytes()
-        )
-    } == {r["id"] for r in loads_jsonl(open_store(stack.config.resolved_artifact_url()).get_bytes(crit.kept))}
+    store = open_store(stack.config.resolved_artifact_url())
+    kept_ids = {r["id"] for r in loads_jsonl(store.get_bytes(crit.kept))}
+    seed_ids = {r["id"] for r in loads_jsonl(store.get_bytes(first[0].seeds))}
+    assert scores.count == len(kept_ids | seed_ids)  # the candidates and the seeds (recipes read seed scores)
+    scored = loads_jsonl((stack.tmp / "artifacts" / scores.scores.uri.split("/artifacts/")[1]).read_bytes())
+    assert {r["id"] for r in scored} == kept_ids | seed_ids
     before = stack.counts(job_id)
     assert before["samples"] > 0 and before["scores"] > 0 and before["training_runs"] == 1
 
@@ -273,7 +272,7 @@ async def test_activities_are_idempotent(stack: Stack, tiny_model_dir: Path) -> 
     offline = Activities(stack.config.model_copy(update={"student_address": dead}))
     try:
         again = await env.run(
-            offline.score_samples, ScoreInput(job_id, task_ref, 1, crit.kept, first[4].adapter)
+            offline.score_samples, ScoreInput(job_id, task_ref, 1, crit.kept, first[0].seeds, first[0].validation, first[4].adapter)
         )
     finally:
         offline.close()
