@@ -106,8 +106,15 @@ def job_report(job, config: Config) -> dict:
         "baseline_accuracy": job.baseline_accuracy if job.HasField("baseline_accuracy") else None,
         "final_accuracy": job.final_accuracy if job.HasField("final_accuracy") else None,
         "rounds": [
-            {"round": r.round, "generated": r.generated, "targeted": r.targeted, "leaked": r.leaked, "kept": r.kept, "selected": r.selected, "trained": r.trained,
-             "accuracy": r.accuracy, "train_loss": r.train_loss, "adapter_uri": r.adapter_uri}
+            {"round": r.round, "generated": r.generated, "targeted": r.targeted, "leaked": r.leaked, "kept": r.kept,
+             "critique_dropped": dict(sorted(r.critique_dropped.items())),
+             "reasoning": {m: {f: getattr(c, f) for f in ("written", "wrong", "failed", "duplicate_paths", "kept")}
+                           for m, c in sorted(r.reasoning.items())},
+             "candidates": r.candidates, "selected": r.selected,
+             "selection_dropped": dict(sorted(r.selection_dropped.items())), "trained": r.trained,
+             "accuracy": r.accuracy, "train_loss": r.train_loss, "adapter_uri": r.adapter_uri,
+             "teacher_adapter_uri": r.teacher_adapter_uri or None,
+             "tailor_pairs": r.tailor_pairs, "tailor_skipped": r.tailor_skipped or None}
             for r in job.rounds
         ],
         "steps": [{"name": s.name, "round": s.round, "seconds": round(s.seconds, 2)} for s in job.steps],

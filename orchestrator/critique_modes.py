@@ -5,7 +5,8 @@
 - judge: the teacher critiques "Question: <the student's prompt> / Solution: <label>" and ends with
   "Conclusion: right/wrong" (the CFT prompt, used as a verdict); kept when right.
 - cft: as judge, and every parsed critique is also a training record (Critique Fine-Tuning: the
-  student learns to write the critique), category "cft".
+  student learns to write the critique), category "cft", with the cft objective's fields
+  (question, solution, critique) for a recipe stage `objective: cft`.
 - rubric: CITING — one rubric per label (the question type), then the answer revised against it;
   the example takes the one label the revision names (relabelled when it differs), and is dropped
   when the revision names none or several.
@@ -111,6 +112,8 @@ def interpret(task: TaskSpec, mode: str, records: Sequence[dict], critiques: Seq
                 out.extra.append({
                     "id": content_id("cft", c["prompt"], c["response"]), "input": r["input"], "label": r["label"],
                     "prompt": c["prompt"], "response": c["response"], "parent_id": r["id"], "category": "cft",
+                    # the fields of the trainer's cft objective (a recipe stage with objective: cft)
+                    "question": task.prompt_for(r["input"]), "solution": r["label"], "critique": c["critique"],
                     "provenance": {**prov, "method": CFT},
                 })  # fmt: skip
         elif mode == "rubric":

@@ -163,9 +163,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             job_id=job_id,
             task_ref=task_ref,
             rounds=task.rounds,
-            top_fraction=task.select.top_fraction,
             heartbeat_timeout_s=self.config.activity_heartbeat_timeout_s,
-            targeted_per_skill=task.generate.targeted_per_skill,
         )
         try:
             # USE_EXISTING: submitting the same job id again returns the running job instead of a second
@@ -370,6 +368,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 jobs_pb2.RoundSummary(
                     round=r.round, generated=r.generated, kept=r.kept, selected=r.selected, trained=r.trained,
                     accuracy=r.accuracy, train_loss=r.train_loss, adapter_uri=r.adapter_uri, leaked=r.leaked, targeted=r.targeted,
+                    critique_dropped=r.dropped, candidates=r.candidates, selection_dropped=r.selection_dropped,
+                    reasoning={m: jobs_pb2.ReasoningCounts(**c) for m, c in r.reasoning.items()},
+                    teacher_adapter_uri=r.teacher_adapter_uri, tailor_pairs=r.tailor_pairs, tailor_skipped=r.tailor_skipped,
                 )
                 for r in p.rounds
             )

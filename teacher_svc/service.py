@@ -400,10 +400,10 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     # -- Critique ---------------------------------------------------------------------------------
 
     async def _critique(self, request: teacher_pb2.CritiqueRequest) -> teacher_pb2.CritiqueResponse:
-        mode = request.mode or teacher_pb2.CRITIQUE_MODE_JUDGE
+        mode = request.mode or teacher_pb2.CRITIQUE_MODE_RULES
         if mode not in teacher_pb2.CritiqueMode.values():
             raise InvalidRequest("mode", f"unsupported critique mode {request.mode}")
-        if mode != teacher_pb2.CRITIQUE_MODE_JUDGE:
+        if mode != teacher_pb2.CRITIQUE_MODE_RULES:
             return await self._model_critique(request, mode)
         _check_kind(request.kind)
         labels = _check_labels(request.labels)

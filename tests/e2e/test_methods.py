@@ -93,6 +93,9 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(stack:
     assert r1[6:9] == ["select", "train-stage-1", "train-stage-2"]
     assert "evaluate" in r1 and "tailor" in r1 and r1.index("tailor") > r1.index("evaluate")
     assert "tailor" not in names(report, 2)  # never after the last round
+    # Error-driven generation: round 1's confusions on the validation split feed round 2's targeted mode.
+    assert r1[r1.index("evaluate") + 1 : r1.index("evaluate") + 3] == ["validation-eval", "analyze"]
+    assert list((artifacts(report) / "round-2").glob("generate-targeted-*.jsonl"))
     assert names(report, 2)[:2] == ["generate", "critique"]
 
     one, two = report["rounds"]
@@ -145,9 +148,13 @@ def test_model_critique_modes_ask_the_teacher_and_keep_what_they_drop(stack: Sta
     """Past the rule filter, each model-based mode asks the teacher about every example; a reply that
     never parses drops its example as "unparsable" with the raw reply kept, and never fails the job."""
     select = {"policy": "reflection"} if mode == "reflection" else {"metric": "ifd"}
+    train = dict(TRAIN)
+    if mode == "cft":  # Critique Fine-Tuning as a recipe stage on the critique records
+        train["recipe"] = {"stages": [{**STAGE, "data": {"categories": ["seed", "expand"]}},
+                                      {**STAGE, "objective": "cft", "data": {"categories": ["cft"]}}]}  # fmt: skip
     task = banking77_tiny(2, name=f"critique-{mode}", generate={"per_label": 2, "max_new_tokens": 12},
                           critique={"mode": mode, "retries": 1, "max_new_tokens": 24},
-                          score={"metrics": ["ifd"]}, select=select, train=TRAIN)  # fmt: skip
+                          score={"metrics": ["ifd"]}, select=select, train=train)  # fmt: skip
     report = run(stack, tmp_path, task)
     (one,) = report["rounds"]
     assert "critique" in names(report, 1)
@@ -164,7 +171,14 @@ def test_model_critique_modes_ask_the_teacher_and_keep_what_they_drop(stack: Sta
     (critiques,) = [p for p in (artifacts(report) / "round-1").glob(f"critique-{mode}-*-critiques.jsonl")]
     replies = loads_jsonl(critiques.read_bytes())
     assert len([r for r in replies if "raw" in r]) >= rule_kept and all(r["status"] == "failed" for r in replies if "raw" in r)
-    assert one["candidates"] == 0 and names(report, 1)[-2:] == ["train", "evaluate"]  # the seeds alone train
+    assert one["candidates"] == 0
+    if mode != "cft":
+        assert names(report, 1)[-2:] == ["train", "evaluate"]  # the seeds alone train
+        return
+    # No critique parsed, so no cft record: the cft stage is skipped (0 steps) and the run goes on.
+    assert names(report, 1)[-3:] == ["train-stage-1", "train-stage-2", "evaluate"]
+    (metrics,) = db(stack).execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
+    assert [st["steps"] > 0 for st in json.loads(metrics)["stages"]] == [True, False]
 
 
 def _selected(report: dict) -> list[str]:
