@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from syllabus.models import DEFAULT_MODEL
-from syllabus.recipe import Recipe
 from syllabus.prompts import classification_prompt
+from syllabus.recipe import Recipe
 
 
 class TaskSpecError(ValueError):
@@ -187,7 +187,6 @@ class ScoreSpec(_Strict):
     car_beta: float = Field(1.0, ge=0.0, le=1000.0, description="CAR: reward / (1 + beta * loss).")
     probe_k: int = Field(8, ge=1, le=1000, description="preference: validation items in the ARTE probe set.")
     probe_max_new_tokens: int = Field(16, ge=1, le=512, description="preference: greedy tokens per probe answer.")
-    crowd_include_base: bool = Field(True, description="difficulty: the base student is a crowd member too.")
 
     @field_validator("metrics")
     @classmethod
@@ -208,7 +207,7 @@ class SelectSpec(_Strict):
         None, description="Rank by sum(w * z-score of the metric) instead of `metric`.",
     )
     top_fraction: float = Field(0.5, gt=0.0, le=1.0, description="Share of the candidates selected.")
-    k: int | None = Field(None, ge=1, le=10**6, description="top_k and diversity: how many (default: top_fraction of them).")
+    k: int | None = Field(None, ge=1, le=10**6, description="top_k, diversity and random: how many (default: top_fraction of them).")
     threshold: float | None = Field(None, description="threshold: keep scores >= this (<= when ascending).")
     ascending: bool = Field(False, description="Lower scores first (e.g. difficulty easy first).")
     ifd_filter: bool = Field(False, description="Drop candidates with IFD > 1 first (needs ifd scored).")
@@ -227,7 +226,7 @@ class SelectSpec(_Strict):
 
     def ranked_metrics(self) -> list[str]:
         """The metrics this selection reads."""
-        used = list(self.weights) if self.weights else ([] if self.policy in ("random", "reflection") else [self.metric])
+        used = [] if self.policy in ("random", "reflection") else list(self.weights) if self.weights else [self.metric]
         return used + (["ifd"] if self.ifd_filter and "ifd" not in used else [])
 
 
@@ -323,13 +322,15 @@ class TaskSpec(_Strict):
             raise ValueError("select.policy reflection needs critique.mode reflection (the reflected versions)")
         if self.tailor is not None and self.rounds < 2:
             raise ValueError("tailor: needs rounds >= 2 (the aligned teacher generates in the rounds after tailoring)")
+        if self.tailor is not None and self.teacher.model.startswith("openai:"):
+            raise ValueError("tailor: trains a LoRA on the teacher's weights; an openai: endpoint has none here")
         if (recipe := self.train.recipe) is None:
             return
         columns = {c for m in scored for c in (METRIC_COLUMNS[m], METRIC_COLUMNS[m] + "_pct")}
         if "difficulty" in scored:
             columns |= set(DIFFICULTY_COLUMNS)
         for i, st in enumerate(recipe.stages):
-            where = f"train.recipe.stages.{i}"
+            where = f"train.recipe.stages[{i}]"
             for key in (st.data.score_key, st.curriculum.score_key):
                 if key is not None and key not in columns:
                     hint = " (add difficulty to score.metrics)" if key in DIFFICULTY_COLUMNS else ""
@@ -338,6 +339,8 @@ class TaskSpec(_Strict):
                 raise ValueError(f"{where}.objective: dpo needs preference pairs; the loop trains on sft or cft records")
             if st.objective == "cft" and (self.critique.mode != "cft" or st.data.categories != ("cft",)):
                 raise ValueError(f"{where}.objective: cft trains on critique records: needs critique.mode cft and data.categories [cft]")
+            if st.curriculum.policy == "pudf" and not self.validation:
+                raise ValueError(f"{where}.curriculum: pudf estimates the ability on a held-out split: give the task a validation split")
 
     def prompt_for(self, text: str) -> str:
         return classification_prompt(self.instructions, self.labels, text)

@@ -1,4 +1,4 @@
-"""Judge-mode critique: keep or drop each generated example, with a reason.
+"""Rule critique (CRITIQUE_MODE_RULES): keep or drop each generated example, with a reason. No model.
 
 Rules, in order (the first that applies decides):
 

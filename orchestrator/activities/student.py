@@ -150,19 +150,22 @@ class StudentActivities(ActivityBase):
                 output_key(inp.job_id, inp.round, "score-crowd-input", [data, inp.heldout], {}, "jsonl"), dumps_jsonl(label_form)
             )
             crowd = [a for a in inp.crowd if a is not None]
-            params = {"model": task.student.model, "crowd": [a.sha256 for a in crowd], "base": sc.crowd_include_base}
+            params = {"model": task.student.model, "crowd": [a.sha256 for a in crowd]}
             key = output_key(inp.job_id, inp.round, "score-difficulty", [label_ref], params, "jsonl")
             request = student_pb2.ScoreRequest(
                 model=common_pb2.ModelRef(base=task.student.model),
                 dataset=ref_to_pb(label_ref),
                 metrics=[student_pb2.METRIC_IRT_DIFFICULTY],
-                irt=student_pb2.IrtSettings(crowd=[ref_to_pb(a) for a in crowd], include_base=sc.crowd_include_base, labels=task.labels),
+                irt=student_pb2.IrtSettings(crowd=[ref_to_pb(a) for a in crowd], include_base=True, labels=task.labels),
             )
             scored = await self._score_call(key, request, "StudentService.Score (difficulty)")
-            members = len(crowd) + int(sc.crowd_include_base)
+            members = len(crowd) + 1  # and the base student
             merge([difficulty_columns(r, members) for r in scored], f"{task.student.model}+crowd:{members}")
 
-        table = add_percentiles(list(rows.values()))
+        # Percentile ranks are within the round's candidates and seeds; held-out records only need
+        # their difficulty (PUDF's probe) and would skew the ranks of those that train.
+        held = {r["id"] for r in heldout}
+        table = add_percentiles([r for r in rows.values() if r["id"] not in held]) + [r for r in rows.values() if r["id"] in held]
         scores = self._publish_once(
             output_key(inp.job_id, inp.round, "scores", [data, inp.heldout], {"metrics": sc.metrics}, "jsonl"), dumps_jsonl(table)
         )
@@ -244,6 +247,10 @@ class StudentActivities(ActivityBase):
         current student's embeddings, per-cluster quotas, sampling by the score inside a cluster."""
         sel = task.select
         data = self._publish_once(output_key(inp.job_id, inp.round, "diversity-input", [inp.candidates], {"n": len(records)}, "jsonl"), dumps_jsonl(records))
+        # The service samples by exp(score / temperature): a NaN (learnability at zero base loss) ranks last.
+        finite_values = [r[column] for r in rows if finite(r.get(column))]
+        floor = (max if sel.ascending else min)(finite_values, default=0.0)
+        rows = [{**r, column: r[column] if finite(r.get(column)) else floor} for r in rows]
         table = self._publish_once(output_key(inp.job_id, inp.round, "diversity-scores", [inp.scores], {"column": column, "ids": len(rows)}, "jsonl"), dumps_jsonl(rows))
         key = output_key(inp.job_id, inp.round, "diversity", [data, table, inp.student], {"select": sel.model_dump(), "k": budget}, "jsonl")
         request = student_pb2.SelectRequest(

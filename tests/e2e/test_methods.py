@@ -224,7 +224,14 @@ def test_threshold_selection_and_an_adarft_curriculum(stack: Stack, banking77_ti
 
 def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(stack: Stack, banking77_tiny, tmp_path: Path) -> None:
     recipe = {"stages": [{**STAGE, "epochs": 2, "curriculum": {"policy": "pudf", "score_key": "irt_b"}}]}
-    task = banking77_tiny(2, name="random-pudf", generate={"per_label": 3, "max_new_tokens": 12},
+    base = banking77_tiny(2)
+    # PUDF's held-out split: validation items that are neither seeds nor eval items.
+    validation = [{"input": "Has my new card been sent out yet?", "label": "card_arrival"},
+                  {"input": "How long until the card gets delivered?", "label": "card_arrival"},
+                  {"input": "My wallet with my card inside was stolen", "label": "lost_or_stolen_card"},
+                  {"input": "I can't find my card anywhere, please block it", "label": "lost_or_stolen_card"}]  # fmt: skip
+    assert not {v["input"] for v in validation} & {e["input"] for e in base["seeds"] + base["eval"]}
+    task = banking77_tiny(2, name="random-pudf", validation=validation, generate={"per_label": 3, "max_new_tokens": 12},
                           score={"metrics": ["ifd", "difficulty"]},
                           select={"policy": "random", "top_fraction": 0.5, "ifd_filter": True, "seed": 3},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
@@ -233,8 +240,9 @@ def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(stack: Stac
     scores = scores_of(report)
     records = train_set(report)
     heldout = [r for r in records if r.get("heldout")]
-    # PUDF's held-out split: the validation items (here the seeds), scored, flagged and never trained on.
-    assert heldout and all(r["id"].startswith("heldout:") and "irt_b" in r for r in heldout)
+    # The validation items are scored, flagged and never trained on.
+    assert len(heldout) == len(validation) and all(r["id"].startswith("heldout:") and "irt_b" in r for r in heldout)
+    assert {r["input"] for r in heldout} == {v["input"] for v in validation}
     chosen = _selected(report)
     assert all(scores[i]["ifd_ppl"] <= 1.0 for i in chosen)
     assert one["selection_dropped"].get("ifd_above_1", 0) + len(chosen) + one["selection_dropped"].get("not_selected", 0) == one["candidates"]

@@ -87,6 +87,9 @@ def test_a_task_file_of_the_first_format_keeps_its_meaning() -> None:
         ("train: {recipe: {stages: [{objective: dpo}]}}\n", "dpo needs preference pairs"),
         ("train: {recipe: {stages: [{objective: cft}]}}\n", "cft trains on critique records"),
         ("train: {recipe: {stages: [{lr: -1}]}}\n", "train.recipe.stages[0].lr"),
+        ("score: {metrics: [learnability, difficulty]}\ntrain: {recipe: {stages: [{curriculum: {policy: pudf, score_key: irt_b}}]}}\n",
+         "train.recipe.stages[0].curriculum: pudf estimates the ability on a held-out split: give the task a validation split"),
+        ("teacher: {model: 'openai:big'}\ntailor: {every: 1}\n", "tailor: trains a LoRA on the teacher's weights"),
     ],
 )
 def test_method_options_are_validated(extra: str, message: str) -> None:
@@ -103,7 +106,7 @@ def test_every_shipped_recipe_is_a_valid_train_recipe(tmp_path: Path) -> None:
         if path.name == "dpo_teacher.yaml":  # the teacher's DPO (tailoring), not a student recipe
             continue
         task_file = tmp_path / "task.yaml"
-        task_file.write_text(GOOD + f"score: {{metrics: [learnability, difficulty]}}\ntrain: {{recipe: {path}}}\n")
+        task_file.write_text(GOOD + "validation: [{input: four, label: b}]\n" + f"score: {{metrics: [learnability, difficulty]}}\ntrain: {{recipe: {path}}}\n")
         task = load_task(task_file)
         assert task.train.recipe is not None and task.train.recipe.stages, path.name
         assert parse_task(dump_task(task), inline_only=True) == task
