@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install protos lint clean
+.PHONY: demo test install protos lint clean browser
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -29,7 +29,11 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/syllabus demo
 
-test: $(STAMP)
+# Headless Chromium for the Web UI screenshot test, from the Debian registry when missing.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: $(STAMP) browser
 	$(BIN)/buf lint
 	$(BIN)/python -m pytest
 
