@@ -388,6 +388,9 @@ class ScoreOptions:
     max_len: sequences are truncated to this many tokens (prompt from the left).
     share_prefix: run the prefix every sequence of a pass group shares once (KV cache).
     ratio: "ppl" or "loss": which IFD/r-IFD form the reflection rule compares.
+    ifd_on_base: IFD, r-IFD and the reflection rule on the base view (the current student's adapter
+      when one is loaded, else the adapter disabled) instead of the model as given. With LoBaSS that
+      view is the current student, and IFD's conditional pass is L0's: one forward pass for both.
     """
 
     dtype: str = "auto"
@@ -396,6 +399,7 @@ class ScoreOptions:
     max_len: int = DEFAULT_MAX_LEN
     share_prefix: bool = True
     ratio: str = "ppl"
+    ifd_on_base: bool = False
 
 
 class NLLPlan:
@@ -517,7 +521,7 @@ def score_records(
 
     `model` is the base student, or (required for loss_ref / learnability) a `peft.PeftModel`
     wrapping it with the reference adapter; base losses are then taken with the adapter disabled.
-    IFD and r-IFD are computed on `model` as given. `options` defaults to the fast path
+    IFD and r-IFD are computed on `model` as given (on the base view with `options.ifd_on_base`). `options` defaults to the fast path
     (`ScoreOptions()`); `batch_size` / `max_len` are shorthands kept for existing callers.
     """
     from peft import PeftModel
@@ -532,15 +536,22 @@ def score_records(
             f"metrics {sorted(REF_METRICS & set(metrics))} need a model with the reference adapter"
         )
     plan = NLLPlan()
-    handles = [plan_record(plan, tokenizer, r, metrics, options.max_len) for r in records]
+    group = "base" if options.ifd_on_base else "model"
+    handles = [plan_record(plan, tokenizer, r, metrics, options.max_len, group) for r in records]
     run_plan(plan, model, tokenizer, options, progress)
     return [finish_record(plan, r, h, metrics, options.ratio) for r, h in zip(records, handles, strict=True)]
 
 
 def plan_record(
-    plan: NLLPlan, tokenizer: PreTrainedTokenizerBase, record: Mapping[str, str], metrics: Collection[str], max_len: int
+    plan: NLLPlan,
+    tokenizer: PreTrainedTokenizerBase,
+    record: Mapping[str, str],
+    metrics: Collection[str],
+    max_len: int,
+    ifd_group: str = "model",
 ) -> dict[str, object]:
-    """Add the sequences `metrics` need for one record to `plan`; returns the handles by role."""
+    """Add the sequences `metrics` need for one record to `plan`; returns the handles by role.
+    IFD and r-IFD run in `ifd_group` ("model", or "base": `ScoreOptions.ifd_on_base`)."""
     q, a = record["prompt"], record["response"]
     h: dict[str, object] = {}
     templated = encode_pair(tokenizer, q, a, max_len)
@@ -549,18 +560,18 @@ def plan_record(
     if LOSS_REF in metrics or LEARNABILITY in metrics:
         h["ref"] = plan.add("model", templated)
     if IFD in metrics:
-        h["ifd_cond"] = plan.add("model", templated)
-        h["ifd_uncond"] = plan.add("model", encode_raw(tokenizer, a, max_len))
+        h["ifd_cond"] = plan.add(ifd_group, templated)  # in "base": the same sequence as L0, run once
+        h["ifd_uncond"] = plan.add(ifd_group, encode_raw(tokenizer, a, max_len))
         h["ifd_n"] = text_token_count(tokenizer, a, max_len)
     if RIFD in metrics:
-        h["rifd_cond"] = plan.add("model", encode_pair(tokenizer, reverse_prompt(a), q, max_len))
-        h["rifd_uncond"] = plan.add("model", encode_raw(tokenizer, q, max_len))
+        h["rifd_cond"] = plan.add(ifd_group, encode_pair(tokenizer, reverse_prompt(a), q, max_len))
+        h["rifd_uncond"] = plan.add(ifd_group, encode_raw(tokenizer, q, max_len))
         h["rifd_n"] = text_token_count(tokenizer, q, max_len)
     if REFLECTION in metrics:
         from student_svc.reflection import variant_records
 
         h[REFLECTION] = {
-            v: plan_record(plan, tokenizer, rec, (IFD, RIFD), max_len) for v, rec in variant_records(record).items()
+            v: plan_record(plan, tokenizer, rec, (IFD, RIFD), max_len, ifd_group) for v, rec in variant_records(record).items()
         }
     return h
 

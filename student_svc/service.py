@@ -250,6 +250,7 @@ def parse_score_request(request: student_pb2.ScoreRequest) -> ScoreJob:
         max_batch_tokens=request.max_batch_tokens,
         max_len=request.max_len or scoring.DEFAULT_MAX_LEN,
         ratio=ratios[request.ifd_ratio],
+        ifd_on_base=request.student_metrics_on_base,
     )
     car_beta = request.car_beta if request.HasField("car_beta") else DEFAULT_CAR_BETA
     _non_negative("car_beta", car_beta)

@@ -76,10 +76,12 @@ class StudentActivities(ActivityBase):
         (and, for a PUDF recipe, the held-out validation items); one scores artifact with every column,
         its percentile rank ("<column>_pct") and the curriculum difficulties; records scores.
 
-        - learnability (LoBaSS): L0 under the current student, Lref under the reference adapter;
-        - ifd, rifd, preference (ARTE s_r on a probe set of validation items), car: the current student;
-          CAR's loss is the base student's, as in the paper, with reward 1 for every kept candidate and
-          the generation method as the "teacher";
+        - learnability (LoBaSS): L0 under the current student, Lref under the reference adapter; ifd
+          and rifd in the same request, on the current student (`student_metrics_on_base`), so IFD's
+          conditional pass is L0's own forward pass;
+        - ifd, rifd (without learnability), preference (ARTE s_r on a probe set of validation items),
+          car: the current student; CAR's loss is the base student's, as in the paper, with reward 1
+          for every kept candidate and the generation method as the "teacher";
         - difficulty: IRT over the artificial crowd of the student's own checkpoints (the base, each
           round's adapter, this round's reference) answering each record's label.
         """
@@ -103,21 +105,27 @@ class StudentActivities(ActivityBase):
                         rows[row["id"]][col] = value
                         models.setdefault(col, model)
 
+        as_is = [m for m in ("ifd", "rifd", "preference", "car") if m in sc.metrics]
         if "learnability" in sc.metrics:
             if inp.reference is None:
                 raise ApplicationError("learnability needs a reference adapter", type="INVALID_ARGUMENT", non_retryable=True)
-            key = output_key(inp.job_id, inp.round, "score-lobass", [data, inp.reference, inp.student], {"model": task.student.model}, "jsonl")
+            shared = [m for m in ("ifd", "rifd") if m in as_is]  # on the current student, sharing L0's passes
+            as_is = [m for m in as_is if m not in shared]
+            params = {"model": task.student.model, "with": shared}
+            key = output_key(inp.job_id, inp.round, "score-lobass", [data, inp.reference, inp.student], params, "jsonl")
             request = student_pb2.ScoreRequest(
                 model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.reference)),
                 dataset=ref_to_pb(data),
-                metrics=[student_pb2.METRIC_LOSS_BASE, student_pb2.METRIC_LOSS_REF, student_pb2.METRIC_LEARNABILITY],
+                metrics=[student_pb2.METRIC_LOSS_BASE, student_pb2.METRIC_LOSS_REF, student_pb2.METRIC_LEARNABILITY]
+                + [STUDENT_METRICS[m] for m in shared],
                 base_adapter=ref_to_pb(inp.student),  # L0 under the current student, not the bare base
+                student_metrics_on_base=True,
             )
             scored = await self._score_call(key, request, "StudentService.Score (learnability)")
-            merge([{"id": r["id"], "loss_base": r["loss_base"]} for r in scored], under_student)
-            merge([{k: v for k, v in r.items() if k != "loss_base"} for r in scored], f"{task.student.model}+{inp.reference.uri}")
+            on_ref = ("loss_ref", "learnability")
+            merge([{k: v for k, v in r.items() if k not in on_ref} for r in scored], under_student)
+            merge([{k: v for k, v in r.items() if k in (*on_ref, "id")} for r in scored], f"{task.student.model}+{inp.reference.uri}")
 
-        as_is = [m for m in ("ifd", "rifd", "preference", "car") if m in sc.metrics]
         if as_is:
             metrics = [STUDENT_METRICS[m] for m in as_is]
             arte = None

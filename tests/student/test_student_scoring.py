@@ -133,3 +133,27 @@ def test_ref_metrics_need_an_adapter(tiny_models, tiny_model_dir, mixed_records)
     model, tok = tiny_models.get(str(tiny_model_dir))
     with pytest.raises(ValueError, match="reference adapter"):
         score_records(model, tok, mixed_records, metrics=ALL_METRICS)
+
+
+def test_ifd_on_base_is_the_base_views_ifd_and_shares_l0s_pass(
+    tiny_models, tiny_model_dir, mixed_records, store, put_adapter, tmp_path
+):
+    """`ifd_on_base`: IFD and r-IFD of the base view (here the adapter disabled) in the same request as
+    LoBaSS; IFD's conditional pass is L0's own sequence, so the plan runs it once."""
+    from student_svc import scoring
+
+    base_name = str(tiny_model_dir)
+    base_model, tok = tiny_models.get(base_name)
+    options = ScoreOptions(dtype="float32", ifd_on_base=True)
+    metrics = (scoring.LOSS_BASE, scoring.LOSS_REF, scoring.LEARNABILITY, scoring.IFD, scoring.RIFD)
+    adapter_dir = fetch_adapter(store, put_adapter(store), tmp_path / "adapters")
+    with tiny_models.with_adapter(base_name, adapter_dir) as wrapped:
+        shared = score_records(wrapped, tok, mixed_records, metrics=metrics, options=options)
+        on_ref = score_records(wrapped, tok, mixed_records, metrics=(scoring.IFD,), options=ScoreOptions(dtype="float32"))
+    alone = score_records(base_model, tok, mixed_records, metrics=(scoring.IFD, scoring.RIFD), options=ScoreOptions(dtype="float32"))
+    for s, a, r in zip(shared, alone, on_ref, strict=True):
+        assert s["ifd_ppl"] == pytest.approx(a["ifd_ppl"], abs=1e-4) and s["rifd_ppl"] == pytest.approx(a["rifd_ppl"], abs=1e-4)
+        assert abs(s["ifd_ppl"] - r["ifd_ppl"]) > 1e-6  # not the reference adapter's IFD
+    plan = scoring.NLLPlan()
+    handles = [scoring.plan_record(plan, tok, rec, metrics, 512, "base") for rec in mixed_records]
+    assert all(h["ifd_cond"] == h["base"] and h["ref"][0] == "model" for h in handles)  # IFD's pass is L0's

@@ -26,29 +26,29 @@ _sym_db = _symbol_database.Default()
 from syllabus_sdk.common.v1 import common_pb2 as syllabus_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!syllabus/student/v1/student.proto\x12\x13syllabus.student.v1\x1a\x1fsyllabus/common/v1/common.proto\"\\\n\x06IrtFit\x12,\n\x05model\x18\x01 \x01(\x0e\x32\x1d.syllabus.student.v1.IrtModel\x12\r\n\x05steps\x18\x02 \x01(\x05\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\"\x80\x02\n\x0c\x41rteSettings\x12\x32\n\tprobe_set\x18\x01 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x38\n\x0fprobe_responses\x18\x02 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x0f\n\x07probe_k\x18\x03 \x01(\x05\x12/\n\x05match\x18\x04 \x01(\x0e\x32 .syllabus.student.v1.AnswerMatch\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\x05\x12(\n\x03irt\x18\x06 \x01(\x0b\x32\x1b.syllabus.student.v1.IrtFit\"\x8d\x01\n\x0bIrtSettings\x12.\n\x05\x63rowd\x18\x01 \x03(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x14\n\x0cinclude_base\x18\x02 \x01(\x08\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12(\n\x03\x66it\x18\x04 \x01(\x0b\x32\x1b.syllabus.student.v1.IrtFit\"W\n\nTeacherCar\x12\x0f\n\x07teacher\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0e\n\x06reward\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x0b\n\x03\x63\x61r\x18\x05 \x01(\x01\"\x8e\x04\n\x0cScoreRequest\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12\x30\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12,\n\x07metrics\x18\x03 \x03(\x0e\x32\x1b.syllabus.student.v1.Metric\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x12\n\noutput_key\x18\x05 \x01(\t\x12\x31\n\tprecision\x18\x06 \x01(\x0e\x32\x1e.syllabus.student.v1.Precision\x12\x18\n\x10max_batch_tokens\x18\x07 \x01(\x05\x12\x0f\n\x07max_len\x18\x08 \x01(\x05\x12\x30\n\tifd_ratio\x18\t \x01(\x0e\x32\x1d.syllabus.student.v1.IfdRatio\x12\x15\n\x08\x63\x61r_beta\x18\n \x01(\x01H\x00\x88\x01\x01\x12/\n\x04\x61rte\x18\x0b \x01(\x0b\x32!.syllabus.student.v1.ArteSettings\x12-\n\x03irt\x18\x0c \x01(\x0b\x32 .syllabus.student.v1.IrtSettings\x12\x35\n\x0c\x62\x61se_adapter\x18\r \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRefB\x0b\n\t_car_beta\"}\n\rScoreResponse\x12/\n\x06scores\x18\x01 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12,\n\x03\x63\x61r\x18\x03 \x03(\x0b\x32\x1f.syllabus.student.v1.TeacherCar\";\n\rScoreProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\"H\n\x12ScoreStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.syllabus.student.v1.ScoreRequest\"\x8c\x01\n\x13ScoreStreamResponse\x12\x36\n\x08progress\x18\x01 \x01(\x0b\x32\".syllabus.student.v1.ScoreProgressH\x00\x12\x34\n\x06result\x18\x02 \x01(\x0b\x32\".syllabus.student.v1.ScoreResponseH\x00\x42\x07\n\x05\x65vent\"\xc4\x03\n\rSelectRequest\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12\x30\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12/\n\x06scores\x18\x03 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x0e\n\x06\x63olumn\x18\x04 \x01(\t\x12\x31\n\x06policy\x18\x05 \x01(\x0e\x32!.syllabus.student.v1.SelectPolicy\x12\t\n\x01k\x18\x06 \x01(\x05\x12\r\n\x05ratio\x18\x07 \x01(\x01\x12\x11\n\tthreshold\x18\x08 \x01(\x01\x12\x11\n\tascending\x18\t \x01(\x08\x12\x12\n\nifd_filter\x18\n \x01(\x08\x12\x12\n\nifd_column\x18\x0b \x01(\t\x12\x12\n\nn_clusters\x18\x0c \x01(\x05\x12-\n\x05quota\x18\r \x01(\x0e\x32\x1e.syllabus.student.v1.QuotaMode\x12\x13\n\x0btemperature\x18\x0e \x01(\x01\x12\x0c\n\x04seed\x18\x0f \x01(\x03\x12\x12\n\noutput_key\x18\x10 \x01(\t\"R\n\x0eSelectResponse\x12\x31\n\x08selected\x18\x01 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\xe4\x02\n\x0f\x45valuateRequest\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.syllabus.common.v1.TaskKind\x12\x31\n\x08\x65val_set\x18\x03 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x12\n\noutput_key\x18\x05 \x01(\t\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12/\n\x06scorer\x18\x07 \x01(\x0e\x32\x1f.syllabus.student.v1.EvalScorer\x12\x16\n\x0emax_new_tokens\x18\x08 \x01(\x05\x12\x31\n\tprecision\x18\t \x01(\x0e\x32\x1e.syllabus.student.v1.PrecisionJ\x04\x08\n\x10\x0bR\x0bjudge_model\"z\n\x10\x45valuateResponse\x12\x10\n\x08\x61\x63\x63uracy\x18\x01 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x02 \x01(\x05\x12\r\n\x05total\x18\x03 \x01(\x05\x12\x34\n\x0bpredictions\x18\x04 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef*\xe3\x01\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\x14\n\x10METRIC_LOSS_BASE\x10\x01\x12\x13\n\x0fMETRIC_LOSS_REF\x10\x02\x12\x17\n\x13METRIC_LEARNABILITY\x10\x03\x12\x0e\n\nMETRIC_IFD\x10\x04\x12\x0f\n\x0bMETRIC_RIFD\x10\x05\x12\x15\n\x11METRIC_REFLECTION\x10\x06\x12\x0e\n\nMETRIC_CAR\x10\x07\x12\x1a\n\x16METRIC_ARTE_PREFERENCE\x10\x08\x12\x19\n\x15METRIC_IRT_DIFFICULTY\x10\t*U\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x15\n\x11PRECISION_FLOAT32\x10\x01\x12\x16\n\x12PRECISION_BFLOAT16\x10\x02*L\n\x08IfdRatio\x12\x19\n\x15IFD_RATIO_UNSPECIFIED\x10\x00\x12\x11\n\rIFD_RATIO_PPL\x10\x01\x12\x12\n\x0eIFD_RATIO_LOSS\x10\x02*u\n\x0b\x41nswerMatch\x12\x1c\n\x18\x41NSWER_MATCH_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41NSWER_MATCH_EXACT\x10\x01\x12\x18\n\x14\x41NSWER_MATCH_NUMERIC\x10\x02\x12\x16\n\x12\x41NSWER_MATCH_LABEL\x10\x03*K\n\x08IrtModel\x12\x19\n\x15IRT_MODEL_UNSPECIFIED\x10\x00\x12\x11\n\rIRT_MODEL_1PL\x10\x01\x12\x11\n\rIRT_MODEL_2PL\x10\x02*\x99\x01\n\x0cSelectPolicy\x12\x1d\n\x19SELECT_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13SELECT_POLICY_TOP_K\x10\x01\x12\x17\n\x13SELECT_POLICY_RATIO\x10\x02\x12\x1b\n\x17SELECT_POLICY_THRESHOLD\x10\x03\x12\x1b\n\x17SELECT_POLICY_DIVERSITY\x10\x04*Z\n\tQuotaMode\x12\x1a\n\x16QUOTA_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17QUOTA_MODE_PROPORTIONAL\x10\x01\x12\x14\n\x10QUOTA_MODE_EQUAL\x10\x02*\xbc\x01\n\nEvalScorer\x12\x1b\n\x17\x45VAL_SCORER_UNSPECIFIED\x10\x00\x12 \n\x1c\x45VAL_SCORER_LABEL_LIKELIHOOD\x10\x01\x12 \n\x1c\x45VAL_SCORER_LABEL_GENERATION\x10\x02\x12\x1b\n\x17\x45VAL_SCORER_EXACT_MATCH\x10\x03\x12\x17\n\x13\x45VAL_SCORER_NUMERIC\x10\x04\"\x04\x08\x05\x10\x05*\x11\x45VAL_SCORER_JUDGE2\xf0\x02\n\x0eStudentService\x12N\n\x05Score\x12!.syllabus.student.v1.ScoreRequest\x1a\".syllabus.student.v1.ScoreResponse\x12W\n\x08\x45valuate\x12$.syllabus.student.v1.EvaluateRequest\x1a%.syllabus.student.v1.EvaluateResponse\x12\x62\n\x0bScoreStream\x12\'.syllabus.student.v1.ScoreStreamRequest\x1a(.syllabus.student.v1.ScoreStreamResponse0\x01\x12Q\n\x06Select\x12\".syllabus.student.v1.SelectRequest\x1a#.syllabus.student.v1.SelectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!syllabus/student/v1/student.proto\x12\x13syllabus.student.v1\x1a\x1fsyllabus/common/v1/common.proto\"\\\n\x06IrtFit\x12,\n\x05model\x18\x01 \x01(\x0e\x32\x1d.syllabus.student.v1.IrtModel\x12\r\n\x05steps\x18\x02 \x01(\x05\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\"\x80\x02\n\x0c\x41rteSettings\x12\x32\n\tprobe_set\x18\x01 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x38\n\x0fprobe_responses\x18\x02 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x0f\n\x07probe_k\x18\x03 \x01(\x05\x12/\n\x05match\x18\x04 \x01(\x0e\x32 .syllabus.student.v1.AnswerMatch\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\x05\x12(\n\x03irt\x18\x06 \x01(\x0b\x32\x1b.syllabus.student.v1.IrtFit\"\x8d\x01\n\x0bIrtSettings\x12.\n\x05\x63rowd\x18\x01 \x03(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x14\n\x0cinclude_base\x18\x02 \x01(\x08\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12(\n\x03\x66it\x18\x04 \x01(\x0b\x32\x1b.syllabus.student.v1.IrtFit\"W\n\nTeacherCar\x12\x0f\n\x07teacher\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0e\n\x06reward\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x0b\n\x03\x63\x61r\x18\x05 \x01(\x01\"\xaf\x04\n\x0cScoreRequest\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12\x30\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12,\n\x07metrics\x18\x03 \x03(\x0e\x32\x1b.syllabus.student.v1.Metric\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x12\n\noutput_key\x18\x05 \x01(\t\x12\x31\n\tprecision\x18\x06 \x01(\x0e\x32\x1e.syllabus.student.v1.Precision\x12\x18\n\x10max_batch_tokens\x18\x07 \x01(\x05\x12\x0f\n\x07max_len\x18\x08 \x01(\x05\x12\x30\n\tifd_ratio\x18\t \x01(\x0e\x32\x1d.syllabus.student.v1.IfdRatio\x12\x15\n\x08\x63\x61r_beta\x18\n \x01(\x01H\x00\x88\x01\x01\x12/\n\x04\x61rte\x18\x0b \x01(\x0b\x32!.syllabus.student.v1.ArteSettings\x12-\n\x03irt\x18\x0c \x01(\x0b\x32 .syllabus.student.v1.IrtSettings\x12\x35\n\x0c\x62\x61se_adapter\x18\r \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x1f\n\x17student_metrics_on_base\x18\x0e \x01(\x08\x42\x0b\n\t_car_beta\"}\n\rScoreResponse\x12/\n\x06scores\x18\x01 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12,\n\x03\x63\x61r\x18\x03 \x03(\x0b\x32\x1f.syllabus.student.v1.TeacherCar\";\n\rScoreProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\"H\n\x12ScoreStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.syllabus.student.v1.ScoreRequest\"\x8c\x01\n\x13ScoreStreamResponse\x12\x36\n\x08progress\x18\x01 \x01(\x0b\x32\".syllabus.student.v1.ScoreProgressH\x00\x12\x34\n\x06result\x18\x02 \x01(\x0b\x32\".syllabus.student.v1.ScoreResponseH\x00\x42\x07\n\x05\x65vent\"\xc4\x03\n\rSelectRequest\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12\x30\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12/\n\x06scores\x18\x03 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x0e\n\x06\x63olumn\x18\x04 \x01(\t\x12\x31\n\x06policy\x18\x05 \x01(\x0e\x32!.syllabus.student.v1.SelectPolicy\x12\t\n\x01k\x18\x06 \x01(\x05\x12\r\n\x05ratio\x18\x07 \x01(\x01\x12\x11\n\tthreshold\x18\x08 \x01(\x01\x12\x11\n\tascending\x18\t \x01(\x08\x12\x12\n\nifd_filter\x18\n \x01(\x08\x12\x12\n\nifd_column\x18\x0b \x01(\t\x12\x12\n\nn_clusters\x18\x0c \x01(\x05\x12-\n\x05quota\x18\r \x01(\x0e\x32\x1e.syllabus.student.v1.QuotaMode\x12\x13\n\x0btemperature\x18\x0e \x01(\x01\x12\x0c\n\x04seed\x18\x0f \x01(\x03\x12\x12\n\noutput_key\x18\x10 \x01(\t\"R\n\x0eSelectResponse\x12\x31\n\x08selected\x18\x01 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\xe4\x02\n\x0f\x45valuateRequest\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.syllabus.common.v1.TaskKind\x12\x31\n\x08\x65val_set\x18\x03 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x12\n\noutput_key\x18\x05 \x01(\t\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12/\n\x06scorer\x18\x07 \x01(\x0e\x32\x1f.syllabus.student.v1.EvalScorer\x12\x16\n\x0emax_new_tokens\x18\x08 \x01(\x05\x12\x31\n\tprecision\x18\t \x01(\x0e\x32\x1e.syllabus.student.v1.PrecisionJ\x04\x08\n\x10\x0bR\x0bjudge_model\"z\n\x10\x45valuateResponse\x12\x10\n\x08\x61\x63\x63uracy\x18\x01 \x01(\x01\x12\x0f\n\x07\x63orrect\x18\x02 \x01(\x05\x12\r\n\x05total\x18\x03 \x01(\x05\x12\x34\n\x0bpredictions\x18\x04 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef*\xe3\x01\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\x14\n\x10METRIC_LOSS_BASE\x10\x01\x12\x13\n\x0fMETRIC_LOSS_REF\x10\x02\x12\x17\n\x13METRIC_LEARNABILITY\x10\x03\x12\x0e\n\nMETRIC_IFD\x10\x04\x12\x0f\n\x0bMETRIC_RIFD\x10\x05\x12\x15\n\x11METRIC_REFLECTION\x10\x06\x12\x0e\n\nMETRIC_CAR\x10\x07\x12\x1a\n\x16METRIC_ARTE_PREFERENCE\x10\x08\x12\x19\n\x15METRIC_IRT_DIFFICULTY\x10\t*U\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x15\n\x11PRECISION_FLOAT32\x10\x01\x12\x16\n\x12PRECISION_BFLOAT16\x10\x02*L\n\x08IfdRatio\x12\x19\n\x15IFD_RATIO_UNSPECIFIED\x10\x00\x12\x11\n\rIFD_RATIO_PPL\x10\x01\x12\x12\n\x0eIFD_RATIO_LOSS\x10\x02*u\n\x0b\x41nswerMatch\x12\x1c\n\x18\x41NSWER_MATCH_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41NSWER_MATCH_EXACT\x10\x01\x12\x18\n\x14\x41NSWER_MATCH_NUMERIC\x10\x02\x12\x16\n\x12\x41NSWER_MATCH_LABEL\x10\x03*K\n\x08IrtModel\x12\x19\n\x15IRT_MODEL_UNSPECIFIED\x10\x00\x12\x11\n\rIRT_MODEL_1PL\x10\x01\x12\x11\n\rIRT_MODEL_2PL\x10\x02*\x99\x01\n\x0cSelectPolicy\x12\x1d\n\x19SELECT_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13SELECT_POLICY_TOP_K\x10\x01\x12\x17\n\x13SELECT_POLICY_RATIO\x10\x02\x12\x1b\n\x17SELECT_POLICY_THRESHOLD\x10\x03\x12\x1b\n\x17SELECT_POLICY_DIVERSITY\x10\x04*Z\n\tQuotaMode\x12\x1a\n\x16QUOTA_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17QUOTA_MODE_PROPORTIONAL\x10\x01\x12\x14\n\x10QUOTA_MODE_EQUAL\x10\x02*\xbc\x01\n\nEvalScorer\x12\x1b\n\x17\x45VAL_SCORER_UNSPECIFIED\x10\x00\x12 \n\x1c\x45VAL_SCORER_LABEL_LIKELIHOOD\x10\x01\x12 \n\x1c\x45VAL_SCORER_LABEL_GENERATION\x10\x02\x12\x1b\n\x17\x45VAL_SCORER_EXACT_MATCH\x10\x03\x12\x17\n\x13\x45VAL_SCORER_NUMERIC\x10\x04\"\x04\x08\x05\x10\x05*\x11\x45VAL_SCORER_JUDGE2\xf0\x02\n\x0eStudentService\x12N\n\x05Score\x12!.syllabus.student.v1.ScoreRequest\x1a\".syllabus.student.v1.ScoreResponse\x12W\n\x08\x45valuate\x12$.syllabus.student.v1.EvaluateRequest\x1a%.syllabus.student.v1.EvaluateResponse\x12\x62\n\x0bScoreStream\x12\'.syllabus.student.v1.ScoreStreamRequest\x1a(.syllabus.student.v1.ScoreStreamResponse0\x01\x12Q\n\x06Select\x12\".syllabus.student.v1.SelectRequest\x1a#.syllabus.student.v1.SelectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'syllabus.student.v1.student_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METRIC']._serialized_start=2634
-  _globals['_METRIC']._serialized_end=2861
-  _globals['_PRECISION']._serialized_start=2863
-  _globals['_PRECISION']._serialized_end=2948
-  _globals['_IFDRATIO']._serialized_start=2950
-  _globals['_IFDRATIO']._serialized_end=3026
-  _globals['_ANSWERMATCH']._serialized_start=3028
-  _globals['_ANSWERMATCH']._serialized_end=3145
-  _globals['_IRTMODEL']._serialized_start=3147
-  _globals['_IRTMODEL']._serialized_end=3222
-  _globals['_SELECTPOLICY']._serialized_start=3225
-  _globals['_SELECTPOLICY']._serialized_end=3378
-  _globals['_QUOTAMODE']._serialized_start=3380
-  _globals['_QUOTAMODE']._serialized_end=3470
-  _globals['_EVALSCORER']._serialized_start=3473
-  _globals['_EVALSCORER']._serialized_end=3661
+  _globals['_METRIC']._serialized_start=2667
+  _globals['_METRIC']._serialized_end=2894
+  _globals['_PRECISION']._serialized_start=2896
+  _globals['_PRECISION']._serialized_end=2981
+  _globals['_IFDRATIO']._serialized_start=2983
+  _globals['_IFDRATIO']._serialized_end=3059
+  _globals['_ANSWERMATCH']._serialized_start=3061
+  _globals['_ANSWERMATCH']._serialized_end=3178
+  _globals['_IRTMODEL']._serialized_start=3180
+  _globals['_IRTMODEL']._serialized_end=3255
+  _globals['_SELECTPOLICY']._serialized_start=3258
+  _globals['_SELECTPOLICY']._serialized_end=3411
+  _globals['_QUOTAMODE']._serialized_start=3413
+  _globals['_QUOTAMODE']._serialized_end=3503
+  _globals['_EVALSCORER']._serialized_start=3506
+  _globals['_EVALSCORER']._serialized_end=3694
   _globals['_IRTFIT']._serialized_start=91
   _globals['_IRTFIT']._serialized_end=183
   _globals['_ARTESETTINGS']._serialized_start=186
@@ -58,23 +58,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEACHERCAR']._serialized_start=588
   _globals['_TEACHERCAR']._serialized_end=675
   _globals['_SCOREREQUEST']._serialized_start=678
-  _globals['_SCOREREQUEST']._serialized_end=1204
-  _globals['_SCORERESPONSE']._serialized_start=1206
-  _globals['_SCORERESPONSE']._serialized_end=1331
-  _globals['_SCOREPROGRESS']._serialized_start=1333
-  _globals['_SCOREPROGRESS']._serialized_end=1392
-  _globals['_SCORESTREAMREQUEST']._serialized_start=1394
-  _globals['_SCORESTREAMREQUEST']._serialized_end=1466
-  _globals['_SCORESTREAMRESPONSE']._serialized_start=1469
-  _globals['_SCORESTREAMRESPONSE']._serialized_end=1609
-  _globals['_SELECTREQUEST']._serialized_start=1612
-  _globals['_SELECTREQUEST']._serialized_end=2064
-  _globals['_SELECTRESPONSE']._serialized_start=2066
-  _globals['_SELECTRESPONSE']._serialized_end=2148
-  _globals['_EVALUATEREQUEST']._serialized_start=2151
-  _globals['_EVALUATEREQUEST']._serialized_end=2507
-  _globals['_EVALUATERESPONSE']._serialized_start=2509
-  _globals['_EVALUATERESPONSE']._serialized_end=2631
-  _globals['_STUDENTSERVICE']._serialized_start=3664
-  _globals['_STUDENTSERVICE']._serialized_end=4032
+  _globals['_SCOREREQUEST']._serialized_end=1237
+  _globals['_SCORERESPONSE']._serialized_start=1239
+  _globals['_SCORERESPONSE']._serialized_end=1364
+  _globals['_SCOREPROGRESS']._serialized_start=1366
+  _globals['_SCOREPROGRESS']._serialized_end=1425
+  _globals['_SCORESTREAMREQUEST']._serialized_start=1427
+  _globals['_SCORESTREAMREQUEST']._serialized_end=1499
+  _globals['_SCORESTREAMRESPONSE']._serialized_start=1502
+  _globals['_SCORESTREAMRESPONSE']._serialized_end=1642
+  _globals['_SELECTREQUEST']._serialized_start=1645
+  _globals['_SELECTREQUEST']._serialized_end=2097
+  _globals['_SELECTRESPONSE']._serialized_start=2099
+  _globals['_SELECTRESPONSE']._serialized_end=2181
+  _globals['_EVALUATEREQUEST']._serialized_start=2184
+  _globals['_EVALUATEREQUEST']._serialized_end=2540
+  _globals['_EVALUATERESPONSE']._serialized_start=2542
+  _globals['_EVALUATERESPONSE']._serialized_end=2664
+  _globals['_STUDENTSERVICE']._serialized_start=3697
+  _globals['_STUDENTSERVICE']._serialized_end=4065
 # @@protoc_insertion_point(module_scope)

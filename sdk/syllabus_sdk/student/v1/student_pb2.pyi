@@ -158,7 +158,7 @@ class TeacherCar(_message.Message):
     def __init__(self, teacher: _Optional[str] = ..., count: _Optional[int] = ..., reward: _Optional[float] = ..., loss: _Optional[float] = ..., car: _Optional[float] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "dataset", "metrics", "batch_size", "output_key", "precision", "max_batch_tokens", "max_len", "ifd_ratio", "car_beta", "arte", "irt", "base_adapter")
+    __slots__ = ("model", "dataset", "metrics", "batch_size", "output_key", "precision", "max_batch_tokens", "max_len", "ifd_ratio", "car_beta", "arte", "irt", "base_adapter", "student_metrics_on_base")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class ScoreRequest(_message.Message):
     ARTE_FIELD_NUMBER: _ClassVar[int]
     IRT_FIELD_NUMBER: _ClassVar[int]
     BASE_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_METRICS_ON_BASE_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     dataset: _common_pb2.ArtifactRef
     metrics: _containers.RepeatedScalarFieldContainer[Metric]
@@ -185,7 +186,8 @@ class ScoreRequest(_message.Message):
     arte: ArteSettings
     irt: IrtSettings
     base_adapter: _common_pb2.ArtifactRef
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[Metric, str]]] = ..., batch_size: _Optional[int] = ..., output_key: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., max_batch_tokens: _Optional[int] = ..., max_len: _Optional[int] = ..., ifd_ratio: _Optional[_Union[IfdRatio, str]] = ..., car_beta: _Optional[float] = ..., arte: _Optional[_Union[ArteSettings, _Mapping]] = ..., irt: _Optional[_Union[IrtSettings, _Mapping]] = ..., base_adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+    student_metrics_on_base: bool
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[Metric, str]]] = ..., batch_size: _Optional[int] = ..., output_key: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., max_batch_tokens: _Optional[int] = ..., max_len: _Optional[int] = ..., ifd_ratio: _Optional[_Union[IfdRatio, str]] = ..., car_beta: _Optional[float] = ..., arte: _Optional[_Union[ArteSettings, _Mapping]] = ..., irt: _Optional[_Union[IrtSettings, _Mapping]] = ..., base_adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., student_metrics_on_base: _Optional[bool] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("scores", "count", "car")
