@@ -1,31 +1,34 @@
-"""Batched vs one-prompt-at-a-time greedy generation with the bundled teacher, in one run.
+"""Batched vs one-prompt-at-a-time greedy generation with the bundled teacher, interleaved.
 
-    .venv/bin/python -m bench.generation --json            # 64 prompts x 48 new tokens, bundled model
-    .venv/bin/python -m bench.generation --prompts 16 --max-new-tokens 16 --threads 2
+    .venv/bin/python -m bench.generation --json            # 64 prompts x 48 new tokens, 3 rounds
+    .venv/bin/python -m bench.generation --prompts 16 --max-new-tokens 16 --threads 1
 
-Both arms use `teacher_svc.backend.TransformersBackend` with greedy decoding (temperature 0): the
-batched arm sends all prompts in batches of `--batch-size` (left padding, position ids from the
-attention mask), the sequential arm one prompt per call. Progress goes to stderr; the last line of
-stdout is JSON with `speedup` (batched tokens/s over sequential tokens/s), `identical_share` (share of
-prompts whose decoded greedy text is identical in both arms) and the prompts that differ. Both arms run
-in the same process on the same model, so the ratio is meaningful on a shared machine.
+Both arms use `teacher_svc.backend.TransformersBackend` with greedy decoding (temperature 0) on the
+same prompts: the batched arm sends all of them in batches of `--batch-size` (left padding, position
+ids from the attention mask), the sequential arm one prompt per call. The arms take turns
+(`bench.interleave`): `--repeats` rounds, each round both arms over the whole prompt set, the order
+rotating. Progress goes to stderr; the last line of stdout is JSON with `speedup` (median over the
+rounds of batched tokens/s over sequential tokens/s), per-arm medians and spreads under `arms`, the
+per-round ratios under `ratios`, `identical_share` (share of prompts whose greedy text is identical in
+both arms, first round) and the prompts that differ, and `deterministic` (every round of an arm gave
+the same texts).
 
 Efficiency of the batched arm: KV cache (transformers' default dynamic cache), static left padding with
 position ids from the attention mask, greedy batches sorted by prompt length (less padding in the
-prefill), fp32 in both arms, and an explicit torch thread count (`--threads`, default 2 = this
-machine's cores) set before loading. bf16 autocast is not used: on this CPU (AMX) it makes the batched
-arm much faster, but batched and one-at-a-time bf16 greedy texts then diverge on about half the
-prompts, so the comparison would no longer be like for like.
+prefill), fp32 in both arms. Threads: torch's default, as the teacher service runs (`--threads N` sets
+N). bf16 autocast is not used: on this CPU (AMX) it makes the batched arm much faster, but batched and
+one-at-a-time bf16 greedy texts then diverge on about half the prompts, so the comparison would no
+longer be like for like.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bench.interleave import Arm, Run, interleave, log, median_of, report, timed
 from syllabus.models import DEFAULT_MODEL
 from syllabus.records import loads_jsonl
 
@@ -47,8 +50,42 @@ def build_prompts(count: int) -> list[str]:
     return [TEMPLATES[(i + i // n) % len(TEMPLATES)].format(m=messages[i % n]) for i in range(count)]
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def measure(
+    backend, prompts: Sequence, max_new_tokens: int, batch_size: int, repeats: int, slow: Mapping[str, float] | None = None
+) -> dict:
+    """Interleave the batched and sequential arms over `prompts` (`ChatPrompt`s) for `repeats` rounds.
+    `slow`: arm name -> slowdown factor (tests)."""
+    from teacher_svc.backend import Sampling
+
+    slow = slow or {}
+    greedy = Sampling(temperature=0.0, max_new_tokens=max_new_tokens, n=1)
+    backend.generate(prompts[:2], greedy, batch_size=2)  # warm-up: first-call allocations, both code paths
+    backend.generate(prompts[:1], greedy, batch_size=1)
+
+    def batched(_: int) -> Run:
+        out, seconds = timed(lambda: [c[0] for c in backend.generate(prompts, greedy, batch_size=batch_size)], slow.get("batched", 1))
+        return Run(sum(c.tokens for c in out), seconds, out)
+
+    def sequential(_: int) -> Run:
+        out, seconds = timed(lambda: [backend.generate([p], greedy, batch_size=1)[0][0] for p in prompts], slow.get("sequential", 1))
+        return Run(sum(c.tokens for c in out), seconds, out)
+
+    runs = interleave([Arm("batched", batched), Arm("sequential", sequential)], repeats)
+    texts = {name: [[c.text for c in r.detail] for r in rs] for name, rs in runs.items()}
+    differing = [
+        {"index": i, "prompt": p.user, "batched": b, "sequential": s}
+        for i, (p, b, s) in enumerate(zip(prompts, texts["batched"][0], texts["sequential"][0], strict=True))
+        if b != s
+    ]
+    result = report(runs, "tokens", {"speedup": ("batched", "sequential")})
+    for name, rs in runs.items():
+        result[f"{name}_tokens"] = int(rs[0].work)
+        result[f"{name}_seconds"] = median_of(rs, lambda r: r.seconds)
+        result[f"{name}_tokens_per_s"] = median_of(rs, lambda r: r.rate)
+    result["identical_share"] = round(1 - len(differing) / len(prompts), 4)
+    result["differing"] = differing
+    result["deterministic"] = all(t == ts[0] for ts in texts.values() for t in ts)
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,65 +94,36 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both arms")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (each: both arms over all prompts)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default, as the service)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     args = parser.parse_args(argv)
 
     import torch
 
-    from teacher_svc.backend import ChatPrompt, Sampling, TransformersBackend
+    from teacher_svc.backend import ChatPrompt, TransformersBackend
 
-    torch.set_num_threads(args.threads)
-    log(f"loading {args.model} (torch threads {args.threads})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log(f"loading {args.model} (torch threads {torch.get_num_threads()})")
     backend = TransformersBackend.load(args.model)
     prompts = [ChatPrompt(p) for p in build_prompts(args.prompts)]
-    if len(prompts) < args.prompts:
-        parser.error(f"only {len(prompts)} distinct prompts available")
-    greedy = Sampling(temperature=0.0, max_new_tokens=args.max_new_tokens, n=1)
-    backend.generate(prompts[:2], greedy, batch_size=2)  # warm-up: first-call allocations
-
-    log(f"batched: {len(prompts)} prompts, batch size {args.batch_size}")
-    t0 = time.perf_counter()
-    batched = [c[0] for c in backend.generate(prompts, greedy, batch_size=args.batch_size)]
-    batched_s = time.perf_counter() - t0
-    batched_tokens = sum(c.tokens for c in batched)
-    log(f"batched: {batched_tokens} tokens in {batched_s:.1f} s")
-
-    sequential = []
-    t0 = time.perf_counter()
-    for i, p in enumerate(prompts):
-        sequential.append(backend.generate([p], greedy, batch_size=1)[0][0])
-        if (i + 1) % 8 == 0:
-            log(f"sequential: {i + 1}/{len(prompts)} prompts, {time.perf_counter() - t0:.1f} s")
-    sequential_s = time.perf_counter() - t0
-    sequential_tokens = sum(c.tokens for c in sequential)
-
-    differing = [
-        {"index": i, "prompt": p.user, "batched": b.text, "sequential": s.text}
-        for i, (p, b, s) in enumerate(zip(prompts, batched, sequential, strict=True))
-        if b.text != s.text
-    ]
-    batched_tps = batched_tokens / batched_s
-    sequential_tps = sequential_tokens / sequential_s
+    if (distinct := len({p.user for p in prompts})) < args.prompts:
+        parser.error(f"only {distinct} distinct prompts available")
+    log(f"{len(prompts)} prompts x {args.max_new_tokens} new tokens, batch size {args.batch_size}, {args.repeats} rounds")
+    measured = measure(backend, prompts, args.max_new_tokens, args.batch_size, args.repeats)
     result = {
         "model": args.model,
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
-        "threads": args.threads,
-        "batched_tokens": batched_tokens,
-        "batched_seconds": round(batched_s, 2),
-        "batched_tokens_per_s": round(batched_tps, 1),
-        "sequential_tokens": sequential_tokens,
-        "sequential_seconds": round(sequential_s, 2),
-        "sequential_tokens_per_s": round(sequential_tps, 1),
-        "speedup": round(batched_tps / sequential_tps, 2),
-        "identical_share": round(1 - len(differing) / len(prompts), 4),
-        "differing": differing,
+        "threads": torch.get_num_threads(),
+        **measured,
     }
     if not args.json:
-        log(f"speedup {result['speedup']}x, identical {result['identical_share']:.0%}")
-        for d in differing:
+        log(f"speedup {result['speedup']}x (range {result['ratios']['speedup']['min']}-{result['ratios']['speedup']['max']}), "
+            f"identical {result['identical_share']:.0%}")
+        for d in result["differing"]:
             log(f"  differs #{d['index']}: {d['prompt'][:60]!r}")
     print(json.dumps(result))
     return result

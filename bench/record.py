@@ -1,8 +1,17 @@
-"""Run benchmarks and append their JSON results, with the machine and date, to bench/RESULTS.md.
+"""Run benchmarks and append their JSON results, with the machine, load and date, to bench/RESULTS.md.
 
 Run: .venv/bin/python -m bench.record generation scoring trainer     (each runs `python -m bench.<name> --json`)
+     .venv/bin/python -m bench.record loop --args "--baseline /tmp/bench-old"
+     .venv/bin/python -m bench.record scoring --supersede "noisy non-interleaved measurement"
 
-Numbers in RESULTS.md come only from here: each entry is the last stdout line of a real run.
+Numbers in RESULTS.md come only from here: each entry is the last stdout line of a real run, with
+the machine's load average (1, 5, 15 min) before and after the run and the torch threads it used.
+Every benchmark interleaves its arms (`bench.interleave`); a figure is refused (exit code 2, one
+line saying why) when its run had fewer than `MIN_REPEATS` rounds, is not interleaved, or when a
+ratio's spread (max - min over the rounds) is more than `--max-spread` of its median: the machine
+was too noisy for the figure to mean anything. `--record-anyway REASON` records it regardless, with
+the reason written next to the figure. `--supersede REASON` marks the earlier entries of each
+recorded benchmark as superseded by the new one, with the reason; they stay in the file.
 """
 
 from __future__ import annotations
@@ -12,12 +21,17 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench.interleave import MIN_REPEATS
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+#: The largest spread (max - min over the rounds) of a ratio, as a share of its median, that is recorded.
+MAX_SPREAD = 0.25
 
 
 def machine() -> str:
@@ -47,9 +61,14 @@ def tree_label(tree: Path | None) -> str:
     return proc.stdout.strip()[:100] or str(where)
 
 
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def run(name: str, extra: list[str], tree: Path | None = None) -> dict:
     cmd = [sys.executable, "-m", f"bench.{name}", "--json", *extra]
     started = time.monotonic()
+    load_before = load()
     # progress (stderr) passes through; with `tree`, the benchmark runs that checkout's code
     env = None
     if tree is not None:  # that checkout's packages and generated SDK first, not the installed ones
@@ -58,28 +77,105 @@ def run(name: str, extra: list[str], tree: Path | None = None) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"bench.{name} failed with exit code {proc.returncode}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"cmd": " ".join(["python", "-m", f"bench.{name}", "--json", *extra]), "seconds": time.monotonic() - started, "result": result}
+    return {
+        "cmd": " ".join(["python", "-m", f"bench.{name}", "--json", *extra]),
+        "seconds": time.monotonic() - started,
+        "load_before": load_before,
+        "load_after": load(),
+        "result": result,
+    }
+
+
+def refusal(result: dict, max_spread: float) -> str | None:
+    """Why `result` is not fit to record, or None."""
+    ratios = result.get("ratios")
+    if not isinstance(ratios, dict) or not ratios:
+        return "no interleaved ratios in its result (a benchmark from before bench.interleave)"
+    if result.get("repeats", 0) < MIN_REPEATS:
+        return f"{result.get('repeats', 0)} rounds, fewer than {MIN_REPEATS}"
+    for key, r in ratios.items():
+        if r["rel_spread"] > max_spread:
+            return (f"{key} spread {r['min']}-{r['max']} is {r['rel_spread']:.0%} of its median {r['median']} "
+                    f"(limit {max_spread:.0%}): the machine was too noisy")
+    return None
+
+
+def figures(result: dict) -> list[str]:
+    """One line per ratio: median, the rounds' range, and the range as a share of the median."""
+    return [
+        f"- {key}: {r['median']} ({r['of']}, median of {result['repeats']} interleaved rounds; "
+        f"range {r['min']}-{r['max']}, {r['rel_spread']:.0%} of the median)"
+        for key, r in result.get("ratios", {}).items()
+    ]
+
+
+def supersede(text: str, name: str, when: str, reason: str) -> str:
+    """`text` with every entry of bench.`name` not yet superseded marked superseded by the entry of
+    `when`: " (superseded)" after its heading, the reason as its first line."""
+    heading = re.compile(rf"^## bench\.{re.escape(name)} — .+ UTC$")
+    out: list[str] = []
+    pending = False
+    for line in text.split("\n"):
+        if heading.match(line):
+            out.append(f"{line} (superseded)")
+            pending = True
+            continue
+        out.append(line)
+        if pending and line == "":
+            out.append(f"- superseded by the entry of {when}: {reason}")
+            pending = False
+    return "\n".join(out)
+
+
+def entry(name: str, e: dict, when: str, tree: Path | None, anyway: str | None) -> str:
+    result = e["result"]
+    threads = result.get("threads", "not reported")
+    lines = [
+        f"## bench.{name} — {when}",
+        "",
+        f"- machine: {machine()}",
+        f"- command: `{e['cmd']}` ({e['seconds']:.0f} s)",
+        f"- code: {tree_label(tree)}",
+        f"- torch threads: {threads}",
+        f"- load average (1, 5, 15 min): before {e['load_before']}, after {e['load_after']}",
+        *figures(result),
+    ]
+    if anyway:
+        lines.append(f"- recorded anyway ({e['refused']}): {anyway}")
+    return "\n" + "\n".join(lines) + "\n\n```json\n" + json.dumps(result, indent=2, sort_keys=True) + "\n```\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="+", help="benchmark modules under bench/ (generation, scoring, trainer)")
+    parser.add_argument("names", nargs="+", help="benchmark modules under bench/ (generation, scoring, trainer, loop)")
     parser.add_argument("--args", default="", help="extra arguments passed to every benchmark")
     parser.add_argument("--tree", type=Path, help="run the benchmarks on another checkout (e.g. an older commit, "
-                        "as a git worktree with bench/<name>.py copied in); recorded in the entry")
+                        "as a git worktree with bench/ copied in); recorded in the entry")
+    parser.add_argument("--max-spread", type=float, default=MAX_SPREAD,
+                        help=f"refuse a ratio whose range over the rounds exceeds this share of its median (default {MAX_SPREAD})")
+    parser.add_argument("--record-anyway", metavar="REASON", help="record a refused figure, with this reason next to it")
+    parser.add_argument("--supersede", metavar="REASON", help="mark the earlier entries of each recorded benchmark superseded")
     args = parser.parse_args()
-    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    entries = []
+    refused = 0
     for name in args.names:
         print(f"running bench.{name} ...", file=sys.stderr, flush=True)
-        entries.append((name, run(name, args.args.split(), args.tree)))
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nAppended by `python -m bench.record NAME...`; never edited by hand.\n")
-    with open(RESULTS, "a") as f:
-        for name, e in entries:
-            f.write(f"\n## bench.{name} — {when}\n\n- machine: {machine()}\n- command: `{e['cmd']}` ({e['seconds']:.0f} s)\n- code: {tree_label(args.tree)}\n\n")
-            f.write("```json\n" + json.dumps(e["result"], indent=2, sort_keys=True) + "\n```\n")
-            print(json.dumps({"bench": name, **e["result"]}))
+        e = run(name, args.args.split(), args.tree)
+        print(json.dumps({"bench": name, **e["result"]}))
+        why = refusal(e["result"], args.max_spread)
+        if why and not args.record_anyway:
+            print(f"bench.{name} not recorded: {why}; rerun it, or pass --record-anyway REASON", file=sys.stderr)
+            refused += 1
+            continue
+        e["refused"] = why
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        if not RESULTS.exists():
+            RESULTS.write_text("# Benchmark results\n\nAppended by `python -m bench.record NAME...`; never edited by hand.\n")
+        text = RESULTS.read_text()
+        if args.supersede:
+            text = supersede(text, name, when, args.supersede)
+        RESULTS.write_text(text + entry(name, e, when, args.tree, args.record_anyway if why else None))
+    if refused:
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,39 @@
-"""Benchmark: the student scorer (IFD) against a per-sample fp32 reference loop, in one process.
+"""Benchmark: the student scorer against per-sample fp32 reference loops, interleaved, in one process.
 
-    .venv/bin/python -m bench.scoring --json            # 256 samples, bundled SmolLM2-135M
-    .venv/bin/python -m bench.scoring --n 64 --threads 2   # smaller, quicker; other thread count
+    .venv/bin/python -m bench.scoring --json            # 144 samples in 3 rounds, bundled SmolLM2-135M
+    .venv/bin/python -m bench.scoring --n 48 --threads 1   # smaller, quicker; another thread count
 
-The set: 256 deterministic samples of 32-256 tokens built from the bundled Banking77 texts (no
-download): a customer message as the instruction and an answer of varied length made of other
-messages; every second answer starts by quoting the message, so the instruction makes part of it
-trivially predictable and IFD values spread on both sides of 1.
+The set: deterministic samples of 32-256 tokens built from the bundled Banking77 texts (no download):
+a customer message as the instruction and an answer of varied length made of other messages; every
+second answer starts by quoting the message, so the instruction makes part of it trivially
+predictable and IFD values spread on both sides of 1.
 
-Three runs on the same samples, side by side (so machine load affects all of them alike):
-1. reference: one sample per forward, fp32, full logits, as the Cherry_LLM reference code does
+Five arms on the same samples, taking turns (`bench.interleave`): the samples are cut into
+`--repeats` chunks, and each round runs every arm on one chunk, the order rotating.
+1. `reference`: IFD one sample per forward, fp32, full logits, as the Cherry_LLM reference code does
    (conditional PPL of the answer after the templated instruction, unconditional PPL of the raw
    answer; IFD = their ratio);
-2. `student_svc.scoring.score_records(..., [IFD])` with its default settings (bf16 autocast where
-   the CPU has AMX/AVX512-BF16, token-budget length bucketing, shared-prefix KV cache, logits only
-   at target positions);
-3. the same scorer with `dtype="float32"` (the exact mode).
+2. `scorer`: `student_svc.scoring.score_records(..., [IFD])` with its default settings (bf16 autocast
+   where the CPU has AMX/AVX512-BF16, token-budget length bucketing, shared-prefix KV cache, logits
+   only at target positions);
+3. `scorer_fp32`: the same with `dtype="float32"` (the exact mode);
+4. `reference_mix`: the metric mix the loop's score step asks for (`student_svc.scoring.ALL_METRICS`:
+   loss_base, loss_ref, learnability = (loss_base - loss_ref) / loss_base), one sample per forward,
+   fp32, full logits: the response loss under the bare base and under the reference adapter;
+5. `scorer_mix`: `score_records(peft model, ..., ALL_METRICS)` with its default settings, base losses
+   with the adapter disabled, as the student service scores a round.
+The reference adapter is a stand-in: LoRA r=8 on q/k/v/o with seeded random A and B (`--ref-std`),
+so that reference and base losses differ by a few per cent either way (learnability within about
++-0.1); the cost of a pass does not depend on the adapter's values, and `spearman_mix` says how well
+the default (bf16) scorer keeps that ranking.
 
-Human progress goes to stderr; the last stdout line is JSON with `speedup` (samples/s of 2 over 1),
-`spearman` (rank correlation of the IFD rankings of 2 and 1), `max_abs_diff_fp32` (largest
-|IFD_3 - IFD_1|) and `peak_rss_mb`.
+Threads: torch's default, as the student service runs (it sets none; `--threads N` sets N).
+Human progress goes to stderr; the last stdout line is JSON with, per arm, the median and spread of
+samples/s (`arms`), the per-round ratios (`ratios`) and their medians `speedup` (scorer over
+reference), `speedup_fp32` (scorer_fp32 over reference) and `speedup_mix` (scorer_mix over
+reference_mix); `spearman` (rank correlation of the IFD rankings of scorer and reference),
+`max_abs_diff_fp32` (largest |IFD_scorer_fp32 - IFD_reference|), `spearman_mix` and
+`max_abs_diff_mix` (the same for learnability, scorer_mix against reference_mix) and `peak_rss_mb`.
 """
 
 from __future__ import annotations
@@ -27,18 +41,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import resource
-import sys
-import time
+from collections.abc import Mapping
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "train.csv"
-FALLBACK_DATA = Path("/work/shared/data/banking77/train.csv")
+from bench.interleave import Arm, Run, interleave, log, median_of, report, timed
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+DATA = Path(os.environ.get("SYLLABUS_BANKING77", Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77")) / "train.csv"
+FALLBACK_DATA = Path("/work/shared/data/banking77/train.csv")  # a checkout outside /work (a worktree of an older commit)
 
 
 def build_samples(tokenizer, n: int = 256, min_tokens: int = 32, max_tokens: int = 256, seed: int = 0) -> list[dict]:
@@ -81,7 +93,7 @@ def reference_ifd(model, tokenizer, samples: list[dict]) -> list[float]:
 
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     out = []
-    for k, s in enumerate(samples):
+    for s in samples:
         p_ids = tokenizer(render_prompt(tokenizer, s["prompt"]), add_special_tokens=False)["input_ids"]
         a_ids = tokenizer(s["response"], add_special_tokens=False)["input_ids"]
         with torch.no_grad():
@@ -92,8 +104,6 @@ def reference_ifd(model, tokenizer, samples: list[dict]) -> list[float]:
             logits = model(input_ids=raw).logits[0].float()
             uncond = F.cross_entropy(logits[:-1], raw[0, 1:]).item()
         out.append(math.exp(cond - uncond))
-        if (k + 1) % 32 == 0:
-            log(f"  reference {k + 1}/{len(samples)}")
     return out
 
 
@@ -121,53 +131,129 @@ def spearman(a: list[float], b: list[float]) -> float:
     return cov / (va * vb)
 
 
+
+
+def reference_losses(model, tokenizer, samples: list[dict]) -> list[float]:
+    """Per-sample fp32 response loss (mean NLL of the response tokens, tokenized as the trainer does),
+    one sequence per forward with full logits."""
+    import torch
+    import torch.nn.functional as F
+
+    from syllabus.prompts import IGNORE_INDEX, encode_example
+
+    out = []
+    for s in samples:
+        ids, labels = encode_example(tokenizer, s["prompt"], s["response"], max_len=512)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+            out.append(F.cross_entropy(logits[:-1], torch.tensor(labels[1:]), ignore_index=IGNORE_INDEX).item())
+    return out
+
+
+def reference_mix(base, ref_model, tokenizer, samples: list[dict]) -> list[float]:
+    """Per-sample learnability (L0 - Lref) / L0 from the reference loops: L0 under `base`, Lref under
+    `ref_model` (the loop's loss_base, loss_ref and learnability)."""
+    l0 = reference_losses(base, tokenizer, samples)
+    lr = reference_losses(ref_model, tokenizer, samples)
+    return [(a - b) / a if a > 0 else 0.0 for a, b in zip(l0, lr, strict=True)]
+
+
+def reference_adapter(model, std: float, seed: int = 0):
+    """A copy of `model` wrapped with a LoRA adapter (r=8, alpha 16, q/k/v/o) whose A and B are
+    seeded random (B ~ N(0, std)): a stand-in for the loop's reference adapter."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    wrapped = get_peft_model(copy.deepcopy(model), lora)
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, std)
+    wrapped.eval()
+    return wrapped
+
+
+def measure(model, ref_model, tokenizer, samples: list[dict], repeats: int, slow: Mapping[str, float] | None = None) -> dict:
+    """Interleave the five arms over `samples` cut into `repeats` chunks; `ref_model` is
+    `reference_adapter(model, ...)`. `slow`: arm name -> slowdown factor (tests)."""
+    from student_svc.scoring import ALL_METRICS, IFD, LEARNABILITY, ScoreOptions, score_records
+
+    slow = slow or {}
+    chunks = [samples[i * len(samples) // repeats : (i + 1) * len(samples) // repeats] for i in range(repeats)]
+    if not all(chunks):
+        raise ValueError(f"{len(samples)} samples do not make {repeats} chunks")
+    fp32 = ScoreOptions(dtype="float32")
+    work = {
+        "reference": lambda c: reference_ifd(model, tokenizer, c),
+        "scorer": lambda c: [r["ifd_ppl"] for r in score_records(model, tokenizer, c, [IFD])],
+        "scorer_fp32": lambda c: [r["ifd_ppl"] for r in score_records(model, tokenizer, c, [IFD], options=fp32)],
+        "reference_mix": lambda c: reference_mix(model, ref_model, tokenizer, c),
+        "scorer_mix": lambda c: [r[LEARNABILITY] for r in score_records(ref_model, tokenizer, c, ALL_METRICS)],
+    }
+
+    def arm(name: str) -> Arm:
+        def run(i: int) -> Run:
+            values, seconds = timed(lambda: work[name](chunks[i]), slow.get(name, 1))
+            return Run(len(chunks[i]), seconds, values)
+
+        return Arm(name, run)
+
+    for fn in work.values():  # warm-up: first-call allocations of every code path
+        fn(samples[:2])
+    runs = interleave([arm(name) for name in work], repeats)
+    values = {name: [v for r in rs for v in r.detail] for name, rs in runs.items()}
+    result = report(runs, "samples", {
+        "speedup": ("scorer", "reference"),
+        "speedup_fp32": ("scorer_fp32", "reference"),
+        "speedup_mix": ("scorer_mix", "reference_mix"),
+    })
+    for name, rs in runs.items():
+        result[f"{name}_samples_per_s"] = median_of(rs, lambda r: r.rate)
+    ref, ref_mix = values["reference"], values["reference_mix"]
+    result.update(
+        spearman=spearman(values["scorer"], ref),
+        max_abs_diff_fp32=max(abs(a - b) for a, b in zip(values["scorer_fp32"], ref, strict=True)),
+        max_abs_diff_default=max(abs(a - b) for a, b in zip(values["scorer"], ref, strict=True)),
+        metric_mix=list(ALL_METRICS),
+        spearman_mix=spearman(values["scorer_mix"], ref_mix),
+        max_abs_diff_mix=max(abs(a - b) for a, b in zip(values["scorer_mix"], ref_mix, strict=True)),
+        learnability_range=[min(ref_mix), max(ref_mix)],
+    )
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scoring", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="bundled:smollm2-135m-instruct")
-    parser.add_argument("--n", type=int, default=256, help="samples (default 256)")
-    parser.add_argument(
-        "--threads", type=int, default=1,
-        help="torch threads for all three runs (default 1: measured faster than 2 on a shared 2-core machine; 0: torch's default)",
-    )
+    parser.add_argument("--n", type=int, default=144, help="samples (default 144), cut into --repeats chunks")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (each: every arm on one chunk)")
+    parser.add_argument("--ref-std", type=float, default=0.1, help="std of the stand-in reference adapter's LoRA B")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as the student service)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (last stdout line)")
     args = parser.parse_args(argv)
 
     import torch
 
-    from student_svc.scoring import IFD, ScoreOptions, resolve_dtype, score_records
+    from student_svc.scoring import resolve_dtype
     from syllabus.models import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
+    ref_model = reference_adapter(model, args.ref_std)
     samples = build_samples(tok, n=args.n)
     lengths = [len(tok(s["response"], add_special_tokens=False)["input_ids"]) for s in samples]
-    log(f"{len(samples)} samples, answers {min(lengths)}-{max(lengths)} tokens; torch threads {torch.get_num_threads()}; "
-        f"default dtype here: {resolve_dtype('auto', next(model.parameters()).device)}")
-
-    def timed(name, fn):
-        t0 = time.perf_counter()
-        result = fn()
-        dt = time.perf_counter() - t0
-        log(f"{name}: {dt:.1f} s, {len(samples) / dt:.2f} samples/s")
-        return result, dt
-
-    ref, t_ref = timed("reference (per sample, fp32, full logits)", lambda: reference_ifd(model, tok, samples))
-    fast, t_fast = timed("scorer, default settings", lambda: score_records(model, tok, samples, [IFD]))
-    exact, t_exact = timed(
-        "scorer, float32", lambda: score_records(model, tok, samples, [IFD], options=ScoreOptions(dtype="float32"))
-    )
+    log(f"{len(samples)} samples, answers {min(lengths)}-{max(lengths)} tokens, {args.repeats} rounds; "
+        f"torch threads {torch.get_num_threads()}; default dtype here: {resolve_dtype('auto', next(model.parameters()).device)}")
+    measured = measure(model, ref_model, tok, samples, args.repeats)
     result = {
         "samples": len(samples),
         "threads": torch.get_num_threads(),
-        "reference_samples_per_s": len(samples) / t_ref,
-        "scorer_samples_per_s": len(samples) / t_fast,
-        "scorer_fp32_samples_per_s": len(samples) / t_exact,
-        "speedup": t_ref / t_fast,
-        "speedup_fp32": t_ref / t_exact,
-        "spearman": spearman([r["ifd_ppl"] for r in fast], ref),
-        "max_abs_diff_fp32": max(abs(r["ifd_ppl"] - x) for r, x in zip(exact, ref, strict=True)),
-        "max_abs_diff_default": max(abs(r["ifd_ppl"] - x) for r, x in zip(fast, ref, strict=True)),
+        **measured,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if args.json:

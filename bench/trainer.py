@@ -1,44 +1,57 @@
-"""Trainer benchmark: this trainer vs TRL's SFTTrainer on the same data, side by side in one run.
+"""Trainer benchmark: this trainer vs TRL's SFTTrainer on the same data, interleaved.
 
 "Ours" is the staged recipe runner (`trainer_svc.staged.train_recipe`, one LoRA SFT stage), the path
 every TrainerService job takes.
 
-    python -m bench.trainer --json                 # 512 samples (minutes on 2 CPU cores)
+    python -m bench.trainer --json                 # 384 samples in 3 rounds of 128 (minutes on 2 CPU cores)
     python -m bench.trainer --samples 64 --json    # quick look
 
 Both train the bundled SmolLM2-135M with LoRA r=8 (alpha 16) on q,k,v,o for 1 epoch over the same
 Banking77-derived samples (prompt: `syllabus.prompts.classification_prompt` over five intents,
 response: the intent), with packing into rows of `--row-tokens` (best-fit decreasing), the same
 packed rows per step, bf16 autocast, AdamW, warm-up 10% + cosine to 0, gradient clip 1.0 and
-completion-only loss. Each trainer runs in its own child process so its peak RSS is its own.
+completion-only loss.
 
-tokens/s = real tokens of the epoch / wall time of the training loop (model loading excluded).
-loss = mean of the per-step training losses over the epoch (what `Trainer` reports as train_loss).
-Progress goes to stderr; the last stdout line is JSON with `tokens_per_s_ratio` (ours / TRL),
-`loss_ours`, `loss_trl`, `peak_rss_mb_ours`, `peak_rss_mb_trl` and details.
+Interleaved (`bench.interleave`): the samples are cut into `--repeats` chunks; each round trains a
+fresh adapter on one chunk with both trainers in turn (the order rotating), so a round's two
+trainers see the same data and the same machine. Each trainer lives in its own child process for
+the whole run (its model loaded once, its peak RSS its own); a chunk starts from a copy of the
+loaded base. Threads: torch's default, as the trainer service runs (`--threads N` sets N).
+
+tokens/s = tokens of the chunk's samples (prompt + response, as both tokenize them) / wall time of
+the training loop (model loading, and TRL's dataset preparation, excluded). The same count for both
+trainers, so the ratio is a ratio of times on the same data: ours lays a packed row's shared prompt
+prefix out once and so runs fewer tokens than that (`processed_tokens_ours`). loss = mean of the per-step training losses of a chunk (what
+`Trainer` reports as train_loss); `loss_ours` / `loss_trl` are the medians over the chunks.
+Progress goes to stderr; the last stdout line is JSON with `tokens_per_s_ratio` (median over the
+rounds of ours / TRL), per-arm medians and spreads under `arms`, the per-round ratios under
+`ratios`, `loss_ours`, `loss_trl`, `peak_rss_mb_ours`, `peak_rss_mb_trl` and details.
 Needs `trl` (pip install trl==1.16.0).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import multiprocessing as mp
 import os
+import queue
 import resource
-import sys
-import time
+import tempfile
+import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from bench.interleave import Arm, Run, interleave, log, median_of, report, timed
+
 DATA = Path(os.environ.get("SYLLABUS_BANKING77", Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"))
+FALLBACK_DATA = Path("/work/shared/data/banking77")  # a checkout outside /work (a worktree of an older commit)
 INTENTS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "passcode_forgotten"]
 INSTRUCTIONS = "Classify the bank customer's message into one of the intents. Answer with the intent only."
 BASE = "bundled:smollm2-135m-instruct"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def samples(n: int) -> list[dict]:
@@ -46,7 +59,7 @@ def samples(n: int) -> list[dict]:
     from syllabus.prompts import classification_prompt
 
     by_intent: dict[str, list[str]] = {c: [] for c in INTENTS}
-    with open(DATA / "train.csv", newline="") as f:
+    with open((DATA if DATA.is_dir() else FALLBACK_DATA) / "train.csv", newline="") as f:
         for row in csv.DictReader(f):
             if row["category"] in by_intent:
                 by_intent[row["category"]].append(row["text"])
@@ -58,19 +71,31 @@ def samples(n: int) -> list[dict]:
     return out
 
 
+def chunks(args: argparse.Namespace) -> list[list[dict]]:
+    """The samples cut into `args.repeats` contiguous chunks (each balanced over the intents)."""
+    data = samples(args.samples)
+    n, k = len(data), args.repeats
+    out = [data[i * n // k : (i + 1) * n // k] for i in range(k)]
+    if not all(out):
+        raise ValueError(f"{n} samples do not make {k} chunks")
+    return out
+
+
+def data_tokens(tok, data: list[dict]) -> int:
+    """Tokens of the samples, prompt and response, as the trainer tokenizes them (TRL: the same)."""
+    from syllabus.prompts import encode_example
+
+    return sum(len(encode_example(tok, s["prompt"], s["response"], max_len=512)[0]) for s in data)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ours(args: argparse.Namespace, q: mp.Queue) -> None:
-    import torch
-
-    from syllabus.models import load_model
+def train_ours(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: float) -> dict:
     from syllabus.recipe import Recipe
     from trainer_svc.staged import train_recipe
 
-    torch.set_num_threads(args.threads)
-    lm, tok = load_model(BASE)
     recipe = Recipe.model_validate(
         {
             "seed": args.seed,
@@ -85,7 +110,7 @@ def run_ours(args: argparse.Namespace, q: mp.Queue) -> None:
                     "lr": args.lr,
                     "epochs": 1,
                     "schedule": {"kind": "cosine", "warmup_ratio": 0.1, "final_lr_ratio": 0.0},
-                    "lora": {"rank": 8, "alpha": 16, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+                    "lora": {"rank": 8, "alpha": 16, "targets": LORA_TARGETS},
                 }
             ],
         }
@@ -94,30 +119,23 @@ def run_ours(args: argparse.Namespace, q: mp.Queue) -> None:
     def on_step(p) -> None:
         log(f"ours  step {p.step}/{p.total_steps} loss {p.loss:.4f} lr {p.lr:.2e} {p.tokens_per_s:.0f} tok/s")
 
-    t0 = time.perf_counter()
-    _, _, result = train_recipe(lm, tok, samples(args.samples), recipe, on_step=on_step)
-    seconds = time.perf_counter() - t0
-    q.put({"loss": result.mean_loss, "losses": result.losses, "tokens": result.tokens, "seconds": seconds, "rss": peak_rss_mb()})
+    model = copy.deepcopy(lm)  # train_recipe wraps the model with LoRA in place
+    (_, _, result), seconds = timed(lambda: train_recipe(model, tok, data, recipe, on_step=on_step), slowdown)
+    return {"loss": result.mean_loss, "steps": len(result.losses), "processed_tokens": result.tokens, "seconds": seconds}
 
 
-def run_trl(args: argparse.Namespace, q: mp.Queue) -> None:
-    import torch
+def train_trl(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: float) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from syllabus.models import load_model
     from syllabus.prompts import render_prompt
 
-    torch.set_num_threads(args.threads)
-    lm, tok = load_model(BASE)
-    data = Dataset.from_list(
-        [{"prompt": render_prompt(tok, s["prompt"]), "completion": s["response"]} for s in samples(args.samples)]
-    )
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / "bench-trl"
+    dataset = Dataset.from_list([{"prompt": render_prompt(tok, s["prompt"]), "completion": s["response"]} for s in data])
+    out = tempfile.TemporaryDirectory(prefix="bench-trl-")
     cfg = SFTConfig(
-        output_dir=str(out),
+        output_dir=out.name,
         packing=True,
         packing_strategy="bfd",
         max_length=args.row_tokens,
@@ -139,76 +157,153 @@ def run_trl(args: argparse.Namespace, q: mp.Queue) -> None:
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
 
     class Progress(TrainerCallback):
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 log(f"trl   step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
 
-    trainer = SFTTrainer(model=lm, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora, callbacks=[Progress()])
-    tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
-    t0 = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - t0
+    trainer = SFTTrainer(model=copy.deepcopy(lm), args=cfg, train_dataset=dataset, processing_class=tok,
+                         peft_config=lora, callbacks=[Progress()])
+    processed = sum(len(x) for x in trainer.train_dataset["input_ids"])
+    with out:
+        _, seconds = timed(trainer.train, slowdown)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    q.put({"loss": sum(losses) / len(losses), "losses": losses, "tokens": tokens, "seconds": seconds, "rss": peak_rss_mb()})
+    return {"loss": sum(losses) / len(losses), "steps": len(losses), "processed_tokens": processed, "seconds": seconds}
 
 
-def in_child(fn, args: argparse.Namespace) -> dict:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=fn, args=(args, q))
-    p.start()
-    res = q.get()
-    p.join()
-    return res
+TRAINERS: dict[str, Callable] = {"ours": train_ours, "trl": train_trl}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=512)
+def serve(name: str, args: argparse.Namespace, inbox: mp.Queue, outbox: mp.Queue) -> None:
+    """Child process: load the model once (and warm up), then train one chunk per `(chunk, slowdown)` message
+    until None; every answer is a dict ({"error": traceback} if the chunk failed)."""
+    try:
+        import torch
+
+        from syllabus.models import load_model
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        lm, tok = load_model(args.model)
+        data = chunks(args)
+        TRAINERS[name](lm, tok, args, data[0][:4], 1.0)  # warm-up: first-call allocations, lazy imports
+        outbox.put({"threads": torch.get_num_threads()})
+        while (msg := inbox.get()) is not None:
+            chunk, slowdown = msg
+            res = TRAINERS[name](lm, tok, args, data[chunk], slowdown)
+            outbox.put({**res, "tokens": data_tokens(tok, data[chunk]), "rss": peak_rss_mb()})
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        outbox.put({"error": traceback.format_exc()})
+
+
+class Worker:
+    """One trainer in its own child process (spawned: a fresh interpreter, its own peak RSS)."""
+
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
+        ctx = mp.get_context("spawn")
+        self.name = name
+        self.threads = 0  # torch threads in the child, once it has loaded
+        self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
+        self.proc = ctx.Process(target=serve, args=(name, args, self.inbox, self.outbox), daemon=True)
+        self.proc.start()
+
+    def answer(self) -> dict:
+        while True:
+            try:
+                msg = self.outbox.get(timeout=5)
+            except queue.Empty:
+                if not self.proc.is_alive():
+                    raise RuntimeError(f"the {self.name} trainer process died (exit code {self.proc.exitcode})") from None
+                continue
+            if "error" in msg:
+                raise RuntimeError(f"the {self.name} trainer failed:\n{msg['error']}")
+            return msg
+
+    def train(self, chunk: int, slowdown: float) -> dict:
+        self.inbox.put((chunk, slowdown))
+        return self.answer()
+
+    def close(self) -> None:
+        self.inbox.put(None)
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def start_workers(args: argparse.Namespace) -> dict[str, Worker]:
+    """Both trainers started together; returns once both have loaded the model."""
+    workers = {name: Worker(name, args) for name in TRAINERS}
+    try:
+        for w in workers.values():
+            w.threads = w.answer()["threads"]
+    except BaseException:
+        for w in workers.values():
+            w.close()
+        raise
+    return workers
+
+
+def measure(workers: Mapping[str, Worker], repeats: int, slow: Mapping[str, float] | None = None) -> dict:
+    """Interleave the two trainers over `repeats` chunks (the workers' `args.repeats` chunks).
+    `slow`: trainer name -> slowdown factor (tests)."""
+    slow = slow or {}
+
+    def arm(name: str) -> Arm:
+        def run(chunk: int) -> Run:
+            res = workers[name].train(chunk, slow.get(name, 1))
+            return Run(res["tokens"], res["seconds"], res)
+
+        return Arm(name, run)
+
+    runs = interleave([arm(name) for name in workers], repeats)
+    result = report(runs, "tokens", {"tokens_per_s_ratio": ("ours", "trl")})
+    for name, rs in runs.items():
+        result[f"steps_{name}"] = sum(r.detail["steps"] for r in rs)
+        result[f"tokens_{name}"] = sum(r.detail["tokens"] for r in rs)
+        result[f"processed_tokens_{name}"] = sum(r.detail["processed_tokens"] for r in rs)
+        result[f"tokens_per_s_{name}"] = median_of(rs, lambda r: r.rate)
+        result[f"loss_{name}"] = median_of(rs, lambda r: r.detail["loss"])
+        result[f"losses_{name}"] = [round(r.detail["loss"], 4) for r in rs]
+        result[f"peak_rss_mb_{name}"] = round(max(r.detail["rss"] for r in rs), 1)
+    result["loss_rel_diff"] = round(abs(result["loss_ours"] - result["loss_trl"]) / result["loss_trl"], 4)
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bench.trainer", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=BASE)
+    ap.add_argument("--samples", type=int, default=384)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (each: both trainers on one chunk)")
     ap.add_argument("--row-tokens", type=int, default=1024)
     ap.add_argument("--rows-per-step", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--order", choices=["ours-first", "trl-first"], default="ours-first")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as the trainer service)")
     ap.add_argument("--json", action="store_true", help="print the JSON summary as the last line")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    runs = [("ours", run_ours), ("trl", run_trl)]
-    if args.order == "trl-first":
-        runs.reverse()
-    res = {}
-    for name, fn in runs:
-        log(f"== {name}: {args.samples} samples")
-        res[name] = in_child(fn, args)
-        log(f"== {name}: {res[name]['tokens']} tokens in {res[name]['seconds']:.1f} s, mean loss {res[name]['loss']:.4f}")
-    ours, trl = res["ours"], res["trl"]
-    tps_ours, tps_trl = ours["tokens"] / ours["seconds"], trl["tokens"] / trl["seconds"]
-    summary = {
-        "samples": args.samples,
-        "steps_ours": len(ours["losses"]),
-        "steps_trl": len(trl["losses"]),
-        "tokens_ours": ours["tokens"],
-        "tokens_trl": trl["tokens"],
-        "tokens_per_s_ours": round(tps_ours, 1),
-        "tokens_per_s_trl": round(tps_trl, 1),
-        "tokens_per_s_ratio": round(tps_ours / tps_trl, 3),
-        "loss_ours": round(ours["loss"], 4),
-        "loss_trl": round(trl["loss"], 4),
-        "loss_rel_diff": round(abs(ours["loss"] - trl["loss"]) / trl["loss"], 4),
-        "peak_rss_mb_ours": round(ours["rss"], 1),
-        "peak_rss_mb_trl": round(trl["rss"], 1),
-        "threads": args.threads,
-    }
+    log(f"{args.samples} samples in {args.repeats} chunks; starting the trainers")
+    workers = start_workers(args)
+    try:
+        measured = measure(workers, args.repeats)
+    finally:
+        for w in workers.values():
+            w.close()
+    threads = {w.threads for w in workers.values()}
+    summary = {"samples": args.samples, "threads": threads.pop() if len(threads) == 1 else sorted(threads), **measured}
     if args.json:
         print(json.dumps(summary))
     else:
         for k, v in summary.items():
             print(f"{k}: {v}")
+    return summary
 
 
 if __name__ == "__main__":
