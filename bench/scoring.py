@@ -17,11 +17,14 @@ Five arms on the same samples, taking turns (`bench.interleave`): the samples ar
    where the CPU has AMX/AVX512-BF16, token-budget length bucketing, shared-prefix KV cache, logits
    only at target positions);
 3. `scorer_fp32`: the same with `dtype="float32"` (the exact mode);
-4. `reference_mix`: the metric mix the loop's score step asks for (`student_svc.scoring.ALL_METRICS`:
-   loss_base, loss_ref, learnability = (loss_base - loss_ref) / loss_base), one sample per forward,
-   fp32, full logits: the response loss under the bare base and under the reference adapter;
-5. `scorer_mix`: `score_records(peft model, ..., ALL_METRICS)` with its default settings, base losses
-   with the adapter disabled, as the student service scores a round.
+4. `reference_mix`: the metric mix of the loop's score step (`MIX`: LoBaSS loss_base, loss_ref and
+   learnability = (loss_base - loss_ref) / loss_base, with IFD on the current student in the same
+   request, as `orchestrator.activities.student.score_samples` asks when a task scores both), one
+   sample per forward, fp32, full logits: the response loss under the bare base and under the
+   reference adapter, and IFD's two passes under the base;
+5. `scorer_mix`: `score_records(peft model, ..., MIX, ScoreOptions(ifd_on_base=True))` with its
+   default settings, base passes with the adapter disabled, IFD's conditional pass shared with L0's,
+   as the student service scores a round.
 The reference adapter is a stand-in: LoRA r=8 on q/k/v/o with seeded random A and B (`--ref-std`),
 so that reference and base losses differ by a few per cent either way (learnability within about
 +-0.1); the cost of a pass does not depend on the adapter's values, and `spearman_mix` says how well
@@ -51,6 +54,8 @@ from bench.interleave import Arm, Run, interleave, log, median_of, report, timed
 
 DATA = Path(os.environ.get("SYLLABUS_BANKING77", Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77")) / "train.csv"
 FALLBACK_DATA = Path("/work/shared/data/banking77/train.csv")  # a checkout outside /work (a worktree of an older commit)
+#: The metrics of the loop's LoBaSS score request when its task also scores IFD (student_svc.scoring names).
+MIX = ("loss_base", "loss_ref", "learnability", "ifd")
 
 
 def build_samples(tokenizer, n: int = 256, min_tokens: int = 32, max_tokens: int = 256, seed: int = 0) -> list[dict]:
@@ -151,10 +156,11 @@ def reference_losses(model, tokenizer, samples: list[dict]) -> list[float]:
 
 
 def reference_mix(base, ref_model, tokenizer, samples: list[dict]) -> list[float]:
-    """Per-sample learnability (L0 - Lref) / L0 from the reference loops: L0 under `base`, Lref under
-    `ref_model` (the loop's loss_base, loss_ref and learnability)."""
+    """The loop's mix from the reference loops: L0 under `base`, Lref under `ref_model`, IFD under
+    `base`; returns each sample's learnability (L0 - Lref) / L0 (IFD is `reference_ifd`'s)."""
     l0 = reference_losses(base, tokenizer, samples)
     lr = reference_losses(ref_model, tokenizer, samples)
+    reference_ifd(base, tokenizer, samples)
     return [(a - b) / a if a > 0 else 0.0 for a, b in zip(l0, lr, strict=True)]
 
 
@@ -180,7 +186,9 @@ def reference_adapter(model, std: float, seed: int = 0):
 def measure(model, ref_model, tokenizer, samples: list[dict], repeats: int, slow: Mapping[str, float] | None = None) -> dict:
     """Interleave the five arms over `samples` cut into `repeats` chunks; `ref_model` is
     `reference_adapter(model, ...)`. `slow`: arm name -> slowdown factor (tests)."""
-    from student_svc.scoring import ALL_METRICS, IFD, LEARNABILITY, ScoreOptions, score_records
+    from student_svc.scoring import IFD, LEARNABILITY, ScoreOptions, score_records
+
+    on_base = ScoreOptions(ifd_on_base=True)
 
     slow = slow or {}
     chunks = [samples[i * len(samples) // repeats : (i + 1) * len(samples) // repeats] for i in range(repeats)]
@@ -192,7 +200,7 @@ def measure(model, ref_model, tokenizer, samples: list[dict], repeats: int, slow
         "scorer": lambda c: [r["ifd_ppl"] for r in score_records(model, tokenizer, c, [IFD])],
         "scorer_fp32": lambda c: [r["ifd_ppl"] for r in score_records(model, tokenizer, c, [IFD], options=fp32)],
         "reference_mix": lambda c: reference_mix(model, ref_model, tokenizer, c),
-        "scorer_mix": lambda c: [r[LEARNABILITY] for r in score_records(ref_model, tokenizer, c, ALL_METRICS)],
+        "scorer_mix": lambda c: [r[LEARNABILITY] for r in score_records(ref_model, tokenizer, c, MIX, options=on_base)],
     }
 
     def arm(name: str) -> Arm:
@@ -218,7 +226,7 @@ def measure(model, ref_model, tokenizer, samples: list[dict], repeats: int, slow
         spearman=spearman(values["scorer"], ref),
         max_abs_diff_fp32=max(abs(a - b) for a, b in zip(values["scorer_fp32"], ref, strict=True)),
         max_abs_diff_default=max(abs(a - b) for a, b in zip(values["scorer"], ref, strict=True)),
-        metric_mix=list(ALL_METRICS),
+        metric_mix=list(MIX),
         spearman_mix=spearman(values["scorer_mix"], ref_mix),
         max_abs_diff_mix=max(abs(a - b) for a, b in zip(values["scorer_mix"], ref_mix, strict=True)),
         learnability_range=[min(ref_mix), max(ref_mix)],

@@ -148,7 +148,7 @@ def test_scoring_speedups_follow_slowed_arms(tiny_model_dir: Path) -> None:
                        ["speedup", "speedup_fp32", "speedup_mix"])
     assert follows(base["speedup"], slowed["speedup"], SLOW), (base["ratios"], slowed["ratios"])
     assert follows(base["speedup_mix"], slowed["speedup_mix"], 1 / SLOW), (base["ratios"], slowed["ratios"])
-    assert base["metric_mix"] == ["loss_base", "loss_ref", "learnability"]
+    assert base["metric_mix"] == ["loss_base", "loss_ref", "learnability", "ifd"]
     assert base["max_abs_diff_fp32"] < 1e-3 and base["max_abs_diff_mix"] < 1e-2
 
 
