@@ -108,7 +108,7 @@ def job_report(job, config: Config) -> dict:
         "rounds": [
             {"round": r.round, "generated": r.generated, "targeted": r.targeted, "leaked": r.leaked, "kept": r.kept,
              "critique_dropped": dict(sorted(r.critique_dropped.items())),
-             "reasoning": {m: {f: getattr(c, f) for f in ("written", "wrong", "failed", "duplicate_paths", "kept")}
+             "reasoning": {m: {f: getattr(c, f) for f in ("written", "wrong", "failed", "duplicate_paths", "no_consensus", "kept")}
                            for m, c in sorted(r.reasoning.items())},
              "candidates": r.candidates, "selected": r.selected,
              "selection_dropped": dict(sorted(r.selection_dropped.items())), "trained": r.trained,

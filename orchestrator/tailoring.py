@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator.keys import output_key
     from orchestrator.types import ArteSettings
     from syllabus.artifacts import ArtifactRef
-    from syllabus.pb import ref_from_pb, ref_to_pb
+    from syllabus.pb import answer_match, ref_from_pb, ref_to_pb, task_kind
     from syllabus.records import dumps_jsonl
     from syllabus_sdk.common.v1 import common_pb2
     from syllabus_sdk.student.v1 import student_pb2
@@ -196,7 +196,7 @@ class TailoringActivities:
         if rationales is None:
             model = common_pb2.ModelRef(base=task.teacher.model, adapter=ref_to_pb(inp.teacher_adapter))
             request = teacher_pb2.GenerateRequest(
-                model=model, kind=common_pb2.TASK_KIND_CLASSIFICATION, instructions=task.instructions,
+                model=model, kind=task_kind(task.kind), instructions=task.instructions,
                 mode=teacher_pb2.GENERATE_MODE_RATIONALES, questions=ref_to_pb(inp.questions), styles=s.styles,
                 sampling=common_pb2.SamplingParams(**sampling), output_key=key, round=inp.round,
             )  # fmt: skip
@@ -241,7 +241,7 @@ class TailoringActivities:
 
         task = self.base._task(inp.task_ref)
         s = inp.settings
-        params = {"model": task.student.model, "match": "label", "max_new_tokens": s.probe_max_new_tokens}
+        params = {"model": task.student.model, "match": task.answer_match, "max_new_tokens": s.probe_max_new_tokens}
         key = output_key(
             inp.job_id, inp.round, "arte-preference", [inp.demos, inp.probe_set, inp.student_adapter], params, "jsonl"
         )
@@ -250,7 +250,7 @@ class TailoringActivities:
             model = common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.student_adapter))
             request = student_pb2.ScoreRequest(
                 model=model, dataset=ref_to_pb(inp.demos), metrics=[student_pb2.METRIC_ARTE_PREFERENCE],
-                arte=student_pb2.ArteSettings(probe_set=ref_to_pb(inp.probe_set), match=student_pb2.ANSWER_MATCH_LABEL,
+                arte=student_pb2.ArteSettings(probe_set=ref_to_pb(inp.probe_set), match=answer_match(task.answer_match),
                                               max_new_tokens=s.probe_max_new_tokens),
                 output_key=key,
             )  # fmt: skip

@@ -45,6 +45,9 @@ class LoopPlan:
     tailor_every: int = 0
     # A PUDF stage needs held-out records (the validation split with difficulties) in its dataset.
     heldout: bool = False
+    # The answer kinds (exact_answer, numeric, open_ended): generated examples are questions; the
+    # reasoning steps answer them, and only answered records are candidates.
+    answers_by_reasoning: bool = False
 
     @property
     def learnability(self) -> bool:

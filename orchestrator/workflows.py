@@ -122,6 +122,8 @@ class DistillationWorkflow:
                     result.kept, result.dropped = crit.kept_count, crit.dropped
                     n_candidates = crit.kept_count + crit.extra_count
                     candidates = crit.kept if n_candidates > 0 else None
+                    if plan.answers_by_reasoning:
+                        n_candidates = 0  # kept questions: candidates once the reasoning steps answer them
             for mode in plan.reasoning:
                 reasoned = await self._step(
                     mode, r, Activities.reason_examples, ReasonInput(inp.job_id, inp.task_ref, r, mode, prep.seeds, candidates, teacher)
@@ -129,6 +131,8 @@ class DistillationWorkflow:
                 result.reasoning[mode] = reasoned.counts
                 if reasoned.count > 0:
                     candidates, n_candidates = reasoned.candidates, reasoned.count
+                elif plan.answers_by_reasoning:
+                    candidates, n_candidates = None, 0
             result.candidates = n_candidates
 
             train_set = prep.seeds

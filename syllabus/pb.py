@@ -53,3 +53,23 @@ def first_nonfinite(msg, prefix: str = "") -> str | None:
                 if bad := first_nonfinite(sub, path + "."):
                     return bad
     return None
+
+
+TASK_KINDS = {
+    "classification": common_pb2.TASK_KIND_CLASSIFICATION,
+    "exact_answer": common_pb2.TASK_KIND_EXACT_ANSWER,
+    "numeric": common_pb2.TASK_KIND_NUMERIC,
+    "open_ended": common_pb2.TASK_KIND_OPEN_ENDED,
+}
+
+
+def task_kind(kind: str) -> int:
+    """A task spec's `kind` as the TaskKind every request carries."""
+    return TASK_KINDS[kind]
+
+
+def answer_match(match: str) -> int:
+    """`TaskSpec.answer_match` (label, exact, numeric) as the student's AnswerMatch."""
+    from syllabus_sdk.student.v1 import student_pb2
+
+    return {"label": student_pb2.ANSWER_MATCH_LABEL, "numeric": student_pb2.ANSWER_MATCH_NUMERIC}.get(match, student_pb2.ANSWER_MATCH_EXACT)

@@ -16,6 +16,16 @@ def classification_prompt(instructions: str, labels: list[str], text: str) -> st
     return f"{instructions.strip()}\nIntents: {', '.join(labels)}\nMessage: {text.strip()}\nIntent:"
 
 
+def answer_prompt(kind: str, instructions: str, text: str) -> str:
+    """The student's user message for one question of the answer kinds."""
+    if kind == "numeric":
+        return (f"{instructions.strip()}\nProblem: {text.strip()}\n"
+                'Solve it step by step, then give the final number on a last line "Answer: <number>".')  # fmt: skip
+    if kind == "exact_answer":
+        return f"{instructions.strip()}\nQuestion: {text.strip()}\nAnswer with the answer only."
+    return f"{instructions.strip()}\n\n{text.strip()}"  # open_ended
+
+
 def rationale_prompt(instructions: str, labels: list[str], text: str) -> str:
     """The student's user message for the rationale task (Distilling step-by-step): explain, then
     answer. Rationale records train on it beside the plain classification prompt."""

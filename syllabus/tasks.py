@@ -15,10 +15,18 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from syllabus.models import DEFAULT_MODEL
-from syllabus.prompts import classification_prompt
+from syllabus.prompts import answer_prompt, classification_prompt, rationale_prompt
 from syllabus.recipe import Recipe
 
 
@@ -34,10 +42,15 @@ class _Strict(BaseModel):
 
 
 class Example(_Strict):
-    """A labelled example."""
+    """A labelled example: an input and its label (classification) or answer (the other kinds; the
+    key `answer` is accepted for `label`)."""
 
-    input: str = Field(min_length=1, description="The input text.")
-    label: str = Field(min_length=1, description="Its label; must be one of the task's labels.")
+    input: str = Field(min_length=1, description="The input text (a message, a question, a problem).")
+    label: str = Field(
+        min_length=1, validation_alias=AliasChoices("label", "answer"),
+        description="classification: one of the task's labels; exact_answer / numeric: the gold answer; "
+        "open_ended: a reference answer.",
+    )  # fmt: skip
 
 
 class ModelSpec(_Strict):
@@ -269,13 +282,23 @@ class TailorSpec(_Strict):
     beta: float = Field(0.1, gt=0.0, le=100.0, description="DPO temperature.")
 
 
+class EvaluateSpec(_Strict):
+    """How the student answers the eval set (the answer kinds generate; classification scores labels)."""
+
+    max_new_tokens: int = Field(128, ge=1, le=2048, description="Greedy tokens per answer (exact_answer, numeric, open_ended).")
+
+
+Kind = Literal["classification", "exact_answer", "numeric", "open_ended"]
+
+
 class TaskSpec(_Strict):
     """A distillation task. Every field is documented in docs/task-format.md."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    kind: Literal["classification"]
+    kind: Kind
     instructions: str = Field(min_length=1)
-    labels: list[str] = Field(min_length=2)
+    labels: list[str] = Field(default_factory=list, description="classification: the label set (at least 2).")
+    rubric: str | None = Field(None, min_length=1, description="open_ended: what the teacher's judge grades answers by.")
     seeds: list[Example] = Field(min_length=1)
     eval: list[Example] = Field(min_length=1)
     # Error analysis reads the student's mistakes here, never on `eval`: the teacher sees these inputs.
@@ -289,6 +312,7 @@ class TaskSpec(_Strict):
     select: SelectSpec = Field(default_factory=SelectSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     tailor: TailorSpec | None = Field(None, description="ARTE teacher tailoring; off when absent.")
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
 
     @field_validator("labels")
     @classmethod
@@ -298,8 +322,22 @@ class TaskSpec(_Strict):
             raise ValueError(f"duplicate labels: {', '.join(dupes)}")
         return labels
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_modes(cls, data: object) -> object:
+        """The answer kinds' default generation: new questions, answered with rationales."""
+        if isinstance(data, dict) and data.get("kind") in ("exact_answer", "numeric", "open_ended"):
+            gen = data.get("generate")
+            if gen is None or (isinstance(gen, dict) and "modes" not in gen and not gen.get("targeted_per_skill")):
+                data = {**data, "generate": {**(gen or {}), "modes": [{"mode": "expand"}, {"mode": "rationales"}]}}
+        return data
+
     @model_validator(mode="after")
     def _labels_known(self) -> TaskSpec:
+        self._check_kind()
+        if self.kind != "classification":
+            self._check_method()
+            return self
         known = set(self.labels)
         for field in ("seeds", "eval", "validation"):
             for i, ex in enumerate(getattr(self, field)):
@@ -311,6 +349,33 @@ class TaskSpec(_Strict):
             raise ValueError(f"seeds: no seed example for label(s) {', '.join(missing)}")
         self._check_method()
         return self
+
+    def _check_kind(self) -> None:
+        """What each kind needs, and what only classification has (a label set to score and confuse)."""
+        if self.kind == "classification":
+            if len(self.labels) < 2:
+                raise ValueError("labels: classification needs at least 2 labels")
+            return
+        if self.labels:
+            raise ValueError(f"labels: only classification tasks have labels; a {self.kind} task gives each example's answer")
+        if self.kind == "open_ended" and self.rubric is None:
+            raise ValueError("rubric: open_ended tasks need a rubric (what the teacher's judge grades answers by)")
+        if self.kind == "numeric":
+            for field in ("seeds", "eval", "validation"):
+                for i, ex in enumerate(getattr(self, field)):
+                    if number(ex.label) is None:
+                        raise ValueError(f"{field}[{i}].label: {ex.label[:40]!r} is not a number (numeric task)")
+        if self.critique.mode != "rules":
+            raise ValueError(f"critique.mode: {self.critique.mode} critiques labelled examples (classification); "
+                             f"a {self.kind} task's answers are verified by its rationales, so use rules")  # fmt: skip
+        if self.generate.mode("targeted") is not None:
+            raise ValueError("generate.modes: targeted generates for label confusions (classification only)")
+        if "difficulty" in self.score.metrics:
+            raise ValueError("score.metrics: difficulty scores the crowd's label choice (classification only)")
+        if self.kind == "open_ended" and self.generate.mode("rft") is not None:
+            raise ValueError("generate.modes: rft needs a gold answer to verify (not open_ended)")
+        if self.generate.mode("expand") is not None and self.generate.mode("rationales") is None:
+            raise ValueError(f"generate.modes: expand writes {self.kind} questions without answers; add a rationales mode to answer them")
 
     def _check_method(self) -> None:
         """Cross-field rules of the method: what selection and the recipe read must be scored."""
@@ -343,7 +408,43 @@ class TaskSpec(_Strict):
                 raise ValueError(f"{where}.curriculum: pudf estimates the ability on a held-out split: give the task a validation split")
 
     def prompt_for(self, text: str) -> str:
-        return classification_prompt(self.instructions, self.labels, text)
+        """The student's prompt for one input."""
+        if self.kind == "classification":
+            return classification_prompt(self.instructions, self.labels, text)
+        return answer_prompt(self.kind, self.instructions, text)
+
+    def rationale_prompt_for(self, text: str) -> str:
+        """The prompt a rationale trains on: classification's second task (explain, then answer); the
+        answer kinds' own prompt, which asks for the reasoning."""
+        if self.kind == "classification":
+            return rationale_prompt(self.instructions, self.labels, text)
+        return self.prompt_for(text)
+
+    def response_for(self, answer: str) -> str:
+        """A seed's training response: the label or answer; for numeric, its "Answer:" line."""
+        return f"Answer: {answer}" if self.kind == "numeric" else answer
+
+    @property
+    def answer_match(self) -> str:
+        """How an answer is checked: label, exact or numeric (open_ended: by the judge; exact here)."""
+        return {"classification": "label", "numeric": "numeric"}.get(self.kind, "exact")
+
+
+def number(text: str) -> float | None:
+    """The last number in `text` ("1,234.5", "-3", "3/4" -> 0.75), or None."""
+    import re
+
+    found = re.findall(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+", text)
+    if not found:
+        return None
+    raw = found[-1].replace(",", "")
+    try:
+        if "/" in raw:
+            a, b = raw.split("/")
+            return float(a) / float(b) if float(b) else None
+        return float(raw)
+    except ValueError:
+        return None
 
 
 def _format_error(source: str, err: ValidationError) -> str:

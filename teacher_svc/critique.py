@@ -2,7 +2,7 @@
 
 Rules, in order (the first that applies decides):
 
-1. `label_not_in_task` — the label is not one of the task's labels;
+1. `label_not_in_task` — the label is not one of the task's labels (classification only);
 2. `empty` / `too_short` / `too_long` — the input is not a usable message
    (`teacher_svc.generation.input_length_problem`);
 3. `copies_seed` — the input equals a seed after normalisation or is a near-duplicate of one
@@ -69,7 +69,7 @@ def judge(examples: Sequence[dict], labels: Sequence[str], seeds: Sequence[Seed]
 def _judge_one(
     rid: str, text: str, label: str, known: set[str], seeds: DuplicateIndex, kept: DuplicateIndex
 ) -> Verdict:
-    if label not in known:
+    if known and label not in known:  # no label set: a question kind (answers come later)
         return Verdict(rid, False, f"{LABEL_NOT_IN_TASK}: {label!r}")
     if problem := input_length_problem(text):
         return Verdict(rid, False, problem)

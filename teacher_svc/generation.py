@@ -7,6 +7,10 @@ The assistant's reply is prefilled with an opening quote and generation stops at
 line, which keeps a small teacher on task and makes the reply easy to parse. Each completion is
 parsed into one input text and deduplicated against the seeds and every earlier completion
 (`teacher_svc.dedupe`); survivors become dataset records in the format of docs/contracts.md.
+
+For the question kinds (exact answer, numeric, open-ended: no label set) the teacher writes new
+questions like the seed questions instead, label "" and method "question_expansion"; answers come
+from the teacher's rationales in a later step of the loop.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from teacher_svc.backend import Backend, ChatPrompt, Completion, Sampling
 from teacher_svc.dedupe import DuplicateIndex
 
 METHOD = "seed_expansion"
+QUESTION_METHOD = "question_expansion"  # the question kinds: new questions, answered later
 EXAMPLES_PER_PROMPT = 3
 MIN_INPUT_CHARS = 8  # shorter replies ("Yes.", "Hi") are not usable examples
 MAX_INPUT_CHARS = 400  # longer ones are rambling, not one customer message
@@ -35,9 +40,19 @@ Here are messages with the label "{label}":
 
 Write one more, different message with the same label "{label}". Reply with only the new message."""
 PREFILL = 'New message: "'
+QUESTION_TEMPLATE = """Task: {instructions}
+
+Here are example questions:
+{examples}
+
+Write one more, different question of the same kind, complete in itself. Reply with only the new question."""
+QUESTION_PREFILL = 'New question: "'
 STOP = ("\n",)
 PROMPT_TEMPLATE_HASH = hashlib.sha256(
     json.dumps({"template": TEMPLATE, "prefill": PREFILL, "stop": STOP}, sort_keys=True).encode()
+).hexdigest()[:12]
+QUESTION_TEMPLATE_HASH = hashlib.sha256(
+    json.dumps({"template": QUESTION_TEMPLATE, "prefill": QUESTION_PREFILL, "stop": STOP}, sort_keys=True).encode()
 ).hexdigest()[:12]
 
 
@@ -96,7 +111,10 @@ def parse_seeds(records: Sequence[dict]) -> list[Seed]:
 def build_prompts(
     instructions: str, labels: Sequence[str], seeds: Sequence[Seed], per_label: int
 ) -> list[ExpansionPrompt]:
-    """`per_label` prompts per label, label-major; raises ValueError if a label has no seed."""
+    """`per_label` prompts per label, label-major; raises ValueError if a label has no seed. Without
+    labels (the question kinds), `per_label` question prompts over all seeds, label ""."""
+    if not labels:
+        return _question_prompts(instructions, seeds, per_label)
     prompts = []
     for label in labels:
         own = [s for s in seeds if s.label == label]
@@ -112,6 +130,18 @@ def build_prompts(
                 examples="\n".join(f"- {s.input.strip()}" for s in shown),
             )
             prompts.append(ExpansionPrompt(label, shown[0].id, ChatPrompt(user, PREFILL)))
+    return prompts
+
+
+def _question_prompts(instructions: str, seeds: Sequence[Seed], n: int) -> list[ExpansionPrompt]:
+    if not seeds:
+        raise ValueError("no seed question")
+    k = min(EXAMPLES_PER_PROMPT, len(seeds))
+    prompts = []
+    for j in range(n):
+        shown = [seeds[(j * k + i) % len(seeds)] for i in range(k)]
+        user = QUESTION_TEMPLATE.format(instructions=instructions.strip(), examples="\n".join(f"- {s.input.strip()}" for s in shown))
+        prompts.append(ExpansionPrompt("", shown[0].id, ChatPrompt(user, QUESTION_PREFILL)))
     return prompts
 
 
@@ -188,7 +218,8 @@ def expand_seeds(backend: Backend, req: ExpansionRequest) -> ExpansionResult:
     seen = DuplicateIndex()
     for s in req.seeds:
         seen.add(s.input, s.id)
-    prov = provenance(backend, req.sampling, req.round)
+    questions = not req.labels
+    prov = provenance(backend, req.sampling, req.round, *((QUESTION_METHOD, QUESTION_TEMPLATE_HASH) if questions else ()))
     labels = list(req.labels)
     records, duplicates, unparsable, tokens = collect_examples(
         ((p.label, {"parent_id": p.parent_id}, outs) for p, outs in zip(prompts, completions, strict=True)),
@@ -224,15 +255,9 @@ def collect_examples(
                 continue
             rid = content_id(text, label)
             seen.add(text, rid)
+            # A question (no labels) has no answer yet: the caller has it answered (rationales).
+            prompt = classification_prompt(instructions, labels, text) if labels else text
             records.append(
-                {
-                    "id": rid,
-                    "input": text,
-                    "label": label,
-                    "prompt": classification_prompt(instructions, labels, text),
-                    "response": label,
-                    "provenance": prov,
-                    **extra,
-                }
+                {"id": rid, "input": text, "label": label, "prompt": prompt, "response": label, "provenance": prov, **extra}
             )
     return records, duplicates, unparsable, tokens

@@ -263,9 +263,10 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     async def _seed_expansion(
         self, request: teacher_pb2.GenerateRequest, sampling: Sampling, key: str
     ) -> teacher_pb2.GenerateResponse:
-        _check_kind(request.kind)
-        labels = _check_labels(request.labels)
+        labels = _kind_labels(request.kind, request.labels)  # [] for question kinds: question expansion
         exact = request.accept_exactly
+        if exact and not labels:
+            raise InvalidRequest("accept_exactly", "needs a classification task (the judge vets labels)")
         if exact < 0 or exact > MAX_PER_LABEL:
             raise InvalidRequest("accept_exactly", f"must be in [0, {MAX_PER_LABEL}], got {exact}")
         if exact and request.token_budget <= 0:
@@ -278,7 +279,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             return await asyncio.to_thread(self._existing_generate, key, existing)
 
         seeds = await self._read_seeds(seeds_ref)
-        missing = [label for label in labels if not any(s.label == label for s in seeds)]
+        missing = [label for label in labels if not any(s.label == label for s in seeds)]  # fmt: skip
         if missing:
             raise InvalidRequest("seeds", f"no seed example for label(s) {', '.join(map(repr, missing))}")
         req = ExpansionRequest(
@@ -405,8 +406,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             raise InvalidRequest("mode", f"unsupported critique mode {request.mode}")
         if mode != teacher_pb2.CRITIQUE_MODE_RULES:
             return await self._model_critique(request, mode)
-        _check_kind(request.kind)
-        labels = _check_labels(request.labels)
+        labels = _kind_labels(request.kind, request.labels)  # []: answer kinds, no label rule
         examples_ref = _required_ref("examples", request.examples)
         seeds_ref = _required_ref("seeds", request.seeds)
         kept_key = _check_key("output_key", request.output_key + "-kept.jsonl" if request.output_key else "")
@@ -606,6 +606,18 @@ def _check_model(model: common_pb2.ModelRef) -> str:
     except ModelNotFound as e:
         raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: {e}") from e
     return model.base
+
+
+def _kind_labels(kind: int, labels) -> list[str]:
+    """The label set of a classification request; [] for the question kinds (exact answer, numeric,
+    open-ended), which must not send labels."""
+    if kind == common_pb2.TASK_KIND_CLASSIFICATION:
+        return _check_labels(labels)
+    if kind not in common_pb2.TaskKind.values() or kind == common_pb2.TASK_KIND_UNSPECIFIED:
+        raise InvalidRequest("kind", f"must be a TaskKind, got {kind}")
+    if labels:
+        raise InvalidRequest("labels", f"only classification tasks have labels, not {common_pb2.TaskKind.Name(kind)}")
+    return []
 
 
 def _check_kind(kind: int) -> None:

@@ -44,7 +44,7 @@ class DataActivities(ActivityBase):
                     "input": ex.input,
                     "label": ex.label,
                     "prompt": task.prompt_for(ex.input),
-                    "response": ex.label,
+                    "response": task.response_for(ex.label),
                     "parent_id": None,
                     "provenance": {"method": "seed"},
                 },
@@ -139,4 +139,5 @@ def plan_of(task: TaskSpec) -> LoopPlan:
         stages=stages,
         tailor_every=task.tailor.every if task.tailor is not None else 0,
         heldout=bool(recipe) and any(st.curriculum.policy == "pudf" for st in recipe.stages),
+        answers_by_reasoning=task.kind != "classification",
     )

@@ -22,7 +22,7 @@ from orchestrator.scores import (
 )
 from orchestrator.types import EvaluateInput, EvaluateOutput, ScoreInput, ScoreOutput, SelectInput, SelectOutput
 from syllabus.artifacts import ArtifactRef
-from syllabus.pb import ref_from_pb, ref_to_pb
+from syllabus.pb import answer_match, ref_from_pb, ref_to_pb, task_kind
 from syllabus.records import dumps_jsonl
 from syllabus.selection import ranked, top_count, top_fraction
 from syllabus.tasks import METRIC_COLUMNS
@@ -37,13 +37,17 @@ class StudentActivities(ActivityBase):
         `round_counts` is given (a round's final evaluation)."""
         task = self._task(inp.task_ref)
         params = {"model": task.student.model, "kind": task.kind, "labels": task.labels}
+        generates = task.kind != "classification"  # the answer kinds: greedy answers, then matched
+        if generates:
+            params["max_new_tokens"] = task.evaluate.max_new_tokens
         key = output_key(inp.job_id, inp.round, "evaluate", [inp.eval_set, inp.adapter], params, "jsonl")
         request = student_pb2.EvaluateRequest(
             model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.adapter)),
-            kind=common_pb2.TASK_KIND_CLASSIFICATION,
+            kind=task_kind(task.kind),
             eval_set=ref_to_pb(inp.eval_set),
             labels=task.labels,
             output_key=key,
+            max_new_tokens=task.evaluate.max_new_tokens if generates else 0,
         )
 
         async def call() -> ArtifactRef | None:
@@ -133,7 +137,7 @@ class StudentActivities(ActivityBase):
                 probe = [{"id": r["id"], "prompt": task.prompt_for(r["input"]), "answer": r["label"]} for r in self._read_jsonl(inp.validation)]
                 probe_ref = self._publish_once(job_prefix(inp.job_id) + "/arte-probe.jsonl", dumps_jsonl(probe))
                 arte = student_pb2.ArteSettings(
-                    probe_set=ref_to_pb(probe_ref), probe_k=sc.probe_k, match=student_pb2.ANSWER_MATCH_LABEL,
+                    probe_set=ref_to_pb(probe_ref), probe_k=sc.probe_k, match=answer_match(task.answer_match),
                     max_new_tokens=sc.probe_max_new_tokens,
                 )  # fmt: skip
             car_data = data

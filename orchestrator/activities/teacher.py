@@ -25,7 +25,7 @@ from orchestrator.types import (
     ReasonOutput,
 )
 from syllabus.artifacts import ArtifactRef
-from syllabus.pb import ref_from_pb, ref_to_pb
+from syllabus.pb import ref_from_pb, ref_to_pb, task_kind
 from syllabus.prompts import teacher_instructions
 from syllabus.records import dumps_jsonl
 from syllabus.tasks import TaskSpec
@@ -47,7 +47,7 @@ def _generate_request(
     `mode` the fields of the kind of generation (per_label, or mode/skills/per_skill)."""
     return teacher_pb2.GenerateRequest(
         model=_teacher_ref(task, inp.teacher_adapter),
-        kind=common_pb2.TASK_KIND_CLASSIFICATION,
+        kind=task_kind(task.kind),
         instructions=task.instructions,
         labels=task.labels,
         seeds=ref_to_pb(inp.seeds),
@@ -149,7 +149,7 @@ class TeacherActivities(ActivityBase):
         task = self._task(inp.task_ref)
         key = output_key(inp.job_id, inp.round, "analyze", [inp.predictions, inp.validation], {"labels": task.labels}, "jsonl")
         request = teacher_pb2.AnalyzeErrorsRequest(
-            kind=common_pb2.TASK_KIND_CLASSIFICATION,
+            kind=task_kind(task.kind),
             labels=task.labels,
             predictions=ref_to_pb(inp.predictions),
             eval=ref_to_pb(inp.validation),
@@ -172,7 +172,7 @@ class TeacherActivities(ActivityBase):
         request = teacher_pb2.CritiqueRequest(
             model=_teacher_ref(task, inp.teacher_adapter),
             mode=mode,
-            kind=common_pb2.TASK_KIND_CLASSIFICATION,
+            kind=task_kind(task.kind),
             labels=task.labels,
             examples=ref_to_pb(examples),
             seeds=ref_to_pb(inp.seeds),
@@ -253,7 +253,10 @@ class TeacherActivities(ActivityBase):
         if spec is None:
             raise ApplicationError(f"generate mode {inp.mode} is off", type="INVALID_ARGUMENT", non_retryable=True)
         candidates = self._read_jsonl(inp.candidates) if inp.candidates is not None else []
-        questions = reasoning.questions(self._read_jsonl(inp.seeds), candidates, spec.max_questions)
+        seeds = self._read_jsonl(inp.seeds)
+        if inp.mode == "rft":  # RFT verifies against a gold answer: the questions that have one
+            seeds, candidates = [s for s in seeds if s["label"]], [c for c in candidates if c.get("label")]
+        questions = reasoning.questions(seeds, candidates, spec.max_questions)
         q_ref = self._publish_once(
             output_key(inp.job_id, inp.round, f"{inp.mode}-questions", [], {"ids": [q["id"] for q in questions]}, "jsonl"),
             dumps_jsonl(questions),
@@ -267,12 +270,13 @@ class TeacherActivities(ActivityBase):
             mode = {"mode": teacher_pb2.GENERATE_MODE_RATIONALES, "styles": spec.styles, "per_style": spec.per_style,
                     "retries": spec.retries}  # fmt: skip
         else:
+            verifier = {"classification": "classification", "numeric": "numeric"}.get(task.kind, "exact")
             mode = {"mode": teacher_pb2.GENERATE_MODE_REJECTION_SAMPLING, "styles": [spec.style], "rejection_k": spec.k,
-                    "verifier": "classification"}  # fmt: skip
+                    "verifier": verifier}  # fmt: skip
         request = teacher_pb2.GenerateRequest(
             model=_teacher_ref(task, inp.teacher_adapter),
-            kind=common_pb2.TASK_KIND_CLASSIFICATION,
-            instructions=teacher_instructions(task.instructions, task.labels),
+            kind=task_kind(task.kind),
+            instructions=teacher_instructions(task.instructions, task.labels) if task.labels else task.instructions,
             labels=task.labels,
             questions=ref_to_pb(q_ref),
             sampling=common_pb2.SamplingParams(**sampling),
@@ -294,7 +298,8 @@ class TeacherActivities(ActivityBase):
         if not stats and (st := self.store.stat(key + STATS_SUFFIX)):
             stats = json.loads(self._read(st))
         outcome = reasoning.training_records(task, inp.mode, questions, self._read_jsonl(written), stats)
-        merged = candidates + outcome.records
+        # Questions still without an answer (the answer kinds' generated ones) are not candidates.
+        merged = [c for c in candidates if c.get("label")] + outcome.records
         out = self._publish_once(
             output_key(inp.job_id, inp.round, f"{inp.mode}-candidates", [inp.candidates, written], {}, "jsonl"), dumps_jsonl(merged)
         )

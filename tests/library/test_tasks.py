@@ -120,3 +120,40 @@ def test_every_example_task_loads() -> None:
     for path in sorted((ROOT / "examples").glob("*/*.yaml")):
         if path.name.startswith(("task", "full")):
             assert load_task(path).name, path
+
+
+NUMERIC = """\
+name: n
+kind: numeric
+instructions: Solve.
+seeds: [{input: "Dan had 4 and spent 3. How many are left?", answer: "1"}]
+eval: [{input: "Ann has 2 and gets 2 more. How many?", answer: "4"}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GOOD.replace("kind: classification", "kind: numeric"), "labels: only classification tasks have labels"),
+        (GOOD.replace("labels: [a, b]\n", ""), "labels: classification needs at least 2 labels"),
+        (NUMERIC.replace('answer: "4"', "answer: four"), "eval[0].label: 'four' is not a number (numeric task)"),
+        (NUMERIC.replace("kind: numeric", "kind: open_ended"), "rubric: open_ended tasks need a rubric"),
+        (NUMERIC + "critique: {mode: judge}\n", "critique.mode: judge critiques labelled examples (classification)"),
+        (NUMERIC + "generate: {targeted_per_skill: 2}\n", "targeted generates for label confusions"),
+        (NUMERIC + "score: {metrics: [difficulty]}\nselect: {policy: random}\n", "difficulty scores the crowd's label choice"),
+        (NUMERIC + "generate: {modes: [{mode: expand}]}\n", "add a rationales mode to answer them"),
+        (NUMERIC.replace("kind: numeric", "kind: open_ended") + "rubric: r\ngenerate: {modes: [{mode: rft}]}\n", "rft needs a gold answer"),
+        (NUMERIC.replace("kind: numeric", "kind: poem"), "kind"),
+    ],
+)
+def test_each_kind_says_what_it_needs(text: str, message: str) -> None:
+    with pytest.raises(TaskSpecError) as err:
+        parse_task(text, source="task.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_svamp_example_is_a_numeric_task() -> None:
+    task = load_task(ROOT / "examples/svamp/task.yaml")
+    assert task.kind == "numeric" and (len(task.seeds), len(task.validation), len(task.eval)) == (40, 20, 100)
+    assert not {e.input for e in task.eval} & {e.input for e in task.seeds + task.validation}
+    assert [m.mode for m in task.generate.modes] == ["expand", "rationales", "rft"]

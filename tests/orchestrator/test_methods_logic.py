@@ -116,7 +116,7 @@ def test_only_rationales_that_reach_the_label_train(task: TaskSpec) -> None:
     (rec,) = out.records
     assert rec["label"] == "card_arrival" and rec["parent_id"] == "a" and rec["category"] == "rationales"
     assert rec["prompt"].endswith('"Answer: <intent>".') and rec["response"].endswith("Answer: card arrival")
-    assert out.counts == {"written": 3, "wrong": 1, "failed": 1, "duplicate_paths": 0, "kept": 1}
+    assert out.counts == {"written": 3, "wrong": 1, "failed": 1, "duplicate_paths": 0, "no_consensus": 0, "kept": 1}
 
 
 def test_rft_counts_come_from_the_teacher(task: TaskSpec) -> None:
@@ -125,7 +125,7 @@ def test_rft_counts_come_from_the_teacher(task: TaskSpec) -> None:
     stats = {"sampled": 4, "incorrect": 2, "unparsable": 1}  # proto JSON omits zero counts
     out = reasoning.training_records(task, "rft", qs, kept, stats)
     assert [r["id"] for r in out.records] == ["k"] and out.records[0]["category"] == "rft"
-    assert out.counts == {"written": 4, "wrong": 2, "failed": 1, "duplicate_paths": 0, "kept": 1}
+    assert out.counts == {"written": 4, "wrong": 2, "failed": 1, "duplicate_paths": 0, "no_consensus": 0, "kept": 1}
 
 
 def test_score_table_columns() -> None:
@@ -138,3 +138,44 @@ def test_score_table_columns() -> None:
     assert mix == pytest.approx({"a": -3.0, "b": 3.0})
     records = scoring_records([ex("a", "t", "card_arrival"), {**ex("r", "t", "card_arrival"), "category": "rft"}], [ex("a", "t", "card_arrival"), ex("s", "u", "card_arrival")])
     assert [(r["id"], r["category"]) for r in records] == [("a", "expand"), ("r", "rft"), ("s", "seed")]
+
+
+@pytest.fixture
+def numeric_task() -> TaskSpec:
+    return TaskSpec(
+        name="n", kind="numeric", instructions="Solve.",
+        seeds=[{"input": "Dan had 4 dollars and spent 3. How many are left?", "answer": "1"}],
+        eval=[{"input": "Ann has 2 apples and gets 2 more. How many?", "answer": "4"}],
+        generate={"modes": [{"mode": "expand"}, {"mode": "rationales"}]},
+    )  # fmt: skip
+
+
+def test_a_numeric_rationale_with_a_wrong_final_answer_never_trains(numeric_task: TaskSpec) -> None:
+    """Seeds are checked against their gold number; a generated question's rationales vote, and only
+    those reaching the majority answer (given by at least two) train."""
+    qs = [{"id": "seed", "input": "Dan had 4 dollars and spent 3. How many are left?", "label": "1"},
+          {"id": "gen", "input": "Tom has 5 pens and loses 2. How many?", "label": ""},
+          {"id": "split", "input": "Sue has 6 cats and 1 dog. How many pets?", "label": ""}]  # fmt: skip
+    def rat(i: str, q: str, answer: str) -> dict:
+        return {"id": i, "question_id": q, "status": "ok", "rationale": f"4 - 3 = {answer}\nAnswer: {answer}", "answer": answer}
+    written = [
+        rat("s-right", "seed", "1.0"), rat("s-wrong", "seed", "7"),  # 1.0 is the gold 1; 7 is wrong
+        rat("g1", "gen", "3"), rat("g2", "gen", "3 pens"), rat("g3", "gen", "4"),  # majority 3 (2 votes)
+        rat("p1", "split", "7"), rat("p2", "split", "6"),  # one vote each: no consensus
+    ]
+    out = reasoning.training_records(numeric_task, "rationales", qs, written, {})
+    kept = {r["id"]: r for r in out.records}
+    assert set(kept) == {"s-right", "g1", "g2"}
+    assert kept["s-right"]["label"] == "1" and kept["g1"]["label"] == "3"  # the gold, and the majority answer
+    assert kept["g1"]["prompt"] == numeric_task.prompt_for(qs[1]["input"])  # the student's own prompt
+    assert out.counts == {"written": 7, "wrong": 2, "failed": 0, "duplicate_paths": 0, "no_consensus": 2, "kept": 3}
+    assert all(reasoning.same_answer(numeric_task, r["response"].rsplit("Answer:", 1)[1], r["label"]) for r in out.records)
+
+
+def test_answer_kinds_have_their_own_prompts_and_rules(numeric_task: TaskSpec) -> None:
+    assert "final number" in numeric_task.prompt_for("x") and numeric_task.response_for("21") == "Answer: 21"
+    assert numeric_task.answer_match == "numeric"
+    exact = TaskSpec(name="e", kind="exact_answer", instructions="Answer.", seeds=[{"input": "Capital of France?", "answer": "Paris"}],
+                     eval=[{"input": "Capital of Italy?", "answer": "Rome"}])  # fmt: skip
+    assert exact.prompt_for("q").endswith("Answer with the answer only.") and exact.response_for("Paris") == "Paris"
+    assert not reasoning.same_answer(exact, "paris, france", "Paris") and reasoning.same_answer(exact, "paris.", "Paris")

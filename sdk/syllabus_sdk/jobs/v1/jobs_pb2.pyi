@@ -112,18 +112,20 @@ class RoundSummary(_message.Message):
     def __init__(self, round: _Optional[int] = ..., generated: _Optional[int] = ..., kept: _Optional[int] = ..., selected: _Optional[int] = ..., trained: _Optional[int] = ..., accuracy: _Optional[float] = ..., train_loss: _Optional[float] = ..., adapter_uri: _Optional[str] = ..., leaked: _Optional[int] = ..., targeted: _Optional[int] = ..., critique_dropped: _Optional[_Mapping[str, int]] = ..., reasoning: _Optional[_Mapping[str, ReasoningCounts]] = ..., candidates: _Optional[int] = ..., selection_dropped: _Optional[_Mapping[str, int]] = ..., teacher_adapter_uri: _Optional[str] = ..., tailor_pairs: _Optional[int] = ..., tailor_skipped: _Optional[str] = ...) -> None: ...
 
 class ReasoningCounts(_message.Message):
-    __slots__ = ("written", "wrong", "failed", "duplicate_paths", "kept")
+    __slots__ = ("written", "wrong", "failed", "duplicate_paths", "kept", "no_consensus")
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
     WRONG_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_PATHS_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
+    NO_CONSENSUS_FIELD_NUMBER: _ClassVar[int]
     written: int
     wrong: int
     failed: int
     duplicate_paths: int
     kept: int
-    def __init__(self, written: _Optional[int] = ..., wrong: _Optional[int] = ..., failed: _Optional[int] = ..., duplicate_paths: _Optional[int] = ..., kept: _Optional[int] = ...) -> None: ...
+    no_consensus: int
+    def __init__(self, written: _Optional[int] = ..., wrong: _Optional[int] = ..., failed: _Optional[int] = ..., duplicate_paths: _Optional[int] = ..., kept: _Optional[int] = ..., no_consensus: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "task_name", "status", "created_at", "rounds_total", "current_round", "current_step", "step_detail", "baseline_accuracy", "final_accuracy", "rounds", "steps", "artifacts_uri", "web_ui_url", "error")
