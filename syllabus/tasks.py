@@ -380,6 +380,8 @@ class TaskSpec(_Strict):
     def _check_method(self) -> None:
         """Cross-field rules of the method: what selection and the recipe read must be scored."""
         scored = self.score.metrics
+        if "metric" not in self.select.model_fields_set and self.select.metric not in scored:
+            self.select.metric = scored[0]  # unset: rank by the first metric scored
         for m in self.select.ranked_metrics():
             if m not in scored:
                 raise ValueError(f"select: ranks by {m}, which is not in score.metrics {scored}")

@@ -75,6 +75,7 @@ def test_a_task_file_of_the_first_format_keeps_its_meaning() -> None:
     ("extra", "message"),
     [
         ("select: {metric: ifd}\n", "select: ranks by ifd, which is not in score.metrics ['learnability']"),
+        ("score: {metrics: [ifd]}\nselect: {metric: learnability}\n", "select: ranks by learnability, which is not in score.metrics ['ifd']"),
         ("select: {policy: reflection}\n", "select.policy reflection needs critique.mode reflection"),
         ("select: {policy: threshold}\n", "policy threshold needs `threshold`"),
         ("rounds: 1\ntailor: {every: 1}\n", "tailor: needs rounds >= 2"),
@@ -96,6 +97,11 @@ def test_method_options_are_validated(extra: str, message: str) -> None:
     with pytest.raises(TaskSpecError) as err:
         parse_task(GOOD + extra, source="task.yaml")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_selection_ranks_by_the_first_scored_metric_unless_told() -> None:
+    assert parse_task(GOOD + "score: {metrics: [ifd, car]}\n").select.metric == "ifd"
+    assert parse_task(GOOD + "score: {metrics: [ifd, learnability]}\n").select.metric == "learnability"
 
 
 def test_every_shipped_recipe_is_a_valid_train_recipe(tmp_path: Path) -> None:

@@ -1,0 +1,75 @@
+"""The answer kinds through `syllabus run` on the real stack (tiny model): question expansion, answers
+from rationales, RFT on gold answers, scoring, selection and evaluation by the kind's match."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+import yaml
+
+from orchestrator.stack import Stack, config_env
+from syllabus.records import loads_jsonl
+
+pytestmark = pytest.mark.e2e
+SYLLABUS = [sys.executable, "-m", "orchestrator.cli"]
+SVAMP = Path(__file__).resolve().parents[2] / "examples" / "svamp" / "data"
+
+
+def run(stack: Stack, tmp_path: Path, task: dict) -> dict:
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    result = subprocess.run([*SYLLABUS, "run", str(path), "--json"], check=False, env=config_env(stack.config),
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["status"] == "completed", report
+    return report
+
+
+def svamp(n: int, split: str) -> list[dict]:
+    return loads_jsonl((SVAMP / f"{split}.jsonl").read_bytes())[:n]
+
+
+@pytest.mark.parametrize("kind", ["numeric", "exact_answer"])
+def test_an_answer_kind_runs_the_loop(stack: Stack, tiny_model_dir: Path, tmp_path: Path, kind: str) -> None:
+    task = {
+        "name": f"kind-{kind}", "kind": kind, "instructions": "Solve the arithmetic word problem.",
+        "seeds": svamp(4, "seeds"), "validation": svamp(3, "validation"), "eval": svamp(4, "eval"),
+        "teacher": {"model": str(tiny_model_dir)}, "student": {"model": str(tiny_model_dir)}, "rounds": 1,
+        "generate": {"max_new_tokens": 16, "modes": [
+            {"mode": "expand", "per_label": 3},
+            {"mode": "rationales", "styles": ["step_by_step", "symbolic"], "max_questions": 4, "max_new_tokens": 16},
+            {"mode": "rft", "k": 2, "max_questions": 2, "max_new_tokens": 16},
+        ]},
+        "score": {"metrics": ["ifd", "preference"], "probe_k": 2, "probe_max_new_tokens": 4},
+        "train": {"epochs": 1, "batch_size": 4}, "evaluate": {"max_new_tokens": 8},
+    }  # fmt: skip
+    report = run(stack, tmp_path, task)
+    steps = [s["name"] for s in report["steps"] if s["round"] == 1]
+    assert steps[:4] == ["generate", "critique", "rationales", "rft"] and steps[-1] == "evaluate"
+    (one,) = report["rounds"]
+    prefix = Path(unquote(urlparse(report["artifacts_uri"]).path))
+    (generated,) = list((prefix / "round-1").glob("generate-*.jsonl"))
+    questions = loads_jsonl(generated.read_bytes())
+    # The teacher wrote new questions, without answers, and no label set was involved.
+    assert questions and all(q["label"] == "" and q["provenance"]["method"] == "question_expansion" for q in questions)
+    # Rationales for the seeds and the kept questions; RFT only on gold-answer questions (the seeds).
+    assert one["reasoning"]["rationales"]["written"] == 2 * min(4, 4 + one["kept"])
+    assert one["reasoning"]["rft"]["written"] == 2 * 2
+    # Nothing unanswered trains: every training record has an answer, the seeds' in the kind's form.
+    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
+    trained = {i for (i,) in con.execute("select s.sample_id from training_run_samples s join training_runs t on"
+                                          " s.training_run_id = t.id where t.job_id=? and t.stage='sft'", (report["job_id"],))}  # fmt: skip
+    q_ids = {q["id"] for q in questions}
+    assert trained and not trained & q_ids
+    # Evaluation generated answers and matched them by the kind's rule.
+    (preds,) = [p for p in (prefix / "round-1").glob("evaluate-*.jsonl")]
+    rows = loads_jsonl(preds.read_bytes())
+    assert len(rows) == 4 and all("generation" in r for r in rows)
+    assert report["final_accuracy"] == sum(r["correct"] for r in rows) / 4
