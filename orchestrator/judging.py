@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from orchestrator.activities import Activities
 from orchestrator.keys import output_key
+from orchestrator.types import RoundCounts
 from syllabus.artifacts import ArtifactRef
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.records import dumps_jsonl
@@ -45,15 +46,21 @@ class JudgeInput:
     eval_set: ArtifactRef
     # The student adapter that answered (recorded only).
     adapter: ArtifactRef | None = None
+    # The base student's verdicts (the baseline's JudgeOutput.verdicts): the win rate is against them.
+    baseline: ArtifactRef | None = None
+    # A round's final evaluation: the round's row is written with these counters and the judge's score.
+    round_counts: RoundCounts | None = None
 
 
 @dataclass
 class JudgeOutput:
-    accuracy: float
+    accuracy: float  # the judge's mean score: the share of answers judged right
     correct: int
     total: int
     # One record per prediction: "id", "generation", "correct", "reason".
     verdicts: ArtifactRef
+    # Against `baseline`, per item: 1 right where the base was wrong, 0.5 a tie, 0 else; mean. None without.
+    win_rate: float | None = None
 
 
 class JudgingActivities:
@@ -71,7 +78,7 @@ class JudgingActivities:
         predictions = self.base._read_jsonl(inp.predictions)
         prompts = {}
         for item in self.base._read_jsonl(inp.eval_set):
-            prompts[str(item["id"])] = item.get("prompt") or item.get("input") or ""
+            prompts[str(item["id"])] = judge_question(task, item)
         for i, p in enumerate(predictions):
             if not isinstance(p.get("generation"), str) or str(p.get("id")) not in prompts:
                 raise ApplicationError(
@@ -115,9 +122,36 @@ class JudgingActivities:
             rows.append({"id": p["id"], "generation": p["generation"], "correct": correct, "reason": reason})
         verdicts_ref = self.base._publish_once(f"{key}-verdicts.jsonl", dumps_jsonl(rows))
         accuracy, correct, total = await self.base._record_evaluation(inp, rows, verdicts_ref)
+        win_rate = None
+        if inp.baseline is not None:
+            base = {str(r["id"]): bool(r["correct"]) for r in self.base._read_jsonl(inp.baseline)}
+            win_rate = win_rate_over(rows, base)
+        if (c := inp.round_counts) is not None:
+            row = {"job_id": inp.job_id, "round": inp.round, "generated": c.generated, "kept": c.kept, "selected": c.selected,
+                   "trained": c.trained, "leaked": c.leaked, "targeted": c.targeted, "train_loss": c.train_loss,
+                   "accuracy": accuracy, "adapter_uri": inp.adapter.uri if inp.adapter is not None else ""}  # fmt: skip
+            await self.base._db(self.base.metadata.record_round, row)
         await self.base._record_artifacts(inp.job_id, inp.round, {f"verdicts-{inp.stage}": verdicts_ref})
-        return JudgeOutput(accuracy=accuracy, correct=correct, total=total, verdicts=verdicts_ref)
+        return JudgeOutput(accuracy=accuracy, correct=correct, total=total, verdicts=verdicts_ref, win_rate=win_rate)
 
     def all(self) -> list:
         """The activity callables to register on a worker."""
         return [self.judge_answers]
+
+
+def judge_question(task, item: dict) -> str:
+    """What the judge reads as the question: the student's prompt, the task's rubric and the
+    item's reference answer when there is one."""
+    question = item.get("prompt") or item.get("input") or ""
+    if task.rubric:
+        question += f"\n\nGrade by this rubric:\n{task.rubric.strip()}"
+    if item.get("label"):
+        question += f"\n\nA reference answer: {item['label']}"
+    return question
+
+
+def win_rate_over(rows: list[dict], base: dict[str, bool]) -> float | None:
+    """Mean over items judged both times of 1 (right, the base wrong), 0.5 (the same verdict), 0."""
+    scores = [1.0 if r["correct"] and not base[i] else 0.5 if bool(r["correct"]) == base[i] else 0.0
+              for r in rows if (i := str(r["id"])) in base]  # fmt: skip
+    return sum(scores) / len(scores) if scores else None

@@ -73,3 +73,35 @@ def test_an_answer_kind_runs_the_loop(stack: Stack, tiny_model_dir: Path, tmp_pa
     rows = loads_jsonl(preds.read_bytes())
     assert len(rows) == 4 and all("generation" in r for r in rows)
     assert report["final_accuracy"] == sum(r["correct"] for r in rows) / 4
+
+
+def test_open_ended_is_judged_against_the_rubric_with_a_win_rate(stack: Stack, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The teacher's judge scores the student's answers (the base student's and each round's) against
+    the task's rubric; the accuracy is the judge's mean score, with a win rate against the base and the
+    judge's reasons kept per answer."""
+    items = [{"input": f"Explain in one sentence why a bank might block card number {i}.", "answer": "Suspected fraud."} for i in range(6)]
+    task = {
+        "name": "kind-open", "kind": "open_ended", "instructions": "Answer the customer's question helpfully.",
+        "rubric": "1. States a plausible reason. 2. One sentence.", "seeds": items[:3], "eval": items[3:],
+        "teacher": {"model": str(tiny_model_dir)}, "student": {"model": str(tiny_model_dir)}, "rounds": 1,
+        "generate": {"max_new_tokens": 16, "modes": [{"mode": "expand", "per_label": 2},
+                                                     {"mode": "rationales", "styles": ["concise"], "max_questions": 3, "max_new_tokens": 16}]},
+        "score": {"metrics": ["ifd"]}, "train": {"epochs": 1, "batch_size": 4}, "evaluate": {"max_new_tokens": 8},
+    }  # fmt: skip
+    report = run(stack, tmp_path, task)
+    names = [(s["round"], s["name"]) for s in report["steps"]]
+    assert (0, "baseline-judge") in names and names.index((1, "judge")) == names.index((1, "evaluate")) + 1
+    (one,) = report["rounds"]
+    assert one["win_rate"] is not None and 0.0 <= one["win_rate"] <= 1.0
+    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
+    judged = dict(con.execute("select stage, correct * 1.0 / total from evaluations where job_id=? and stage like '%judge'", (report["job_id"],)).fetchall())
+    assert judged == {"baseline-judge": report["baseline_accuracy"], "judge": report["final_accuracy"]}
+    (row_accuracy,) = con.execute("select accuracy from rounds where job_id=?", (report["job_id"],)).fetchone()
+    assert row_accuracy == report["final_accuracy"]  # the round's row carries the judge's score
+    prefix = Path(unquote(urlparse(report["artifacts_uri"]).path))
+    (verdicts,) = list((prefix / "round-1").glob("judge-*-verdicts.jsonl"))
+    rows = loads_jsonl(verdicts.read_bytes())
+    assert len(rows) == 3 and all(r["reason"] for r in rows)  # each verdict keeps the judge's reason
+    (asked,) = list((prefix / "round-1").glob("judge-*-answers.jsonl")) or [None]
+    if asked is not None:  # the judge read the rubric and the reference answer with each question
+        assert all("Grade by this rubric:" in q["question"] and "A reference answer:" in q["question"] for q in loads_jsonl(asked.read_bytes()))
