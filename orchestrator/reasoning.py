@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.critique_modes import normalize
-from syllabus.tasks import TaskSpec, number
+from syllabus.answers import extract_number
+from syllabus.tasks import TaskSpec
 
 # Candidate categories that are plain labelled examples (questions for rationales and RFT).
 EXAMPLE_CATEGORIES = frozenset({"seed", "expand", "targeted"})
@@ -51,7 +52,7 @@ class Outcome:
 def answer_key(task: TaskSpec, answer: str) -> object:
     """What two answers must share to be the same answer: the number (numeric) or the normalised text."""
     if task.kind == "numeric":
-        x = number(answer)
+        x = extract_number(answer)
         return None if x is None else round(x, 6)
     return normalize(answer)
 
@@ -60,7 +61,7 @@ def same_answer(task: TaskSpec, answer: str, gold: str) -> bool:
     if task.kind == "open_ended":
         return True  # graded by the judge, not matched
     if task.kind == "numeric":
-        a, g = number(answer), number(gold)
+        a, g = extract_number(answer), extract_number(gold)
         return a is not None and g is not None and math.isclose(a, g, rel_tol=1e-6, abs_tol=1e-9)
     return normalize(answer) == normalize(gold)
 

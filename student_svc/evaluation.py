@@ -27,6 +27,7 @@ from student_svc.scoring import (
     prefix_cache,
     response_nll,
 )
+from syllabus.answers import extract_number
 from syllabus.prompts import IGNORE_INDEX, encode_example
 
 if TYPE_CHECKING:
@@ -237,26 +238,6 @@ def normalize_answer(text: str) -> str:
     text = text.strip().lower()
     text = re.sub(r"\s+", " ", text)
     return text.strip(" \t\n.,;:!?\"'`()[]")
-
-
-def extract_number(text: str) -> float | None:
-    """The final answer's number: after "####" if present (GSM8K), else the last number in the
-    text (commas as thousands separators, optional sign/decimals/fraction)."""
-    import re
-
-    if "####" in text:
-        text = text.rsplit("####", 1)[1]
-    nums = re.findall(r"[-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?", text)
-    if not nums:
-        return None
-    raw = nums[-1].replace(",", "")
-    try:
-        if "/" in raw:
-            a, b = raw.split("/")
-            return float(a) / float(b) if float(b) else None
-        return float(raw)
-    except ValueError:
-        return None
 
 
 def answers_match(prediction: str, gold: str, match: str = EXACT, tol: float = 1e-6) -> bool:

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from syllabus.answers import extract_number
 from syllabus.models import DEFAULT_MODEL
 from syllabus.prompts import answer_prompt, classification_prompt, rationale_prompt
 from syllabus.recipe import Recipe
@@ -363,7 +364,7 @@ class TaskSpec(_Strict):
         if self.kind == "numeric":
             for field in ("seeds", "eval", "validation"):
                 for i, ex in enumerate(getattr(self, field)):
-                    if number(ex.label) is None:
+                    if extract_number(ex.label) is None:
                         raise ValueError(f"{field}[{i}].label: {ex.label[:40]!r} is not a number (numeric task)")
         if self.critique.mode != "rules":
             raise ValueError(f"critique.mode: {self.critique.mode} critiques labelled examples (classification); "
@@ -432,13 +433,6 @@ class TaskSpec(_Strict):
         return {"classification": "label", "numeric": "numeric"}.get(self.kind, "exact")
 
 
-def number(text: str) -> float | None:
-    """The last number in `text` ("1,234.5", "-3", "3/4" -> 0.75), or None."""
-    import re
-
-    found = re.findall(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+", text)
-    if not found:
-        return None
     raw = found[-1].replace(",", "")
     try:
         if "/" in raw:

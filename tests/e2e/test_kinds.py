@@ -3,17 +3,14 @@ from rationales, RFT on gold answers, scoring, selection and evaluation by the k
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-import yaml
 
-from orchestrator.stack import Stack, config_env
+from orchestrator.stack import Stack
 from syllabus.records import loads_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -21,23 +18,12 @@ SYLLABUS = [sys.executable, "-m", "orchestrator.cli"]
 SVAMP = Path(__file__).resolve().parents[2] / "examples" / "svamp" / "data"
 
 
-def run(stack: Stack, tmp_path: Path, task: dict) -> dict:
-    path = tmp_path / "task.yaml"
-    path.write_text(yaml.safe_dump(task))
-    result = subprocess.run([*SYLLABUS, "run", str(path), "--json"], check=False, env=config_env(stack.config),
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["status"] == "completed", report
-    return report
-
-
 def svamp(n: int, split: str) -> list[dict]:
     return loads_jsonl((SVAMP / f"{split}.jsonl").read_bytes())[:n]
 
 
 @pytest.mark.parametrize("kind", ["numeric", "exact_answer"])
-def test_an_answer_kind_runs_the_loop(stack: Stack, tiny_model_dir: Path, tmp_path: Path, kind: str) -> None:
+def test_an_answer_kind_runs_the_loop(run_task, stack: Stack, tiny_model_dir: Path, tmp_path: Path, kind: str) -> None:
     task = {
         "name": f"kind-{kind}", "kind": kind, "instructions": "Solve the arithmetic word problem.",
         "seeds": svamp(4, "seeds"), "validation": svamp(3, "validation"), "eval": svamp(4, "eval"),
@@ -50,7 +36,7 @@ def test_an_answer_kind_runs_the_loop(stack: Stack, tiny_model_dir: Path, tmp_pa
         "score": {"metrics": ["ifd", "preference"], "probe_k": 2, "probe_max_new_tokens": 4},
         "train": {"epochs": 1, "batch_size": 4}, "evaluate": {"max_new_tokens": 8},
     }  # fmt: skip
-    report = run(stack, tmp_path, task)
+    report = run_task(task)
     steps = [s["name"] for s in report["steps"] if s["round"] == 1]
     assert steps[:4] == ["generate", "critique", "rationales", "rft"] and steps[-1] == "evaluate"
     (one,) = report["rounds"]
@@ -75,7 +61,7 @@ def test_an_answer_kind_runs_the_loop(stack: Stack, tiny_model_dir: Path, tmp_pa
     assert report["final_accuracy"] == sum(r["correct"] for r in rows) / 4
 
 
-def test_open_ended_is_judged_against_the_rubric_with_a_win_rate(stack: Stack, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_open_ended_is_judged_against_the_rubric_with_a_win_rate(run_task, stack: Stack, tiny_model_dir: Path, tmp_path: Path) -> None:
     """The teacher's judge scores the student's answers (the base student's and each round's) against
     the task's rubric; the accuracy is the judge's mean score, with a win rate against the base and the
     judge's reasons kept per answer."""
@@ -88,7 +74,7 @@ def test_open_ended_is_judged_against_the_rubric_with_a_win_rate(stack: Stack, t
                                                      {"mode": "rationales", "styles": ["concise"], "max_questions": 3, "max_new_tokens": 16}]},
         "score": {"metrics": ["ifd"]}, "train": {"epochs": 1, "batch_size": 4}, "evaluate": {"max_new_tokens": 8},
     }  # fmt: skip
-    report = run(stack, tmp_path, task)
+    report = run_task(task)
     names = [(s["round"], s["name"]) for s in report["steps"]]
     assert (0, "baseline-judge") in names and names.index((1, "judge")) == names.index((1, "evaluate")) + 1
     (one,) = report["rounds"]

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-import yaml
 
-from orchestrator.stack import Stack, config_env
+from orchestrator.stack import Stack
 from syllabus.records import loads_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -27,17 +25,6 @@ SYLLABUS = [sys.executable, "-m", "orchestrator.cli"]
 
 TRAIN = {"epochs": 1, "batch_size": 4}
 STAGE = {"epochs": 1, "lr": 5.0e-4, "lora": {"rank": 4, "alpha": 8}}
-
-
-def run(stack: Stack, tmp_path: Path, task: dict) -> dict:
-    path = tmp_path / "task.yaml"
-    path.write_text(yaml.safe_dump(task))
-    result = subprocess.run([*SYLLABUS, "run", str(path), "--json"], check=False, env=config_env(stack.config),
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["status"] == "completed", report
-    return report
 
 
 def artifacts(report: dict) -> Path:
@@ -57,7 +44,7 @@ def db(stack: Stack) -> sqlite3.Connection:
     return sqlite3.connect(str(stack.config.home / "syllabus.db"))
 
 
-def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
     """Two rounds with everything on: expand + rationales + RFT + targeted generation, all six
     metrics, diversity selection, a two-stage Chain-of-LoRA recipe (static easy -> hard), and ARTE
     tailoring after round 1 so round 2 generates with the aligned teacher."""
@@ -86,7 +73,7 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(stack:
         train={**TRAIN, "recipe": recipe},
         tailor={"every": 1, "questions": 2, "draft_max_new_tokens": 16, "probe_k": 2, "probe_max_new_tokens": 4, "batch_size": 2},
     )  # fmt: skip
-    report = run(stack, tmp_path, task)
+    report = run_task(task)
 
     r1 = names(report, 1)
     assert r1[:6] == ["generate", "critique", "rationales", "rft", "reference-train", "score"]
@@ -144,7 +131,7 @@ def candidate_ids(report: dict, r: int = 1) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", ["judge", "cft", "rubric", "reflection"])
-def test_model_critique_modes_ask_the_teacher_and_keep_what_they_drop(stack: Stack, banking77_tiny, tmp_path: Path, mode: str) -> None:
+def test_model_critique_modes_ask_the_teacher_and_keep_what_they_drop(run_task, stack: Stack, banking77_tiny, tmp_path: Path, mode: str) -> None:
     """Past the rule filter, each model-based mode asks the teacher about every example; a reply that
     never parses drops its example as "unparsable" with the raw reply kept, and never fails the job."""
     select = {"policy": "reflection"} if mode == "reflection" else {"metric": "ifd"}
@@ -155,7 +142,7 @@ def test_model_critique_modes_ask_the_teacher_and_keep_what_they_drop(stack: Sta
     task = banking77_tiny(2, name=f"critique-{mode}", generate={"per_label": 2, "max_new_tokens": 12},
                           critique={"mode": mode, "retries": 1, "max_new_tokens": 24},
                           score={"metrics": ["ifd"]}, select=select, train=train)  # fmt: skip
-    report = run(stack, tmp_path, task)
+    report = run_task(task)
     (one,) = report["rounds"]
     assert "critique" in names(report, 1)
     dropped = one["critique_dropped"]
@@ -186,12 +173,12 @@ def _selected(report: dict) -> list[str]:
     return [r["id"] for r in rows if r["category"] not in ("seed", "heldout")]
 
 
-def test_top_k_selection_and_an_sec_curriculum(stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+def test_top_k_selection_and_an_sec_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
     recipe = {"stages": [{**STAGE, "curriculum": {"policy": "sec", "arm_key": "category", "sec_tau": 0.5}}], "batch_size": 4}
     task = banking77_tiny(2, name="topk-sec", generate={"per_label": 3, "max_new_tokens": 12},
                           score={"metrics": ["ifd"]}, select={"policy": "top_k", "metric": "ifd", "k": 2},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
-    report = run(stack, tmp_path, task)
+    report = run_task(task)
     scores = scores_of(report)
     chosen = _selected(report)
     kept = [i for i in scores if i not in {r["id"] for r in train_set(report) if r["category"] == "seed"}]
@@ -204,13 +191,13 @@ def test_top_k_selection_and_an_sec_curriculum(stack: Stack, banking77_tiny, tmp
     assert stage["steps"] > 0
 
 
-def test_threshold_selection_and_an_adarft_curriculum(stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+def test_threshold_selection_and_an_adarft_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
     recipe = {"stages": [{**STAGE, "steps": 3, "curriculum": {"policy": "adarft", "score_key": "difficulty100"}}], "batch_size": 2}
     task = banking77_tiny(2, name="threshold-adarft", generate={"per_label": 3, "max_new_tokens": 12},
                           score={"metrics": ["ifd", "difficulty"]},
                           select={"policy": "threshold", "metric": "ifd", "threshold": 1.0, "ascending": True},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
-    report = run(stack, tmp_path, task)
+    report = run_task(task)
     scores = scores_of(report)
     records = train_set(report)
     seeds = {r["id"] for r in records if r["category"] == "seed"}
@@ -222,7 +209,7 @@ def test_threshold_selection_and_an_adarft_curriculum(stack: Stack, banking77_ti
     assert json.loads(metrics)["stages"][0]["steps"] == 3
 
 
-def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
     recipe = {"stages": [{**STAGE, "epochs": 2, "curriculum": {"policy": "pudf", "score_key": "irt_b"}}]}
     base = banking77_tiny(2)
     # PUDF's held-out split: validation items that are neither seeds nor eval items.
@@ -235,7 +222,7 @@ def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(stack: Stac
                           score={"metrics": ["ifd", "difficulty"]},
                           select={"policy": "random", "top_fraction": 0.5, "ifd_filter": True, "seed": 3},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
-    report = run(stack, tmp_path, task)
+    report = run_task(task)
     (one,) = report["rounds"]
     scores = scores_of(report)
     records = train_set(report)
@@ -258,13 +245,13 @@ def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(stack: Stac
     assert trained and not any(i.startswith("heldout:") for i in trained)
 
 
-def test_weighted_mix_selection_and_a_shuffled_baseline(stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+def test_weighted_mix_selection_and_a_shuffled_baseline(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
     recipe = {"stages": [{**STAGE, "curriculum": {"policy": "shuffled"}}]}
     task = banking77_tiny(2, name="mix-shuffled", generate={"per_label": 3, "max_new_tokens": 12},
                           score={"metrics": ["learnability", "ifd", "car"]},
                           select={"policy": "top_fraction", "top_fraction": 0.5, "weights": {"learnability": 1.0, "ifd": 0.5, "car": 0.5}},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
-    report = run(stack, tmp_path, task)
+    report = run_task(task)
     scores = scores_of(report)
     chosen = _selected(report)
     seeds = {r["id"] for r in train_set(report) if r["category"] == "seed"}
