@@ -433,16 +433,6 @@ class TaskSpec(_Strict):
         return {"classification": "label", "numeric": "numeric"}.get(self.kind, "exact")
 
 
-    raw = found[-1].replace(",", "")
-    try:
-        if "/" in raw:
-            a, b = raw.split("/")
-            return float(a) / float(b) if float(b) else None
-        return float(raw)
-    except ValueError:
-        return None
-
-
 def _format_error(source: str, err: ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p)[:80] if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
