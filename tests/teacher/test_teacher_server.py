@@ -105,12 +105,35 @@ async def test_generate_then_critique(teacher, tiny_model_dir, banking77) -> Non
     assert await stub.Critique(creq) == cresp
 
 
+async def test_question_kinds_expand_questions_and_critique_them_without_labels(teacher, tiny_model_dir, banking77) -> None:
+    """kind numeric (no label set): Generate writes new questions (label "", method question_expansion),
+    and the rule critique vets them without the label rule."""
+    stub, store = teacher
+    seeds = [{"input": "Dan had 4 dollars and spent 3. How many are left?", "label": "1"},
+             {"input": "Ann has 2 apples and gets 2 more. How many apples?", "label": "4"}]  # fmt: skip
+    seeds_ref = store.put_bytes("inputs/q-seeds.jsonl", dumps_jsonl(seeds))
+    request = generate_request(str(tiny_model_dir), banking77, seeds_ref, kind=common_pb2.TASK_KIND_NUMERIC, labels=[],
+                               per_label=3, output_key="jobs/j1/round-1/generate-q.jsonl")  # fmt: skip
+    response = await stub.Generate(request)
+    records = verified(store, response.examples)
+    assert response.generated + response.unparsable + response.duplicates_removed == 3 * 2  # prompts x n
+    assert all(r["label"] == "" and r["provenance"]["method"] == "question_expansion" for r in records)
+    if records:
+        critique = await stub.Critique(teacher_pb2.CritiqueRequest(
+            kind=common_pb2.TASK_KIND_NUMERIC, examples=response.examples, seeds=ref_to_pb(seeds_ref),
+            output_key="jobs/j1/round-1/critique-q",
+        ))  # fmt: skip
+        reasons = [c["reason"] for c in verified(store, critique.critiques)]
+        assert len(reasons) == len(records) and not any(r.startswith("label_not_in_task") for r in reasons)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"labels": []}, "labels: at least 2 labels required"),
         ({"per_label": 0}, "per_label: must be > 0"),
-        ({"kind": common_pb2.TASK_KIND_UNSPECIFIED}, "kind: must be TASK_KIND_CLASSIFICATION"),
+        ({"kind": common_pb2.TASK_KIND_UNSPECIFIED}, "kind: must be a TaskKind, got 0"),
+        ({"kind": common_pb2.TASK_KIND_NUMERIC}, "labels: only classification tasks have labels"),
         ({"output_key": "../escape.jsonl"}, "output_key: invalid artifact key"),
         ({"seeds": None}, "seeds: required"),
         ({"sampling": common_pb2.SamplingParams(temperature=0.5)}, "sampling.max_new_tokens: must be > 0"),
@@ -161,7 +184,8 @@ async def test_critique_rejects_malformed_requests(teacher, banking77) -> None:
         ({"labels": ["only"]}, "labels: at least 2 labels required"),
         ({"seeds": None}, "seeds: required"),
         ({"output_key": ""}, "output_key: invalid artifact key"),
-        ({"kind": common_pb2.TASK_KIND_UNSPECIFIED}, "kind: must be TASK_KIND_CLASSIFICATION"),
+        ({"kind": common_pb2.TASK_KIND_UNSPECIFIED}, "kind: must be a TaskKind, got 0"),
+        ({"kind": common_pb2.TASK_KIND_NUMERIC}, "labels: only classification tasks have labels"),
     ]:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Critique(teacher_pb2.CritiqueRequest(**{**good, **overrides}))
