@@ -2,7 +2,8 @@
 
     syllabus demo [--json]              start the embedded stack, run the Banking77 example, stop everything
     syllabus up                         start the embedded stack and leave it running (Ctrl-C stops it)
-    syllabus run TASK.yaml [--json]     submit a task to a running stack and follow it to the end
+    syllabus run TASK.yaml [--json] [--report DIR]   submit a task to a running stack and follow it to the end
+    syllabus report JOB_ID [-o DIR]     write the job's visual report (DIR/report.html and its plots)
     syllabus jobs list [--task NAME] [--status S] [--json]    (S: running, completed, failed, cancelled, terminated)
     syllabus jobs status|watch|cancel JOB_ID [--json]
     syllabus lineage SAMPLE_ID [--job JOB_ID] [--json]   |   syllabus lineage --training-run ID
@@ -118,11 +119,31 @@ def job_report(job, config: Config) -> dict:
             for r in job.rounds
         ],
         "steps": [{"name": s.name, "round": s.round, "seconds": round(s.seconds, 2)} for s in job.steps],
+        "baselines": [_baseline(b) for b in job.baselines],
         "artifacts_uri": job.artifacts_uri,
         "database_url": config.resolved_database_url(),
         "web_ui_url": job.web_ui_url,
         "error": job.error or None,
     }
+
+
+def _baseline(b) -> dict:
+    """One baseline arm of the report: its accuracy per round and the loop's lift over it (the last
+    round's on top; fractions, with the 95% CI's ends)."""
+
+    def opt(r, name: str) -> float | None:
+        return getattr(r, name) if r.HasField(name) else None
+
+    rounds = [
+        {"round": r.round, "accuracy": r.accuracy, "accuracies": list(r.repeat_accuracies), "trained": r.trained,
+         "lift": opt(r, "lift"), "ci_low": opt(r, "ci_low"), "ci_high": opt(r, "ci_high"), "verdict": r.verdict or None,
+         "adapter_uris": list(r.adapter_uris)}
+        for r in b.rounds
+    ]  # fmt: skip
+    last = rounds[-1] if rounds else {}
+    return {"arm": b.arm, "comparison": b.comparison, "repeats": len(last.get("accuracies", [])),
+            "accuracy": [r["accuracy"] for r in rounds], "rounds": rounds,
+            **{k: last.get(k) for k in ("lift", "ci_low", "ci_high", "verdict")}}  # fmt: skip
 
 
 def print_report(report: dict, console: Console) -> None:
@@ -150,6 +171,18 @@ def print_report(report: dict, console: Console) -> None:
             t.add_row(str(s["round"]), s["name"], f"{s['seconds']:.1f}")
         t.add_row("", "[bold]total[/bold]", f"{sum(s['seconds'] for s in report['steps']):.1f}")
         console.print(t)
+    if report["baselines"]:
+        t = Table(title="Baselines: the loop's lift over each arm (paired bootstrap 95% CI over eval items)")
+        for col in ("arm", "accuracy per round", "lift", "95% CI"):
+            t.add_column(col, justify="left" if col == "arm" else "right")
+        for b in report["baselines"]:
+            ci = "-" if b["ci_low"] is None else f"[{100 * b['ci_low']:+.1f}, {100 * b['ci_high']:+.1f}]"
+            lift = "-" if b["lift"] is None else f"{100 * b['lift']:+.1f} points"
+            t.add_row(b["arm"], " ".join(pct(a) for a in b["accuracy"]), lift, ci)
+        console.print(t)
+        for b in report["baselines"]:
+            if b["verdict"]:
+                console.print(f"  {b['verdict']}")
     console.print(f"Artifacts:   {report['artifacts_uri']}")
     console.print(f"Metadata:    {report['database_url']}")
     console.print(f"Temporal UI: {report['web_ui_url']}")
@@ -191,13 +224,27 @@ def _watch(client, job_id: str, console: Console):
             time.sleep(1.0)
 
 
+def duration(seconds: float) -> str:
+    """42s, 3m05s, 1h02m."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def _follow(client, job_id: str, console: Console):
     bars: dict[tuple[int, str], int] = {}
     done: set[tuple[int, str]] = set()
     job = None
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
+        overall = progress.add_task("job", total=None, detail="")
         for job in _watch(client, job_id, console):
+            eta = f", ETA {duration(job.job_eta_s)}" if job.HasField("job_eta_s") else ""
+            at = f"round {job.current_round}/{job.rounds_total}" if job.current_round else "starting"
+            progress.update(overall, detail=f"{at}{eta}" if job.current_step else "done")
             for s in job.steps:
                 key = (s.round, s.name)
                 if key not in bars:
@@ -211,7 +258,9 @@ def _follow(client, job_id: str, console: Console):
                 if key not in done:
                     if key not in bars:
                         bars[key] = progress.add_task(_label(*key), total=None, detail="")
-                    progress.update(bars[key], detail=job.step_detail)
+                    eta = f"  ETA {duration(job.step_eta_s)}" if job.HasField("step_eta_s") else ""
+                    progress.update(bars[key], detail=f"{job.step_detail}{eta}".strip())
+        progress.update(overall, total=1, completed=1)
     return job
 
 
@@ -222,7 +271,7 @@ def _label(round_: int, step: str) -> str:
 # -- commands -------------------------------------------------------------------------------------
 
 
-def _submit_and_follow(config: Config, task_path: Path, json_mode: bool, wait: bool = True) -> int:
+def _submit_and_follow(config: Config, task_path: Path, json_mode: bool, wait: bool = True, report_dir: Path | None = None) -> int:
     console = _console(json_mode)
     try:
         task = load_task(task_path)
@@ -237,15 +286,56 @@ def _submit_and_follow(config: Config, task_path: Path, json_mode: bool, wait: b
                 print(json.dumps(job_report(job, config)))
             return EXIT_OK
         job = follow(client, job.job_id, console) or _sdk_call(client.get_job, job.job_id)
-    report = job_report(job, config)
+        report = job_report(job, config)
+        if report_dir is not None:
+            page = _write_report(_sdk_call(client.job_report, job.job_id), report_dir, report)
     print_report(report, console)
+    if report_dir is not None:
+        console.print(f"Report:      {page}")
     if json_mode:
         print(json.dumps(report))
     return EXIT_OK if report["status"] == "completed" else EXIT_FAILED
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    return _submit_and_follow(config, Path(args.task), args.json, wait=not args.no_wait)
+    report_dir = Path(args.report) if args.report else None
+    return _submit_and_follow(config, Path(args.task), args.json, wait=not args.no_wait, report_dir=report_dir)
+
+
+def _write_report(data: dict, out: Path, job: dict | None = None) -> Path:
+    from orchestrator.report import write_report
+
+    try:
+        return write_report(data, out, job)
+    except OSError as e:
+        raise CliError(f"cannot write the report to {out}: {e.strerror or e}", EXIT_USAGE) from None
+
+
+def cmd_report(args: argparse.Namespace, config: Config) -> int:
+    """Write the job's report page; print its path."""
+    from syllabus import db
+    from syllabus.artifacts import open_store
+    from syllabus.report_data import ReportDataError, job_report_data
+
+    out = Path(args.output or f"{args.job_id}-report")
+    job = None
+    try:
+        client = _client(config)
+    except GatewayUnreachable:
+        # No gateway running (e.g. after `syllabus demo`): read the metadata DB and the store directly.
+        _console(True).print(f"[dim]gateway not running; reading {config.resolved_database_url()} directly[/dim]")
+        sessions = db.session_factory(db.make_engine(config.resolved_database_url()))
+        try:
+            with sessions() as s:
+                data = job_report_data(s, open_store(config.resolved_artifact_url(), config), args.job_id)
+        except ReportDataError as e:
+            raise CliError(str(e), EXIT_USAGE) from None
+    else:  # through the gateway: scoped to the caller's tenant
+        with client:
+            data = _sdk_call(client.job_report, args.job_id)
+            job = job_report(_sdk_call(client.get_job, args.job_id), config)
+    print(_write_report(data, out, job))
+    return EXIT_OK
 
 
 def _stack(config: Config, console: Console, task_path: Path | None):
@@ -482,7 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", help="task spec YAML (see docs/task-format.md)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
     p.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+    p.add_argument("--report", metavar="DIR", help="at the end, write the job's visual report to DIR (report.html)")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("report", help="write a job's visual report: one HTML page with its plots")
+    p.add_argument("job_id")
+    p.add_argument("-o", "--output", metavar="DIR", help="output directory (default: JOB_ID-report)")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("jobs", help="list, inspect, watch or cancel jobs")
     p.add_argument("action", choices=["list", "status", "watch", "cancel"])
     p.add_argument("job_id", nargs="?")

@@ -8,6 +8,8 @@ Each job is one `DistillationWorkflow` whose workflow id is the job id. The gate
 task spec (INVALID_ARGUMENT naming the problem, nothing started), stores it as an artifact, records
 the job in SQL and starts the workflow. Job state comes from Temporal: the workflow's `progress`
 query while it runs, its result once completed, and the pending activity's heartbeat for step detail.
+A running job's ETAs (the step's and the job's) price its remaining plan with the durations of the
+steps it already timed (`orchestrator.eta`); a training step's heartbeat (step/total) refines its own.
 
 Search: each job's workflow carries the SyllabusTask, SyllabusTenant, SyllabusRound and SyllabusStatus
 search attributes (`orchestrator.search`) where the namespace has them registered; ListJobs with a task
@@ -26,8 +28,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import logging
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,6 +45,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestrator import search
+from orchestrator.eta import estimate
 from orchestrator.metadata import Metadata
 from orchestrator.types import DistillationInput, JobProgress
 from orchestrator.workflows import DistillationWorkflow
@@ -85,6 +90,7 @@ class _Snapshot:
     step_detail: str
     error: str
     created_at: Timestamp
+    step_units: tuple[int, int] | None = None  # (done, total) of the running step, from its heartbeat
 
 
 def web_ui_url(config: Config, job_id: str) -> str:
@@ -286,7 +292,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         status = _STATUS.get(desc.status, jobs_pb2.JOB_STATUS_UNSPECIFIED)
         created = Timestamp()
         created.FromDatetime(desc.start_time)
-        progress, detail, error = None, "", ""
+        progress, detail, error, units = None, "", "", None
         if status == jobs_pb2.JOB_STATUS_COMPLETED:
             progress = await handle.result()
         elif status == jobs_pb2.JOB_STATUS_FAILED:
@@ -304,7 +310,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 if pending.heartbeat_details.payloads:
                     (hb,) = await self.client.data_converter.decode(pending.heartbeat_details.payloads[:1])
                     detail = _detail(hb)
-        return _Snapshot(status, progress, detail, error, created)
+                    if isinstance(hb, dict) and isinstance(hb.get("step"), int) and isinstance(hb.get("total"), int):
+                        units = (hb["step"], hb["total"])
+        return _Snapshot(status, progress, detail, error, created, units)
 
     async def ExportTrainingSet(self, request, context):
         from syllabus.export import ExportError, training_set
@@ -319,6 +327,17 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         except ExportError as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         return jobs_pb2.ExportTrainingSetResponse(records_jsonl=dumps_jsonl(records), count=len(records))
+
+    async def GetJobReport(self, request, context):
+        from syllabus.report_data import ReportDataError, job_report_data
+
+        await self._visible(request.job_id, context)
+        try:
+            with self.sessions() as s:
+                data = await asyncio.to_thread(job_report_data, s, self.store, request.job_id)
+        except ReportDataError as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        return jobs_pb2.GetJobReportResponse(report_json=json.dumps(data))
 
     async def _visible(self, job_id: str, context) -> db.Job | None:
         """The job's row if the caller may see the job; NOT_FOUND otherwise."""
@@ -375,6 +394,25 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 for r in p.rounds
             )
             job.steps.extend(jobs_pb2.StepTiming(name=t.name, round=t.round, seconds=t.seconds) for t in p.steps)
+            job.baselines.extend(
+                jobs_pb2.BaselineArm(arm=b.arm, comparison=b.comparison, rounds=[
+                    jobs_pb2.BaselineRound(
+                        round=a.round, accuracy=a.accuracy, repeat_accuracies=[x.accuracy for x in a.runs],
+                        trained=a.runs[0].trained if a.runs else 0, lift=a.lift, ci_low=a.ci_low, ci_high=a.ci_high,
+                        verdict=a.verdict, adapter_uris=[x.adapter.uri for x in a.runs],
+                    ) for a in b.rounds
+                ])
+                for b in p.baselines
+            )  # fmt: skip
+            if snap.status == jobs_pb2.JOB_STATUS_RUNNING:
+                if not job.step_detail and p.step_note:
+                    job.step_detail = p.step_note
+                elapsed = max(0.0, time.time() - p.step_started_at) if p.step_started_at else 0.0
+                step_eta, job_eta = estimate(p.planned, p.steps, p.current_round, p.current_step, elapsed, snap.step_units)
+                if step_eta is not None:
+                    job.step_eta_s = round(step_eta, 1)
+                if job_eta is not None:
+                    job.job_eta_s = round(job_eta, 1)
         return job
 
 

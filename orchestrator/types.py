@@ -48,6 +48,10 @@ class LoopPlan:
     # The answer kinds (exact_answer, numeric, open_ended): generated examples are questions; the
     # reasoning steps answer them, and only answered records are candidates.
     answers_by_reasoning: bool = False
+    # Counterfactual baseline arms trained beside each round (the task's `baselines`), and the
+    # training seeds per arm.
+    baselines: list[str] = field(default_factory=list)
+    baseline_repeats: int = 1
 
     @property
     def learnability(self) -> bool:
@@ -62,6 +66,52 @@ class StepTime:
     name: str
     round: int
     seconds: float
+
+
+@dataclass
+class PlannedStep:
+    """A step the job expects to run (the ETA sums the remaining ones)."""
+
+    name: str
+    round: int
+
+
+@dataclass
+class ArmRun:
+    """One repeat of one baseline arm in one round (its training seed is the loop's + repeat)."""
+
+    repeat: int
+    accuracy: float
+    trained: int  # samples trained on
+    mean_loss: float
+    adapter: ArtifactRef
+    predictions: ArtifactRef
+
+
+@dataclass
+class ArmRound:
+    """A baseline arm in one round: its repeats, and the loop's lift over it (paired bootstrap over
+    eval items, pooled over the repeats; fractions, 0.03 = 3 points). The lift is unset until compared."""
+
+    round: int
+    runs: list[ArmRun] = field(default_factory=list)
+    lift: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    verdict: str = ""
+
+    @property
+    def accuracy(self) -> float:
+        return sum(r.accuracy for r in self.runs) / len(self.runs) if self.runs else 0.0
+
+
+@dataclass
+class BaselineResult:
+    """One baseline arm of the job (seeds_only, all_kept, random, shuffled), round by round."""
+
+    arm: str
+    comparison: str  # what the loop's lift over it measures, e.g. "selection"
+    rounds: list[ArmRound] = field(default_factory=list)
 
 
 @dataclass
@@ -107,6 +157,13 @@ class JobProgress:
     rounds: list[RoundResult] = field(default_factory=list)
     steps: list[StepTime] = field(default_factory=list)
     artifacts_uri: str = ""  # URI prefix of the job's artifacts
+    # The task's baseline arms, as far as they ran.
+    baselines: list[BaselineResult] = field(default_factory=list)
+    # Every step the job expects to run, in order (the plan; some may be skipped at run time).
+    planned: list[PlannedStep] = field(default_factory=list)
+    # When the current step started (workflow time, seconds since the epoch), and a note on it.
+    step_started_at: float = 0.0
+    step_note: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -240,6 +297,10 @@ class TrainInput:
     dataset: ArtifactRef  # JSONL with prompt and response
     # Adapter to continue from (the previous round's); None trains a fresh adapter.
     init_adapter: ArtifactRef | None = None
+    # A baseline arm's run (orchestrator.baselines): recorded as the stage `arm_stage(arm, repeat)`,
+    # trained with seed + repeat; "shuffled" trains the recipe with every curriculum shuffled.
+    arm: str = ""
+    repeat: int = 0
 
 
 @dataclass
@@ -380,3 +441,26 @@ class ArteSettings:
     max_seq_len: int = 384
     beta: float = 0.1
     seed: int = 0
+
+
+@dataclass
+class CompareInput:
+    job_id: str
+    round: int
+    loop_predictions: ArtifactRef  # the loop's evaluation of this round
+    # Arm -> its repeats' predictions on the same eval set.
+    arms: dict[str, list[ArtifactRef]] = field(default_factory=dict)
+
+
+@dataclass
+class ArmLift:
+    lift: float
+    ci_low: float
+    ci_high: float
+    items: int  # eval items paired
+    verdict: str
+
+
+@dataclass
+class CompareOutput:
+    lifts: dict[str, ArmLift] = field(default_factory=dict)  # by arm

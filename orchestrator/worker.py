@@ -1,5 +1,5 @@
-"""The orchestrator worker: runs DistillationWorkflow, TailorTeacherWorkflow (ARTE) and their activities,
-and the judge step, on the configured task queue.
+"""The orchestrator worker: runs DistillationWorkflow, TailorTeacherWorkflow (ARTE), BaselineArmWorkflow
+(the task's baseline arms) and their activities, and the judge step, on the configured task queue.
 
 Run it (the services and a Temporal server must be reachable; settings come from `SYLLABUS_*`):
 
@@ -23,6 +23,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from orchestrator.activities import Activities
+from orchestrator.baselines import BaselineActivities, BaselineArmWorkflow
 from orchestrator.judging import JudgingActivities
 from orchestrator.tailoring import TailoringActivities, TailorTeacherWorkflow
 from orchestrator.workflows import DistillationWorkflow
@@ -38,8 +39,9 @@ def build_worker(client: Client, config: Config, task_queue: str | None = None) 
     return Worker(
         client,
         task_queue=task_queue or config.task_queue,
-        workflows=[DistillationWorkflow, TailorTeacherWorkflow],
-        activities=activities.all() + TailoringActivities(activities).all() + JudgingActivities(activities).all(),
+        workflows=[DistillationWorkflow, TailorTeacherWorkflow, BaselineArmWorkflow],
+        activities=activities.all() + TailoringActivities(activities).all() + JudgingActivities(activities).all()
+        + BaselineActivities(activities).all(),
         # Heartbeats reach Temporal at least every second: a cancel reaches a training step in
         # seconds, not after the SDK's default 30 s throttle.
         max_heartbeat_throttle_interval=timedelta(seconds=1),

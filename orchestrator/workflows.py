@@ -5,6 +5,8 @@
         -> reference-train (LoBaSS) -> score -> select
         -> train (one SFT stage) | train-stage-1..N (the task's recipe, one checkpointed run)
         -> evaluate [-> validation-eval -> analyze (targeted generation next round)]
+        [-> baselines (the task's counterfactual arms, child workflows that train while the loop
+            trains; then the loop's lift over each with a bootstrap CI)]
         [-> tailor (ARTE child workflow: later rounds generate with the aligned teacher)]
 
 Deterministic logic only; every step with I/O is an activity in `orchestrator.activities`, and data
@@ -29,13 +31,19 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from orchestrator import search
     from orchestrator.activities import Activities
+    from orchestrator.baselines import BaselineActivities, BaselineArmInput, BaselineArmOutput, BaselineArmWorkflow
+    from orchestrator.eta import planned_steps
     from orchestrator.policies import RETRY, SHORT_TIMEOUT, START_TO_CLOSE
     from orchestrator.tailoring import TailorTeacherInput, TailorTeacherOutput, TailorTeacherWorkflow
     from orchestrator.types import (
         AnalyzeInput,
+        ArmRound,
+        BaselineResult,
+        CompareInput,
         CritiqueInput,
         DistillationInput,
         EvaluateInput,
+        EvaluateOutput,
         FinishJobInput,
         GenerateInput,
         JobProgress,
@@ -51,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         TrainInput,
     )
     from syllabus.artifacts import ArtifactRef
+    from syllabus.baselines import COMPARISONS
 
 I = TypeVar("I")
 O = TypeVar("O")
@@ -84,6 +93,10 @@ class DistillationWorkflow:
         prep = await self._step("prepare", 0, Activities.prepare_job, PrepareJobInput(inp.job_id, inp.task_ref, inp.rounds), short=True)
         p.artifacts_uri = prep.artifacts_uri
         plan = prep.plan
+        p.planned = planned_steps(plan, inp.rounds)
+        p.baselines = [BaselineResult(arm, COMPARISONS[arm]) for arm in plan.baselines]
+        # Each arm's repeats are chains of their own: round r trains from the arm's round r-1 adapter.
+        arm_adapters: dict[str, list[ArtifactRef | None]] = {arm: [None] * plan.baseline_repeats for arm in plan.baselines}
         baseline = await self._step(
             "baseline-eval",
             0,
@@ -135,39 +148,28 @@ class DistillationWorkflow:
                     candidates, n_candidates = None, 0
             result.candidates = n_candidates
 
-            train_set = prep.seeds
+            train_set, scores = prep.seeds, None
             if n_candidates > 0 or plan.stages:  # a recipe's score bands need the seeds scored too
-                train_set = await self._score_and_select(inp, plan, r, prep.seeds, validation, candidates, adapter, crowd, result)
+                train_set, scores = await self._score_and_select(inp, plan, r, prep.seeds, validation, candidates, adapter, crowd, result)
 
-            if plan.stages:
-                trained = await self._step(
-                    "train", r, Activities.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "recipe", train_set, adapter), record=False
+            arms: dict[str, asyncio.Task[BaselineArmOutput]] = {}
+            for arm in plan.baselines:  # started now, they train while the loop trains
+                arm_inp = BaselineArmInput(
+                    inp.job_id, inp.task_ref, r, arm, "recipe" if plan.stages else "sft", prep.eval_set, prep.seeds, train_set,
+                    candidates if n_candidates > 0 else None, scores, result.selected, list(arm_adapters[arm]), inp.heartbeat_timeout_s,
+                )  # fmt: skip
+                arms[arm] = asyncio.ensure_future(
+                    workflow.execute_child_workflow(BaselineArmWorkflow.run, arm_inp, id=f"{inp.job_id}-baseline-{arm}-{r}")
                 )
-                for i, stage in enumerate(trained.stages):  # one step per recipe stage, timed by the trainer
-                    p.steps.append(StepTime(f"train-stage-{i + 1}", r, stage.seconds))
-            else:
-                trained = await self._step("train", r, Activities.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "sft", train_set, adapter))
-            adapter = trained.adapter
+            try:
+                adapter, ev = await self._train_and_evaluate(inp, plan, r, prep.eval_set, train_set, adapter, result)
+            except BaseException:
+                for task in arms.values():
+                    task.cancel()
+                raise
             crowd.append(adapter)
-            result.trained, result.train_loss, result.adapter_uri = trained.samples, trained.mean_loss, adapter.uri
-            ev = await self._step(
-                "evaluate",
-                r,
-                Activities.evaluate_student,
-                EvaluateInput(
-                    inp.job_id,
-                    inp.task_ref,
-                    round=r,
-                    stage="sft",
-                    eval_set=prep.eval_set,
-                    adapter=adapter,
-                    round_counts=RoundCounts(
-                        result.generated, result.kept, result.selected, result.trained, result.leaked, result.targeted, result.train_loss
-                    ),
-                ),
-            )
-            result.accuracy = ev.accuracy
-            p.rounds.append(result)
+            if arms:
+                await self._finish_arms(inp, r, arms, ev.predictions, arm_adapters)
             skills = None
             if plan.targeted and r < inp.rounds and prep.validation is not None:
                 # Error-driven generation: what this round's student still confuses on the validation
@@ -203,6 +205,81 @@ class DistillationWorkflow:
         search.upsert(status=search.COMPLETED)
         return p
 
+    async def _train_and_evaluate(
+        self,
+        inp: DistillationInput,
+        plan: LoopPlan,
+        r: int,
+        eval_set: ArtifactRef,
+        train_set: ArtifactRef,
+        adapter: ArtifactRef | None,
+        result: RoundResult,
+    ) -> tuple[ArtifactRef, EvaluateOutput]:
+        """train (one SFT stage, or the recipe's stages) -> evaluate; the round's adapter and evaluation."""
+        p = self._progress
+        if plan.stages:
+            trained = await self._step(
+                "train", r, Activities.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "recipe", train_set, adapter), record=False
+            )
+            for i, stage in enumerate(trained.stages):  # one step per recipe stage, timed by the trainer
+                p.steps.append(StepTime(f"train-stage-{i + 1}", r, stage.seconds))
+        else:
+            trained = await self._step("train", r, Activities.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "sft", train_set, adapter))
+        adapter = trained.adapter
+        result.trained, result.train_loss, result.adapter_uri = trained.samples, trained.mean_loss, adapter.uri
+        ev = await self._step(
+            "evaluate",
+            r,
+            Activities.evaluate_student,
+            EvaluateInput(
+                inp.job_id,
+                inp.task_ref,
+                round=r,
+                stage="sft",
+                eval_set=eval_set,
+                adapter=adapter,
+                round_counts=RoundCounts(
+                    result.generated, result.kept, result.selected, result.trained, result.leaked, result.targeted, result.train_loss
+                ),
+            ),
+        )
+        result.accuracy = ev.accuracy
+        p.rounds.append(result)
+        return adapter, ev
+
+    async def _finish_arms(
+        self,
+        inp: DistillationInput,
+        r: int,
+        arms: dict[str, asyncio.Task[BaselineArmOutput]],
+        loop_predictions: ArtifactRef,
+        arm_adapters: dict[str, list[ArtifactRef | None]],
+    ) -> None:
+        """Wait for the round's baseline arms, then compare the loop with each (paired bootstrap over
+        the eval items). The step's time is the wait after the loop's own evaluation."""
+        p = self._progress
+        self._begin("baselines")
+        started = workflow.now()
+        rounds: dict[str, ArmRound] = {}
+        for done, (arm, task) in enumerate(arms.items(), 1):
+            out = await task
+            rounds[arm] = ArmRound(r, runs=out.runs)
+            arm_adapters[arm] = [run.adapter for run in out.runs]
+            p.step_note = f"{done}/{len(arms)} arms done"
+        for res in p.baselines:
+            res.rounds.append(rounds[res.arm])
+        compared = await workflow.execute_activity_method(
+            BaselineActivities.compare_baselines,
+            CompareInput(inp.job_id, r, loop_predictions, {arm: [run.predictions for run in rnd.runs] for arm, rnd in rounds.items()}),
+            start_to_close_timeout=SHORT_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        for arm, lift in compared.lifts.items():
+            rnd = rounds[arm]
+            rnd.lift, rnd.ci_low, rnd.ci_high, rnd.verdict = lift.lift, lift.ci_low, lift.ci_high, lift.verdict
+        p.step_note = ""
+        p.steps.append(StepTime("baselines", r, (workflow.now() - started).total_seconds()))
+
     async def _score_and_select(
         self,
         inp: DistillationInput,
@@ -214,8 +291,8 @@ class DistillationWorkflow:
         adapter: ArtifactRef | None,
         crowd: list[ArtifactRef],
         result: RoundResult,
-    ) -> ArtifactRef:
-        """reference-train (LoBaSS) -> score -> select; the round's training set."""
+    ) -> tuple[ArtifactRef, ArtifactRef]:
+        """reference-train (LoBaSS) -> score -> select; the round's training set and the scores."""
         reference = None
         if plan.learnability or ("difficulty" in plan.metrics and not crowd):
             # LoBaSS (Zhou et al. 2023) in every round: L0 under the current student, Lref under a
@@ -244,7 +321,7 @@ class DistillationWorkflow:
             short=plan.select_policy not in ("diversity", "reflection"),  # those two run the student
         )
         result.selected, result.selection_dropped = sel.selected, sel.dropped
-        return sel.train_set
+        return sel.train_set, scores.scores
 
     async def _tailor(
         self,
@@ -258,7 +335,7 @@ class DistillationWorkflow:
     ) -> TailorTeacherOutput:
         """ARTE as a child workflow: the teacher's DPO adapter aligned to this round's student."""
         p = self._progress
-        p.current_step = "tailor"
+        self._begin("tailor")
         started = workflow.now()
         inputs = await workflow.execute_activity_method(
             Activities.tailor_inputs,
@@ -288,7 +365,7 @@ class DistillationWorkflow:
         record: bool = True,
     ) -> O:
         """Run one activity as the named step and (unless `record` is off) record its wall time."""
-        self._progress.current_step = name
+        self._begin(name)
         started = workflow.now()
         result = await workflow.execute_activity_method(
             activity,
@@ -303,6 +380,12 @@ class DistillationWorkflow:
         if record:
             self._progress.steps.append(StepTime(name, round, (workflow.now() - started).total_seconds()))
         return result
+
+    def _begin(self, step: str) -> None:
+        """The current step is `step`, from now (the gateway's ETA reads when it started)."""
+        self._progress.current_step = step
+        self._progress.step_started_at = workflow.now().timestamp()
+        self._progress.step_note = ""
 
     async def _mark_ended(self, job_id: str, status: str) -> None:
         """Record a failed or cancelled job in SQL; the original error is what the workflow reports."""

@@ -13,13 +13,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from syllabus import db
+from syllabus.baselines import parse_arm_stage
 from syllabus_sdk.jobs.v1 import jobs_pb2
 
 
-def _accuracy(s: Session, job_id: str, round_: int) -> float | None:
+def _accuracy(s: Session, job_id: str, round_: int, stage: str) -> float | None:
+    """Eval accuracy after `round_` of the chain evaluated as `stage` (the loop's "sft", or a baseline
+    arm's own stage); round 0 is the base student ("baseline") for every chain. Other evaluations of
+    the round (the validation split) are not the eval set's."""
     row = s.execute(
-        select(db.Evaluation.accuracy).where(db.Evaluation.job_id == job_id, db.Evaluation.round == round_)
-        .order_by(db.Evaluation.id.desc())
+        select(db.Evaluation.accuracy).where(
+            db.Evaluation.job_id == job_id, db.Evaluation.round == round_, db.Evaluation.stage == ("baseline" if round_ == 0 else stage)
+        )
     ).first()
     return None if row is None else row[0]
 
@@ -28,11 +33,12 @@ def _use(s: Session, run: db.TrainingRun) -> jobs_pb2.TrainingUse:
     use = jobs_pb2.TrainingUse(
         training_run_id=run.id, round=run.round, stage=run.stage, adapter_uri=run.adapter_uri, mean_loss=run.mean_loss
     )
-    before = _accuracy(s, run.job_id, run.round - 1)
+    chain = run.stage if parse_arm_stage(run.stage) is not None else "sft"
+    before = _accuracy(s, run.job_id, run.round - 1, chain)
     if before is not None:
         use.accuracy_before = before
     if run.stage != "reference":
-        after = _accuracy(s, run.job_id, run.round)
+        after = _accuracy(s, run.job_id, run.round, chain)
         if after is not None:
             use.accuracy_after = after
     return use

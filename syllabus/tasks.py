@@ -289,6 +289,32 @@ class EvaluateSpec(_Strict):
     max_new_tokens: int = Field(128, ge=1, le=2048, description="Greedy tokens per answer (exact_answer, numeric, open_ended).")
 
 
+class BaselinesSpec(_Strict):
+    """Counterfactual arms trained beside the loop each round, on the same eval set, so the report can
+    say what each part of the method bought (docs/task-format.md, "Baselines"). Off when absent.
+
+    seeds_only: the seeds alone; all_kept: every kept candidate and the seeds (no selection); random: a
+    random subset of the kept candidates the size of the selection, and the seeds; shuffled: the
+    loop's own training set with every recipe stage's curriculum replaced by a seeded shuffle. Each
+    arm trains with the loop's train spec or recipe (same epochs), from its own previous-round adapter."""
+
+    arms: list[Literal["seeds_only", "all_kept", "random", "shuffled"]] = Field(min_length=1)
+    repeats: int = Field(1, ge=1, le=20, description="Training seeds per arm (seed, seed+1, ...); accuracies pool over them.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arm_list(cls, data: object) -> object:
+        """`baselines: [seeds_only, random]` is `baselines: {arms: [seeds_only, random]}`."""
+        return {"arms": data} if isinstance(data, list) else data
+
+    @field_validator("arms")
+    @classmethod
+    def _unique_arms(cls, arms: list[str]) -> list[str]:
+        if dupes := sorted({a for a in arms if arms.count(a) > 1}):
+            raise ValueError(f"{', '.join(dupes)} given twice")
+        return arms
+
+
 Kind = Literal["classification", "exact_answer", "numeric", "open_ended"]
 
 
@@ -314,6 +340,7 @@ class TaskSpec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     tailor: TailorSpec | None = Field(None, description="ARTE teacher tailoring; off when absent.")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    baselines: BaselinesSpec | None = Field(None, description="Counterfactual baseline arms; off when absent.")
 
     @field_validator("labels")
     @classmethod
@@ -332,6 +359,18 @@ class TaskSpec(_Strict):
             if gen is None or (isinstance(gen, dict) and "modes" not in gen and not gen.get("targeted_per_skill")):
                 data = {**data, "generate": {**(gen or {}), "modes": [{"mode": "expand"}, {"mode": "rationales"}]}}
         return data
+
+    @model_validator(mode="after")
+    def _baselines_fit(self) -> TaskSpec:
+        if self.baselines is not None and self.kind == "open_ended":
+            raise ValueError("baselines: the arms are compared item by item on right/wrong answers; an open_ended "
+                             "task's answers are graded by the judge, so it has none")
+        if self.baselines is not None and "shuffled" in self.baselines.arms:
+            recipe = self.train.recipe
+            if recipe is None or all(st.curriculum.policy == "shuffled" for st in recipe.stages):
+                raise ValueError("baselines.arms: shuffled compares a curriculum with a shuffled order, but train.recipe "
+                                 "has no curriculum (the arm would repeat the loop's own training); drop shuffled")
+        return self
 
     @model_validator(mode="after")
     def _labels_known(self) -> TaskSpec:

@@ -13,6 +13,7 @@ from orchestrator.activities.base import ActivityBase
 from orchestrator.keys import output_key
 from orchestrator.types import StageResult, TrainInput, TrainOutput
 from syllabus.artifacts import ArtifactRef, training_metrics_key
+from syllabus.baselines import arm_recipe, arm_stage
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.services import TrainerClient, TrainingCancelled, TrainingFailed, TrainingInterrupted
@@ -92,14 +93,14 @@ class TrainerActivities(ActivityBase):
             "learning_rate": t.learning_rate,
             "batch_size": t.batch_size,
             "warmup_ratio": t.warmup_ratio,
-            "seed": t.seed,
+            "seed": t.seed + inp.repeat,
             "max_seq_len": t.max_seq_len,
         }
         recipe_yaml = ""
         if inp.stage == "recipe":
             if t.recipe is None:
                 raise ApplicationError("the task has no train.recipe", type="INVALID_ARGUMENT", non_retryable=True)
-            recipe = t.recipe
+            recipe = arm_recipe(t.recipe, inp.arm, inp.repeat)  # the loop's recipe unless a baseline arm's
             if recipe.checkpoint_every == 0:  # resumable mid-stage, like every other training run
                 recipe = recipe.model_copy(update={"checkpoint_every": self.config.trainer_checkpoint_every})
             recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=True)
@@ -107,6 +108,9 @@ class TrainerActivities(ActivityBase):
         else:
             params = {"model": task.student.model, "stage": inp.stage, "lora": lora, "training": training}
         step_name = {"reference": "reference", "sft": "train", "recipe": "train-recipe"}[inp.stage]
+        stage = arm_stage(inp.arm, inp.repeat) if inp.arm else inp.stage  # the run's name in SQL
+        if inp.arm:
+            step_name = f"{stage}-{step_name}"
         key = output_key(inp.job_id, inp.round, step_name, [inp.dataset, inp.init_adapter], params, "tar")
         records = [r for r in self._read_jsonl(inp.dataset) if not r.get("heldout")]
         request = trainer_pb2.StartTrainingRequest(
@@ -129,7 +133,7 @@ class TrainerActivities(ActivityBase):
         run = {
             "job_id": inp.job_id,
             "round": inp.round,
-            "stage": inp.stage,
+            "stage": stage,
             "dataset_uri": inp.dataset.uri,
             "adapter_uri": adapter.uri,
             "samples": len(records),
@@ -140,5 +144,5 @@ class TrainerActivities(ActivityBase):
                         "stages": metrics.get("stages", [])},
         }
         await self._db(self.metadata.record_training_run, run, sorted({r["id"] for r in records}), adapter)
-        await self._record_artifacts(inp.job_id, inp.round, {f"adapter-{inp.stage}": adapter})
+        await self._record_artifacts(inp.job_id, inp.round, {f"adapter-{stage}": adapter})
         return TrainOutput(adapter=adapter, samples=len(records), steps=steps, mean_loss=mean_loss, stages=stages)

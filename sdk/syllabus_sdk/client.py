@@ -113,6 +113,12 @@ class SyllabusClient:
         data = self._rpc(self._stub.ExportTrainingSet, req).records_jsonl
         return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
+    def job_report(self, job_id: str) -> dict:
+        """What `syllabus report` draws for a job (rounds, baseline arms and the loop's lift over each,
+        training losses, scores, funnel, errors, examples), as one JSON document."""
+        req = jobs_pb2.GetJobReportRequest(job_id=job_id)
+        return json.loads(self._rpc(self._stub.GetJobReport, req).report_json)
+
     def list_jobs(self, limit: int = 50, *, task_name: str = "", status: int | str = 0) -> list[jobs_pb2.Job]:
         """The caller's jobs, newest first; only those of task `task_name` and in `status` when given
         (a `JobStatus` value or its short name: "running", "completed", "failed", "cancelled",

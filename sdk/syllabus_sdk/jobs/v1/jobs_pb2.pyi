@@ -26,6 +26,18 @@ JOB_STATUS_FAILED: JobStatus
 JOB_STATUS_CANCELLED: JobStatus
 JOB_STATUS_TERMINATED: JobStatus
 
+class GetJobReportRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobReportResponse(_message.Message):
+    __slots__ = ("report_json",)
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    report_json: str
+    def __init__(self, report_json: _Optional[str] = ...) -> None: ...
+
 class ExportTrainingSetRequest(_message.Message):
     __slots__ = ("job_id", "round")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -128,7 +140,7 @@ class ReasoningCounts(_message.Message):
     def __init__(self, written: _Optional[int] = ..., wrong: _Optional[int] = ..., failed: _Optional[int] = ..., duplicate_paths: _Optional[int] = ..., kept: _Optional[int] = ..., no_consensus: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "task_name", "status", "created_at", "rounds_total", "current_round", "current_step", "step_detail", "baseline_accuracy", "final_accuracy", "rounds", "steps", "artifacts_uri", "web_ui_url", "error")
+    __slots__ = ("job_id", "task_name", "status", "created_at", "rounds_total", "current_round", "current_step", "step_detail", "baseline_accuracy", "final_accuracy", "rounds", "steps", "artifacts_uri", "web_ui_url", "error", "baselines", "step_eta_s", "job_eta_s")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +156,9 @@ class Job(_message.Message):
     ARTIFACTS_URI_FIELD_NUMBER: _ClassVar[int]
     WEB_UI_URL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    BASELINES_FIELD_NUMBER: _ClassVar[int]
+    STEP_ETA_S_FIELD_NUMBER: _ClassVar[int]
+    JOB_ETA_S_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     task_name: str
     status: JobStatus
@@ -159,7 +174,42 @@ class Job(_message.Message):
     artifacts_uri: str
     web_ui_url: str
     error: str
-    def __init__(self, job_id: _Optional[str] = ..., task_name: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rounds_total: _Optional[int] = ..., current_round: _Optional[int] = ..., current_step: _Optional[str] = ..., step_detail: _Optional[str] = ..., baseline_accuracy: _Optional[float] = ..., final_accuracy: _Optional[float] = ..., rounds: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepTiming, _Mapping]]] = ..., artifacts_uri: _Optional[str] = ..., web_ui_url: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    baselines: _containers.RepeatedCompositeFieldContainer[BaselineArm]
+    step_eta_s: float
+    job_eta_s: float
+    def __init__(self, job_id: _Optional[str] = ..., task_name: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rounds_total: _Optional[int] = ..., current_round: _Optional[int] = ..., current_step: _Optional[str] = ..., step_detail: _Optional[str] = ..., baseline_accuracy: _Optional[float] = ..., final_accuracy: _Optional[float] = ..., rounds: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[StepTiming, _Mapping]]] = ..., artifacts_uri: _Optional[str] = ..., web_ui_url: _Optional[str] = ..., error: _Optional[str] = ..., baselines: _Optional[_Iterable[_Union[BaselineArm, _Mapping]]] = ..., step_eta_s: _Optional[float] = ..., job_eta_s: _Optional[float] = ...) -> None: ...
+
+class BaselineArm(_message.Message):
+    __slots__ = ("arm", "comparison", "rounds")
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    COMPARISON_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    arm: str
+    comparison: str
+    rounds: _containers.RepeatedCompositeFieldContainer[BaselineRound]
+    def __init__(self, arm: _Optional[str] = ..., comparison: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[BaselineRound, _Mapping]]] = ...) -> None: ...
+
+class BaselineRound(_message.Message):
+    __slots__ = ("round", "accuracy", "repeat_accuracies", "trained", "lift", "ci_low", "ci_high", "verdict", "adapter_uris")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    REPEAT_ACCURACIES_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_FIELD_NUMBER: _ClassVar[int]
+    LIFT_FIELD_NUMBER: _ClassVar[int]
+    CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_URIS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    accuracy: float
+    repeat_accuracies: _containers.RepeatedScalarFieldContainer[float]
+    trained: int
+    lift: float
+    ci_low: float
+    ci_high: float
+    verdict: str
+    adapter_uris: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., accuracy: _Optional[float] = ..., repeat_accuracies: _Optional[_Iterable[float]] = ..., trained: _Optional[int] = ..., lift: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., verdict: _Optional[str] = ..., adapter_uris: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("task_yaml", "job_id")

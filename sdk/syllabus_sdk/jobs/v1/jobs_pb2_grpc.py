@@ -71,6 +71,11 @@ class JobServiceStub:
                 request_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetRequest.SerializeToString,
                 response_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetResponse.FromString,
                 _registered_method=True)
+        self.GetJobReport = channel.unary_unary(
+                '/syllabus.jobs.v1.JobService/GetJobReport',
+                request_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetJobReportRequest.SerializeToString,
+                response_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetJobReportResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -128,6 +133,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobReport(self, request, context):
+        """GetJobReport returns what `syllabus report` draws for a job: rounds, baseline arms with the
+        loop's lift over each, training losses, scores of selected and dropped examples, the funnel,
+        the final evaluation's errors and the top- and bottom-scored examples with their lineage.
+        Scoped to the caller's tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +180,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ExportTrainingSet,
                     request_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetRequest.FromString,
                     response_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetResponse.SerializeToString,
+            ),
+            'GetJobReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobReport,
+                    request_deserializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetJobReportRequest.FromString,
+                    response_serializer=syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetJobReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +377,33 @@ class JobService:
             '/syllabus.jobs.v1.JobService/ExportTrainingSet',
             syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetRequest.SerializeToString,
             syllabus_dot_jobs_dot_v1_dot_jobs__pb2.ExportTrainingSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/syllabus.jobs.v1.JobService/GetJobReport',
+            syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetJobReportRequest.SerializeToString,
+            syllabus_dot_jobs_dot_v1_dot_jobs__pb2.GetJobReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
