@@ -73,7 +73,7 @@ def test_bfd_packing_fits_and_keeps_every_sample() -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_loads(path: Path) -> None:
     text = path.read_text()
-    assert text.startswith("#") and "Run:" in text.split("\n\n")[0]  # header says how to run it
+    assert text.startswith("#") and ("Run:" in text.split("\n\n")[0] or "Use:" in text.split("\n\n")[0])  # header says how to use it
     recipe = load_recipe(text)
     assert recipe.stages
 
