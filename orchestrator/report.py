@@ -51,6 +51,7 @@ def _plots(data: dict, out: Path) -> dict[str, str]:
 
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     files: dict[str, str] = {}
 
@@ -70,7 +71,8 @@ def _plots(data: dict, out: Path) -> dict[str, str]:
         points = ([(0, base)] if base is not None else []) + [(x["round"], x["accuracy"]) for x in b["rounds"]]
         if points:
             ax.plot([r for r, _ in points], [100 * a for _, a in points], marker="s", linestyle="--", label=b["arm"])
-    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round (0: the base student)")
     ax.set_ylabel("eval accuracy (%)")
     ax.set_title("Eval accuracy per round")
     ax.grid(alpha=0.3)
@@ -91,6 +93,7 @@ def _plots(data: dict, out: Path) -> dict[str, str]:
                     start += st["steps"]
             elif t["stage"].startswith("baseline-"):
                 ax.plot(range(1, len(t["losses"]) + 1), t["losses"], alpha=0.35, linewidth=1, label=f"round {t['round']} {t['stage']}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("training loss")
         ax.set_title("Training loss per stage")
@@ -110,6 +113,9 @@ def _plots(data: dict, out: Path) -> dict[str, str]:
             ax.hist([r["selected"], r["dropped"]], bins=bins, range=span, label=["selected", "dropped"], color=["#2b8a3e", "#adb5bd"])
             ax.set_title(f"round {r['round']}")
             ax.set_xlabel(data["scores"]["column"] or "score")
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(axis="x", labelsize=8)
         axes[0][0].set_ylabel("candidates")
         axes[0][0].legend(fontsize=8)
         fig.suptitle("Scores of selected vs dropped candidates")
@@ -120,11 +126,13 @@ def _plots(data: dict, out: Path) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(7, 2.8))
     names = ["generated", "leaked", "kept", "selected", "trained"]
     values = [f[n] for n in names]
-    bars = ax.barh(names[::-1], values[::-1], color=["#1c7ed6", "#1c7ed6", "#2b8a3e", "#e8590c", "#c92a2a"])
+    colours = ["#1c7ed6", "#adb5bd", "#2b8a3e", "#e8590c", "#c92a2a"]  # generated ... trained
+    bars = ax.barh(names[::-1], values[::-1], color=colours[::-1])
     for bar, v in zip(bars, values[::-1], strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v}", va="center", fontsize=9)
     ax.set_xlabel("examples (all rounds)")
-    ax.set_title("Funnel: generated -> leaked (dropped) -> kept -> selected -> trained (+ seeds)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Funnel, all rounds (leaked: dropped; trained: selected + seeds)")
     save(fig, "funnel")
     return files
 
