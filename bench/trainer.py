@@ -15,8 +15,8 @@ completion-only loss.
 Interleaved (`bench.interleave`): the samples are cut into `--repeats` chunks; each round trains a
 fresh adapter on one chunk with both trainers in turn (the order rotating), so a round's two
 trainers see the same data and the same machine. Each trainer lives in its own child process for
-the whole run (its model loaded once, its peak RSS its own); a chunk starts from a copy of the
-loaded base. Threads: torch's default, as the trainer service runs (`--threads N` sets N).
+the whole run (its model loaded once, warmed up on a few samples, its peak RSS its own and
+including the loaded base that every chunk starts from a copy of). Threads: torch's default, as the trainer service runs (`--threads N` sets N).
 
 tokens/s = tokens of the chunk's samples (prompt + response, as both tokenize them) / wall time of
 the training loop (model loading, and TRL's dataset preparation, excluded). The same count for both
