@@ -76,7 +76,8 @@ def _plots(data: dict, out: Path) -> dict[str, str]:
     ax.set_ylabel("eval accuracy (%)")
     ax.set_title("Eval accuracy per round")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
     save(fig, "accuracy")
 
     # Training loss per step: the loop's round runs, split by recipe stage; the arms' faint.

@@ -181,3 +181,39 @@ def test_syllabus_report_through_the_gateway_and_straight_from_the_database(job:
     assert {p.name for p in (tmp_path / "direct").glob("*.png")} == PLOTS
     missing = cli(stack, "report", "no-such-job", "-o", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no-such-job" in missing.stderr
+
+
+def test_a_shuffled_arm_with_repeats_chains_its_own_adapters_over_rounds(stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+    """Two rounds of a static easy-to-hard curriculum against the same data shuffled, twice (seeds 0 and
+    1): each repeat trains the loop's own set with the curriculum replaced, from its own previous round."""
+    stage = {"epochs": 1, "lr": 5.0e-4, "lora": {"rank": 4, "alpha": 8},
+             "curriculum": {"policy": "static", "score_key": "learnability_pct"}}  # fmt: skip
+    task = banking77_tiny(2, name="baselines-shuffled", rounds=2, generate={"per_label": 2, "max_new_tokens": 12},
+                          train={"epochs": 1, "batch_size": 4, "recipe": {"stages": [stage], "max_seq_len": 128, "row_tokens": 256}},
+                          baselines={"arms": ["shuffled"], "repeats": 2})  # fmt: skip
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    result = cli(stack, "run", str(path), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    (arm,) = report["baselines"]
+    assert (arm["arm"], arm["comparison"], arm["repeats"]) == ("shuffled", "curriculum", 2)
+    assert [r["round"] for r in arm["rounds"]] == [1, 2] and all(len(r["accuracies"]) == 2 for r in arm["rounds"])
+    assert arm["accuracy"] == [pytest.approx(sum(r["accuracies"]) / 2) for r in arm["rounds"]]
+    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
+    runs = {(r, s): (json.loads(p), a, i) for r, s, p, a, i in con.execute(
+        "select round, stage, params, adapter_uri, id from training_runs where job_id=?", (report["job_id"],))}  # fmt: skip
+    samples = {i: {s for (s,) in con.execute("select sample_id from training_run_samples where training_run_id=?", (i,))}
+               for *_, i in runs.values()}  # fmt: skip
+    for r in (1, 2):
+        loop_params, loop_adapter, loop_id = runs[(r, "recipe")]
+        for k, name in enumerate(("baseline-shuffled", "baseline-shuffled-2")):
+            params, adapter, run_id = runs[(r, name)]
+            recipe = yaml.safe_load(params["recipe"])
+            assert [st["curriculum"]["policy"] for st in recipe["stages"]] == ["shuffled"]
+            assert recipe["seed"] == k  # the loop's recipe seed (0) + the repeat
+            assert samples[run_id] == samples[loop_id]  # the loop's own training set, in another order
+            # Round 1 starts from the base student, as the loop; round 2 from the repeat's own round-1 adapter.
+            assert params["init_adapter"] == (None if r == 1 else runs[(1, name)][1])
+            assert adapter != loop_adapter
+        assert yaml.safe_load(loop_params["recipe"])["stages"][0]["curriculum"]["policy"] == "static"
