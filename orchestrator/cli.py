@@ -115,7 +115,8 @@ def job_report(job, config: Config) -> dict:
              "selection_dropped": dict(sorted(r.selection_dropped.items())), "trained": r.trained,
              "accuracy": r.accuracy, "train_loss": r.train_loss, "adapter_uri": r.adapter_uri,
              "teacher_adapter_uri": r.teacher_adapter_uri or None,
-             "tailor_pairs": r.tailor_pairs, "tailor_skipped": r.tailor_skipped or None}
+             "tailor_pairs": r.tailor_pairs, "tailor_skipped": r.tailor_skipped or None,
+             "win_rate": r.win_rate if r.HasField("win_rate") else None}
             for r in job.rounds
         ],
         "steps": [{"name": s.name, "round": s.round, "seconds": round(s.seconds, 2)} for s in job.steps],

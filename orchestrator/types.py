@@ -48,6 +48,9 @@ class LoopPlan:
     # The answer kinds (exact_answer, numeric, open_ended): generated examples are questions; the
     # reasoning steps answer them, and only answered records are candidates.
     answers_by_reasoning: bool = False
+    # open_ended: the teacher judges the student's answers against the rubric (the judge's mean
+    # score is the accuracy, with a win rate against the base student).
+    judge_eval: bool = False
     # Counterfactual baseline arms trained beside each round (the task's `baselines`), and the
     # training seeds per arm.
     baselines: list[str] = field(default_factory=list)
@@ -142,6 +145,8 @@ class RoundResult:
     # ARTE after this round: DPO pairs the teacher trained on, or why it did not (no preference).
     tailor_pairs: int = 0
     tailor_skipped: str = ""
+    # open_ended: against the base student's judged answers (1 win, 0.5 tie per item); None otherwise.
+    win_rate: float | None = None
 
 
 @dataclass

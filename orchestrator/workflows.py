@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator.activities import Activities
     from orchestrator.baselines import BaselineActivities, BaselineArmInput, BaselineArmOutput, BaselineArmWorkflow
     from orchestrator.eta import planned_steps
+    from orchestrator.judging import JudgeInput, JudgingActivities
     from orchestrator.policies import RETRY, SHORT_TIMEOUT, START_TO_CLOSE
     from orchestrator.tailoring import TailorTeacherInput, TailorTeacherOutput, TailorTeacherWorkflow
     from orchestrator.types import (
@@ -73,6 +74,7 @@ class DistillationWorkflow:
     def __init__(self, inp: DistillationInput) -> None:
         self._progress = JobProgress(job_id=inp.job_id, rounds_total=inp.rounds)
         self._heartbeat_timeout = timedelta(seconds=inp.heartbeat_timeout_s)
+        self._base_verdicts: ArtifactRef | None = None  # open_ended: the base student's judged answers
 
     @workflow.query
     def progress(self) -> JobProgress:
@@ -104,6 +106,12 @@ class DistillationWorkflow:
             EvaluateInput(inp.job_id, inp.task_ref, round=0, stage="baseline", eval_set=prep.eval_set),
         )
         p.baseline_accuracy = baseline.accuracy
+        if plan.judge_eval:  # open_ended: the teacher's judge scores the answers against the rubric
+            judged = await self._step(
+                "baseline-judge", 0, JudgingActivities.judge_answers,
+                JudgeInput(inp.job_id, inp.task_ref, 0, "baseline-judge", baseline.predictions, prep.eval_set),
+            )  # fmt: skip
+            p.baseline_accuracy, self._base_verdicts = judged.accuracy, judged.verdicts
 
         adapter: ArtifactRef | None = None  # the student: the latest round's adapter
         teacher: ArtifactRef | None = None  # the tailored teacher's adapter (ARTE)
@@ -227,6 +235,9 @@ class DistillationWorkflow:
             trained = await self._step("train", r, Activities.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "sft", train_set, adapter))
         adapter = trained.adapter
         result.trained, result.train_loss, result.adapter_uri = trained.samples, trained.mean_loss, adapter.uri
+        counts = RoundCounts(
+            result.generated, result.kept, result.selected, result.trained, result.leaked, result.targeted, result.train_loss
+        )
         ev = await self._step(
             "evaluate",
             r,
@@ -238,12 +249,16 @@ class DistillationWorkflow:
                 stage="sft",
                 eval_set=eval_set,
                 adapter=adapter,
-                round_counts=RoundCounts(
-                    result.generated, result.kept, result.selected, result.trained, result.leaked, result.targeted, result.train_loss
-                ),
+                round_counts=None if plan.judge_eval else counts,  # open_ended: the judge writes the row
             ),
         )
         result.accuracy = ev.accuracy
+        if plan.judge_eval:
+            judged = await self._step(
+                "judge", r, JudgingActivities.judge_answers,
+                JudgeInput(inp.job_id, inp.task_ref, r, "judge", ev.predictions, eval_set, adapter, self._base_verdicts, counts),
+            )  # fmt: skip
+            result.accuracy, result.win_rate = judged.accuracy, judged.win_rate
         p.rounds.append(result)
         return adapter, ev
 

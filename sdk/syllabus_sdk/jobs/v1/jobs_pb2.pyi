@@ -65,7 +65,7 @@ class StepTiming(_message.Message):
     def __init__(self, name: _Optional[str] = ..., round: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
-    __slots__ = ("round", "generated", "kept", "selected", "trained", "accuracy", "train_loss", "adapter_uri", "leaked", "targeted", "critique_dropped", "reasoning", "candidates", "selection_dropped", "teacher_adapter_uri", "tailor_pairs", "tailor_skipped")
+    __slots__ = ("round", "generated", "kept", "selected", "trained", "accuracy", "train_loss", "adapter_uri", "leaked", "targeted", "critique_dropped", "reasoning", "candidates", "selection_dropped", "teacher_adapter_uri", "tailor_pairs", "tailor_skipped", "win_rate")
     class CritiqueDroppedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class RoundSummary(_message.Message):
     TEACHER_ADAPTER_URI_FIELD_NUMBER: _ClassVar[int]
     TAILOR_PAIRS_FIELD_NUMBER: _ClassVar[int]
     TAILOR_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    WIN_RATE_FIELD_NUMBER: _ClassVar[int]
     round: int
     generated: int
     kept: int
@@ -121,7 +122,8 @@ class RoundSummary(_message.Message):
     teacher_adapter_uri: str
     tailor_pairs: int
     tailor_skipped: str
-    def __init__(self, round: _Optional[int] = ..., generated: _Optional[int] = ..., kept: _Optional[int] = ..., selected: _Optional[int] = ..., trained: _Optional[int] = ..., accuracy: _Optional[float] = ..., train_loss: _Optional[float] = ..., adapter_uri: _Optional[str] = ..., leaked: _Optional[int] = ..., targeted: _Optional[int] = ..., critique_dropped: _Optional[_Mapping[str, int]] = ..., reasoning: _Optional[_Mapping[str, ReasoningCounts]] = ..., candidates: _Optional[int] = ..., selection_dropped: _Optional[_Mapping[str, int]] = ..., teacher_adapter_uri: _Optional[str] = ..., tailor_pairs: _Optional[int] = ..., tailor_skipped: _Optional[str] = ...) -> None: ...
+    win_rate: float
+    def __init__(self, round: _Optional[int] = ..., generated: _Optional[int] = ..., kept: _Optional[int] = ..., selected: _Optional[int] = ..., trained: _Optional[int] = ..., accuracy: _Optional[float] = ..., train_loss: _Optional[float] = ..., adapter_uri: _Optional[str] = ..., leaked: _Optional[int] = ..., targeted: _Optional[int] = ..., critique_dropped: _Optional[_Mapping[str, int]] = ..., reasoning: _Optional[_Mapping[str, ReasoningCounts]] = ..., candidates: _Optional[int] = ..., selection_dropped: _Optional[_Mapping[str, int]] = ..., teacher_adapter_uri: _Optional[str] = ..., tailor_pairs: _Optional[int] = ..., tailor_skipped: _Optional[str] = ..., win_rate: _Optional[float] = ...) -> None: ...
 
 class ReasoningCounts(_message.Message):
     __slots__ = ("written", "wrong", "failed", "duplicate_paths", "kept", "no_consensus")
