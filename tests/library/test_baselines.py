@@ -37,8 +37,8 @@ def test_baselines_are_off_by_default_and_a_list_or_a_mapping() -> None:
         ("baselines: []", "task: baselines.arms: List should have at least 1 item after validation, not 0"),
         ("baselines: {arms: [random], repeats: 0}", "task: baselines.repeats: Input should be greater than or equal to 1"),
         ("baselines: {arms: [random], seeds: 2}", "task: baselines.seeds: unknown key"),
-        ("baselines: [shuffled]", "task: baselines.arms: shuffled compares a curriculum with a shuffled order, but train.recipe "
-                                  "has no curriculum (the arm would repeat the loop's own training); drop shuffled"),
+        ("baselines: [shuffled]", ("task: baselines.arms: shuffled compares a curriculum with a shuffled order, but train.recipe "
+                                  "has no curriculum (the arm would repeat the loop's own training); drop shuffled")),
         ("train: {recipe: {stages: [{curriculum: {policy: shuffled}}]}}\nbaselines: [shuffled]", "drop shuffled"),
     ],
 )  # fmt: skip
