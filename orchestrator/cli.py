@@ -527,10 +527,12 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
         client = _client(config)
     except GatewayUnreachable:
         # No gateway running (e.g. after `syllabus demo`): read the metadata DB directly.
+        from syllabus.artifacts import open_store
+
         sessions = db.session_factory(db.make_engine(config.resolved_database_url()))
         try:
             with sessions() as s:
-                records = training_set(s, args.job_id, args.round)
+                records = training_set(s, args.job_id, args.round, open_store(config.resolved_artifact_url(), config))
         except ExportError as e:
             raise CliError(str(e), EXIT_USAGE) from None
     else:  # through the gateway: scoped to the caller's tenant

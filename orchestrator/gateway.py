@@ -323,7 +323,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         await self._visible(request.job_id, context)
         try:
             with self.sessions() as s:
-                records = await asyncio.to_thread(training_set, s, request.job_id, request.round)
+                records = await asyncio.to_thread(training_set, s, request.job_id, request.round, self.store)
         except ExportError as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         return jobs_pb2.ExportTrainingSetResponse(records_jsonl=dumps_jsonl(records), count=len(records))

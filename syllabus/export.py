@@ -14,6 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from syllabus import db
+from syllabus.artifacts import ArtifactRef, ArtifactStore
+from syllabus.records import loads_jsonl
 from syllabus.tasks import parse_task
 
 FORMATS = ("jsonl", "parquet")
@@ -24,17 +26,23 @@ class ExportError(ValueError):
     """Nothing to export for the given job/round; the message says why."""
 
 
-def training_set(s: Session, job_id: str, round_: int) -> list[dict]:
+LOOP_STAGES = ("sft", "recipe")  # the loop's own training run of a round (one SFT stage, or the recipe)
+
+
+def training_set(s: Session, job_id: str, round_: int, store: ArtifactStore | None = None) -> list[dict]:
+    """The records the loop trained on in `round_`, each with the prompt and response it trained on
+    (read from the run's dataset artifact when `store` is given: rationales and critiques train on
+    their own prompt and response; without it, the task's prompt and the label)."""
     job = s.get(db.Job, job_id)
     if job is None:
         raise ExportError(f"job {job_id!r} not found")
-    run = s.execute(
-        select(db.TrainingRun).where(db.TrainingRun.job_id == job_id, db.TrainingRun.round == round_, db.TrainingRun.stage == "sft")
-    ).scalar()
+    loop_run = (db.TrainingRun.job_id == job_id, db.TrainingRun.stage.in_(LOOP_STAGES))
+    run = s.execute(select(db.TrainingRun).where(*loop_run, db.TrainingRun.round == round_)).scalar()
     if run is None:
-        rounds = sorted(s.execute(select(db.TrainingRun.round).where(db.TrainingRun.job_id == job_id, db.TrainingRun.stage == "sft")).scalars())
+        rounds = sorted(s.execute(select(db.TrainingRun.round).where(*loop_run)).scalars())
         raise ExportError(f"job {job_id!r} has no trained round {round_} (trained rounds: {rounds or 'none'})")
     task = parse_task(job.task_yaml, source=f"job {job_id} task")
+    trained = _dataset_records(s, job_id, run.dataset_uri, store)
     rows = s.execute(
         select(db.Sample)
         .join(db.TrainingRunSample, db.TrainingRunSample.sample_id == db.Sample.sample_id)
@@ -49,8 +57,8 @@ def training_set(s: Session, job_id: str, round_: int) -> list[dict]:
             "id": r.sample_id,
             "input": r.input,
             "label": r.label,
-            "prompt": task.prompt_for(r.input),
-            "response": r.label,
+            "prompt": trained.get(r.sample_id, {}).get("prompt") or task.prompt_for(r.input),
+            "response": trained.get(r.sample_id, {}).get("response") or task.response_for(r.label),
             "split": r.split,
             "round": r.round,
             "method": r.method or (r.provenance or {}).get("method", r.split),
@@ -59,6 +67,17 @@ def training_set(s: Session, job_id: str, round_: int) -> list[dict]:
         }
         for r in rows
     ]
+
+
+def _dataset_records(s: Session, job_id: str, uri: str, store: ArtifactStore | None) -> dict[str, dict]:
+    """id -> record of a training run's dataset artifact (indexed in `artifacts`); {} without a store."""
+    if store is None:
+        return {}
+    art = s.execute(select(db.Artifact).where(db.Artifact.job_id == job_id, db.Artifact.uri == uri)).scalars().first()
+    if art is None:
+        return {}
+    data = store.get_bytes(ArtifactRef(uri=art.uri, sha256=art.sha256, size_bytes=art.size_bytes))
+    return {r["id"]: r for r in loads_jsonl(data)}
 
 
 def write_export(records: list[dict], path: Path, fmt: str) -> Path:

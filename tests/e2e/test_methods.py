@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
 
-from orchestrator.stack import Stack
+from orchestrator.stack import Stack, config_env
 from syllabus.records import loads_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -189,6 +190,13 @@ def test_top_k_selection_and_an_sec_curriculum(run_task, stack: Stack, banking77
     (metrics,) = db(stack).execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
     (stage,) = json.loads(metrics)["stages"]
     assert stage["steps"] > 0
+    # `syllabus export` of a recipe-trained round: exactly the records trained on, as trained.
+    out = tmp_path / "export.jsonl"
+    exported = subprocess.run([*SYLLABUS, "export", report["job_id"], "--round", "1", "-o", str(out)], check=False,
+                              env=config_env(stack.config), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    trained = {r["id"]: (r["prompt"], r["response"]) for r in train_set(report)}
+    assert {r["id"]: (r["prompt"], r["response"]) for r in loads_jsonl(out.read_bytes())} == trained
 
 
 def test_threshold_selection_and_an_adarft_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
