@@ -408,8 +408,6 @@ class TaskSpec(_Strict):
         if self.critique.mode != "rules":
             raise ValueError(f"critique.mode: {self.critique.mode} critiques labelled examples (classification); "
                              f"a {self.kind} task's answers are verified by its rationales, so use rules")  # fmt: skip
-        if self.generate.mode("targeted") is not None:
-            raise ValueError("generate.modes: targeted generates for label confusions (classification only)")
         if "difficulty" in self.score.metrics:
             raise ValueError("score.metrics: difficulty scores the crowd's label choice (classification only)")
         if self.kind == "open_ended" and self.generate.mode("rft") is not None:

@@ -44,7 +44,7 @@ from teacher_svc.backend import (
 )
 from teacher_svc.critics import cft_critique, reflect, rubric_revise
 from teacher_svc.critique import judge
-from teacher_svc.errors import DEFAULT_EXAMPLES_PER_SKILL, analyze_confusions
+from teacher_svc.errors import DEFAULT_EXAMPLES_PER_SKILL, analyze_answers, analyze_confusions
 from teacher_svc.generation import DEFAULT_BATCH_SIZE, ExpansionRequest, Seed, expand_seeds, parse_seeds
 from teacher_svc.leakage import LeakageGuard
 from teacher_svc.metering import MeteredBackend
@@ -214,8 +214,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
                         request.round,
                     )
         else:  # TARGETED
-            _check_kind(request.kind)
-            labels = _check_labels(request.labels)
+            labels = _kind_labels(request.kind, request.labels)  # []: new questions for the answer kinds
             if not 0 < request.per_skill <= MAX_PER_LABEL:
                 raise InvalidRequest("per_skill", f"must be > 0 and <= {MAX_PER_LABEL}, got {request.per_skill}")
             skill_records = await asyncio.to_thread(self._records, "skills", _required_ref("skills", request.skills))
@@ -223,7 +222,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
                 skills = [Skill.from_record(r) for r in skill_records]
             except (KeyError, TypeError) as e:
                 raise InvalidRequest("skills", f"a skill record lacks {e}") from e
-            if bad := [sk.label for sk in skills if sk.label not in labels]:
+            if labels and (bad := [sk.label for sk in skills if sk.label not in labels]):
                 raise InvalidRequest("skills", f"skill label(s) not in labels: {', '.join(map(repr, bad))}")
             seeds = await self._read_seeds(ref) if (ref := ref_from_pb(request.seeds)) else []
             params |= {"per_skill": request.per_skill}
@@ -540,8 +539,9 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     # -- AnalyzeErrors ----------------------------------------------------------------------------
 
     async def _analyze_errors(self, request: teacher_pb2.AnalyzeErrorsRequest) -> teacher_pb2.AnalyzeErrorsResponse:
-        _check_kind(request.kind)
-        labels = _check_labels(request.labels)
+        labels = _kind_labels(request.kind, request.labels)
+        if not labels:
+            return await self._analyze_answers(request)
         predictions_ref = _required_ref("predictions", request.predictions)
         eval_ref = _required_ref("eval", request.eval)
         if request.examples_per_skill < 0:
@@ -561,6 +561,33 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         return teacher_pb2.AnalyzeErrorsResponse(
             skills=ref_to_pb(ref), evaluated=analysis.evaluated, wrong=analysis.wrong
         )
+
+    async def _analyze_answers(self, request: teacher_pb2.AnalyzeErrorsRequest) -> teacher_pb2.AnalyzeErrorsResponse:
+        """The answer kinds: the teacher names the skill each wrong answer misses (`analyze_answers`)."""
+        _check_model(request.model)
+        sampling = _sampling(request.sampling)
+        predictions_ref = _required_ref("predictions", request.predictions)
+        eval_ref = _required_ref("eval", request.eval)
+        if request.examples_per_skill < 0:
+            raise InvalidRequest("examples_per_skill", f"must be >= 0, got {request.examples_per_skill}")
+        key = _check_key("output_key", request.output_key)
+        if existing := await asyncio.to_thread(self.store.stat, key):
+            skills = await asyncio.to_thread(self._records, "output_key", existing)
+            return teacher_pb2.AnalyzeErrorsResponse(skills=ref_to_pb(existing), wrong=sum(int(s.get("count", 0)) for s in skills))
+        predictions = await asyncio.to_thread(self._records, "predictions", predictions_ref)
+        items = {str(r.get("id")): r for r in await asyncio.to_thread(self._records, "eval", eval_ref)}
+        wrong = [
+            {"id": str(p["id"]), "question": str(items[str(p["id"])].get("input", "")), "gold": str(p.get("label", "")),
+             "prediction": str(p.get("generation", p.get("prediction", "")))}
+            for p in predictions
+            if not p.get("correct") and str(p.get("id")) in items
+        ]  # fmt: skip
+        analysis = await self._run_model(
+            request.model,
+            lambda b: analyze_answers(b, wrong, sampling, examples_per_skill=request.examples_per_skill or DEFAULT_EXAMPLES_PER_SKILL),
+        )  # fmt: skip
+        ref = await asyncio.to_thread(self.store.put_bytes, key, dumps_jsonl(analysis.skills))
+        return teacher_pb2.AnalyzeErrorsResponse(skills=ref_to_pb(ref), evaluated=len(predictions), wrong=len(wrong))
 
     # -- artifacts --------------------------------------------------------------------------------
 

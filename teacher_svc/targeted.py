@@ -23,6 +23,7 @@ from teacher_svc.critique import judge
 from teacher_svc.dedupe import DuplicateIndex
 from teacher_svc.generation import (
     PREFILL,
+    QUESTION_PREFILL,
     STOP,
     ExpansionRequest,
     Seed,
@@ -43,6 +44,14 @@ A student mixes up messages labelled "{label}" with the label "{confused_with}".
 
 Write one new message that is clearly "{label}" and could not be mistaken for "{confused_with}". Reply with only the new message."""
 TARGETED_TEMPLATE_HASH = template_hash(TARGETED_TEMPLATE, PREFILL, STOP)
+# The answer kinds: a skill the teacher named from wrong answers, and the questions missed.
+TARGETED_QUESTION_TEMPLATE = """Task: {instructions}
+
+A student lacks this skill: {skill}. It got these questions wrong:
+{examples}
+
+Write one new question that practises this skill, complete in itself. Reply with only the new question."""
+TARGETED_QUESTION_TEMPLATE_HASH = template_hash(TARGETED_QUESTION_TEMPLATE, QUESTION_PREFILL, STOP)
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,8 @@ class Skill:
 
     @classmethod
     def from_record(cls, rec: dict) -> Skill:
-        return cls(rec["skill"], rec["label"], rec["confused_with"], list(rec.get("examples", [])), rec.get("count", 1))
+        """A classification skill (label, confused_with) or an answer kind's (neither: label "")."""
+        return cls(rec["skill"], rec.get("label", ""), rec.get("confused_with", ""), list(rec.get("examples", [])), rec.get("count", 1))
 
 
 @dataclass(frozen=True)
@@ -76,11 +86,13 @@ def targeted_prompts(instructions: str, skills: Sequence[Skill], per_skill: int)
         k = min(EXAMPLES_SHOWN, len(skill.examples))
         for j in range(per_skill):
             shown = [skill.examples[(j * k + i) % len(skill.examples)] for i in range(k)]
+            examples = "\n".join(f"- {s.strip()}" for s in shown)
+            if not skill.label:  # an answer kind: a new question for the skill
+                user = TARGETED_QUESTION_TEMPLATE.format(instructions=instructions.strip(), skill=skill.name, examples=examples)
+                prompts.append((skill, ChatPrompt(user, QUESTION_PREFILL)))
+                continue
             user = TARGETED_TEMPLATE.format(
-                instructions=instructions.strip(),
-                label=skill.label,
-                confused_with=skill.confused_with,
-                examples="\n".join(f"- {s.strip()}" for s in shown),
+                instructions=instructions.strip(), label=skill.label, confused_with=skill.confused_with, examples=examples
             )
             prompts.append((skill, ChatPrompt(user, PREFILL)))
     return prompts
@@ -106,7 +118,7 @@ def generate_targeted(
     for skill in skills:  # the student's own failures are not new examples
         for i, text in enumerate(skill.examples):
             seen.add(text, f"{skill.name}[{i}]")
-    prov = provenance(backend, sampling, round_, TARGETED_METHOD, TARGETED_TEMPLATE_HASH)
+    prov = provenance(backend, sampling, round_, TARGETED_METHOD, TARGETED_TEMPLATE_HASH if labels else TARGETED_QUESTION_TEMPLATE_HASH)
     records, dupes, unparsable, tokens = collect_examples(
         ((skill.label, {"parent_id": None, "skill": skill.name}, completions) for (skill, _), completions in zip(pairs, outs, strict=True)),
         seen, instructions, list(labels), prov,

@@ -155,6 +155,9 @@ class TeacherActivities(ActivityBase):
             eval=ref_to_pb(inp.validation),
             output_key=key,
         )
+        if task.kind != "classification":  # the teacher names the skill each wrong answer misses
+            request.model.CopyFrom(_teacher_ref(task, None))
+            request.sampling.CopyFrom(common_pb2.SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=24, n=1))
 
         async def call() -> ArtifactRef | None:
             return ref_from_pb((await self._teacher(lambda t: t.analyze_errors(request))).skills)

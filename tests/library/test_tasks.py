@@ -145,7 +145,6 @@ eval: [{input: "Ann has 2 and gets 2 more. How many?", answer: "4"}]
         (NUMERIC.replace('answer: "4"', "answer: four"), "eval[0].label: 'four' is not a number (numeric task)"),
         (NUMERIC.replace("kind: numeric", "kind: open_ended"), "rubric: open_ended tasks need a rubric"),
         (NUMERIC + "critique: {mode: judge}\n", "critique.mode: judge critiques labelled examples (classification)"),
-        (NUMERIC + "generate: {targeted_per_skill: 2}\n", "targeted generates for label confusions"),
         (NUMERIC + "score: {metrics: [difficulty]}\nselect: {policy: random}\n", "difficulty scores the crowd's label choice"),
         (NUMERIC + "generate: {modes: [{mode: expand}]}\n", "add a rationales mode to answer them"),
         (NUMERIC.replace("kind: numeric", "kind: open_ended") + "rubric: r\ngenerate: {modes: [{mode: rft}]}\n", "rft needs a gold answer"),

@@ -161,20 +161,24 @@ class CritiqueResponse(_message.Message):
     def __init__(self, kept: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., critiques: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., kept_count: _Optional[int] = ..., dropped_count: _Optional[int] = ..., failed_count: _Optional[int] = ..., rubrics: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class AnalyzeErrorsRequest(_message.Message):
-    __slots__ = ("kind", "labels", "predictions", "eval", "examples_per_skill", "output_key")
+    __slots__ = ("kind", "labels", "predictions", "eval", "examples_per_skill", "output_key", "model", "sampling")
     KIND_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     EVAL_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_PER_SKILL_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     kind: _common_pb2.TaskKind
     labels: _containers.RepeatedScalarFieldContainer[str]
     predictions: _common_pb2.ArtifactRef
     eval: _common_pb2.ArtifactRef
     examples_per_skill: int
     output_key: str
-    def __init__(self, kind: _Optional[_Union[_common_pb2.TaskKind, str]] = ..., labels: _Optional[_Iterable[str]] = ..., predictions: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., eval: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., examples_per_skill: _Optional[int] = ..., output_key: _Optional[str] = ...) -> None: ...
+    model: _common_pb2.ModelRef
+    sampling: _common_pb2.SamplingParams
+    def __init__(self, kind: _Optional[_Union[_common_pb2.TaskKind, str]] = ..., labels: _Optional[_Iterable[str]] = ..., predictions: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., eval: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., examples_per_skill: _Optional[int] = ..., output_key: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
 
 class AnalyzeErrorsResponse(_message.Message):
     __slots__ = ("skills", "evaluated", "wrong")
