@@ -53,7 +53,11 @@ Explain briefly why the instruction could be weak (complexity, detail, knowledge
 [Better Answer] <answer> [End]"""
 REFLECTION_TEMPLATE_HASH = template_hash(REFLECTION_TEMPLATE)
 
-_CONCLUSION = re.compile(r"conclusion\s*[:\-]\s*\**\s*(right|wrong|correct|incorrect)\b", re.IGNORECASE)
+# The verdict is a line of its own ("**Conclusion: right**" too): a reply that only echoes the
+# instruction ('... end with exactly one line "Conclusion: right" or "Conclusion: wrong"') has none.
+_CONCLUSION = re.compile(
+    r"^[\s>*_#-]*conclusion\s*[:\-]\s*\**\s*(right|wrong|correct|incorrect)\b", re.IGNORECASE | re.MULTILINE
+)
 _NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.+)$")
 _TAGGED = {
     name: re.compile(rf"\[{tag}\]\s*(.+?)\s*\[End\]", re.IGNORECASE | re.DOTALL)

@@ -60,3 +60,24 @@ def test_missing_fields_are_dropped_not_crashed_on() -> None:
     verdicts = judge([{"label": "card_arrival"}, {"input": "Where is my card, it is late?"}], LABELS, SEEDS)
     assert [v.reason for v in verdicts] == ["empty", "label_not_in_task: ''"]
     assert all(v.id for v in verdicts)
+
+
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("The label fits the message.\nConclusion: right", "right"),
+        ("Step 2 is wrong.\n**Conclusion: wrong**", "wrong"),
+        ("Looks fine.\n> Conclusion - correct.", "right"),
+        # An echo of the instruction is not a verdict (a small model's favourite reply).
+        ('By the way, check each step, then end with exactly one line "Conclusion: right" or "Conclusion: wrong"', None),
+    ],
+)
+def test_a_cft_verdict_is_a_conclusion_line_of_its_own(reply: str, verdict: str | None) -> None:
+    from teacher_svc.critics import parse_cft
+    from teacher_svc.retry import ParseError
+
+    if verdict is None:
+        with pytest.raises(ParseError):
+            parse_cft(reply)
+    else:
+        assert parse_cft(reply)[1] == verdict
