@@ -109,6 +109,15 @@ def _finish(stack: Stack, job_id: str, timeout: float = 600):
     return job
 
 
+def _without_timings(metrics: str) -> str:
+    """A run's metrics without the wall seconds of its stages (how long, not what it produced)."""
+    m = json.loads(metrics)
+    m = json.loads(m) if isinstance(m, str) else m
+    for stage in m.get("stages", []):
+        stage.pop("seconds", None)
+    return json.dumps(m, sort_keys=True)
+
+
 def fingerprint(stack: Stack, job_id: str) -> dict:
     """What a run produced, with the job id taken out: row counts, artifacts by content, metrics."""
     con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
@@ -117,7 +126,7 @@ def fingerprint(stack: Stack, job_id: str) -> dict:
         counts = {t: q(f"select count(*) from {t} where job_id = ?")[0][0] for t in JOB_TABLES}
         artifacts = sorted((r, k, sha) for r, k, sha in q("select round, kind, sha256 from artifacts where job_id = ?"))
         runs = sorted(
-            (r, st, n, steps, round(loss, 6), json.dumps(m))
+            (r, st, n, steps, round(loss, 6), _without_timings(m))
             for r, st, n, steps, loss, m in q(
                 "select round, stage, samples, steps, mean_loss, metrics from training_runs where job_id = ?"
             )
