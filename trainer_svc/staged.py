@@ -591,6 +591,7 @@ def train_recipe(
             log.warning("recipe %s stage %s: no record passes the data filter; the stage is skipped",
                         recipe.name, recipe.stage_name(si))  # fmt: skip
             sources.append(EmptySource())
+            encoded.setdefault(st.objective, {})
             continue
         items = with_replay(own, seen, st.data.replay, recipe.seed + si)
         seen += own

@@ -290,6 +290,18 @@ def test_metrics_have_one_entry_per_stage_and_skip_held_out_records(tiny_model_d
     assert all(not ({0, 1, 2} & seen) for seen in res.stage_samples)
 
 
+def test_a_stage_no_record_passes_is_skipped_and_the_run_goes_on(tiny_model_dir: Path, store) -> None:
+    """In a loop a score band can be empty in some round: that stage trains 0 steps (its merge of an
+    untrained adapter changes nothing), the others train, and the adapter and metrics are published."""
+    from trainer_svc.staged import read_metrics, run_recipe
+
+    easy_only = [{**r, "difficulty": 0.1} for r in RECORDS]  # nothing for the "hard" band (>= 0.5)
+    ref, res = run_recipe(str(tiny_model_dir), easy_only, recipe(), store, "jobs/j/empty.tar")
+    stages = read_metrics(store, "jobs/j/empty.tar")["stages"]
+    assert [(s["name"], s["steps"] > 0, s["samples"]) for s in stages] == [("easy", True, len(RECORDS)), ("hard", False, 0)]
+    assert stages[1]["mean_loss"] is None and ref is not None and store.stat("jobs/j/empty.tar") is not None
+
+
 PUDF_TRAIN = [{"prompt": f"Classify: customer message number {i} about {c}", "response": c, "irt_b": -2 + 0.25 * i}
               for i, c in enumerate(CATS * 4)]  # fmt: skip
 PUDF_HELD = [{"prompt": f"Which intent has held-out query {j}?", "response": "exchange_rate or top_up_failed",
