@@ -7,7 +7,7 @@ Both arms use `teacher_svc.backend.TransformersBackend` with greedy decoding (te
 same prompts: the batched arm sends all of them in batches of `--batch-size` (left padding, position
 ids from the attention mask), the sequential arm one prompt per call. The arms take turns
 (`bench.interleave`): `--repeats` rounds, each round both arms over the whole prompt set, the order
-rotating. Progress goes to stderr; the last line of stdout is JSON with `speedup` (median over the
+reversing. Progress goes to stderr; the last line of stdout is JSON with `speedup` (median over the
 rounds of batched tokens/s over sequential tokens/s), per-arm medians and spreads under `arms`, the
 per-round ratios under `ratios`, `identical_share` (share of prompts whose greedy text is identical in
 both arms, first round) and the prompts that differ, and `deterministic` (every round of an arm gave

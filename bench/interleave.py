@@ -4,8 +4,10 @@ A ratio measured as "arm A for minutes, then arm B" moves with whatever else ran
 two. Here the arms take turns in rounds of equal work: round i runs chunk i of every arm, one arm
 after the other, so load that comes and goes falls on both arms of a round alike. Each round gives
 one ratio; a benchmark reports the median of each arm and of the per-round ratios over at least
-`MIN_REPEATS` rounds, and how far they spread. The order within a round rotates (A B, B A, A B, ...)
-so that no arm always runs first, right after the other one (warm caches, memory just freed).
+`MIN_REPEATS` rounds, and how far they spread. The order reverses every round (A B C, C B A, A B C,
+...): no arm always runs first or right after the same other one (warm caches, memory just freed),
+and arms listed next to each other stay next to each other, so a benchmark with more than two arms
+lists the two arms of each ratio side by side.
 
     runs = interleave([Arm("batched", run_batched), Arm("sequential", run_sequential)], repeats=3)
     result = report(runs, "tokens", {"speedup": ("batched", "sequential")})
@@ -74,7 +76,7 @@ def timed(fn: Callable[[], T], slowdown: float = 1.0) -> tuple[T, float]:
 
 
 def interleave(arms: Sequence[Arm], repeats: int, say: Callable[[str], None] = log) -> dict[str, list[Run]]:
-    """Run chunk 0 of every arm, then chunk 1, ... (`repeats` rounds; the order rotates each round).
+    """Run chunk 0 of every arm, then chunk 1, ... (`repeats` rounds; the order reverses each round).
     Returns each arm's runs in chunk order."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -83,8 +85,7 @@ def interleave(arms: Sequence[Arm], repeats: int, say: Callable[[str], None] = l
         raise ValueError(f"need two or more arms with distinct names, got {names}")
     runs: dict[str, list[Run]] = {a.name: [] for a in arms}
     for chunk in range(repeats):
-        k = chunk % len(arms)
-        for arm in [*arms[k:], *arms[:k]]:
+        for arm in arms if chunk % 2 == 0 else arms[::-1]:
             run = arm.run(chunk)
             runs[arm.name].append(run)
             say(f"round {chunk + 1}/{repeats} {arm.name}: {run.work:g} in {run.seconds:.2f} s ({run.rate:.4g}/s)")

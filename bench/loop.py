@@ -9,7 +9,7 @@ Each checkout (`--baseline`, and `--candidate`, default this one) runs a private
 (Temporal dev server, the three services, worker, gateway) in a temporary home on free ports, in a
 child process with that checkout's packages first on the path; both stacks start once (model loading
 is timed apart, `startup_seconds`) and then take turns (`bench.interleave`): each round submits the
-task as a new job to each stack, one after the other, the order rotating. The task is `--task` for
+task as a new job to each stack, one after the other, the order reversing. The task is `--task` for
 both, else each checkout's own examples/banking77/task.yaml (the demo task as that checkout knows it).
 
 The last stdout line is JSON with, per arm (`baseline`, `candidate`): the checkout, `startup_seconds`,

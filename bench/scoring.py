@@ -9,7 +9,8 @@ second answer starts by quoting the message, so the instruction makes part of it
 predictable and IFD values spread on both sides of 1.
 
 Five arms on the same samples, taking turns (`bench.interleave`): the samples are cut into
-`--repeats` chunks, and each round runs every arm on one chunk, the order rotating.
+`--repeats` chunks, and each round runs every arm on one chunk, in the order 3 1 2 4 5 and then
+reversed, so that the two arms of every ratio run one right after the other.
 1. `reference`: IFD one sample per forward, fp32, full logits, as the Cherry_LLM reference code does
    (conditional PPL of the answer after the templated instruction, unconditional PPL of the raw
    answer; IFD = their ratio);
@@ -195,10 +196,10 @@ def measure(model, ref_model, tokenizer, samples: list[dict], repeats: int, slow
     if not all(chunks):
         raise ValueError(f"{len(samples)} samples do not make {repeats} chunks")
     fp32 = ScoreOptions(dtype="float32")
-    work = {
+    work = {  # the two arms of each ratio side by side (bench.interleave keeps neighbours together)
+        "scorer_fp32": lambda c: [r["ifd_ppl"] for r in score_records(model, tokenizer, c, [IFD], options=fp32)],
         "reference": lambda c: reference_ifd(model, tokenizer, c),
         "scorer": lambda c: [r["ifd_ppl"] for r in score_records(model, tokenizer, c, [IFD])],
-        "scorer_fp32": lambda c: [r["ifd_ppl"] for r in score_records(model, tokenizer, c, [IFD], options=fp32)],
         "reference_mix": lambda c: reference_mix(model, ref_model, tokenizer, c),
         "scorer_mix": lambda c: [r[LEARNABILITY] for r in score_records(ref_model, tokenizer, c, MIX, options=on_base)],
     }

@@ -13,7 +13,7 @@ packed rows per step, bf16 autocast, AdamW, warm-up 10% + cosine to 0, gradient 
 completion-only loss.
 
 Interleaved (`bench.interleave`): the samples are cut into `--repeats` chunks; each round trains a
-fresh adapter on one chunk with both trainers in turn (the order rotating), so a round's two
+fresh adapter on one chunk with both trainers in turn (the order reversing), so a round's two
 trainers see the same data and the same machine. Each trainer lives in its own child process for
 the whole run (its model loaded once, warmed up on a few samples, its peak RSS its own and
 including the loaded base that every chunk starts from a copy of). Threads: torch's default, as the trainer service runs (`--threads N` sets N).

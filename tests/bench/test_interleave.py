@@ -47,7 +47,7 @@ def assert_interleaved(result: dict, arms: list[str], unit: str, keys: list[str]
 @pytest.mark.unit
 def test_arms_take_turns_and_the_ratio_is_the_median_of_the_rounds() -> None:
     calls: list[tuple[str, int]] = []
-    seconds = {"a": [1.0, 2.0, 1.0], "b": [2.0, 2.0, 4.0]}
+    seconds = {"a": [1.0, 2.0, 1.0], "b": [2.0, 2.0, 4.0], "c": [1.0, 1.0, 1.0]}
 
     def arm(name: str) -> Arm:
         def run(chunk: int) -> Run:
@@ -56,8 +56,9 @@ def test_arms_take_turns_and_the_ratio_is_the_median_of_the_rounds() -> None:
 
         return Arm(name, run)
 
-    runs = interleave([arm("a"), arm("b")], 3, say=lambda _: None)
-    assert calls == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)]  # the order rotates
+    runs = interleave([arm("a"), arm("b"), arm("c")], 3, say=lambda _: None)
+    # the order reverses every round: a and b, listed side by side, always run one right after the other
+    assert calls == [("a", 0), ("b", 0), ("c", 0), ("c", 1), ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("c", 2)]
     result = report(runs, "tokens", {"speedup": ("a", "b")})
     assert result["ratios"]["speedup"]["values"] == [2.0, 1.0, 4.0]  # a's rate over b's, round by round
     assert result["speedup"] == 2.0
