@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -46,5 +49,27 @@ def run_task(stack: Stack, tmp_path: Path) -> Callable[[dict], dict]:
         report = json.loads(result.stdout.strip().splitlines()[-1])
         assert report["status"] == "completed", report
         return report
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Callable[..., subprocess.CompletedProcess]:
+    """`chromium(*args, timeout=90)`: headless Chromium (`make test` installs it when missing); the
+    process group is killed on timeout, Chromium's helper processes too."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("headless Chromium is needed to look at pages: apt-get install -y chromium (make test does)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--hide-scrollbars", "--allow-file-access-from-files", "--virtual-time-budget=8000"]  # fmt: skip
+
+    def run(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen([exe, *flags, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     return run

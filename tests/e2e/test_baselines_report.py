@@ -5,10 +5,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -107,22 +104,7 @@ def test_each_arm_trained_on_what_its_name_says(job: dict, stack: Stack) -> None
     assert uses["sft"]["accuracy_after"] == pytest.approx(loop_round["accuracy"])
 
 
-def _chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.fail("headless Chromium is needed to look at the report: apt-get install -y chromium (make test does)")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--hide-scrollbars", "--allow-file-access-from-files", "--virtual-time-budget=5000"]  # fmt: skip
-    proc = subprocess.Popen([exe, *flags, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # Chromium's helper processes too
-        out, err = proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def test_the_html_report_renders_in_chromium_with_every_plot(job: dict, tmp_path: Path) -> None:
+def test_the_html_report_renders_in_chromium_with_every_plot(chromium, job: dict, tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
@@ -144,7 +126,7 @@ def test_the_html_report_renders_in_chromium_with_every_plot(job: dict, tmp_path
                      "<script>window.addEventListener('load', () => { document.body.setAttribute('data-sizes', "
                      "[...document.images].map(i => i.complete ? i.naturalWidth + 'x' + i.naturalHeight : 'pending').join(' ')); });"
                      "</script></body></html>")  # fmt: skip
-    dom = _chromium("--dump-dom", probe.as_uri())
+    dom = chromium("--dump-dom", probe.as_uri())
     sizes = re.search(r'data-sizes="([^"]*)"', dom.stdout)
     assert sizes, dom.stderr[-2000:]
     assert len(sizes.group(1).split()) == len(sources)
@@ -152,7 +134,7 @@ def test_the_html_report_renders_in_chromium_with_every_plot(job: dict, tmp_path
 
     # A screenshot of the page itself is not blank: text, tables and plots, not a white sheet.
     shot = tmp_path / "report.png"
-    result = _chromium(f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri())
+    result = chromium(f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri())
     assert shot.is_file(), result.stderr[-2000:]
     with Image.open(shot) as img:
         assert img.size == (1200, 2400)

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -95,22 +92,6 @@ def test_cli_lists_jobs_by_task_and_status(stack: Stack, job: dict) -> None:
     assert bad.returncode == 2 and "task_name:" in bad.stderr
 
 
-def _chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.fail("headless Chromium is needed to look at the Temporal Web UI: apt-get install -y chromium")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--hide-scrollbars", "--virtual-time-budget=8000", "--window-size=1400,900"]
-    proc = subprocess.Popen([exe, *flags, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # Chromium's helper processes too
-        out, err = proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
 def _png_pixels(path: Path) -> tuple[int, int, bytes]:
     """(width, height, filtered scanlines) of a non-interlaced PNG, read with the standard library."""
     data = path.read_bytes()
@@ -127,17 +108,17 @@ def _png_pixels(path: Path) -> tuple[int, int, bytes]:
     return width, height, zlib.decompress(idat)
 
 
-def test_web_ui_filtered_by_task_shows_the_job(stack: Stack, job: dict, tmp_path: Path) -> None:
+def test_web_ui_filtered_by_task_shows_the_job(chromium, stack: Stack, job: dict, tmp_path: Path) -> None:
     c = stack.config
     query = quote(f'SyllabusTask="{job["task"]}"')  # what the UI's filter bar writes into the address
     url = f"{c.temporal_ui_url}/namespaces/{c.temporal_namespace}/workflows?query={query}"
-    dom = _chromium("--dump-dom", url)
+    dom = chromium("--dump-dom", "--window-size=1400,900", url)
     assert job["id"] in dom.stdout, f"the filtered Web UI does not show {job['id']}: {dom.stderr[-1000:]}"
     assert job["decoy"] not in dom.stdout  # another task's workflow is filtered out
     assert "SyllabusTask" in dom.stdout  # the filter the page applied
 
     shot = tmp_path / "temporal-ui-by-task.png"
-    result = _chromium(f"--screenshot={shot}", url)
+    result = chromium(f"--screenshot={shot}", "--window-size=1400,900", url)
     assert shot.is_file(), result.stderr[-1000:]
     width, height, pixels = _png_pixels(shot)
     assert (width, height) == (1400, 900)
