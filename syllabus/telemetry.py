@@ -158,63 +158,48 @@ class RpcTelemetry(grpc.aio.ServerInterceptor):
             return None
         method = handler_call_details.method
         kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+        # The request argument (one message or an iterator) passes through; what differs is whether
+        # the handler returns one response or yields a stream of them.
         if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request, context):
-                call, error = _Call(method, context), None
-                try:
-                    return await inner_uu(request, context)
-                except BaseException as e:
-                    error = e
-                    raise
-                finally:
-                    call.finish(error)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
+            return grpc.unary_unary_rpc_method_handler(_counted_call(method, handler.unary_unary), **kwargs)
         if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request, context):
-                call, error = _Call(method, context), None
-                try:
-                    async for item in inner_us(request, context):
-                        yield item
-                except BaseException as e:
-                    error = e
-                    raise
-                finally:
-                    call.finish(error)
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
+            return grpc.unary_stream_rpc_method_handler(_counted_stream(method, handler.unary_stream), **kwargs)
         if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
+            return grpc.stream_unary_rpc_method_handler(_counted_call(method, handler.stream_unary), **kwargs)
+        return grpc.stream_stream_rpc_method_handler(_counted_stream(method, handler.stream_stream), **kwargs)
 
-            async def stream_unary(request_iterator, context):
-                call, error = _Call(method, context), None
-                try:
-                    return await inner_su(request_iterator, context)
-                except BaseException as e:
-                    error = e
-                    raise
-                finally:
-                    call.finish(error)
 
-            return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
-        inner_ss = handler.stream_stream
+def _counted_call(method: str, inner: Callable) -> Callable:
+    """A handler returning one response, counted and timed as `method`."""
 
-        async def stream_stream(request_iterator, context):
-            call, error = _Call(method, context), None
-            try:
-                async for item in inner_ss(request_iterator, context):
-                    yield item
-            except BaseException as e:
-                error = e
-                raise
-            finally:
-                call.finish(error)
+    async def handle(request, context):
+        call, error = _Call(method, context), None
+        try:
+            return await inner(request, context)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            call.finish(error)
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
+    return handle
+
+
+def _counted_stream(method: str, inner: Callable) -> Callable:
+    """A handler yielding a stream of responses, counted and timed as `method`."""
+
+    async def handle(request, context):
+        call, error = _Call(method, context), None
+        try:
+            async for item in inner(request, context):
+                yield item
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            call.finish(error)
+
+    return handle
 
 
 # -- tracing ---------------------------------------------------------------------------------------
