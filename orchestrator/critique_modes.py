@@ -1,18 +1,24 @@
-"""How the loop reads the teacher's model-based critiques of classification examples (pure logic).
+"""How the loop reads the teacher's model-based critiques (pure logic).
 
-`critique.mode` past the rule filter (ALGORITHMS.md, "Critique and repair"):
+`critique.mode` past the rule filter (ALGORITHMS.md, "Critique and repair"). A classification task
+critiques its generated examples (the label is the solution); an answer kind (exact_answer,
+numeric, open_ended) critiques its solutions, the rationales and RFT samples that reached the
+verified answer, in the `critique-solutions` step after the reasoning steps.
 
-- judge: the teacher critiques "Question: <the student's prompt> / Solution: <label>" and ends with
-  "Conclusion: right/wrong" (the CFT prompt, used as a verdict); kept when right.
+- judge: the teacher critiques "Question: <question> / Solution: <label or rationale>" and ends
+  with "Conclusion: right/wrong" (the CFT prompt, used as a verdict); kept when right.
 - cft: as judge, and every parsed critique is also a training record (Critique Fine-Tuning: the
   student learns to write the critique), category "cft", with the cft objective's fields
   (question, solution, critique) for a recipe stage `objective: cft`.
-- rubric: CITING — one rubric per label (the question type), then the answer revised against it;
-  the example takes the one label the revision names (relabelled when it differs), and is dropped
-  when the revision names none or several.
-- reflection: Reflection-Tuning — a better instruction and answer; the example becomes the reflected
-  one (new input, the label the better answer names), keeping the original under "reflection" so
-  the Selective Reflection-Tuning rule (`select.policy: reflection`) can choose between versions.
+- rubric: CITING — one rubric per question type (a label, or the task's instructions for an answer
+  kind), then the answer revised against it. Classification: the example takes the one label the
+  revision names (relabelled when it differs), and is dropped when it names none or several. An
+  answer kind: the revision replaces the rationale when it still ends in the verified answer
+  ("Answer: ..."; open_ended has no verifier), else the original rationale stays (`rubric_unverified`).
+- reflection (classification only): Reflection-Tuning — a better instruction and answer; the
+  example becomes the reflected one (new input, the label the better answer names), keeping the
+  original under "reflection" so the Selective Reflection-Tuning rule (`select.policy: reflection`)
+  can choose between versions. An answer kind refuses it: nothing would verify the new question's answer.
 
 A reply that never parsed ("status": "failed") drops its example with reason "unparsable"; its raw
 text stays in the critiques artifact. Nothing here fails a batch.
@@ -20,10 +26,11 @@ text stays in the critiques artifact. Nothing here fails a batch.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from orchestrator.reasoning import same_answer
+from syllabus.answers import final_answer, has_answer_line, normalize
 from syllabus.records import content_id
 from syllabus.tasks import TaskSpec
 from syllabus_sdk.teacher.v1 import teacher_pb2
@@ -32,12 +39,6 @@ from syllabus_sdk.teacher.v1 import teacher_pb2
 RELABEL, REFLECTION, CFT = "rubric_revision", "reflection", "cft_critique"
 REPAIR_METHODS = frozenset({RELABEL, REFLECTION, CFT})
 REASON_CHARS = 300  # a verdict's reason quotes at most this much of the teacher's reply
-
-
-def normalize(text: str) -> str:
-    """Lowercase, punctuation and symbols (including "_") to spaces, whitespace collapsed."""
-    chars = (" " if unicodedata.category(c)[0] in "PS" else c for c in text.lower())
-    return " ".join("".join(chars).split())
 
 
 def named_label(text: str, labels: Sequence[str]) -> str | None:
@@ -56,15 +57,31 @@ def _quote(text: str) -> str:
     return " ".join(str(text).split())[:REASON_CHARS]
 
 
+def critiques_solutions(task: TaskSpec) -> bool:
+    """Whether the task's critique reads solutions (rationales) rather than labelled examples."""
+    return task.kind != "classification"
+
+
+def question_solution(task: TaskSpec, r: dict) -> tuple[str, str]:
+    """What the teacher critiques: a classification example's prompt and label, or an answer kind's
+    question and its rationale."""
+    if critiques_solutions(task):
+        return r["input"], r["response"]
+    return task.prompt_for(r["input"]), r["label"]
+
+
 def request_examples(task: TaskSpec, mode: str, records: Sequence[dict]) -> tuple[int, list[dict]]:
-    """(CritiqueMode, the examples in that mode's input format) for the rule-kept `records`."""
+    """(CritiqueMode, the examples in that mode's input format) for the rule-kept `records` (the
+    verified solutions, for an answer kind)."""
+    pairs = [question_solution(task, r) for r in records]
     if mode in ("judge", "cft"):
         return teacher_pb2.CRITIQUE_MODE_CFT, [
-            {"id": r["id"], "question": task.prompt_for(r["input"]), "solution": r["label"]} for r in records
+            {"id": r["id"], "question": q, "solution": a} for r, (q, a) in zip(records, pairs, strict=True)
         ]
     if mode == "rubric":
+        qtype = (lambda r: task.instructions) if critiques_solutions(task) else (lambda r: r["label"])
         return teacher_pb2.CRITIQUE_MODE_RUBRIC_REVISION, [
-            {"id": r["id"], "question": task.prompt_for(r["input"]), "answer": r["label"], "type": r["label"]} for r in records
+            {"id": r["id"], "question": q, "answer": a, "type": qtype(r)} for r, (q, a) in zip(records, pairs, strict=True)
         ]
     if mode == "reflection":
         return teacher_pb2.CRITIQUE_MODE_REFLECTION, [{"id": r["id"], "instruction": r["input"], "answer": r["label"]} for r in records]
@@ -109,13 +126,16 @@ def interpret(task: TaskSpec, mode: str, records: Sequence[dict], critiques: Seq
             if right:
                 out.kept.append(r)
             if mode == "cft":
+                question, solution = question_solution(task, r)
                 out.extra.append({
                     "id": content_id("cft", c["prompt"], c["response"]), "input": r["input"], "label": r["label"],
                     "prompt": c["prompt"], "response": c["response"], "parent_id": r["id"], "category": "cft",
                     # the fields of the trainer's cft objective (a recipe stage with objective: cft)
-                    "question": task.prompt_for(r["input"]), "solution": r["label"], "critique": c["critique"],
+                    "question": question, "solution": solution, "critique": c["critique"],
                     "provenance": {**prov, "method": CFT},
                 })  # fmt: skip
+        elif mode == "rubric" and critiques_solutions(task):
+            _revised_solution(task, r, c, prov, out)
         elif mode == "rubric":
             label = named_label(c.get("revision", ""), task.labels)
             if label is None:
@@ -137,3 +157,19 @@ def interpret(task: TaskSpec, mode: str, records: Sequence[dict], critiques: Seq
             original = {"input": r["input"], "label": r["label"]}
             out.kept.append(_example(task, r, text, label, REFLECTION, prov, reflection=original))
     return out
+
+
+def _revised_solution(task: TaskSpec, r: dict, c: dict, prov: dict, out: Outcome) -> None:
+    """CITING on an answer kind's solution: the revision trains in place of the rationale when it
+    still reaches the verified answer; otherwise the verified original stays."""
+    revision = str(c.get("revision", "")).strip()
+    verified = task.kind == "open_ended" or (has_answer_line(revision) and same_answer(task, final_answer(revision), r["label"]))
+    if not verified:
+        out.verdicts.append({"id": r["id"], "keep": True, "reason": f"rubric_unverified: {_quote(revision)}"})
+        out.kept.append(r)
+        return
+    out.verdicts.append({"id": r["id"], "keep": True, "reason": "rubric_revised"})
+    out.kept.append({
+        **r, "id": content_id(r["prompt"], revision), "response": revision, "parent_id": r["id"],
+        "rubric": c.get("rubric", ""), "provenance": {**prov, "method": RELABEL},
+    })  # fmt: skip

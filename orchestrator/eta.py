@@ -27,14 +27,20 @@ _STAGE = re.compile(r"^train-stage-\d+$")
 def planned_steps(plan: LoopPlan, rounds: int) -> list[PlannedStep]:
     """The steps a job of `plan` runs, in order (a round without candidates skips some at run time)."""
     out = [PlannedStep("prepare", 0), PlannedStep("baseline-eval", 0)]
+    if plan.judge_eval:
+        out.append(PlannedStep("baseline-judge", 0))
     for r in range(1, rounds + 1):
         names: list[str] = []
         if plan.expand or (plan.targeted and r > 1):
             names += ["generate", "critique"]
         names += plan.reasoning
+        if plan.answers_by_reasoning and plan.critique != "rules" and plan.reasoning:
+            names.append("critique-solutions")
         if plan.learnability or ("difficulty" in plan.metrics and r == 1):
             names.append("reference-train")
         names += ["score", "select", "train", "evaluate"]
+        if plan.judge_eval:
+            names.append("judge")
         if plan.baselines:
             names.append("baselines")
         if plan.targeted and r < rounds:

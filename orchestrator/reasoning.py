@@ -21,8 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.critique_modes import normalize
-from syllabus.answers import extract_number
+from syllabus.answers import extract_number, normalize
 from syllabus.tasks import TaskSpec
 
 # Candidate categories that are plain labelled examples (questions for rationales and RFT).

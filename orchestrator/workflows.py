@@ -2,6 +2,7 @@
 
     prepare (datasets + the task's LoopPlan) -> baseline-eval -> for each round:
         generate (expand, targeted) -> critique -> rationales -> rft
+        [-> critique-solutions (an answer kind's judge, cft or rubric on the verified rationales)]
         -> reference-train (LoBaSS) -> score -> select
         -> train (one SFT stage) | train-stage-1..N (the task's recipe, one checkpointed run)
         -> evaluate [-> validation-eval -> analyze (targeted generation next round)]
@@ -19,6 +20,7 @@ candidates. A round without candidates trains on the seeds alone.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -154,6 +156,17 @@ class DistillationWorkflow:
                     candidates, n_candidates = reasoned.candidates, reasoned.count
                 elif plan.answers_by_reasoning:
                     candidates, n_candidates = None, 0
+            if plan.answers_by_reasoning and plan.critique != "rules" and candidates is not None and n_candidates > 0:
+                # An answer kind's model critique reads the verified solutions (judge, cft, rubric).
+                crit = await self._step(
+                    "critique-solutions",
+                    r,
+                    Activities.critique_solutions,
+                    CritiqueInput(inp.job_id, inp.task_ref, r, candidates, prep.seeds, teacher),
+                )
+                result.dropped = dict(sorted((Counter(result.dropped) + Counter(crit.dropped)).items()))
+                n_candidates = crit.kept_count + crit.extra_count
+                candidates = crit.kept if n_candidates > 0 else None
             result.candidates = n_candidates
 
             train_set, scores = prep.seeds, None

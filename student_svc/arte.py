@@ -7,8 +7,9 @@ probe set Dpref of (q', a') pairs, with greedy decoding:
     s_r = (1 / |Dpref|) * sum_{(q', a') in Dpref} 1[student(demo (q, r); q') == a']
     s_q = mean over r in R_q of s_r
 
-The student's answer is its final answer (`final_answer`: after the last "Answer:" line) before it is
-matched, so a one-shot rationale demo that makes the student reason does not hide a right answer.
+The student's answer is its final answer (`syllabus.answers.final_answer`: after the last "Answer:"
+line) before it is matched, so a one-shot rationale demo that makes the student reason does not hide
+a right answer.
 
 Dpref is the k most discriminative questions of a validation bank (k = 40 of 100 per task in the
 paper); discrimination comes from a 2PL IRT model fitted on several small models' right/wrong
@@ -21,25 +22,14 @@ Cost: |records| x |Dpref| student generations - all of them run as length-bucket
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from student_svc.evaluation import DEFAULT_MAX_NEW_TOKENS, EXACT, answers_match, generate_greedy
+from syllabus.answers import final_answer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-
-_ANSWER_LINE = re.compile(r"^\s*(?:final\s+)?answer\s*(?:is)?\s*[:=]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
-
-
-def final_answer(generation: str) -> str:
-    """What a generation answers: the text after its last "Answer:" line when it reasons first (a
-    rationale demo makes the student reason too), else the whole generation. Matching the whole
-    rationale against a label or number would almost never hit."""
-    matches = _ANSWER_LINE.findall(generation)
-    return matches[-1].strip() if matches else generation
 
 
 def one_shot(demo_question: str, demo_rationale: str, question: str) -> list[dict]:

@@ -1,11 +1,20 @@
-"""Reading a final numeric answer, the one rule the task spec (numeric answers), the loop (checking
-rationales) and the student's evaluation (numeric match) share."""
+"""Reading a final answer, the rules the task spec (numeric answers), the loop (checking rationales
+and revisions) and the student (numeric match, ARTE's probes) share."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
+_ANSWER_LINE = re.compile(r"^\s*(?:final\s+)?answer\s*(?:is)?\s*[:=]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, punctuation and symbols (including "_") to spaces, whitespace collapsed: how labels
+    and exact answers compare."""
+    chars = (" " if unicodedata.category(c)[0] in "PS" else c for c in text.lower())
+    return " ".join("".join(chars).split())
 
 
 def extract_number(text: str) -> float | None:
@@ -24,3 +33,15 @@ def extract_number(text: str) -> float | None:
         return float(raw)
     except ValueError:
         return None
+
+
+def final_answer(generation: str) -> str:
+    """What a generation answers: the text after its last "Answer:" line when it reasons first, else
+    the whole generation. Matching a whole rationale against a label or number would almost never hit."""
+    matches = _ANSWER_LINE.findall(generation)
+    return matches[-1].strip() if matches else generation
+
+
+def has_answer_line(generation: str) -> bool:
+    """Whether the generation states its final answer on an "Answer: ..." line."""
+    return _ANSWER_LINE.search(generation) is not None

@@ -171,7 +171,10 @@ class CritiqueSpec(_Strict):
     rubric: the rules, then CITING — a rubric per label, the answer revised against it (relabelled
         when the revision names another label, dropped when it names none);
     reflection: the rules, then Reflection-Tuning — a better instruction and answer per example.
-    An unparseable reply is retried, then dropped with its raw text kept; it never fails the batch."""
+    An unparseable reply is retried, then dropped with its raw text kept; it never fails the batch.
+    In an answer kind (exact_answer, numeric, open_ended) the rules vet the generated questions and
+    judge, cft and rubric read the verified solutions (rationales, RFT samples) after the reasoning
+    steps; a rubric revision replaces its rationale only when it reaches the same answer."""
 
     mode: Literal["rules", "judge", "cft", "rubric", "reflection"] = "rules"
     retries: int = Field(1, ge=0, le=5, description="Retries of a model reply that does not parse.")
@@ -405,9 +408,12 @@ class TaskSpec(_Strict):
                 for i, ex in enumerate(getattr(self, field)):
                     if extract_number(ex.label) is None:
                         raise ValueError(f"{field}[{i}].label: {ex.label[:40]!r} is not a number (numeric task)")
-        if self.critique.mode != "rules":
-            raise ValueError(f"critique.mode: {self.critique.mode} critiques labelled examples (classification); "
-                             f"a {self.kind} task's answers are verified by its rationales, so use rules")  # fmt: skip
+        if self.critique.mode == "reflection":
+            raise ValueError(f"critique.mode: reflection rewrites the question, and nothing would verify the new question's answer; "
+                             f"a {self.kind} task can use rules, judge, cft or rubric")  # fmt: skip
+        if self.critique.mode != "rules" and not (self.generate.mode("rationales") or self.generate.mode("rft")):
+            raise ValueError(f"critique.mode: {self.critique.mode} critiques the teacher's solutions in a {self.kind} task; "
+                             "add a rationales or rft mode to generate.modes")  # fmt: skip
         if "difficulty" in self.score.metrics:
             raise ValueError("score.metrics: difficulty scores the crowd's label choice (classification only)")
         if self.kind == "open_ended" and self.generate.mode("rft") is not None:

@@ -2,7 +2,8 @@
 one small data step, and records metadata through `orchestrator.metadata`):
 
 - `data`: prepare_job (the datasets and the `LoopPlan`), tailor_inputs, finish_job (no service);
-- `teacher`: generate_examples, critique_examples, reason_examples (rationales, RFT), analyze_errors;
+- `teacher`: generate_examples, critique_examples, reason_examples (rationales, RFT), critique_solutions
+  (an answer kind's model critique), analyze_errors;
 - `student`: evaluate_student (and the round's row), score_samples, select_samples;
 - `trainer`: train_adapter (one SFT stage, or the task's recipe).
 
@@ -35,6 +36,7 @@ class Activities(DataActivities, TeacherActivities, StudentActivities, TrainerAc
             self.analyze_errors,
             self.critique_examples,
             self.reason_examples,
+            self.critique_solutions,
             self.score_samples,
             self.select_samples,
             self.train_adapter,

@@ -1,5 +1,6 @@
 """Steps the TeacherService computes: generate (seed expansion + targeted), critique (rules, or rules
-then a model-based mode), reasoning (rationales, RFT) and error analysis."""
+then a model-based mode; an answer kind's solutions after reasoning), reasoning (rationales, RFT) and
+error analysis."""
 
 from __future__ import annotations
 
@@ -195,6 +196,33 @@ class TeacherActivities(ActivityBase):
                 raise ApplicationError("TeacherService.Critique returned no outputs", type="DATA_LOSS")
         return kept, critiques
 
+    async def _model_critique(
+        self, task: TaskSpec, inp: CritiqueInput, records: list[dict], prefix: str
+    ) -> tuple[critique_modes.Outcome, ArtifactRef]:
+        """The task's model-based critique mode on `records` (inputs under `prefix`): what it keeps,
+        the records it writes and one verdict each (`critique_modes.interpret`), and its critiques."""
+        mode = task.critique.mode
+        model_mode, examples = critique_modes.request_examples(task, mode, records)
+        ex_ref = self._publish_once(f"{prefix}-{mode}-input.jsonl", dumps_jsonl(examples))
+        model_prefix = output_key(
+            inp.job_id, inp.round, f"critique-{mode}", [ex_ref, inp.teacher_adapter],
+            {"model": task.teacher.model, "kind": task.kind, "labels": task.labels, "mode": mode, "critique": task.critique.model_dump()},
+        )  # fmt: skip
+        _, model_critiques = await self._critique_call(task, inp, model_mode, ex_ref, model_prefix)
+        return critique_modes.interpret(task, mode, records, self._read_jsonl(model_critiques)), model_critiques
+
+    async def _record_critique(
+        self, inp: CritiqueInput, mode: str, kept: ArtifactRef, records: list[dict], verdicts: list[dict], outputs: dict
+    ) -> Counter:
+        """Record the samples a critique wrote (relabelled, reflected, revised, critiques), its verdicts
+        and its artifacts; the drops by reason code."""
+        repaired = [r for r in records if r.get("provenance", {}).get("method") in critique_modes.REPAIR_METHODS]
+        if repaired:
+            await self._db(self.metadata.record_samples, [sample_row(inp.job_id, inp.round, "repaired", r, kept.uri) for r in repaired])
+        await self._db(self.metadata.record_critiques, inp.job_id, mode, verdicts)
+        await self._record_artifacts(inp.job_id, inp.round, outputs)
+        return Counter(critique_modes.reason_code(v["reason"]) for v in verdicts if not v["keep"])
+
     @activity.defn
     async def critique_examples(self, inp: CritiqueInput) -> CritiqueOutput:
         """TeacherService.Critique: the rule filter, then (judge, cft, rubric, reflection) the teacher
@@ -203,9 +231,11 @@ class TeacherActivities(ActivityBase):
         The model's reply decides per mode (`orchestrator.critique_modes`): judge/cft keep an example
         whose critique concludes "right"; rubric (CITING) and reflection relabel it with the one label
         the revision names (reflection also rewrites the input). A reply that never parses drops the
-        example with reason "unparsable" and its raw text kept in the critiques artifact."""
+        example with reason "unparsable" and its raw text kept in the critiques artifact. An answer
+        kind's examples are questions: the rules vet them here, and the model mode reads their
+        solutions later (`critique_solutions`)."""
         task = self._task(inp.task_ref)
-        mode = task.critique.mode
+        mode = "rules" if critique_modes.critiques_solutions(task) else task.critique.mode
         params = {"model": task.teacher.model, "kind": task.kind, "labels": task.labels}
         prefix = output_key(inp.job_id, inp.round, "critique", [inp.examples, inp.seeds], {**params, "mode": "rules"})
         rule_kept, rule_critiques = await self._critique_call(task, inp, teacher_pb2.CRITIQUE_MODE_RULES, inp.examples, prefix)
@@ -214,35 +244,48 @@ class TeacherActivities(ActivityBase):
         outputs: dict[str, ArtifactRef | None] = {"rule-critiques": rule_critiques}
         extra: list[dict] = []  # training records the critique itself makes (cft critiques)
         if mode != "rules" and kept_records:
-            model_mode, examples = critique_modes.request_examples(task, mode, kept_records)
-            ex_ref = self._publish_once(f"{prefix}-{mode}-input.jsonl", dumps_jsonl(examples))
-            model_prefix = output_key(
-                inp.job_id, inp.round, f"critique-{mode}", [ex_ref, inp.teacher_adapter],
-                {**params, "mode": mode, "critique": task.critique.model_dump()},
-            )  # fmt: skip
-            _, model_critiques = await self._critique_call(task, inp, model_mode, ex_ref, model_prefix)
-            outcome = critique_modes.interpret(task, mode, kept_records, self._read_jsonl(model_critiques))
+            outcome, outputs["critiques"] = await self._model_critique(task, inp, kept_records, prefix)
             kept_records, extra = outcome.kept, outcome.extra
             verdicts = [v for v in verdicts if not v["keep"]] + outcome.verdicts
-            outputs["critiques"] = model_critiques
-        kept_ids = {r["id"] for r in kept_records}
         kept = rule_kept
         if mode != "rules":
             kept = self._publish_once(f"{prefix}-{mode}-kept.jsonl", dumps_jsonl(kept_records + extra))
-        # Records the critique wrote (relabelled, reflected, critiques) are new samples of the lineage.
-        repaired = [r for r in kept_records + extra if r.get("provenance", {}).get("method") in critique_modes.REPAIR_METHODS]
-        if repaired:
-            await self._db(self.metadata.record_samples, [sample_row(inp.job_id, inp.round, "repaired", r, kept.uri) for r in repaired])
-        await self._db(self.metadata.record_critiques, inp.job_id, mode, verdicts)
-        await self._record_artifacts(inp.job_id, inp.round, {"kept": kept, **outputs})
-        dropped = Counter(critique_modes.reason_code(v["reason"]) for v in verdicts if not v["keep"])
+        dropped = await self._record_critique(inp, mode, kept, kept_records + extra, verdicts, {"kept": kept, **outputs})
         return CritiqueOutput(
             kept=kept,
             critiques=outputs.get("critiques") or rule_critiques,
-            kept_count=len(kept_ids),
+            kept_count=len({r["id"] for r in kept_records}),
             dropped_count=sum(dropped.values()),
             dropped=dict(sorted(dropped.items())),
             extra_count=len(extra),
+        )
+
+    @activity.defn
+    async def critique_solutions(self, inp: CritiqueInput) -> CritiqueOutput:
+        """An answer kind's model-based critique (judge, cft, rubric) of its verified solutions, the
+        rationale and RFT candidates (`inp.examples`), after the reasoning steps. Candidates that are
+        not solutions (cft records) pass unread. Kept: the solutions the mode keeps (rubric: revised
+        where the revision reaches the same answer), then the critique records (cft)."""
+        task = self._task(inp.task_ref)
+        mode = task.critique.mode
+        if not critique_modes.critiques_solutions(task) or mode == "rules":
+            raise ApplicationError(f"critique.mode {mode} of a {task.kind} task reads no solutions", type="INVALID_ARGUMENT", non_retryable=True)
+        candidates = self._read_jsonl(inp.examples)
+        solutions = [r for r in candidates if r.get("category") in ("rationales", "rft")]
+        others = [r for r in candidates if r.get("category") not in ("rationales", "rft")]
+        prefix = output_key(inp.job_id, inp.round, "critique-solutions", [inp.examples], {"mode": mode})
+        outcome, critiques = await self._model_critique(task, inp, solutions, prefix)
+        kept = self._publish_once(f"{prefix}-kept.jsonl", dumps_jsonl(others + outcome.kept + outcome.extra))
+        dropped = await self._record_critique(
+            inp, mode, kept, outcome.kept + outcome.extra, outcome.verdicts, {"solutions-kept": kept, "solution-critiques": critiques}
+        )
+        return CritiqueOutput(
+            kept=kept,
+            critiques=critiques,
+            kept_count=len(others) + len(outcome.kept),
+            dropped_count=sum(dropped.values()),
+            dropped=dict(sorted(dropped.items())),
+            extra_count=len(outcome.extra),
         )
 
     @activity.defn

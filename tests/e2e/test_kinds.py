@@ -108,3 +108,49 @@ def test_open_ended_is_judged_against_the_rubric_with_a_win_rate(run_task, stack
     (asked,) = list((prefix / "round-1").glob("judge-*-answers.jsonl")) or [None]
     if asked is not None:  # the judge read the rubric and the reference answer with each question
         assert all("Grade by this rubric:" in q["question"] and "A reference answer:" in q["question"] for q in loads_jsonl(asked.read_bytes()))
+
+
+# Easy sums the bundled teacher gets right often enough at temperature 0.7 (the draws are seeded).
+SUMS = [{"input": f"Tom has {a} apples and buys {b} more. How many apples does Tom have now?", "answer": str(a + b)}
+        for a, b in [(2, 3), (4, 1), (3, 3), (5, 2), (1, 6), (2, 2), (6, 3), (4, 4)]]  # fmt: skip
+
+
+def test_a_numeric_task_critiques_its_verified_rationales_with_cft(run_task, stack: Stack, tmp_path: Path) -> None:
+    """An answer kind's model critique: the bundled teacher critiques each rationale that reached the
+    gold answer (Question / Solution = the rationale), a wrong or unparsable verdict keeps it out of
+    training, and every parsed critique becomes a cft record."""
+    task = {
+        "name": "kind-numeric-cft", "kind": "numeric", "instructions": "Solve the arithmetic word problem.",
+        "seeds": SUMS[:6], "eval": SUMS[6:], "rounds": 1,
+        "teacher": {"model": "bundled:smollm2-135m-instruct"}, "student": {"model": "bundled:smollm2-135m-instruct"},
+        "generate": {"modes": [{"mode": "rationales", "styles": ["step_by_step", "symbolic"], "per_style": 2, "max_new_tokens": 48}]},
+        "critique": {"mode": "cft", "max_new_tokens": 64},
+        "score": {"metrics": ["ifd"]}, "train": {"epochs": 1, "batch_size": 4}, "evaluate": {"max_new_tokens": 24},
+    }  # fmt: skip
+    report = run_task(task)
+    steps = [s["name"] for s in report["steps"] if s["round"] == 1]
+    assert steps[:2] == ["rationales", "critique-solutions"]
+    (one,) = report["rounds"]
+    verified = one["reasoning"]["rationales"]["kept"]
+    assert verified > 0, one["reasoning"]  # else the bundled teacher changed: pick easier sums
+    prefix = Path(unquote(urlparse(report["artifacts_uri"]).path)) / "round-1"
+    (asked,) = list(prefix.glob("critique-solutions-*-cft-input.jsonl"))
+    (rationales,) = list(prefix.glob("rationales-candidates-*.jsonl"))
+    solutions = {r["id"]: r for r in loads_jsonl(rationales.read_bytes())}
+    # The teacher read every verified rationale as the solution to its question.
+    questions = loads_jsonl(asked.read_bytes())
+    assert {q["id"] for q in questions} == set(solutions) and len(questions) == verified
+    assert all(q["solution"] == solutions[q["id"]]["response"] and q["question"] == solutions[q["id"]]["input"] for q in questions)
+    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
+    verdicts = dict(con.execute("select sample_id, keep from critiques where job_id=? and mode='cft'", (report["job_id"],)).fetchall())
+    assert set(verdicts) == set(solutions)
+    kept = {i for i, keep in verdicts.items() if keep}
+    assert sum(one["critique_dropped"].values()) == verified - len(kept)
+    # Only solutions the critique kept train (beside the seeds' own answers and the cft records).
+    trained = {i for (i,) in con.execute("select s.sample_id from training_run_samples s join training_runs t on"
+                                          " s.training_run_id = t.id where t.job_id=? and t.stage='sft'", (report["job_id"],))}  # fmt: skip
+    assert trained & set(solutions) <= kept
+    (cft_records,) = list(prefix.glob("critique-solutions-*-kept.jsonl"))
+    extra = [r for r in loads_jsonl(cft_records.read_bytes()) if r.get("category") == "cft"]
+    assert one["candidates"] == len(kept) + len(extra)
+    assert all(r["solution"] == solutions[r["parent_id"]]["response"] and r["critique"] for r in extra)

@@ -179,3 +179,59 @@ def test_answer_kinds_have_their_own_prompts_and_rules(numeric_task: TaskSpec) -
                      eval=[{"input": "Capital of Italy?", "answer": "Rome"}])  # fmt: skip
     assert exact.prompt_for("q").endswith("Answer with the answer only.") and exact.response_for("Paris") == "Paris"
     assert not reasoning.same_answer(exact, "paris, france", "Paris") and reasoning.same_answer(exact, "paris.", "Paris")
+
+
+def solution(i: str, rationale: str, label: str = "1", category: str = "rationales") -> dict:
+    return {"id": i, "input": "Dan had 4 dollars and spent 3. How many are left?", "label": label, "prompt": "p", "response": rationale,
+            "category": category, "parent_id": "seed", "provenance": {"method": "rationale"}}  # fmt: skip
+
+
+def test_an_answer_kind_critiques_its_rationales_not_its_label(numeric_task: TaskSpec) -> None:
+    """judge/cft read (question, rationale); a wrong verdict drops the rationale, cft trains on every
+    parsed critique with the rationale as the solution."""
+    sols = [solution("a", "4 - 3 = 1\nAnswer: 1"), solution("b", "4 + 3 = 7, so 1\nAnswer: 1", category="rft")]
+    model_mode, examples = critique_modes.request_examples(numeric_task, "cft", sols)
+    assert [(e["question"], e["solution"]) for e in examples] == [(s["input"], s["response"]) for s in sols]
+    replies = [
+        {"id": "a", "status": "ok", "critique": "4 - 3 is 1.\nConclusion: right", "verdict": "right", "prompt": "Q", "response": "c1"},
+        {"id": "b", "status": "ok", "critique": "4 + 3 is 7, not 1.\nConclusion: wrong", "verdict": "wrong", "prompt": "Q2", "response": "c2"},
+    ]  # fmt: skip
+    out = critique_modes.interpret(numeric_task, "cft", sols, replies)
+    assert [r["id"] for r in out.kept] == ["a"]
+    assert [(v["id"], v["keep"]) for v in out.verdicts] == [("a", True), ("b", False)]
+    assert [(r["solution"], r["question"], r["category"]) for r in out.extra] == [
+        (sols[0]["response"], sols[0]["input"], "cft"), (sols[1]["response"], sols[1]["input"], "cft")
+    ]  # fmt: skip
+
+
+def test_a_rubric_revision_replaces_a_rationale_only_when_it_reaches_the_verified_answer(numeric_task: TaskSpec) -> None:
+    sols = [solution("a", "4 - 3 = 1\nAnswer: 1"), solution("b", "4 - 3 = 1\nAnswer: 1"), solution("c", "4 - 3 = 1\nAnswer: 1"),
+            solution("d", "x\nAnswer: 1")]  # fmt: skip
+    _, examples = critique_modes.request_examples(numeric_task, "rubric", sols)
+    assert {e["type"] for e in examples} == {numeric_task.instructions} and examples[0]["answer"] == sols[0]["response"]
+    replies = [
+        {"id": "a", "status": "ok", "revision": "Dan spends 3 of 4: 4 - 3 = 1.\nAnswer: 1.0", "rubric": "1. shows the operation"},
+        {"id": "b", "status": "ok", "revision": "4 + 3 = 7\nAnswer: 7", "rubric": "1. x"},  # a wrong revised answer
+        {"id": "c", "status": "ok", "revision": "Dan has 1 left.", "rubric": "1. x"},  # no final answer line
+        {"id": "d", **FAILED},
+    ]
+    out = critique_modes.interpret(numeric_task, "rubric", sols, replies)
+    kept = {r.get("parent_id") if r["id"] not in {s["id"] for s in sols} else r["id"]: r for r in out.kept}
+    assert set(kept) == {"a", "b", "c"}
+    revised = next(r for r in out.kept if r["provenance"]["method"] == critique_modes.RELABEL)
+    assert revised["parent_id"] == "a" and revised["response"].startswith("Dan spends") and revised["label"] == "1"
+    assert revised["category"] == "rationales" and revised["id"] != "a"
+    assert kept["b"] is sols[1] and kept["c"] is sols[2]  # the verified originals stay
+    reasons = {v["id"]: v["reason"] for v in out.verdicts}
+    assert reasons["a"] == "rubric_revised"
+    assert reasons["b"].startswith("rubric_unverified:") and reasons["c"].startswith("rubric_unverified:")
+    assert reasons["d"].startswith("unparsable:")
+
+
+def test_reflection_and_model_critique_without_solutions_are_refused_for_answer_kinds(numeric_task: TaskSpec) -> None:
+    base = numeric_task.model_dump()
+    with pytest.raises(ValueError, match="reflection rewrites the question"):
+        TaskSpec(**{**base, "critique": {"mode": "reflection"}})
+    with pytest.raises(ValueError, match="add a rationales or rft mode"):
+        TaskSpec(**{**base, "critique": {"mode": "judge"}, "generate": {"modes": [{"mode": "targeted"}]}})
+    assert TaskSpec(**{**base, "critique": {"mode": "cft"}}).critique.mode == "cft"

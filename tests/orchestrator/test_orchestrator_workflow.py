@@ -108,6 +108,11 @@ class FakeServices:
             kept = 0 if inp.round in self.empty_rounds else 6
             return CritiqueOutput(ref(f"kept-{inp.round}"), ref(f"crit-{inp.round}"), kept, 8 - kept)
 
+        @activity.defn(name="critique_solutions")
+        async def critique_solutions(inp: CritiqueInput) -> CritiqueOutput:
+            self.calls.append(("critique_solutions", inp))
+            return CritiqueOutput(ref(f"solutions-kept-{inp.round}"), ref(f"solution-crit-{inp.round}"), 5, 3, {"judge_wrong": 3}, 2)
+
         @activity.defn(name="train_adapter")
         async def train_adapter(inp: TrainInput) -> TrainOutput:
             self.calls.append(("train_adapter", inp))
@@ -140,6 +145,7 @@ class FakeServices:
             evaluate_student,
             generate_examples,
             critique_examples,
+            critique_solutions,
             reason_examples,
             train_adapter,
             score_samples,
@@ -263,6 +269,27 @@ async def test_the_plan_turns_on_reasoning_modes_and_recipe_stages(temporal_env:
     (r1,) = result.rounds
     assert r1.reasoning["rationales"] == {"written": 4, "wrong": 1, "failed": 1, "duplicate_paths": 0, "kept": 2}
     assert r1.candidates == 8
+
+
+async def test_an_answer_kind_critiques_its_solutions_after_the_reasoning_steps(temporal_env: WorkflowEnvironment) -> None:
+    """numeric/exact_answer/open_ended with a model critique: the rules vet the questions, then the
+    model mode reads what the reasoning steps verified; its keep (and cft records) are the candidates."""
+    plan = LoopPlan(reasoning=["rationales", "rft"], metrics=["ifd"], critique="cft", answers_by_reasoning=True)
+    fakes = FakeServices(plan=plan)
+    fakes.release.set()
+    task_queue = f"test-{uuid.uuid4()}"
+    inp = DistillationInput(job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=1)
+    async with Worker(temporal_env.client, task_queue=task_queue, workflows=[DistillationWorkflow], activities=fakes.activities()):
+        result = await temporal_env.client.execute_workflow(DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue)
+
+    names = [s.name for s in result.steps if s.round == 1]
+    assert names == ["generate", "critique", "rationales", "rft", "critique-solutions", "score", "select", "train", "evaluate"]
+    (crit,) = fakes.inputs("critique_solutions")
+    assert crit.examples == ref("rft-1")
+    (score,) = fakes.inputs("score_samples")
+    assert score.dataset == ref("solutions-kept-1")
+    (r1,) = result.rounds
+    assert r1.candidates == 5 + 2 and r1.dropped == {"judge_wrong": 3}
 
 
 def tailoring_fakes(calls: list) -> list:
