@@ -13,8 +13,9 @@ verified answer, in the `critique-solutions` step after the reasoning steps.
 - rubric: CITING — one rubric per question type (a label, or the task's instructions for an answer
   kind), then the answer revised against it. Classification: the example takes the one label the
   revision names (relabelled when it differs), and is dropped when it names none or several. An
-  answer kind: the revision replaces the rationale when it still ends in the verified answer
-  ("Answer: ..."; open_ended has no verifier), else the original rationale stays (`rubric_unverified`).
+  answer kind: the revision replaces the rationale when its last answer line ("Answer: 5", "The
+  answer is 5.", read as a rationale's) gives the verified answer (open_ended has no verifier), else
+  the original rationale stays (`rubric_unverified`).
 - reflection (classification only): Reflection-Tuning — a better instruction and answer; the
   example becomes the reflected one (new input, the label the better answer names), keeping the
   original under "reflection" so the Selective Reflection-Tuning rule (`select.policy: reflection`)
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.reasoning import same_answer
-from syllabus.answers import final_answer, has_answer_line, normalize
+from syllabus.answers import normalize, stated_answer
 from syllabus.records import content_id
 from syllabus.tasks import TaskSpec
 from syllabus_sdk.teacher.v1 import teacher_pb2
@@ -163,7 +164,8 @@ def _revised_solution(task: TaskSpec, r: dict, c: dict, prov: dict, out: Outcome
     """CITING on an answer kind's solution: the revision trains in place of the rationale when it
     still reaches the verified answer; otherwise the verified original stays."""
     revision = str(c.get("revision", "")).strip()
-    verified = task.kind == "open_ended" or (has_answer_line(revision) and same_answer(task, final_answer(revision), r["label"]))
+    stated = stated_answer(revision)  # read as the teacher reads a rationale: its last answer line
+    verified = task.kind == "open_ended" or (stated is not None and same_answer(task, stated[1], r["label"]))
     if not verified:
         out.verdicts.append({"id": r["id"], "keep": True, "reason": f"rubric_unverified: {_quote(revision)}"})
         out.kept.append(r)

@@ -7,6 +7,7 @@ import re
 import unicodedata
 
 _ANSWER_LINE = re.compile(r"^\s*(?:final\s+)?answer\s*(?:is)?\s*[:=]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+_STATED = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
 
@@ -42,6 +43,14 @@ def final_answer(generation: str) -> str:
     return matches[-1].strip() if matches else generation
 
 
-def has_answer_line(generation: str) -> bool:
-    """Whether the generation states its final answer on an "Answer: ..." line."""
-    return _ANSWER_LINE.search(generation) is not None
+def stated_answer(text: str) -> tuple[str, str] | None:
+    """(the text up to its answer line, the answer) of a rationale: its last line that says
+    "answer [is] [:=] X" ("Answer: 5", "The answer is 5."), lines stripped; None when no line does.
+    How the teacher reads its rationales, and the loop a rubric revision of one."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        if m := _STATED.search(lines[i]):
+            answer = m.group(1).strip().strip(".*`\"'").strip()
+            if answer:
+                return "\n".join(lines[: i + 1]), answer
+    return None

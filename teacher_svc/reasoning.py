@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from syllabus.answers import stated_answer
 from syllabus.records import content_id
 from teacher_svc.backend import Backend, ChatPrompt, Sampling
 from teacher_svc.dedupe import normalize
@@ -47,7 +48,6 @@ RATIONALE_TEMPLATE_HASH = template_hash(RATIONALE_TEMPLATE, STYLES, RATIONALE_ST
 
 CLASSIFICATION, EXACT, NUMERIC = "classification", "exact", "numeric"
 
-_ANSWER = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _NUM = r"\d+(?:\.\d+)?"
 _EQUATION = re.compile(rf"{_NUM}(?:\s*[-+*/x×÷]\s*{_NUM})+\s*=\s*{_NUM}")
@@ -72,13 +72,9 @@ class Rationale:
 
 def parse_rationale(raw: str) -> Rationale:
     """The rationale and its final answer (the last "Answer: ..." line); ParseError if there is none."""
-    lines = [line.strip() for line in raw.strip().splitlines() if line.strip()]
-    for i in range(len(lines) - 1, -1, -1):
-        if m := _ANSWER.search(lines[i]):
-            answer = m.group(1).strip().strip(".*`\"'").strip()
-            if answer:
-                return Rationale("\n".join(lines[: i + 1]), answer)
-    raise ParseError('no final "Answer: <answer>" line')
+    if (stated := stated_answer(raw)) is None:
+        raise ParseError('no final "Answer: <answer>" line')
+    return Rationale(*stated)
 
 
 def _number(text: str) -> float | None:

@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from orchestrator.stack import Stack
+from syllabus.answers import extract_number, stated_answer
 from syllabus.records import loads_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -115,17 +116,20 @@ SUMS = [{"input": f"Tom has {a} apples and buys {b} more. How many apples does T
         for a, b in [(2, 3), (4, 1), (3, 3), (5, 2), (1, 6), (2, 2), (6, 3), (4, 4)]]  # fmt: skip
 
 
-def test_a_numeric_task_critiques_its_verified_rationales_with_cft(run_task, stack: Stack, tmp_path: Path) -> None:
-    """An answer kind's model critique: the bundled teacher critiques each rationale that reached the
-    gold answer (Question / Solution = the rationale), a wrong or unparsable verdict keeps it out of
-    training, and every parsed critique becomes a cft record."""
+@pytest.mark.parametrize("mode", ["cft", "rubric"])
+def test_a_numeric_task_critiques_its_verified_rationales(run_task, stack: Stack, tmp_path: Path, mode: str) -> None:
+    """An answer kind's model critique, by the bundled teacher: it reads each rationale that reached
+    the gold answer (Question / Solution = the rationale). cft: a wrong or unparsable verdict keeps
+    the rationale out of training, and each parsed critique becomes a cft record. rubric: a revision
+    trains in place of its rationale only when it reaches the same answer, else the original stays."""
     task = {
-        "name": "kind-numeric-cft", "kind": "numeric", "instructions": "Solve the arithmetic word problem.",
+        "name": f"kind-numeric-{mode}", "kind": "numeric", "instructions": "Solve the arithmetic word problem.",
         "seeds": SUMS[:6], "eval": SUMS[6:], "rounds": 1,
         "teacher": {"model": "bundled:smollm2-135m-instruct"}, "student": {"model": "bundled:smollm2-135m-instruct"},
         "generate": {"modes": [{"mode": "rationales", "styles": ["step_by_step", "symbolic"], "per_style": 2, "max_new_tokens": 48}]},
-        "critique": {"mode": "cft", "max_new_tokens": 64},
-        "score": {"metrics": ["ifd"]}, "train": {"epochs": 1, "batch_size": 4}, "evaluate": {"max_new_tokens": 24},
+        "critique": {"mode": mode, "max_new_tokens": 96},
+        "score": {"metrics": ["ifd"]}, "select": {"policy": "top_fraction", "top_fraction": 1.0},
+        "train": {"epochs": 1, "batch_size": 4}, "evaluate": {"max_new_tokens": 24},
     }  # fmt: skip
     report = run_task(task)
     steps = [s["name"] for s in report["steps"] if s["round"] == 1]
@@ -134,23 +138,38 @@ def test_a_numeric_task_critiques_its_verified_rationales_with_cft(run_task, sta
     verified = one["reasoning"]["rationales"]["kept"]
     assert verified > 0, one["reasoning"]  # else the bundled teacher changed: pick easier sums
     prefix = Path(unquote(urlparse(report["artifacts_uri"]).path)) / "round-1"
-    (asked,) = list(prefix.glob("critique-solutions-*-cft-input.jsonl"))
+    (asked,) = list(prefix.glob(f"critique-solutions-*-{mode}-input.jsonl"))
     (rationales,) = list(prefix.glob("rationales-candidates-*.jsonl"))
     solutions = {r["id"]: r for r in loads_jsonl(rationales.read_bytes())}
-    # The teacher read every verified rationale as the solution to its question.
+    # The teacher read every verified rationale as the solution (the answer) to its question.
     questions = loads_jsonl(asked.read_bytes())
+    field = "solution" if mode == "cft" else "answer"
     assert {q["id"] for q in questions} == set(solutions) and len(questions) == verified
-    assert all(q["solution"] == solutions[q["id"]]["response"] and q["question"] == solutions[q["id"]]["input"] for q in questions)
+    assert all(q[field] == solutions[q["id"]]["response"] and q["question"] == solutions[q["id"]]["input"] for q in questions)
     con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
-    verdicts = dict(con.execute("select sample_id, keep from critiques where job_id=? and mode='cft'", (report["job_id"],)).fetchall())
+    verdicts = dict(con.execute("select sample_id, keep from critiques where job_id=? and mode=?", (report["job_id"], mode)).fetchall())
     assert set(verdicts) == set(solutions)
-    kept = {i for i, keep in verdicts.items() if keep}
-    assert sum(one["critique_dropped"].values()) == verified - len(kept)
-    # Only solutions the critique kept train (beside the seeds' own answers and the cft records).
+    assert sum(one["critique_dropped"].values()) == sum(not keep for keep in verdicts.values())
+    (kept_path,) = list(prefix.glob("critique-solutions-*-kept.jsonl"))
+    candidates = loads_jsonl(kept_path.read_bytes())
+    assert one["candidates"] == len(candidates)
+    answers = [c for c in candidates if c["category"] == "rationales"]
+    # Every kept solution is a verified one the critique kept, or a revision of one with its answer.
+    for c in answers:
+        if c["id"] in solutions:
+            assert verdicts[c["id"]]
+        else:
+            parent = solutions[c["parent_id"]]
+            assert mode == "rubric" and c["provenance"]["method"] == "rubric_revision" and verdicts[parent["id"]]
+            assert extract_number(stated_answer(c["response"])[1]) == float(parent["label"])
+    assert len(answers) == sum(verdicts.values())
+    # What trains from this round is what the critique kept (beside the seeds' own answers).
     trained = {i for (i,) in con.execute("select s.sample_id from training_run_samples s join training_runs t on"
                                           " s.training_run_id = t.id where t.job_id=? and t.stage='sft'", (report["job_id"],))}  # fmt: skip
-    assert trained & set(solutions) <= kept
-    (cft_records,) = list(prefix.glob("critique-solutions-*-kept.jsonl"))
-    extra = [r for r in loads_jsonl(cft_records.read_bytes()) if r.get("category") == "cft"]
-    assert one["candidates"] == len(kept) + len(extra)
-    assert all(r["solution"] == solutions[r["parent_id"]]["response"] and r["critique"] for r in extra)
+    assert trained - {c["id"] for c in candidates} == {i for (i,) in con.execute(
+        "select sample_id from samples where job_id=? and split='seed'", (report["job_id"],))}  # fmt: skip
+    if mode == "cft":
+        extra = [c for c in candidates if c["category"] == "cft"]
+        assert all(r["solution"] == solutions[r["parent_id"]]["response"] and r["critique"] for r in extra)
+    else:  # the revisions stay answers of the kind: nothing unverified trains
+        assert answers and {c["id"] for c in candidates} <= trained

@@ -190,7 +190,7 @@ def test_an_answer_kind_critiques_its_rationales_not_its_label(numeric_task: Tas
     """judge/cft read (question, rationale); a wrong verdict drops the rationale, cft trains on every
     parsed critique with the rationale as the solution."""
     sols = [solution("a", "4 - 3 = 1\nAnswer: 1"), solution("b", "4 + 3 = 7, so 1\nAnswer: 1", category="rft")]
-    model_mode, examples = critique_modes.request_examples(numeric_task, "cft", sols)
+    _, examples = critique_modes.request_examples(numeric_task, "cft", sols)
     assert [(e["question"], e["solution"]) for e in examples] == [(s["input"], s["response"]) for s in sols]
     replies = [
         {"id": "a", "status": "ok", "critique": "4 - 3 is 1.\nConclusion: right", "verdict": "right", "prompt": "Q", "response": "c1"},

@@ -296,7 +296,7 @@ def test_a_stage_no_record_passes_is_skipped_and_the_run_goes_on(tiny_model_dir:
     from trainer_svc.staged import read_metrics, run_recipe
 
     easy_only = [{**r, "difficulty": 0.1} for r in RECORDS]  # nothing for the "hard" band (>= 0.5)
-    ref, res = run_recipe(str(tiny_model_dir), easy_only, recipe(), store, "jobs/j/empty.tar")
+    ref, _ = run_recipe(str(tiny_model_dir), easy_only, recipe(), store, "jobs/j/empty.tar")
     stages = read_metrics(store, "jobs/j/empty.tar")["stages"]
     assert [(s["name"], s["steps"] > 0, s["samples"]) for s in stages] == [("easy", True, len(RECORDS)), ("hard", False, 0)]
     assert stages[1]["mean_loss"] is None and ref is not None and store.stat("jobs/j/empty.tar") is not None
