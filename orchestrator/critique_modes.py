@@ -80,9 +80,9 @@ def request_examples(task: TaskSpec, mode: str, records: Sequence[dict]) -> tupl
             {"id": r["id"], "question": q, "solution": a} for r, (q, a) in zip(records, pairs, strict=True)
         ]
     if mode == "rubric":
-        qtype = (lambda r: task.instructions) if critiques_solutions(task) else (lambda r: r["label"])
+        one_type = task.instructions if critiques_solutions(task) else None  # else the label is the type
         return teacher_pb2.CRITIQUE_MODE_RUBRIC_REVISION, [
-            {"id": r["id"], "question": q, "answer": a, "type": qtype(r)} for r, (q, a) in zip(records, pairs, strict=True)
+            {"id": r["id"], "question": q, "answer": a, "type": one_type or r["label"]} for r, (q, a) in zip(records, pairs, strict=True)
         ]
     if mode == "reflection":
         return teacher_pb2.CRITIQUE_MODE_REFLECTION, [{"id": r["id"], "instruction": r["input"], "answer": r["label"]} for r in records]

@@ -52,6 +52,11 @@ class Example(_Strict):
         description="classification: one of the task's labels; exact_answer / numeric: the gold answer; "
         "open_ended: a reference answer.",
     )  # fmt: skip
+    solution: str | None = Field(
+        None, min_length=1, max_length=4000,
+        description="numeric seeds only: a worked solution (e.g. the equation); the seed trains on it, then its "
+        "Answer: line, so the student learns to reason before it answers.",
+    )  # fmt: skip
 
 
 class ModelSpec(_Strict):
@@ -395,6 +400,10 @@ class TaskSpec(_Strict):
 
     def _check_kind(self) -> None:
         """What each kind needs, and what only classification has (a label set to score and confuse)."""
+        for field in ("eval", "validation") if self.kind == "numeric" else ("seeds", "eval", "validation"):
+            for i, ex in enumerate(getattr(self, field)):
+                if ex.solution is not None:
+                    raise ValueError(f"{field}[{i}].solution: only the seeds of a numeric task carry a worked solution")
         if self.kind == "classification":
             if len(self.labels) < 2:
                 raise ValueError("labels: classification needs at least 2 labels")
@@ -466,9 +475,12 @@ class TaskSpec(_Strict):
             return rationale_prompt(self.instructions, self.labels, text)
         return self.prompt_for(text)
 
-    def response_for(self, answer: str) -> str:
-        """A seed's training response: the label or answer; for numeric, its "Answer:" line."""
-        return f"Answer: {answer}" if self.kind == "numeric" else answer
+    def response_for(self, answer: str, solution: str | None = None) -> str:
+        """A seed's training response: the label or answer; for numeric, its worked solution (when
+        the seed has one), then its "Answer:" line."""
+        if self.kind != "numeric":
+            return answer
+        return f"{solution.strip()}\nAnswer: {answer}" if solution else f"Answer: {answer}"
 
     @property
     def answer_match(self) -> str:

@@ -44,7 +44,7 @@ class DataActivities(ActivityBase):
                     "input": ex.input,
                     "label": ex.label,
                     "prompt": task.prompt_for(ex.input),
-                    "response": task.response_for(ex.label),
+                    "response": task.response_for(ex.label, ex.solution),
                     "parent_id": None,
                     "provenance": {"method": "seed"},
                 },

@@ -3,6 +3,7 @@ from rationales, RFT on gold answers, scoring, selection and evaluation by the k
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -12,22 +13,24 @@ import pytest
 
 from orchestrator.stack import Stack
 from syllabus.answers import extract_number, stated_answer
-from syllabus.records import loads_jsonl
+from syllabus.records import content_id, loads_jsonl
 
 pytestmark = pytest.mark.e2e
 SYLLABUS = [sys.executable, "-m", "orchestrator.cli"]
 SVAMP = Path(__file__).resolve().parents[2] / "examples" / "svamp" / "data"
 
 
-def svamp(n: int, split: str) -> list[dict]:
-    return loads_jsonl((SVAMP / f"{split}.jsonl").read_bytes())[:n]
+def svamp(n: int, split: str, solutions: bool = False) -> list[dict]:
+    """The first `n` problems of the SVAMP example's split (seeds keep their worked solution if asked)."""
+    rows = loads_jsonl((SVAMP / f"{split}.jsonl").read_bytes())[:n]
+    return [r if solutions else {"input": r["input"], "answer": r["answer"]} for r in rows]
 
 
 @pytest.mark.parametrize("kind", ["numeric", "exact_answer"])
 def test_an_answer_kind_runs_the_loop(run_task, stack: Stack, tiny_model_dir: Path, tmp_path: Path, kind: str) -> None:
     task = {
         "name": f"kind-{kind}", "kind": kind, "instructions": "Solve the arithmetic word problem.",
-        "seeds": svamp(4, "seeds"), "validation": svamp(3, "validation"), "eval": svamp(4, "eval"),
+        "seeds": svamp(4, "seeds", solutions=kind == "numeric"), "validation": svamp(3, "validation"), "eval": svamp(4, "eval"),
         "teacher": {"model": str(tiny_model_dir)}, "student": {"model": str(tiny_model_dir)}, "rounds": 1,
         "generate": {"max_new_tokens": 16, "modes": [
             {"mode": "expand", "per_label": 3},
@@ -58,6 +61,11 @@ def test_an_answer_kind_runs_the_loop(run_task, stack: Stack, tiny_model_dir: Pa
                                           " s.training_run_id = t.id where t.job_id=? and t.stage='sft'", (report["job_id"],))}  # fmt: skip
     q_ids = {q["id"] for q in questions}
     assert trained and not trained & q_ids
+    if kind == "numeric":  # a seed trains on its worked solution, then its answer line
+        (dataset_uri,) = con.execute("select dataset_uri from training_runs where job_id=? and stage='sft' and round=1", (report["job_id"],)).fetchone()
+        records = {r["id"]: r for r in loads_jsonl(Path(unquote(urlparse(dataset_uri).path)).read_bytes())}
+        for seed in task["seeds"]:
+            assert records[content_id(seed["input"], seed["answer"])]["response"] == f"{seed['solution']}\nAnswer: {seed['answer']}"
     # Evaluation generated answers and matched them by the kind's rule.
     evaluations = [loads_jsonl(p.read_bytes()) for p in (prefix / "round-1").glob("evaluate-*.jsonl")]
     (rows,) = [rows for rows in evaluations if len(rows) == 4]  # the eval set's (the validation split has 3)
@@ -113,7 +121,7 @@ def test_open_ended_is_judged_against_the_rubric_with_a_win_rate(run_task, stack
 
 # Easy sums the bundled teacher gets right often enough at temperature 0.7 (the draws are seeded).
 SUMS = [{"input": f"Tom has {a} apples and buys {b} more. How many apples does Tom have now?", "answer": str(a + b)}
-        for a, b in [(2, 3), (4, 1), (3, 3), (5, 2), (1, 6), (2, 2), (6, 3), (4, 4)]]  # fmt: skip
+        for a, b in [(2, 3), (4, 1), (3, 3), (5, 2), (1, 6), (2, 2), (6, 3), (4, 4), (3, 1), (5, 5), (2, 6), (7, 1)]]  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["cft", "rubric"])
@@ -124,7 +132,7 @@ def test_a_numeric_task_critiques_its_verified_rationales(run_task, stack: Stack
     trains in place of its rationale only when it reaches the same answer, else the original stays."""
     task = {
         "name": f"kind-numeric-{mode}", "kind": "numeric", "instructions": "Solve the arithmetic word problem.",
-        "seeds": SUMS[:6], "eval": SUMS[6:], "rounds": 1,
+        "seeds": SUMS[:6], "eval": SUMS[6:8], "rounds": 1,
         "teacher": {"model": "bundled:smollm2-135m-instruct"}, "student": {"model": "bundled:smollm2-135m-instruct"},
         "generate": {"modes": [{"mode": "rationales", "styles": ["step_by_step", "symbolic"], "per_style": 2, "max_new_tokens": 48}]},
         "critique": {"mode": mode, "max_new_tokens": 96},
@@ -173,3 +181,46 @@ def test_a_numeric_task_critiques_its_verified_rationales(run_task, stack: Stack
         assert all(r["solution"] == solutions[r["parent_id"]]["response"] and r["critique"] for r in extra)
     else:  # the revisions stay answers of the kind: nothing unverified trains
         assert answers and {c["id"] for c in candidates} <= trained
+
+
+def test_a_numeric_task_runs_a_curriculum_and_tailors_its_teacher(run_task, stack: Stack, tmp_path: Path) -> None:
+    """The bundled teacher and student on easy sums over two rounds: a two-stage recipe by IFD band
+    trains on verified rationales, and ARTE tailors the teacher after round 1 on the student's
+    numeric-match preference over the validation probes."""
+    recipe = {
+        "name": "bands", "max_seq_len": 256,
+        "stages": [
+            {"name": "easy", "data": {"score_key": "ifd_ppl_pct", "max_score": 0.5}, "epochs": 1, "lr": 1e-3},
+            {"name": "hard", "data": {"score_key": "ifd_ppl_pct", "min_score": 0.5}, "epochs": 1, "lr": 1e-3},
+        ],
+    }  # fmt: skip
+    task = {
+        "name": "kind-numeric-arte", "kind": "numeric", "instructions": "Solve the arithmetic word problem.",
+        "seeds": SUMS[:6], "validation": SUMS[6:10], "eval": SUMS[10:], "rounds": 2,
+        "teacher": {"model": "bundled:smollm2-135m-instruct"}, "student": {"model": "bundled:smollm2-135m-instruct"},
+        "generate": {"modes": [{"mode": "rationales", "styles": ["step_by_step", "symbolic"], "per_style": 2, "max_new_tokens": 48}]},
+        "score": {"metrics": ["ifd"]}, "select": {"policy": "top_fraction", "top_fraction": 1.0},
+        "train": {"recipe": recipe}, "evaluate": {"max_new_tokens": 24},
+        "tailor": {"every": 1, "questions": 4, "draft_max_new_tokens": 48, "probe_k": 4, "probe_max_new_tokens": 24, "batch_size": 4},
+    }  # fmt: skip
+    report = run_task(task)
+    r1 = [s["name"] for s in report["steps"] if s["round"] == 1]
+    assert r1 == ["rationales", "score", "select", "train-stage-1", "train-stage-2", "evaluate", "tailor"]
+    assert "tailor" not in [s["name"] for s in report["steps"] if s["round"] == 2]
+    one, two = report["rounds"]
+    assert one["reasoning"]["rationales"]["kept"] > 0 and one["candidates"] == one["reasoning"]["rationales"]["kept"]
+    # The recipe split the round's training set (seeds + verified rationales) into its two IFD bands.
+    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
+    (metrics,) = con.execute("select metrics from training_runs where job_id=? and round=1 and stage='recipe'", (report["job_id"],)).fetchone()
+    stages = json.loads(metrics)["stages"]
+    assert [s["name"] for s in stages] == ["easy", "hard"] and all(s["samples"] > 0 for s in stages)
+    assert sum(s["samples"] for s in stages) == one["trained"]
+    # ARTE: the student preferred some rationales as demos (numeric match on the probes), the teacher
+    # trained on those pairs, and round 2's rationales came from the aligned teacher.
+    assert one["tailor_pairs"] > 0 and one["tailor_skipped"] is None, one
+    adapter = Path(unquote(urlparse(two["teacher_adapter_uri"]).path))
+    assert adapter.parent.name == "round-1" and adapter.name.startswith("arte-dpo-")
+    prefix = Path(unquote(urlparse(report["artifacts_uri"]).path)) / "round-2"
+    (written,) = [p for p in prefix.glob("rationales-*.jsonl") if "-candidates-" not in p.name and "-questions-" not in p.name]
+    sha = Path(f"{adapter}.sha256").read_text().split()[0]
+    assert {r["provenance"]["adapter"] for r in loads_jsonl(written.read_bytes())} == {sha}

@@ -145,6 +145,8 @@ eval: [{input: "Ann has 2 and gets 2 more. How many?", answer: "4"}]
         (NUMERIC.replace('answer: "4"', "answer: four"), "eval[0].label: 'four' is not a number (numeric task)"),
         (NUMERIC.replace("kind: numeric", "kind: open_ended"), "rubric: open_ended tasks need a rubric"),
         (NUMERIC + "critique: {mode: reflection}\n", "critique.mode: reflection rewrites the question"),
+        (NUMERIC.replace('answer: "4"}', 'answer: "4", solution: "2 + 2 = 4"}'), "eval[0].solution: only the seeds of a numeric task"),
+        (GOOD.replace("label: a}", "label: a, solution: x}", 1), "seeds[0].solution: only the seeds of a numeric task"),
         (NUMERIC + "critique: {mode: judge}\ngenerate: {modes: [{mode: targeted}]}\n", "critique.mode: judge critiques the teacher's solutions"),
         (NUMERIC + "score: {metrics: [difficulty]}\nselect: {policy: random}\n", "difficulty scores the crowd's label choice"),
         (NUMERIC + "generate: {modes: [{mode: expand}]}\n", "add a rationales mode to answer them"),
@@ -163,3 +165,8 @@ def test_the_svamp_example_is_a_numeric_task() -> None:
     assert task.kind == "numeric" and (len(task.seeds), len(task.validation), len(task.eval)) == (40, 20, 100)
     assert not {e.input for e in task.eval} & {e.input for e in task.seeds + task.validation}
     assert [m.mode for m in task.generate.modes] == ["expand", "rationales", "rft"]
+    # Each seed trains on SVAMP's equation, which reaches its answer, before its answer line.
+    for seed in task.seeds:
+        equation, result = seed.solution.rsplit(" = ", 1)
+        assert result == seed.label and eval(equation, {"__builtins__": {}}) == pytest.approx(float(seed.label))  # committed data
+        assert task.response_for(seed.label, seed.solution) == f"{seed.solution}\nAnswer: {seed.label}"

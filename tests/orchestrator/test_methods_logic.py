@@ -174,6 +174,7 @@ def test_a_numeric_rationale_with_a_wrong_final_answer_never_trains(numeric_task
 
 def test_answer_kinds_have_their_own_prompts_and_rules(numeric_task: TaskSpec) -> None:
     assert "final number" in numeric_task.prompt_for("x") and numeric_task.response_for("21") == "Answer: 21"
+    assert numeric_task.response_for("21", "9 + 12 = 21") == "9 + 12 = 21\nAnswer: 21"
     assert numeric_task.answer_match == "numeric"
     exact = TaskSpec(name="e", kind="exact_answer", instructions="Answer.", seeds=[{"input": "Capital of France?", "answer": "Paris"}],
                      eval=[{"input": "Capital of Italy?", "answer": "Rome"}])  # fmt: skip
