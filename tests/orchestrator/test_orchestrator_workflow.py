@@ -244,16 +244,21 @@ async def test_workflow_runs_rounds_and_reports_progress(temporal_env: WorkflowE
 
 
 
-async def test_the_plan_turns_on_reasoning_modes_and_recipe_stages(temporal_env: WorkflowEnvironment) -> None:
-    """The task's plan decides the steps: rationales then RFT after the critique, each feeding the
-    next the candidates so far; a recipe trains once and reports one step per stage."""
-    plan = LoopPlan(reasoning=["rationales", "rft"], metrics=["ifd"], stages=["easy", "hard"])
+async def run_one_round(temporal_env: WorkflowEnvironment, plan: LoopPlan) -> tuple[FakeServices, JobProgress]:
+    """A one-round job of `plan` on fake activities: (the fakes with their calls, the result)."""
     fakes = FakeServices(plan=plan)
     fakes.release.set()
     task_queue = f"test-{uuid.uuid4()}"
     inp = DistillationInput(job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=1)
     async with Worker(temporal_env.client, task_queue=task_queue, workflows=[DistillationWorkflow], activities=fakes.activities()):
-        result = await temporal_env.client.execute_workflow(DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue)
+        return fakes, await temporal_env.client.execute_workflow(DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue)
+
+
+async def test_the_plan_turns_on_reasoning_modes_and_recipe_stages(temporal_env: WorkflowEnvironment) -> None:
+    """The task's plan decides the steps: rationales then RFT after the critique, each feeding the
+    next the candidates so far; a recipe trains once and reports one step per stage."""
+    plan = LoopPlan(reasoning=["rationales", "rft"], metrics=["ifd"], stages=["easy", "hard"])
+    fakes, result = await run_one_round(temporal_env, plan)
 
     names = [s.name for s in result.steps if s.round == 1]
     # No learnability scored: no reference adapter is trained.
@@ -275,12 +280,7 @@ async def test_an_answer_kind_critiques_its_solutions_after_the_reasoning_steps(
     """numeric/exact_answer/open_ended with a model critique: the rules vet the questions, then the
     model mode reads what the reasoning steps verified; its keep (and cft records) are the candidates."""
     plan = LoopPlan(reasoning=["rationales", "rft"], metrics=["ifd"], critique="cft", answers_by_reasoning=True)
-    fakes = FakeServices(plan=plan)
-    fakes.release.set()
-    task_queue = f"test-{uuid.uuid4()}"
-    inp = DistillationInput(job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=1)
-    async with Worker(temporal_env.client, task_queue=task_queue, workflows=[DistillationWorkflow], activities=fakes.activities()):
-        result = await temporal_env.client.execute_workflow(DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue)
+    fakes, result = await run_one_round(temporal_env, plan)
 
     names = [s.name for s in result.steps if s.round == 1]
     assert names == ["generate", "critique", "rationales", "rft", "critique-solutions", "score", "select", "train", "evaluate"]
