@@ -137,6 +137,11 @@ class ArtifactStore(Protocol):
 
     def list_keys(self, prefix: str = "") -> list[str]: ...
 
+    def delete(self, key: str) -> None:
+        """Remove the object under key, if any: only for scratch objects (a finished run's checkpoint);
+        published outputs are never deleted."""
+        ...
+
 
 class LocalArtifactStore:
     """Objects as files under a root directory; `<key>.sha256` holds each object's checksum."""
@@ -241,6 +246,11 @@ class LocalArtifactStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(self.get_bytes(ref))
         return dest
+
+    def delete(self, key: str) -> None:
+        path = self._check_free(key)
+        path.unlink(missing_ok=True)  # the data first: without it the object is absent (`stat`)
+        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
 
     def list_keys(self, prefix: str = "") -> list[str]:
         """Published keys under a key prefix (temporaries and checksum files excluded)."""

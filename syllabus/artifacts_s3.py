@@ -131,6 +131,14 @@ class S3ArtifactStore:
         with open(path, "rb") as f:
             return self._publish(key, f, Path(path).stat().st_size, digest)
 
+    def delete(self, key: str) -> None:
+        """Remove the object under key (S3 deletes are idempotent: an absent key is no error)."""
+        name = self._name(key)
+        try:
+            self.client.remove_object(self.bucket, name)
+        except Exception as e:  # noqa: BLE001 — mapped to a precise ArtifactError
+            raise self._wrap(e) from None
+
     # -- reads --------------------------------------------------------------------------------
 
     def stat(self, key: str) -> ArtifactRef | None:

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from syllabus.artifacts import ArtifactRef, ArtifactStore, training_metrics_key
+from syllabus.artifacts import ArtifactError, ArtifactRef, ArtifactStore, training_metrics_key
 from syllabus.prompts import encode_example
 from syllabus.recipe import Recipe, Stage
 from trainer_svc.curriculum import PUDF, SEC, AdaRFT, checkpoint_weights, irt_ability, lr_at
@@ -925,6 +925,12 @@ def run_recipe(
                "resumed_from": result.resumed_from, "stages": stage_metrics(recipe, result)}  # fmt: skip
     store.put_bytes(training_metrics_key(output_key), json.dumps(metrics, sort_keys=True).encode())
     ref, result.merged_ref = save_outputs(model, snapshots, base, tokenizer, store, output_key, merged_key)
+    # The adapter is published, so a restart finds it and never resumes: the checkpoint (LoRA and
+    # optimiser state, several times the adapter's size) is scratch now.
+    try:
+        store.delete(ckpt_key)
+    except (ArtifactError, OSError) as e:  # the adapter stands; a stale checkpoint only costs space
+        log.warning("could not delete checkpoint %s: %s", ckpt_key, e)
     log.info("recipe %s: %d steps, mean loss %.4f -> %s", recipe.name, len(result.losses), result.mean_loss, ref.uri)
     return ref, result
 

@@ -189,7 +189,11 @@ def _cpu_seconds(pid: int) -> float:
 
 def test_cancel_during_training_stops_the_trainer_and_publishes_nothing(stack: Stack, task_yaml: str, clean: dict) -> None:
     job_id = "cancel-mid-training"
-    _submit(stack, task_yaml, job_id)
+    # The tiny model trains the shared task's 96 steps in under 2 s on a quiet machine, about the
+    # time a cancel takes to reach the trainer: train long enough that the cancel lands mid-run.
+    raw = yaml.safe_load(task_yaml)
+    raw["train"]["epochs"] = 100
+    _submit(stack, yaml.safe_dump(raw), job_id)
     _wait_for(stack, job_id, "train", 2)
     with _client(stack) as client:
         client.cancel_job(job_id)

@@ -108,3 +108,16 @@ def test_open_store_s3_from_config(s3_server) -> None:
     ref = store.put_bytes("k.txt", b"v")
     assert ref.uri == "s3://syllabus-test/via-config/k.txt"
     assert store.get_bytes(ref) == b"v"
+
+
+def test_delete_removes_an_object_and_ignores_an_absent_one(any_store) -> None:
+    ref = any_store.put_bytes("jobs/j/run.ckpt", b"state")
+    any_store.put_bytes("jobs/j/kept.tar", b"adapter")
+    any_store.delete("jobs/j/run.ckpt")
+    assert any_store.stat("jobs/j/run.ckpt") is None
+    with pytest.raises(ArtifactError):
+        any_store.get_bytes(ref)
+    any_store.delete("jobs/j/run.ckpt")  # again: nothing there, no error
+    assert any_store.list_keys("jobs/j/") == ["jobs/j/kept.tar"]
+    with pytest.raises(InvalidKey):
+        any_store.delete("../outside")

@@ -187,6 +187,18 @@ def test_published_adapter_has_its_true_metrics_beside_it(tiny_model_dir: Path, 
     assert store.stat("jobs/j/a.tar") == ref
 
 
+def test_a_published_run_leaves_no_checkpoint_behind(tiny_model_dir: Path, store) -> None:
+    """The checkpoint is scratch: written while the run trains, removed once the adapter is published."""
+    from trainer_svc.staged import run_recipe
+
+    seen: list[bool] = []
+    every_step = Recipe.model_validate({**_one_stage().model_dump(), "checkpoint_every": 1})
+    run_recipe(str(tiny_model_dir), RECORDS, every_step, store, "jobs/j/c.tar",
+               on_step=lambda p: seen.append(store.stat("jobs/j/c.tar.ckpt") is not None))  # fmt: skip
+    assert seen[1:] and all(seen[1:])  # checkpointed after each step but the last
+    assert store.stat("jobs/j/c.tar.ckpt") is None and store.stat("jobs/j/c.tar") is not None
+
+
 def test_a_diverged_run_publishes_nothing(tiny_model_dir: Path, store) -> None:
     from trainer_svc.staged import NonFiniteLoss, run_recipe
 
