@@ -34,7 +34,7 @@ def planned_steps(plan: LoopPlan, rounds: int) -> list[PlannedStep]:
         if plan.expand or (plan.targeted and r > 1):
             names += ["generate", "critique"]
         names += plan.reasoning
-        if plan.answers_by_reasoning and plan.critique != "rules" and plan.reasoning:
+        if plan.critiques_solutions and plan.reasoning:
             names.append("critique-solutions")
         if plan.learnability or ("difficulty" in plan.metrics and r == 1):
             names.append("reference-train")

@@ -26,6 +26,8 @@ from syllabus.tasks import TaskSpec
 
 # Candidate categories that are plain labelled examples (questions for rationales and RFT).
 EXAMPLE_CATEGORIES = frozenset({"seed", "expand", "targeted"})
+# Candidate categories the reasoning steps write (a rationale or RFT sample: a solution).
+SOLUTION_CATEGORIES = frozenset({"rationales", "rft"})
 
 
 def questions(seeds: Sequence[dict], candidates: Sequence[dict], limit: int) -> list[dict]:

@@ -60,6 +60,11 @@ class LoopPlan:
     def learnability(self) -> bool:
         return "learnability" in self.metrics
 
+    @property
+    def critiques_solutions(self) -> bool:
+        """An answer kind's model critique (judge, cft, rubric): it reads the verified solutions."""
+        return self.answers_by_reasoning and self.critique != "rules"
+
 
 @dataclass
 class StepTime:

@@ -156,8 +156,7 @@ class DistillationWorkflow:
                     candidates, n_candidates = reasoned.candidates, reasoned.count
                 elif plan.answers_by_reasoning:
                     candidates, n_candidates = None, 0
-            if plan.answers_by_reasoning and plan.critique != "rules" and candidates is not None and n_candidates > 0:
-                # An answer kind's model critique reads the verified solutions (judge, cft, rubric).
+            if plan.critiques_solutions and candidates is not None and n_candidates > 0:
                 crit = await self._step(
                     "critique-solutions",
                     r,

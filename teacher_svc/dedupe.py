@@ -12,16 +12,11 @@ which is fine for the thousands of examples one round produces.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 
+from syllabus.answers import normalize  # the one normalisation labels, answers and dedupe share
+
 NEAR_DUPLICATE_THRESHOLD = 0.8
-
-
-def normalize(text: str) -> str:
-    """Lowercase, replace punctuation and symbols by spaces, collapse whitespace."""
-    chars = (" " if unicodedata.category(c)[0] in "PS" else c for c in text.lower())
-    return " ".join("".join(chars).split())
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:

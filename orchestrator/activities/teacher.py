@@ -271,8 +271,8 @@ class TeacherActivities(ActivityBase):
         if not critique_modes.critiques_solutions(task) or mode == "rules":
             raise ApplicationError(f"critique.mode {mode} of a {task.kind} task reads no solutions", type="INVALID_ARGUMENT", non_retryable=True)
         candidates = self._read_jsonl(inp.examples)
-        solutions = [r for r in candidates if r.get("category") in ("rationales", "rft")]
-        others = [r for r in candidates if r.get("category") not in ("rationales", "rft")]
+        solutions = [r for r in candidates if r.get("category") in reasoning.SOLUTION_CATEGORIES]
+        others = [r for r in candidates if r.get("category") not in reasoning.SOLUTION_CATEGORIES]
         prefix = output_key(inp.job_id, inp.round, "critique-solutions", [inp.examples], {"mode": mode})
         outcome, critiques = await self._model_critique(task, inp, solutions, prefix)
         kept = self._publish_once(f"{prefix}-kept.jsonl", dumps_jsonl(others + outcome.kept + outcome.extra))
