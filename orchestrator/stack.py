@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from syllabus.config import Config
+from syllabus.config import Config, config_to_env
 
 SERVICES = (
     ("teacher", "teacher_svc", "teacher_address"),
@@ -111,10 +111,7 @@ def metrics_urls(config: Config) -> dict[str, str]:
 
 def config_env(config: Config) -> dict[str, str]:
     """The config as SYLLABUS_* env vars, so child processes see exactly the same settings."""
-    env = dict(os.environ)
-    for name, value in config.model_dump().items():
-        if value is not None:
-            env[f"SYLLABUS_{name.upper()}"] = str(value)
+    env = {**os.environ, **config_to_env(config)}
     env["SYLLABUS_DATABASE_URL"] = config.resolved_database_url()
     env["SYLLABUS_ARTIFACT_URL"] = config.resolved_artifact_url()
     env.setdefault("HF_HUB_OFFLINE", "1")

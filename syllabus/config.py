@@ -130,6 +130,22 @@ class Config(BaseModel):
         return self.artifact_url or (self.home / "artifacts").as_uri()
 
 
+def config_to_env(config: Config) -> dict[str, str]:
+    """The inverse of `load_config`: each set field as its `SYLLABUS_*` variable, structured values as JSON
+    (a dict's Python repr is not JSON, and a child process given one would refuse to start)."""
+    env = {}
+    for name, value in config.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if isinstance(value, (dict, list)):
+            env[ENV_PREFIX + name.upper()] = json.dumps(value, separators=(",", ":"))
+        elif isinstance(value, bool):
+            env[ENV_PREFIX + name.upper()] = "true" if value else "false"
+        else:
+            env[ENV_PREFIX + name.upper()] = str(value)
+    return env
+
+
 def load_config(**overrides: object) -> Config:
     """Build the config from `SYLLABUS_*` env vars, then explicit overrides (e.g. CLI flags)."""
     values: dict[str, object] = {}

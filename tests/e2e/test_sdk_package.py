@@ -1,13 +1,16 @@
 """The light SDK as a client application sees it: a fresh venv with only `sdk/` installed (grpcio and
-protobuf; no torch, no Temporal, not the syllabus package) submits a job to the running stack
-(tests/e2e/conftest.py) and watches it to the end."""
+protobuf; no torch, no Temporal, not the syllabus package), at the lowest grpcio and protobuf its
+range admits, submits a job to the running stack (tests/e2e/conftest.py) and watches it to the end.
+(The project's own venv runs the SDK at the lock's newer versions in every other test.)"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -40,20 +43,30 @@ print(json.dumps({
     "steps": [s.name for s in final.steps],
     "sdk_file": syllabus_sdk.__file__,
     "modules": sorted(m for m in ("torch", "transformers", "temporalio", "syllabus", "orchestrator") if m in sys.modules),
-    "distributions": sorted(d.metadata["Name"] for d in importlib.metadata.distributions()),
+    "distributions": {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()},
 }))
 """
 
 
+def lowest_allowed() -> dict[str, str]:
+    """grpcio and protobuf at the lower bounds of sdk/pyproject.toml (`name>=X` -> X)."""
+    deps = tomllib.loads((ROOT / "sdk" / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {m.group(1): m.group(2) for m in (re.fullmatch(r"([a-z]+)>=([\d.]+)", d) for d in deps) if m}
+
+
 @pytest.fixture(scope="module")
 def sdk_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The interpreter of a fresh venv where only `sdk/` was installed (not editable)."""
+    """The interpreter of a fresh venv where only `sdk/` was installed (not editable), with its two
+    dependencies pinned at their lowest allowed versions."""
+    lowest = lowest_allowed()
+    assert set(lowest) == {"grpcio", "protobuf"}, lowest
     venv = tmp_path_factory.mktemp("sdk-venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     pip = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT / "sdk")],
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         *(f"{name}=={version}" for name, version in lowest.items()), str(ROOT / "sdk")],
         check=False, capture_output=True, text=True, timeout=600, env=env, cwd=venv,
     )
     assert pip.returncode == 0, pip.stderr[-3000:]
@@ -90,7 +103,9 @@ def test_a_venv_with_only_the_sdk_submits_and_watches_a_job(
     venv = sdk_python.parent.parent
     assert Path(out["sdk_file"]).is_relative_to(venv), out["sdk_file"]
     assert out["modules"] == []
-    names = {n.lower().replace("_", "-") for n in out["distributions"]}
+    versions = {n.lower().replace("_", "-"): v for n, v in out["distributions"].items()}
+    names = set(versions)
+    assert {n: versions[n] for n in ("grpcio", "protobuf")} == lowest_allowed()
     assert "torch" not in names and not any(n.startswith("nvidia") for n in names)
     assert {"syllabus-sdk", "grpcio", "protobuf"} <= names <= ALLOWED, names
     assert not list(venv.glob("lib/python*/site-packages/torch"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -36,18 +37,30 @@ def test_buf_lint_catches_a_violation(tmp_path: Path) -> None:
     assert "do_it" in result.stdout + result.stderr
 
 
-def _snapshot() -> dict[str, bytes]:
-    return {str(p.relative_to(SDK)): p.read_bytes() for area in AREAS for p in sorted((SDK / area).rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for area in AREAS for p in sorted((root / area).rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}
 
 
-def test_generated_code_is_reproducible() -> None:
-    before = _snapshot()
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py")], check=False, capture_output=True, text=True)
+def test_generated_code_is_reproducible(tmp_path: Path) -> None:
+    # Generated beside the committed code, never over it: a failing run leaves the checkout as it was.
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(tmp_path)],
+                            check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    after = _snapshot()
-    assert sorted(after) == sorted(before)
-    changed = [name for name in before if before[name] != after[name]]
-    assert not changed, f"regenerating changed {changed}: run scripts/gen_protos.py and commit"
+    committed, fresh = _snapshot(SDK), _snapshot(tmp_path)
+    hint = "the committed stubs are not what the locked grpcio-tools generates: run `make protos` and commit"
+    assert sorted(fresh) == sorted(committed), hint
+    changed = [name for name in committed if committed[name] != fresh[name]]
+    assert not changed, f"{hint} (differs: {changed})"
+
+
+def test_the_stubs_were_generated_by_the_locked_grpcio_tools() -> None:
+    # A lock refresh that moves grpcio-tools must come with regenerated stubs (make protos).
+    lock = (ROOT / "requirements" / "lock.txt").read_text()
+    locked = re.search(r"^grpcio-tools==(\S+)", lock, re.MULTILINE).group(1)
+    from syllabus_sdk.jobs.v1 import jobs_pb2_grpc
+
+    assert jobs_pb2_grpc.GRPC_GENERATED_VERSION == locked, "run `make protos` and commit the stubs"
 
 
 def test_generated_imports_live_in_the_sdk_package() -> None:

@@ -56,10 +56,11 @@ def test_the_main_package_depends_on_the_sdk_and_does_not_ship_it() -> None:
     find = main["tool"]["setuptools"]["packages"]["find"]
     assert "sdk" not in find["where"] and not any(p.startswith("syllabus_sdk") for p in find["include"])
     assert "syllabus_sdk" not in main["tool"]["setuptools"].get("package-data", {})
-    # `make install` installs the sdk first (it is on no index), and reinstalls when either pyproject changes.
+    # `make install` installs both from the checkout (the sdk is on no index) without resolving anything
+    # (their dependencies come from the lock), and reinstalls when either pyproject changes.
     makefile = (ROOT / "Makefile").read_text()
     assert "pyproject.toml sdk/pyproject.toml" in makefile
-    assert makefile.index("pip install -q -e ./sdk") < makefile.index('pip install -q -e ".[dev]"')
+    assert "pip install -q --no-deps --no-build-isolation -e ./sdk -e ." in makefile
 
 
 def test_the_sdk_imports_only_grpc_protobuf_and_the_standard_library() -> None:

@@ -6,7 +6,7 @@ import warnings
 
 from syllabus_sdk.student.v1 import student_pb2 as syllabus_dot_student_dot_v1_dot_student__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
