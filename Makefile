@@ -23,13 +23,15 @@ install: $(STAMP)
 # or with UPGRADE=1 to take the newest releases the ranges allow. Then `make install`, and `make protos`
 # if grpcio-tools moved (tests/protos says so). The resolution is for CPython 3.11 on Linux x86_64;
 # torch's CPU wheel is found in /opt/wheels (PIP_FIND_LINKS elsewhere: the PyTorch CPU index).
+# triton is left out: xgrammar asks for it on Linux but imports it only for its CUDA kernel.
 UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 --find-links /opt/wheels \
 	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
 # uv lives in a venv of its own (requirements/uv.txt), so a stale lock never blocks its own refresh.
 LOCK_VENV := .venv-lock
 lock:
 	test -x $(LOCK_VENV)/bin/uv || ($(PY) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q --require-hashes -r requirements/uv.txt)
-	$(UV_COMPILE) requirements/lock.in --no-emit-package syllabus --no-emit-package syllabus-sdk -o requirements/lock.txt
+	$(UV_COMPILE) requirements/lock.in --no-emit-package syllabus --no-emit-package syllabus-sdk \
+		--no-emit-package triton -o requirements/lock.txt
 	$(UV_COMPILE) requirements/model.in --no-deps -o requirements/model.txt
 	$(UV_COMPILE) requirements/uv.in -o requirements/uv.txt
 

@@ -109,6 +109,8 @@ def job_report(job, config: Config) -> dict:
         "rounds": [
             {"round": r.round, "generated": r.generated, "targeted": r.targeted, "leaked": r.leaked, "kept": r.kept,
              "critique_dropped": dict(sorted(r.critique_dropped.items())),
+             "parsing": {s: {f: getattr(c, f) for f in ("replies", "parsed", "retried", "unparsable")}
+                         for s, c in sorted(r.parsing.items())},
              "reasoning": {m: {f: getattr(c, f) for f in ("written", "wrong", "failed", "duplicate_paths", "no_consensus", "kept")}
                            for m, c in sorted(r.reasoning.items())},
              "candidates": r.candidates, "selected": r.selected,

@@ -109,6 +109,24 @@ def _example(task: TaskSpec, parent: dict, text: str, label: str, method: str, p
     }
 
 
+def parse_counts(replies: Sequence[dict]) -> dict[str, dict[str, int]]:
+    """Per model step (the method of a reply's provenance): replies, parsed, retried, unparsable. A
+    revision never asked for (attempts 0: its type's rubric did not parse) is no reply: the rubric's
+    own record counts that failure."""
+    counts: dict[str, dict[str, int]] = {}
+    for c in replies:
+        if c.get("attempts", 1) == 0:
+            continue
+        step = (c.get("provenance") or {}).get("method", "critique")
+        n = counts.setdefault(step, {"replies": 0, "parsed": 0, "retried": 0, "unparsable": 0})
+        n["replies"] += 1
+        ok = c.get("status") == "ok"
+        n["parsed"] += ok
+        n["retried"] += ok and c.get("attempts", 1) > 1
+        n["unparsable"] += not ok
+    return dict(sorted(counts.items()))
+
+
 def interpret(task: TaskSpec, mode: str, records: Sequence[dict], critiques: Sequence[dict]) -> Outcome:
     """The kept examples, extra training records and verdicts of a model-based critique."""
     by_id = {c["id"]: c for c in critiques}

@@ -390,7 +390,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                     critique_dropped=r.dropped, candidates=r.candidates, selection_dropped=r.selection_dropped,
                     reasoning={m: jobs_pb2.ReasoningCounts(**c) for m, c in r.reasoning.items()},
                     teacher_adapter_uri=r.teacher_adapter_uri, tailor_pairs=r.tailor_pairs, tailor_skipped=r.tailor_skipped,
-                    win_rate=r.win_rate,
+                    win_rate=r.win_rate, parsing={s: jobs_pb2.ParseCounts(**c) for s, c in r.parsing.items()},
                 )
                 for r in p.rounds
             )

@@ -16,12 +16,11 @@ checked here (the judge grades them at evaluation).
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from syllabus.answers import extract_number, normalize
+from syllabus import answers
 from syllabus.tasks import TaskSpec
 
 # Candidate categories that are plain labelled examples (questions for rationales and RFT).
@@ -52,19 +51,14 @@ class Outcome:
 
 def answer_key(task: TaskSpec, answer: str) -> object:
     """What two answers must share to be the same answer: the number (numeric) or the normalised text."""
-    if task.kind == "numeric":
-        x = extract_number(answer)
-        return None if x is None else round(x, 6)
-    return normalize(answer)
+    return answers.answer_key(answers.match_for_kind(task.kind), answer)
 
 
 def same_answer(task: TaskSpec, answer: str, gold: str) -> bool:
+    """The task kind's one checker (syllabus.answers); open_ended answers are graded by the judge."""
     if task.kind == "open_ended":
-        return True  # graded by the judge, not matched
-    if task.kind == "numeric":
-        a, g = extract_number(answer), extract_number(gold)
-        return a is not None and g is not None and math.isclose(a, g, rel_tol=1e-6, abs_tol=1e-9)
-    return normalize(answer) == normalize(gold)
+        return True
+    return answers.answers_match(answer, gold, answers.match_for_kind(task.kind))
 
 
 def _record(task: TaskSpec, mode: str, q: dict, rid: str, response: str, prov: dict) -> dict:

@@ -152,6 +152,8 @@ class RoundResult:
     tailor_skipped: str = ""
     # open_ended: against the base student's judged answers (1 win, 0.5 tie per item); None otherwise.
     win_rate: float | None = None
+    # The critique's model steps: replies, parsed, retried, unparsable (CritiqueOutput.parsing).
+    parsing: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -276,6 +278,9 @@ class CritiqueOutput:
     dropped_count: int
     dropped: dict[str, int] = field(default_factory=dict)  # by reason code
     extra_count: int = 0  # cft critique records among `kept`
+    # Per model step (cft_critique, rubric, rubric_revision, reflection): its replies, parsed, retried
+    # (parsed on a later attempt), unparsable (never parsed: the example dropped).
+    parsing: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass

@@ -142,7 +142,7 @@ class DistillationWorkflow:
                         Activities.critique_examples,
                         CritiqueInput(inp.job_id, inp.task_ref, r, gen.examples, prep.seeds, teacher),
                     )
-                    result.kept, result.dropped = crit.kept_count, crit.dropped
+                    result.kept, result.dropped, result.parsing = crit.kept_count, crit.dropped, crit.parsing
                     n_candidates = crit.kept_count + crit.extra_count
                     candidates = crit.kept if n_candidates > 0 else None
                     if plan.answers_by_reasoning:
@@ -164,6 +164,7 @@ class DistillationWorkflow:
                     CritiqueInput(inp.job_id, inp.task_ref, r, candidates, prep.seeds, teacher),
                 )
                 result.dropped = dict(sorted((Counter(result.dropped) + Counter(crit.dropped)).items()))
+                result.parsing = {**result.parsing, **crit.parsing}
                 n_candidates = crit.kept_count + crit.extra_count
                 candidates = crit.kept if n_candidates > 0 else None
             result.candidates = n_candidates

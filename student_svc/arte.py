@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from student_svc.evaluation import DEFAULT_MAX_NEW_TOKENS, EXACT, answers_match, generate_greedy
-from syllabus.answers import final_answer
+from student_svc.evaluation import DEFAULT_MAX_NEW_TOKENS, generate_greedy
+from syllabus.answers import EXACT, answers_match, final_answer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -27,7 +27,7 @@ from student_svc.scoring import (
     prefix_cache,
     response_nll,
 )
-from syllabus.answers import extract_number
+from syllabus.answers import LABEL, answers_match, normalize
 from syllabus.prompts import IGNORE_INDEX, encode_example
 
 if TYPE_CHECKING:
@@ -224,47 +224,22 @@ def evaluate_classification(
 
 # -- generation-based scorers ---------------------------------------------------------------------
 
-EXACT = "exact"
-NUMERIC = "numeric"
-LABEL = "label"
-MATCHES = (EXACT, NUMERIC, LABEL)
+# The matches (EXACT, NUMERIC, LABEL) and the checker itself live in syllabus.answers: one checker for
+# the teacher's verifier, the loop and evaluation.
 DEFAULT_MAX_NEW_TOKENS = 32
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, drop surrounding punctuation/quotes, collapse whitespace (SQuAD-style, articles kept)."""
-    import re
-
-    text = text.strip().lower()
-    text = re.sub(r"\s+", " ", text)
-    return text.strip(" \t\n.,;:!?\"'`()[]")
-
-
-def answers_match(prediction: str, gold: str, match: str = EXACT, tol: float = 1e-6) -> bool:
-    """exact: normalized strings equal; numeric: extracted numbers equal within `tol` (relative to
-    max(1, |gold|)); label: the normalized prediction equals the label or starts with it."""
-    if match == EXACT:
-        return normalize_answer(prediction) == normalize_answer(gold)
-    if match == NUMERIC:
-        p, g = extract_number(prediction), extract_number(gold)
-        return p is not None and g is not None and abs(p - g) <= tol * max(1.0, abs(g))
-    if match == LABEL:
-        p, g = normalize_answer(prediction), normalize_answer(gold)
-        return p == g or p.startswith(g + " ")
-    raise ValueError(f"match must be one of {MATCHES}, got {match!r}")
 
 
 def label_from_generation(prediction: str, labels: Sequence[str]) -> str | None:
     """The label a free generation names: the longest label that the normalized text equals or
     starts with, else the longest label it contains; None if it names none."""
-    p = normalize_answer(prediction)
+    p = normalize(prediction)
     by_len = sorted(labels, key=len, reverse=True)
     for label in by_len:
-        n = normalize_answer(label)
-        if p == n or p.startswith(n):
+        n = normalize(label)
+        if n and (p == n or p.startswith(n)):
             return label
     for label in by_len:
-        if normalize_answer(label) in p:
+        if (n := normalize(label)) and n in p:
             return label
     return None
 

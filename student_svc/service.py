@@ -28,7 +28,7 @@ from prometheus_client import Counter
 
 from student_svc import evaluation, scoring
 from student_svc.models import AdapterMismatch, ModelCache
-from syllabus import pb
+from syllabus import answers, pb
 from syllabus.artifacts import (
     ArtifactRef,
     ArtifactStore,
@@ -71,10 +71,10 @@ PRECISIONS = {
     student_pb2.PRECISION_BFLOAT16: "bfloat16",
 }
 MATCHES = {
-    student_pb2.ANSWER_MATCH_UNSPECIFIED: evaluation.EXACT,
-    student_pb2.ANSWER_MATCH_EXACT: evaluation.EXACT,
-    student_pb2.ANSWER_MATCH_NUMERIC: evaluation.NUMERIC,
-    student_pb2.ANSWER_MATCH_LABEL: evaluation.LABEL,
+    student_pb2.ANSWER_MATCH_UNSPECIFIED: answers.EXACT,
+    student_pb2.ANSWER_MATCH_EXACT: answers.EXACT,
+    student_pb2.ANSWER_MATCH_NUMERIC: answers.NUMERIC,
+    student_pb2.ANSWER_MATCH_LABEL: answers.LABEL,
 }
 DEFAULT_CAR_BETA = 1.0
 
@@ -760,7 +760,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
                 model, tok, records, list(job.labels), batch_size=job.batch_size
             )
         else:
-            match = {LABEL_GENERATION: evaluation.LABEL, NUMERIC_MATCH: evaluation.NUMERIC}.get(job.scorer, evaluation.EXACT)
+            match = {LABEL_GENERATION: answers.LABEL, NUMERIC_MATCH: answers.NUMERIC}.get(job.scorer, answers.EXACT)
             work = lambda model, tok: evaluation.evaluate_generation(
                 model, tok, records, match, list(job.labels), max_new_tokens=job.max_new_tokens,
                 batch_size=job.batch_size or 16, dtype=job.dtype,

@@ -44,10 +44,13 @@ class Sampling:
 
 @dataclass(frozen=True)
 class ChatPrompt:
-    """A one-turn chat request: the user message and text the assistant's reply is forced to start with."""
+    """A one-turn chat request: the user message and text the assistant's reply is forced to start with.
+    `schema`: a JSON schema (as JSON text, `teacher_svc.structured`) every backend constrains the reply
+    to; a constrained prompt has no prefill, and the prompts of one `generate` call share one schema."""
 
     user: str
     prefill: str = ""
+    schema: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,29 @@ class Backend(Protocol):
         ...
 
 
+def one_schema(prompts: Sequence[ChatPrompt], stop: Sequence[str]) -> str:
+    """The schema the prompts of one call share ("" for none); ValueError for a mix, a prefill or stops
+    with a schema (a stop string would cut a JSON reply short)."""
+    schemas = {p.schema for p in prompts}
+    if len(schemas) > 1:
+        raise ValueError("the prompts of one generate call share one schema (or none)")
+    schema = next(iter(schemas), "")
+    if schema and (stop or any(p.prefill for p in prompts)):
+        raise ValueError("a schema-constrained prompt takes no prefill and no stop strings")
+    return schema
+
+
 class BackendError(Exception):
     """The backend could not produce completions."""
 
 
 class BackendRequestError(BackendError):
-    """The backend rejected the request (bad model name, auth, malformed parameters): retrying won't help."""
+    """The backend rejected the request (bad model name, auth, malformed parameters): retrying won't help.
+    `status`: the HTTP status of an endpoint's refusal (0 otherwise)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class BackendUnavailable(BackendError):
@@ -124,6 +144,8 @@ class TransformersBackend:
         self.tokenizer = tokenizer
         self.model = base
         self.revision = revision
+        self._compiler = None  # xgrammar's GrammarCompiler for this tokenizer, made on first use
+        self._grammars: dict[str, object] = {}  # schema text -> compiled grammar
 
     adapter: str | None = None  # the adapter's sha256 when a LoRA is applied (recorded in provenance)
 
@@ -150,6 +172,19 @@ class TransformersBackend:
     def render(self, prompt: ChatPrompt) -> str:
         return render_chat(self.tokenizer, prompt)
 
+    def _grammar(self, schema: str):
+        """The schema compiled for this tokenizer by xgrammar (cached: compiling costs more than a batch)."""
+        if schema not in self._grammars:
+            import xgrammar
+
+            if self._compiler is None:
+                vocab = max(self.model_obj.config.vocab_size, len(self.tokenizer))
+                info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab)
+                self._compiler = xgrammar.GrammarCompiler(info)
+            # Compact JSON: free whitespace would let a small model pad a reply with newlines.
+            self._grammars[schema] = self._compiler.compile_json_schema(schema, any_whitespace=False)
+        return self._grammars[schema]
+
     def generate(
         self, prompts: Sequence[ChatPrompt], sampling: Sampling, batch_size: int, stop: Sequence[str] = ()
     ) -> list[list[Completion]]:
@@ -158,6 +193,8 @@ class TransformersBackend:
 
         if sampling.temperature == 0 and sampling.n != 1:
             raise ValueError("greedy decoding (temperature 0) is deterministic: n must be 1")
+        schema = one_schema(prompts, stop)
+        grammar = self._grammar(schema) if schema else None
         tok = self.tokenizer
         greedy = sampling.temperature == 0
         config = GenerationConfig(
@@ -193,7 +230,12 @@ class TransformersBackend:
                     torch.inference_mode(),
                 ):
                     torch.manual_seed(sampling.seed + b)
-                    out = self.model_obj.generate(**enc, generation_config=config, tokenizer=tok)
+                    constrained = {}
+                    if grammar is not None:  # a processor holds per-row matcher state: one per call
+                        from xgrammar.contrib.hf import LogitsProcessor
+
+                        constrained["logits_processor"] = [LogitsProcessor(grammar)]
+                    out = self.model_obj.generate(**enc, generation_config=config, tokenizer=tok, **constrained)
                 new = out[:, enc["input_ids"].shape[1] :]
                 for k, i in enumerate(idx):
                     rows = new[k * sampling.n : (k + 1) * sampling.n]

@@ -1,110 +1,93 @@
 """Model-based critique modes. (The rule-based judge mode is `teacher_svc.critique`.)
 
 - `cft_critique` — Critique Fine-Tuning (TIGER-AI-Lab): input "Question: {q}\\n\\nSolution: {a}", the
-  teacher writes a critique ending "Conclusion: right" or "Conclusion: wrong". The record's
-  prompt/response are that input and the critique, ready for plain SFT of the student on critiques.
+  teacher writes a critique and its verdict, right or wrong, as JSON (`teacher_svc.structured.CFT`,
+  enforced while decoding). The record's prompt/response are that input and the critique ending in
+  "Conclusion: right|wrong", as CFT trains it, ready for plain SFT of the student on critiques.
 - `rubric_revise` — CITING: one rubric per question type (written once, shared by the type's
   questions), then the student's answer is revised against it. The record's prompt is (instruction,
   rubric, the student's own answer) and its response the revision, as CITING trains the student.
 - `reflect` — Reflection-Tuning: the teacher says why an instruction/answer pair is weak on named
-  criteria and writes `[New Instruction]...[End]` and `[Better Answer]...[End]`.
+  criteria and writes a new instruction and a better answer.
 
-Parsing tolerates malformed output per record (`teacher_svc.retry`): a reply that does not parse is
+Every reply is JSON of the step's schema (`teacher_svc.structured`), enforced while decoding on every
+backend that can (an endpoint without `response_format` is parsed the same way), its strings bounded
+to fit the reply's token budget (`structured.fit`). Parsing tolerates malformed output per record (`teacher_svc.retry`): a reply that does not parse is
 regenerated once, and if it still does not parse the record is marked `"status": "failed"` with the
 error and the raw text; the batch never fails because of one reply.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
+from functools import partial
 
 from syllabus.records import content_id
+from teacher_svc import structured
 from teacher_svc.backend import Backend, ChatPrompt, Sampling
 from teacher_svc.generation import provenance, template_hash
-from teacher_svc.retry import Parsed, ParseError, generate_parsed
+from teacher_svc.retry import Parsed, generate_parsed
 
 CFT_METHOD, RUBRIC_METHOD, REVISION_METHOD, REFLECTION_METHOD = "cft_critique", "rubric", "rubric_revision", "reflection"
 
 CFT_INPUT = "Question: {question}\n\nSolution: {solution}"
 CFT_TEMPLATE = CFT_INPUT + """
 
-Critique the solution: check each step, point out any error, then end with exactly one line "Conclusion: right" or "Conclusion: wrong"."""
-CFT_TEMPLATE_HASH = template_hash(CFT_TEMPLATE)
+Critique the solution: check each step and point out any error. Then say whether the solution is right or wrong.
+Reply in JSON: {{"critique": "<your critique>", "verdict": "right" or "wrong"}}"""
+CFT_TEMPLATE_HASH = template_hash(CFT_TEMPLATE, structured.schema_text(structured.CFT))
 
 RUBRIC_TEMPLATE = """Write a grading rubric for answers to questions of the type "{qtype}".
 Example question of this type: {example}
 
-List 3 to 5 numbered criteria, one per line, e.g. "1. The answer names ..."."""
-RUBRIC_TEMPLATE_HASH = template_hash(RUBRIC_TEMPLATE)
+Give 3 to 5 criteria, each one short sentence such as "The answer names ...".
+Reply in JSON: {{"criteria": ["<criterion>", ...]}}"""
+RUBRIC_TEMPLATE_HASH = template_hash(RUBRIC_TEMPLATE, structured.schema_text(structured.RUBRIC))
 
 REVISION_INPUT = "Instruction: {question}\n\nRubric:\n{rubric}\n\nAnswer: {answer}"
 REVISION_TEMPLATE = REVISION_INPUT + """
 
-Revise the answer so that it meets every criterion of the rubric. Write "Revised answer:" followed by the revised answer."""
-REVISION_PREFILL = "Revised answer:"
-REVISION_TEMPLATE_HASH = template_hash(REVISION_TEMPLATE, REVISION_PREFILL)
+Revise the answer so that it meets every criterion of the rubric.
+Reply in JSON: {{"revised_answer": "<the revised answer>"}}"""
+REVISION_TEMPLATE_HASH = template_hash(REVISION_TEMPLATE, structured.schema_text(structured.RUBRIC_REVISION))
 
 REFLECTION_TEMPLATE = """Instruction: {instruction}
 Answer: {answer}
 
-Explain briefly why the instruction could be weak (complexity, detail, knowledge needed, ambiguity, reasoning) and why the answer could be weak (helpfulness, relevance, accuracy, detail). Then write an improved instruction and a better answer in exactly this format:
-[New Instruction] <instruction> [End]
-[Better Answer] <answer> [End]"""
-REFLECTION_TEMPLATE_HASH = template_hash(REFLECTION_TEMPLATE)
+Explain briefly why the instruction could be weak (complexity, detail, knowledge needed, ambiguity, reasoning) and why the answer could be weak (helpfulness, relevance, accuracy, detail). Then write an improved instruction and a better answer.
+Reply in JSON: {{"weaknesses": "<why>", "new_instruction": "<instruction>", "better_answer": "<answer>"}}"""
+REFLECTION_TEMPLATE_HASH = template_hash(REFLECTION_TEMPLATE, structured.schema_text(structured.REFLECTION))
 
-# The verdict is a line of its own ("**Conclusion: right**" too): a reply that only echoes the
-# instruction ('... end with exactly one line "Conclusion: right" or "Conclusion: wrong"') has none.
-_CONCLUSION = re.compile(
-    r"^[\s>*_#-]*conclusion\s*[:\-]\s*\**\s*(right|wrong|correct|incorrect)\b", re.IGNORECASE | re.MULTILINE
-)
-_NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.+)$")
-_TAGGED = {
-    name: re.compile(rf"\[{tag}\]\s*(.+?)\s*\[End\]", re.IGNORECASE | re.DOTALL)
-    for name, tag in (("instruction", r"New\s+Instruction"), ("answer", r"Better\s+Answer"))
-}
+def parse_cft(raw: str, schema: dict = structured.CFT) -> tuple[str, str]:
+    """(critique, "right"|"wrong") of a JSON reply (`structured.CFT`, or its fitted copy)."""
+    reply = structured.parse_reply(raw, schema)
+    return reply["critique"].strip(), reply["verdict"]
 
 
-def parse_cft(raw: str) -> tuple[str, str]:
-    """(critique text up to and including the conclusion, "right"|"wrong"); the last conclusion wins."""
-    matches = list(_CONCLUSION.finditer(raw))
-    if not matches:
-        raise ParseError('no "Conclusion: right/wrong" line')
-    last = matches[-1]
-    critique = raw[: last.end()].strip()
-    if len(critique) <= len(last.group(0)):
-        raise ParseError("a conclusion without any critique")
-    verdict = "right" if last.group(1).lower() in ("right", "correct") else "wrong"
-    return critique, verdict
+def cft_response(critique: str, verdict: str) -> str:
+    """What CFT trains the student to write: the critique, then its conclusion."""
+    return f"{critique}\nConclusion: {verdict}"
 
 
-def parse_rubric(raw: str) -> list[str]:
-    """The numbered (or bulleted) criteria; at least one is needed."""
-    criteria = [m.group(1).strip() for line in raw.splitlines() if (m := _NUMBERED.match(line))]
-    criteria = [c for c in criteria if len(c) >= 3]
-    if not criteria:
-        raise ParseError("no numbered criteria")
-    return criteria[:8]
+def parse_rubric(raw: str, schema: dict = structured.RUBRIC) -> list[str]:
+    """The rubric's criteria (`structured.RUBRIC`: 1 to 5)."""
+    return [c.strip() for c in structured.parse_reply(raw, schema)["criteria"]]
 
 
-def parse_revision(raw: str) -> str:
-    text = raw.strip()
-    if text.lower().startswith(REVISION_PREFILL.lower()):  # a server that ignored the prefill repeats it
-        text = text[len(REVISION_PREFILL) :].strip()
-    if not text or not any(c.isalnum() for c in text):
-        raise ParseError("empty revision")
-    return text
+def parse_revision(raw: str, schema: dict = structured.RUBRIC_REVISION) -> str:
+    return structured.parse_reply(raw, schema)["revised_answer"].strip()
 
 
-def parse_reflection(raw: str) -> tuple[str, str]:
-    """(new instruction, better answer) from the `[New Instruction]`/`[Better Answer]` ... `[End]` blocks."""
-    found = {}
-    for name, pattern in _TAGGED.items():
-        m = pattern.search(raw)
-        if not m or not m.group(1).strip():
-            raise ParseError(f"no [{'New Instruction' if name == 'instruction' else 'Better Answer'}]...[End] block")
-        found[name] = m.group(1).strip()
-    return found["instruction"], found["answer"]
+def parse_reflection(raw: str, schema: dict = structured.REFLECTION) -> tuple[str, str]:
+    """(new instruction, better answer) of a JSON reply (`structured.REFLECTION`)."""
+    reply = structured.parse_reply(raw, schema)
+    return reply["new_instruction"].strip(), reply["better_answer"].strip()
+
+
+def _fitted(schema: dict, sampling: Sampling) -> tuple[str, dict]:
+    """(the schema text prompts carry, the schema replies are read with), fitted to the reply budget."""
+    fitted = structured.fit(schema, sampling.max_new_tokens)
+    return structured.schema_text(fitted), fitted
 
 
 def _base(rec: dict, out: Parsed, prov: dict) -> dict:
@@ -126,8 +109,9 @@ def cft_critique(
 ) -> list[dict]:
     """One record per example ({"id", "question", "solution"}): critique, verdict, prompt, response."""
     _check(examples, "question", "solution")
-    prompts = [ChatPrompt(CFT_TEMPLATE.format(question=e["question"], solution=e["solution"])) for e in examples]
-    outs = generate_parsed(backend, prompts, parse_cft, sampling, batch_size, retries=retries)
+    text, schema = _fitted(structured.CFT, sampling)
+    prompts = [ChatPrompt(CFT_TEMPLATE.format(question=e["question"], solution=e["solution"]), schema=text) for e in examples]
+    outs = generate_parsed(backend, prompts, partial(parse_cft, schema=schema), sampling, batch_size, retries=retries)
     prov = provenance(backend, sampling, 0, CFT_METHOD, CFT_TEMPLATE_HASH)
     records = []
     for e, out in zip(examples, outs, strict=True):
@@ -138,7 +122,7 @@ def cft_critique(
                 "critique": critique,
                 "verdict": verdict,
                 "prompt": CFT_INPUT.format(question=e["question"], solution=e["solution"]),
-                "response": critique,
+                "response": cft_response(critique, verdict),
             }
         records.append(rec)
     return records
@@ -156,8 +140,10 @@ def rubric_revise(
     for e in examples:
         types.setdefault(e.get("type") or "general", e)
     type_names = list(types)
-    rubric_prompts = [ChatPrompt(RUBRIC_TEMPLATE.format(qtype=t, example=types[t]["question"])) for t in type_names]
-    rubric_outs = generate_parsed(backend, rubric_prompts, parse_rubric, sampling, batch_size, retries=retries)
+    text, schema = _fitted(structured.RUBRIC, sampling)
+    rubric_prompts = [ChatPrompt(RUBRIC_TEMPLATE.format(qtype=t, example=types[t]["question"]), schema=text) for t in type_names]
+    rubric_outs = generate_parsed(backend, rubric_prompts, partial(parse_rubric, schema=schema), sampling, batch_size,
+                                  retries=retries)
     rubric_prov = provenance(backend, sampling, 0, RUBRIC_METHOD, RUBRIC_TEMPLATE_HASH)
     rubrics: dict[str, str] = {}
     rubric_records = []
@@ -173,10 +159,12 @@ def rubric_revise(
         REVISION_INPUT.format(question=e["question"], rubric=rubrics[e.get("type") or "general"], answer=e["answer"])
         for e in revisable
     ]
+    text, schema = _fitted(structured.RUBRIC_REVISION, sampling)
+    parse = partial(parse_revision, schema=schema)
     prompts = [ChatPrompt(REVISION_TEMPLATE.format(question=e["question"], rubric=rubrics[e.get("type") or "general"],
-                                                   answer=e["answer"]), REVISION_PREFILL + " ") for e in revisable]
+                                                   answer=e["answer"]), schema=text) for e in revisable]
     outs = dict(zip((e["id"] for e in revisable),
-                    zip(inputs, generate_parsed(backend, prompts, parse_revision, sampling, batch_size, retries=retries),
+                    zip(inputs, generate_parsed(backend, prompts, parse, sampling, batch_size, retries=retries),
                         strict=True), strict=True))
     prov = provenance(backend, sampling, 0, REVISION_METHOD, REVISION_TEMPLATE_HASH)
     revisions = []
@@ -199,8 +187,10 @@ def reflect(
 ) -> list[dict]:
     """One record per example ({"id", "instruction", "answer"}): new instruction and better answer."""
     _check(examples, "instruction", "answer")
-    prompts = [ChatPrompt(REFLECTION_TEMPLATE.format(instruction=e["instruction"], answer=e["answer"])) for e in examples]
-    outs = generate_parsed(backend, prompts, parse_reflection, sampling, batch_size, retries=retries)
+    text, schema = _fitted(structured.REFLECTION, sampling)
+    prompts = [ChatPrompt(REFLECTION_TEMPLATE.format(instruction=e["instruction"], answer=e["answer"]), schema=text)
+               for e in examples]
+    outs = generate_parsed(backend, prompts, partial(parse_reflection, schema=schema), sampling, batch_size, retries=retries)
     prov = provenance(backend, sampling, 0, REFLECTION_METHOD, REFLECTION_TEMPLATE_HASH)
     records = []
     for e, out in zip(examples, outs, strict=True):

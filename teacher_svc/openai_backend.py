@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from syllabus.config import TeacherEndpoint
 from syllabus.models import ModelNotFound
-from teacher_svc.backend import BackendRequestError, BackendUnavailable, ChatPrompt, Completion, Sampling
+from teacher_svc.backend import BackendRequestError, BackendUnavailable, ChatPrompt, Completion, Sampling, one_schema
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
@@ -81,6 +81,9 @@ class OpenAIBackend:
         # A remote server does not tell which weights it serves; the caller may pin a revision.
         self.revision = revision or "remote"
         self._sleep = time.sleep  # tests may replace it to observe backoff
+        # Set when the endpoint refused `response_format` once: later schema prompts go without it,
+        # and the reply is parsed (and retried) by the step as any unconstrained reply.
+        self.refuses_response_format = False
 
     @classmethod
     def from_base(cls, base: str, endpoints: Mapping[str, TeacherEndpoint] | None = None) -> OpenAIBackend:
@@ -112,6 +115,7 @@ class OpenAIBackend:
             raise ValueError("greedy decoding (temperature 0) is deterministic: n must be 1")
         if not prompts:
             return []
+        one_schema(prompts, stop)
         with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(prompts))) as pool:
             futures = [pool.submit(self._one, i, p, sampling, stop) for i, p in enumerate(prompts)]
             return [f.result() for f in futures]
@@ -135,9 +139,23 @@ class OpenAIBackend:
             messages.append({"role": "assistant", "content": prompt.prefill})
             body["continue_final_message"] = True
             body["add_generation_prompt"] = False
+        if prompt.schema and not self.refuses_response_format:
+            body["response_format"] = {
+                "type": "json_schema", "json_schema": {"name": "reply", "schema": json.loads(prompt.schema), "strict": True},
+            }  # fmt: skip
         return body
 
     def _one(self, index: int, prompt: ChatPrompt, sampling: Sampling, stop: Sequence[str]) -> list[Completion]:
+        try:
+            return self._send(index, prompt, sampling, stop)
+        except BackendRequestError as e:
+            # A server without structured output answers 400 to response_format: ask once more without it.
+            if not (prompt.schema and e.status == 400 and not self.refuses_response_format):
+                raise
+            self.refuses_response_format = True
+            return self._send(index, prompt, sampling, stop)
+
+    def _send(self, index: int, prompt: ChatPrompt, sampling: Sampling, stop: Sequence[str]) -> list[Completion]:
         body = json.dumps(self._body(index, prompt, sampling, stop)).encode()
         s = self.settings
         last: _Retryable | None = None
@@ -171,7 +189,7 @@ class OpenAIBackend:
             detail = _reason(e.code)
             if e.code in RETRYABLE_STATUS:
                 raise _Retryable(f"HTTP {e.code} {detail}", _retry_after(e.headers.get("Retry-After"))) from e
-            raise BackendRequestError(f"{s.label or 'teacher endpoint'}: HTTP {e.code} {detail}") from e
+            raise BackendRequestError(f"{s.label or 'teacher endpoint'}: HTTP {e.code} {detail}", status=e.code) from e
         except TimeoutError as e:
             raise _Retryable(f"timed out after {s.timeout_s} s") from e
         except urllib.error.URLError as e:

@@ -15,12 +15,11 @@ numbers with a relative tolerance of 1e-6 (commas and a trailing unit are ignore
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from syllabus.answers import stated_answer
+from syllabus.answers import answers_match, match_for_kind, stated_answer
 from syllabus.records import content_id
 from teacher_svc.backend import Backend, ChatPrompt, Sampling
 from teacher_svc.dedupe import normalize
@@ -77,24 +76,11 @@ def parse_rationale(raw: str) -> Rationale:
     return Rationale(*stated)
 
 
-def _number(text: str) -> float | None:
-    m = _NUMBER.search(text)
-    if not m:
-        return None
-    try:
-        return float(m.group(0).replace(",", ""))
-    except ValueError:
-        return None
-
-
 def verify(kind: str, predicted: str, gold: str) -> bool:
-    """Whether `predicted` is the gold answer for a task of `kind` (classification, exact, numeric)."""
-    if kind == NUMERIC:
-        p, g = _number(predicted), _number(gold)
-        return p is not None and g is not None and math.isclose(p, g, rel_tol=1e-6, abs_tol=1e-9)
-    if kind in (CLASSIFICATION, EXACT):
-        return normalize(predicted) == normalize(gold)
-    raise ValueError(f"no verifier for task kind {kind!r}")
+    """Whether `predicted` is the gold answer for a task of `kind` (classification, exact, numeric):
+    the one checker of `syllabus.answers`, the one evaluation grades with (a numeric answer is its
+    final number: "Answer: 12 - 4 = 8" answers 8)."""
+    return answers_match(predicted, gold, match_for_kind(kind))
 
 
 def reasoning_path(text: str) -> str:

@@ -42,7 +42,7 @@ from teacher_svc.backend import (
     TransformersBackend,
     load_backend,
 )
-from teacher_svc.critics import cft_critique, reflect, rubric_revise
+from teacher_svc.critics import RUBRIC_METHOD, cft_critique, reflect, rubric_revise
 from teacher_svc.critique import judge
 from teacher_svc.errors import DEFAULT_EXAMPLES_PER_SKILL, analyze_answers, analyze_confusions
 from teacher_svc.generation import DEFAULT_BATCH_SIZE, ExpansionRequest, Seed, expand_seeds, parse_seeds
@@ -436,6 +436,8 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         if not (kept_ref and critiques_ref):
             return None
         verdicts = await asyncio.to_thread(self._records, "output_key", critiques_ref)
+        # The rubrics' own replies lead the critiques of the rubric mode; the counts are per example.
+        verdicts = [v for v in verdicts if (v.get("provenance") or {}).get("method") != RUBRIC_METHOD]
         if "keep" in (verdicts[0] if verdicts else {"keep": 0}):
             kept_count = sum(1 for v in verdicts if v.get("keep"))
             failed = 0
@@ -501,8 +503,10 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
                 ref_to_pb(await asyncio.to_thread(self.store.put_bytes, rubrics_key, dumps_jsonl(rubrics)))
             )
         resp.kept.CopyFrom(ref_to_pb(await asyncio.to_thread(self.store.put_bytes, kept_key, dumps_jsonl(kept))))
+        # Every reply the mode parsed, the rubrics first: one artifact tells how each step's replies parsed.
+        replies = (rubrics or []) + records
         resp.critiques.CopyFrom(
-            ref_to_pb(await asyncio.to_thread(self.store.put_bytes, critiques_key, dumps_jsonl(records)))
+            ref_to_pb(await asyncio.to_thread(self.store.put_bytes, critiques_key, dumps_jsonl(replies)))
         )
         return resp
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from syllabus.models import load_tokenizer, resolve_model_dir
-from teacher_svc.backend import ChatPrompt, Completion, Sampling, model_revision, render_chat
+from teacher_svc.backend import ChatPrompt, Completion, Sampling, model_revision, one_schema, render_chat
 
 
 def _import_vllm():
@@ -51,6 +51,8 @@ class VLLMBackend:
         if sampling.temperature == 0 and sampling.n != 1:
             raise ValueError("greedy decoding (temperature 0) is deterministic: n must be 1")
         vllm = _import_vllm()
+        schema = one_schema(prompts, stop)
+        constrained = _structured(vllm, schema) if schema else {}
         params = [
             vllm.SamplingParams(
                 n=sampling.n,
@@ -60,6 +62,7 @@ class VLLMBackend:
                 seed=sampling.seed + i,
                 stop=list(stop) or None,
                 skip_special_tokens=True,
+                **constrained,
             )
             for i in range(len(prompts))
         ]
@@ -68,3 +71,14 @@ class VLLMBackend:
         inputs = [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [[Completion(c.text, len(c.token_ids)) for c in out.outputs] for out in outputs]
+
+
+def _structured(vllm, schema: str) -> dict:
+    """SamplingParams arguments that constrain a reply to `schema`: structured outputs (vLLM >= 0.10),
+    else the guided decoding of earlier releases."""
+    import json
+
+    params = vllm.sampling_params
+    if hasattr(params, "StructuredOutputsParams"):
+        return {"structured_outputs": params.StructuredOutputsParams(json=json.loads(schema))}
+    return {"guided_decoding": params.GuidedDecodingParams(json=json.loads(schema))}

@@ -198,9 +198,10 @@ class TeacherActivities(ActivityBase):
 
     async def _model_critique(
         self, task: TaskSpec, inp: CritiqueInput, records: list[dict], prefix: str
-    ) -> tuple[critique_modes.Outcome, ArtifactRef]:
+    ) -> tuple[critique_modes.Outcome, ArtifactRef, dict[str, dict[str, int]]]:
         """The task's model-based critique mode on `records` (inputs under `prefix`): what it keeps,
-        the records it writes and one verdict each (`critique_modes.interpret`), and its critiques."""
+        the records it writes and one verdict each (`critique_modes.interpret`), its critiques, and
+        how its replies parsed (`critique_modes.parse_counts`)."""
         mode = task.critique.mode
         model_mode, examples = critique_modes.request_examples(task, mode, records)
         ex_ref = self._publish_once(f"{prefix}-{mode}-input.jsonl", dumps_jsonl(examples))
@@ -209,7 +210,8 @@ class TeacherActivities(ActivityBase):
             {"model": task.teacher.model, "kind": task.kind, "labels": task.labels, "mode": mode, "critique": task.critique.model_dump()},
         )  # fmt: skip
         _, model_critiques = await self._critique_call(task, inp, model_mode, ex_ref, model_prefix)
-        return critique_modes.interpret(task, mode, records, self._read_jsonl(model_critiques)), model_critiques
+        replies = self._read_jsonl(model_critiques)
+        return critique_modes.interpret(task, mode, records, replies), model_critiques, critique_modes.parse_counts(replies)
 
     async def _record_critique(
         self, inp: CritiqueInput, mode: str, kept: ArtifactRef, records: list[dict], verdicts: list[dict], outputs: dict
@@ -243,8 +245,9 @@ class TeacherActivities(ActivityBase):
         kept_records = self._read_jsonl(rule_kept)
         outputs: dict[str, ArtifactRef | None] = {"rule-critiques": rule_critiques}
         extra: list[dict] = []  # training records the critique itself makes (cft critiques)
+        parsing: dict[str, dict[str, int]] = {}
         if mode != "rules" and kept_records:
-            outcome, outputs["critiques"] = await self._model_critique(task, inp, kept_records, prefix)
+            outcome, outputs["critiques"], parsing = await self._model_critique(task, inp, kept_records, prefix)
             kept_records, extra = outcome.kept, outcome.extra
             verdicts = [v for v in verdicts if not v["keep"]] + outcome.verdicts
         kept = rule_kept
@@ -258,6 +261,7 @@ class TeacherActivities(ActivityBase):
             dropped_count=sum(dropped.values()),
             dropped=dict(sorted(dropped.items())),
             extra_count=len(extra),
+            parsing=parsing,
         )
 
     @activity.defn
@@ -274,7 +278,7 @@ class TeacherActivities(ActivityBase):
         solutions = [r for r in candidates if r.get("category") in reasoning.SOLUTION_CATEGORIES]
         others = [r for r in candidates if r.get("category") not in reasoning.SOLUTION_CATEGORIES]
         prefix = output_key(inp.job_id, inp.round, "critique-solutions", [inp.examples], {"mode": mode})
-        outcome, critiques = await self._model_critique(task, inp, solutions, prefix)
+        outcome, critiques, parsing = await self._model_critique(task, inp, solutions, prefix)
         kept = self._publish_once(f"{prefix}-kept.jsonl", dumps_jsonl(others + outcome.kept + outcome.extra))
         dropped = await self._record_critique(
             inp, mode, kept, outcome.kept + outcome.extra, outcome.verdicts, {"solutions-kept": kept, "solution-critiques": critiques}
@@ -286,6 +290,7 @@ class TeacherActivities(ActivityBase):
             dropped_count=sum(dropped.values()),
             dropped=dict(sorted(dropped.items())),
             extra_count=len(outcome.extra),
+            parsing=parsing,
         )
 
     @activity.defn

@@ -236,3 +236,20 @@ def test_reflection_and_model_critique_without_solutions_are_refused_for_answer_
     with pytest.raises(ValueError, match="add a rationales or rft mode"):
         TaskSpec(**{**base, "critique": {"mode": "judge"}, "generate": {"modes": [{"mode": "targeted"}]}})
     assert TaskSpec(**{**base, "critique": {"mode": "cft"}}).critique.mode == "cft"
+
+
+def test_parse_counts_per_model_step() -> None:
+    prov = {"cft": {"method": "cft_critique"}, "rev": {"method": "rubric_revision"}}
+    replies = [
+        {"id": "a", "status": "ok", "attempts": 1, "provenance": prov["cft"]},
+        {"id": "b", "status": "ok", "attempts": 2, "provenance": prov["cft"]},
+        {"id": "c", "status": "failed", "attempts": 2, "provenance": prov["cft"]},
+        {"id": "d", "status": "ok", "attempts": 1, "provenance": prov["rev"]},
+        {"id": "e", "status": "failed", "attempts": 0, "error": "no rubric for type 'x'", "provenance": prov["rev"]},
+        {"id": "r", "status": "failed", "attempts": 2, "provenance": {"method": "rubric"}},
+    ]
+    assert critique_modes.parse_counts(replies) == {
+        "cft_critique": {"replies": 3, "parsed": 2, "retried": 1, "unparsable": 1},
+        "rubric": {"replies": 1, "parsed": 0, "retried": 0, "unparsable": 1},
+        "rubric_revision": {"replies": 1, "parsed": 1, "retried": 0, "unparsable": 0},
+    }

@@ -8,15 +8,10 @@ import grpc
 import pytest
 
 from student_svc.arte import one_shot, probe_set_by_discrimination
-from student_svc.evaluation import (
-    answers_match,
-    extract_number,
-    generate_greedy,
-    label_from_generation,
-    normalize_answer,
-)
+from student_svc.evaluation import generate_greedy, label_from_generation
 from student_svc.server import create_server, make_servicer
 from syllabus import pb
+from syllabus.answers import answers_match, extract_number, normalize
 from syllabus.config import Config
 from syllabus.models import DEFAULT_MODEL
 from syllabus.records import dumps_jsonl, loads_jsonl
@@ -120,9 +115,9 @@ async def test_evaluate_exact_match_by_generation(served_student, tiny_models, s
     # Gold answers: q0's is the model's greedy answer re-cased, quoted and padded (equal only after exact-match
     # normalization); q1's is the model's answer plus a word (a near miss that a prefix match would take); q2's
     # is nothing the model says.
-    assert all(normalize_answer(g) for g in gens[:2]), gens
+    assert all(normalize(g) for g in gens[:2]), gens
     golds = [f'  "{gens[0].upper()}".  ', f"{gens[1]} extra", "zzz-never"]
-    assert normalize_answer(golds[0]) == normalize_answer(gens[0]) and gens[0] != golds[0]
+    assert normalize(golds[0]) == normalize(gens[0]) and gens[0] != golds[0]
     records = [{"id": f"q{i}", "prompt": p, "label": gold} for i, (p, gold) in enumerate(zip(prompts, golds, strict=True))]
     eval_set = pb.ref_to_pb(store.put_bytes("in/qa.jsonl", dumps_jsonl(records)))
     served = await _stub(served_student, tiny_models)

@@ -65,14 +65,15 @@ def test_missing_fields_are_dropped_not_crashed_on() -> None:
 @pytest.mark.parametrize(
     ("reply", "verdict"),
     [
-        ("The label fits the message.\nConclusion: right", "right"),
-        ("Step 2 is wrong.\n**Conclusion: wrong**", "wrong"),
-        ("Looks fine.\n> Conclusion - correct.", "right"),
-        # An echo of the instruction is not a verdict (a small model's favourite reply).
-        ('By the way, check each step, then end with exactly one line "Conclusion: right" or "Conclusion: wrong"', None),
+        ('{"critique": "The label fits the message.", "verdict": "right"}', "right"),
+        ('```json\n{"critique": "Step 2 is wrong.", "verdict": "wrong"}\n```', "wrong"),  # an unconstrained endpoint
+        ('{"critique": "Looks fine.", "verdict": "correct"}', None),  # not one of the verdicts
+        ('{"critique": "ok", "verdict": "right"}', None),  # no critique to speak of
+        ('{"critique": "The label fits the message.", "verdict": "ri', None),  # cut off by max_new_tokens
+        ('Conclusion: right', None),
     ],
 )
-def test_a_cft_verdict_is_a_conclusion_line_of_its_own(reply: str, verdict: str | None) -> None:
+def test_a_cft_reply_is_a_critique_and_a_verdict_in_json(reply: str, verdict: str | None) -> None:
     from teacher_svc.critics import parse_cft
     from teacher_svc.retry import ParseError
 

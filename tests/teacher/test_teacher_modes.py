@@ -7,7 +7,9 @@ answer line, a malformed first attempt) — the contract is checked on real back
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -93,6 +95,22 @@ def test_rejection_sampling_keeps_correct_and_dedupes_reasoning_paths(tiny_backe
         rejection_sample(backend, "x", [Question("q", "?")], "numeric", 2, SAMPLING)
 
 
+def test_rft_drops_a_sample_whose_first_number_is_right_and_final_number_wrong(tiny_backend) -> None:
+    # RFT's verifier is the evaluator's numeric checker: an answer line is its final number. The old
+    # verifier read the first number, so "Answer: 12 - 4 = 8" passed for the gold 12.
+    questions = [Question("q1", "Tom has 12 apples. How many does he have?", "12")]
+    answers = {0: "Answer: 12 - 4 = 8", 1: "Answer: 8 + 4 = 12", 2: "Answer: 12 apples", 3: "Answer: 1,2"}
+
+    def fn(call: int, i: int, text: str) -> str:
+        fn.j = getattr(fn, "j", -1) + 1
+        return f"{text}\n{answers[fn.j]}"
+
+    result = rejection_sample(Rewrite(tiny_backend, fn), "Solve it.", questions, "numeric", 4, SAMPLING)
+    kept = sorted(r["answer"] for r in result.records)
+    assert kept == ["12 apples", "8 + 4 = 12"], kept
+    assert (result.incorrect, result.unparsable) == (2, 0)
+
+
 def test_targeted_generation_for_confused_labels(tiny_backend, banking77) -> None:
     skills = [
         Skill("distinguish card_arrival from lost_or_stolen_card", "card_arrival", "lost_or_stolen_card",
@@ -148,28 +166,36 @@ def test_leakage_guard_drops_eval_overlap() -> None:
 def test_model_critiques_never_fail_the_batch(tiny_backend) -> None:
     examples = [{"id": f"e{i}", "question": f"What is {i} + 1?", "solution": f"It is {i + 1}.", "type": "arithmetic",
                  "instruction": f"Add {i} and 1.", "answer": f"{i + 1}"} for i in range(3)]  # fmt: skip
+    sampling = replace(SAMPLING, max_new_tokens=64)  # the budget the schemas are fitted to
+
+    def cut(t: str) -> str:  # the model's constrained reply, cut short as max_new_tokens would
+        return t[: len(t) // 2]
+
     # CFT: e0 is well formed at once, e1 only on the retry, e2 never.
     def cft(call: int, i: int, t: str) -> str:
-        return f"{t}\nConclusion: right" if (call, i) in {(0, 0), (1, 0)} else t
+        return '{"critique": "The sum is right.", "verdict": "right"}' if (call, i) in {(0, 0), (1, 0)} else cut(t)
 
-    records = cft_critique(Rewrite(tiny_backend, cft), examples, SAMPLING)
+    records = cft_critique(Rewrite(tiny_backend, cft), examples, sampling)
     assert [r["status"] for r in records] == ["ok", "ok", "failed"]
     assert [r["attempts"] for r in records] == [1, 2, 2]
     assert records[0]["verdict"] == "right" and records[0]["prompt"].startswith("Question: What is 0 + 1?")
-    assert records[2]["raw"] and "Conclusion" in records[2]["error"]
+    assert records[0]["response"] == "The sum is right.\nConclusion: right"
+    assert records[2]["raw"].startswith("{") and "not JSON" in records[2]["error"]
 
     rubrics, revisions = rubric_revise(
-        Rewrite(tiny_backend, lambda call, i, t: "1. States the sum\n2. Shows the work" if call == 0 else t + " 5"),
-        examples, SAMPLING,
+        Rewrite(tiny_backend, lambda call, i, t: '{"criteria": ["States the sum", "Shows the work"]}' if call == 0
+                else json.dumps({"revised_answer": f"{i} + 1 = {i + 1}"})),
+        examples, sampling,
     )  # fmt: skip
     assert len(rubrics) == 1 and rubrics[0]["status"] == "ok" and rubrics[0]["type"] == "arithmetic"
     assert len(revisions) == 3 and all(r["status"] == "ok" and r["rubric"] == rubrics[0]["rubric"] for r in revisions)
     assert revisions[0]["prompt"].startswith("Instruction: What is 0 + 1?") and "Rubric:" in revisions[0]["prompt"]
+    assert rubrics[0]["rubric"] == "1. States the sum\n2. Shows the work" and revisions[2]["revision"] == "2 + 1 = 3"
 
     reflections = reflect(
-        Rewrite(tiny_backend, lambda call, i, t: t if (call, i) != (0, 0) else f"{t}\n[New Instruction] Add 0 and 1, show work [End]\n"
-                "[Better Answer] 0 + 1 = 1 [End]"),
-        examples, SAMPLING,
+        Rewrite(tiny_backend, lambda call, i, t: cut(t) if (call, i) != (0, 0) else json.dumps(
+            {"weaknesses": "Too terse to teach.", "new_instruction": "Add 0 and 1, show work", "better_answer": "0 + 1 = 1"})),
+        examples, sampling,
     )  # fmt: skip
     assert [r["status"] for r in reflections] == ["ok", "failed", "failed"]
     assert reflections[0]["new_instruction"] == "Add 0 and 1, show work" and reflections[0]["better_answer"] == "0 + 1 = 1"

@@ -65,7 +65,7 @@ class StepTiming(_message.Message):
     def __init__(self, name: _Optional[str] = ..., round: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
-    __slots__ = ("round", "generated", "kept", "selected", "trained", "accuracy", "train_loss", "adapter_uri", "leaked", "targeted", "critique_dropped", "reasoning", "candidates", "selection_dropped", "teacher_adapter_uri", "tailor_pairs", "tailor_skipped", "win_rate")
+    __slots__ = ("round", "generated", "kept", "selected", "trained", "accuracy", "train_loss", "adapter_uri", "leaked", "targeted", "critique_dropped", "reasoning", "candidates", "selection_dropped", "teacher_adapter_uri", "tailor_pairs", "tailor_skipped", "win_rate", "parsing")
     class CritiqueDroppedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,13 @@ class RoundSummary(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ParsingEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ParseCounts
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ParseCounts, _Mapping]] = ...) -> None: ...
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GENERATED_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +112,7 @@ class RoundSummary(_message.Message):
     TAILOR_PAIRS_FIELD_NUMBER: _ClassVar[int]
     TAILOR_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     WIN_RATE_FIELD_NUMBER: _ClassVar[int]
+    PARSING_FIELD_NUMBER: _ClassVar[int]
     round: int
     generated: int
     kept: int
@@ -123,7 +131,20 @@ class RoundSummary(_message.Message):
     tailor_pairs: int
     tailor_skipped: str
     win_rate: float
-    def __init__(self, round: _Optional[int] = ..., generated: _Optional[int] = ..., kept: _Optional[int] = ..., selected: _Optional[int] = ..., trained: _Optional[int] = ..., accuracy: _Optional[float] = ..., train_loss: _Optional[float] = ..., adapter_uri: _Optional[str] = ..., leaked: _Optional[int] = ..., targeted: _Optional[int] = ..., critique_dropped: _Optional[_Mapping[str, int]] = ..., reasoning: _Optional[_Mapping[str, ReasoningCounts]] = ..., candidates: _Optional[int] = ..., selection_dropped: _Optional[_Mapping[str, int]] = ..., teacher_adapter_uri: _Optional[str] = ..., tailor_pairs: _Optional[int] = ..., tailor_skipped: _Optional[str] = ..., win_rate: _Optional[float] = ...) -> None: ...
+    parsing: _containers.MessageMap[str, ParseCounts]
+    def __init__(self, round: _Optional[int] = ..., generated: _Optional[int] = ..., kept: _Optional[int] = ..., selected: _Optional[int] = ..., trained: _Optional[int] = ..., accuracy: _Optional[float] = ..., train_loss: _Optional[float] = ..., adapter_uri: _Optional[str] = ..., leaked: _Optional[int] = ..., targeted: _Optional[int] = ..., critique_dropped: _Optional[_Mapping[str, int]] = ..., reasoning: _Optional[_Mapping[str, ReasoningCounts]] = ..., candidates: _Optional[int] = ..., selection_dropped: _Optional[_Mapping[str, int]] = ..., teacher_adapter_uri: _Optional[str] = ..., tailor_pairs: _Optional[int] = ..., tailor_skipped: _Optional[str] = ..., win_rate: _Optional[float] = ..., parsing: _Optional[_Mapping[str, ParseCounts]] = ...) -> None: ...
+
+class ParseCounts(_message.Message):
+    __slots__ = ("replies", "parsed", "retried", "unparsable")
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    PARSED_FIELD_NUMBER: _ClassVar[int]
+    RETRIED_FIELD_NUMBER: _ClassVar[int]
+    UNPARSABLE_FIELD_NUMBER: _ClassVar[int]
+    replies: int
+    parsed: int
+    retried: int
+    unparsable: int
+    def __init__(self, replies: _Optional[int] = ..., parsed: _Optional[int] = ..., retried: _Optional[int] = ..., unparsable: _Optional[int] = ...) -> None: ...
 
 class ReasoningCounts(_message.Message):
     __slots__ = ("written", "wrong", "failed", "duplicate_paths", "kept", "no_consensus")
