@@ -6,7 +6,7 @@ numeric, open_ended) critiques its solutions, the rationales and RFT samples tha
 verified answer, in the `critique-solutions` step after the reasoning steps.
 
 - judge: the teacher critiques "Question: <question> / Solution: <label or rationale>" and ends
-  with "Conclusion: right/wrong" (the CFT prompt, used as a verdict); kept when right.
+  with its verdict right/wrong (the CFT prompt, used as a verdict, JSON by structured output); kept when right.
 - cft: as judge, and every parsed critique is also a training record (Critique Fine-Tuning: the
   student learns to write the critique), category "cft", with the cft objective's fields
   (question, solution, critique) for a recipe stage `objective: cft`.

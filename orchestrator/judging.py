@@ -5,9 +5,9 @@
 
 The student never calls the teacher (services are stateless compute); this activity carries the
 student's answers to the teacher. The teacher reads "Question: ... Solution: <answer>" and writes a
-critique ending "Conclusion: right/wrong" (CRITIQUE_MODE_CFT: the model-based judge; the rule-based
-CRITIQUE_MODE_RULES vets generated training examples and cannot judge an answer). An answer is
-correct when the conclusion is "right"; a reply that never parses counts as wrong with the raw reply
+critique and its verdict right/wrong (CRITIQUE_MODE_CFT, JSON by structured output: the model-based
+judge; the rule-based CRITIQUE_MODE_RULES vets generated training examples and cannot judge an
+answer). An answer is correct when the verdict is "right"; a reply that never parses counts as wrong with the raw reply
 as the reason; an empty answer is wrong without asking the teacher. Accuracy = the share judged right.
 """
 

@@ -36,6 +36,17 @@ def parse_arm_stage(stage: str) -> tuple[str, int] | None:
     return m.group(1), int(m.group(2)) - 1 if m.group(2) else 0
 
 
+ROUND_SEED_STRIDE = 1000
+"""Round r trains a recipe with seed + (r - 1) x this, apart from the repeats' seed + repeat."""
+
+
+def round_recipe(recipe: Recipe, round_: int) -> Recipe:
+    """The recipe round `round_` trains with: its seed moved by the round, so each round draws a new
+    shuffle and, with `hft`, freezes a new random half (Half Fine-Tuning picks a fresh half for each
+    round of sequential training; one seed for every round would freeze the same half each time)."""
+    return recipe.model_copy(update={"seed": recipe.seed + (round_ - 1) * ROUND_SEED_STRIDE}) if round_ > 1 else recipe
+
+
 def arm_recipe(recipe: Recipe, arm: str, repeat: int) -> Recipe:
     """The recipe an arm trains with: the loop's, its seed moved by the repeat; for `shuffled`, every
     stage's curriculum replaced by the seeded shuffle (data filters, epochs and schedule unchanged)."""

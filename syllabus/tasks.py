@@ -232,7 +232,10 @@ class SelectSpec(_Strict):
     k: int | None = Field(None, ge=1, le=10**6, description="top_k, diversity and random: how many (default: top_fraction of them).")
     threshold: float | None = Field(None, description="threshold: keep scores >= this (<= when ascending).")
     ascending: bool = Field(False, description="Lower scores first (e.g. difficulty easy first).")
-    ifd_filter: bool = Field(False, description="Drop candidates with IFD > 1 first (needs ifd scored).")
+    ifd_filter: bool | None = Field(
+        None, description="Drop candidates with IFD > 1 first (needs ifd scored). Default: on when the selection ranks "
+        "by IFD (metric ifd, or ifd among the weights), as Cherry LLM does; off otherwise.",
+    )
     n_clusters: int = Field(4, ge=1, le=1000, description="diversity: k-means clusters.")
     quota: Literal["proportional", "equal"] = "proportional"
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="diversity: sampling temperature in a cluster.")
@@ -246,10 +249,19 @@ class SelectSpec(_Strict):
             raise ValueError("weights: give at least one metric")
         return self
 
+    def _ranks(self) -> list[str]:
+        return [] if self.policy in ("random", "reflection") else list(self.weights) if self.weights else [self.metric]
+
+    @property
+    def filters_ifd(self) -> bool:
+        """Whether IFD > 1 candidates are dropped before ranking: `ifd_filter`, else whether IFD ranks
+        (Cherry LLM: an instruction that makes the answer harder to predict is not a learnable pair)."""
+        return self.ifd_filter if self.ifd_filter is not None else "ifd" in self._ranks()
+
     def ranked_metrics(self) -> list[str]:
         """The metrics this selection reads."""
-        used = [] if self.policy in ("random", "reflection") else list(self.weights) if self.weights else [self.metric]
-        return used + (["ifd"] if self.ifd_filter and "ifd" not in used else [])
+        used = self._ranks()
+        return used + (["ifd"] if self.filters_ifd and "ifd" not in used else [])
 
 
 class TrainSpec(_Strict):

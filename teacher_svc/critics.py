@@ -34,28 +34,28 @@ CFT_INPUT = "Question: {question}\n\nSolution: {solution}"
 CFT_TEMPLATE = CFT_INPUT + """
 
 Critique the solution: check each step and point out any error. Then say whether the solution is right or wrong.
-Reply in JSON: {{"critique": "<your critique>", "verdict": "right" or "wrong"}}"""
+Reply in JSON with "critique", your critique, and "verdict", "right" or "wrong"."""
 CFT_TEMPLATE_HASH = template_hash(CFT_TEMPLATE, structured.schema_text(structured.CFT))
 
 RUBRIC_TEMPLATE = """Write a grading rubric for answers to questions of the type "{qtype}".
 Example question of this type: {example}
 
 Give 3 to 5 criteria, each one short sentence such as "The answer names ...".
-Reply in JSON: {{"criteria": ["<criterion>", ...]}}"""
+Reply in JSON with "criteria", the list of criteria."""
 RUBRIC_TEMPLATE_HASH = template_hash(RUBRIC_TEMPLATE, structured.schema_text(structured.RUBRIC))
 
 REVISION_INPUT = "Instruction: {question}\n\nRubric:\n{rubric}\n\nAnswer: {answer}"
 REVISION_TEMPLATE = REVISION_INPUT + """
 
 Revise the answer so that it meets every criterion of the rubric.
-Reply in JSON: {{"revised_answer": "<the revised answer>"}}"""
+Reply in JSON with "revised_answer", the revised answer."""
 REVISION_TEMPLATE_HASH = template_hash(REVISION_TEMPLATE, structured.schema_text(structured.RUBRIC_REVISION))
 
 REFLECTION_TEMPLATE = """Instruction: {instruction}
 Answer: {answer}
 
 Explain briefly why the instruction could be weak (complexity, detail, knowledge needed, ambiguity, reasoning) and why the answer could be weak (helpfulness, relevance, accuracy, detail). Then write an improved instruction and a better answer.
-Reply in JSON: {{"weaknesses": "<why>", "new_instruction": "<instruction>", "better_answer": "<answer>"}}"""
+Reply in JSON with "weaknesses", why they are weak, "new_instruction" and "better_answer"."""
 REFLECTION_TEMPLATE_HASH = template_hash(REFLECTION_TEMPLATE, structured.schema_text(structured.REFLECTION))
 
 def parse_cft(raw: str, schema: dict = structured.CFT) -> tuple[str, str]:

@@ -207,7 +207,7 @@ class StudentActivities(ActivityBase):
         scores = {r["id"]: r for r in self._read_jsonl(inp.scores)}
         rows = [{**scores.get(r["id"], {}), "id": r["id"]} for r in candidates]
         dropped: Counter[str] = Counter()
-        if sel.ifd_filter:
+        if sel.filters_ifd:
             kept_rows = [r for r in rows if finite(r.get("ifd_ppl")) and r["ifd_ppl"] <= 1.0]
             dropped["ifd_above_1"] = len(rows) - len(kept_rows)
             rows = kept_rows

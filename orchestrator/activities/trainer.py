@@ -13,7 +13,7 @@ from orchestrator.activities.base import ActivityBase
 from orchestrator.keys import output_key
 from orchestrator.types import StageResult, TrainInput, TrainOutput
 from syllabus.artifacts import ArtifactRef, training_metrics_key
-from syllabus.baselines import arm_recipe, arm_stage
+from syllabus.baselines import arm_recipe, arm_stage, round_recipe
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.services import TrainerClient, TrainingCancelled, TrainingFailed, TrainingInterrupted
@@ -100,7 +100,8 @@ class TrainerActivities(ActivityBase):
         if inp.stage == "recipe":
             if t.recipe is None:
                 raise ApplicationError("the task has no train.recipe", type="INVALID_ARGUMENT", non_retryable=True)
-            recipe = arm_recipe(t.recipe, inp.arm, inp.repeat)  # the loop's recipe unless a baseline arm's
+            # The loop's recipe unless a baseline arm's; a new seed per round (every arm alike).
+            recipe = round_recipe(arm_recipe(t.recipe, inp.arm, inp.repeat), inp.round)
             if recipe.checkpoint_every == 0:  # resumable mid-stage, like every other training run
                 recipe = recipe.model_copy(update={"checkpoint_every": self.config.trainer_checkpoint_every})
             recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from syllabus.baselines import ARMS, COMPARISONS, arm_recipe, arm_stage, parse_arm_stage
+from syllabus.baselines import ARMS, COMPARISONS, ROUND_SEED_STRIDE, arm_recipe, arm_stage, parse_arm_stage, round_recipe
 from syllabus.recipe import Recipe
 from syllabus.tasks import TaskSpecError, parse_task
 
@@ -68,6 +68,14 @@ def test_arm_recipe_shuffles_every_curriculum_and_moves_the_seed_by_the_repeat()
     # Only the order changes: data filters, epochs and the seed stay the loop's.
     assert shuffled.stages[0].data == recipe.stages[0].data and shuffled.stages[1].epochs == 2 and shuffled.seed == 7
     assert arm_recipe(recipe, "all_kept", 2).seed == 9 and arm_recipe(recipe, "all_kept", 2).stages == recipe.stages
+
+
+def test_each_round_trains_with_its_own_seed_apart_from_the_repeats() -> None:
+    recipe = Recipe.model_validate({"seed": 7, "stages": [{"name": "all", "hft": True}]})
+    assert round_recipe(recipe, 1) is recipe
+    seeds = {round_recipe(arm_recipe(recipe, "all_kept", k), r).seed for r in (1, 2, 3) for k in (0, 1, 2)}
+    assert len(seeds) == 9 and round_recipe(recipe, 3).seed == 7 + 2 * ROUND_SEED_STRIDE
+    assert round_recipe(recipe, 2).stages == recipe.stages
 
 
 def test_open_ended_tasks_have_no_right_or_wrong_items_to_pair() -> None:

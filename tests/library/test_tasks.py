@@ -170,3 +170,14 @@ def test_the_svamp_example_is_a_numeric_task() -> None:
         equation, result = seed.solution.rsplit(" = ", 1)
         assert result == seed.label and eval(equation, {"__builtins__": {}}) == pytest.approx(float(seed.label))  # committed data
         assert task.response_for(seed.label, seed.solution) == f"{seed.solution}\nAnswer: {seed.label}"
+
+
+def test_the_ifd_filter_is_on_by_default_exactly_when_ifd_ranks() -> None:
+    from syllabus.tasks import SelectSpec
+
+    assert SelectSpec(metric="ifd").filters_ifd  # Cherry LLM drops IFD > 1 before ranking by IFD
+    assert SelectSpec(weights={"ifd": 1.0, "learnability": 1.0}).filters_ifd
+    assert not SelectSpec().filters_ifd and not SelectSpec(metric="learnability").filters_ifd
+    assert not SelectSpec(metric="ifd", ifd_filter=False).filters_ifd  # asked off
+    assert not SelectSpec(policy="random", metric="ifd").filters_ifd  # random ranks nothing
+    assert SelectSpec(policy="random", ifd_filter=True).ranked_metrics() == ["ifd"]

@@ -56,6 +56,8 @@ class ChatServer:
 
     def handle(self, h: BaseHTTPRequestHandler, i: int, body: dict) -> None:
         action = self.plan(i)
+        if action == "no_schemas" and "response_format" in body:  # a server without structured output
+            action = 400
         if self.delay:
             time.sleep(self.delay)
         if action == "slow":
@@ -85,8 +87,11 @@ class ChatServer:
             temperature=body["temperature"], top_p=body["top_p"], max_new_tokens=body["max_tokens"],
             n=body["n"], seed=body["seed"],
         )  # fmt: skip
+        # response_format json_schema is honoured as vLLM's server does: the reply constrained to the schema.
+        schema = json.dumps(body["response_format"]["json_schema"]["schema"]) if "response_format" in body else ""
         with self.model_lock:  # torch's RNG is process-global: one seeded generation at a time
-            outs = self.backend.generate([ChatPrompt(messages[0]["content"], prefill)], sampling, 1, body.get("stop", ()))[0]
+            prompt = ChatPrompt(messages[0]["content"], prefill, schema=schema)
+            outs = self.backend.generate([prompt], sampling, 1, body.get("stop", ()))[0]
         return {
             "object": "chat.completion",
             "choices": [{"index": i, "message": {"role": "assistant", "content": c.text}} for i, c in enumerate(outs)],
@@ -185,6 +190,36 @@ def test_concurrency_limit_is_respected(serve) -> None:
     out = client(server, concurrency=3).generate(prompts, Sampling(temperature=0.0, max_new_tokens=2), batch_size=8)
     assert len(out) == 10 and len(server.bodies) == 10
     assert server.peak == 3
+
+
+CFT_EXAMPLES = [{"id": f"e{i}", "question": f"What is {i} + 1?", "solution": f"It is {i + 1}."} for i in range(3)]
+
+
+def test_a_step_schema_goes_as_response_format_and_every_reply_parses(serve) -> None:
+    from teacher_svc import structured
+    from teacher_svc.critics import cft_critique
+
+    server = serve()
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=160, n=1, seed=2)
+    records = cft_critique(client(server), CFT_EXAMPLES, sampling)
+    assert [r["status"] for r in records] == ["ok"] * 3 and {r["verdict"] for r in records} <= {"right", "wrong"}
+    sent = [b["response_format"] for b in server.bodies]
+    assert all(f["type"] == "json_schema" and f["json_schema"]["strict"] for f in sent)
+    assert sent[0]["json_schema"]["schema"] == structured.fit(structured.CFT, 160)
+
+
+def test_an_endpoint_without_structured_output_is_asked_without_it_and_parsed(serve) -> None:
+    from teacher_svc.critics import cft_critique
+
+    server = serve(plan=lambda i: "no_schemas")
+    backend = client(server, concurrency=1)
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=16, n=1, seed=2)
+    records = cft_critique(backend, CFT_EXAMPLES, sampling, retries=1)
+    # One refusal, then plain requests; the tiny model's free text never parses: failed, not raised.
+    assert backend.refuses_response_format
+    assert ["response_format" in b for b in server.bodies] == [True] + [False] * (len(server.bodies) - 1)
+    assert [r["status"] for r in records] == ["failed"] * 3 and all("not JSON" in r["error"] for r in records)
+    assert len(server.bodies) == 1 + 3 * 2  # the refused request, then each example and its one retry
 
 
 def test_from_base_and_settings_validation() -> None:

@@ -111,6 +111,26 @@ def test_dpo_increases_chosen_vs_rejected_margin(tiny_model_dir: Path) -> None:
     assert result.stage_losses[0][-1] < result.stage_losses[0][0]
 
 
+def test_hft_freezes_a_new_half_for_each_round_seed(tiny_model_dir: Path) -> None:
+    # The loop moves the recipe seed each round (syllabus.baselines.round_recipe), so each round's HFT
+    # freezes another half of the units, as Half Fine-Tuning does round after round.
+    from peft import LoraConfig, get_peft_model
+
+    from syllabus.baselines import ROUND_SEED_STRIDE
+    from trainer_svc.staged import hft_freeze
+
+    def frozen(seed: int) -> set[str]:
+        lm, _ = load_model(str(tiny_model_dir))
+        model = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+        ids = {id(p) for p in hft_freeze(model, seed)}
+        assert all(not p.requires_grad for n, p in model.named_parameters() if id(p) in ids)
+        return {n for n, p in model.named_parameters() if id(p) in ids}
+
+    first, again, second = frozen(7), frozen(7), frozen(7 + ROUND_SEED_STRIDE)
+    assert first == again and first != second
+    assert len(first) == len(second) > 0
+
+
 def test_killed_run_resumes_to_the_same_weights(tiny_model_dir: Path, store) -> None:
     r = recipe(checkpoint_every=2, stages=[
         {**recipe().stages[0].model_dump(), "curriculum": {"policy": "sec", "arm_key": "category"}},
