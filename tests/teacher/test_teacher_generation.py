@@ -40,6 +40,21 @@ def test_same_seed_same_output_and_batching_independent_of_padding(tiny_backend)
     other = tiny_backend.generate(prompts, Sampling(**{**SAMPLING.__dict__, "seed": 8}), batch_size=2)
     assert first == again
     assert first != other
+    # Left padding changes nothing a prompt sees: the short prompt's next-token logits batched
+    # (padded to the long one) are its logits alone, so greedy text is too.
+    import torch
+
+    tok, model = tiny_backend.tokenizer, tiny_backend.model_obj
+    texts = [tiny_backend.render(p) for p in prompts]
+    tok.padding_side = "left"
+    with torch.inference_mode():
+        batched = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        assert (batched["attention_mask"][0] == 0).any()  # the short prompt was padded
+        padded = model(**batched).logits[0, -1]
+        single = model(**tok(texts[:1], return_tensors="pt", add_special_tokens=False)).logits[0, -1]
+    torch.testing.assert_close(padded, single, atol=1e-4, rtol=1e-4)
+    greedy = Sampling(temperature=0.0, max_new_tokens=8, n=1, seed=0)
+    assert tiny_backend.generate(prompts, greedy, batch_size=2) == tiny_backend.generate(prompts, greedy, batch_size=1)
 
 
 def test_greedy_is_deterministic_and_rejects_n_above_one(tiny_backend) -> None:
