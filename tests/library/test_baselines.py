@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from syllabus.baselines import ARMS, COMPARISONS, ROUND_SEED_STRIDE, arm_recipe, arm_stage, parse_arm_stage, round_recipe
+from syllabus.baselines import (
+    ARMS,
+    COMPARISONS,
+    ROUND_SEED_STRIDE,
+    arm_recipe,
+    arm_stage,
+    parse_arm_stage,
+    round_recipe,
+)
 from syllabus.recipe import Recipe
 from syllabus.tasks import TaskSpecError, parse_task
 
