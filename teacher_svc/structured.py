@@ -56,13 +56,24 @@ def fit(schema: dict, max_new_tokens: int) -> dict:
     small model's text runs 2-4), shared equally by every string the reply can hold. A reply cut off
     mid-string cannot parse, so a budget the schema overruns would drop replies a constrained decoder
     otherwise never gets wrong."""
-    strings: list[dict] = []
+    strings: list[tuple[dict, int]] = []
     skeleton = _skeleton(schema, strings)
     chars = max(8, (max_new_tokens - len(json.dumps(skeleton, separators=(",", ":"))) // 2) * 2)
-    n = sum(times for _, times in strings) or 1
     fitted = json.loads(json.dumps(schema))
-    for node in _string_nodes(fitted):
-        node["maxLength"] = max(node.get("minLength", 1), min(node.get("maxLength", chars), chars // n))
+    # Water-filling: every string an equal share, except that one whose own cap is below its share
+    # keeps its cap and leaves the rest to the others (a short answer field beside a long rationale).
+    fields = list(zip(_string_nodes(fitted), (times for _, times in strings), strict=True))
+    remaining = chars
+    while fields:
+        share = remaining // (sum(times for _, times in fields) or 1)
+        small = [(node, times) for node, times in fields if node.get("maxLength", chars) <= share]
+        if not small:
+            for node, _ in fields:
+                node["maxLength"] = max(node.get("minLength", 1), share)
+            break
+        for node, times in small:
+            remaining -= node["maxLength"] * times
+        fields = [f for f in fields if all(f[0] is not s[0] for s in small)]
     return fitted
 
 

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from orchestrator.stack import Stack, config_env
+from syllabus.baselines import ROUND_SEED_STRIDE
 from syllabus.records import loads_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -193,9 +194,11 @@ def test_a_shuffled_arm_with_repeats_chains_its_own_adapters_over_rounds(stack: 
             params, adapter, run_id = runs[(r, name)]
             recipe = yaml.safe_load(params["recipe"])
             assert [st["curriculum"]["policy"] for st in recipe["stages"]] == ["shuffled"]
-            assert recipe["seed"] == k  # the loop's recipe seed (0) + the repeat
+            # the loop's recipe seed (0) + the repeat, moved by the round as the loop's own
+            assert recipe["seed"] == k + (r - 1) * ROUND_SEED_STRIDE
             assert samples[run_id] == samples[loop_id]  # the loop's own training set, in another order
             # Round 1 starts from the base student, as the loop; round 2 from the repeat's own round-1 adapter.
             assert params["init_adapter"] == (None if r == 1 else runs[(1, name)][1])
             assert adapter != loop_adapter
         assert yaml.safe_load(loop_params["recipe"])["stages"][0]["curriculum"]["policy"] == "static"
+        assert yaml.safe_load(loop_params["recipe"])["seed"] == (r - 1) * ROUND_SEED_STRIDE

@@ -142,7 +142,8 @@ def test_model_critique_modes_parse_every_reply_and_follow_it(run_task, stack: S
     replies all parse, so the keep paths run: the loop keeps exactly what the replies say to keep."""
     select = {"policy": "reflection"} if mode == "reflection" else {"metric": "ifd"}
     train = dict(TRAIN)
-    if mode == "cft":  # Critique Fine-Tuning as a recipe stage on the critique records
+    if mode == "cft":  # Critique Fine-Tuning as a recipe stage on the critique records, all of them selected
+        select = {"metric": "ifd", "top_fraction": 1.0, "ifd_filter": False}
         train["recipe"] = {"stages": [{**STAGE, "data": {"categories": ["seed", "expand"]}},
                                       {**STAGE, "objective": "cft", "data": {"categories": ["cft"]}}]}  # fmt: skip
     task = banking77_tiny(2, name=f"critique-{mode}", generate={"per_label": 2, "max_new_tokens": 12},
@@ -194,7 +195,7 @@ def test_model_critique_modes_parse_every_reply_and_follow_it(run_task, stack: S
     assert [st["steps"] > 0 for st in json.loads(metrics)["stages"]] == [True, True]
     assert one["candidates"] == one["kept"] + rule_kept  # the kept examples and one critique record each
     cft_rows = [r for r in train_set(report) if r["category"] == "cft"]
-    assert cft_rows and all(r["response"].endswith(("Conclusion: right", "Conclusion: wrong")) for r in cft_rows)
+    assert len(cft_rows) == rule_kept and all(r["response"].endswith(("Conclusion: right", "Conclusion: wrong")) for r in cft_rows)
 
 
 def _selected(report: dict) -> list[str]:

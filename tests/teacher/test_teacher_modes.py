@@ -26,6 +26,12 @@ pytestmark = pytest.mark.unit
 
 PROVENANCE = {"method", "backend", "model", "revision", "prompt_template_hash", "sampling", "round"}
 SAMPLING = Sampling(temperature=1.0, top_p=0.95, max_new_tokens=8, n=1, seed=3)
+BUDGET = replace(SAMPLING, max_new_tokens=64)  # what a critique step's JSON schema is fitted to, for whole replies
+
+
+def cut(t: str) -> str:
+    """A constrained reply cut short, as a too small max_new_tokens cuts it."""
+    return t[: len(t) // 2]
 
 
 class Rewrite:
@@ -166,10 +172,7 @@ def test_leakage_guard_drops_eval_overlap() -> None:
 def test_model_critiques_never_fail_the_batch(tiny_backend) -> None:
     examples = [{"id": f"e{i}", "question": f"What is {i} + 1?", "solution": f"It is {i + 1}.", "type": "arithmetic",
                  "instruction": f"Add {i} and 1.", "answer": f"{i + 1}"} for i in range(3)]  # fmt: skip
-    sampling = replace(SAMPLING, max_new_tokens=64)  # the budget the schemas are fitted to
-
-    def cut(t: str) -> str:  # the model's constrained reply, cut short as max_new_tokens would
-        return t[: len(t) // 2]
+    sampling = BUDGET
 
     # CFT: e0 is well formed at once, e1 only on the retry, e2 never.
     def cft(call: int, i: int, t: str) -> str:
