@@ -242,3 +242,19 @@ async def test_judge_step_asks_the_teacher_about_the_students_answers(stack: Sta
     assert critiques is not None and [c["id"] for c in loads_jsonl(stack.store.get_bytes(critiques))] == ["o1"]
     # A retry answers from the published critiques with the same verdicts.
     assert await ActivityEnvironment().run(judging.judge_answers, inp) == out
+
+
+def test_win_rate_over_the_base_counts_wins_ties_and_losses_by_hand() -> None:
+    from orchestrator.judging import win_rate_over
+
+    base = {"a": False, "b": True, "c": True, "d": False}
+    rows = [
+        {"id": "a", "correct": True},  # a win: right where the base was wrong -> 1
+        {"id": "b", "correct": True},  # a tie, both right -> 0.5
+        {"id": "c", "correct": False},  # a loss: wrong where the base was right -> 0
+        {"id": "d", "correct": False},  # a tie, both wrong -> 0.5
+        {"id": "e", "correct": True},  # never judged for the base: not counted
+    ]
+    assert win_rate_over(rows, base) == (1 + 0.5 + 0 + 0.5) / 4
+    assert win_rate_over([{"id": "a", "correct": True}], base) == 1.0
+    assert win_rate_over([{"id": "x", "correct": True}], base) is None
