@@ -14,7 +14,7 @@ _ANSWER_LINE = re.compile(r"^\s*(?:final\s+)?answer\s*(?:is)?\s*[:=]\s*(.+)$", r
 _STATED = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*(.+)", re.IGNORECASE)
 # A sign only where it cannot be a subtraction ("12-4" reads 12 and 4); thousands separators only in
 # groups of three ("1,000" is 1000, "5,6" is 5 and 6); an optional decimal part or fraction.
-_NUMBER = re.compile(r"(?<![\w.])[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|(?<=[\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
+_NUMBER = re.compile(r"(?:(?<![\w.])[-+−])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
 
 EXACT, NUMERIC, LABEL = "exact", "numeric", "label"
 MATCHES = (EXACT, NUMERIC, LABEL)

@@ -47,7 +47,6 @@ RATIONALE_TEMPLATE_HASH = template_hash(RATIONALE_TEMPLATE, STYLES, RATIONALE_ST
 
 CLASSIFICATION, EXACT, NUMERIC = "classification", "exact", "numeric"
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _NUM = r"\d+(?:\.\d+)?"
 _EQUATION = re.compile(rf"{_NUM}(?:\s*[-+*/x×÷]\s*{_NUM})+\s*=\s*{_NUM}")
 

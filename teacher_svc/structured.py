@@ -53,16 +53,15 @@ SCHEMAS: dict[str, dict] = {"cft": CFT, "rubric": RUBRIC, "rubric_revision": RUB
 def fit(schema: dict, max_new_tokens: int) -> dict:
     """`schema` with its strings' maxLength cut so a whole reply fits in `max_new_tokens`: the fixed
     JSON around the strings at about 2 characters a token, the strings at 2 characters a token (a
-    small model's text runs 2-4), shared equally by every string the reply can hold. A reply cut off
+    small model's text runs 2-4), shared by every string the reply can hold. A reply cut off
     mid-string cannot parse, so a budget the schema overruns would drop replies a constrained decoder
     otherwise never gets wrong."""
-    strings: list[tuple[dict, int]] = []
-    skeleton = _skeleton(schema, strings)
-    chars = max(8, (max_new_tokens - len(json.dumps(skeleton, separators=(",", ":"))) // 2) * 2)
     fitted = json.loads(json.dumps(schema))
+    fields: list[tuple[dict, int]] = []  # the copy's string nodes, with how often a reply holds each
+    skeleton = _skeleton(fitted, fields)
+    chars = max(8, (max_new_tokens - len(json.dumps(skeleton, separators=(",", ":"))) // 2) * 2)
     # Water-filling: every string an equal share, except that one whose own cap is below its share
     # keeps its cap and leaves the rest to the others (a short answer field beside a long rationale).
-    fields = list(zip(_string_nodes(fitted), (times for _, times in strings), strict=True))
     remaining = chars
     while fields:
         share = remaining // (sum(times for _, times in fields) or 1)
@@ -78,7 +77,8 @@ def fit(schema: dict, max_new_tokens: int) -> dict:
 
 
 def _skeleton(schema: dict, strings: list, times: int = 1) -> Any:
-    """The reply with every string empty and every array full: its fixed JSON."""
+    """The reply with every string empty and every array full: its fixed JSON. Appends each string
+    node of `schema` to `strings` with the number of times a reply holds it."""
     if "enum" in schema:
         return max(schema["enum"], key=lambda v: len(json.dumps(v)))
     if schema.get("type") == "object":
@@ -88,14 +88,6 @@ def _skeleton(schema: dict, strings: list, times: int = 1) -> Any:
         return [_skeleton(schema["items"], strings, times * k)] * k
     strings.append((schema, times))
     return ""
-
-
-def _string_nodes(schema: dict) -> list[dict]:
-    if schema.get("type") == "object":
-        return [n for sub in schema["properties"].values() for n in _string_nodes(sub)]
-    if schema.get("type") == "array":
-        return _string_nodes(schema["items"])
-    return [schema] if schema.get("type") == "string" else []
 
 
 def schema_text(schema: dict) -> str:

@@ -59,7 +59,9 @@ def test_a_reply_off_the_schema_says_what_is_wrong(reply: str, error: str) -> No
 
 def test_a_schema_fitted_to_a_budget_bounds_its_strings() -> None:
     def bounds(schema: dict) -> list[int]:
-        return [n["maxLength"] for n in structured._string_nodes(schema)]
+        strings: list = []
+        structured._skeleton(schema, strings)
+        return [node["maxLength"] for node, _ in strings]
 
     # cft: the fixed JSON at ~2 characters a token; the rest at 2 characters a token, capped by the schema.
     fixed = len('{"critique":"","verdict":"wrong"}')
