@@ -7,7 +7,7 @@ every TrainerService job takes.
     python -m bench.trainer --samples 64 --json    # quick look
 
 Both train the bundled SmolLM2-135M with LoRA r=8 (alpha 16) on q,k,v,o for 1 epoch over the same
-Banking77-derived samples (prompt: `syllabus.prompts.classification_prompt` over five intents,
+Banking77-derived samples (prompt: `syllabus.kinds.CLASSIFICATION.prompt` over five intents,
 response: the intent), with packing into rows of `--row-tokens` (best-fit decreasing), the same
 packed rows per step, bf16 autocast, AdamW, warm-up 10% + cosine to 0, gradient clip 1.0 and
 completion-only loss.
@@ -56,7 +56,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 def samples(n: int) -> list[dict]:
     """The first n training rows of the five intents, interleaved by intent (deterministic)."""
-    from syllabus.prompts import classification_prompt
+    from syllabus.kinds import CLASSIFICATION
 
     by_intent: dict[str, list[str]] = {c: [] for c in INTENTS}
     with open((DATA if DATA.is_dir() else FALLBACK_DATA) / "train.csv", newline="") as f:
@@ -67,7 +67,7 @@ def samples(n: int) -> list[dict]:
     for i in range(max(len(v) for v in by_intent.values())):
         for c in INTENTS:
             if i < len(by_intent[c]) and len(out) < n:
-                out.append({"prompt": classification_prompt(INSTRUCTIONS, INTENTS, by_intent[c][i]), "response": c})
+                out.append({"prompt": CLASSIFICATION.prompt(INSTRUCTIONS, INTENTS, by_intent[c][i]), "response": c})
     return out
 
 

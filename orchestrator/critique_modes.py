@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.reasoning import same_answer
 from syllabus.answers import normalize, stated_answer
 from syllabus.records import content_id
 from syllabus.tasks import TaskSpec
@@ -60,7 +59,7 @@ def _quote(text: str) -> str:
 
 def critiques_solutions(task: TaskSpec) -> bool:
     """Whether the task's critique reads solutions (rationales) rather than labelled examples."""
-    return task.kind != "classification"
+    return task.kind_spec.reasons
 
 
 def question_solution(task: TaskSpec, r: dict) -> tuple[str, str]:
@@ -183,7 +182,7 @@ def _revised_solution(task: TaskSpec, r: dict, c: dict, prov: dict, out: Outcome
     still reaches the verified answer; otherwise the verified original stays."""
     revision = str(c.get("revision", "")).strip()
     stated = stated_answer(revision)  # read as the teacher reads a rationale: its last answer line
-    verified = task.kind == "open_ended" or (stated is not None and same_answer(task, stated[1], r["label"]))
+    verified = task.kind_spec.judged or (stated is not None and task.kind_spec.check(stated[1], r["label"]))
     if not verified:
         out.verdicts.append({"id": r["id"], "keep": True, "reason": f"rubric_unverified: {_quote(revision)}"})
         out.kept.append(r)

@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from syllabus import answers
 from syllabus.tasks import TaskSpec
 
 # Candidate categories that are plain labelled examples (questions for rationales and RFT).
@@ -47,18 +46,6 @@ class Outcome:
     records: list[dict] = field(default_factory=list)
     # written, wrong, failed, duplicate_paths, kept
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def answer_key(task: TaskSpec, answer: str) -> object:
-    """What two answers must share to be the same answer: the number (numeric) or the normalised text."""
-    return answers.answer_key(answers.match_for_kind(task.kind), answer)
-
-
-def same_answer(task: TaskSpec, answer: str, gold: str) -> bool:
-    """The task kind's one checker (syllabus.answers); open_ended answers are graded by the judge."""
-    if task.kind == "open_ended":
-        return True
-    return answers.answers_match(answer, gold, answers.match_for_kind(task.kind))
 
 
 def _record(task: TaskSpec, mode: str, q: dict, rid: str, response: str, prov: dict) -> dict:
@@ -90,7 +77,7 @@ def training_records(task: TaskSpec, mode: str, qs: Sequence[dict], written: Seq
             if q["id"] not in gold:
                 no_consensus += 1
                 continue
-            if not same_answer(task, rec["answer"], gold[q["id"]]):
+            if not task.kind_spec.check(rec["answer"], gold[q["id"]]):
                 wrong += 1  # Fine-tune-CoT: only rationales that reach the (gold or majority) answer train
                 continue
             answered = {**q, "label": gold[q["id"]]}
@@ -100,7 +87,7 @@ def training_records(task: TaskSpec, mode: str, qs: Sequence[dict], written: Seq
         return out
     for rec in written:  # RFT: the teacher kept only verified samples on new reasoning paths
         q = by_id.get(rec.get("question_id"))
-        if q is not None and same_answer(task, rec.get("answer", ""), q["label"]):
+        if q is not None and task.kind_spec.check(rec.get("answer", ""), q["label"]):
             out.records.append(_record(task, mode, q, rec["id"], rec["response"], rec.get("provenance") or {}))
     out.counts = {
         "written": int(stats.get("sampled", 0)),
@@ -116,15 +103,15 @@ def training_records(task: TaskSpec, mode: str, qs: Sequence[dict], written: Seq
 def majority_answers(task: TaskSpec, rationales: list[dict]) -> dict[str, str]:
     """Self-consistency for questions without a gold answer: question id -> the answer at least two
     of its rationales share and more share than any other (ties: none)."""
-    if task.kind == "open_ended":
+    if task.kind_spec.judged:
         return {r["question_id"]: r["answer"] for r in rationales}
     by_question: dict[str, list[dict]] = {}
     for r in rationales:
         by_question.setdefault(r["question_id"], []).append(r)
     out = {}
     for qid, recs in by_question.items():
-        votes = Counter(k for r in recs if (k := answer_key(task, r["answer"])) is not None)
+        votes = Counter(k for r in recs if (k := task.kind_spec.answer_key(r["answer"])) is not None)
         ranked = votes.most_common(2)
         if ranked and ranked[0][1] >= 2 and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]):
-            out[qid] = next(r["answer"] for r in recs if answer_key(task, r["answer"]) == ranked[0][0])
+            out[qid] = next(r["answer"] for r in recs if task.kind_spec.answer_key(r["answer"]) == ranked[0][0])
     return out

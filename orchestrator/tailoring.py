@@ -241,7 +241,7 @@ class TailoringActivities:
 
         task = self.base._task(inp.task_ref)
         s = inp.settings
-        params = {"model": task.student.model, "match": task.answer_match, "max_new_tokens": s.probe_max_new_tokens}
+        params = {"model": task.student.model, "match": task.kind_spec.eval_match, "max_new_tokens": s.probe_max_new_tokens}
         key = output_key(
             inp.job_id, inp.round, "arte-preference", [inp.demos, inp.probe_set, inp.student_adapter], params, "jsonl"
         )
@@ -250,7 +250,7 @@ class TailoringActivities:
             model = common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.student_adapter))
             request = student_pb2.ScoreRequest(
                 model=model, dataset=ref_to_pb(inp.demos), metrics=[student_pb2.METRIC_ARTE_PREFERENCE],
-                arte=student_pb2.ArteSettings(probe_set=ref_to_pb(inp.probe_set), match=answer_match(task.answer_match),
+                arte=student_pb2.ArteSettings(probe_set=ref_to_pb(inp.probe_set), match=answer_match(task.kind_spec.eval_match),
                                               max_new_tokens=s.probe_max_new_tokens),
                 output_key=key,
             )  # fmt: skip

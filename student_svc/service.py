@@ -35,6 +35,7 @@ from syllabus.artifacts import (
     InvalidKey,
     validate_output_key,
 )
+from syllabus.kinds import EXACT_MATCH, LABEL_LIKELIHOOD, NUMERIC_MATCH
 from syllabus.models import ModelNotFound, fetch_adapter
 from syllabus.records import dumps_jsonl, loads_jsonl
 from syllabus.serving import InvalidRequest, RequestFailed, reading
@@ -131,23 +132,12 @@ class ScoreJob:
     """LoBaSS rounds >= 2: loss_base (L0) under base + this adapter (the current student)."""
 
 
-LABEL_LIKELIHOOD = "label_likelihood"
 LABEL_GENERATION = "label_generation"
-EXACT_MATCH = "exact_match"
-NUMERIC_MATCH = "numeric"
 SCORERS = {
     student_pb2.EVAL_SCORER_LABEL_LIKELIHOOD: LABEL_LIKELIHOOD,
     student_pb2.EVAL_SCORER_LABEL_GENERATION: LABEL_GENERATION,
     student_pb2.EVAL_SCORER_EXACT_MATCH: EXACT_MATCH,
     student_pb2.EVAL_SCORER_NUMERIC: NUMERIC_MATCH,
-}
-SCORER_BY_KIND = {
-    common_pb2.TASK_KIND_CLASSIFICATION: LABEL_LIKELIHOOD,
-    common_pb2.TASK_KIND_EXACT_ANSWER: EXACT_MATCH,
-    common_pb2.TASK_KIND_NUMERIC: NUMERIC_MATCH,
-    # Open-ended answers: the generation is written; the teacher's verdicts on it are an
-    # orchestrator step (orchestrator.judging), since services never call each other.
-    common_pb2.TASK_KIND_OPEN_ENDED: EXACT_MATCH,
 }
 
 
@@ -321,13 +311,11 @@ def parse_evaluate_request(request: student_pb2.EvaluateRequest) -> EvaluateJob:
     """Validate an EvaluateRequest (raises InvalidRequest)."""
     _finite(request)
     base = _base(request.model)
-    if request.kind == common_pb2.TASK_KIND_UNSPECIFIED:
-        raise InvalidRequest("kind", "required (e.g. TASK_KIND_CLASSIFICATION)")
-    if request.kind not in SCORER_BY_KIND:
-        raise InvalidRequest("kind", f"{request.kind} is not a TaskKind")
+    if (kind := pb.kind_from_pb(request.kind)) is None:
+        raise InvalidRequest("kind", f"{request.kind} is not a TaskKind" if request.kind else "required (e.g. TASK_KIND_CLASSIFICATION)")
     if request.scorer != student_pb2.EVAL_SCORER_UNSPECIFIED and request.scorer not in SCORERS:
         raise InvalidRequest("scorer", f"{request.scorer} is not an EvalScorer")
-    scorer = SCORERS.get(request.scorer) or SCORER_BY_KIND[request.kind]
+    scorer = SCORERS.get(request.scorer) or kind.evaluator
     eval_set = pb.ref_from_pb(request.eval_set)
     if eval_set is None:
         raise InvalidRequest("eval_set", "required (an ArtifactRef with a uri)")

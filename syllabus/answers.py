@@ -2,8 +2,8 @@
 RFT verifier, the loop (rationales, revisions, consensus), the student (evaluation, ARTE's probes)
 and the task spec (numeric answers), so that what RFT keeps is what evaluation grades right.
 
-A task kind checks with one match (`match_for_kind`): classification -> "label", exact_answer ->
-"exact", numeric -> "numeric"; open_ended answers are graded by the judge, not matched."""
+Which match a task kind checks with is the kind's (`syllabus.kinds.TaskKind.match`): classification
+-> "label", exact_answer -> "exact", numeric -> "numeric"; open_ended answers are graded by the judge."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ EXACT, NUMERIC, LABEL = "exact", "numeric", "label"
 MATCHES = (EXACT, NUMERIC, LABEL)
 NUMERIC_TOLERANCE = 1e-6
 """Two numbers are one answer when they differ by at most this, relative to max(1, |gold|)."""
-_KIND_MATCH = {"classification": LABEL, "exact_answer": EXACT, "exact": EXACT, "numeric": NUMERIC}
 
 
 def normalize(text: str) -> str:
@@ -66,14 +65,6 @@ def stated_answer(text: str) -> tuple[str, str] | None:
             if answer:
                 return "\n".join(lines[: i + 1]), answer
     return None
-
-
-def match_for_kind(kind: str) -> str:
-    """How answers of a task kind are checked; ValueError for a kind without a checker (open_ended)."""
-    try:
-        return _KIND_MATCH[kind]
-    except KeyError:
-        raise ValueError(f"no answer checker for task kind {kind!r} (open_ended answers are judged)") from None
 
 
 def answer_number(text: str) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from syllabus import kinds
 from syllabus.artifacts import ArtifactRef
 from syllabus_sdk.common.v1 import common_pb2
 
@@ -55,21 +56,19 @@ def first_nonfinite(msg, prefix: str = "") -> str | None:
     return None
 
 
-TASK_KINDS = {
-    "classification": common_pb2.TASK_KIND_CLASSIFICATION,
-    "exact_answer": common_pb2.TASK_KIND_EXACT_ANSWER,
-    "numeric": common_pb2.TASK_KIND_NUMERIC,
-    "open_ended": common_pb2.TASK_KIND_OPEN_ENDED,
-}
-
-
 def task_kind(kind: str) -> int:
     """A task spec's `kind` as the TaskKind every request carries."""
-    return TASK_KINDS[kind]
+    return common_pb2.TaskKind.Value(f"TASK_KIND_{kinds.get(kind).name.upper()}")
+
+
+def kind_from_pb(value: int) -> kinds.TaskKind | None:
+    """The task kind a request carries; None for TASK_KIND_UNSPECIFIED or a value no kind has."""
+    name = common_pb2.TaskKind.Name(value).removeprefix("TASK_KIND_").lower() if value in common_pb2.TaskKind.values() else ""
+    return kinds.KINDS.get(name)
 
 
 def answer_match(match: str) -> int:
-    """`TaskSpec.answer_match` (label, exact, numeric) as the student's AnswerMatch."""
+    """A kind's `eval_match` (label, exact, numeric) as the student's AnswerMatch."""
     from syllabus_sdk.student.v1 import student_pb2
 
     return {"label": student_pb2.ANSWER_MATCH_LABEL, "numeric": student_pb2.ANSWER_MATCH_NUMERIC}.get(match, student_pb2.ANSWER_MATCH_EXACT)

@@ -11,35 +11,6 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 
 
-def classification_prompt(instructions: str, labels: list[str], text: str) -> str:
-    """The student's user message for one classification input."""
-    return f"{instructions.strip()}\nIntents: {', '.join(labels)}\nMessage: {text.strip()}\nIntent:"
-
-
-def answer_prompt(kind: str, instructions: str, text: str) -> str:
-    """The student's user message for one question of the answer kinds."""
-    if kind == "numeric":
-        return (f"{instructions.strip()}\nProblem: {text.strip()}\n"
-                'Solve it step by step, then give the final number on a last line "Answer: <number>".')  # fmt: skip
-    if kind == "exact_answer":
-        return f"{instructions.strip()}\nQuestion: {text.strip()}\nAnswer with the answer only."
-    return f"{instructions.strip()}\n\n{text.strip()}"  # open_ended
-
-
-def rationale_prompt(instructions: str, labels: list[str], text: str) -> str:
-    """The student's user message for the rationale task (Distilling step-by-step): explain, then
-    answer. Rationale records train on it beside the plain classification prompt."""
-    return (
-        f"{instructions.strip()}\nIntents: {', '.join(labels)}\nMessage: {text.strip()}\n"
-        'Explain your reasoning, then give the intent on a last line "Answer: <intent>".'
-    )
-
-
-def teacher_instructions(instructions: str, labels: list[str]) -> str:
-    """What the teacher is told a classification question is about (rationales, RFT, tailoring)."""
-    return f"{instructions.strip()}\nAnswer with one of these intents: {', '.join(labels)}."
-
-
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """The prompt as the model sees it, up to where the response starts."""
     if tokenizer.chat_template:

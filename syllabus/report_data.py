@@ -195,7 +195,7 @@ def _evaluation(s, store, task, loop_evals, samples) -> dict | None:
     r = max(loop_evals)
     e = loop_evals[r]
     predictions = _read_jsonl(s, store, e.predictions_uri)
-    labels = list(task.labels) if task is not None and task.kind == "classification" else []
+    labels = list(task.labels) if task is not None and task.kind_spec.has_labels else []
     out = {"round": r, "accuracy": e.accuracy, "correct": e.correct, "total": e.total, "labels": [], "confusion": [], "errors": []}
     if labels:
         predicted = [str(p.get("prediction", "")) for p in predictions]

@@ -25,9 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from syllabus.answers import extract_number
+from syllabus import kinds
 from syllabus.models import DEFAULT_MODEL
-from syllabus.prompts import answer_prompt, classification_prompt, rationale_prompt
 from syllabus.recipe import Recipe
 
 
@@ -374,7 +373,7 @@ class TaskSpec(_Strict):
     @classmethod
     def _default_modes(cls, data: object) -> object:
         """The answer kinds' default generation: new questions, answered with rationales."""
-        if isinstance(data, dict) and data.get("kind") in ("exact_answer", "numeric", "open_ended"):
+        if isinstance(data, dict) and data.get("kind") in kinds.KINDS and kinds.get(data["kind"]).reasons:
             gen = data.get("generate")
             if gen is None or (isinstance(gen, dict) and "modes" not in gen and not gen.get("targeted_per_skill")):
                 data = {**data, "generate": {**(gen or {}), "modes": [{"mode": "expand"}, {"mode": "rationales"}]}}
@@ -382,7 +381,7 @@ class TaskSpec(_Strict):
 
     @model_validator(mode="after")
     def _baselines_fit(self) -> TaskSpec:
-        if self.baselines is not None and self.kind == "open_ended":
+        if self.baselines is not None and self.kind_spec.judged:
             raise ValueError("baselines: the arms are compared item by item on right/wrong answers; an open_ended "
                              "task's answers are graded by the judge, so it has none")
         if self.baselines is not None and "shuffled" in self.baselines.arms:
@@ -395,7 +394,7 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _labels_known(self) -> TaskSpec:
         self._check_kind()
-        if self.kind != "classification":
+        if not self.kind_spec.has_labels:
             self._check_method()
             return self
         known = set(self.labels)
@@ -412,23 +411,23 @@ class TaskSpec(_Strict):
 
     def _check_kind(self) -> None:
         """What each kind needs, and what only classification has (a label set to score and confuse)."""
-        for field in ("eval", "validation") if self.kind == "numeric" else ("seeds", "eval", "validation"):
+        kind = self.kind_spec
+        for field in ("eval", "validation") if kind.solution_seeds else ("seeds", "eval", "validation"):
             for i, ex in enumerate(getattr(self, field)):
                 if ex.solution is not None:
                     raise ValueError(f"{field}[{i}].solution: only the seeds of a numeric task carry a worked solution")
-        if self.kind == "classification":
+        if kind.has_labels:
             if len(self.labels) < 2:
-                raise ValueError("labels: classification needs at least 2 labels")
+                raise ValueError(f"labels: {kind.name} needs at least 2 labels")
             return
         if self.labels:
-            raise ValueError(f"labels: only classification tasks have labels; a {self.kind} task gives each example's answer")
-        if self.kind == "open_ended" and self.rubric is None:
-            raise ValueError("rubric: open_ended tasks need a rubric (what the teacher's judge grades answers by)")
-        if self.kind == "numeric":
-            for field in ("seeds", "eval", "validation"):
-                for i, ex in enumerate(getattr(self, field)):
-                    if extract_number(ex.label) is None:
-                        raise ValueError(f"{field}[{i}].label: {ex.label[:40]!r} is not a number (numeric task)")
+            raise ValueError(f"labels: only classification tasks have labels; a {kind.name} task gives each example's answer")
+        if kind.judged and self.rubric is None:
+            raise ValueError(f"rubric: {kind.name} tasks need a rubric (what the teacher's judge grades answers by)")
+        for field in ("seeds", "eval", "validation"):
+            for i, ex in enumerate(getattr(self, field)):
+                if (why := kind.gold_error(ex.label)) is not None:
+                    raise ValueError(f"{field}[{i}].label: {why}")
         if self.critique.mode == "reflection":
             raise ValueError(f"critique.mode: reflection rewrites the question, and nothing would verify the new question's answer; "
                              f"a {self.kind} task can use rules, judge, cft or rubric")  # fmt: skip
@@ -437,8 +436,8 @@ class TaskSpec(_Strict):
                              "add a rationales or rft mode to generate.modes")  # fmt: skip
         if "difficulty" in self.score.metrics:
             raise ValueError("score.metrics: difficulty scores the crowd's label choice (classification only)")
-        if self.kind == "open_ended" and self.generate.mode("rft") is not None:
-            raise ValueError("generate.modes: rft needs a gold answer to verify (not open_ended)")
+        if self.kind_spec.judged and self.generate.mode("rft") is not None:
+            raise ValueError(f"generate.modes: rft needs a gold answer to verify (not {self.kind})")
         if self.generate.mode("expand") is not None and self.generate.mode("rationales") is None:
             raise ValueError(f"generate.modes: expand writes {self.kind} questions without answers; add a rationales mode to answer them")
 
@@ -474,30 +473,22 @@ class TaskSpec(_Strict):
             if st.curriculum.policy == "pudf" and not self.validation:
                 raise ValueError(f"{where}.curriculum: pudf estimates the ability on a held-out split: give the task a validation split")
 
+    @property
+    def kind_spec(self) -> kinds.TaskKind:
+        """The task kind's rules (syllabus.kinds): prompts, seed responses, the answer checker."""
+        return kinds.get(self.kind)
+
     def prompt_for(self, text: str) -> str:
         """The student's prompt for one input."""
-        if self.kind == "classification":
-            return classification_prompt(self.instructions, self.labels, text)
-        return answer_prompt(self.kind, self.instructions, text)
+        return self.kind_spec.prompt(self.instructions, self.labels, text)
 
     def rationale_prompt_for(self, text: str) -> str:
-        """The prompt a rationale trains on: classification's second task (explain, then answer); the
-        answer kinds' own prompt, which asks for the reasoning."""
-        if self.kind == "classification":
-            return rationale_prompt(self.instructions, self.labels, text)
-        return self.prompt_for(text)
+        """The prompt a rationale trains on (`TaskKind.rationale_prompt`)."""
+        return self.kind_spec.rationale_prompt(self.instructions, self.labels, text)
 
     def response_for(self, answer: str, solution: str | None = None) -> str:
-        """A seed's training response: the label or answer; for numeric, its worked solution (when
-        the seed has one), then its "Answer:" line."""
-        if self.kind != "numeric":
-            return answer
-        return f"{solution.strip()}\nAnswer: {answer}" if solution else f"Answer: {answer}"
-
-    @property
-    def answer_match(self) -> str:
-        """How an answer is checked: label, exact or numeric (open_ended: by the judge; exact here)."""
-        return {"classification": "label", "numeric": "numeric"}.get(self.kind, "exact")
+        """A seed's training response (`TaskKind.seed_response`)."""
+        return self.kind_spec.seed_response(answer, solution)
 
 
 def _format_error(source: str, err: ValidationError) -> str:

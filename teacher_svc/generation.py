@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from syllabus.prompts import classification_prompt
+from syllabus.kinds import CLASSIFICATION
 from syllabus.records import content_id
 from teacher_svc.backend import Backend, ChatPrompt, Completion, Sampling
 from teacher_svc.dedupe import DuplicateIndex
@@ -256,7 +256,7 @@ def collect_examples(
             rid = content_id(text, label)
             seen.add(text, rid)
             # A question (no labels) has no answer yet: the caller has it answered (rationales).
-            prompt = classification_prompt(instructions, labels, text) if labels else text
+            prompt = CLASSIFICATION.prompt(instructions, labels, text) if labels else text
             records.append(
                 {"id": rid, "input": text, "label": label, "prompt": prompt, "response": label, "provenance": prov, **extra}
             )

@@ -19,7 +19,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from syllabus.answers import answers_match, match_for_kind, stated_answer
+from syllabus import kinds
+from syllabus.answers import stated_answer
 from syllabus.records import content_id
 from teacher_svc.backend import Backend, ChatPrompt, Sampling
 from teacher_svc.dedupe import normalize
@@ -44,8 +45,6 @@ Question: {question}
 {style} Then finish with a line "Answer: <answer>"."""
 RATIONALE_STOP = ("\n\n\n",)
 RATIONALE_TEMPLATE_HASH = template_hash(RATIONALE_TEMPLATE, STYLES, RATIONALE_STOP)
-
-CLASSIFICATION, EXACT, NUMERIC = "classification", "exact", "numeric"
 
 _NUM = r"\d+(?:\.\d+)?"
 _EQUATION = re.compile(rf"{_NUM}(?:\s*[-+*/x×÷]\s*{_NUM})+\s*=\s*{_NUM}")
@@ -75,11 +74,11 @@ def parse_rationale(raw: str) -> Rationale:
     return Rationale(*stated)
 
 
-def verify(kind: str, predicted: str, gold: str) -> bool:
-    """Whether `predicted` is the gold answer for a task of `kind` (classification, exact, numeric):
+def verify(verifier: str, predicted: str, gold: str) -> bool:
+    """Whether `predicted` is the gold answer by `verifier` (classification, exact, numeric):
     the one checker of `syllabus.answers`, the one evaluation grades with (a numeric answer is its
     final number: "Answer: 12 - 4 = 8" answers 8)."""
-    return answers_match(predicted, gold, match_for_kind(kind))
+    return kinds.by_verifier(verifier).check(predicted, gold)
 
 
 def reasoning_path(text: str) -> str:

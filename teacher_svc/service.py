@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from syllabus import kinds
 from syllabus.artifacts import (
     ArtifactRef,
     ArtifactStore,
@@ -28,7 +29,7 @@ from syllabus.artifacts import (
     validate_sha256,
 )
 from syllabus.models import ModelNotFound, check_model_ref, fetch_adapter
-from syllabus.pb import first_nonfinite, ref_from_pb, ref_to_pb
+from syllabus.pb import first_nonfinite, kind_from_pb, ref_from_pb, ref_to_pb
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
 from syllabus.serving import InvalidRequest, RequestFailed, reading
 from syllabus.telemetry import model_turn
@@ -50,9 +51,6 @@ from teacher_svc.leakage import LeakageGuard
 from teacher_svc.metering import MeteredBackend
 from teacher_svc.openai_backend import is_url_like
 from teacher_svc.reasoning import (
-    CLASSIFICATION,
-    EXACT,
-    NUMERIC,
     STYLES,
     Question,
     RationaleResult,
@@ -65,7 +63,6 @@ from teacher_svc.targeted import Skill, expand_until_accepted, generate_targeted
 
 MAX_PER_LABEL = 10_000
 MAX_N = 64
-VERIFIERS = (CLASSIFICATION, EXACT, NUMERIC)
 MAX_BATCH_SIZE = 1024
 STATS_SUFFIX = ".stats.json"  # Generate's counts, published before the examples so retries can return them
 
@@ -190,8 +187,10 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
                     )
             else:
                 verifier = request.verifier or "classification"
-                if verifier not in VERIFIERS:
-                    raise InvalidRequest("verifier", f"must be one of {', '.join(VERIFIERS)}, got {verifier!r}")
+                try:
+                    kinds.by_verifier(verifier)
+                except ValueError as e:
+                    raise InvalidRequest("verifier", str(e)) from None
                 if not 0 < request.rejection_k <= MAX_N:
                     raise InvalidRequest("rejection_k", f"must be in [1, {MAX_N}], got {request.rejection_k}")
                 if sampling.temperature == 0 and request.rejection_k > 1:
@@ -639,22 +638,16 @@ def _check_model(model: common_pb2.ModelRef) -> str:
     return model.base
 
 
-def _kind_labels(kind: int, labels) -> list[str]:
-    """The label set of a classification request; [] for the question kinds (exact answer, numeric,
-    open-ended), which must not send labels."""
-    if kind == common_pb2.TASK_KIND_CLASSIFICATION:
+def _kind_labels(value: int, labels) -> list[str]:
+    """The label set of a labelled kind's request (classification); [] for the question kinds (exact
+    answer, numeric, open-ended), which must not send labels."""
+    if (kind := kind_from_pb(value)) is None:
+        raise InvalidRequest("kind", f"must be a TaskKind, got {value}")
+    if kind.has_labels:
         return _check_labels(labels)
-    if kind not in common_pb2.TaskKind.values() or kind == common_pb2.TASK_KIND_UNSPECIFIED:
-        raise InvalidRequest("kind", f"must be a TaskKind, got {kind}")
     if labels:
-        raise InvalidRequest("labels", f"only classification tasks have labels, not {common_pb2.TaskKind.Name(kind)}")
+        raise InvalidRequest("labels", f"only classification tasks have labels, not {common_pb2.TaskKind.Name(value)}")
     return []
-
-
-def _check_kind(kind: int) -> None:
-    if kind != common_pb2.TASK_KIND_CLASSIFICATION:
-        name = common_pb2.TaskKind.Name(kind) if kind in common_pb2.TaskKind.values() else str(kind)
-        raise InvalidRequest("kind", f"must be TASK_KIND_CLASSIFICATION, got {name}")
 
 
 def _check_labels(labels) -> list[str]:

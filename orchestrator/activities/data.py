@@ -139,8 +139,8 @@ def plan_of(task: TaskSpec) -> LoopPlan:
         stages=stages,
         tailor_every=task.tailor.every if task.tailor is not None else 0,
         heldout=bool(recipe) and any(st.curriculum.policy == "pudf" for st in recipe.stages),
-        answers_by_reasoning=task.kind != "classification",
-        judge_eval=task.kind == "open_ended",
+        answers_by_reasoning=task.kind_spec.reasons,
+        judge_eval=task.kind_spec.judged,
         baselines=list(task.baselines.arms) if task.baselines is not None else [],
         baseline_repeats=task.baselines.repeats if task.baselines is not None else 1,
     )

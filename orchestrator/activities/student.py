@@ -37,7 +37,7 @@ class StudentActivities(ActivityBase):
         `round_counts` is given (a round's final evaluation)."""
         task = self._task(inp.task_ref)
         params = {"model": task.student.model, "kind": task.kind, "labels": task.labels}
-        generates = task.kind != "classification"  # the answer kinds: greedy answers, then matched
+        generates = task.kind_spec.reasons  # the answer kinds: greedy answers, then matched
         if generates:
             params["max_new_tokens"] = task.evaluate.max_new_tokens
         key = output_key(inp.job_id, inp.round, "evaluate", [inp.eval_set, inp.adapter], params, "jsonl")
@@ -137,7 +137,7 @@ class StudentActivities(ActivityBase):
                 probe = [{"id": r["id"], "prompt": task.prompt_for(r["input"]), "answer": r["label"]} for r in self._read_jsonl(inp.validation)]
                 probe_ref = self._publish_once(job_prefix(inp.job_id) + "/arte-probe.jsonl", dumps_jsonl(probe))
                 arte = student_pb2.ArteSettings(
-                    probe_set=ref_to_pb(probe_ref), probe_k=sc.probe_k, match=answer_match(task.answer_match),
+                    probe_set=ref_to_pb(probe_ref), probe_k=sc.probe_k, match=answer_match(task.kind_spec.eval_match),
                     max_new_tokens=sc.probe_max_new_tokens,
                 )  # fmt: skip
             car_data = data

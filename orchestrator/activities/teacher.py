@@ -27,7 +27,6 @@ from orchestrator.types import (
 )
 from syllabus.artifacts import ArtifactRef
 from syllabus.pb import ref_from_pb, ref_to_pb, task_kind
-from syllabus.prompts import teacher_instructions
 from syllabus.records import dumps_jsonl
 from syllabus.tasks import TaskSpec
 from syllabus_sdk.common.v1 import common_pb2
@@ -156,7 +155,7 @@ class TeacherActivities(ActivityBase):
             eval=ref_to_pb(inp.validation),
             output_key=key,
         )
-        if task.kind != "classification":  # the teacher names the skill each wrong answer misses
+        if task.kind_spec.reasons:  # the teacher names the skill each wrong answer misses
             request.model.CopyFrom(_teacher_ref(task, None))
             request.sampling.CopyFrom(common_pb2.SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=24, n=1))
 
@@ -321,13 +320,12 @@ class TeacherActivities(ActivityBase):
             mode = {"mode": teacher_pb2.GENERATE_MODE_RATIONALES, "styles": spec.styles, "per_style": spec.per_style,
                     "retries": spec.retries}  # fmt: skip
         else:
-            verifier = {"classification": "classification", "numeric": "numeric"}.get(task.kind, "exact")
             mode = {"mode": teacher_pb2.GENERATE_MODE_REJECTION_SAMPLING, "styles": [spec.style], "rejection_k": spec.k,
-                    "verifier": verifier}  # fmt: skip
+                    "verifier": task.kind_spec.verifier}  # fmt: skip
         request = teacher_pb2.GenerateRequest(
             model=_teacher_ref(task, inp.teacher_adapter),
             kind=task_kind(task.kind),
-            instructions=teacher_instructions(task.instructions, task.labels) if task.labels else task.instructions,
+            instructions=task.kind_spec.teacher_instructions(task.instructions, task.labels),
             labels=task.labels,
             questions=ref_to_pb(q_ref),
             sampling=common_pb2.SamplingParams(**sampling),

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from syllabus.prompts import classification_prompt
+from syllabus.kinds import CLASSIFICATION
 from syllabus.records import content_id
 from teacher_svc.backend import ChatPrompt, Completion, Sampling
 from teacher_svc.generation import (
@@ -144,7 +144,7 @@ def test_expand_seeds_dedupes_against_seeds_and_itself_and_writes_contract_recor
     rec = result.records[0]
     assert set(rec) == {"id", "input", "label", "prompt", "response", "parent_id", "provenance"}
     assert rec["input"] == "Has my card been posted yet? It is taking ages."
-    assert rec["prompt"] == classification_prompt(banking77.instructions, labels, rec["input"])
+    assert rec["prompt"] == CLASSIFICATION.prompt(banking77.instructions, labels, rec["input"])
     assert rec["parent_id"] == next(s.id for s in seeds if s.label == "card_arrival")
     assert rec["provenance"] == {
         "method": "seed_expansion",

@@ -8,10 +8,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from syllabus import kinds
 from syllabus.artifacts import LocalArtifactStore
 from syllabus.config import Config
 from syllabus.pb import ref_from_pb, ref_to_pb
-from syllabus.prompts import classification_prompt
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
@@ -71,7 +71,7 @@ async def test_generate_then_critique(teacher, tiny_model_dir, banking77) -> Non
     assert len(records) == resp.generated
     for rec in records:
         assert rec["id"] == content_id(rec["input"], rec["label"])
-        assert rec["prompt"] == classification_prompt(banking77.instructions, list(req.labels), rec["input"])
+        assert rec["prompt"] == kinds.CLASSIFICATION.prompt(banking77.instructions, list(req.labels), rec["input"])
         assert rec["provenance"]["model"] == str(tiny_model_dir) and rec["provenance"]["round"] == 1
 
     # A retry finds the published output and returns it unchanged.
