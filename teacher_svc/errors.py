@@ -6,8 +6,10 @@ happened, with the inputs it missed as examples. These feed `teacher_svc.targete
 in the next round.
 
 For tasks with free-form answers (`analyze_answers`) the teacher reads each wrong answer next to the
-gold one and names the missing skill in a few words ("Skill: ..."); replies are parsed per record with
-a retry (`teacher_svc.retry`) and records whose reply never parses are counted as failed, not fatal.
+gold one and names the missing skill in a few words (JSON `{"skill": ...}`, `structured.SKILL`,
+enforced while decoding; a reply from an endpoint without structured output may instead say
+"Skill: ..."); replies are parsed per record with a retry (`teacher_svc.retry`) and records whose
+reply never parses are counted as failed, not fatal.
 Skills with the same normalised name are merged.
 """
 
@@ -18,6 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from teacher_svc import structured
 from teacher_svc.backend import Backend, ChatPrompt, Sampling
 from teacher_svc.dedupe import normalize
 from teacher_svc.retry import ParseError, generate_parsed
@@ -30,8 +33,8 @@ Question: {question}
 Correct answer: {gold}
 Student's answer: {predicted}
 
-Which skill or piece of knowledge is the student missing? Reply with one line "Skill: <a few words>"."""
-SKILL_PREFILL = "Skill:"
+Which skill or piece of knowledge is the student missing? Name it in a few words.
+Reply in JSON with "skill", the missing skill."""
 _SKILL = re.compile(r"^\s*(?:skill\s*:)?\s*(.+)$", re.IGNORECASE)
 
 
@@ -94,7 +97,11 @@ def analyze_confusions(
     return ErrorAnalysis(skills, len(predictions), wrong)
 
 
-def parse_skill(raw: str) -> str:
+def parse_skill(raw: str, schema: dict = structured.SKILL) -> str:
+    """The skill a reply names: its JSON `skill`, or (an endpoint that ignored the schema) the text of
+    its first "Skill: ..." line; ParseError when it names no short phrase."""
+    if raw.lstrip().startswith("{"):
+        raw = structured.parse_reply(raw, schema)["skill"]
     for line in raw.strip().splitlines():
         m = _SKILL.match(line)
         if m and (name := m.group(1).strip().strip(".\"'`*").strip()):
@@ -113,11 +120,13 @@ def analyze_answers(
     retries: int = 1,
 ) -> ErrorAnalysis:
     """Teacher-named skills for wrong free-form answers ({"id", "question", "gold", "prediction"})."""
+    fitted = structured.fit(structured.SKILL, sampling.max_new_tokens)
+    schema = structured.schema_text(fitted)
     prompts = [
-        ChatPrompt(SKILL_TEMPLATE.format(question=w["question"], gold=w["gold"], predicted=w["prediction"]), SKILL_PREFILL)
+        ChatPrompt(SKILL_TEMPLATE.format(question=w["question"], gold=w["gold"], predicted=w["prediction"]), schema=schema)
         for w in wrong_answers
     ]
-    outs = generate_parsed(backend, prompts, parse_skill, sampling, batch_size, stop=("\n",), retries=retries)
+    outs = generate_parsed(backend, prompts, lambda raw: parse_skill(raw, fitted), sampling, batch_size, retries=retries)
     grouped: dict[str, list] = defaultdict(list)
     names: dict[str, str] = {}
     failed = 0

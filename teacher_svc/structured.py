@@ -47,7 +47,11 @@ RUBRIC_REVISION = _object(revised_answer=_string(1, ANSWER_MAX_CHARS))
 REFLECTION = _object(weaknesses=_string(8, CRITIQUE_MAX_CHARS), new_instruction=_string(8, 400),
                      better_answer=_string(1, ANSWER_MAX_CHARS))  # fmt: skip
 
-SCHEMAS: dict[str, dict] = {"cft": CFT, "rubric": RUBRIC, "rubric_revision": RUBRIC_REVISION, "reflection": REFLECTION}
+# Error analysis (answer kinds): the skill a wrong answer misses, in a few words.
+SKILL = _object(skill=_string(3, 80))
+
+SCHEMAS: dict[str, dict] = {"cft": CFT, "rubric": RUBRIC, "rubric_revision": RUBRIC_REVISION, "reflection": REFLECTION,
+                            "skill": SKILL}  # fmt: skip
 
 
 def fit(schema: dict, max_new_tokens: int) -> dict:

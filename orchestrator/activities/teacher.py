@@ -157,7 +157,8 @@ class TeacherActivities(ActivityBase):
         )
         if task.kind_spec.reasons:  # the teacher names the skill each wrong answer misses
             request.model.CopyFrom(_teacher_ref(task, None))
-            request.sampling.CopyFrom(common_pb2.SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=24, n=1))
+            # 48 tokens: the JSON skill reply's few words fit (structured.fit leaves ~36 characters).
+            request.sampling.CopyFrom(common_pb2.SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=48, n=1))
 
         async def call() -> ArtifactRef | None:
             return ref_from_pb((await self._teacher(lambda t: t.analyze_errors(request))).skills)

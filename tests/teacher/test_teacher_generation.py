@@ -160,15 +160,15 @@ def test_expand_seeds_dedupes_against_seeds_and_itself_and_writes_contract_recor
 
 def test_answer_kinds_name_skills_from_wrong_answers_and_ask_for_questions_that_practise_them() -> None:
     """Error-driven generation for the answer kinds (arXiv 2412.15652): the teacher names the skill each
-    wrong answer misses ("Skill: ..."), skills with the same name merge, and targeted prompts ask for new
+    wrong answer misses (JSON, or a "Skill: ..." line from an endpoint that ignored the schema), skills with the same name merge, and targeted prompts ask for new
     questions practising a skill; the replies become questions without an answer (label "")."""
     from teacher_svc.errors import analyze_answers
     from teacher_svc.targeted import Skill, generate_targeted
 
     wrong = [{"id": f"q{i}", "question": f"Tom has {i + 5} pens and loses 2. How many are left?", "gold": str(i + 3),
               "prediction": "Answer: 9"} for i in range(3)]  # fmt: skip
-    replies = ScriptedBackend([" subtraction with borrowing", " Subtraction with borrowing.", "???"])
-    analysis = analyze_answers(replies, wrong, Sampling(temperature=0.0, max_new_tokens=16), retries=0)
+    replies = ScriptedBackend(['{"skill":"subtraction with borrowing"}', "Skill: Subtraction with borrowing.", '{"skill":"???"}'])
+    analysis = analyze_answers(replies, wrong, Sampling(temperature=0.0, max_new_tokens=48), retries=0)
     assert [(s["skill"], s["count"], s["example_ids"]) for s in analysis.skills] == [("subtraction with borrowing", 2, ["q0", "q1"])]
     assert analysis.failed == 1  # "???" names no skill: counted, not fatal
     skill = Skill.from_record(analysis.skills[0])
