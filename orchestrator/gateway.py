@@ -137,7 +137,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     async def SubmitJob(self, request, context):
         try:
-            task = parse_task(request.task_yaml, source="task_yaml", inline_only=True)
+            # Off the event loop: parsing and validating a large task is CPU work, and health checks,
+            # other tenants' calls and shutdown must not wait behind it.
+            task = await asyncio.to_thread(parse_task, request.task_yaml, source="task_yaml", inline_only=True)
         except TaskSpecError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         job_id = request.job_id or f"{task.name}-{uuid.uuid4().hex[:8]}"

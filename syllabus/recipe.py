@@ -21,6 +21,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from syllabus import safe_yaml
+
 
 class RecipeError(ValueError):
     """The recipe is not valid; the message names the field."""
@@ -202,7 +204,7 @@ class Recipe(_Strict):
 def load_recipe(text: str) -> Recipe:
     """Parse and validate a recipe YAML; raise RecipeError naming the first bad field."""
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_yaml.load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"not valid YAML: {' '.join(str(getattr(e, 'problem', None) or e).split())[:200]}") from None
     except (RecursionError, ValueError, OverflowError) as e:

@@ -11,6 +11,7 @@ opening anything on the server. No float may be inf or NaN.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from syllabus import kinds
+from syllabus import kinds, safe_yaml
 from syllabus.models import DEFAULT_MODEL
 from syllabus.recipe import Recipe
 
@@ -35,6 +36,7 @@ class TaskSpecError(ValueError):
 
 
 MAX_NESTING = 50  # deeper YAML is rejected before validation (no RecursionError anywhere)
+MAX_TASK_BYTES = 32 * 2**20  # a task file with its examples inline; larger is refused before parsing
 
 
 class _Strict(BaseModel):
@@ -146,7 +148,7 @@ class GenerateSpec(_Strict):
     def _modes(self) -> GenerateSpec:
         modes = list(self.modes) if self.modes is not None else [ExpandMode(mode="expand")]
         names = [m.mode for m in modes]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
+        if dupes := sorted(n for n, k in Counter(names).items() if k > 1):
             raise ValueError(f"modes: {', '.join(dupes)} given twice")
         if self.targeted_per_skill:
             if "targeted" not in names:
@@ -364,9 +366,9 @@ class TaskSpec(_Strict):
     @field_validator("labels")
     @classmethod
     def _unique_labels(cls, labels: list[str]) -> list[str]:
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        dupes = sorted(x for x, n in Counter(labels).items() if n > 1)
         if dupes:
-            raise ValueError(f"duplicate labels: {', '.join(dupes)}")
+            raise ValueError(f"duplicate labels: {', '.join(dupes[:10])}" + (f" and {len(dupes) - 10} more" if len(dupes) > 10 else ""))
         return labels
 
     @model_validator(mode="before")
@@ -403,9 +405,11 @@ class TaskSpec(_Strict):
                 if ex.label not in known:
                     raise ValueError(f"{field}[{i}].label {ex.label!r} is not in labels")
         # Seed expansion works per label: a label without seeds could never get generated examples.
-        missing = [label for label in self.labels if label not in {ex.label for ex in self.seeds}]
+        seeded = {ex.label for ex in self.seeds}
+        missing = [label for label in self.labels if label not in seeded]
         if missing:
-            raise ValueError(f"seeds: no seed example for label(s) {', '.join(missing)}")
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise ValueError(f"seeds: no seed example for label(s) {', '.join(missing[:10])}{more}")
         self._check_method()
         return self
 
@@ -543,7 +547,7 @@ def _read_recipe(base: Path, value: str, source: str) -> object:
     if path is None:
         raise TaskSpecError(f"{source}: train.recipe: file {value[:200]!r} not found")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = safe_yaml.load(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError, OverflowError) as e:
         raise TaskSpecError(f"{source}: train.recipe: cannot read {value[:200]} ({type(e).__name__})") from None
     if not isinstance(data, dict) or not _depth_ok(data):
@@ -572,13 +576,15 @@ def parse_task(
 ) -> TaskSpec:
     """Parse YAML text into a TaskSpec. File references resolve against base_dir, unless
     `inline_only` (a task sent to a server), where any file reference is an error."""
+    if len(text) > MAX_TASK_BYTES:  # characters or bytes: either way before any parsing
+        raise TaskSpecError(f"{source}: {len(text)} bytes; a task file is at most {MAX_TASK_BYTES} bytes")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             raise TaskSpecError(f"{source}: not UTF-8 text (byte {e.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

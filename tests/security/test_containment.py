@@ -276,3 +276,87 @@ def test_malformed_task_files_are_one_line_and_exit_2(tmp_path, capsys, monkeypa
     assert code == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert needle in err and len(err) < 600
+
+
+# -- one tenant cannot stall the gateway with a task file (issue 25, item 2) ----------------------
+
+
+def _finishes(fn, timeout: float = 20.0):
+    """fn()'s result or exception, or pytest.fail when it is still running after `timeout` (a hang
+    guard, not a timing: each of these took minutes to hours before the fix)."""
+    import threading
+
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        pytest.fail(f"still running after {timeout:.0f} s")
+    return out
+
+
+def _alias_bomb(levels: int = 20) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return TASK + "\n".join(lines) + "\n"  # ~10^20 paths for anything that walks it
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands() -> None:
+    bomb = _alias_bomb()
+    assert len(bomb) < 2000
+    out = _finishes(lambda: parse_task(bomb, source="task_yaml", inline_only=True))
+    assert isinstance(out.get("error"), TaskSpecError)
+    assert str(out["error"]) == "task_yaml: line 8 invalid YAML: aliases (*a0) are not allowed"
+
+
+def test_a_recipe_with_aliases_is_refused() -> None:
+    from syllabus.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match=r"aliases \(\*s\) are not allowed"):
+        load_recipe("stages:\n  - &s {name: a, steps: 1}\n  - *s\n")
+
+
+def test_an_oversized_task_is_refused_before_parsing(monkeypatch) -> None:
+    from syllabus import tasks
+
+    monkeypatch.setattr(tasks, "MAX_TASK_BYTES", 1000)
+    with pytest.raises(TaskSpecError, match="^task_yaml: 1001 bytes; a task file is at most 1000 bytes$"):
+        parse_task(b"#" * 1001, source="task_yaml")
+
+
+def test_label_checks_stay_linear_and_their_messages_bounded() -> None:
+    labels = [f"l{i}" for i in range(60_000)]  # the quadratic checks ran for over 2 minutes on this many
+    task = TASK.replace("labels: [a, b]", "labels: [a, b, " + ", ".join(labels) + "]")
+    out = _finishes(lambda: parse_task(task))
+    err = str(out.get("error"))
+    assert err.startswith("task: seeds: no seed example for label(s) l0, l1,") and err.endswith("and 59990 more")
+    out = _finishes(lambda: parse_task(TASK.replace("labels: [a, b]", "labels: [a, b, " + ", ".join(labels * 2) + "]")))
+    assert str(out.get("error")).endswith("and 59990 more")
+
+
+def test_the_gateway_parses_a_task_off_its_event_loop(tmp_path, monkeypatch) -> None:
+    import threading
+
+    from orchestrator import gateway
+    from syllabus.config import Config
+    from syllabus_sdk.jobs.v1 import jobs_pb2
+
+    threads = []
+
+    def parse(*args, **kwargs):
+        threads.append(threading.current_thread())
+        raise TaskSpecError("task_yaml: refused after the thread check")
+
+    monkeypatch.setattr(gateway, "parse_task", parse)
+    servicer = gateway.JobServicer(Config(home=tmp_path), client=None)
+    with pytest.raises(Aborted) as err:
+        asyncio.run(servicer.SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=_alias_bomb()), FakeContext()))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert threads and threads[0] is not threading.main_thread()
