@@ -38,7 +38,7 @@ from syllabus.artifacts import (
 from syllabus.kinds import EXACT_MATCH, LABEL_LIKELIHOOD, NUMERIC_MATCH
 from syllabus.models import ModelNotFound, fetch_adapter
 from syllabus.records import dumps_jsonl, loads_jsonl
-from syllabus.serving import InvalidRequest, RequestFailed, reading
+from syllabus.serving import InvalidRequest, RequestFailed, in_model_thread, reading
 from syllabus.telemetry import model_turn
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.student.v1 import student_pb2, student_pb2_grpc
@@ -448,7 +448,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         try:
             job = parse(request)
             async with model_turn("student", self._lock):
-                return await asyncio.to_thread(work, job)
+                return await in_model_thread(work, job)
         except RequestFailed as e:
             await e.abort(context)
             raise  # unreachable: abort raises
@@ -475,7 +475,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
 
         async def work() -> student_pb2.ScoreResponse:
             async with model_turn("student", self._lock):
-                return await asyncio.to_thread(self._score, job, progress)
+                return await in_model_thread(self._score, job, progress)
 
         task = asyncio.create_task(work())
         while True:

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +25,7 @@ from syllabus.auth import SERVICE_ROLE, ServerGuard, TokenTable
 from syllabus.telemetry import RpcTelemetry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -163,3 +165,23 @@ def reading(field: str) -> Iterator[None]:
 async def abort_invalid(context: grpc.aio.ServicerContext, field: str, problem: str) -> None:
     """Reject a malformed request: INVALID_ARGUMENT naming the field."""
     await InvalidRequest(field, problem).abort(context)
+
+
+async def in_model_thread(fn: Callable[..., T], *args) -> T:
+    """`await asyncio.to_thread(fn, *args)` for work on a shared model, run under the service's model
+    lock: when the caller is cancelled (the client went away, a deadline passed) the thread cannot be
+    stopped, so this waits for it to end before the cancellation goes on and the lock is released.
+    Otherwise the next request would share the model with a thread still swapping adapters,
+    changing `padding_side` or drawing from the global RNG, and both would get silently wrong results."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        while not work.done():
+            try:
+                await asyncio.wait({work})
+            except asyncio.CancelledError:  # cancelled again: the thread still holds the model
+                continue
+        if not work.cancelled():
+            work.exception()  # retrieved: a failure after the caller left is not "never retrieved"
+        raise

@@ -31,7 +31,7 @@ from syllabus.artifacts import (
 from syllabus.models import ModelNotFound, check_model_ref, fetch_adapter
 from syllabus.pb import first_nonfinite, kind_from_pb, ref_from_pb, ref_to_pb
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
-from syllabus.serving import InvalidRequest, RequestFailed, reading
+from syllabus.serving import InvalidRequest, RequestFailed, in_model_thread, reading
 from syllabus.telemetry import model_turn
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
@@ -338,7 +338,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         async with model_turn("teacher", self._model_lock):  # queue depth and busy, in the metrics
             backend = await self._backend_for(model)
             try:
-                return await asyncio.to_thread(fn, MeteredBackend(backend))
+                return await in_model_thread(fn, MeteredBackend(backend))
             except BackendUnavailable as e:
                 raise RequestFailed(grpc.StatusCode.UNAVAILABLE, f"model.base: {e}") from e
             except BackendRequestError as e:
@@ -383,9 +383,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             except ValueError as e:
                 raise InvalidRequest("model.adapter", str(e)) from e
         try:
-            return await asyncio.to_thread(
-                self.models.get, base, adapter_dir, adapter_ref.sha256 if adapter_ref else ""
-            )
+            return await in_model_thread(self.models.get, base, adapter_dir, adapter_ref.sha256 if adapter_ref else "")
         except (ModelNotFound, ValueError, ImportError) as e:
             raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: {e}") from e
 
