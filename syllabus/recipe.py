@@ -220,3 +220,8 @@ def load_recipe(text: str) -> Recipe:
         raise RecipeError(f"{loc}: {msg}" if loc else msg) from None
     except RecursionError:
         raise RecipeError("nested too deeply") from None
+
+
+def recipe_models() -> tuple[type[BaseModel], ...]:
+    """Every pydantic model a Recipe is built of (what a training checkpoint may rebuild on load)."""
+    return tuple(v for v in globals().values() if isinstance(v, type) and issubclass(v, BaseModel) and v.__module__ == __name__)

@@ -37,6 +37,7 @@ import io
 import json
 import logging
 import math
+import pickle
 import random
 import shutil
 import tempfile
@@ -51,7 +52,7 @@ import torch.nn.functional as F
 
 from syllabus.artifacts import ArtifactError, ArtifactRef, ArtifactStore, training_metrics_key
 from syllabus.prompts import encode_example
-from syllabus.recipe import Recipe, Stage
+from syllabus.recipe import Recipe, Stage, recipe_models
 from trainer_svc.curriculum import PUDF, SEC, AdaRFT, checkpoint_weights, irt_ability, lr_at
 from trainer_svc.packing import (
     CompletionLM,
@@ -527,6 +528,10 @@ def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world
 # Checkpoints
 
 
+CKPT_CLASSES = (StepSource, EmptySource, EpochSource, SECSource, AdaRFTSource, PUDFSource, SEC, AdaRFT, PUDF, random.Random,
+                *recipe_models())  # fmt: skip
+"""What a checkpoint's curriculum state pickles besides tensors and plain data: the sources, their
+policies and RNGs, and the recipe they hold (its pydantic models)."""
 CKPT_FORMAT = 2
 """2: per-stage seconds, records and curriculum metrics; PUDF's probe set and pre-epoch ability."""
 
@@ -541,7 +546,14 @@ def _load_ckpt(store: ArtifactStore, key: str) -> dict | None:
     ref = store.stat(key)
     if ref is None:
         return None
-    ckpt = torch.load(io.BytesIO(store.get_bytes(ref)), weights_only=False)
+    # weights_only: a checkpoint from the store is data, never code; only the curriculum state's own
+    # classes may be rebuilt (CKPT_CLASSES), so a tampered checkpoint cannot run anything on load.
+    try:
+        with torch.serialization.safe_globals(list(CKPT_CLASSES)):
+            ckpt = torch.load(io.BytesIO(store.get_bytes(ref)), weights_only=True)
+    except pickle.UnpicklingError as e:  # a global outside CKPT_CLASSES: not a checkpoint this code wrote
+        log.warning("checkpoint %s is refused (%s): training from the start", key, str(e).splitlines()[-1][:200])
+        return None
     if ckpt.get("format") != CKPT_FORMAT:
         # Its curriculum state may not fit this code; a fresh run ends with the same weights.
         log.warning("checkpoint %s has format %s, not %d: training from the start", key, ckpt.get("format"), CKPT_FORMAT)

@@ -360,3 +360,32 @@ def test_the_gateway_parses_a_task_off_its_event_loop(tmp_path, monkeypatch) -> 
         asyncio.run(servicer.SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=_alias_bomb()), FakeContext()))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert threads and threads[0] is not threading.main_thread()
+
+
+# -- a checkpoint from the store is data, never code (issue 25, item 5) ---------------------------
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))  # runs on load under weights_only=False
+
+
+def test_a_tampered_checkpoint_runs_nothing_and_training_starts_over(tmp_path, caplog) -> None:
+    import io
+
+    import torch
+
+    from trainer_svc.staged import CKPT_FORMAT, _load_ckpt
+
+    store = LocalArtifactStore(tmp_path / "store")
+    marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    torch.save({"format": CKPT_FORMAT, "stage": 0, "step": 1, "evil": _Payload(marker)}, buf)
+    store.put_bytes("jobs/j/adapter.ckpt", buf.getvalue())
+    with caplog.at_level("WARNING"):
+        assert _load_ckpt(store, "jobs/j/adapter.ckpt") is None
+    assert not marker.exists()
+    assert "is refused" in caplog.text and "training from the start" in caplog.text
