@@ -54,7 +54,7 @@ from syllabus.artifacts import open_store
 from syllabus.auth import ADMIN_ROLE, TENANT_ROLE, Principal, current_principal, gateway_table, server_tls
 from syllabus.config import Config, load_config
 from syllabus.serving import Served, build_server, serve
-from syllabus.tasks import TaskSpecError, dump_task, parse_task
+from syllabus.tasks import MAX_TASK_BYTES, TaskSpecError, dump_task, parse_task
 from syllabus.telemetry import setup_tracing, start_metrics, temporal_interceptors
 from syllabus_sdk.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -451,6 +451,8 @@ async def create_server(config: Config, address: str = "127.0.0.1:0", client: Cl
         (jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,),
         gateway_table(config),
         roles=frozenset({TENANT_ROLE, ADMIN_ROLE}),
+        max_receive_mb=(MAX_TASK_BYTES >> 20) + 1,  # a task with its examples inline, and the request around it
+        max_concurrent_rpcs=256,  # every CLI `run` holds a WatchJob stream for its whole job
         tls=server_tls(config),
     )
 

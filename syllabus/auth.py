@@ -239,10 +239,25 @@ class _GuardedContext:
 
 
 def _bearer(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
+    return _bearer_of(context.invocation_metadata())
+
+
+def _bearer_of(metadata) -> str:
+    for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer "):].strip()
     return ""
+
+
+def _refusal(code: grpc.StatusCode, details: str):
+    """A handler that answers `code` without reading the request: request-streaming, so the body is
+    never pulled off the wire (only the stream's flow-control window is buffered), whatever size the
+    client sends. A unary client call reads the same on the wire."""
+
+    async def refuse(request_iterator, context):
+        await context.abort(code, details)
+
+    return grpc.stream_unary_rpc_method_handler(refuse)
 
 
 class _Undecodable:
@@ -308,11 +323,25 @@ class ServerGuard(grpc.aio.ServerInterceptor):
         finally:
             _current.reset(token)
 
+    def _precheck(self, method: str, metadata):
+        """The refusal handler of a call not admitted, decided from its metadata alone, before any
+        of its body is read (unauthenticated bytes cost no memory); None to go on."""
+        if not self.ready():
+            return _refusal(grpc.StatusCode.UNAVAILABLE, "service is starting or stopping; retry")
+        principal = self.table.lookup(_bearer_of(metadata))
+        if principal is None:
+            return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
+        if principal.role not in self.roles:
+            return _refusal(grpc.StatusCode.PERMISSION_DENIED, f"{method}: not allowed for the {principal.role} role")
+        return None
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(_HEALTH_PREFIX):
             return handler
+        if (refusal := self._precheck(method, handler_call_details.invocation_metadata)) is not None:
+            return refusal
         if handler.request_streaming:  # Syllabus has no client-streaming RPCs; reflection does
             return self._wrap_stream_request(handler, method)
         if handler.response_streaming:

@@ -55,7 +55,9 @@ async def build_server(
     service_names: tuple[str, ...],
     tokens: TokenTable,
     roles: frozenset[str] = frozenset({SERVICE_ROLE}),
-    max_message_mb: int = 64,
+    max_receive_mb: int = 4,
+    max_send_mb: int = 64,
+    max_concurrent_rpcs: int = 64,
     tls: tuple[bytes, bytes] | None = None,
 ) -> Served:
     """Create, bind and start an aio server at `address` ("host:port", port 0 picks a free one).
@@ -63,15 +65,18 @@ async def build_server(
     `tokens` are the bearer tokens it accepts and `roles` the principals' roles allowed to call it:
     the teacher, student and trainer take the service role only; the gateway takes tenants.
     `tls` (key, certificate chain; `syllabus.auth.server_tls(config)`) makes it listen over TLS.
+    A request larger than `max_receive_mb` is refused (RESOURCE_EXHAUSTED): the services' requests
+    name artifacts and carry no data, so 4 MB is plenty; the gateway takes a task inline. Calls
+    beyond `max_concurrent_rpcs` in flight are refused RESOURCE_EXHAUSTED rather than queued.
     """
     opts = [
-        ("grpc.max_send_message_length", max_message_mb << 20),
-        ("grpc.max_receive_message_length", max_message_mb << 20),
+        ("grpc.max_send_message_length", max_send_mb << 20),
+        ("grpc.max_receive_message_length", max_receive_mb << 20),
     ]
     state = {"serving": False}
     # Telemetry outermost: the guard's refusals (UNAUTHENTICATED, UNAVAILABLE) are counted and traced too.
     guard = ServerGuard(tokens, roles, lambda: state["serving"])
-    server = grpc.aio.server(options=opts, interceptors=[RpcTelemetry(), guard])
+    server = grpc.aio.server(options=opts, interceptors=[RpcTelemetry(), guard], maximum_concurrent_rpcs=max_concurrent_rpcs)
     add_servicers(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

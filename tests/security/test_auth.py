@@ -153,6 +153,25 @@ async def test_health_needs_no_token(servers, service: str) -> None:
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.parametrize(("service", "path", "limit_mb"), [
+    ("student", "/syllabus.student.v1.StudentService/Score", 4),
+    ("trainer", "/syllabus.trainer.v1.TrainerService/StartTraining", 4),
+    ("gateway", "/syllabus.jobs.v1.JobService/SubmitJob", 33),
+])  # fmt: skip
+async def test_requests_larger_than_their_server_takes_are_refused_even_with_a_token(
+    servers, service: str, path: str, limit_mb: int, service_token: str
+) -> None:
+    """Each server takes what its RPCs carry: the services' requests name artifacts (4 MB), the
+    gateway's SubmitJob a task inline (32 MiB and the request around it)."""
+    ports, _ = servers
+    token = TOKENS["a"] if service == "gateway" else service_token
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[service]}", options=[("grpc.max_send_message_length", -1)]) as channel:
+        call = channel.unary_unary(path, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(b"\n" * ((limit_mb << 20) + 1), metadata=auth.metadata(token), timeout=30)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 # -- (b) tenant isolation --------------------------------------------------------------------------
 
 
