@@ -106,6 +106,13 @@ class RecipeResult:
     """Indices of the records each stage trained on (its replay included)."""
     stage_curriculum: list[dict] = field(default_factory=list)
     """Curriculum metrics per stage (`StepSource.metrics`: PUDF's abilities and caps)."""
+    stage_batches: list[list[list[int]]] = field(default_factory=list)
+    """Per stage, per step in order: the record indices the step trained on (rows flattened, in row
+    order), so a test or a report can check the order a curriculum chose on the batches themselves."""
+    stage_trace: list[list[dict]] = field(default_factory=list)
+    """Per stage, per step: the curriculum's state before the step (`StepSource.state`: SEC's Q and
+    arm probabilities, AdaRFT's target) and the feedback it got after it (`items`, `loss_before`,
+    `loss_after`: per-record losses, in the order the policy received them)."""
 
     def open_stage(self) -> None:
         self.stage_losses.append([])
@@ -113,12 +120,15 @@ class RecipeResult:
         self.stage_seconds.append(0.0)
         self.stage_samples.append(set())
         self.stage_curriculum.append({})
+        self.stage_batches.append([])
+        self.stage_trace.append([])
 
     def per_stage(self) -> dict:
         """The per-stage lists, as a checkpoint keeps them (`RecipeResult(**d)` restores them)."""
         return {
             "stage_losses": self.stage_losses, "stage_lrs": self.stage_lrs, "stage_seconds": self.stage_seconds,
             "stage_samples": self.stage_samples, "stage_curriculum": self.stage_curriculum,
+            "stage_batches": self.stage_batches, "stage_trace": self.stage_trace,
         }  # fmt: skip
 
     @property
@@ -220,6 +230,10 @@ class StepSource:
         """Extra keys of the stage's entry in the published metrics."""
         return {}
 
+    def state(self) -> dict:
+        """The policy's state before a step, for `RecipeResult.stage_trace` (adaptive policies)."""
+        return {}
+
     wants_after = False  # does feedback need the loss after the update (SEC)?
 
 
@@ -301,6 +315,9 @@ class SECSource(StepSource):
         self.pos_of = {rec: p for p, rec in enumerate(items)}
         self.total = stage.steps or max(1, math.ceil(stage.epochs * math.ceil(len(items) / recipe.batch_size)))
 
+    def state(self) -> dict:
+        return {"arms": list(self.arm_names), "q": list(self.sec.q), "probs": self.sec.probs()}
+
     def next_rows(self) -> list[list[int]]:
         chosen = [self.items[p] for p in self.sec.sample(self.recipe.batch_size)]
         return _pack(self.recipe, self.lengths, chosen, keep_order=False)
@@ -321,6 +338,9 @@ class AdaRFTSource(StepSource):
         lo, hi = c.adarft_range
         self.ada = AdaRFT([records[i][c.score_key] for i in items], c.adarft_eta, c.adarft_alpha, c.adarft_beta, c.adarft_t0, lo, hi)
         self.total = stage.steps or max(1, math.ceil(stage.epochs * math.ceil(len(items) / recipe.batch_size)))
+
+    def state(self) -> dict:
+        return {"target": self.ada.target}
 
     def next_rows(self) -> list[list[int]]:
         chosen = [self.items[p] for p in self.ada.sample(self.recipe.batch_size)]
@@ -527,8 +547,9 @@ def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world
 # Checkpoints
 
 
-CKPT_FORMAT = 2
-"""2: per-stage seconds, records and curriculum metrics; PUDF's probe set and pre-epoch ability."""
+CKPT_FORMAT = 3
+"""2: per-stage seconds, records and curriculum metrics; PUDF's probe set and pre-epoch ability.
+3: per-step batches and curriculum trace (`RecipeResult.stage_batches`, `stage_trace`)."""
 
 
 def _save_ckpt(store: ArtifactStore, key: str, state: dict) -> None:
@@ -682,8 +703,10 @@ def train_recipe(
             if should_stop is not None and should_stop():
                 raise TrainingStopped(f"stopped at stage {si + 1} step {step} of {source.total}")
             t0 = time.perf_counter()
+            trace = source.state()
             rows = source.next_rows()
             result.stage_samples[si].update(i for row in rows for i in row)
+            result.stage_batches[si].append([i for row in rows for i in row])
             lr = lr_at(step, source.total, st.lr, sched.warmup_ratio, sched.kind, sched.final_lr_ratio)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -729,6 +752,9 @@ def train_recipe(
                 after = [x for g in gathered for x in g[2]] if after is not None else None
             if items:
                 source.feedback(items, per_item, after)
+            if trace:  # adaptive policies only: the shuffled and static orders are in stage_batches
+                trace.update(items=list(items), loss_before=list(per_item), loss_after=after)
+                result.stage_trace[si].append(trace)
             if isinstance(source, PUDFSource) and source.pending_ability:
                 _estimate_ability(source, model, core, enc, pad_id, recipe, dist_on)  # the next epoch's cap
             if step in avg_steps:
