@@ -514,19 +514,22 @@ def _reduce_sum(x: torch.Tensor, dist_on: bool) -> torch.Tensor:
     return x
 
 
-def sft_step_loss(lm, batch, n_items: int, dist_on: bool, world: int):
-    """(loss to backpropagate, reported loss, per-item mean NLL) — loss = global mean over target tokens."""
+def sft_step_loss(lm, batch, n_items: int, dist_on: bool, world: int, real: bool = True):
+    """(loss to backpropagate, reported loss, per-item mean NLL) — loss = global mean over target tokens.
+
+    `real=False`: a rank with no row of its own this step runs a stand-in row (DDP needs every rank
+    in the backward) whose tokens count nowhere: not in the global token count, not in the loss."""
     logp, sample_of, _ = token_logprobs(lm, batch)
     nll_sum = -logp.sum()
-    n_global = _reduce_sum(torch.tensor(float(logp.numel())), dist_on)
+    n_global = _reduce_sum(torch.tensor(float(logp.numel()) if real else 0.0), dist_on)
     # DDP averages gradients over ranks; * world turns that into the global token mean.
     loss = nll_sum / n_global.clamp(min=1) * world
-    reported = _reduce_sum(nll_sum.detach(), dist_on) / n_global.clamp(min=1)
+    reported = _reduce_sum(nll_sum.detach() if real else torch.zeros(()), dist_on) / n_global.clamp(min=1)
     sums, counts = per_sample_sums(-logp.detach(), sample_of, len(batch.samples))
     return loss, reported.item(), (sums / counts.clamp(min=1)).tolist()
 
 
-def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world: int):
+def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world: int, real: bool = True):
     """DPO: -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), mean over pairs.
 
     Sequences alternate chosen, rejected in `batch.samples` order (pairs stay in one row)."""
@@ -537,9 +540,9 @@ def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world
         ref, _ = per_sample_sums(ref_lp, ref_of, len(batch.samples))
     margin = (pol[0::2] - ref[0::2]) - (pol[1::2] - ref[1::2])
     losses = -F.logsigmoid(beta * margin)
-    n_global = _reduce_sum(torch.tensor(float(losses.numel())), dist_on)
+    n_global = _reduce_sum(torch.tensor(float(losses.numel()) if real else 0.0), dist_on)
     loss = losses.sum() / n_global * world
-    reported = _reduce_sum(losses.detach().sum(), dist_on) / n_global
+    reported = _reduce_sum(losses.detach().sum() if real else torch.zeros(()), dist_on) / n_global
     return loss, reported.item(), losses.detach().tolist()
 
 
@@ -726,10 +729,14 @@ def train_recipe(
             items = [items_of_seq[s] for s in batch.samples]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 if st.objective == "dpo":
-                    loss, reported, per_item = dpo_step_loss(lm_fwd, core, model, batch, st.dpo_beta, dist_on, world)
+                    loss, reported, per_item = dpo_step_loss(
+                        lm_fwd, core, model, batch, st.dpo_beta, dist_on, world, real=weight > 0
+                    )
                     items = items[0::2]
                 else:
-                    loss, reported, per_item = sft_step_loss(lm_fwd, batch, len(batch.samples), dist_on, world)
+                    loss, reported, per_item = sft_step_loss(
+                        lm_fwd, batch, len(batch.samples), dist_on, world, real=weight > 0
+                    )
             (loss * weight).backward()
             if recipe.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
