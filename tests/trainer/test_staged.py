@@ -196,8 +196,8 @@ def test_ddp_two_gloo_processes_match_one_process_on_the_same_data(tiny_model_di
     torch.testing.assert_close(torch.tensor(a["losses"]), torch.tensor(result.losses), atol=1e-4, rtol=1e-4)
     one = {k: v for k, v in single.state_dict().items() if "lora_" in k}
     assert one.keys() == a["lora"].keys()
-    for k in one:
-        torch.testing.assert_close(a["lora"][k], one[k], atol=1e-4, rtol=1e-3)
+    for k, v in one.items():
+        torch.testing.assert_close(a["lora"][k], v, atol=1e-4, rtol=1e-3)
     assert any(v.abs().sum() > 0 for k, v in a["lora"].items() if "lora_B" in k)
     n = len(a["losses"]) // 3
     assert sum(a["losses"][-n:]) / n < sum(a["losses"][:n]) / n
