@@ -200,6 +200,10 @@ METRIC_COLUMNS: dict[str, str] = {
 }
 # Columns the loop derives from `difficulty` for the trainer's curricula.
 DIFFICULTY_COLUMNS = ("irt_b", "difficulty100", "success_rate")
+# Further columns a metric writes that a recipe's score_key may name: learnability's L0 under the
+# current student (`loss_base`, a difficulty measure: an easy -> hard recipe bands on its "_pct"),
+# and the curriculum difficulties.
+RECIPE_COLUMNS: dict[str, tuple[str, ...]] = {"learnability": ("loss_base",), "difficulty": DIFFICULTY_COLUMNS}
 
 
 class ScoreSpec(_Strict):
@@ -459,13 +463,13 @@ class TaskSpec(_Strict):
         if (recipe := self.train.recipe) is None:
             return
         columns = {c for m in scored for c in (METRIC_COLUMNS[m], METRIC_COLUMNS[m] + "_pct")}
-        if "difficulty" in scored:
-            columns |= set(DIFFICULTY_COLUMNS)
+        columns |= {c for m in scored for x in RECIPE_COLUMNS.get(m, ()) for c in (x, x + "_pct")}
         for i, st in enumerate(recipe.stages):
             where = f"train.recipe.stages[{i}]"
             for key in (st.data.score_key, st.curriculum.score_key):
                 if key is not None and key not in columns:
-                    hint = " (add difficulty to score.metrics)" if key in DIFFICULTY_COLUMNS else ""
+                    needs = [m for m, cs in RECIPE_COLUMNS.items() if key.removesuffix("_pct") in cs]
+                    hint = f" (add {needs[0]} to score.metrics)" if needs else ""
                     raise ValueError(f"{where}: score_key {key!r} is not a scored column; scored: {sorted(columns)}{hint}")
             if st.objective == "dpo":
                 raise ValueError(f"{where}.objective: dpo needs preference pairs; the loop trains on sft or cft records")

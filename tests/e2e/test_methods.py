@@ -52,10 +52,10 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
     recipe = {
         "name": "cola", "max_seq_len": 128, "row_tokens": 256, "checkpoint_every": 2,
         "stages": [
-            {"name": "easy", "data": {"score_key": "learnability_pct", "min_score": 0.5}, **STAGE, "after": "merge",
-             "curriculum": {"policy": "static", "score_key": "learnability_pct", "descending": True},
+            {"name": "easy", "data": {"score_key": "loss_base_pct", "max_score": 0.5}, **STAGE, "after": "merge",
+             "curriculum": {"policy": "static", "score_key": "loss_base"},
              "schedule": {"kind": "cosine", "warmup_ratio": 0.1, "final_lr_ratio": 0.3}},
-            {"name": "hard", "data": {"score_key": "learnability_pct", "max_score": 0.5, "replay": 0.2}, **STAGE,
+            {"name": "hard", "data": {"score_key": "loss_base_pct", "min_score": 0.5, "replay": 0.2}, **STAGE,
              "after": "merge", "hft": True, "schedule": {"average_last_k": 2}},
         ],
     }  # fmt: skip
@@ -101,7 +101,7 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
     # Every metric's column reaches the training records, with percentile ranks and the difficulties.
     records = train_set(report)
     for col in ("learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "car", "irt_difficulty", "irt_b", "difficulty100",
-                "learnability_pct"):
+                "learnability_pct", "loss_base", "loss_base_pct"):
         assert all(col in r for r in records), col
     assert {r["category"] for r in records} >= {"seed", "expand"}
 
