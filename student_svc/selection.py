@@ -123,7 +123,9 @@ def cluster_weights(mean_gaps: Sequence[float], temperature: float = 1.0) -> lis
     return (e / e.sum()).tolist()
 
 
-def reweighted_quotas(sizes: Sequence[int], weights: Sequence[float], budget: int, rng: np.random.Generator) -> list[int]:
+def reweighted_quotas(
+    sizes: Sequence[int], weights: Sequence[float], budget: int, rng: np.random.Generator
+) -> list[int]:
     """Per-cluster quotas summing to min(budget, total): each slot draws its cluster from `weights`
     (with replacement, as the paper's next iteration does). The paper drops the draws that exceed a
     cluster's size; here they are drawn again among the clusters with room (weights renormalised),
