@@ -243,6 +243,14 @@ class SelectSpec(_Strict):
     n_clusters: int = Field(4, ge=1, le=1000, description="diversity: k-means clusters.")
     quota: Literal["proportional", "equal"] = "proportional"
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="diversity: sampling temperature in a cluster.")
+    reweight: Literal["success_gap", "loss_base"] | None = Field(
+        None, description="diversity: from round 2, Diversify and Conquer's iterative reweighting: cluster quotas "
+        "follow softmax(mean reward gap per cluster / reweight_temperature), the gap measured under the student "
+        "trained on the earlier rounds. success_gap: 1 - success_rate (the gold answer's reward 1 minus the share "
+        "of the student's checkpoints that answer right; needs difficulty scored); loss_base: the current "
+        "student's loss on the gold answer (needs learnability). Off: quotas by `quota`.",
+    )
+    reweight_temperature: float = Field(1.0, gt=0.0, le=100.0, description="diversity: softmax temperature of `reweight`.")
     seed: int = Field(0, ge=0, le=2**31 - 1000)
 
     @model_validator(mode="after")
@@ -454,6 +462,12 @@ class TaskSpec(_Strict):
         for m in self.select.ranked_metrics():
             if m not in scored:
                 raise ValueError(f"select: ranks by {m}, which is not in score.metrics {scored}")
+        if (gap := self.select.reweight) is not None:
+            if self.select.policy != "diversity":
+                raise ValueError(f"select.reweight: reweights diversity clusters; policy {self.select.policy} has none")
+            needs = {"success_gap": "difficulty", "loss_base": "learnability"}[gap]
+            if needs not in scored:
+                raise ValueError(f"select.reweight: {gap} is read from the {needs} metric: add {needs} to score.metrics")
         if self.select.policy == "reflection" and self.critique.mode != "reflection":
             raise ValueError("select.policy reflection needs critique.mode reflection (the reflected versions)")
         if self.tailor is not None and self.rounds < 2:

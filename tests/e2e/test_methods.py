@@ -70,7 +70,7 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
             {"mode": "targeted", "per_skill": 1},
         ]},
         score={"metrics": ["learnability", "ifd", "rifd", "preference", "car", "difficulty"], "probe_k": 2, "probe_max_new_tokens": 4},
-        select={"policy": "diversity", "metric": "learnability", "top_fraction": 0.5, "n_clusters": 2},
+        select={"policy": "diversity", "metric": "learnability", "top_fraction": 0.5, "n_clusters": 2, "reweight": "success_gap"},
         train={**TRAIN, "recipe": recipe},
         tailor={"every": 1, "questions": 2, "draft_max_new_tokens": 16, "probe_k": 2, "probe_max_new_tokens": 4, "batch_size": 2},
     )  # fmt: skip
