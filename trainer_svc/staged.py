@@ -900,10 +900,15 @@ def read_metrics(store: ArtifactStore, output_key: str) -> dict | None:
     return json.loads(store.get_bytes(ref)) if ref is not None else None
 
 
-def stage_metrics(recipe: Recipe, result: RecipeResult) -> list[dict]:
+def stage_metrics(recipe: Recipe, result: RecipeResult, records: Sequence[dict] = ()) -> list[dict]:
     """One entry per recipe stage, in order: name, steps, mean_loss (None without a step), seconds
     (wall, summed over a resumed run's attempts), samples (distinct records trained on, replay
-    included), plus the curriculum's own keys (PUDF: abilities, caps, probe, probe_size)."""
+    included), plus the curriculum's own keys (PUDF: abilities, caps, probe, probe_size) and, with
+    `recipe.log_batches`, `batches` (per step, the ids of `records` it trained on, in order)."""
+
+    def name(i: int) -> object:
+        return records[i].get("id", i) if i < len(records) else i
+
     out = []
     for i in range(len(recipe.stages)):
         ran = i < len(result.stage_losses)
@@ -916,6 +921,8 @@ def stage_metrics(recipe: Recipe, result: RecipeResult) -> list[dict]:
             "samples": len(result.stage_samples[i]) if ran else 0,
             **(result.stage_curriculum[i] if ran else {}),
         })  # fmt: skip
+        if recipe.log_batches:
+            out[-1]["batches"] = [[name(j) for j in step] for step in result.stage_batches[i]] if ran else []
     return out
 
 
@@ -955,7 +962,7 @@ def run_recipe(
     if should_stop is not None and should_stop():
         raise TrainingStopped("stopped before publishing")
     metrics = {"steps": len(result.losses), "mean_loss": result.mean_loss, "losses": result.losses,
-               "resumed_from": result.resumed_from, "stages": stage_metrics(recipe, result)}  # fmt: skip
+               "resumed_from": result.resumed_from, "stages": stage_metrics(recipe, result, records)}  # fmt: skip
     store.put_bytes(training_metrics_key(output_key), json.dumps(metrics, sort_keys=True).encode())
     ref, result.merged_ref = save_outputs(model, snapshots, base, tokenizer, store, output_key, merged_key)
     # The adapter is published, so a restart finds it and never resumes: the checkpoint (LoRA and

@@ -50,7 +50,7 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
     metrics, diversity selection, a two-stage Chain-of-LoRA recipe (static easy -> hard), and ARTE
     tailoring after round 1 so round 2 generates with the aligned teacher."""
     recipe = {
-        "name": "cola", "max_seq_len": 128, "row_tokens": 256, "checkpoint_every": 2,
+        "name": "cola", "max_seq_len": 128, "row_tokens": 256, "checkpoint_every": 2, "log_batches": True,
         "stages": [
             {"name": "easy", "data": {"score_key": "loss_base_pct", "max_score": 0.5}, **STAGE, "after": "merge",
              "curriculum": {"policy": "static", "score_key": "loss_base"},
@@ -111,6 +111,16 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
     stages = {s: json.loads(m) for s, m in runs}
     assert set(stages) == {"reference", "recipe"}
     assert [s["name"] for s in stages["recipe"]["stages"]] == ["easy", "hard"]
+    # The batches the trainer saw (log_batches): the easy band (the student's lowest-loss half) first,
+    # in ascending loss_base (static); then the hard band with a 20% replay of the easy records.
+    by_id = {r["id"]: r for r in records}
+    easy, hard = ([i for step in s["batches"] for i in step] for s in stages["recipe"]["stages"])
+    assert easy and hard
+    assert all(by_id[i]["loss_base_pct"] < 0.5 for i in easy)
+    assert [by_id[i]["loss_base"] for i in easy] == sorted(by_id[i]["loss_base"] for i in easy)
+    own = {i for i in hard if by_id[i]["loss_base_pct"] >= 0.5}
+    replayed = set(hard) - own
+    assert own and replayed <= set(easy) and len(replayed) == round(0.2 * len(own))
     scored = {m for (m,) in con.execute("select distinct metric from scores where job_id=?", (report["job_id"],))}
     assert {"learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "car", "irt_difficulty"} <= scored
 

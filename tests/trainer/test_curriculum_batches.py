@@ -118,3 +118,28 @@ def test_sec_probabilities_follow_the_q_update_and_batches_come_from_the_sampled
         ]
     # the rewards moved Q, so the last step drew its arms from a non-uniform p
     assert max(trace[-1]["probs"]) - min(trace[-1]["probs"]) > 0.02
+
+
+def test_log_batches_publishes_each_steps_record_ids_in_the_metrics(tiny_model_dir: Path, store) -> None:
+    from trainer_svc.staged import read_metrics, run_recipe
+
+    recs = [{**r, "id": f"r{i}"} for i, r in enumerate(records(8))]
+    stage = {
+        "lr": 1e-2,
+        "epochs": 1,
+        "lora": {"rank": 2, "alpha": 4},
+        "curriculum": {"policy": "static", "score_key": "difficulty100", "descending": True},
+    }
+    base = {"seed": 3, "max_seq_len": 64, "row_tokens": 64, "rows_per_step": 2, "batch_size": 4, "bf16": False}
+    _, result = run_recipe(
+        str(tiny_model_dir),
+        recs,
+        Recipe.model_validate({**base, "log_batches": True, "stages": [stage]}),
+        store,
+        "jobs/j/b.tar",
+    )
+    (entry,) = read_metrics(store, "jobs/j/b.tar")["stages"]
+    assert entry["batches"] == [[f"r{i}" for i in step] for step in result.stage_batches[0]]
+    assert [i for step in entry["batches"] for i in step] == [f"r{i}" for i in range(7, -1, -1)]  # hardest first
+    run_recipe(str(tiny_model_dir), recs, Recipe.model_validate({**base, "stages": [stage]}), store, "jobs/j/q.tar")
+    assert "batches" not in read_metrics(store, "jobs/j/q.tar")["stages"][0]
