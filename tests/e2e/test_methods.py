@@ -239,7 +239,8 @@ def test_top_k_selection_and_an_sec_curriculum(run_task, stack: Stack, banking77
 
 
 def test_threshold_selection_and_an_adarft_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
-    recipe = {"stages": [{**STAGE, "steps": 3, "curriculum": {"policy": "adarft", "score_key": "difficulty100"}}], "batch_size": 2}
+    recipe = {"stages": [{**STAGE, "steps": 3, "curriculum": {"policy": "adarft", "score_key": "difficulty100"}}], "batch_size": 2,
+              "log_batches": True}
     task = banking77_tiny(2, name="threshold-adarft", generate={"per_label": 3, "max_new_tokens": 12},
                           score={"metrics": ["ifd", "difficulty"]},
                           select={"policy": "threshold", "metric": "ifd", "threshold": 1.0, "ascending": True},
@@ -253,7 +254,12 @@ def test_threshold_selection_and_an_adarft_curriculum(run_task, stack: Stack, ba
     # AdaRFT's difficulty is 100 * (1 - the crowd's success rate), on every training record.
     assert all(r["difficulty100"] == pytest.approx(100 * (1 - r["success_rate"])) for r in records)
     (metrics,) = db(stack).execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
-    assert json.loads(metrics)["stages"][0]["steps"] == 3
+    (stage,) = json.loads(metrics)["stages"]
+    assert stage["steps"] == 3 and len(stage["batches"]) == 3
+    # The first batch the trainer saw: the 2 records nearest the initial target T0 = 0 (the easiest;
+    # ties by dataset order), not a shuffle's draw.
+    pool = [(r["difficulty100"], n, r["id"]) for n, r in enumerate(records) if not r.get("heldout")]
+    assert sorted(stage["batches"][0]) == sorted(i for _, _, i in sorted(pool)[:2])
 
 
 def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
