@@ -904,7 +904,8 @@ def stage_metrics(recipe: Recipe, result: RecipeResult, records: Sequence[dict] 
     """One entry per recipe stage, in order: name, steps, mean_loss (None without a step), seconds
     (wall, summed over a resumed run's attempts), samples (distinct records trained on, replay
     included), plus the curriculum's own keys (PUDF: abilities, caps, probe, probe_size) and, with
-    `recipe.log_batches`, `batches` (per step, the ids of `records` it trained on, in order)."""
+    `recipe.log_batches`, `batches` (per step, the ids of `records` it trained on, in order) and
+    `trace` (`RecipeResult.stage_trace`, record ids for indices; empty for shuffled/static/pudf)."""
 
     def name(i: int) -> object:
         return records[i].get("id", i) if i < len(records) else i
@@ -923,6 +924,8 @@ def stage_metrics(recipe: Recipe, result: RecipeResult, records: Sequence[dict] 
         })  # fmt: skip
         if recipe.log_batches:
             out[-1]["batches"] = [[name(j) for j in step] for step in result.stage_batches[i]] if ran else []
+            # the adaptive policy's state and feedback per step (stage_trace), with record ids
+            out[-1]["trace"] = [{**t, "items": [name(j) for j in t["items"]]} for t in result.stage_trace[i]] if ran else []
     return out
 
 

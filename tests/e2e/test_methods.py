@@ -10,6 +10,7 @@ scoring, selection and the recipes to work on real candidates.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -214,7 +215,8 @@ def _selected(report: dict) -> list[str]:
 
 
 def test_top_k_selection_and_an_sec_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
-    recipe = {"stages": [{**STAGE, "curriculum": {"policy": "sec", "arm_key": "category", "sec_tau": 0.5}}], "batch_size": 4}
+    recipe = {"stages": [{**STAGE, "curriculum": {"policy": "sec", "arm_key": "category", "sec_tau": 0.5}}], "batch_size": 4,
+              "log_batches": True}
     task = banking77_tiny(2, name="topk-sec", generate={"per_label": 3, "max_new_tokens": 12},
                           score={"metrics": ["ifd"]}, select={"policy": "top_k", "metric": "ifd", "k": 2},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
@@ -228,7 +230,21 @@ def test_top_k_selection_and_an_sec_curriculum(run_task, stack: Stack, banking77
     assert names(report, 1)[-2:] == ["train-stage-1", "evaluate"]
     (metrics,) = db(stack).execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
     (stage,) = json.loads(metrics)["stages"]
-    assert stage["steps"] > 0
+    assert stage["steps"] > 0 and len(stage["batches"]) == len(stage["trace"]) == stage["steps"]
+    # SEC on the trainer's own log: p = softmax(Q / 0.5) before every step, Q <- 0.5 Q + 0.5 r with r
+    # the arm's mean loss drop over the step (0 for an arm not drawn), every batch from arms p allows.
+    category = {r["id"]: r["category"] for r in train_set(report)}
+    arms = stage["trace"][0]["arms"]
+    assert arms == sorted({category[i] for step in stage["batches"] for i in step} | set(arms))
+    q = [0.0] * len(arms)
+    for batch, tr in zip(stage["batches"], stage["trace"], strict=True):
+        e = [math.exp(x / 0.5) for x in q]
+        assert tr["q"] == pytest.approx(q) and tr["probs"] == pytest.approx([x / sum(e) for x in e])
+        assert sorted(batch) == sorted(tr["items"])
+        drops: dict[str, list[float]] = {}
+        for rec, before, after in zip(tr["items"], tr["loss_before"], tr["loss_after"], strict=True):
+            drops.setdefault(category[rec], []).append(before - after)
+        q = [0.5 * qc + 0.5 * (sum(drops[a]) / len(drops[a]) if a in drops else 0.0) for qc, a in zip(q, arms, strict=True)]
     # `syllabus export` of a recipe-trained round: exactly the records trained on, as trained.
     out = tmp_path / "export.jsonl"
     exported = subprocess.run([*SYLLABUS, "export", report["job_id"], "--round", "1", "-o", str(out)], check=False,
@@ -260,6 +276,14 @@ def test_threshold_selection_and_an_adarft_curriculum(run_task, stack: Stack, ba
     # ties by dataset order), not a shuffle's draw.
     pool = [(r["difficulty100"], n, r["id"]) for n, r in enumerate(records) if not r.get("heldout")]
     assert sorted(stage["batches"][0]) == sorted(i for _, _, i in sorted(pool)[:2])
+    # Every step, from the trainer's log: the batch is the 2 nearest the target T, and
+    # T <- clip(T + 50 tanh(2 (R - 0.5)), 0, 100), R = the batch's mean exp(-loss) (the defaults).
+    t = 0.0
+    for batch, tr in zip(stage["batches"], stage["trace"], strict=True):
+        assert tr["target"] == pytest.approx(t)
+        assert sorted(batch) == sorted(i for _, _, i in sorted(pool, key=lambda p: (abs(p[0] - t), p[1]))[:2])
+        r_avg = sum(math.exp(-x) for x in tr["loss_before"]) / len(tr["loss_before"])
+        t = min(100.0, max(0.0, t + 50 * math.tanh(2 * (r_avg - 0.5))))
 
 
 def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:

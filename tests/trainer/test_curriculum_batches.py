@@ -140,6 +140,7 @@ def test_log_batches_publishes_each_steps_record_ids_in_the_metrics(tiny_model_d
     )
     (entry,) = read_metrics(store, "jobs/j/b.tar")["stages"]
     assert entry["batches"] == [[f"r{i}" for i in step] for step in result.stage_batches[0]]
+    assert entry["trace"] == []  # static: no adaptive state
     assert [i for step in entry["batches"] for i in step] == [f"r{i}" for i in range(7, -1, -1)]  # hardest first
     run_recipe(str(tiny_model_dir), recs, Recipe.model_validate({**base, "stages": [stage]}), store, "jobs/j/q.tar")
     assert "batches" not in read_metrics(store, "jobs/j/q.tar")["stages"][0]
