@@ -71,6 +71,20 @@ def difficulty_columns(row: dict, members: int) -> dict:
             "crowd_correct": row["crowd_correct"], "success_rate": rate, "difficulty100": 100.0 * (1.0 - rate)}  # fmt: skip
 
 
+def reward_gap(row: dict, measure: str) -> float | None:
+    """Diversify and Conquer's per-record reward gap (gold answer's reward minus the student's), as
+    `select.reweight` measures it: success_gap = 1 - success_rate (exact-match reward: the gold scores
+    1, the student's checkpoints their share of right answers), loss_base = the current student's loss
+    on the gold answer. None where the row lacks the score."""
+    if measure == "success_gap":
+        v = row.get("success_rate")
+        return 1.0 - v if _finite(v) else None
+    if measure == "loss_base":
+        v = row.get("loss_base")
+        return float(v) if _finite(v) else None
+    raise ValueError(f"unknown reward gap {measure!r}")
+
+
 def _finite(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 

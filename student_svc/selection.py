@@ -6,7 +6,10 @@
   Cherry_LLM / Superfiltering), before any ranking.
 - `diversity_first` (Diversify and Conquer, for-ai/iterative-data-selection): k-means on the
   embeddings, a per-cluster quota (proportional to cluster size, or equal), and within a cluster
-  sampling without replacement with p ~ exp(quality / temperature).
+  sampling without replacement with p ~ exp(quality / temperature). With a per-record reward gap
+  (gold answer's reward minus the student's), the clusters are reweighted as in the paper's
+  iterations: w = softmax(mean gap per cluster / gap_temperature), each of the `budget` slots draws
+  its cluster from w (`reweighted_quotas`), so clusters the student answers worst get more records.
 - `embed_records`: mean-pooled last hidden states of the student (attention-masked), in
   length-bucketed batches - no separate embedding model to download.
 
@@ -111,6 +114,35 @@ def cluster_quotas(sizes: Sequence[int], budget: int, mode: str = "proportional"
     raise ValueError(f"quota mode must be 'proportional' or 'equal', got {mode!r}")
 
 
+def cluster_weights(mean_gaps: Sequence[float], temperature: float = 1.0) -> list[float]:
+    """Diversify and Conquer's iterative reweighting: softmax(mean reward gap per cluster / temperature)."""
+    if temperature <= 0:
+        raise ValueError(f"gap temperature must be > 0, got {temperature}")
+    g = np.asarray(mean_gaps, dtype=np.float64) / temperature
+    e = np.exp(g - g.max())
+    return (e / e.sum()).tolist()
+
+
+def reweighted_quotas(
+    sizes: Sequence[int], weights: Sequence[float], budget: int, rng: np.random.Generator
+) -> list[int]:
+    """Per-cluster quotas summing to min(budget, total): each slot draws its cluster from `weights`
+    (with replacement, as the paper's next iteration does). The paper drops the draws that exceed a
+    cluster's size; here they are drawn again among the clusters with room (weights renormalised),
+    so the selection keeps its budget."""
+    budget = min(budget, sum(sizes))
+    quotas = [0] * len(sizes)
+    w = np.asarray(weights, dtype=np.float64)
+    while sum(quotas) < budget:
+        room = np.array([quotas[j] < sizes[j] for j in range(len(sizes))])
+        p = np.where(room, w, 0.0)
+        if p.sum() <= 0:  # weights underflowed to 0 on every cluster with room: draw uniformly among them
+            p = room.astype(np.float64)
+        for j in rng.choice(len(sizes), size=budget - sum(quotas), p=p / p.sum()):
+            quotas[j] = min(sizes[j], quotas[j] + 1)
+    return quotas
+
+
 def diversity_first(
     ids: Sequence[str],
     embeddings: np.ndarray,
@@ -120,18 +152,33 @@ def diversity_first(
     temperature: float = 1.0,
     quota: str = "proportional",
     seed: int = 0,
+    gap: Sequence[float] | None = None,
+    gap_temperature: float = 1.0,
 ) -> list[str]:
     """Diversify and Conquer: k-means clusters, per-cluster quotas, within-cluster sampling without
-    replacement with p ~ exp(quality / temperature) (uniform without `quality`)."""
+    replacement with p ~ exp(quality / temperature) (uniform without `quality`).
+
+    With `gap` (per record: the gold answer's reward minus the student's answer's, measured under
+    the student trained on the earlier iterations' selection), the quotas come from the paper's
+    iterative reweighting instead of `quota`: w = softmax(mean gap per cluster / gap_temperature),
+    one cluster draw per slot (`reweighted_quotas`)."""
     if len(ids) != len(embeddings):
         raise ValueError(f"{len(ids)} ids but {len(embeddings)} embeddings")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if gap is not None and len(gap) != len(ids):
+        raise ValueError(f"{len(ids)} ids but {len(gap)} gaps")
     assign = kmeans(embeddings, n_clusters, seed=seed)
     clusters = [np.flatnonzero(assign == j) for j in range(assign.max() + 1)]
-    quotas = cluster_quotas([len(c) for c in clusters], budget, quota)
-    q = np.zeros(len(ids)) if quality is None else np.asarray(quality, dtype=np.float64)
     rng = np.random.default_rng(seed)
+    if gap is None:
+        quotas = cluster_quotas([len(c) for c in clusters], budget, quota)
+    else:
+        g = np.asarray(gap, dtype=np.float64)
+        # an empty cluster (k-means left it without members) can take no slot: its weight is moot
+        means = [float(g[c].mean()) if len(c) else 0.0 for c in clusters]
+        quotas = reweighted_quotas([len(c) for c in clusters], cluster_weights(means, gap_temperature), budget, rng)
+    q = np.zeros(len(ids)) if quality is None else np.asarray(quality, dtype=np.float64)
     chosen: list[str] = []
     for members, n in zip(clusters, quotas, strict=True):
         if n == 0:

@@ -355,6 +355,9 @@ class SelectJob:
     temperature: float
     seed: int
     output_key: str
+    gap_column: str = ""
+    """diversity: the reward-gap column that reweights the clusters (Diversify and Conquer); empty: off."""
+    gap_temperature: float = 1.0
 
 
 POLICIES = {
@@ -385,6 +388,9 @@ def parse_select_request(request: student_pb2.SelectRequest) -> SelectJob:
     if policy == "diversity" and request.n_clusters <= 0:
         raise InvalidRequest("n_clusters", f"must be > 0, got {request.n_clusters}")
     _non_negative("temperature", request.temperature)
+    _non_negative("gap_temperature", request.gap_temperature)
+    if request.gap_column and policy != "diversity":
+        raise InvalidRequest("gap_column", f"reweights diversity clusters; policy {policy} has none")
     quotas = {student_pb2.QUOTA_MODE_UNSPECIFIED: "proportional", student_pb2.QUOTA_MODE_PROPORTIONAL: "proportional", student_pb2.QUOTA_MODE_EQUAL: "equal"}
     if request.quota not in quotas:
         raise InvalidRequest("quota", f"{request.quota} is not a QuotaMode")
@@ -405,6 +411,8 @@ def parse_select_request(request: student_pb2.SelectRequest) -> SelectJob:
         n_clusters=request.n_clusters,
         quota=quotas[request.quota],
         temperature=request.temperature or 1.0,
+        gap_column=request.gap_column,
+        gap_temperature=request.gap_temperature or 1.0,
         seed=request.seed,
         output_key=_output_key(request.output_key),
     )
@@ -718,9 +726,10 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
                 quality = None
                 if job.column:
                     quality = [(-1 if job.ascending else 1) * float(r[job.column]) for r in rows]
+                gap = [float(r[job.gap_column]) for r in rows] if job.gap_column else None
                 ids = selection.diversity_first(
                     [r["id"] for r in rows], embeddings, job.k, job.n_clusters, quality,
-                    job.temperature, job.quota, job.seed,
+                    job.temperature, job.quota, job.seed, gap, job.gap_temperature,
                 )
         except (KeyError, ValueError) as e:
             raise InvalidRequest("column", f"{type(e).__name__}: {e}") from None

@@ -175,6 +175,12 @@ class Recipe(_Strict):
     """Global gradient-norm clip; 0 disables."""
     checkpoint_every: int = Field(0, ge=0)
     """Save a resumable checkpoint every N steps (and at each stage end); 0: only at stage ends."""
+    log_batches: bool = False
+    """Publish each stage's batches in the run's metrics (`stages[i].batches`: per step, the records'
+    "id" — or index, for a record without one — in training order) and the adaptive curriculum's
+    per-step state and feedback (`stages[i].trace`: SEC's Q and p, AdaRFT's target, the per-record
+    losses), so what a curriculum chose can be checked on what the trainer saw. Off by default: a
+    long run's lists are large."""
     stages: tuple[Stage, ...] = Field(min_length=1)
     """Run in order."""
 

@@ -201,6 +201,10 @@ METRIC_COLUMNS: dict[str, str] = {
 }
 # Columns the loop derives from `difficulty` for the trainer's curricula.
 DIFFICULTY_COLUMNS = ("irt_b", "difficulty100", "success_rate")
+# Further columns a metric writes that a recipe's score_key may name: learnability's L0 under the
+# current student (`loss_base`, a difficulty measure: an easy -> hard recipe bands on its "_pct"),
+# and the curriculum difficulties.
+RECIPE_COLUMNS: dict[str, tuple[str, ...]] = {"learnability": ("loss_base",), "difficulty": DIFFICULTY_COLUMNS}
 
 
 class ScoreSpec(_Strict):
@@ -240,6 +244,14 @@ class SelectSpec(_Strict):
     n_clusters: int = Field(4, ge=1, le=1000, description="diversity: k-means clusters.")
     quota: Literal["proportional", "equal"] = "proportional"
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="diversity: sampling temperature in a cluster.")
+    reweight: Literal["success_gap", "loss_base"] | None = Field(
+        None, description="diversity: from round 2, Diversify and Conquer's iterative reweighting: cluster quotas "
+        "follow softmax(mean reward gap per cluster / reweight_temperature), the gap measured under the student "
+        "trained on the earlier rounds. success_gap: 1 - success_rate (the gold answer's reward 1 minus the share "
+        "of the student's checkpoints that answer right; needs difficulty scored); loss_base: the current "
+        "student's loss on the gold answer (needs learnability). Off: quotas by `quota`.",
+    )
+    reweight_temperature: float = Field(1.0, gt=0.0, le=100.0, description="diversity: softmax temperature of `reweight`.")
     seed: int = Field(0, ge=0, le=2**31 - 1000)
 
     @model_validator(mode="after")
@@ -453,6 +465,12 @@ class TaskSpec(_Strict):
         for m in self.select.ranked_metrics():
             if m not in scored:
                 raise ValueError(f"select: ranks by {m}, which is not in score.metrics {scored}")
+        if (gap := self.select.reweight) is not None:
+            if self.select.policy != "diversity":
+                raise ValueError(f"select.reweight: reweights diversity clusters; policy {self.select.policy} has none")
+            needs = {"success_gap": "difficulty", "loss_base": "learnability"}[gap]
+            if needs not in scored:
+                raise ValueError(f"select.reweight: {gap} is read from the {needs} metric: add {needs} to score.metrics")
         if self.select.policy == "reflection" and self.critique.mode != "reflection":
             raise ValueError("select.policy reflection needs critique.mode reflection (the reflected versions)")
         if self.tailor is not None and self.rounds < 2:
@@ -462,13 +480,13 @@ class TaskSpec(_Strict):
         if (recipe := self.train.recipe) is None:
             return
         columns = {c for m in scored for c in (METRIC_COLUMNS[m], METRIC_COLUMNS[m] + "_pct")}
-        if "difficulty" in scored:
-            columns |= set(DIFFICULTY_COLUMNS)
+        columns |= {c for m in scored for x in RECIPE_COLUMNS.get(m, ()) for c in (x, x + "_pct")}
         for i, st in enumerate(recipe.stages):
             where = f"train.recipe.stages[{i}]"
             for key in (st.data.score_key, st.curriculum.score_key):
                 if key is not None and key not in columns:
-                    hint = " (add difficulty to score.metrics)" if key in DIFFICULTY_COLUMNS else ""
+                    needs = [m for m, cs in RECIPE_COLUMNS.items() if key.removesuffix("_pct") in cs]
+                    hint = f" (add {needs[0]} to score.metrics)" if needs else ""
                     raise ValueError(f"{where}: score_key {key!r} is not a scored column; scored: {sorted(columns)}{hint}")
             if st.objective == "dpo":
                 raise ValueError(f"{where}.objective: dpo needs preference pairs; the loop trains on sft or cft records")

@@ -107,6 +107,13 @@ class RecipeResult:
     """Indices of the records each stage trained on (its replay included)."""
     stage_curriculum: list[dict] = field(default_factory=list)
     """Curriculum metrics per stage (`StepSource.metrics`: PUDF's abilities and caps)."""
+    stage_batches: list[list[list[int]]] = field(default_factory=list)
+    """Per stage, per step in order: the record indices the step trained on (rows flattened, in row
+    order), so a test or a report can check the order a curriculum chose on the batches themselves."""
+    stage_trace: list[list[dict]] = field(default_factory=list)
+    """Per stage, per step: the curriculum's state before the step (`StepSource.state`: SEC's Q and
+    arm probabilities, AdaRFT's target) and the feedback it got after it (`items`, `loss_before`,
+    `loss_after`: per-record losses, in the order the policy received them)."""
 
     def open_stage(self) -> None:
         self.stage_losses.append([])
@@ -114,12 +121,15 @@ class RecipeResult:
         self.stage_seconds.append(0.0)
         self.stage_samples.append(set())
         self.stage_curriculum.append({})
+        self.stage_batches.append([])
+        self.stage_trace.append([])
 
     def per_stage(self) -> dict:
         """The per-stage lists, as a checkpoint keeps them (`RecipeResult(**d)` restores them)."""
         return {
             "stage_losses": self.stage_losses, "stage_lrs": self.stage_lrs, "stage_seconds": self.stage_seconds,
             "stage_samples": self.stage_samples, "stage_curriculum": self.stage_curriculum,
+            "stage_batches": self.stage_batches, "stage_trace": self.stage_trace,
         }  # fmt: skip
 
     @property
@@ -221,6 +231,10 @@ class StepSource:
         """Extra keys of the stage's entry in the published metrics."""
         return {}
 
+    def state(self) -> dict:
+        """The policy's state before a step, for `RecipeResult.stage_trace` (adaptive policies)."""
+        return {}
+
     wants_after = False  # does feedback need the loss after the update (SEC)?
 
 
@@ -302,6 +316,9 @@ class SECSource(StepSource):
         self.pos_of = {rec: p for p, rec in enumerate(items)}
         self.total = stage.steps or max(1, math.ceil(stage.epochs * math.ceil(len(items) / recipe.batch_size)))
 
+    def state(self) -> dict:
+        return {"arms": list(self.arm_names), "q": list(self.sec.q), "probs": self.sec.probs()}
+
     def next_rows(self) -> list[list[int]]:
         chosen = [self.items[p] for p in self.sec.sample(self.recipe.batch_size)]
         return _pack(self.recipe, self.lengths, chosen, keep_order=False)
@@ -322,6 +339,9 @@ class AdaRFTSource(StepSource):
         lo, hi = c.adarft_range
         self.ada = AdaRFT([records[i][c.score_key] for i in items], c.adarft_eta, c.adarft_alpha, c.adarft_beta, c.adarft_t0, lo, hi)
         self.total = stage.steps or max(1, math.ceil(stage.epochs * math.ceil(len(items) / recipe.batch_size)))
+
+    def state(self) -> dict:
+        return {"target": self.ada.target}
 
     def next_rows(self) -> list[list[int]]:
         chosen = [self.items[p] for p in self.ada.sample(self.recipe.batch_size)]
@@ -495,19 +515,22 @@ def _reduce_sum(x: torch.Tensor, dist_on: bool) -> torch.Tensor:
     return x
 
 
-def sft_step_loss(lm, batch, n_items: int, dist_on: bool, world: int):
-    """(loss to backpropagate, reported loss, per-item mean NLL) — loss = global mean over target tokens."""
+def sft_step_loss(lm, batch, n_items: int, dist_on: bool, world: int, real: bool = True):
+    """(loss to backpropagate, reported loss, per-item mean NLL) — loss = global mean over target tokens.
+
+    `real=False`: a rank with no row of its own this step runs a stand-in row (DDP needs every rank
+    in the backward) whose tokens count nowhere: not in the global token count, not in the loss."""
     logp, sample_of, _ = token_logprobs(lm, batch)
     nll_sum = -logp.sum()
-    n_global = _reduce_sum(torch.tensor(float(logp.numel())), dist_on)
+    n_global = _reduce_sum(torch.tensor(float(logp.numel()) if real else 0.0), dist_on)
     # DDP averages gradients over ranks; * world turns that into the global token mean.
     loss = nll_sum / n_global.clamp(min=1) * world
-    reported = _reduce_sum(nll_sum.detach(), dist_on) / n_global.clamp(min=1)
+    reported = _reduce_sum(nll_sum.detach() if real else torch.zeros(()), dist_on) / n_global.clamp(min=1)
     sums, counts = per_sample_sums(-logp.detach(), sample_of, len(batch.samples))
     return loss, reported.item(), (sums / counts.clamp(min=1)).tolist()
 
 
-def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world: int):
+def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world: int, real: bool = True):
     """DPO: -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), mean over pairs.
 
     Sequences alternate chosen, rejected in `batch.samples` order (pairs stay in one row)."""
@@ -518,9 +541,9 @@ def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world
         ref, _ = per_sample_sums(ref_lp, ref_of, len(batch.samples))
     margin = (pol[0::2] - ref[0::2]) - (pol[1::2] - ref[1::2])
     losses = -F.logsigmoid(beta * margin)
-    n_global = _reduce_sum(torch.tensor(float(losses.numel())), dist_on)
+    n_global = _reduce_sum(torch.tensor(float(losses.numel()) if real else 0.0), dist_on)
     loss = losses.sum() / n_global * world
-    reported = _reduce_sum(losses.detach().sum(), dist_on) / n_global
+    reported = _reduce_sum(losses.detach().sum() if real else torch.zeros(()), dist_on) / n_global
     return loss, reported.item(), losses.detach().tolist()
 
 
@@ -532,8 +555,9 @@ CKPT_CLASSES = (StepSource, EmptySource, EpochSource, SECSource, AdaRFTSource, P
                 *recipe_models())  # fmt: skip
 """What a checkpoint's curriculum state pickles besides tensors and plain data: the sources, their
 policies and RNGs, and the recipe they hold (its pydantic models)."""
-CKPT_FORMAT = 2
-"""2: per-stage seconds, records and curriculum metrics; PUDF's probe set and pre-epoch ability."""
+CKPT_FORMAT = 3
+"""2: per-stage seconds, records and curriculum metrics; PUDF's probe set and pre-epoch ability.
+3: per-step batches and curriculum trace (`RecipeResult.stage_batches`, `stage_trace`)."""
 
 
 def _save_ckpt(store: ArtifactStore, key: str, state: dict) -> None:
@@ -694,8 +718,10 @@ def train_recipe(
             if should_stop is not None and should_stop():
                 raise TrainingStopped(f"stopped at stage {si + 1} step {step} of {source.total}")
             t0 = time.perf_counter()
+            trace = source.state()
             rows = source.next_rows()
             result.stage_samples[si].update(i for row in rows for i in row)
+            result.stage_batches[si].append([i for row in rows for i in row])
             lr = lr_at(step, source.total, st.lr, sched.warmup_ratio, sched.kind, sched.final_lr_ratio)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -715,10 +741,14 @@ def train_recipe(
             items = [items_of_seq[s] for s in batch.samples]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 if st.objective == "dpo":
-                    loss, reported, per_item = dpo_step_loss(lm_fwd, core, model, batch, st.dpo_beta, dist_on, world)
+                    loss, reported, per_item = dpo_step_loss(
+                        lm_fwd, core, model, batch, st.dpo_beta, dist_on, world, real=weight > 0
+                    )
                     items = items[0::2]
                 else:
-                    loss, reported, per_item = sft_step_loss(lm_fwd, batch, len(batch.samples), dist_on, world)
+                    loss, reported, per_item = sft_step_loss(
+                        lm_fwd, batch, len(batch.samples), dist_on, world, real=weight > 0
+                    )
             (loss * weight).backward()
             if recipe.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
@@ -741,6 +771,9 @@ def train_recipe(
                 after = [x for g in gathered for x in g[2]] if after is not None else None
             if items:
                 source.feedback(items, per_item, after)
+            if trace:  # adaptive policies only: the shuffled and static orders are in stage_batches
+                trace.update(items=list(items), loss_before=list(per_item), loss_after=after)
+                result.stage_trace[si].append(trace)
             if isinstance(source, PUDFSource) and source.pending_ability:
                 _estimate_ability(source, model, core, enc, pad_id, recipe, dist_on)  # the next epoch's cap
             if step in avg_steps:
@@ -879,10 +912,16 @@ def read_metrics(store: ArtifactStore, output_key: str) -> dict | None:
     return json.loads(store.get_bytes(ref)) if ref is not None else None
 
 
-def stage_metrics(recipe: Recipe, result: RecipeResult) -> list[dict]:
+def stage_metrics(recipe: Recipe, result: RecipeResult, records: Sequence[dict] = ()) -> list[dict]:
     """One entry per recipe stage, in order: name, steps, mean_loss (None without a step), seconds
     (wall, summed over a resumed run's attempts), samples (distinct records trained on, replay
-    included), plus the curriculum's own keys (PUDF: abilities, caps, probe, probe_size)."""
+    included), plus the curriculum's own keys (PUDF: abilities, caps, probe, probe_size) and, with
+    `recipe.log_batches`, `batches` (per step, the ids of `records` it trained on, in order) and
+    `trace` (`RecipeResult.stage_trace`, record ids for indices; empty for shuffled/static/pudf)."""
+
+    def name(i: int) -> object:
+        return records[i].get("id", i) if i < len(records) else i
+
     out = []
     for i in range(len(recipe.stages)):
         ran = i < len(result.stage_losses)
@@ -895,6 +934,10 @@ def stage_metrics(recipe: Recipe, result: RecipeResult) -> list[dict]:
             "samples": len(result.stage_samples[i]) if ran else 0,
             **(result.stage_curriculum[i] if ran else {}),
         })  # fmt: skip
+        if recipe.log_batches:
+            out[-1]["batches"] = [[name(j) for j in step] for step in result.stage_batches[i]] if ran else []
+            # the adaptive policy's state and feedback per step (stage_trace), with record ids
+            out[-1]["trace"] = [{**t, "items": [name(j) for j in t["items"]]} for t in result.stage_trace[i]] if ran else []
     return out
 
 
@@ -934,7 +977,7 @@ def run_recipe(
     if should_stop is not None and should_stop():
         raise TrainingStopped("stopped before publishing")
     metrics = {"steps": len(result.losses), "mean_loss": result.mean_loss, "losses": result.losses,
-               "resumed_from": result.resumed_from, "stages": stage_metrics(recipe, result)}  # fmt: skip
+               "resumed_from": result.resumed_from, "stages": stage_metrics(recipe, result, records)}  # fmt: skip
     store.put_bytes(training_metrics_key(output_key), json.dumps(metrics, sort_keys=True).encode())
     ref, result.merged_ref = save_outputs(model, snapshots, base, tokenizer, store, output_key, merged_key)
     # The adapter is published, so a restart finds it and never resumes: the checkpoint (LoRA and

@@ -17,6 +17,7 @@ from orchestrator.scores import (
     difficulty_columns,
     heldout_records,
     reflection_versions,
+    reward_gap,
     scoring_records,
     weighted_mix,
 )
@@ -263,6 +264,15 @@ class StudentActivities(ActivityBase):
         finite_values = [r[column] for r in rows if finite(r.get(column))]
         floor = (max if sel.ascending else min)(finite_values, default=0.0)
         rows = [{**r, column: r[column] if finite(r.get(column)) else floor} for r in rows]
+        gap_column = ""
+        if sel.reweight is not None and inp.round > 1:
+            # Diversify and Conquer reweights from its second iteration on: the gap is measured under
+            # the student the earlier rounds trained. A record without the score counts as the mean gap.
+            gap_column = "reward_gap"
+            gaps = {r["id"]: reward_gap(r, sel.reweight) for r in rows}
+            known = [g for g in gaps.values() if g is not None]
+            mean = sum(known) / len(known) if known else 0.0
+            rows = [{**r, gap_column: mean if gaps[r["id"]] is None else gaps[r["id"]]} for r in rows]
         table = self._publish_once(output_key(inp.job_id, inp.round, "diversity-scores", [inp.scores], {"column": column, "ids": len(rows)}, "jsonl"), dumps_jsonl(rows))
         key = output_key(inp.job_id, inp.round, "diversity", [data, table, inp.student], {"select": sel.model_dump(), "k": budget}, "jsonl")
         request = student_pb2.SelectRequest(
@@ -271,6 +281,7 @@ class StudentActivities(ActivityBase):
             k=max(1, min(budget, len(records))), ascending=sel.ascending, n_clusters=min(sel.n_clusters, max(1, len(records))),
             quota=student_pb2.QUOTA_MODE_EQUAL if sel.quota == "equal" else student_pb2.QUOTA_MODE_PROPORTIONAL,
             temperature=sel.temperature, seed=sel.seed + inp.round, output_key=key,
+            gap_column=gap_column, gap_temperature=sel.reweight_temperature,
         )  # fmt: skip
 
         async def call() -> ArtifactRef | None:

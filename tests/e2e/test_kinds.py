@@ -114,6 +114,13 @@ def test_open_ended_is_judged_against_the_rubric_with_a_win_rate(run_task, stack
     (verdicts,) = list((prefix / "round-1").glob("judge-*-verdicts.jsonl"))
     rows = loads_jsonl(verdicts.read_bytes())
     assert len(rows) == 3 and all(r["reason"] for r in rows)  # each verdict keeps the judge's reason
+    # The win rate is the judge's verdicts against the base student's, item by item: 1 right where the
+    # base was wrong, 0.5 the same verdict, 0 else (recomputed here from both verdict files).
+    (base_path,) = list((prefix / "round-0").glob("judge-*-verdicts.jsonl"))
+    base = {r["id"]: bool(r["correct"]) for r in loads_jsonl(base_path.read_bytes())}
+    assert set(base) == {r["id"] for r in rows}
+    wins = [1.0 if r["correct"] and not base[r["id"]] else 0.5 if bool(r["correct"]) == base[r["id"]] else 0.0 for r in rows]
+    assert one["win_rate"] == pytest.approx(sum(wins) / len(wins))
     (asked,) = list((prefix / "round-1").glob("judge-*-answers.jsonl")) or [None]
     if asked is not None:  # the judge read the rubric and the reference answer with each question
         assert all("Grade by this rubric:" in q["question"] and "A reference answer:" in q["question"] for q in loads_jsonl(asked.read_bytes()))

@@ -10,6 +10,7 @@ scoring, selection and the recipes to work on real candidates.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -50,12 +51,12 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
     metrics, diversity selection, a two-stage Chain-of-LoRA recipe (static easy -> hard), and ARTE
     tailoring after round 1 so round 2 generates with the aligned teacher."""
     recipe = {
-        "name": "cola", "max_seq_len": 128, "row_tokens": 256, "checkpoint_every": 2,
+        "name": "cola", "max_seq_len": 128, "row_tokens": 256, "checkpoint_every": 2, "log_batches": True,
         "stages": [
-            {"name": "easy", "data": {"score_key": "learnability_pct", "min_score": 0.5}, **STAGE, "after": "merge",
-             "curriculum": {"policy": "static", "score_key": "learnability_pct", "descending": True},
+            {"name": "easy", "data": {"score_key": "loss_base_pct", "max_score": 0.5}, **STAGE, "after": "merge",
+             "curriculum": {"policy": "static", "score_key": "loss_base"},
              "schedule": {"kind": "cosine", "warmup_ratio": 0.1, "final_lr_ratio": 0.3}},
-            {"name": "hard", "data": {"score_key": "learnability_pct", "max_score": 0.5, "replay": 0.2}, **STAGE,
+            {"name": "hard", "data": {"score_key": "loss_base_pct", "min_score": 0.5, "replay": 0.2}, **STAGE,
              "after": "merge", "hft": True, "schedule": {"average_last_k": 2}},
         ],
     }  # fmt: skip
@@ -70,7 +71,7 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
             {"mode": "targeted", "per_skill": 1},
         ]},
         score={"metrics": ["learnability", "ifd", "rifd", "preference", "car", "difficulty"], "probe_k": 2, "probe_max_new_tokens": 4},
-        select={"policy": "diversity", "metric": "learnability", "top_fraction": 0.5, "n_clusters": 2},
+        select={"policy": "diversity", "metric": "learnability", "top_fraction": 0.5, "n_clusters": 2, "reweight": "success_gap"},
         train={**TRAIN, "recipe": recipe},
         tailor={"every": 1, "questions": 2, "draft_max_new_tokens": 16, "probe_k": 2, "probe_max_new_tokens": 4, "batch_size": 2},
     )  # fmt: skip
@@ -101,7 +102,7 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
     # Every metric's column reaches the training records, with percentile ranks and the difficulties.
     records = train_set(report)
     for col in ("learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "car", "irt_difficulty", "irt_b", "difficulty100",
-                "learnability_pct"):
+                "learnability_pct", "loss_base", "loss_base_pct"):
         assert all(col in r for r in records), col
     assert {r["category"] for r in records} >= {"seed", "expand"}
 
@@ -111,6 +112,16 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
     stages = {s: json.loads(m) for s, m in runs}
     assert set(stages) == {"reference", "recipe"}
     assert [s["name"] for s in stages["recipe"]["stages"]] == ["easy", "hard"]
+    # The batches the trainer saw (log_batches): the easy band (the student's lowest-loss half) first,
+    # in ascending loss_base (static); then the hard band with a 20% replay of the easy records.
+    by_id = {r["id"]: r for r in records}
+    easy, hard = ([i for step in s["batches"] for i in step] for s in stages["recipe"]["stages"])
+    assert easy and hard
+    assert all(by_id[i]["loss_base_pct"] < 0.5 for i in easy)
+    assert [by_id[i]["loss_base"] for i in easy] == sorted(by_id[i]["loss_base"] for i in easy)
+    own = {i for i in hard if by_id[i]["loss_base_pct"] >= 0.5}
+    replayed = set(hard) - own
+    assert own and replayed <= set(easy) and len(replayed) == round(0.2 * len(own))
     scored = {m for (m,) in con.execute("select distinct metric from scores where job_id=?", (report["job_id"],))}
     assert {"learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "car", "irt_difficulty"} <= scored
 
@@ -204,7 +215,8 @@ def _selected(report: dict) -> list[str]:
 
 
 def test_top_k_selection_and_an_sec_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
-    recipe = {"stages": [{**STAGE, "curriculum": {"policy": "sec", "arm_key": "category", "sec_tau": 0.5}}], "batch_size": 4}
+    recipe = {"stages": [{**STAGE, "curriculum": {"policy": "sec", "arm_key": "category", "sec_tau": 0.5}}], "batch_size": 4,
+              "log_batches": True}
     task = banking77_tiny(2, name="topk-sec", generate={"per_label": 3, "max_new_tokens": 12},
                           score={"metrics": ["ifd"]}, select={"policy": "top_k", "metric": "ifd", "k": 2},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
@@ -218,7 +230,21 @@ def test_top_k_selection_and_an_sec_curriculum(run_task, stack: Stack, banking77
     assert names(report, 1)[-2:] == ["train-stage-1", "evaluate"]
     (metrics,) = db(stack).execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
     (stage,) = json.loads(metrics)["stages"]
-    assert stage["steps"] > 0
+    assert stage["steps"] > 0 and len(stage["batches"]) == len(stage["trace"]) == stage["steps"]
+    # SEC on the trainer's own log: p = softmax(Q / 0.5) before every step, Q <- 0.5 Q + 0.5 r with r
+    # the arm's mean loss drop over the step (0 for an arm not drawn), every batch from arms p allows.
+    category = {r["id"]: r["category"] for r in train_set(report)}
+    arms = stage["trace"][0]["arms"]
+    assert arms == sorted({category[i] for step in stage["batches"] for i in step} | set(arms))
+    q = [0.0] * len(arms)
+    for batch, tr in zip(stage["batches"], stage["trace"], strict=True):
+        e = [math.exp(x / 0.5) for x in q]
+        assert tr["q"] == pytest.approx(q) and tr["probs"] == pytest.approx([x / sum(e) for x in e])
+        assert sorted(batch) == sorted(tr["items"])
+        drops: dict[str, list[float]] = {}
+        for rec, before, after in zip(tr["items"], tr["loss_before"], tr["loss_after"], strict=True):
+            drops.setdefault(category[rec], []).append(before - after)
+        q = [0.5 * qc + 0.5 * (sum(drops[a]) / len(drops[a]) if a in drops else 0.0) for qc, a in zip(q, arms, strict=True)]
     # `syllabus export` of a recipe-trained round: exactly the records trained on, as trained.
     out = tmp_path / "export.jsonl"
     exported = subprocess.run([*SYLLABUS, "export", report["job_id"], "--round", "1", "-o", str(out)], check=False,
@@ -229,7 +255,8 @@ def test_top_k_selection_and_an_sec_curriculum(run_task, stack: Stack, banking77
 
 
 def test_threshold_selection_and_an_adarft_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
-    recipe = {"stages": [{**STAGE, "steps": 3, "curriculum": {"policy": "adarft", "score_key": "difficulty100"}}], "batch_size": 2}
+    recipe = {"stages": [{**STAGE, "steps": 3, "curriculum": {"policy": "adarft", "score_key": "difficulty100"}}], "batch_size": 2,
+              "log_batches": True}
     task = banking77_tiny(2, name="threshold-adarft", generate={"per_label": 3, "max_new_tokens": 12},
                           score={"metrics": ["ifd", "difficulty"]},
                           select={"policy": "threshold", "metric": "ifd", "threshold": 1.0, "ascending": True},
@@ -243,7 +270,20 @@ def test_threshold_selection_and_an_adarft_curriculum(run_task, stack: Stack, ba
     # AdaRFT's difficulty is 100 * (1 - the crowd's success rate), on every training record.
     assert all(r["difficulty100"] == pytest.approx(100 * (1 - r["success_rate"])) for r in records)
     (metrics,) = db(stack).execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
-    assert json.loads(metrics)["stages"][0]["steps"] == 3
+    (stage,) = json.loads(metrics)["stages"]
+    assert stage["steps"] == 3 and len(stage["batches"]) == 3
+    # The first batch the trainer saw: the 2 records nearest the initial target T0 = 0 (the easiest;
+    # ties by dataset order), not a shuffle's draw.
+    pool = [(r["difficulty100"], n, r["id"]) for n, r in enumerate(records) if not r.get("heldout")]
+    assert sorted(stage["batches"][0]) == sorted(i for _, _, i in sorted(pool)[:2])
+    # Every step, from the trainer's log: the batch is the 2 nearest the target T, and
+    # T <- clip(T + 50 tanh(2 (R - 0.5)), 0, 100), R = the batch's mean exp(-loss) (the defaults).
+    t = 0.0
+    for batch, tr in zip(stage["batches"], stage["trace"], strict=True):
+        assert tr["target"] == pytest.approx(t)
+        assert sorted(batch) == sorted(i for _, _, i in sorted(pool, key=lambda p: (abs(p[0] - t), p[1]))[:2])
+        r_avg = sum(math.exp(-x) for x in tr["loss_before"]) / len(tr["loss_before"])
+        t = min(100.0, max(0.0, t + 50 * math.tanh(2 * (r_avg - 0.5))))
 
 
 def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:

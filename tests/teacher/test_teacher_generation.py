@@ -53,8 +53,45 @@ def test_same_seed_same_output_and_batching_independent_of_padding(tiny_backend)
         padded = model(**batched).logits[0, -1]
         single = model(**tok(texts[:1], return_tensors="pt", add_special_tokens=False)).logits[0, -1]
     torch.testing.assert_close(padded, single, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def sharp_backend(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model with large random weights (init std 1): its greedy text depends on every prompt
+    token, where the standard tiny model repeats one token whatever the prompt (so any batching
+    would "match")."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from syllabus.models import load_tokenizer
+    from teacher_svc.backend import TransformersBackend
+
+    tok = load_tokenizer("bundled:smollm2-135m-instruct")
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=1.0,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("sharp-model")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return TransformersBackend.load(str(out))
+
+
+def test_batched_greedy_generation_equals_batch_one_generation(sharp_backend) -> None:
+    prompts = [
+        ChatPrompt("Short.", ""),
+        ChatPrompt("A much longer prompt that needs left padding in its batch, several tokens more.", ""),
+        ChatPrompt("Mid length prompt here", 'New message: "'),
+        ChatPrompt("Another one", ""),
+    ]
     greedy = Sampling(temperature=0.0, max_new_tokens=8, n=1, seed=0)
-    assert tiny_backend.generate(prompts, greedy, batch_size=2) == tiny_backend.generate(prompts, greedy, batch_size=1)
+    one = sharp_backend.generate(prompts, greedy, batch_size=1)
+    # every prompt gets its own text, so a padding or mask leak between batched prompts would show
+    assert len({cs[0].text for cs in one}) == len(prompts)
+    for size in (2, 4):
+        assert sharp_backend.generate(prompts, greedy, batch_size=size) == one, size
 
 
 def test_greedy_is_deterministic_and_rejects_n_above_one(tiny_backend) -> None:

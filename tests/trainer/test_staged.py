@@ -158,20 +158,23 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir: Path, store) -> 
         torch.testing.assert_close(got[k], v, atol=0, rtol=0)
 
 
+def _ddp_recipe() -> Recipe:
+    return recipe(rows_per_step=2, row_tokens=96, stages=[{"lr": 2e-2, "epochs": 3, "lora": {"rank": 4, "alpha": 8}}])
+
+
 def _ddp_worker(rank: int, world: int, model_dir: str, port: int, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     lm, tok = load_model(model_dir)
-    r = recipe(rows_per_step=2, row_tokens=96, stages=[{"lr": 2e-2, "epochs": 3, "lora": {"rank": 4, "alpha": 8}}])
-    model, _, result = train_recipe(lm, tok, RECORDS, r, dist_on=True)
+    model, _, result = train_recipe(lm, tok, RECORDS, _ddp_recipe(), dist_on=True)
     lora = {k: v for k, v in model.state_dict().items() if "lora_" in k}
-    torch.save({"lora": lora, "losses": result.losses}, f"{out}/rank{rank}.pt")
+    torch.save({"lora": lora, "losses": result.losses, "batches": result.stage_batches}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_ddp_two_gloo_processes_end_identical_and_learn(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_ddp_two_gloo_processes_match_one_process_on_the_same_data(tiny_model_dir: Path, tmp_path: Path) -> None:
     import socket
 
     import torch.multiprocessing as mp
@@ -184,6 +187,17 @@ def test_ddp_two_gloo_processes_end_identical_and_learn(tiny_model_dir: Path, tm
     assert a["losses"] == b["losses"]
     for k in a["lora"]:
         torch.testing.assert_close(a["lora"][k], b["lora"][k], atol=0, rtol=0)
+    # The same run in one process: the same steps over the same records, the same loss curve and
+    # weights up to float reordering (each rank sums half the tokens; gloo adds the halves).
+    torch.set_num_threads(1)
+    lm, tok = load_model(str(tiny_model_dir))
+    single, _, result = train_recipe(lm, tok, RECORDS, _ddp_recipe())
+    assert a["batches"] == result.stage_batches and len(result.losses) > 4
+    torch.testing.assert_close(torch.tensor(a["losses"]), torch.tensor(result.losses), atol=1e-4, rtol=1e-4)
+    one = {k: v for k, v in single.state_dict().items() if "lora_" in k}
+    assert one.keys() == a["lora"].keys()
+    for k, v in one.items():
+        torch.testing.assert_close(a["lora"][k], v, atol=1e-4, rtol=1e-3)
     assert any(v.abs().sum() > 0 for k, v in a["lora"].items() if "lora_B" in k)
     n = len(a["losses"]) // 3
     assert sum(a["losses"][-n:]) / n < sum(a["losses"][:n]) / n

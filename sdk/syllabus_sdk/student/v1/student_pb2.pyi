@@ -224,7 +224,7 @@ class ScoreStreamResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[ScoreProgress, _Mapping]] = ..., result: _Optional[_Union[ScoreResponse, _Mapping]] = ...) -> None: ...
 
 class SelectRequest(_message.Message):
-    __slots__ = ("model", "dataset", "scores", "column", "policy", "k", "ratio", "threshold", "ascending", "ifd_filter", "ifd_column", "n_clusters", "quota", "temperature", "seed", "output_key")
+    __slots__ = ("model", "dataset", "scores", "column", "policy", "k", "ratio", "threshold", "ascending", "ifd_filter", "ifd_column", "n_clusters", "quota", "temperature", "seed", "output_key", "gap_column", "gap_temperature")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +241,8 @@ class SelectRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
+    GAP_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    GAP_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     dataset: _common_pb2.ArtifactRef
     scores: _common_pb2.ArtifactRef
@@ -257,7 +259,9 @@ class SelectRequest(_message.Message):
     temperature: float
     seed: int
     output_key: str
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., scores: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., column: _Optional[str] = ..., policy: _Optional[_Union[SelectPolicy, str]] = ..., k: _Optional[int] = ..., ratio: _Optional[float] = ..., threshold: _Optional[float] = ..., ascending: _Optional[bool] = ..., ifd_filter: _Optional[bool] = ..., ifd_column: _Optional[str] = ..., n_clusters: _Optional[int] = ..., quota: _Optional[_Union[QuotaMode, str]] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., output_key: _Optional[str] = ...) -> None: ...
+    gap_column: str
+    gap_temperature: float
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., scores: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., column: _Optional[str] = ..., policy: _Optional[_Union[SelectPolicy, str]] = ..., k: _Optional[int] = ..., ratio: _Optional[float] = ..., threshold: _Optional[float] = ..., ascending: _Optional[bool] = ..., ifd_filter: _Optional[bool] = ..., ifd_column: _Optional[str] = ..., n_clusters: _Optional[int] = ..., quota: _Optional[_Union[QuotaMode, str]] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., output_key: _Optional[str] = ..., gap_column: _Optional[str] = ..., gap_temperature: _Optional[float] = ...) -> None: ...
 
 class SelectResponse(_message.Message):
     __slots__ = ("selected", "count")
