@@ -1,0 +1,91 @@
+"""What the score and select steps ask the StudentService for: the task file's IFD form and scorer
+reach the ScoreRequest (the service's side of both is tested in tests/student)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.activities import Activities
+from orchestrator.types import SelectInput
+from syllabus.artifacts import ArtifactRef
+from syllabus.config import Config
+from syllabus.pb import ref_from_pb, ref_to_pb
+from syllabus.records import dumps_jsonl, loads_jsonl
+from syllabus.tasks import parse_task
+from syllabus_sdk.student.v1 import student_pb2
+
+pytestmark = pytest.mark.unit
+
+TASK = """\
+name: t
+kind: classification
+instructions: Classify.
+labels: [a, b]
+seeds: [{input: one, label: a}, {input: two, label: b}]
+eval: [{input: three, label: a}]
+student: {model: /models/student}
+select: {policy: reflection}
+"""
+REFLECTION = "critique: {mode: reflection}\n"
+
+
+class _Student:
+    """Records each ScoreRequest; answers the reflection rule with "keep the original" for every
+    record (what the service would answer is not under test here)."""
+
+    def __init__(self, acts: Activities) -> None:
+        self.acts, self.requests = acts, []
+
+    async def score(self, request: student_pb2.ScoreRequest) -> student_pb2.ScoreResponse:
+        self.requests.append(request)
+        rows = [{"id": r["id"], "reflection_choice": "ori", "selected_prompt": r["prompt"], "selected_response": r["response"]}
+                for r in loads_jsonl(self.acts.store.get_bytes(ref_from_pb(request.dataset)))]  # fmt: skip
+        return student_pb2.ScoreResponse(
+            scores=ref_to_pb(self.acts.store.put_bytes(request.output_key, dumps_jsonl(rows))), count=len(rows)
+        )
+
+
+async def _rule_request(tmp_path: Path, extra: str, critique: str = REFLECTION) -> student_pb2.ScoreRequest:
+    config = Config(
+        home=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        artifact_url=(tmp_path / "artifacts").as_uri(),
+    )
+    acts = Activities(config)
+    student = _Student(acts)
+
+    async def call(work):
+        return await work(student)
+
+    acts._student = call  # the service is faked: only the request the step builds is asserted
+    try:
+        task = parse_task(TASK + critique + extra)
+        record = {"id": "c1", "input": "better one", "label": "b", "prompt": "p", "response": "b", "category": "reflection",
+                  "reflection": {"input": "one", "label": "a"}}  # fmt: skip
+        candidates = acts.store.put_bytes("jobs/j/round-1/candidates.jsonl", dumps_jsonl([record]))
+        inp = SelectInput("j", ArtifactRef("file:///t", "0" * 64, 1), 1, candidates, candidates, candidates,
+                          student=ArtifactRef((tmp_path / "a.tar").as_uri(), "1" * 64, 1))  # fmt: skip
+        chosen, versions = await acts._reflection(inp, task, [record])
+    finally:
+        acts.close()
+    assert versions == {"ori": 1} and chosen[0]["input"] == "one"
+    (request,) = student.requests
+    assert list(request.metrics) == [student_pb2.METRIC_REFLECTION]
+    return request
+
+
+async def test_the_reflection_rule_asks_for_the_tasks_ratio(tmp_path: Path) -> None:
+    default = await _rule_request(tmp_path / "default", "")
+    assert default.ifd_ratio == student_pb2.IFD_RATIO_PPL
+    assert (default.model.base, default.model.adapter.sha256) == ("/models/student", "1" * 64)  # the current student
+    by_score = await _rule_request(tmp_path / "score", "score: {metrics: [learnability], ifd_ratio: loss}\n")
+    assert by_score.ifd_ratio == student_pb2.IFD_RATIO_LOSS
+    own = "critique: {mode: reflection, reflection_ratio: loss}\n"
+    assert (await _rule_request(tmp_path / "own", "", own)).ifd_ratio == student_pb2.IFD_RATIO_LOSS
+
+
+async def test_the_reflection_rule_runs_on_score_model(tmp_path: Path) -> None:
+    request = await _rule_request(tmp_path, "score: {metrics: [learnability], model: {model: /models/small}}\n")
+    assert request.model.base == "/models/small" and not request.model.HasField("adapter")  # no student adapter fits it
