@@ -3,9 +3,11 @@ reach the ScoreRequest (the service's side of both is tested in tests/student)."
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+from temporalio.testing import ActivityEnvironment
 
 from orchestrator.activities import Activities
 from orchestrator.types import SelectInput
@@ -13,12 +15,12 @@ from syllabus.artifacts import ArtifactRef
 from syllabus.config import Config
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.records import dumps_jsonl, loads_jsonl
-from syllabus.tasks import parse_task
+from syllabus.tasks import dump_task, parse_task
 from syllabus_sdk.student.v1 import student_pb2
 
 pytestmark = pytest.mark.unit
 
-TASK = """\
+BASE = """\
 name: t
 kind: classification
 instructions: Classify.
@@ -26,8 +28,8 @@ labels: [a, b]
 seeds: [{input: one, label: a}, {input: two, label: b}]
 eval: [{input: three, label: a}]
 student: {model: /models/student}
-select: {policy: reflection}
 """
+TASK = BASE + "select: {policy: reflection}\n"
 REFLECTION = "critique: {mode: reflection}\n"
 
 
@@ -47,13 +49,17 @@ class _Student:
         )
 
 
-async def _rule_request(tmp_path: Path, extra: str, critique: str = REFLECTION) -> student_pb2.ScoreRequest:
+def _activities(tmp_path: Path) -> Activities:
     config = Config(
         home=tmp_path,
         database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
         artifact_url=(tmp_path / "artifacts").as_uri(),
     )
-    acts = Activities(config)
+    return Activities(config)
+
+
+async def _rule_request(tmp_path: Path, extra: str, critique: str = REFLECTION) -> student_pb2.ScoreRequest:
+    acts = _activities(tmp_path)
     student = _Student(acts)
 
     async def call(work):
@@ -89,3 +95,37 @@ async def test_the_reflection_rule_asks_for_the_tasks_ratio(tmp_path: Path) -> N
 async def test_the_reflection_rule_runs_on_score_model(tmp_path: Path) -> None:
     request = await _rule_request(tmp_path, "score: {metrics: [learnability], model: {model: /models/small}}\n")
     assert request.model.base == "/models/small" and not request.model.HasField("adapter")  # no student adapter fits it
+
+
+async def test_select_ranks_ifd_in_the_tasks_form(tmp_path: Path) -> None:
+    """Worked by hand from (conditional, unconditional) mean NLLs: a = (1, 2): PPL ratio e^-1 = 0.368,
+    loss ratio 0.5; b = (4, 6): e^-2 = 0.135, 0.667. The top-1 by IFD is a in the ppl form, b in the
+    loss form (both below 1, so the IFD > 1 filter keeps both)."""
+    acts = _activities(tmp_path)
+
+    async def no_sql(write, *args):  # the SQL rows are not under test
+        return 0
+
+    acts._db = no_sql
+    try:
+        records = [
+            {"id": i, "input": i, "label": "a", "prompt": f"p {i}", "response": "a", "category": "expand"} for i in "ab"
+        ]
+        candidates = acts.store.put_bytes("jobs/j/round-1/candidates.jsonl", dumps_jsonl(records))
+        scores = acts.store.put_bytes("jobs/j/round-1/scores.jsonl", dumps_jsonl([
+            {"id": "a", "ifd_ppl": math.exp(1 - 2), "ifd_loss": 1 / 2},
+            {"id": "b", "ifd_ppl": math.exp(4 - 6), "ifd_loss": 4 / 6},
+        ]))  # fmt: skip
+        seeds = acts.store.put_bytes("jobs/j/seeds.jsonl", b"")
+        for ratio, best in (("ppl", "a"), ("loss", "b")):
+            task = parse_task(
+                BASE + f"score: {{metrics: [ifd], ifd_ratio: {ratio}}}\nselect: {{policy: top_k, metric: ifd, k: 1}}\n"
+            )
+            task_ref = acts.store.put_bytes(f"jobs/j-{ratio}/task.yaml", dump_task(task).encode())
+            out = await ActivityEnvironment().run(
+                acts.select_samples, SelectInput(f"j-{ratio}", task_ref, 1, candidates, scores, seeds)
+            )
+            assert [r["id"] for r in loads_jsonl(acts.store.get_bytes(out.train_set))] == [best], ratio
+            assert out.dropped == {"not_selected": 1}
+    finally:
+        acts.close()
