@@ -12,7 +12,8 @@ student is trained and scored on.
 - LoBaSS learnability (L0 - Lref) / L0, L0 under the base, Lref under the reference adapter;
 - IFD = PPL(A | prompt(Q)) / PPL(A) (ppl form) or the mean-NLL ratio (loss form), the
   unconditional A raw after BOS; r-IFD the same with Q given prompt_rev(A);
-- per-record CAR = reward / (1 + beta * L0) with reward 1.
+- per-record CAR = reward / (1 + beta * L0) with reward 1;
+- the IRT crowd's right/wrong on a record: each member's most likely label.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class Oracle:
             self._ids(render_prompt(self.tok, prompt)), self._ids(response + (self.tok.eos_token or ""))
         )
 
+    def label_logprob(self, prompt: str, label: str) -> float:
+        target = self._ids(label + (self.tok.eos_token or ""))
+        return -self.mean_nll(self._ids(render_prompt(self.tok, prompt)), target) * len(target)
+
     def _ratio(self, condition: str, text: str, form: str) -> float:
         target = self._ids(text)
         cond = self.mean_nll(self._ids(render_prompt(self.tok, condition)), target)
@@ -83,6 +88,16 @@ class Oracle:
 
     def rifd(self, prompt: str, response: str, form: str = "ppl") -> float:
         return self._ratio(REVERSE_PROMPT.format(response=response), prompt, form)
+
+
+def crowd_correct(crowd: Sequence[Oracle], prompt: str, label: str, labels: Sequence[str]) -> int:
+    """How many crowd members answer `label`: each picks its most likely label (log p(label +
+    end-of-turn | prompt), summed over tokens; a tie goes to the earlier label), PUDF's right/wrong."""
+    right = 0
+    for member in crowd:
+        lps = [member.label_logprob(prompt, option) for option in labels]
+        right += labels[max(range(len(labels)), key=lambda j: (lps[j], -j))] == label
+    return right
 
 
 def learnability(base: Oracle, reference: Oracle, prompt: str, response: str) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from scoring_oracle import Oracle, assert_close, assert_top, car, learnability
+from scoring_oracle import Oracle, assert_close, assert_top, car, crowd_correct, learnability
 
 from orchestrator.stack import Stack, config_env
 from syllabus.records import loads_jsonl
@@ -286,8 +286,18 @@ def test_threshold_on_the_students_rifd_and_an_adarft_curriculum(
     chosen = _selected(report)
     assert set(chosen) == set(passing)
     assert_top(chosen, passing, len(passing), descending=False)
+    # PUDF's artificial crowd in round 1 is the base student and the round's reference adapter: each
+    # member's label choice, recomputed here, gives crowd_correct; 1PL's difficulty falls as it rises.
+    query = "select adapter_uri from training_runs where job_id=? and round=1 and stage='reference'"
+    ((reference_uri,),) = db(stack).execute(query, (report["job_id"],)).fetchall()
+    crowd = [student, Oracle(tiny_model_dir, Path(unquote(urlparse(reference_uri).path)), tmp_path)]
+    correct = {i: crowd_correct(crowd, r["prompt"], r["label"], task["labels"]) for i, r in records.items()}
+    assert column(report, "crowd_correct", records) == correct
+    b = column(report, "irt_difficulty", records)
+    assert all(b[i] > b[j] for i in records for j in records if correct[i] < correct[j]), (b, correct)
     # AdaRFT's difficulty is 100 * (1 - the crowd's success rate), on every training record.
-    assert all(r["difficulty100"] == pytest.approx(100 * (1 - r["success_rate"])) for r in train_set(report))
+    train = train_set(report)
+    assert all(r["difficulty100"] == pytest.approx(100 * (1 - correct[r["id"]] / len(crowd))) for r in train)
     assert recipe_stages(stack, report)[0]["steps"] == 3
 
 
