@@ -197,7 +197,6 @@ class CritiqueSpec(_Strict):
 
 
 Metric = Literal["learnability", "ifd", "rifd", "preference", "car", "difficulty"]
-
 # The score column each metric contributes to records (what select.metric, select.weights and
 # recipe score_key name), beside "<column>_pct", its percentile rank in [0, 1) within the round.
 METRIC_COLUMNS: dict[str, str] = {

@@ -84,9 +84,10 @@ class StudentActivities(ActivityBase):
           and rifd in the same request, on the current student (`student_metrics_on_base`), so IFD's
           conditional pass is L0's own forward pass;
         - ifd, rifd (without learnability), preference (ARTE s_r on a probe set of validation items),
-          car: the current student; with `score.model`, ifd and rifd on that model instead
-          (Superfiltering: a small scorer ranks nearly as the big one does); CAR's loss is the base student's, as in the paper, with reward 1
+          car: the current student; CAR's loss is the base student's, as in the paper, with reward 1
           for every kept candidate and the generation method as the "teacher";
+        - with `score.model`, ifd and rifd on that model instead, with or without learnability
+          (Superfiltering: a much smaller scorer ranks nearly as the student does);
         - difficulty: IRT over the artificial crowd of the student's own checkpoints (the base, each
           round's adapter, this round's reference) answering each record's label.
         """

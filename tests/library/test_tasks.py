@@ -264,3 +264,12 @@ def test_score_model_names_a_scorer() -> None:
     task = parse_task(GOOD + "score: {metrics: [ifd], model: {model: bundled:smollm2-135m-instruct}}\n")
     assert task.score.model is not None and task.score.model.model == "bundled:smollm2-135m-instruct"
     assert parse_task(GOOD + "score: {metrics: [ifd]}\n").score.model is None  # default: the student
+
+
+def test_a_recipe_band_may_read_either_ifd_form() -> None:
+    recipe = "train: {recipe: {stages: [{data: {score_key: KEY, min_score: 0.5}}]}}\n"
+    for key in ("ifd_ppl_pct", "ifd_loss_pct", "rifd_loss"):
+        task = parse_task(GOOD + "score: {metrics: [ifd, rifd]}\n" + recipe.replace("KEY", key))
+        assert task.train.recipe is not None and task.train.recipe.stages[0].data.score_key == key
+    with pytest.raises(TaskSpecError, match="score_key 'rifd_loss' is not a scored column"):
+        parse_task(GOOD + "score: {metrics: [ifd]}\n" + recipe.replace("KEY", "rifd_loss"))
