@@ -10,7 +10,7 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from orchestrator.activities import Activities
-from orchestrator.types import SelectInput
+from orchestrator.types import ScoreInput, SelectInput
 from syllabus.artifacts import ArtifactRef
 from syllabus.config import Config
 from syllabus.pb import ref_from_pb, ref_to_pb
@@ -33,17 +33,22 @@ TASK = BASE + "select: {policy: reflection}\n"
 REFLECTION = "critique: {mode: reflection}\n"
 
 
-class _Student:
-    """Records each ScoreRequest; answers the reflection rule with "keep the original" for every
-    record (what the service would answer is not under test here)."""
+def _keep_original(request: student_pb2.ScoreRequest, record: dict) -> dict:
+    return {"reflection_choice": "ori", "selected_prompt": record["prompt"], "selected_response": record["response"]}
 
-    def __init__(self, acts: Activities) -> None:
-        self.acts, self.requests = acts, []
+
+class _Student:
+    """Records each ScoreRequest and answers each record with `answer(request, record)`'s columns
+    (by default the reflection rule's "keep the original"): what the service would compute is not
+    under test here, only what the step asks for and where it puts the answer."""
+
+    def __init__(self, acts: Activities, answer=_keep_original) -> None:
+        self.acts, self.requests, self.answer = acts, [], answer
 
     async def score(self, request: student_pb2.ScoreRequest) -> student_pb2.ScoreResponse:
         self.requests.append(request)
-        rows = [{"id": r["id"], "reflection_choice": "ori", "selected_prompt": r["prompt"], "selected_response": r["response"]}
-                for r in loads_jsonl(self.acts.store.get_bytes(ref_from_pb(request.dataset)))]  # fmt: skip
+        records = loads_jsonl(self.acts.store.get_bytes(ref_from_pb(request.dataset)))
+        rows = [{"id": r["id"], **self.answer(request, r)} for r in records]
         return student_pb2.ScoreResponse(
             scores=ref_to_pb(self.acts.store.put_bytes(request.output_key, dumps_jsonl(rows))), count=len(rows)
         )
@@ -129,3 +134,41 @@ async def test_select_ranks_ifd_in_the_tasks_form(tmp_path: Path) -> None:
             assert out.dropped == {"not_selected": 1}
     finally:
         acts.close()
+
+
+async def test_score_model_scores_ifd_in_a_request_of_its_own(tmp_path: Path) -> None:
+    """With learnability, IFD would share L0's pass on the student; with score.model it goes to the
+    scorer instead (no adapter), and the scores table takes its IFD from that answer."""
+    acts = _activities(tmp_path)
+
+    def answer(request: student_pb2.ScoreRequest, record: dict) -> dict:
+        if request.model.base == "/models/small":
+            return {"ifd_ppl": 0.25, "ifd_loss": 0.5}
+        return {"loss_base": 2.0, "loss_ref": 1.0, "learnability": 0.5, "ifd_ppl": 0.75, "ifd_loss": 0.9}
+
+    student = _Student(acts, answer)
+
+    async def call(work):
+        return await work(student)
+
+    async def no_sql(write, *args):
+        return 0
+
+    acts._student, acts._db = call, no_sql
+    try:
+        task = parse_task(BASE + "score: {metrics: [learnability, ifd], model: {model: /models/small}}\n")
+        task_ref = acts.store.put_bytes("jobs/j/task.yaml", dump_task(task).encode())
+        record = {"id": "c1", "input": "x", "label": "a", "prompt": "p", "response": "a", "category": "expand"}
+        candidates = acts.store.put_bytes("jobs/j/round-1/candidates.jsonl", dumps_jsonl([record]))
+        seeds = acts.store.put_bytes("jobs/j/seeds.jsonl", b"")
+        reference = acts.store.put_bytes("jobs/j/round-1/reference.tar", b"adapter")
+        inp = ScoreInput("j", task_ref, 1, candidates, seeds, seeds, reference=reference)
+        out = await ActivityEnvironment().run(acts.score_samples, inp)
+        (row,) = loads_jsonl(acts.store.get_bytes(out.scores))
+    finally:
+        acts.close()
+    lobass, scorer = student.requests
+    assert lobass.model.base == "/models/student" and student_pb2.METRIC_IFD not in lobass.metrics
+    assert (scorer.model.base, scorer.model.HasField("adapter")) == ("/models/small", False)
+    assert list(scorer.metrics) == [student_pb2.METRIC_IFD]
+    assert (row["ifd_ppl"], row["learnability"]) == (0.25, 0.5)
