@@ -127,4 +127,3 @@ def assert_close(got: dict[str, float], want: dict[str, float], rel: float = 1e-
     assert set(got) == set(want)
     bad = {i: (got[i], want[i]) for i in want if not math.isclose(got[i], want[i], rel_tol=rel, abs_tol=1e-5)}
     assert not bad, bad
-
