@@ -347,7 +347,8 @@ def _stack(config: Config, console: Console, task_path: Path | None):
     preload: tuple[str, ...] = ()
     if task_path is not None:
         task = load_task(task_path)
-        preload = tuple(dict.fromkeys((task.student.model, task.teacher.model)))
+        scorer = (task.score.model.model,) if task.score.model is not None else ()
+        preload = tuple(dict.fromkeys((task.student.model, task.teacher.model, *scorer)))
     # Metrics on, at the documented ports unless the config sets others; the stack logs their URLs.
     return Stack(with_metrics(config), preload=preload, log=lambda m: console.print(f"[dim]{m}[/dim]"))
 

@@ -63,11 +63,11 @@ def _score_column(task: TaskSpec | None, available: set[str]) -> str | None:
     if task is not None:
         sel = task.select
         metric = next(iter(sel.weights)) if sel.weights else sel.metric
-        if METRIC_COLUMNS.get(metric) in available:
-            return METRIC_COLUMNS[metric]
+        if metric in METRIC_COLUMNS and task.score.column(metric) in available:
+            return task.score.column(metric)
         for m in task.score.metrics:
-            if METRIC_COLUMNS[m] in available:
-                return METRIC_COLUMNS[m]
+            if task.score.column(m) in available:
+                return task.score.column(m)
     return min(available) if available else None
 
 

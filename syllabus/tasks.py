@@ -168,6 +168,11 @@ class GenerateSpec(_Strict):
 
 
 
+# Cherry_LLM's newer code ranks by the PPL ratio, its older code by the mean-NLL (loss) ratio: they
+# agree on the threshold 1 but rank differently, so the task chooses (ALGORITHMS.md).
+IfdRatio = Literal["ppl", "loss"]
+
+
 class CritiqueSpec(_Strict):
     """How the teacher vets the round's generated examples (expand and targeted).
 
@@ -186,6 +191,10 @@ class CritiqueSpec(_Strict):
     retries: int = Field(1, ge=0, le=5, description="Retries of a model reply that does not parse.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature of model-based modes.")
     max_new_tokens: int = Field(128, ge=8, le=2048, description="Tokens per model reply.")
+    reflection_ratio: IfdRatio | None = Field(
+        None, description="reflection: the IFD / r-IFD form the Selective Reflection-Tuning rule compares (ppl or "
+        "loss); default score.ifd_ratio.",
+    )
 
 
 Metric = Literal["learnability", "ifd", "rifd", "preference", "car", "difficulty"]
@@ -199,6 +208,8 @@ METRIC_COLUMNS: dict[str, str] = {
     "car": "car",
     "difficulty": "irt_difficulty",
 }
+# The other IFD form's columns, also in every score table (a recipe's score_key may name them).
+OTHER_RATIO_COLUMNS: dict[str, str] = {"ifd": "ifd_loss", "rifd": "rifd_loss"}
 # Columns the loop derives from `difficulty` for the trainer's curricula.
 DIFFICULTY_COLUMNS = ("irt_b", "difficulty100", "success_rate")
 # Further columns a metric writes that a recipe's score_key may name: learnability's L0 under the
@@ -214,11 +225,32 @@ class ScoreSpec(_Strict):
     car_beta: float = Field(1.0, ge=0.0, le=1000.0, description="CAR: reward / (1 + beta * loss).")
     probe_k: int = Field(8, ge=1, le=1000, description="preference: validation items in the ARTE probe set.")
     probe_max_new_tokens: int = Field(16, ge=1, le=512, description="preference: greedy tokens per probe answer.")
+    ifd_ratio: IfdRatio = Field(
+        "ppl", description="ifd / rifd: the form selection ranks by and the IFD > 1 filter reads: ppl "
+        "(PPL(cond) / PPL(uncond), Cherry_LLM's newer code) or loss (mean NLL ratio, its older code).",
+    )
+    model: ModelSpec | None = Field(
+        None, description="ifd / rifd and the reflection rule: a (smaller) model that scores them instead of the "
+        "student (Superfiltering); default: the current student.",
+    )
 
     @field_validator("metrics")
     @classmethod
     def _unique(cls, metrics: list[str]) -> list[str]:
         return list(dict.fromkeys(metrics))
+
+    @field_validator("model")
+    @classmethod
+    def _local_scorer(cls, model: ModelSpec | None) -> ModelSpec | None:
+        if model is not None and model.model.startswith("openai:"):
+            raise ValueError("a scorer computes token losses: name a bundled model or a local HF model directory, not an endpoint")
+        return model
+
+    def column(self, metric: str) -> str:
+        """The score column `metric` ranks by (ifd and rifd in the chosen `ifd_ratio` form)."""
+        if self.ifd_ratio == "loss" and metric in OTHER_RATIO_COLUMNS:
+            return OTHER_RATIO_COLUMNS[metric]
+        return METRIC_COLUMNS[metric]
 
 
 class SelectSpec(_Strict):
@@ -473,14 +505,19 @@ class TaskSpec(_Strict):
                 raise ValueError(f"select.reweight: {gap} is read from the {needs} metric: add {needs} to score.metrics")
         if self.select.policy == "reflection" and self.critique.mode != "reflection":
             raise ValueError("select.policy reflection needs critique.mode reflection (the reflected versions)")
+        if self.critique.reflection_ratio is not None and self.select.policy != "reflection":
+            raise ValueError("critique.reflection_ratio: only the reflection rule (select.policy reflection) reads it")
+        if self.score.model is not None and not ({"ifd", "rifd"} & set(scored) or self.select.policy == "reflection"):
+            raise ValueError("score.model scores ifd, rifd and the reflection rule: none is used here; drop it")
         if self.tailor is not None and self.rounds < 2:
             raise ValueError("tailor: needs rounds >= 2 (the aligned teacher generates in the rounds after tailoring)")
         if self.tailor is not None and self.teacher.model.startswith("openai:"):
             raise ValueError("tailor: trains a LoRA on the teacher's weights; an openai: endpoint has none here")
         if (recipe := self.train.recipe) is None:
             return
-        columns = {c for m in scored for c in (METRIC_COLUMNS[m], METRIC_COLUMNS[m] + "_pct")}
-        columns |= {c for m in scored for x in RECIPE_COLUMNS.get(m, ()) for c in (x, x + "_pct")}
+        both = [*(METRIC_COLUMNS[m] for m in scored), *(OTHER_RATIO_COLUMNS[m] for m in scored if m in OTHER_RATIO_COLUMNS),
+                *(x for m in scored for x in RECIPE_COLUMNS.get(m, ()))]
+        columns = {c for col in both for c in (col, col + "_pct")}
         for i, st in enumerate(recipe.stages):
             where = f"train.recipe.stages[{i}]"
             for key in (st.data.score_key, st.curriculum.score_key):
@@ -499,6 +536,11 @@ class TaskSpec(_Strict):
     def kind_spec(self) -> kinds.TaskKind:
         """The task kind's rules (syllabus.kinds): prompts, seed responses, the answer checker."""
         return kinds.get(self.kind)
+
+    @property
+    def reflection_ratio(self) -> str:
+        """The IFD form the Selective Reflection-Tuning rule compares: critique.reflection_ratio, else score.ifd_ratio."""
+        return self.critique.reflection_ratio or self.score.ifd_ratio
 
     def prompt_for(self, text: str) -> str:
         """The student's prompt for one input."""

@@ -87,6 +87,8 @@ class StudentActivities(ActivityBase):
         - ifd, rifd (without learnability), preference (ARTE s_r on a probe set of validation items),
           car: the current student; CAR's loss is the base student's, as in the paper, with reward 1
           for every kept candidate and the generation method as the "teacher";
+        - with `score.model`, ifd and rifd on that model instead, with or without learnability
+          (Superfiltering: a much smaller scorer ranks nearly as the student does);
         - difficulty: IRT over the artificial crowd of the student's own checkpoints (the base, each
           round's adapter, this round's reference) answering each record's label.
         """
@@ -111,6 +113,8 @@ class StudentActivities(ActivityBase):
                         models.setdefault(col, model)
 
         as_is = [m for m in ("ifd", "rifd", "preference", "car") if m in sc.metrics]
+        on_scorer = [m for m in ("ifd", "rifd") if m in as_is] if sc.model is not None else []
+        as_is = [m for m in as_is if m not in on_scorer]
         if "learnability" in sc.metrics:
             if inp.reference is None:
                 raise ApplicationError("learnability needs a reference adapter", type="INVALID_ARGUMENT", non_retryable=True)
@@ -156,6 +160,14 @@ class StudentActivities(ActivityBase):
             merge([{k: v for k, v in r.items() if k not in ("question_id", "loss_base")} for r in scored], under_student)
             if "car" in sc.metrics:  # per-record CAR = reward / (1 + beta * L), L under the base student
                 merge([{"id": r["id"], "car": car(1.0, r.get("loss_base"), sc.car_beta)} for r in scored], task.student.model)
+
+        if on_scorer:  # the scorer model as it is: no adapter of the student fits it
+            scorer = sc.model.model
+            key = output_key(inp.job_id, inp.round, "score-scorer", [data], {"model": scorer, "metrics": on_scorer}, "jsonl")
+            request = student_pb2.ScoreRequest(
+                model=common_pb2.ModelRef(base=scorer), dataset=ref_to_pb(data), metrics=[STUDENT_METRICS[m] for m in on_scorer]
+            )
+            merge(await self._score_call(key, request, "StudentService.Score (score.model)"), scorer)
 
         if "difficulty" in sc.metrics:
             label_form = [{"id": r["id"], "prompt": task.prompt_for(r["input"]), "response": r["label"]} for r in records + heldout]
@@ -209,12 +221,13 @@ class StudentActivities(ActivityBase):
         rows = [{**scores.get(r["id"], {}), "id": r["id"]} for r in candidates]
         dropped: Counter[str] = Counter()
         if sel.filters_ifd:
-            kept_rows = [r for r in rows if finite(r.get("ifd_ppl")) and r["ifd_ppl"] <= 1.0]
+            ifd = task.score.column("ifd")
+            kept_rows = [r for r in rows if finite(r.get(ifd)) and r[ifd] <= 1.0]
             dropped["ifd_above_1"] = len(rows) - len(kept_rows)
             rows = kept_rows
-        column = METRIC_COLUMNS[sel.metric]
+        column = task.score.column(sel.metric)
         if sel.weights:
-            mix = weighted_mix(rows, dict(sel.weights), METRIC_COLUMNS)
+            mix = weighted_mix(rows, dict(sel.weights), {m: task.score.column(m) for m in METRIC_COLUMNS})
             rows = [{**r, "mix": mix[r["id"]]} for r in rows]
             column = "mix"
         budget = sel.k if sel.k is not None else top_count(len(rows), sel.top_fraction)
@@ -293,18 +306,22 @@ class StudentActivities(ActivityBase):
         return [r["id"] for r in self._read_jsonl(selected)]
 
     async def _reflection(self, inp: SelectInput, task, records: list[dict]) -> tuple[list[dict], Counter[str]]:
-        """The Selective Reflection-Tuning rule on each reflected candidate: the student's IFD and
-        r-IFD of the four versions (ori, Q*, A*, QA*) choose the one that trains."""
+        """The Selective Reflection-Tuning rule on each reflected candidate: the student's (or
+        `score.model`'s) IFD and r-IFD of the four versions (ori, Q*, A*, QA*), in the task's
+        `reflection_ratio` form, choose the one that trains."""
         reflected = [r for r in records if isinstance(r.get("reflection"), dict)]
         versions: Counter[str] = Counter()
         if not reflected:
             return records, versions
         four = [reflection_versions(task, r) for r in reflected]
         data = self._publish_once(output_key(inp.job_id, inp.round, "reflection-input", [inp.candidates], {}, "jsonl"), dumps_jsonl(four))
-        key = output_key(inp.job_id, inp.round, "reflection-rule", [data, inp.student], {"model": task.student.model}, "jsonl")
+        scorer = task.score.model.model if task.score.model is not None else None
+        model = common_pb2.ModelRef(base=scorer) if scorer else common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.student))
+        params = {"model": model.base, "ratio": task.reflection_ratio}
+        key = output_key(inp.job_id, inp.round, "reflection-rule", [data, None if scorer else inp.student], params, "jsonl")
         request = student_pb2.ScoreRequest(
-            model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.student)),
-            dataset=ref_to_pb(data), metrics=[student_pb2.METRIC_REFLECTION],
+            model=model, dataset=ref_to_pb(data), metrics=[student_pb2.METRIC_REFLECTION],
+            ifd_ratio=IFD_RATIOS[task.reflection_ratio],
         )  # fmt: skip
         rule = {r["id"]: r for r in await self._score_call(key, request, "StudentService.Score (reflection rule)")}
         out = []
@@ -321,6 +338,9 @@ class StudentActivities(ActivityBase):
             out.append({**r, "input": text, "label": label, "prompt": choice["selected_prompt"],
                         "response": choice["selected_response"], "reflection_choice": v})  # fmt: skip
         return out, versions
+
+
+IFD_RATIOS = {"ppl": student_pb2.IFD_RATIO_PPL, "loss": student_pb2.IFD_RATIO_LOSS}
 
 
 def _columns(row: dict | None) -> dict:

@@ -1,7 +1,9 @@
 """Every method family of the task format through `syllabus run` on the real stack (tiny model).
 
 Each job is one `syllabus run --json`; the assertions read the report, the job's artifacts and its
-SQL rows. The tiny random-init teacher writes no parseable rationale or critique, so model-based
+SQL rows. A selection is checked against scores recomputed in the test from the model's weights
+(`scoring_oracle`), never against the job's own score artifacts, so a broken, constant or random
+score fails it. The tiny random-init teacher writes no parseable rationale or critique, so model-based
 steps show up here as what they dropped and why (their keep paths are unit tests on real replies in
 tests/orchestrator/test_methods_logic.py); the rule critique keeps enough generated examples for
 scoring, selection and the recipes to work on real candidates.
@@ -12,12 +14,14 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from scoring_oracle import Oracle, assert_close, assert_top, car, crowd_correct, learnability
 
 from orchestrator.stack import Stack, config_env
 from syllabus.records import loads_jsonl
@@ -125,21 +129,14 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
     scored = {m for (m,) in con.execute("select distinct metric from scores where job_id=?", (report["job_id"],))}
     assert {"learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "car", "irt_difficulty"} <= scored
 
-    # Round 2 generated with the aligned teacher: its examples' provenance names the adapter.
-    gen2 = [p for p in (artifacts(report) / "round-2").glob("generate-*.jsonl")]
-    assert gen2
+    # No pairs, so no aligned teacher: round 2 generated with the untailored teacher, as its provenance says.
+    gen2 = [r for p in (artifacts(report) / "round-2").glob("generate-*.jsonl") for r in loads_jsonl(p.read_bytes())]
+    assert gen2 and all(r["provenance"]["round"] == 2 and "adapter" not in r["provenance"] for r in gen2)
 
 
 def scores_of(report: dict, r: int = 1) -> dict[str, dict]:
     (path,) = [p for p in (artifacts(report) / f"round-{r}").glob("scores-*.jsonl")]
     return {row["id"]: row for row in loads_jsonl(path.read_bytes())}
-
-
-def candidate_ids(report: dict, r: int = 1) -> list[str]:
-    """Ids of the round's candidates (what critique and reasoning kept)."""
-    return [row["id"] for row in train_set(report, r) if row["category"] not in ("seed", "heldout")] + [
-        i for i, row in scores_of(report, r).items() if i not in {t["id"] for t in train_set(report, r)}
-    ]
 
 
 MODEL_STEPS = {"judge": ["cft_critique"], "cft": ["cft_critique"], "rubric": ["rubric", "rubric_revision"],
@@ -214,22 +211,61 @@ def _selected(report: dict) -> list[str]:
     return [r["id"] for r in rows if r["category"] not in ("seed", "heldout")]
 
 
-def test_top_k_selection_and_an_sec_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+def scored_records(report: dict, r: int = 1) -> dict[str, dict]:
+    """The records the round's score step read (candidates and seeds, with prompt and response)."""
+    (path,) = [p for p in (artifacts(report) / f"round-{r}").glob("score-input-*.jsonl")]
+    return {row["id"]: row for row in loads_jsonl(path.read_bytes())}
+
+
+def candidates_of(records: dict[str, dict]) -> list[str]:
+    return [i for i, r in records.items() if r["category"] != "seed"]
+
+
+def column(report: dict, name: str, ids) -> dict[str, float]:
+    scores = scores_of(report)
+    return {i: scores[i][name] for i in ids}
+
+
+def recipe_stages(stack: Stack, report: dict) -> list[dict]:
+    query = "select metrics from training_runs where job_id=? and stage='recipe'"
+    (metrics,) = db(stack).execute(query, (report["job_id"],)).fetchone()
+    return json.loads(metrics)["stages"]
+
+
+def test_top_k_by_a_small_scorers_loss_form_ifd_and_an_sec_curriculum(
+    run_task, stack: Stack, banking77_tiny, tiny_model_dir: Path, tiny_scorer_dir: Path, tmp_path: Path
+) -> None:
+    """Superfiltering + Cherry: IFD and r-IFD on `score.model` (another tiny model), ranked in the
+    loss form; the IFD > 1 candidates are dropped, then the k highest IFD train. The scores are
+    recomputed here from the scorer's weights, so random, constant or student-computed scores fail."""
     recipe = {"stages": [{**STAGE, "curriculum": {"policy": "sec", "arm_key": "category", "sec_tau": 0.5}}], "batch_size": 4,
               "log_batches": True}
-    task = banking77_tiny(2, name="topk-sec", generate={"per_label": 3, "max_new_tokens": 12},
-                          score={"metrics": ["ifd"]}, select={"policy": "top_k", "metric": "ifd", "k": 2},
-                          train={**TRAIN, "recipe": recipe})  # fmt: skip
+    score = {"metrics": ["ifd", "rifd"], "model": {"model": str(tiny_scorer_dir)}, "ifd_ratio": "loss"}
+    task = banking77_tiny(2, name="topk-sec", generate={"per_label": 3, "max_new_tokens": 12}, score=score,
+                          select={"policy": "top_k", "metric": "ifd", "k": 2}, train={**TRAIN, "recipe": recipe})  # fmt: skip
     report = run_task(task)
-    scores = scores_of(report)
-    chosen = _selected(report)
-    kept = [i for i in scores if i not in {r["id"] for r in train_set(report) if r["category"] == "seed"}]
-    assert len(chosen) == min(2, len(kept)) and report["rounds"][0]["selected"] == len(chosen)
-    best = sorted(kept, key=lambda i: (-scores[i]["ifd_ppl"], i))[: len(chosen)]
-    assert chosen == best  # the k highest IFD, best first
+    (one,) = report["rounds"]
+    records = scored_records(report)
+    scorer, student = Oracle(tiny_scorer_dir), Oracle(tiny_model_dir)
+    ifd = {i: scorer.ifd(r["prompt"], r["response"], "loss") for i, r in records.items()}
+    assert_close(column(report, "ifd_loss", records), ifd)
+    assert_close(column(report, "ifd_ppl", records), {i: scorer.ifd(r["prompt"], r["response"]) for i, r in records.items()})
+    assert_close(column(report, "rifd_ppl", records), {i: scorer.rifd(r["prompt"], r["response"]) for i, r in records.items()})
+    # The scorer's IFD, not the student's (the two models' IFDs are far apart), and SQL names the
+    # scorer as the model behind the column.
+    by_student = {i: student.ifd(r["prompt"], r["response"], "loss") for i, r in records.items()}
+    assert max(abs(ifd[i] - by_student[i]) for i in records) > 0.01
+    models = db(stack).execute("select distinct model from scores where job_id=? and metric='ifd_loss'", (report["job_id"],)).fetchall()
+    assert models == [(str(tiny_scorer_dir),)]
+
+    candidates = candidates_of(records)
+    pool = {i: ifd[i] for i in candidates if ifd[i] <= 1.0}
+    assert one["selection_dropped"].get("ifd_above_1", 0) == len(candidates) - len(pool)
+    assert pool, "every candidate has IFD > 1 under the scorer: nothing left to rank"
+    assert_top(_selected(report), pool, 2)  # the k highest IFD (loss form) among IFD <= 1, best first
+    assert one["selected"] == len(_selected(report))
     assert names(report, 1)[-2:] == ["train-stage-1", "evaluate"]
-    (metrics,) = db(stack).execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
-    (stage,) = json.loads(metrics)["stages"]
+    (stage,) = recipe_stages(stack, report)
     assert stage["steps"] > 0 and len(stage["batches"]) == len(stage["trace"]) == stage["steps"]
     # SEC on the trainer's own log: p = softmax(Q / 0.5) before every step, Q <- 0.5 Q + 0.5 r with r
     # the arm's mean loss drop over the step (0 for an arm not drawn), every batch from arms p allows.
@@ -254,27 +290,46 @@ def test_top_k_selection_and_an_sec_curriculum(run_task, stack: Stack, banking77
     assert {r["id"]: (r["prompt"], r["response"]) for r in loads_jsonl(out.read_bytes())} == trained
 
 
-def test_threshold_selection_and_an_adarft_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+def test_threshold_on_the_students_rifd_and_an_adarft_curriculum(
+    run_task, stack: Stack, banking77_tiny, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every candidate whose reverse IFD under the student is <= the threshold, lowest first,
+    recomputed here. The random-init student's r-IFDs lie within about 1 +- 0.02, so the threshold
+    sits inside that range (at 1.0 one candidate would pass, by 5e-5)."""
     recipe = {"stages": [{**STAGE, "steps": 3, "curriculum": {"policy": "adarft", "score_key": "difficulty100"}}], "batch_size": 2,
               "log_batches": True}
     task = banking77_tiny(2, name="threshold-adarft", generate={"per_label": 3, "max_new_tokens": 12},
-                          score={"metrics": ["ifd", "difficulty"]},
-                          select={"policy": "threshold", "metric": "ifd", "threshold": 1.0, "ascending": True},
+                          score={"metrics": ["rifd", "difficulty"]},
+                          select={"policy": "threshold", "metric": "rifd", "threshold": 1.005, "ascending": True},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
     report = run_task(task)
-    scores = scores_of(report)
-    records = train_set(report)
-    seeds = {r["id"] for r in records if r["category"] == "seed"}
-    expected = sorted((i for i, row in scores.items() if i not in seeds and row["ifd_ppl"] <= 1.0), key=lambda i: (scores[i]["ifd_ppl"], i))
-    assert _selected(report) == expected
+    records = scored_records(report)
+    student = Oracle(tiny_model_dir)
+    rifd = {i: student.rifd(r["prompt"], r["response"]) for i, r in records.items()}
+    assert_close(column(report, "rifd_ppl", records), rifd)
+    candidates = candidates_of(records)
+    passing = {i: rifd[i] for i in candidates if rifd[i] <= 1.005}
+    assert 0 < len(passing) < len(candidates), f"the threshold should split the candidates: {rifd}"
+    chosen = _selected(report)
+    assert set(chosen) == set(passing)
+    assert_top(chosen, passing, len(passing), descending=False)
+    # PUDF's artificial crowd in round 1 is the base student and the round's reference adapter: each
+    # member's label choice, recomputed here, gives crowd_correct; 1PL's difficulty falls as it rises.
+    query = "select adapter_uri from training_runs where job_id=? and round=1 and stage='reference'"
+    ((reference_uri,),) = db(stack).execute(query, (report["job_id"],)).fetchall()
+    crowd = [student, Oracle(tiny_model_dir, Path(unquote(urlparse(reference_uri).path)), tmp_path)]
+    correct = {i: crowd_correct(crowd, r["prompt"], r["label"], task["labels"]) for i, r in records.items()}
+    assert column(report, "crowd_correct", records) == correct
+    b = column(report, "irt_difficulty", records)
+    assert all(b[i] > b[j] for i in records for j in records if correct[i] < correct[j]), (b, correct)
     # AdaRFT's difficulty is 100 * (1 - the crowd's success rate), on every training record.
-    assert all(r["difficulty100"] == pytest.approx(100 * (1 - r["success_rate"])) for r in records)
-    (metrics,) = db(stack).execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
-    (stage,) = json.loads(metrics)["stages"]
+    train = train_set(report)
+    assert all(r["difficulty100"] == pytest.approx(100 * (1 - correct[r["id"]] / len(crowd))) for r in train)
+    (stage,) = recipe_stages(stack, report)
     assert stage["steps"] == 3 and len(stage["batches"]) == 3
     # The first batch the trainer saw: the 2 records nearest the initial target T0 = 0 (the easiest;
     # ties by dataset order), not a shuffle's draw.
-    pool = [(r["difficulty100"], n, r["id"]) for n, r in enumerate(records) if not r.get("heldout")]
+    pool = [(r["difficulty100"], n, r["id"]) for n, r in enumerate(train) if not r.get("heldout")]
     assert sorted(stage["batches"][0]) == sorted(i for _, _, i in sorted(pool)[:2])
     # Every step, from the trainer's log: the batch is the 2 nearest the target T, and
     # T <- clip(T + 50 tanh(2 (R - 0.5)), 0, 100), R = the batch's mean exp(-loss) (the defaults).
@@ -286,7 +341,11 @@ def test_threshold_selection_and_an_adarft_curriculum(run_task, stack: Stack, ba
         t = min(100.0, max(0.0, t + 50 * math.tanh(2 * (r_avg - 0.5))))
 
 
-def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(
+    run_task, stack: Stack, banking77_tiny, tiny_scorer_dir: Path, tmp_path: Path
+) -> None:
+    """The IFD > 1 filter (on the scorer, whose IFDs lie on both sides of 1) before a random sample:
+    exactly the candidates the recomputed IFD drops are dropped, and the sample is of the rest."""
     recipe = {"stages": [{**STAGE, "epochs": 2, "curriculum": {"policy": "pudf", "score_key": "irt_b"}}]}
     base = banking77_tiny(2)
     # PUDF's held-out split: validation items that are neither seeds nor eval items.
@@ -296,52 +355,70 @@ def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(run_task, s
                   {"input": "I can't find my card anywhere, please block it", "label": "lost_or_stolen_card"}]  # fmt: skip
     assert not {v["input"] for v in validation} & {e["input"] for e in base["seeds"] + base["eval"]}
     task = banking77_tiny(2, name="random-pudf", validation=validation, generate={"per_label": 3, "max_new_tokens": 12},
-                          score={"metrics": ["ifd", "difficulty"]},
+                          score={"metrics": ["ifd", "difficulty"], "model": {"model": str(tiny_scorer_dir)}},
                           select={"policy": "random", "top_fraction": 0.5, "ifd_filter": True, "seed": 3},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
     report = run_task(task)
     (one,) = report["rounds"]
-    scores = scores_of(report)
+    records = scored_records(report)
+    scorer = Oracle(tiny_scorer_dir)
+    ifd = {i: scorer.ifd(records[i]["prompt"], records[i]["response"]) for i in candidates_of(records)}
+    assert_close(column(report, "ifd_ppl", ifd), ifd)
+    kept = {i for i, v in ifd.items() if v <= 1.0}
+    assert 0 < len(kept) < len(ifd), f"the filter needs candidates on both sides of IFD 1: {ifd}"
+    chosen = _selected(report)
+    assert one["selection_dropped"]["ifd_above_1"] == len(ifd) - len(kept)
+    assert set(chosen) <= kept and len(chosen) == -(-len(kept) // 2)  # half of what the filter kept
     records = train_set(report)
     heldout = [r for r in records if r.get("heldout")]
     # The validation items are scored, flagged and never trained on.
     assert len(heldout) == len(validation) and all(r["id"].startswith("heldout:") and "irt_b" in r for r in heldout)
     assert {r["input"] for r in heldout} == {v["input"] for v in validation}
-    chosen = _selected(report)
-    assert all(scores[i]["ifd_ppl"] <= 1.0 for i in chosen)
-    assert one["selection_dropped"].get("ifd_above_1", 0) + len(chosen) + one["selection_dropped"].get("not_selected", 0) == one["candidates"]
-    con = db(stack)
-    (metrics,) = con.execute("select metrics from training_runs where job_id=? and stage='recipe'", (report["job_id"],)).fetchone()
-    (stage,) = json.loads(metrics)["stages"]
+    (stage,) = recipe_stages(stack, report)
     assert stage["probe"] == "heldout" and stage["probe_size"] == len(heldout)
     assert len(stage["abilities"]) >= 2  # before the first epoch, then after epochs
-    trained = {i for (i,) in con.execute(
+    trained = {i for (i,) in db(stack).execute(
         "select s.sample_id from training_run_samples s join training_runs t on s.training_run_id = t.id"
         " where t.job_id=? and t.stage='recipe'",
         (report["job_id"],))}  # fmt: skip
     assert trained and not any(i.startswith("heldout:") for i in trained)
 
 
-def test_weighted_mix_selection_and_a_shuffled_baseline(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
+def test_weighted_mix_of_learnability_ifd_and_car_and_a_shuffled_baseline(
+    run_task, stack: Stack, banking77_tiny, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """LoBaSS learnability (base vs the round's reference adapter), IFD and CAR, all recomputed here
+    from the weights; the selection is the top half by the recomputed z-score mix."""
     recipe = {"stages": [{**STAGE, "curriculum": {"policy": "shuffled"}}]}
     task = banking77_tiny(2, name="mix-shuffled", generate={"per_label": 3, "max_new_tokens": 12},
                           score={"metrics": ["learnability", "ifd", "car"]},
                           select={"policy": "top_fraction", "top_fraction": 0.5, "weights": {"learnability": 1.0, "ifd": 0.5, "car": 0.5}},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
     report = run_task(task)
-    scores = scores_of(report)
-    chosen = _selected(report)
-    seeds = {r["id"] for r in train_set(report) if r["category"] == "seed"}
-    kept = [i for i in scores if i not in seeds]
-    # Recompute the mix by hand: sum of w * z-score over the candidates.
-    import statistics
+    records = scored_records(report)
+    query = "select adapter_uri from training_runs where job_id=? and round=1 and stage='reference'"
+    ((reference_uri,),) = db(stack).execute(query, (report["job_id"],)).fetchall()
+    base = Oracle(tiny_model_dir)
+    reference = Oracle(tiny_model_dir, Path(unquote(urlparse(reference_uri).path)), tmp_path)
+    pairs = {i: (r["prompt"], r["response"]) for i, r in records.items()}
+    want = {
+        "learnability": {i: learnability(base, reference, *pr) for i, pr in pairs.items()},
+        "ifd_ppl": {i: base.ifd(*pr) for i, pr in pairs.items()},  # round 1: the current student is the base
+        "car": {i: car(base, *pr) for i, pr in pairs.items()},
+    }
+    for name, values in want.items():
+        assert_close(column(report, name, records), values)
+    assert max(want["learnability"].values()) - min(want["learnability"].values()) > 1e-4  # the reference learnt something
 
-    def z(col: str) -> dict[str, float]:
-        xs = [scores[i][col] for i in kept]
+    # Cherry's IFD > 1 filter first (IFD is in the weights), then sum of w * z-score over what is left.
+    pool = [i for i in candidates_of(records) if want["ifd_ppl"][i] <= 1.0]
+    assert pool
+
+    def z(name: str) -> dict[str, float]:
+        xs = [want[name][i] for i in pool]
         mean, sd = statistics.fmean(xs), statistics.pstdev(xs) or 1.0
-        return {i: (scores[i][col] - mean) / sd for i in kept}
+        return {i: (want[name][i] - mean) / sd for i in pool}
 
     zl, zi, zc = z("learnability"), z("ifd_ppl"), z("car")
-    mix = {i: zl[i] + 0.5 * zi[i] + 0.5 * zc[i] for i in kept}
-    assert chosen == sorted(kept, key=lambda i: (-mix[i], i))[: len(chosen)]
-    assert len(chosen) == -(-len(kept) // 2)
+    mix = {i: zl[i] + 0.5 * zi[i] + 0.5 * zc[i] for i in pool}
+    assert_top(_selected(report), mix, -(-len(pool) // 2))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,94 @@ def test_the_ifd_filter_is_on_by_default_exactly_when_ifd_ranks() -> None:
     assert not SelectSpec(metric="ifd", ifd_filter=False).filters_ifd  # asked off
     assert not SelectSpec(policy="random", metric="ifd").filters_ifd  # random ranks nothing
     assert SelectSpec(policy="random", ifd_filter=True).ranked_metrics() == ["ifd"]
+
+
+def _ifd_rows() -> list[dict]:
+    """Two candidates whose IFD forms disagree, worked by hand from (conditional, unconditional)
+    mean NLLs: a = (1, 2): PPL ratio e^-1 = 0.368, loss ratio 0.5; b = (4, 6): e^-2 = 0.135, 0.667."""
+    from student_svc.scoring import ifd_ratios
+
+    rows = []
+    for rid, cond, uncond in (("a", 1.0, 2.0), ("b", 4.0, 6.0)):
+        ppl, loss = ifd_ratios(cond, uncond)
+        rows.append({"id": rid, "ifd_ppl": ppl, "ifd_loss": loss})
+    return rows
+
+
+def test_score_ifd_ratio_picks_the_column_selection_ranks_by() -> None:
+    from syllabus.selection import ranked
+
+    rows = _ifd_rows()
+    assert rows[0]["ifd_ppl"] == pytest.approx(0.3679, abs=1e-4) and rows[1]["ifd_loss"] == pytest.approx(0.6667, abs=1e-4)
+    ppl = parse_task(GOOD + "score: {metrics: [ifd, rifd]}\n")
+    loss = parse_task(GOOD + "score: {metrics: [ifd, rifd], ifd_ratio: loss}\n")
+    assert ppl.score.ifd_ratio == "ppl"  # the newer Cherry_LLM code is the default
+    assert (ppl.score.column("ifd"), ppl.score.column("rifd")) == ("ifd_ppl", "rifd_ppl")
+    assert (loss.score.column("ifd"), loss.score.column("rifd")) == ("ifd_loss", "rifd_loss")
+    assert loss.score.column("learnability") == "learnability"
+    # The same two candidates, ranked by IFD descending: the forms disagree.
+    assert [r["id"] for r in ranked(rows, ppl.score.column("ifd"))] == ["a", "b"]
+    assert [r["id"] for r in ranked(rows, loss.score.column("ifd"))] == ["b", "a"]
+
+
+REFLECTING = GOOD + "critique: {mode: reflection}\nselect: {policy: reflection}\nscore: {metrics: [ifd]}\n"
+
+
+def test_the_reflection_rule_ratio_follows_score_ifd_ratio_unless_set() -> None:
+    assert parse_task(REFLECTING).reflection_ratio == "ppl"
+    assert parse_task(REFLECTING.replace("metrics: [ifd]", "metrics: [ifd], ifd_ratio: loss")).reflection_ratio == "loss"
+    own = REFLECTING.replace("mode: reflection}", "mode: reflection, reflection_ratio: loss}")
+    assert parse_task(own).reflection_ratio == "loss"
+    assert parse_task(own.replace("metrics: [ifd]", "metrics: [ifd], ifd_ratio: ppl")).reflection_ratio == "loss"
+
+
+def test_the_reflection_rule_keeps_a_different_version_under_each_ratio() -> None:
+    """By hand, from (conditional, unconditional) mean NLLs per version: IFD(ori) = (1, 2) -> ppl 0.368,
+    loss 0.5; IFD(Q*) = (4, 6) -> ppl 0.135, loss 0.667. Under ppl the reflected instruction is easier
+    (0.135 < 0.368), so the rule weighs A*; under loss it is harder (0.667 > 0.5), so it weighs QA*.
+    Both candidates pass their checks: r-IFD 0.368 (ppl) / 0.5 (loss) < r-IFD(ori or Q*) = 1 and IFD < 1."""
+    from student_svc.reflection import reflection_row
+    from student_svc.scoring import ifd_ratios
+
+    def version(ifd: tuple[float, float], rifd: tuple[float, float]) -> dict:
+        (ip, il), (rp, rl) = ifd_ratios(*ifd), ifd_ratios(*rifd)
+        return {"ifd_ppl": ip, "ifd_loss": il, "rifd_ppl": rp, "rifd_loss": rl}
+
+    scored = {"ori": version((1, 2), (2, 2)), "q": version((4, 6), (2, 2)), "a": version((1, 2), (1, 2)), "qa": version((1, 2), (1, 2))}
+    record = {"id": "r", "prompt": "Q", "response": "A", "prompt_q": "Q*", "response_q": "A", "response_a": "A*", "response_qa": "QA*"}
+    ppl, loss = reflection_row(record, scored, "ppl"), reflection_row(record, scored, "loss")
+    assert (ppl["reflection_choice"], ppl["selected_prompt"], ppl["selected_response"]) == ("a", "Q", "A*")
+    assert (loss["reflection_choice"], loss["selected_prompt"], loss["selected_response"]) == ("qa", "Q*", "QA*")
+    assert loss["ifd_q"] == pytest.approx(4 / 6) and ppl["ifd_q"] == pytest.approx(math.exp(-2))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("score: {metrics: [ifd], ifd_ratio: log}\n", "task: score.ifd_ratio: Input should be 'ppl' or 'loss'"),
+        ("score: {metrics: [ifd], model: {model: 'openai:small'}}\n", "task: score.model: a scorer computes token losses"),
+        ("score: {metrics: [ifd], model: {model: 'http://x/m'}}\n", "task: score.model.model: name a configured endpoint, not a URL"),
+        ("score: {metrics: [learnability], model: {model: bundled:smollm2-135m-instruct}}\n", "task: score.model scores ifd, rifd"),
+        ("critique: {reflection_ratio: loss}\n", "task: critique.reflection_ratio: only the reflection rule"),
+    ],
+)
+def test_bad_scorer_settings_give_one_line(extra: str, message: str) -> None:
+    with pytest.raises(TaskSpecError) as info:
+        parse_task(GOOD + extra)
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_score_model_names_a_scorer() -> None:
+    task = parse_task(GOOD + "score: {metrics: [ifd], model: {model: bundled:smollm2-135m-instruct}}\n")
+    assert task.score.model is not None and task.score.model.model == "bundled:smollm2-135m-instruct"
+    assert parse_task(GOOD + "score: {metrics: [ifd]}\n").score.model is None  # default: the student
+
+
+def test_a_recipe_band_may_read_either_ifd_form() -> None:
+    recipe = "train: {recipe: {stages: [{data: {score_key: KEY, min_score: 0.5}}]}}\n"
+    for key in ("ifd_ppl_pct", "ifd_loss_pct", "rifd_loss"):
+        task = parse_task(GOOD + "score: {metrics: [ifd, rifd]}\n" + recipe.replace("KEY", key))
+        assert task.train.recipe is not None and task.train.recipe.stages[0].data.score_key == key
+    with pytest.raises(TaskSpecError, match="score_key 'rifd_loss' is not a scored column"):
+        parse_task(GOOD + "score: {metrics: [ifd]}\n" + recipe.replace("KEY", "rifd_loss"))
