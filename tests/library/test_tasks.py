@@ -91,7 +91,7 @@ def test_a_task_file_of_the_first_format_keeps_its_meaning() -> None:
          ("score_key 'difficulty100' is not a scored column; scored: ['learnability', 'learnability_pct', 'loss_base', "
           "'loss_base_pct'] (add difficulty to score.metrics)")),
         ("score: {metrics: [ifd]}\ntrain: {recipe: {stages: [{data: {score_key: loss_base_pct, max_score: 0.5}}]}}\n",
-         "score_key 'loss_base_pct' is not a scored column; scored: ['ifd_ppl', 'ifd_ppl_pct'] (add learnability to score.metrics)"),
+         "score_key 'loss_base_pct' is not a scored column; scored: ['ifd_loss', 'ifd_loss_pct', 'ifd_ppl', 'ifd_ppl_pct'] (add learnability to score.metrics)"),
         ("train: {recipe: {stages: [{objective: dpo}]}}\n", "dpo needs preference pairs"),
         ("train: {recipe: {stages: [{objective: cft}]}}\n", "cft trains on critique records"),
         ("train: {recipe: {stages: [{lr: -1}]}}\n", "train.recipe.stages[0].lr"),
