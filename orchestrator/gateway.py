@@ -46,6 +46,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from orchestrator import search
 from orchestrator.eta import estimate
+from orchestrator.keys import CHILD_ID_SUFFIX
 from orchestrator.metadata import Metadata
 from orchestrator.types import DistillationInput, JobProgress
 from orchestrator.workflows import DistillationWorkflow
@@ -145,6 +146,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         job_id = request.job_id or f"{task.name}-{uuid.uuid4().hex[:8]}"
         if not JOB_ID_RE.match(job_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: use letters, digits, '.', '_' or '-' (max 128)")
+        if CHILD_ID_SUFFIX.search(job_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: a '-tailor-N' or '-baseline-ARM-N' ending is reserved for a job's own steps")
         principal = current_principal()
         canonical = dump_task(task).encode()
         digest = hashlib.sha256(canonical).hexdigest()

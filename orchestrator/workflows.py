@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator.baselines import BaselineActivities, BaselineArmInput, BaselineArmOutput, BaselineArmWorkflow
     from orchestrator.eta import planned_steps
     from orchestrator.judging import JudgeInput, JudgingActivities
+    from orchestrator.keys import baseline_workflow_id, tailor_workflow_id
     from orchestrator.policies import RETRY, SHORT_TIMEOUT, START_TO_CLOSE
     from orchestrator.tailoring import TailorTeacherInput, TailorTeacherOutput, TailorTeacherWorkflow
     from orchestrator.types import (
@@ -180,7 +181,7 @@ class DistillationWorkflow:
                     candidates if n_candidates > 0 else None, scores, result.selected, list(arm_adapters[arm]), inp.heartbeat_timeout_s,
                 )  # fmt: skip
                 arms[arm] = asyncio.ensure_future(
-                    workflow.execute_child_workflow(BaselineArmWorkflow.run, arm_inp, id=f"{inp.job_id}-baseline-{arm}-{r}")
+                    workflow.execute_child_workflow(BaselineArmWorkflow.run, arm_inp, id=baseline_workflow_id(inp.job_id, arm, r))
                 )
             try:
                 adapter, ev = await self._train_and_evaluate(inp, plan, r, prep.eval_set, train_set, adapter, result)
@@ -377,7 +378,7 @@ class DistillationWorkflow:
                 inp.job_id, inp.task_ref, r, inputs.questions, inputs.probe_set, student_adapter=student,
                 teacher_adapter=teacher, settings=inputs.settings, heartbeat_timeout_s=inp.heartbeat_timeout_s,
             ),
-            id=f"{inp.job_id}-tailor-{r}",
+            id=tailor_workflow_id(inp.job_id, r),
         )
         p.steps.append(StepTime("tailor", r, (workflow.now() - started).total_seconds()))
         return out

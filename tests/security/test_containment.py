@@ -396,3 +396,22 @@ def test_a_tampered_checkpoint_runs_nothing_and_training_starts_over(tmp_path, c
         assert _load_ckpt(store, "jobs/j/adapter.ckpt") is None
     assert not marker.exists()
     assert "is refused" in caplog.text and "training from the start" in caplog.text
+
+
+# -- a job id cannot name another job's child workflow (issue 25, item 7) -------------------------
+
+
+@pytest.mark.parametrize("job_id", ["victim-tailor-1", "victim-baseline-random-2", "victim-baseline-seeds_only-10"])
+def test_a_job_id_shaped_like_a_child_workflow_is_refused(tmp_path, job_id: str) -> None:
+    from orchestrator.gateway import JobServicer
+    from orchestrator.keys import baseline_workflow_id, tailor_workflow_id
+    from syllabus.config import Config
+    from syllabus_sdk.jobs.v1 import jobs_pb2
+
+    assert {tailor_workflow_id("victim", 1), baseline_workflow_id("victim", "random", 2)} <= {
+        "victim-tailor-1", "victim-baseline-random-2"}  # the ids the workflows use  # fmt: skip
+    servicer = JobServicer(Config(home=tmp_path), client=None)
+    with pytest.raises(Aborted) as err:
+        asyncio.run(servicer.SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=TASK, job_id=job_id), FakeContext()))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details == "job_id: a '-tailor-N' or '-baseline-ARM-N' ending is reserved for a job's own steps"
