@@ -219,6 +219,8 @@ class TeacherActivities(ActivityBase):
         """CITING's student answers: StudentService.Evaluate's greedy generation by the current
         student (`inp.student_adapter`) for each record's prompt, by record id. Classification asks
         for the generation scorer, so the answer is what the student writes, not the likeliest label."""
+        if not records:  # nothing to answer: an empty eval set is no Evaluate request
+            return {}
         items = [{"id": r["id"], "prompt": r["prompt"], "label": r["label"]} for r in records]
         questions = self._publish_once(f"{prefix}-citing-questions.jsonl", dumps_jsonl(items))
         params = {"model": task.student.model, "labels": task.labels, "max_new_tokens": task.evaluate.max_new_tokens}

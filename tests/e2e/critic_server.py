@@ -123,12 +123,16 @@ class CriticServer(ChatServer):
 
     def __init__(self) -> None:
         self.written = 0  # messages written so far: the next is case written + 1
+        self.replies: list[tuple[str, dict]] = []  # (prompt, reply) of every schema step, in order
         super().__init__()
 
     def handle(self, h: BaseHTTPRequestHandler, i: int, body: dict) -> None:
         prompt = body["messages"][0]["content"]
         if "response_format" in body:
-            texts = [json.dumps(reply_to(prompt, body["response_format"]["json_schema"]["schema"]))]
+            reply = reply_to(prompt, body["response_format"]["json_schema"]["schema"])
+            with self.lock:
+                self.replies.append((prompt, reply))
+            texts = [json.dumps(reply)]
         else:  # the prefill `New message: "` is open: the closing quote ends the message
             with self.lock:
                 first, self.written = self.written + 1, self.written + body.get("n", 1)

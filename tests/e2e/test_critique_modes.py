@@ -67,9 +67,9 @@ def test_a_model_critique_keeps_and_drops_what_the_teacher_said(
                           critique={"mode": mode, "retries": 1, "max_new_tokens": 256},
                           score={"metrics": ["ifd"]}, select=select, train=train)  # fmt: skip
     task["teacher"] = {"model": "openai:critic"}
-    sent_before = len(critic.bodies)
+    sent_before, replied_before = len(critic.bodies), len(critic.replies)
     report = run_task(task)
-    bodies = critic.bodies[sent_before:]
+    bodies, replies = critic.bodies[sent_before:], critic.replies[replied_before:]
     (r1,) = report["rounds"]
     labels = task["labels"]
 
@@ -93,15 +93,18 @@ def test_a_model_critique_keeps_and_drops_what_the_teacher_said(
     assert set(verdicts) == set(generated) and len(rows) == GENERATED
     expected = {}
     for rid, r in generated.items():
+        # The one reply the server sent about this example (its rule's, for this case number).
         k = case_of(r["input"])
+        (reply,) = [rep for prompt, rep in replies if r["input"] in prompt and "criteria" not in rep]
         if mode in ("judge", "cft"):
-            reply = critic_server.cft_reply(k)
+            assert reply == critic_server.cft_reply(k)
             expected[rid] = (reply["verdict"] == "right", f"judge_{reply['verdict']}: {reply['critique']}")
         elif mode == "rubric":
-            revised = critic_server.revision_reply(k, r["label"])["revised_answer"]
+            assert reply == critic_server.revision_reply(k, r["label"])
+            revised = reply["revised_answer"]
             expected[rid] = (True, "rubric_confirmed") if k % 2 else (False, f"revision_names_no_label: {revised}")
         else:
-            reply = critic_server.reflection_reply(k, r["input"], r["label"])
+            assert reply == critic_server.reflection_reply(k, r["input"], r["label"])
             expected[rid] = (False, f"reflection_names_no_label: {reply['better_answer']}") if k % 3 == 0 else (
                 True, f"reflected: {reply['new_instruction']}")  # fmt: skip
     assert verdicts == expected
