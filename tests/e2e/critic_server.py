@@ -9,10 +9,15 @@ answers every step with a reply chosen from the request alone:
 - a reply whose schema has a `verdict` (judge, cft) says "right" for odd cases, "wrong" for even ones;
 - a rubric (`criteria`) has one criterion naming the question type, `Names <type>.`;
 - a revision (`revised_answer`) names the type of its rubric for odd cases and no label for even ones;
-- a reflection (`new_instruction`) drops the label for cases divisible by 3, leaves the instruction
-  as it is for cases 1 mod 3, and lengthens it for cases 2 mod 3.
+- a reflection (`new_instruction`) drops the label for cases divisible by 6, leaves the instruction
+  as it is for cases 1 mod 6, and rewrites it (a phrase before or after it) for the other four.
 
-Tests read the same rules (`case_of`, `cft_reply`, ...) to know what each record's reply said.
+The first reply about an example whose case is 5 mod 6 is cut in half (not JSON), as a reply cut off
+by its token budget is; asked again, the server answers in full, so the teacher's bounded retry
+parses it.
+
+Tests read the same rules (`case_of`, `cft_reply`, ...) to know what each record's reply said, and
+`replies` holds every reply the server sent.
 """
 
 from __future__ import annotations
@@ -65,7 +70,8 @@ _CASE = re.compile(r"\bcase (\d+)\b")
 _TYPE = re.compile(r'questions of the type "(.+?)"')
 _NAMES = re.compile(r"Names (.+?)\.$", re.MULTILINE)
 _REFLECT = re.compile(r"\AInstruction: (.*)\nAnswer: (.*)\n\nExplain", re.DOTALL)
-LONGER = " What should I do next, and how soon?"
+REWRITES = ("{} What should I do next, and how soon?", "Urgent question from a customer: {}",
+            "{} This happened twice already.", "Hello, I need some help please. {}")  # fmt: skip
 
 
 def message(k: int) -> str:
@@ -92,10 +98,15 @@ def revision_reply(k: int, qtype: str) -> dict:
     return {"revised_answer": f"The intent is {qtype}." if k % 2 else "The request is unclear."}
 
 
+def reflected(k: int, instruction: str) -> str:
+    """The new instruction of case k (not divisible by 6)."""
+    return instruction if k % 6 == 1 else REWRITES[k % 6 - 2].format(instruction)
+
+
 def reflection_reply(k: int, instruction: str, answer: str) -> dict:
-    if k % 3 == 0:
+    if k % 6 == 0:
         return {"weaknesses": f"Case {k} is vague.", "new_instruction": instruction, "better_answer": "Hard to say."}
-    new = instruction if k % 3 == 1 else instruction + LONGER
+    new = reflected(k, instruction)
     return {
         "weaknesses": f"Case {k} lacks detail.",
         "new_instruction": new,
@@ -103,18 +114,25 @@ def reflection_reply(k: int, instruction: str, answer: str) -> dict:
     }
 
 
-def reply_to(prompt: str, schema: dict) -> dict:
-    """The reply to one schema step's prompt."""
+def retried(k: int) -> bool:
+    """Whether the first reply about case k is cut short (and the second is whole)."""
+    return k % 6 == 5
+
+
+def reply_to(prompt: str, schema: dict) -> tuple[int | None, dict]:
+    """(the case the reply is about, None for a rubric; the reply) to one schema step's prompt."""
     fields = schema["properties"]
     if "verdict" in fields:
-        return cft_reply(case_of(prompt.split("\n\nSolution:")[0]))
+        k = case_of(prompt.split("\n\nSolution:")[0])
+        return k, cft_reply(k)
     if "criteria" in fields:
-        return rubric_reply(_TYPE.search(prompt).group(1))
+        return None, rubric_reply(_TYPE.search(prompt).group(1))
     if "revised_answer" in fields:
-        return revision_reply(case_of(prompt.split("\n\nRubric:")[0]), _NAMES.search(prompt).group(1))
+        k = case_of(prompt.split("\n\nRubric:")[0])
+        return k, revision_reply(k, _NAMES.search(prompt).group(1))
     if "new_instruction" in fields:
         instruction, answer = _REFLECT.match(prompt).groups()
-        return reflection_reply(case_of(instruction), instruction, answer)
+        return case_of(instruction), reflection_reply(case_of(instruction), instruction, answer)
     raise ValueError(f"no scripted reply for a schema with {sorted(fields)}")
 
 
@@ -124,15 +142,19 @@ class CriticServer(ChatServer):
     def __init__(self) -> None:
         self.written = 0  # messages written so far: the next is case written + 1
         self.replies: list[tuple[str, dict]] = []  # (prompt, reply) of every schema step, in order
+        self.asked: set[str] = set()  # schema prompts answered before
         super().__init__()
 
     def handle(self, h: BaseHTTPRequestHandler, i: int, body: dict) -> None:
         prompt = body["messages"][0]["content"]
         if "response_format" in body:
-            reply = reply_to(prompt, body["response_format"]["json_schema"]["schema"])
+            k, reply = reply_to(prompt, body["response_format"]["json_schema"]["schema"])
+            text = json.dumps(reply)
             with self.lock:
+                first = prompt not in self.asked
+                self.asked.add(prompt)
                 self.replies.append((prompt, reply))
-            texts = [json.dumps(reply)]
+            texts = [text[: len(text) // 2] if first and k is not None and retried(k) else text]
         else:  # the prefill `New message: "` is open: the closing quote ends the message
             with self.lock:
                 first, self.written = self.written + 1, self.written + body.get("n", 1)
