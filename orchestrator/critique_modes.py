@@ -10,12 +10,16 @@ verified answer, in the `critique-solutions` step after the reasoning steps.
 - cft: as judge, and every parsed critique is also a training record (Critique Fine-Tuning: the
   student learns to write the critique), category "cft", with the cft objective's fields
   (question, solution, critique) for a recipe stage `objective: cft`.
-- rubric: CITING — one rubric per question type (a label, or the task's instructions for an answer
-  kind), then the answer revised against it. Classification: the example takes the one label the
-  revision names (relabelled when it differs), and is dropped when it names none or several. An
-  answer kind: the revision replaces the rationale when its last answer line ("Answer: 5", "The
-  answer is 5.", read as a rationale's) gives the verified answer (open_ended has no verifier), else
-  the original rationale stays (`rubric_unverified`).
+- rubric: CITING (arXiv 2310.02527) — one rubric per question type (a label, or the task's
+  instructions for an answer kind); the *student* answers each question (its greedy answer with the
+  current adapter, `StudentService.Evaluate`, passed in by the activity: services never call each
+  other); the teacher revises the student's answer against the rubric. Every accepted revision is a
+  training record as CITING trains the student, (instruction, rubric, the student's own answer) ->
+  revision, category "citing". Classification: the example takes the one label the revision names
+  (relabelled when it differs), and is dropped when it names none or several. An answer kind: the
+  revision replaces the rationale when its last answer line ("Answer: 5", "The answer is 5.", read
+  as a rationale's) gives the verified answer (open_ended has no verifier), else the original
+  rationale stays (`rubric_unverified`) and the unverified revision does not train.
 - reflection (classification only): Reflection-Tuning — a better instruction and answer; the
   example becomes the reflected one (new input, the label the better answer names), keeping the
   original under "reflection" so the Selective Reflection-Tuning rule (`select.policy: reflection`)
@@ -27,7 +31,7 @@ text stays in the critiques artifact. Nothing here fails a batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from syllabus.answers import normalize, stated_answer
@@ -36,8 +40,8 @@ from syllabus.tasks import TaskSpec
 from syllabus_sdk.teacher.v1 import teacher_pb2
 
 # Provenance methods of records a critique writes (new samples in the lineage).
-RELABEL, REFLECTION, CFT = "rubric_revision", "reflection", "cft_critique"
-REPAIR_METHODS = frozenset({RELABEL, REFLECTION, CFT})
+RELABEL, REFLECTION, CFT, CITING = "rubric_revision", "reflection", "cft_critique", "citing"
+REPAIR_METHODS = frozenset({RELABEL, REFLECTION, CFT, CITING})
 REASON_CHARS = 300  # a verdict's reason quotes at most this much of the teacher's reply
 
 
@@ -70,18 +74,25 @@ def question_solution(task: TaskSpec, r: dict) -> tuple[str, str]:
     return task.prompt_for(r["input"]), r["label"]
 
 
-def request_examples(task: TaskSpec, mode: str, records: Sequence[dict]) -> tuple[int, list[dict]]:
+def request_examples(
+    task: TaskSpec, mode: str, records: Sequence[dict], student_answers: Mapping[str, str] | None = None
+) -> tuple[int, list[dict]]:
     """(CritiqueMode, the examples in that mode's input format) for the rule-kept `records` (the
-    verified solutions, for an answer kind)."""
+    verified solutions, for an answer kind). rubric (CITING) revises the student's answers:
+    `student_answers` maps each record's id to the student's greedy answer to its prompt."""
     pairs = [question_solution(task, r) for r in records]
     if mode in ("judge", "cft"):
         return teacher_pb2.CRITIQUE_MODE_CFT, [
             {"id": r["id"], "question": q, "solution": a} for r, (q, a) in zip(records, pairs, strict=True)
         ]
     if mode == "rubric":
+        missing = [r["id"] for r in records if student_answers is None or r["id"] not in student_answers]
+        if missing:
+            raise ValueError(f"CITING revises the student's answers: none for {missing[:3]}")
         one_type = task.instructions if critiques_solutions(task) else None  # else the label is the type
         return teacher_pb2.CRITIQUE_MODE_RUBRIC_REVISION, [
-            {"id": r["id"], "question": q, "answer": a, "type": one_type or r["label"]} for r, (q, a) in zip(records, pairs, strict=True)
+            {"id": r["id"], "question": q, "answer": student_answers[r["id"]], "type": one_type or r["label"]}
+            for r, (q, _) in zip(records, pairs, strict=True)
         ]
     if mode == "reflection":
         return teacher_pb2.CRITIQUE_MODE_REFLECTION, [{"id": r["id"], "instruction": r["input"], "answer": r["label"]} for r in records]
@@ -158,12 +169,14 @@ def interpret(task: TaskSpec, mode: str, records: Sequence[dict], critiques: Seq
             label = named_label(c.get("revision", ""), task.labels)
             if label is None:
                 out.verdicts.append({"id": r["id"], "keep": False, "reason": f"revision_names_no_label: {_quote(c.get('revision', ''))}"})
-            elif label == r["label"]:
+                continue
+            if label == r["label"]:
                 out.verdicts.append({"id": r["id"], "keep": True, "reason": "rubric_confirmed"})
                 out.kept.append(r)
             else:
                 out.verdicts.append({"id": r["id"], "keep": True, "reason": f"rubric_relabelled: {r['label']} -> {label}"})
                 out.kept.append(_example(task, r, r["input"], label, RELABEL, prov, rubric=c.get("rubric", "")))
+            out.extra.append(citing_record(r, c, label, prov))
         else:  # reflection
             text = " ".join(str(c.get("new_instruction", "")).split())
             label = named_label(c.get("better_answer", ""), task.labels)
@@ -188,7 +201,18 @@ def _revised_solution(task: TaskSpec, r: dict, c: dict, prov: dict, out: Outcome
         out.kept.append(r)
         return
     out.verdicts.append({"id": r["id"], "keep": True, "reason": "rubric_revised"})
+    out.extra.append(citing_record(r, c, r["label"], prov))
     out.kept.append({
         **r, "id": content_id(r["prompt"], revision), "response": revision, "parent_id": r["id"],
         "rubric": c.get("rubric", ""), "provenance": {**prov, "method": RELABEL},
     })  # fmt: skip
+
+
+def citing_record(r: dict, c: dict, label: str, prov: dict) -> dict:
+    """CITING's training record of an accepted revision: (instruction, rubric, the student's own
+    answer) -> the teacher's revision, the prompt being the one the teacher revised from."""
+    return {
+        "id": content_id("citing", c["prompt"], c["revision"]), "input": r["input"], "label": label,
+        "prompt": c["prompt"], "response": c["revision"], "parent_id": r["id"], "category": "citing",
+        "student_answer": c.get("answer", ""), "rubric": c.get("rubric", ""), "provenance": {**prov, "method": CITING},
+    }  # fmt: skip

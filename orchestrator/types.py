@@ -267,6 +267,9 @@ class CritiqueInput:
     examples: ArtifactRef
     seeds: ArtifactRef
     teacher_adapter: ArtifactRef | None = None
+    # The student as it stands (the previous round's adapter; None: the base student): CITING's
+    # rubric mode revises this student's own answers.
+    student_adapter: ArtifactRef | None = None
 
 
 @dataclass

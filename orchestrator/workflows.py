@@ -141,7 +141,7 @@ class DistillationWorkflow:
                         "critique",
                         r,
                         Activities.critique_examples,
-                        CritiqueInput(inp.job_id, inp.task_ref, r, gen.examples, prep.seeds, teacher),
+                        CritiqueInput(inp.job_id, inp.task_ref, r, gen.examples, prep.seeds, teacher, student_adapter=adapter),
                     )
                     result.kept, result.dropped, result.parsing = crit.kept_count, crit.dropped, crit.parsing
                     n_candidates = crit.kept_count + crit.extra_count
@@ -162,7 +162,7 @@ class DistillationWorkflow:
                     "critique-solutions",
                     r,
                     Activities.critique_solutions,
-                    CritiqueInput(inp.job_id, inp.task_ref, r, candidates, prep.seeds, teacher),
+                    CritiqueInput(inp.job_id, inp.task_ref, r, candidates, prep.seeds, teacher, student_adapter=adapter),
                 )
                 result.dropped = dict(sorted((Counter(result.dropped) + Counter(crit.dropped)).items()))
                 result.parsing = {**result.parsing, **crit.parsing}

@@ -351,7 +351,7 @@ class TailorSpec(_Strict):
 class EvaluateSpec(_Strict):
     """How the student answers the eval set (the answer kinds generate; classification scores labels)."""
 
-    max_new_tokens: int = Field(128, ge=1, le=2048, description="Greedy tokens per answer (exact_answer, numeric, open_ended).")
+    max_new_tokens: int = Field(128, ge=1, le=2048, description="Greedy tokens per answer (exact_answer, numeric, open_ended), and per student answer CITING revises (critique.mode: rubric).")
 
 
 class BaselinesSpec(_Strict):

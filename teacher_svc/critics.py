@@ -131,11 +131,17 @@ def cft_critique(
 def rubric_revise(
     backend: Backend, examples: Sequence[dict], sampling: Sampling, batch_size: int = 16, retries: int = 1
 ) -> tuple[list[dict], list[dict]]:
-    """(rubrics, revisions). Examples: {"id", "question", "answer", "type"} (type defaults to "general").
+    """(rubrics, revisions). Examples: {"id", "question", "answer", "type"} (type defaults to "general"),
+    "answer" the student's own answer (CITING revises what the student wrote), which may be empty:
+    a student that writes nothing still gets a revision to learn from.
 
     One rubric per type; an example whose type has no rubric (its rubric never parsed) is failed.
     """
-    _check(examples, "question", "answer")
+    _check(examples, "question")
+    for i, e in enumerate(examples):
+        if not isinstance(e.get("answer"), str):
+            # ValueError, as `_check`'s: the service answers it with INVALID_ARGUMENT
+            raise ValueError(f'examples[{i}] needs a string "answer" (the student\'s answer)')  # noqa: TRY004
     types: dict[str, dict] = {}
     for e in examples:
         types.setdefault(e.get("type") or "general", e)

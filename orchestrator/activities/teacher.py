@@ -30,6 +30,7 @@ from syllabus.pb import ref_from_pb, ref_to_pb, task_kind
 from syllabus.records import dumps_jsonl
 from syllabus.tasks import TaskSpec
 from syllabus_sdk.common.v1 import common_pb2
+from syllabus_sdk.student.v1 import student_pb2
 from syllabus_sdk.teacher.v1 import teacher_pb2
 
 STATS_SUFFIX = ".stats.json"  # the teacher's counts of the Generate run that published the examples
@@ -203,7 +204,8 @@ class TeacherActivities(ActivityBase):
         the records it writes and one verdict each (`critique_modes.interpret`), its critiques, and
         how its replies parsed (`critique_modes.parse_counts`)."""
         mode = task.critique.mode
-        model_mode, examples = critique_modes.request_examples(task, mode, records)
+        answers = await self._student_answers(task, inp, records, prefix) if mode == "rubric" else None
+        model_mode, examples = critique_modes.request_examples(task, mode, records, answers)
         ex_ref = self._publish_once(f"{prefix}-{mode}-input.jsonl", dumps_jsonl(examples))
         model_prefix = output_key(
             inp.job_id, inp.round, f"critique-{mode}", [ex_ref, inp.teacher_adapter],
@@ -212,6 +214,30 @@ class TeacherActivities(ActivityBase):
         _, model_critiques = await self._critique_call(task, inp, model_mode, ex_ref, model_prefix)
         replies = self._read_jsonl(model_critiques)
         return critique_modes.interpret(task, mode, records, replies), model_critiques, critique_modes.parse_counts(replies)
+
+    async def _student_answers(self, task: TaskSpec, inp: CritiqueInput, records: list[dict], prefix: str) -> dict[str, str]:
+        """CITING's student answers: StudentService.Evaluate's greedy generation by the current
+        student (`inp.student_adapter`) for each record's prompt, by record id. Classification asks
+        for the generation scorer, so the answer is what the student writes, not the likeliest label."""
+        if not records:  # nothing to answer: an empty eval set is no Evaluate request
+            return {}
+        items = [{"id": r["id"], "prompt": r["prompt"], "label": r["label"]} for r in records]
+        questions = self._publish_once(f"{prefix}-citing-questions.jsonl", dumps_jsonl(items))
+        params = {"model": task.student.model, "labels": task.labels, "max_new_tokens": task.evaluate.max_new_tokens}
+        key = output_key(inp.job_id, inp.round, "citing-answers", [questions, inp.student_adapter], params, "jsonl")
+        scorer = student_pb2.EVAL_SCORER_UNSPECIFIED if critique_modes.critiques_solutions(task) else student_pb2.EVAL_SCORER_LABEL_GENERATION
+        request = student_pb2.EvaluateRequest(
+            model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.student_adapter)),
+            kind=task_kind(task.kind), eval_set=ref_to_pb(questions), labels=task.labels, output_key=key,
+            scorer=scorer, max_new_tokens=task.evaluate.max_new_tokens,
+        )  # fmt: skip
+
+        async def call() -> ArtifactRef | None:
+            return ref_from_pb((await self._student(lambda s: s.evaluate(request))).predictions)
+
+        predictions = await self.published_or_call(key, call, "StudentService.Evaluate (CITING answers)")
+        await self._record_artifacts(inp.job_id, inp.round, {"citing-answers": predictions})
+        return {p["id"]: p.get("generation", "") for p in self._read_jsonl(predictions)}
 
     async def _record_critique(
         self, inp: CritiqueInput, mode: str, kept: ArtifactRef, records: list[dict], verdicts: list[dict], outputs: dict

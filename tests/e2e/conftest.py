@@ -1,5 +1,6 @@
 """One stack for every e2e test (real Temporal dev server, the services, gateway and worker in their
-own processes, SQLite and a local artifact store) on the tiny model."""
+own processes, SQLite and a local artifact store) on the tiny model, with one HTTP teacher endpoint,
+`openai:critic`: the deterministic critique server of `critic_server.py`, on loopback in this process."""
 
 from __future__ import annotations
 
@@ -15,17 +16,27 @@ from pathlib import Path
 
 import pytest
 import yaml
+from critic_server import CriticServer
 
 from orchestrator.stack import Stack, config_env, loopback_config
 
 
 @pytest.fixture(scope="session")
-def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def critic():
+    """The deterministic critique teacher (`critic_server`); a task names it `teacher.model: openai:critic`."""
+    server = CriticServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, critic: CriticServer):
     home = tmp_path_factory.mktemp("home")
     config = loopback_config(
         home,
         task_queue="e2e",
         activity_heartbeat_timeout_s=5,  # notice a killed worker in seconds, not minutes
+        teacher_endpoints={"critic": {"url": critic.url, "model": "critic"}},
     )
     stack = Stack(config, preload=(str(tiny_model_dir),))
     try:

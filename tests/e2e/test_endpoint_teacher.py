@@ -15,13 +15,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import yaml
+from chat_server import ChatServer, completion, send_json
 
 from orchestrator.stack import loopback_config
 from syllabus.config import config_to_env
@@ -30,44 +30,20 @@ pytestmark = pytest.mark.e2e
 TAG = "ref LLAMA-"
 
 
-class ScriptedChatServer:
-    """POST /v1/chat/completions: n choices, each `<first example shown> (ref LLAMA-<k>)"` (the closing
-    quote ends the teacher's `New message: "` prefill)."""
+class ScriptedChatServer(ChatServer):
+    """Each of n choices is `<first example shown> (ref LLAMA-<k>)"` (the closing quote ends the
+    teacher's `New message: "` prefill)."""
 
     def __init__(self) -> None:
-        self.bodies: list[dict] = []
         self.sent: list[str] = []  # every message written, without the closing quote
-        self.lock = threading.Lock()
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.bodies.append(body)
-                    k = len(server.bodies)
-                shown = re.findall(r'^- "?(.+?)"?$', body["messages"][0]["content"], re.MULTILINE) or ["I need help with my card"]
-                texts = [f"{shown[0]} ({TAG}{k}.{i})" for i in range(body.get("n", 1))]
-                with server.lock:
-                    server.sent += texts
-                choices = [{"index": i, "message": {"role": "assistant", "content": f'{t}"'}} for i, t in enumerate(texts)]
-                payload = json.dumps({"object": "chat.completion", "choices": choices, "usage": {"completion_tokens": 9}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def handle(self, h: BaseHTTPRequestHandler, i: int, body: dict) -> None:
+        shown = re.findall(r'^- "?(.+?)"?$', body["messages"][0]["content"], re.MULTILINE) or ["I need help with my card"]
+        texts = [f"{shown[0]} ({TAG}{i + 1}.{j})" for j in range(body.get("n", 1))]
+        with self.lock:
+            self.sent += texts
+        send_json(h, completion([f'{t}"' for t in texts], 9))
 
 
 def _cli(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:

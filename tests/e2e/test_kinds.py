@@ -156,11 +156,17 @@ def test_a_numeric_task_critiques_its_verified_rationales(run_task, stack: Stack
     (asked,) = list(prefix.glob(f"critique-solutions-*-{mode}-input.jsonl"))
     (rationales,) = list(prefix.glob("rationales-candidates-*.jsonl"))
     solutions = {r["id"]: r for r in loads_jsonl(rationales.read_bytes())}
-    # The teacher read every verified rationale as the solution (the answer) to its question.
+    # cft: the teacher read every verified rationale as the solution to its question. rubric (CITING):
+    # the teacher read the student's own greedy answer to each question, to revise it.
     questions = loads_jsonl(asked.read_bytes())
-    field = "solution" if mode == "cft" else "answer"
     assert {q["id"] for q in questions} == set(solutions) and len(questions) == verified
-    assert all(q[field] == solutions[q["id"]]["response"] and q["question"] == solutions[q["id"]]["input"] for q in questions)
+    assert all(q["question"] == solutions[q["id"]]["input"] for q in questions)
+    if mode == "cft":
+        assert all(q["solution"] == solutions[q["id"]]["response"] for q in questions)
+    else:
+        (student_answers,) = list(prefix.glob("citing-answers-*.jsonl"))
+        student = {p["id"]: p["generation"] for p in loads_jsonl(student_answers.read_bytes())}
+        assert all(q["answer"] == student[q["id"]] for q in questions)
     con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
     verdicts = dict(con.execute("select sample_id, keep from critiques where job_id=? and mode=?", (report["job_id"], mode)).fetchall())
     assert set(verdicts) == set(solutions)
@@ -188,6 +194,11 @@ def test_a_numeric_task_critiques_its_verified_rationales(run_task, stack: Stack
         assert all(r["solution"] == solutions[r["parent_id"]]["response"] and r["critique"] for r in extra)
     else:  # the revisions stay answers of the kind: nothing unverified trains
         assert answers and {c["id"] for c in candidates} <= trained
+        # Each verified revision also trains as CITING's (question, rubric, own answer) -> revision.
+        revised = {c["parent_id"]: c for c in answers if c["id"] not in solutions}
+        citing = {c["parent_id"]: c for c in candidates if c["category"] == "citing"}
+        assert set(citing) == set(revised)
+        assert all(c["response"] == revised[p]["response"] and c["prompt"].endswith(f"Answer: {student[p]}") for p, c in citing.items())
 
 
 def test_a_numeric_task_runs_a_curriculum_and_tailors_its_teacher(run_task, stack: Stack, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from orchestrator import critique_modes, reasoning
 from orchestrator.scores import add_percentiles, difficulty_columns, reflection_versions, scoring_records, weighted_mix
 from syllabus.tasks import TaskSpec
+from syllabus_sdk.teacher.v1 import teacher_pb2
 
 pytestmark = pytest.mark.unit
 
@@ -61,13 +62,43 @@ def test_cft_also_trains_on_every_parsed_critique(task: TaskSpec) -> None:
     assert all(r["provenance"]["method"] == critique_modes.CFT for r in out.extra)
 
 
+def test_citing_asks_the_teacher_to_revise_the_students_answers_not_the_labels(task: TaskSpec) -> None:
+    answers = {"a": "It is lost.", "b": "", "c": "card_arrival"}  # what the student wrote, "" included
+    mode, examples = critique_modes.request_examples(task, "rubric", EXAMPLES, answers)
+    assert mode == teacher_pb2.CRITIQUE_MODE_RUBRIC_REVISION
+    assert [(e["id"], e["question"], e["answer"], e["type"]) for e in examples] == [
+        ("a", task.prompt_for("When will my new card arrive?"), "It is lost.", "card_arrival"),
+        ("b", task.prompt_for("Someone took my wallet and card"), "", "card_arrival"),
+        ("c", task.prompt_for("I lost it"), "card_arrival", "lost_or_stolen_card"),
+    ]
+    with pytest.raises(ValueError, match=r"CITING revises the student's answers: none for \['c'\]"):
+        critique_modes.request_examples(task, "rubric", EXAMPLES, {"a": "x", "b": "y"})
+    with pytest.raises(ValueError, match="CITING revises the student's answers"):
+        critique_modes.request_examples(task, "rubric", EXAMPLES)
+
+
+def revision_reply(i: str, student_answer: str, revision: str) -> dict:
+    """The teacher's revision record (teacher_svc.critics.rubric_revise) of the student's answer."""
+    prompt = f"Instruction: q{i}\n\nRubric:\n1. names the intent\n\nAnswer: {student_answer}"
+    return {"id": i, "status": "ok", "revision": revision, "rubric": "1. names the intent", "answer": student_answer,
+            "prompt": prompt, "response": revision}  # fmt: skip
+
+
 def test_rubric_revision_confirms_relabels_or_drops(task: TaskSpec) -> None:
     replies = [
-        {"id": "a", "status": "ok", "revision": "The intent is card_arrival.", "rubric": "1. names the intent"},
-        {"id": "b", "status": "ok", "revision": "This is Lost or stolen card", "rubric": "1. x"},
-        {"id": "c", "status": "ok", "revision": "I cannot tell.", "rubric": "1. x"},
+        revision_reply("a", "It is lost.", "The intent is card_arrival."),
+        revision_reply("b", "", "This is Lost or stolen card"),
+        revision_reply("c", "card_arrival", "I cannot tell."),
     ]
     out = critique_modes.interpret(task, "rubric", EXAMPLES, replies)
+    # CITING trains the student on (instruction, rubric, its own answer) -> revision, for every
+    # revision the loop accepts (a and b), not for the one it drops (c).
+    assert [(r["parent_id"], r["category"], r["prompt"], r["response"], r["label"], r["student_answer"]) for r in out.extra] == [
+        ("a", "citing", replies[0]["prompt"], "The intent is card_arrival.", "card_arrival", "It is lost."),
+        ("b", "citing", replies[1]["prompt"], "This is Lost or stolen card", "lost_or_stolen_card", ""),
+    ]
+    assert all(r["provenance"]["method"] == critique_modes.CITING for r in out.extra)
+    assert len({r["id"] for r in out.extra}) == 2
     kept = {r["parent_id"] if r.get("parent_id") else r["id"]: r for r in out.kept}
     assert kept["a"] is EXAMPLES[0]  # confirmed: the same record
     assert kept["b"]["label"] == "lost_or_stolen_card" and kept["b"]["input"] == EXAMPLES[1]["input"]
@@ -208,15 +239,21 @@ def test_an_answer_kind_critiques_its_rationales_not_its_label(numeric_task: Tas
 def test_a_rubric_revision_replaces_a_rationale_only_when_it_reaches_the_verified_answer(numeric_task: TaskSpec) -> None:
     sols = [solution("a", "4 - 3 = 1\nAnswer: 1"), solution("b", "4 - 3 = 1\nAnswer: 1"), solution("c", "4 - 3 = 1\nAnswer: 1"),
             solution("d", "x\nAnswer: 1")]  # fmt: skip
-    _, examples = critique_modes.request_examples(numeric_task, "rubric", sols)
-    assert {e["type"] for e in examples} == {numeric_task.instructions} and examples[0]["answer"] == sols[0]["response"]
+    student = {"a": "4 + 3 = 7\nAnswer: 7", "b": "I think 1", "c": "", "d": "Answer: 2"}
+    _, examples = critique_modes.request_examples(numeric_task, "rubric", sols, student)
+    assert {e["type"] for e in examples} == {numeric_task.instructions}
+    assert [(e["question"], e["answer"]) for e in examples] == [(s["input"], student[s["id"]]) for s in sols]
     replies = [
-        {"id": "a", "status": "ok", "revision": "Dan spends 3 of 4: 4 - 3 = 1.\nAnswer: 1.0", "rubric": "1. shows the operation"},
-        {"id": "b", "status": "ok", "revision": "4 + 3 = 7\nAnswer: 7", "rubric": "1. x"},  # a wrong revised answer
-        {"id": "c", "status": "ok", "revision": "Dan has 1 left.", "rubric": "1. x"},  # no final answer line
+        revision_reply("a", student["a"], "Dan spends 3 of 4: 4 - 3 = 1.\nAnswer: 1.0"),
+        revision_reply("b", student["b"], "4 + 3 = 7\nAnswer: 7"),  # a wrong revised answer
+        revision_reply("c", student["c"], "Dan has 1 left."),  # no final answer line
         {"id": "d", **FAILED},
     ]
     out = critique_modes.interpret(numeric_task, "rubric", sols, replies)
+    # Only the verified revision trains as CITING's (question, rubric, student's answer) -> revision.
+    assert [(r["parent_id"], r["prompt"], r["response"], r["label"]) for r in out.extra] == [
+        ("a", replies[0]["prompt"], "Dan spends 3 of 4: 4 - 3 = 1.\nAnswer: 1.0", "1")
+    ]
     kept = {r.get("parent_id") if r["id"] not in {s["id"] for s in sols} else r["id"]: r for r in out.kept}
     assert set(kept) == {"a", "b", "c"}
     revised = next(r for r in out.kept if r["provenance"]["method"] == critique_modes.RELABEL)

@@ -336,6 +336,8 @@ async def test_tailoring_aligns_the_teacher_that_generates_the_later_rounds(temp
     assert [s.round for s in result.steps if s.name == "tailor"] == [1, 2]
     assert [g.teacher_adapter for g in fakes.inputs("generate_examples")] == [None, ref("teacher-dpo-1"), ref("teacher-dpo-2")]
     assert [c.teacher_adapter for c in fakes.inputs("critique_examples")] == [None, ref("teacher-dpo-1"), ref("teacher-dpo-2")]
+    # CITING revises the answers of the student as it stands: the base student, then each round's adapter.
+    assert [c.student_adapter for c in fakes.inputs("critique_examples")] == [None, ref("sft-1"), ref("sft-2")]
     dpo = fakes.inputs("train_teacher_dpo")
     assert [d.teacher_adapter for d in dpo] == [None, ref("teacher-dpo-1")]  # each tailoring continues the last
     prefs = fakes.inputs("score_preference")

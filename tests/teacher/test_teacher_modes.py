@@ -206,6 +206,27 @@ def test_model_critiques_never_fail_the_batch(tiny_backend) -> None:
         assert set(r["provenance"]) == PROVENANCE
 
 
+def test_citing_revises_the_students_answer_even_an_empty_one(tiny_backend) -> None:
+    """The revision prompt and the record carry the student's answer (CITING trains on it); a student
+    that wrote nothing is revised too, and an answer that is not a string is refused."""
+    examples = [{"id": "a", "question": "What is 2 + 3?", "answer": "2 + 3 = 6"}, {"id": "b", "question": "What is 1 + 1?", "answer": ""}]
+    seen: list[str] = []
+
+    class Recording(Rewrite):
+        def generate(self, prompts, sampling, batch_size, stop=()):
+            seen.extend(p.user for p in prompts)
+            return super().generate(prompts, sampling, batch_size, stop)
+
+    reply = lambda call, i, t: '{"criteria": ["Shows the sum"]}' if call == 0 else '{"revised_answer": "The sum is right."}'
+    _, revisions = rubric_revise(Recording(tiny_backend, reply), examples, BUDGET)
+    assert [(r["status"], r["answer"]) for r in revisions] == [("ok", "2 + 3 = 6"), ("ok", "")]
+    assert seen[1].startswith("Instruction: What is 2 + 3?\n\nRubric:\n1. Shows the sum\n\nAnswer: 2 + 3 = 6\n")
+    assert revisions[0]["prompt"] == "Instruction: What is 2 + 3?\n\nRubric:\n1. Shows the sum\n\nAnswer: 2 + 3 = 6"
+    assert revisions[1]["prompt"].endswith("\n\nAnswer: ")
+    with pytest.raises(ValueError, match=r'examples\[0\] needs a string "answer"'):
+        rubric_revise(Recording(tiny_backend, reply), [{"id": "a", "question": "q", "answer": 5}], BUDGET)
+
+
 def test_analyze_errors_names_confused_label_pairs() -> None:
     eval_items = [{"id": f"e{i}", "input": f"message {i}"} for i in range(6)]
     predictions = [

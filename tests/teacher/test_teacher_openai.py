@@ -10,9 +10,10 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from chat_server import ChatServer, completion, send, send_json
 
 from syllabus.config import Config, TeacherEndpoint, load_config
 from syllabus.models import ModelNotFound
@@ -22,37 +23,13 @@ from teacher_svc.openai_backend import HTTPSettings, OpenAIBackend
 pytestmark = pytest.mark.integration
 
 
-class ChatServer:
-    """A chat-completions server; `plan(i)` says what request i gets: "ok", "slow", 500, 429, 400, "malformed"."""
+class TinyChatServer(ChatServer):
+    """Answers from the tiny model; `plan(i)` says what request i gets: "ok", "slow", 500, 429, 400, "malformed"."""
 
     def __init__(self, backend, plan: Callable[[int], object] = lambda i: "ok", delay: float = 0.0) -> None:
         self.backend, self.plan, self.delay = backend, plan, delay
-        self.bodies: list[dict] = []
-        self.lock = threading.Lock()
         self.model_lock = threading.Lock()
-        self.in_flight = self.peak = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    i = len(server.bodies)
-                    server.bodies.append(body)
-                    server.in_flight += 1
-                    server.peak = max(server.peak, server.in_flight)
-                try:
-                    server.handle(self, i, body)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__()
 
     def handle(self, h: BaseHTTPRequestHandler, i: int, body: dict) -> None:
         action = self.plan(i)
@@ -70,14 +47,9 @@ class ChatServer:
             h.wfile.write(b'{"error": {"message": "scripted failure"}}')
             return
         if action == "malformed":
-            payload = b'{"choices": [{"message": {"content": "trunc'
+            send(h, b'{"choices": [{"message": {"content": "trunc')
         else:
-            payload = json.dumps(self.complete(body)).encode()
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
+            send_json(h, self.complete(body))
 
     def complete(self, body: dict) -> dict:
         """Answer with the tiny model, honouring vLLM's continue_final_message prefill."""
@@ -92,23 +64,15 @@ class ChatServer:
         with self.model_lock:  # torch's RNG is process-global: one seeded generation at a time
             prompt = ChatPrompt(messages[0]["content"], prefill, schema=schema)
             outs = self.backend.generate([prompt], sampling, 1, body.get("stop", ()))[0]
-        return {
-            "object": "chat.completion",
-            "choices": [{"index": i, "message": {"role": "assistant", "content": c.text}} for i, c in enumerate(outs)],
-            "usage": {"completion_tokens": sum(c.tokens for c in outs)},
-        }
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return completion([c.text for c in outs], sum(c.tokens for c in outs))
 
 
 @pytest.fixture
 def serve(tiny_backend):
     servers = []
 
-    def start(**kw) -> ChatServer:
-        servers.append(ChatServer(tiny_backend, **kw))
+    def start(**kw) -> TinyChatServer:
+        servers.append(TinyChatServer(tiny_backend, **kw))
         return servers[-1]
 
     yield start
@@ -116,7 +80,7 @@ def serve(tiny_backend):
         s.close()
 
 
-def client(server: ChatServer, **kw) -> OpenAIBackend:
+def client(server: TinyChatServer, **kw) -> OpenAIBackend:
     settings = {"timeout_s": 30.0, "max_retries": 3, "backoff_s": 0.01, "max_backoff_s": 0.1, "concurrency": 4} | kw
     backend = OpenAIBackend(HTTPSettings(server.url, "tiny", **settings))
     backend.waits = []
