@@ -198,7 +198,7 @@ class PrepareJobOutput:
     seed_count: int
     eval_count: int
     artifacts_uri: str
-    # JSONL like eval_set: the validation split error analysis reads (the seeds when the task has none).
+    # JSONL like eval_set: the validation split (empty when the task has none: no method then reads it).
     validation: ArtifactRef | None = None
     plan: LoopPlan = field(default_factory=LoopPlan)
 

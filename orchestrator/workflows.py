@@ -119,7 +119,7 @@ class DistillationWorkflow:
         teacher: ArtifactRef | None = None  # the tailored teacher's adapter (ARTE)
         skills: ArtifactRef | None = None  # the student's confusions after the previous round
         crowd: list[ArtifactRef] = []  # the student's checkpoints: the IRT crowd of `difficulty`
-        validation = prep.validation or prep.seeds
+        validation = prep.validation or prep.seeds  # an older PrepareJobOutput (None) still replays
         for r in range(1, inp.rounds + 1):
             p.current_round = r
             search.upsert(round=r)

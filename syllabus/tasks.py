@@ -349,7 +349,11 @@ class TaskSpec(_Strict):
     seeds: list[Example] = Field(min_length=1)
     eval: list[Example] = Field(min_length=1)
     # Error analysis reads the student's mistakes here, never on `eval`: the teacher sees these inputs.
-    validation: list[Example] = Field(default_factory=list, description="Validation split; default: the seeds.")
+    # Never defaulted to the seeds: a probe set or error analysis on training data measures nothing.
+    validation: list[Example] = Field(
+        default_factory=list,
+        description="Validation split; required by tailor, preference, targeted and pudf (none otherwise).",
+    )
     teacher: ModelSpec = Field(default_factory=ModelSpec)
     student: ModelSpec = Field(default_factory=ModelSpec)
     rounds: int = Field(2, ge=1, le=100)
@@ -456,6 +460,9 @@ class TaskSpec(_Strict):
             raise ValueError("tailor: needs rounds >= 2 (the aligned teacher generates in the rounds after tailoring)")
         if self.tailor is not None and self.teacher.model.startswith("openai:"):
             raise ValueError("tailor: trains a LoRA on the teacher's weights; an openai: endpoint has none here")
+        if not self.validation and (needs := self.needs_validation()):
+            raise ValueError(f"validation: {needs[0]} reads the student on a validation split (never the seeds, which it "
+                             "trains on): give the task a validation split")  # fmt: skip
         if (recipe := self.train.recipe) is None:
             return
         columns = {c for m in scored for c in (METRIC_COLUMNS[m], METRIC_COLUMNS[m] + "_pct")}
@@ -473,6 +480,13 @@ class TaskSpec(_Strict):
                 raise ValueError(f"{where}.objective: cft trains on critique records: needs critique.mode cft and data.categories [cft]")
             if st.curriculum.policy == "pudf" and not self.validation:
                 raise ValueError(f"{where}.curriculum: pudf estimates the ability on a held-out split: give the task a validation split")
+
+    def needs_validation(self) -> list[str]:
+        """The methods on that read the validation split (ARTE's probe set, error analysis)."""
+        needs = ["tailor"] if self.tailor is not None else []
+        needs += ["score.metrics: preference"] if "preference" in self.score.metrics else []
+        needs += ["generate.modes: targeted"] if self.generate.mode("targeted") is not None else []
+        return needs
 
     def prompt_for(self, text: str) -> str:
         """The student's prompt for one input."""

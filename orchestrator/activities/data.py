@@ -58,8 +58,9 @@ class DataActivities(ActivityBase):
             return out
 
         evals = items(task.eval)
-        # The last of duplicate validation items wins, as before (a dict comprehension).
-        validation = {content_id(ex.input, ex.label): ex for ex in (task.validation or task.seeds)}
+        # The last of duplicate validation items wins, as before (a dict comprehension). Never the
+        # seeds: a method that reads this split is refused at validation when the task has none.
+        validation = {content_id(ex.input, ex.label): ex for ex in task.validation}
         validation = items(validation.values())
         seeds_ref = self._publish_once(f"{prefix}/seeds.jsonl", dumps_jsonl(seeds.values()))
         eval_ref = self._publish_once(f"{prefix}/eval.jsonl", dumps_jsonl(evals.values()))

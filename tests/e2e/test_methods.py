@@ -59,10 +59,13 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
              "after": "merge", "hft": True, "schedule": {"average_last_k": 2}},
         ],
     }  # fmt: skip
+    # ARTE's probe bank and error analysis read a validation split disjoint from the seeds they train on.
+    bank = loads_jsonl((Path(__file__).resolve().parents[2] / "examples/banking77/data/validation.jsonl").read_bytes())
     task = banking77_tiny(
         2,
         name="everything",
         rounds=2,
+        validation=[v for v in bank if v["label"] in ("card_arrival", "lost_or_stolen_card")][::2],
         generate={"max_new_tokens": 12, "modes": [
             {"mode": "expand", "per_label": 3},
             {"mode": "rationales", "styles": ["step_by_step", "concise"], "max_questions": 2, "max_new_tokens": 16},
