@@ -427,9 +427,12 @@ class TailorInputsInput:
 
 @dataclass
 class TailorInputsOutput:
-    # ARTE draft questions: "id", "input", "label" (the seeds first, then kept examples).
+    # ARTE draft questions: "id", "input", "label", and for a generated question its generation
+    # "prompt", "completion" and "group" (question-level pairs); this round's generated questions
+    # first, then the seeds.
     questions: ArtifactRef
-    # Dpref, the student's probe set: "id", "prompt", "answer" from the validation split.
+    # The validation bank Dpref is chosen from: "id", "prompt", "answer" (the gold answer the student's
+    # one-shot answers are graded against), every validation item.
     probe_set: ArtifactRef
     # The task's tailor settings.
     settings: ArteSettings
@@ -446,6 +449,8 @@ class ArteSettings:
     draft_max_new_tokens: int = 64
     # Greedy tokens of each of the student's probe answers.
     probe_max_new_tokens: int = 16
+    # |Dpref|: the probe_k most discriminative bank items under a 2PL fit of the crowd's answers.
+    probe_k: int = 8
     # DPO on the teacher: LoRA and optimisation.
     lora_rank: int = 8
     lora_alpha: float = 16.0

@@ -209,7 +209,7 @@ class DistillationWorkflow:
                 )
                 skills = analysis.skills if analysis.skill_count > 0 else None
             if plan.tailor_every and r % plan.tailor_every == 0 and r < inp.rounds:
-                tailored = await self._tailor(inp, r, prep.seeds, validation, candidates, adapter, teacher)
+                tailored = await self._tailor(inp, r, prep.seeds, validation, candidates, adapter, teacher, crowd)
                 teacher = tailored.adapter
                 result.tailor_pairs = tailored.question_pairs + tailored.rationale_pairs
                 result.tailor_skipped = tailored.skipped
@@ -360,6 +360,7 @@ class DistillationWorkflow:
         candidates: ArtifactRef | None,
         student: ArtifactRef | None,
         teacher: ArtifactRef | None,
+        crowd: list[ArtifactRef],
     ) -> TailorTeacherOutput:
         """ARTE as a child workflow: the teacher's DPO adapter aligned to this round's student."""
         p = self._progress
@@ -376,6 +377,7 @@ class DistillationWorkflow:
             TailorTeacherInput(
                 inp.job_id, inp.task_ref, r, inputs.questions, inputs.probe_set, student_adapter=student,
                 teacher_adapter=teacher, settings=inputs.settings, heartbeat_timeout_s=inp.heartbeat_timeout_s,
+                validation=validation, crowd=list(crowd),  # 2PL crowd: the base student + each round's adapter
             ),
             id=f"{inp.job_id}-tailor-{r}",
         )

@@ -293,8 +293,15 @@ class TailorSpec(_Strict):
     styles: list[Style] = Field(default_factory=lambda: ["step_by_step", "eli5"], min_length=2)
     draft_temperature: float = Field(0.7, gt=0.0, le=2.0)
     draft_max_new_tokens: int = Field(64, ge=8, le=2048)
-    probe_k: int = Field(8, ge=1, le=1000, description="Validation items in the student's probe set (Dpref).")
+    probe_k: int = Field(
+        8, ge=1, le=1000,
+        description="Dpref: the probe_k most discriminative validation items (2PL IRT on the student's checkpoints).",
+    )  # fmt: skip
     probe_max_new_tokens: int = Field(16, ge=1, le=512)
+    regenerate_temperature: float = Field(
+        0.0, ge=0.0, le=2.0,
+        description="Sampling temperature of the aligned teacher's expand, targeted and rationales (ARTE: 0, greedy).",
+    )  # fmt: skip
     lora_rank: int = Field(8, ge=1, le=512)
     lora_alpha: float = Field(16.0, gt=0.0, le=65536.0)
     epochs: int = Field(1, ge=1, le=100)

@@ -41,6 +41,31 @@ def _teacher_ref(task: TaskSpec, adapter: ArtifactRef | None) -> common_pb2.Mode
     return common_pb2.ModelRef(base=task.teacher.model, adapter=ref_to_pb(adapter))
 
 
+def teacher_temperature(task: TaskSpec, temperature: float, teacher_adapter: ArtifactRef | None) -> float:
+    """The sampling temperature of a generation step: ARTE's aligned teacher (an adapter from
+    tailoring) regenerates at `tailor.regenerate_temperature`, greedy (0) as in the paper, whatever
+    the step's own temperature; the base teacher samples at the step's."""
+    if teacher_adapter is not None and task.tailor is not None:
+        return task.tailor.regenerate_temperature
+    return temperature
+
+
+def expand_sampling(task: TaskSpec, round_: int, teacher_adapter: ArtifactRef | None) -> dict:
+    """SamplingParams fields of expand and targeted generation in round `round_`."""
+    g = task.generate
+    return {"temperature": teacher_temperature(task, g.temperature, teacher_adapter), "top_p": g.top_p,
+            "max_new_tokens": g.max_new_tokens, "n": g.n, "seed": g.seed + round_}  # fmt: skip
+
+
+def reasoning_sampling(task: TaskSpec, mode: str, round_: int, teacher_adapter: ArtifactRef | None) -> dict:
+    """SamplingParams fields of the rationales or rft mode. RFT keeps its own temperature with an
+    aligned teacher too: k greedy samples would be one reasoning path."""
+    spec = task.generate.mode(mode)
+    temperature = spec.temperature if mode == "rft" else teacher_temperature(task, spec.temperature, teacher_adapter)
+    return {"temperature": temperature, "top_p": 1.0, "max_new_tokens": spec.max_new_tokens, "n": 1,
+            "seed": task.generate.seed + round_}  # fmt: skip
+
+
 def _generate_request(
     task: TaskSpec, inp: GenerateInput, key: str, sampling: dict, **mode: Any
 ) -> teacher_pb2.GenerateRequest:
@@ -85,13 +110,7 @@ class TeacherActivities(ActivityBase):
         targeted generation, as one examples artifact; records the samples."""
         task = self._task(inp.task_ref)
         g = task.generate
-        sampling = {
-            "temperature": g.temperature,
-            "top_p": g.top_p,
-            "max_new_tokens": g.max_new_tokens,
-            "n": g.n,
-            "seed": g.seed + inp.round,
-        }
+        sampling = expand_sampling(task, inp.round, inp.teacher_adapter)
         params = {
             "model": task.teacher.model,
             "teacher_adapter": inp.teacher_adapter.sha256 if inp.teacher_adapter else None,
@@ -312,8 +331,7 @@ class TeacherActivities(ActivityBase):
             output_key(inp.job_id, inp.round, f"{inp.mode}-questions", [], {"ids": [q["id"] for q in questions]}, "jsonl"),
             dumps_jsonl(questions),
         )
-        sampling = {"temperature": spec.temperature, "top_p": 1.0, "max_new_tokens": spec.max_new_tokens, "n": 1,
-                    "seed": task.generate.seed + inp.round}  # fmt: skip
+        sampling = reasoning_sampling(task, inp.mode, inp.round, inp.teacher_adapter)
         params = {"model": task.teacher.model, "teacher_adapter": inp.teacher_adapter.sha256 if inp.teacher_adapter else None,
                   "spec": spec.model_dump(), "labels": task.labels, "instructions": task.instructions}  # fmt: skip
         key = output_key(inp.job_id, inp.round, inp.mode, [q_ref], params, "jsonl")

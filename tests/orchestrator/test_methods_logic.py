@@ -253,3 +253,60 @@ def test_parse_counts_per_model_step() -> None:
         "rubric": {"replies": 1, "parsed": 0, "retried": 0, "unparsable": 1},
         "rubric_revision": {"replies": 1, "parsed": 1, "retried": 0, "unparsable": 0},
     }
+
+
+def _tailored(task: TaskSpec) -> TaskSpec:
+    data = task.model_dump() | {"validation": [{"input": "card still not here", "label": "card_arrival"}], "tailor": {"every": 1}}
+    data["generate"] |= {"temperature": 0.9, "modes": [{"mode": "expand"}, {"mode": "rationales", "temperature": 0.7},
+                                                       {"mode": "rft", "temperature": 0.8}]}  # fmt: skip
+    return TaskSpec.model_validate(data)
+
+
+def test_the_aligned_teacher_regenerates_greedily(task: TaskSpec) -> None:
+    """ARTE: once tailored (a teacher adapter), expand, targeted and rationales requests are greedy
+    (temperature 0) whatever the task's temperature; the base teacher keeps the task's 0.9 / 0.7, and
+    RFT keeps its 0.8 (k greedy samples would be one reasoning path)."""
+    from orchestrator.activities.teacher import _generate_request, expand_sampling, reasoning_sampling
+    from orchestrator.types import GenerateInput
+    from syllabus.artifacts import ArtifactRef
+
+    tailored = _tailored(task)
+    adapter = ArtifactRef("file:///a/teacher-dpo.tar", "ab" * 32, 1)
+    seeds = ArtifactRef("file:///a/seeds.jsonl", "cd" * 32, 1)
+
+    def request(adapter_: ArtifactRef | None):
+        sampling = expand_sampling(tailored, 2, adapter_)
+        return _generate_request(tailored, GenerateInput("j", seeds, 2, seeds, teacher_adapter=adapter_), "k", sampling)
+
+    assert request(adapter).sampling.temperature == 0.0 and request(adapter).model.adapter.uri == adapter.uri
+    assert request(None).sampling.temperature == pytest.approx(0.9)
+    assert reasoning_sampling(tailored, "rationales", 2, adapter)["temperature"] == 0.0
+    assert reasoning_sampling(tailored, "rationales", 2, None)["temperature"] == 0.7
+    assert reasoning_sampling(tailored, "rft", 2, adapter)["temperature"] == 0.8
+    # An option with the paper's default: tailor.regenerate_temperature.
+    warm = TaskSpec.model_validate(tailored.model_dump() | {"tailor": {"every": 1, "regenerate_temperature": 0.3}})
+    assert expand_sampling(warm, 2, adapter)["temperature"] == 0.3
+
+
+def test_tailor_drafts_are_the_generated_questions_first_with_their_generation_and_label_group() -> None:
+    from orchestrator.activities.data import tailor_questions
+
+    seeds = [{"id": "s1", "input": "seed one", "label": "card_arrival"}]
+    gen = {"prompt": "Write one more message", "completion": 'New message: "where is it"'}
+    candidates = [{"id": "c1", "input": "where is it", "label": "card_arrival", "generation": gen},
+                  {"id": "c2", "input": "no generation kept", "label": "lost_or_stolen_card"}]  # fmt: skip
+    qs = tailor_questions(seeds, candidates, 2)
+    assert [q["id"] for q in qs] == ["c1", "s1"]
+    assert (qs[0]["prompt"], qs[0]["completion"], qs[0]["group"]) == (gen["prompt"], gen["completion"], "label:card_arrival")
+    assert "prompt" not in qs[1]  # a seed has no generation: rationale-level pairs only
+
+
+def test_crowd_rows_are_each_members_right_and_wrong_per_validation_item() -> None:
+    from orchestrator.tailoring import crowd_rows
+
+    base = [{"id": "v1", "correct": False}, {"id": "v2", "correct": True}]
+    round1 = [{"id": "v1", "correct": True}, {"id": "v2", "correct": True}]
+    assert crowd_rows([base, round1]) == [
+        {"item_id": "v1", "subject": "m0", "correct": False}, {"item_id": "v2", "subject": "m0", "correct": True},
+        {"item_id": "v1", "subject": "m1", "correct": True}, {"item_id": "v2", "subject": "m1", "correct": True},
+    ]  # fmt: skip

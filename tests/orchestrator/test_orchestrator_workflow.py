@@ -16,6 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from orchestrator.tailoring import (
+    CrowdInput,
+    CrowdOutput,
     DpoInput,
     DpoOutput,
     DraftInput,
@@ -305,6 +307,11 @@ def tailoring_fakes(calls: list) -> list:
         calls.append(("draft_rationales", inp))
         return DraftOutput(ref("drafts"), ref("demos"), 4, 0)
 
+    @activity.defn(name="crowd_responses")
+    async def crowd_responses(inp: CrowdInput) -> CrowdOutput:
+        calls.append(("crowd_responses", inp))
+        return CrowdOutput(ref(f"crowd-{inp.round}"), len(inp.predictions))
+
     @activity.defn(name="score_preference")
     async def score_preference(inp: PreferenceInput) -> PreferenceOutput:
         calls.append(("score_preference", inp))
@@ -319,7 +326,7 @@ def tailoring_fakes(calls: list) -> list:
         calls.append(("train_teacher_dpo", inp))
         return DpoOutput(ref(f"teacher-dpo-{inp.round}"), 3, 0.6)
 
-    return [tailor_inputs, draft_rationales, score_preference, build_pairs, train_teacher_dpo]
+    return [tailor_inputs, draft_rationales, crowd_responses, score_preference, build_pairs, train_teacher_dpo]
 
 
 async def test_tailoring_aligns_the_teacher_that_generates_the_later_rounds(temporal_env: WorkflowEnvironment) -> None:
@@ -340,6 +347,11 @@ async def test_tailoring_aligns_the_teacher_that_generates_the_later_rounds(temp
     assert [d.teacher_adapter for d in dpo] == [None, ref("teacher-dpo-1")]  # each tailoring continues the last
     prefs = fakes.inputs("score_preference")
     assert [p.student_adapter for p in prefs] == [ref("sft-1"), ref("sft-2")]  # aligned to the current student
+    # Dpref's 2PL crowd: the base student and every round's adapter so far, on the validation split.
+    crowd = [(e.round, e.adapter) for e in fakes.inputs("evaluate_student") if e.stage == "arte-crowd"]
+    assert crowd == [(1, None), (1, ref("sft-1")), (2, None), (2, ref("sft-1")), (2, ref("sft-2"))]
+    assert all(e.eval_set == ref("val") for e in fakes.inputs("evaluate_student") if e.stage == "arte-crowd")
+    assert [p.probe_responses for p in prefs] == [ref("crowd-1"), ref("crowd-2")]
     assert [r.teacher_adapter_uri for r in result.rounds] == ["", ref("teacher-dpo-1").uri, ref("teacher-dpo-2").uri]
     assert [r.tailor_pairs for r in result.rounds] == [3, 3, 0]
 
