@@ -21,7 +21,7 @@ STUDENT_METRICS = {
     "ifd": student_pb2.METRIC_IFD,
     "rifd": student_pb2.METRIC_RIFD,
     "preference": student_pb2.METRIC_ARTE_PREFERENCE,
-    "car": student_pb2.METRIC_CAR,
+    "compatibility": student_pb2.METRIC_CAR,  # the base student's loss (and the service's CAR by "teacher")
 }
 # Teacher provenance methods -> candidate categories.
 CATEGORY_OF_METHOD = {"seed_expansion": "expand", "targeted": "targeted", "rationales": "rationales",
@@ -57,11 +57,12 @@ def heldout_records(task: TaskSpec, validation: Sequence[dict]) -> list[dict]:
     ]  # fmt: skip
 
 
-def car(reward: float, loss: object, beta: float) -> float | None:
-    """Compatibility-Adjusted Reward of one record: reward / (1 + beta * L) (arXiv 2411.07133)."""
+def compatibility(loss: object, beta: float) -> float | None:
+    """A record's compatibility with the base student, 1 / (1 + beta * L): CAR's denominator
+    (arXiv 2411.07133) without a reward - CAR itself is per generation method (orchestrator.budget)."""
     if not isinstance(loss, int | float) or not math.isfinite(loss):
         return None
-    return reward / (1.0 + beta * loss)
+    return 1.0 / (1.0 + beta * loss)
 
 
 def difficulty_columns(row: dict, members: int) -> dict:

@@ -142,6 +142,11 @@ class GenerateSpec(_Strict):
         0, ge=0, le=100,
         description="Shorthand for a `targeted` mode with this per_skill; 0 = off.",
     )
+    budget: Literal["fixed", "car"] = Field(
+        "fixed",
+        description="fixed: every mode's own budget each round; car: from round 2, the modes' budgets are split in "
+        "proportion to the previous round's CAR per generation method (needs score.metrics compatibility).",
+    )
 
     @model_validator(mode="after")
     def _modes(self) -> GenerateSpec:
@@ -187,7 +192,11 @@ class CritiqueSpec(_Strict):
     max_new_tokens: int = Field(128, ge=8, le=2048, description="Tokens per model reply.")
 
 
-Metric = Literal["learnability", "ifd", "rifd", "preference", "car", "difficulty"]
+# "car" stays a name the schema knows only to say it was renamed (`_renamed_car`): the per-record score
+# is 1 / (1 + beta * L), no reward, so it is `compatibility`; CAR itself is per generation method.
+Metric = Literal["learnability", "ifd", "rifd", "preference", "compatibility", "car", "difficulty"]
+CAR_RENAMED = ("car was renamed compatibility: the per-record 1 / (1 + car_beta * L) has no reward in it; the round's "
+               "CAR per generation method (reward / (1 + car_beta * L)) is in the report whenever compatibility is scored")  # fmt: skip
 # The score column each metric contributes to records (what select.metric, select.weights and
 # recipe score_key name), beside "<column>_pct", its percentile rank in [0, 1) within the round.
 METRIC_COLUMNS: dict[str, str] = {
@@ -195,9 +204,12 @@ METRIC_COLUMNS: dict[str, str] = {
     "ifd": "ifd_ppl",
     "rifd": "rifd_ppl",
     "preference": "arte_s_r",
-    "car": "car",
+    "compatibility": "compatibility",
+    "car": "compatibility",
     "difficulty": "irt_difficulty",
 }
+# The generation modes `generate.budget: car` sizes (each makes the records of its own category).
+BUDGETED_MODES = ("expand", "targeted", "rationales", "rft")
 # Columns the loop derives from `difficulty` for the trainer's curricula.
 DIFFICULTY_COLUMNS = ("irt_b", "difficulty100", "success_rate")
 
@@ -206,13 +218,18 @@ class ScoreSpec(_Strict):
     """What the student scores each round's candidates with (one batched pass where passes are shared)."""
 
     metrics: list[Metric] = Field(default_factory=lambda: ["learnability"], min_length=1)
-    car_beta: float = Field(1.0, ge=0.0, le=1000.0, description="CAR: reward / (1 + beta * loss).")
+    car_beta: float = Field(
+        1.0, ge=0.0, le=1000.0,
+        description="compatibility 1 / (1 + beta * L) and CAR reward / (1 + beta * L), L the base student's loss.",
+    )  # fmt: skip
     probe_k: int = Field(8, ge=1, le=1000, description="preference: validation items in the ARTE probe set.")
     probe_max_new_tokens: int = Field(16, ge=1, le=512, description="preference: greedy tokens per probe answer.")
 
     @field_validator("metrics")
     @classmethod
     def _unique(cls, metrics: list[str]) -> list[str]:
+        if "car" in metrics:
+            raise ValueError(CAR_RENAMED)
         return list(dict.fromkeys(metrics))
 
 
@@ -243,6 +260,8 @@ class SelectSpec(_Strict):
 
     @model_validator(mode="after")
     def _policy(self) -> SelectSpec:
+        if self.metric == "car" or "car" in (self.weights or {}):
+            raise ValueError(CAR_RENAMED)
         if self.policy == "threshold" and self.threshold is None:
             raise ValueError("policy threshold needs `threshold`")
         if self.weights is not None and not self.weights:
@@ -467,6 +486,13 @@ class TaskSpec(_Strict):
             raise ValueError("tailor: needs rounds >= 2 (the aligned teacher generates in the rounds after tailoring)")
         if self.tailor is not None and self.teacher.model.startswith("openai:"):
             raise ValueError("tailor: trains a LoRA on the teacher's weights; an openai: endpoint has none here")
+        if self.generate.budget == "car":
+            if "compatibility" not in scored:
+                raise ValueError("generate.budget: car splits the next round's generation by each method's CAR, which needs "
+                                 "the base student's loss: add compatibility to score.metrics")  # fmt: skip
+            if len([m for m in self.generate.modes or () if m.mode in BUDGETED_MODES]) < 2:
+                raise ValueError("generate.budget: car splits the generation across modes by their CAR; give at least two "
+                                 "of expand, targeted, rationales, rft")  # fmt: skip
         if not self.validation and (needs := self.needs_validation()):
             raise ValueError(f"validation: {needs[0]} reads the student on a validation split (never the seeds, which it "
                              "trains on): give the task a validation split")  # fmt: skip

@@ -158,6 +158,7 @@ def plan_of(task: TaskSpec) -> LoopPlan:
         tailor_every=task.tailor.every if task.tailor is not None else 0,
         heldout=bool(recipe) and any(st.curriculum.policy == "pudf" for st in recipe.stages),
         answers_by_reasoning=task.kind != "classification",
+        budget_by_car=task.generate.budget == "car",
         judge_eval=task.kind == "open_ended",
         baselines=list(task.baselines.arms) if task.baselines is not None else [],
         baseline_repeats=task.baselines.repeats if task.baselines is not None else 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -9,11 +10,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from orchestrator.activities.base import ActivityBase, finite
+from orchestrator.budget import car_by_method, method_rewards
 from orchestrator.keys import job_prefix, output_key
 from orchestrator.scores import (
     STUDENT_METRICS,
     add_percentiles,
-    car,
+    compatibility,
     difficulty_columns,
     heldout_records,
     reflection_versions,
@@ -83,9 +85,10 @@ class StudentActivities(ActivityBase):
         - learnability (LoBaSS): L0 under the current student, Lref under the reference adapter; ifd
           and rifd in the same request, on the current student (`student_metrics_on_base`), so IFD's
           conditional pass is L0's own forward pass;
-        - ifd, rifd (without learnability), preference (ARTE s_r on a probe set of validation items),
-          car: the current student; CAR's loss is the base student's, as in the paper, with reward 1
-          for every kept candidate and the generation method as the "teacher";
+        - ifd, rifd (without learnability), preference (ARTE s_r on a probe set of validation items):
+          the current student; compatibility = 1 / (1 + car_beta * L), L the base student's loss (as
+          CAR's), and with it CAR per generation method (`orchestrator.budget`: reward = the share of
+          the method's responses the critique / verification kept, `inp.produced` the denominator);
         - difficulty: IRT over the artificial crowd of the student's own checkpoints (the base, each
           round's adapter, this round's reference) answering each record's label.
         """
@@ -109,7 +112,8 @@ class StudentActivities(ActivityBase):
                         rows[row["id"]][col] = value
                         models.setdefault(col, model)
 
-        as_is = [m for m in ("ifd", "rifd", "preference", "car") if m in sc.metrics]
+        cars: list = []
+        as_is = [m for m in ("ifd", "rifd", "preference", "compatibility") if m in sc.metrics]
         if "learnability" in sc.metrics:
             if inp.reference is None:
                 raise ApplicationError("learnability needs a reference adapter", type="INVALID_ARGUMENT", non_retryable=True)
@@ -141,10 +145,12 @@ class StudentActivities(ActivityBase):
                     max_new_tokens=sc.probe_max_new_tokens,
                 )  # fmt: skip
             car_data = data
-            if "car" in sc.metrics:  # CAR reads each record's teacher (here: its generation method) and reward
+            if "compatibility" in sc.metrics:  # the service's CAR reads each record's teacher and reward
+                reward = method_rewards(records, inp.produced)
                 car_data = self._publish_once(
-                    output_key(inp.job_id, inp.round, "score-car-input", [data], {}, "jsonl"),
-                    dumps_jsonl({**r, "teacher": r["category"], "reward": 1.0} for r in records),
+                    output_key(inp.job_id, inp.round, "score-car-input", [data], {"produced": inp.produced}, "jsonl"),
+                    # A record of no budgeted method (a seed, a cft critique) has no measured reward: 1.
+                    dumps_jsonl({**r, "teacher": r["category"], "reward": reward.get(r["category"], 1.0)} for r in records),
                 )
             params = {"model": task.student.model, "metrics": as_is, "score": sc.model_dump()}
             key = output_key(inp.job_id, inp.round, "score-student", [car_data, inp.student, inp.validation], params, "jsonl")
@@ -153,8 +159,12 @@ class StudentActivities(ActivityBase):
             )
             scored = await self._score_call(key, request, "StudentService.Score")
             merge([{k: v for k, v in r.items() if k not in ("question_id", "loss_base")} for r in scored], under_student)
-            if "car" in sc.metrics:  # per-record CAR = reward / (1 + beta * L), L under the base student
-                merge([{"id": r["id"], "car": car(1.0, r.get("loss_base"), sc.car_beta)} for r in scored], task.student.model)
+            if "compatibility" in sc.metrics:  # 1 / (1 + beta * L), L under the base student
+                merge([{"id": r["id"], "compatibility": compatibility(r.get("loss_base"), sc.car_beta)} for r in scored],
+                      task.student.model)  # fmt: skip
+                loss = {r["id"]: r.get("loss_base") for r in scored}
+                rows_by_method = [{"category": r["category"], "loss_base": loss.get(r["id"], math.nan)} for r in records]
+                cars = car_by_method(rows_by_method, inp.produced, sc.car_beta)
 
         if "difficulty" in sc.metrics:
             label_form = [{"id": r["id"], "prompt": task.prompt_for(r["input"]), "response": r["label"]} for r in records + heldout]
@@ -190,7 +200,7 @@ class StudentActivities(ActivityBase):
         ]
         await self._db(self.metadata.record_scores, sql)
         await self._record_artifacts(inp.job_id, inp.round, {"scores": scores})
-        return ScoreOutput(scores=scores, count=len(records))
+        return ScoreOutput(scores=scores, count=len(records), car=cars)
 
     @activity.defn
     async def select_samples(self, inp: SelectInput) -> SelectOutput:

@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError
 
 from orchestrator import critique_modes, reasoning
 from orchestrator.activities.base import ActivityBase
+from orchestrator.budget import scaled
 from orchestrator.keys import output_key
 from orchestrator.metadata import sample_row
 from orchestrator.types import (
@@ -124,14 +125,15 @@ class TeacherActivities(ActivityBase):
         parts: list[tuple[ArtifactRef, list[dict]]] = []
         leaked = 0
         if (expand := g.mode("expand")) is not None:
-            per_label = expand.per_label or g.per_label
+            per_label = scaled(expand.per_label or g.per_label, inp.budget.get("expand", 1.0))
             key = output_key(inp.job_id, inp.round, "generate", [inp.seeds, inp.eval_set], {**params, "per_label": per_label}, "jsonl")
             request = _generate_request(task, inp, key, sampling, per_label=per_label)
             ref, leaked = await self._generate(key, request, "TeacherService.Generate")
             parts.append((ref, self._read_jsonl(ref)))
         targeted_count = 0
         if inp.skills is not None and (targeted := g.mode("targeted")) is not None:
-            ref, targeted_leaked = await self._generate_targeted(inp, task, params, sampling, targeted.per_skill)
+            per_skill = scaled(targeted.per_skill, inp.budget.get("targeted", 1.0))
+            ref, targeted_leaked = await self._generate_targeted(inp, task, params, sampling, per_skill)
             leaked += targeted_leaked
             seen = {r["id"] for _, rs in parts for r in rs}
             records = [r for r in self._read_jsonl(ref) if r["id"] not in seen]
@@ -326,7 +328,7 @@ class TeacherActivities(ActivityBase):
         seeds = self._read_jsonl(inp.seeds)
         if inp.mode == "rft":  # RFT verifies against a gold answer: the questions that have one
             seeds, candidates = [s for s in seeds if s["label"]], [c for c in candidates if c.get("label")]
-        questions = reasoning.questions(seeds, candidates, spec.max_questions)
+        questions = reasoning.questions(seeds, candidates, scaled(spec.max_questions, inp.budget_scale))
         q_ref = self._publish_once(
             output_key(inp.job_id, inp.round, f"{inp.mode}-questions", [], {"ids": [q["id"] for q in questions]}, "jsonl"),
             dumps_jsonl(questions),

@@ -72,7 +72,7 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
             {"mode": "rft", "k": 2, "max_questions": 2, "max_new_tokens": 16},
             {"mode": "targeted", "per_skill": 1},
         ]},
-        score={"metrics": ["learnability", "ifd", "rifd", "preference", "car", "difficulty"], "probe_k": 2, "probe_max_new_tokens": 4},
+        score={"metrics": ["learnability", "ifd", "rifd", "preference", "compatibility", "difficulty"], "probe_k": 2, "probe_max_new_tokens": 4},
         select={"policy": "diversity", "metric": "learnability", "top_fraction": 0.5, "n_clusters": 2},
         train={**TRAIN, "recipe": recipe},
         tailor={"every": 1, "questions": 2, "draft_max_new_tokens": 16, "probe_k": 2, "probe_max_new_tokens": 4, "batch_size": 2},
@@ -103,7 +103,7 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
 
     # Every metric's column reaches the training records, with percentile ranks and the difficulties.
     records = train_set(report)
-    for col in ("learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "car", "irt_difficulty", "irt_b", "difficulty100",
+    for col in ("learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "compatibility", "irt_difficulty", "irt_b", "difficulty100",
                 "learnability_pct"):
         assert all(col in r for r in records), col
     assert {r["category"] for r in records} >= {"seed", "expand"}
@@ -115,7 +115,23 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
     assert set(stages) == {"reference", "recipe"}
     assert [s["name"] for s in stages["recipe"]["stages"]] == ["easy", "hard"]
     scored = {m for (m,) in con.execute("select distinct metric from scores where job_id=?", (report["job_id"],))}
-    assert {"learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "car", "irt_difficulty"} <= scored
+    assert {"learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "compatibility", "irt_difficulty"} <= scored
+    # CAR per generation method: r = kept / produced (the critique's and the verifiers' acceptance), L the
+    # mean base-student loss of the kept records, as the round's score artifact and counts give them.
+    car = {c["method"]: c for c in one["car"]}
+    assert set(car) >= {"expand", "rationales", "rft"}
+    assert car["expand"]["produced"] == one["generated"] - one["targeted"]
+    for m in ("rationales", "rft"):
+        assert car[m]["produced"] == one["reasoning"][m]["written"]
+    (inputs,) = (artifacts(report) / "round-1").glob("score-input-*.jsonl")
+    columns = scores_of(report)
+    for m, c in car.items():
+        mine = [r["id"] for r in loads_jsonl(inputs.read_bytes()) if r["category"] == m]
+        assert c["kept"] == len(mine) and c["reward"] == pytest.approx(c["kept"] / c["produced"])
+        assert c["car"] == pytest.approx(c["reward"] / (1 + c["loss"]))  # car_beta 1
+        # Compatibility is 1 / (1 + L) per record, so L comes back from it: CAR's L is the kept records' mean.
+        losses = [1 / columns[i]["compatibility"] - 1 for i in mine]
+        assert c["loss"] == pytest.approx(sum(losses) / len(losses) if losses else 0.0, rel=1e-6, abs=1e-9)
 
     # Round 2 generated with the aligned teacher: its examples' provenance names the adapter.
     gen2 = [p for p in (artifacts(report) / "round-2").glob("generate-*.jsonl")]
@@ -288,8 +304,8 @@ def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(run_task, s
 def test_weighted_mix_selection_and_a_shuffled_baseline(run_task, stack: Stack, banking77_tiny, tmp_path: Path) -> None:
     recipe = {"stages": [{**STAGE, "curriculum": {"policy": "shuffled"}}]}
     task = banking77_tiny(2, name="mix-shuffled", generate={"per_label": 3, "max_new_tokens": 12},
-                          score={"metrics": ["learnability", "ifd", "car"]},
-                          select={"policy": "top_fraction", "top_fraction": 0.5, "weights": {"learnability": 1.0, "ifd": 0.5, "car": 0.5}},
+                          score={"metrics": ["learnability", "ifd", "compatibility"]},
+                          select={"policy": "top_fraction", "top_fraction": 0.5, "weights": {"learnability": 1.0, "ifd": 0.5, "compatibility": 0.5}},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
     report = run_task(task)
     scores = scores_of(report)
@@ -304,7 +320,7 @@ def test_weighted_mix_selection_and_a_shuffled_baseline(run_task, stack: Stack, 
         mean, sd = statistics.fmean(xs), statistics.pstdev(xs) or 1.0
         return {i: (scores[i][col] - mean) / sd for i in kept}
 
-    zl, zi, zc = z("learnability"), z("ifd_ppl"), z("car")
+    zl, zi, zc = z("learnability"), z("ifd_ppl"), z("compatibility")
     mix = {i: zl[i] + 0.5 * zi[i] + 0.5 * zc[i] for i in kept}
     assert chosen == sorted(kept, key=lambda i: (-mix[i], i))[: len(chosen)]
     assert len(chosen) == -(-len(kept) // 2)

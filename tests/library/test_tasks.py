@@ -112,7 +112,7 @@ def test_method_options_are_validated(extra: str, message: str) -> None:
 
 
 def test_selection_ranks_by_the_first_scored_metric_unless_told() -> None:
-    assert parse_task(GOOD + "score: {metrics: [ifd, car]}\n").select.metric == "ifd"
+    assert parse_task(GOOD + "score: {metrics: [ifd, compatibility]}\n").select.metric == "ifd"
     assert parse_task(GOOD + "score: {metrics: [ifd, learnability]}\n").select.metric == "learnability"
 
 

@@ -310,3 +310,41 @@ def test_crowd_rows_are_each_members_right_and_wrong_per_validation_item() -> No
         {"item_id": "v1", "subject": "m0", "correct": False}, {"item_id": "v2", "subject": "m0", "correct": True},
         {"item_id": "v1", "subject": "m1", "correct": True}, {"item_id": "v2", "subject": "m1", "correct": True},
     ]  # fmt: skip
+
+
+def test_car_per_generation_method_and_the_budget_it_splits() -> None:
+    """CAR = r / (1 + beta * L) per method, worked by hand (beta 0.5). expand produced 10, kept 5 with
+    base-student losses 1, 1, 2, 2, 4: r = 0.5, L = 2, CAR = 0.5 / 2 = 0.25. targeted produced 4, kept 3
+    with losses 0.5, 1, 1.5: r = 0.75, L = 1, CAR = 0.75 / 1.5 = 0.5. Seeds are no method. The next
+    round's factors are 2 * CAR / 0.75: targeted 4/3, expand 2/3 (per_label 6 -> 4, per_skill 3 -> 4)."""
+    from orchestrator.budget import budget_scales, car_by_method, method_rewards, scaled
+
+    rows = [{"category": "expand", "loss_base": x} for x in (1.0, 1.0, 2.0, 2.0, 4.0)]
+    rows += [{"category": "targeted", "loss_base": x} for x in (0.5, 1.0, 1.5)] + [{"category": "seed", "loss_base": 9.0}]
+    cars = car_by_method(rows, {"expand": 10, "targeted": 4, "rft": 0}, beta=0.5)
+    assert [(c.method, c.produced, c.kept) for c in cars] == [("targeted", 4, 3), ("expand", 10, 5)]  # best first; rft made none
+    assert [(c.reward, c.loss, c.car) for c in cars] == [(0.75, 1.0, 0.5), (0.5, 2.0, 0.25)]
+    assert method_rewards(rows, {"expand": 10, "targeted": 4}) == {"expand": 0.5, "targeted": 0.75}
+    scales = budget_scales(cars, ["expand", "targeted", "rationales"])
+    assert scales == {"targeted": pytest.approx(4 / 3), "expand": pytest.approx(2 / 3)}  # rationales: no CAR, kept at 1
+    assert (scaled(6, scales["expand"]), scaled(3, scales["targeted"])) == (4, 4)
+    assert scaled(6, 0.0) == 1  # a method with CAR 0 is still measured next round
+    # Equal CAR: every mode keeps its budget; no CAR at all: nothing to split.
+    assert budget_scales(car_by_method(rows[:5], {"expand": 10}, 0.5), ["expand"]) == {"expand": 1.0}
+    assert budget_scales([], ["expand", "targeted"]) == {}
+
+
+def test_compatibility_is_the_per_record_score_and_car_is_a_rename_error() -> None:
+    from orchestrator.scores import compatibility
+    from syllabus.tasks import TaskSpecError, parse_task
+
+    assert compatibility(1.0, 0.5) == pytest.approx(1 / 1.5) and compatibility(float("nan"), 0.5) is None
+    base = ("name: t\nkind: classification\ninstructions: C.\nlabels: [a, b]\nseeds: [{input: x, label: a}, {input: y, label: b}]\n"
+            "eval: [{input: z, label: a}]\n")  # fmt: skip
+    for extra in ("score: {metrics: [car]}\n", "score: {metrics: [compatibility]}\nselect: {metric: car}\n"):
+        with pytest.raises(TaskSpecError, match="car was renamed compatibility"):
+            parse_task(base + extra)
+    budget = "generate: {budget: car, modes: [{mode: expand}, {mode: targeted}]}\nvalidation: [{input: w, label: b}]\n"
+    with pytest.raises(TaskSpecError, match="add compatibility to score.metrics"):
+        parse_task(base + budget)
+    assert parse_task(base + budget + "score: {metrics: [learnability, compatibility]}\n").generate.budget == "car"
