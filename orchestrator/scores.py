@@ -57,6 +57,17 @@ def heldout_records(task: TaskSpec, validation: Sequence[dict]) -> list[dict]:
     ]  # fmt: skip
 
 
+def crowd_rows(predictions: Sequence[Sequence[dict]]) -> list[dict]:
+    """`{"item_id", "subject", "correct"}` per crowd member (subject "m<i>", in the order given)
+    and graded prediction ("id", "correct"): the right/wrong matrix ARTE's 2PL probe selection reads
+    (StudentService ArteSettings.probe_responses)."""
+    return [
+        {"item_id": str(p["id"]), "subject": f"m{i}", "correct": bool(p.get("correct"))}
+        for i, member in enumerate(predictions)
+        for p in member
+    ]
+
+
 def compatibility(loss: object, beta: float) -> float | None:
     """A record's compatibility with the base student, 1 / (1 + beta * L): CAR's denominator
     (arXiv 2411.07133) without a reward - CAR itself is per generation method (orchestrator.budget)."""

@@ -38,6 +38,7 @@ from orchestrator.policies import RETRY, START_TO_CLOSE
 with workflow.unsafe.imports_passed_through():
     from orchestrator.activities import Activities
     from orchestrator.keys import output_key
+    from orchestrator.scores import crowd_rows
     from orchestrator.types import ArteSettings, EvaluateInput
     from syllabus.artifacts import ArtifactRef
     from syllabus.pb import answer_match, ref_from_pb, ref_to_pb, task_kind
@@ -368,15 +369,6 @@ class TailoringActivities:
         """The activity callables to register on a worker."""
         return [self.draft_rationales, self.crowd_responses, self.score_preference, self.build_pairs, self.train_teacher_dpo]
 
-
-def crowd_rows(predictions: list[list[dict]]) -> list[dict]:
-    """`{"item_id", "subject", "correct"}` per crowd member (subject "m<i>", in the order given)
-    and graded prediction ("id", "correct") - the right/wrong matrix the 2PL fit reads."""
-    return [
-        {"item_id": str(p["id"]), "subject": f"m{i}", "correct": bool(p.get("correct"))}
-        for i, member in enumerate(predictions)
-        for p in member
-    ]
 
 
 @workflow.defn

@@ -222,7 +222,7 @@ class ScoreSpec(_Strict):
         1.0, ge=0.0, le=1000.0,
         description="compatibility 1 / (1 + beta * L) and CAR reward / (1 + beta * L), L the base student's loss.",
     )  # fmt: skip
-    probe_k: int = Field(8, ge=1, le=1000, description="preference: validation items in the ARTE probe set.")
+    probe_k: int = Field(8, ge=1, le=1000, description="preference: the probe set's size (most discriminative by 2PL).")
     probe_max_new_tokens: int = Field(16, ge=1, le=512, description="preference: greedy tokens per probe answer.")
 
     @field_validator("metrics")

@@ -16,6 +16,7 @@ from orchestrator.scores import (
     STUDENT_METRICS,
     add_percentiles,
     compatibility,
+    crowd_rows,
     difficulty_columns,
     heldout_records,
     reflection_versions,
@@ -85,7 +86,8 @@ class StudentActivities(ActivityBase):
         - learnability (LoBaSS): L0 under the current student, Lref under the reference adapter; ifd
           and rifd in the same request, on the current student (`student_metrics_on_base`), so IFD's
           conditional pass is L0's own forward pass;
-        - ifd, rifd (without learnability), preference (ARTE s_r on a probe set of validation items):
+        - ifd, rifd (without learnability), preference (ARTE s_r on Dpref, the most discriminative
+          validation items under 2PL on the crowd of `_probe_crowd`):
           the current student; compatibility = 1 / (1 + car_beta * L), L the base student's loss (as
           CAR's), and with it CAR per generation method (`orchestrator.budget`: reward = the share of
           the method's responses the critique / verification kept, `inp.produced` the denominator);
@@ -137,12 +139,14 @@ class StudentActivities(ActivityBase):
         if as_is:
             metrics = [STUDENT_METRICS[m] for m in as_is]
             arte = None
+            responses = None
             if "preference" in sc.metrics:
                 probe = [{"id": r["id"], "prompt": task.prompt_for(r["input"]), "answer": r["label"]} for r in self._read_jsonl(inp.validation)]
                 probe_ref = self._publish_once(job_prefix(inp.job_id) + "/arte-probe.jsonl", dumps_jsonl(probe))
+                responses = await self._probe_crowd(inp)
                 arte = student_pb2.ArteSettings(
                     probe_set=ref_to_pb(probe_ref), probe_k=sc.probe_k, match=answer_match(task.answer_match),
-                    max_new_tokens=sc.probe_max_new_tokens,
+                    max_new_tokens=sc.probe_max_new_tokens, probe_responses=ref_to_pb(responses),
                 )  # fmt: skip
             car_data = data
             if "compatibility" in sc.metrics:  # the service's CAR reads each record's teacher and reward
@@ -153,7 +157,9 @@ class StudentActivities(ActivityBase):
                     dumps_jsonl({**r, "teacher": r["category"], "reward": reward.get(r["category"], 1.0)} for r in records),
                 )
             params = {"model": task.student.model, "metrics": as_is, "score": sc.model_dump()}
-            key = output_key(inp.job_id, inp.round, "score-student", [car_data, inp.student, inp.validation], params, "jsonl")
+            key = output_key(
+                inp.job_id, inp.round, "score-student", [car_data, inp.student, inp.validation, responses], params, "jsonl"
+            )
             request = student_pb2.ScoreRequest(
                 model=student, dataset=ref_to_pb(car_data), metrics=metrics, arte=arte, car_beta=sc.car_beta
             )
@@ -201,6 +207,21 @@ class StudentActivities(ActivityBase):
         await self._db(self.metadata.record_scores, sql)
         await self._record_artifacts(inp.job_id, inp.round, {"scores": scores})
         return ScoreOutput(scores=scores, count=len(records), car=cars)
+
+    async def _probe_crowd(self, inp: ScoreInput) -> ArtifactRef | None:
+        """ARTE's Dpref for `preference`: the crowd (the base student and `inp.crowd`, the student's
+        checkpoints and this round's reference) answers the validation split, and the service keeps
+        the probe_k most discriminative items under 2PL. None with a crowd of one (round 1 without a
+        reference): nothing to fit, so Dpref is the split's first probe_k items."""
+        members = [None, *inp.crowd]
+        if len(members) < 2:
+            return None
+        answered = []
+        for m in members:
+            ev = await self.evaluate_student(EvaluateInput(inp.job_id, inp.task_ref, inp.round, "arte-crowd", inp.validation, m))
+            answered.append(self._read_jsonl(ev.predictions))
+        key = output_key(inp.job_id, inp.round, "score-arte-crowd", [inp.validation, *inp.crowd], {}, "jsonl")
+        return self._publish_once(key, dumps_jsonl(crowd_rows(answered)))
 
     @activity.defn
     async def select_samples(self, inp: SelectInput) -> SelectOutput:

@@ -302,7 +302,7 @@ def test_tailor_drafts_are_the_generated_questions_first_with_their_generation_a
 
 
 def test_crowd_rows_are_each_members_right_and_wrong_per_validation_item() -> None:
-    from orchestrator.tailoring import crowd_rows
+    from orchestrator.scores import crowd_rows
 
     base = [{"id": "v1", "correct": False}, {"id": "v2", "correct": True}]
     round1 = [{"id": "v1", "correct": True}, {"id": "v2", "correct": True}]
