@@ -14,6 +14,7 @@ import bisect
 import math
 from collections.abc import Sequence
 
+from syllabus.artifacts import ArtifactRef
 from syllabus.tasks import TaskSpec
 from syllabus_sdk.student.v1 import student_pb2
 
@@ -66,6 +67,12 @@ def crowd_rows(predictions: Sequence[Sequence[dict]]) -> list[dict]:
         for i, member in enumerate(predictions)
         for p in member
     ]
+
+
+def crowd_stage(adapter: ArtifactRef | None) -> str:
+    """The evaluations row stage of one crowd member's answers on the validation split: one per
+    member (a job's evaluations are unique by round and stage), the base student's "arte-crowd"."""
+    return "arte-crowd" if adapter is None else f"arte-crowd-{adapter.sha256[:12]}"
 
 
 def compatibility(loss: object, beta: float) -> float | None:

@@ -38,7 +38,7 @@ from orchestrator.policies import RETRY, START_TO_CLOSE
 with workflow.unsafe.imports_passed_through():
     from orchestrator.activities import Activities
     from orchestrator.keys import output_key
-    from orchestrator.scores import crowd_rows
+    from orchestrator.scores import crowd_rows, crowd_stage
     from orchestrator.types import ArteSettings, EvaluateInput
     from syllabus.artifacts import ArtifactRef
     from syllabus.pb import answer_match, ref_from_pb, ref_to_pb, task_kind
@@ -396,7 +396,7 @@ class TailorTeacherWorkflow:
                 answered.append(
                     await workflow.execute_activity_method(
                         Activities.evaluate_student,
-                        EvaluateInput(inp.job_id, inp.task_ref, inp.round, "arte-crowd", inp.validation, adapter=m),
+                        EvaluateInput(inp.job_id, inp.task_ref, inp.round, crowd_stage(m), inp.validation, adapter=m),
                         **opts,
                     )
                 )

@@ -17,6 +17,7 @@ from orchestrator.scores import (
     add_percentiles,
     compatibility,
     crowd_rows,
+    crowd_stage,
     difficulty_columns,
     heldout_records,
     reflection_versions,
@@ -218,7 +219,7 @@ class StudentActivities(ActivityBase):
             return None
         answered = []
         for m in members:
-            ev = await self.evaluate_student(EvaluateInput(inp.job_id, inp.task_ref, inp.round, "arte-crowd", inp.validation, m))
+            ev = await self.evaluate_student(EvaluateInput(inp.job_id, inp.task_ref, inp.round, crowd_stage(m), inp.validation, m))
             answered.append(self._read_jsonl(ev.predictions))
         key = output_key(inp.job_id, inp.round, "score-arte-crowd", [inp.validation, *inp.crowd], {}, "jsonl")
         return self._publish_once(key, dumps_jsonl(crowd_rows(answered)))

@@ -133,6 +133,13 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
         losses = [1 / columns[i]["compatibility"] - 1 for i in mine]
         assert c["loss"] == pytest.approx(sum(losses) / len(losses) if losses else 0.0, rel=1e-6, abs=1e-9)
 
+    # Dpref's 2PL crowd answered the validation split in round 1: the base student, the round's LoBaSS
+    # reference (for the preference score) and the round's adapter (for tailoring).
+    crowd: dict[int, set[str]] = {}
+    for rnd, uri in con.execute("select round, adapter_uri from evaluations where job_id=? and stage like 'arte-crowd%'", (report["job_id"],)):
+        crowd.setdefault(rnd, set()).add(uri)
+    assert len(crowd[1]) == 3 and "" in crowd[1] and one["adapter_uri"] in crowd[1]
+
     # Round 2 generated with the aligned teacher: its examples' provenance names the adapter.
     gen2 = [p for p in (artifacts(report) / "round-2").glob("generate-*.jsonl")]
     assert gen2

@@ -351,9 +351,10 @@ async def test_tailoring_aligns_the_teacher_that_generates_the_later_rounds(temp
     prefs = fakes.inputs("score_preference")
     assert [p.student_adapter for p in prefs] == [ref("sft-1"), ref("sft-2")]  # aligned to the current student
     # Dpref's 2PL crowd: the base student and every round's adapter so far, on the validation split.
-    crowd = [(e.round, e.adapter) for e in fakes.inputs("evaluate_student") if e.stage == "arte-crowd"]
-    assert crowd == [(1, None), (1, ref("sft-1")), (2, None), (2, ref("sft-1")), (2, ref("sft-2"))]
-    assert all(e.eval_set == ref("val") for e in fakes.inputs("evaluate_student") if e.stage == "arte-crowd")
+    crowd = [(e.round, e.adapter, e.stage) for e in fakes.inputs("evaluate_student") if e.stage.startswith("arte-crowd")]
+    assert crowd == [(1, None, "arte-crowd"), (1, ref("sft-1"), "arte-crowd-sft-1"), (2, None, "arte-crowd"),
+                     (2, ref("sft-1"), "arte-crowd-sft-1"), (2, ref("sft-2"), "arte-crowd-sft-2")]  # fmt: skip
+    assert all(e.eval_set == ref("val") for e in fakes.inputs("evaluate_student") if e.stage.startswith("arte-crowd"))
     assert [p.probe_responses for p in prefs] == [ref("crowd-1"), ref("crowd-2")]
     assert [r.teacher_adapter_uri for r in result.rounds] == ["", ref("teacher-dpo-1").uri, ref("teacher-dpo-2").uri]
     assert [r.tailor_pairs for r in result.rounds] == [3, 3, 0]
