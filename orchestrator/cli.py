@@ -118,7 +118,9 @@ def job_report(job, config: Config) -> dict:
              "accuracy": r.accuracy, "train_loss": r.train_loss, "adapter_uri": r.adapter_uri,
              "teacher_adapter_uri": r.teacher_adapter_uri or None,
              "tailor_pairs": r.tailor_pairs, "tailor_skipped": r.tailor_skipped or None,
-             "win_rate": r.win_rate if r.HasField("win_rate") else None}
+             "win_rate": r.win_rate if r.HasField("win_rate") else None,
+             "car": [{f: getattr(c, f) for f in ("method", "produced", "kept", "reward", "loss", "car")} for c in r.car],
+             "budget": dict(sorted(r.budget.items()))}
             for r in job.rounds
         ],
         "steps": [{"name": s.name, "round": s.round, "seconds": round(s.seconds, 2)} for s in job.steps],

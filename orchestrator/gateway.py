@@ -396,6 +396,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                     reasoning={m: jobs_pb2.ReasoningCounts(**c) for m, c in r.reasoning.items()},
                     teacher_adapter_uri=r.teacher_adapter_uri, tailor_pairs=r.tailor_pairs, tailor_skipped=r.tailor_skipped,
                     win_rate=r.win_rate, parsing={s: jobs_pb2.ParseCounts(**c) for s, c in r.parsing.items()},
+                    car=[jobs_pb2.MethodCar(method=c.method, produced=c.produced, kept=c.kept, reward=c.reward,
+                                            loss=c.loss, car=c.car) for c in r.car],
+                    budget=r.budget,
                 )
                 for r in p.rounds
             )

@@ -14,6 +14,7 @@ import bisect
 import math
 from collections.abc import Sequence
 
+from syllabus.artifacts import ArtifactRef
 from syllabus.tasks import TaskSpec
 from syllabus_sdk.student.v1 import student_pb2
 
@@ -21,7 +22,7 @@ STUDENT_METRICS = {
     "ifd": student_pb2.METRIC_IFD,
     "rifd": student_pb2.METRIC_RIFD,
     "preference": student_pb2.METRIC_ARTE_PREFERENCE,
-    "car": student_pb2.METRIC_CAR,
+    "compatibility": student_pb2.METRIC_CAR,  # the base student's loss (and the service's CAR by "teacher")
 }
 # Teacher provenance methods -> candidate categories.
 CATEGORY_OF_METHOD = {"seed_expansion": "expand", "targeted": "targeted", "rationales": "rationales",
@@ -57,11 +58,29 @@ def heldout_records(task: TaskSpec, validation: Sequence[dict]) -> list[dict]:
     ]  # fmt: skip
 
 
-def car(reward: float, loss: object, beta: float) -> float | None:
-    """Compatibility-Adjusted Reward of one record: reward / (1 + beta * L) (arXiv 2411.07133)."""
+def crowd_rows(predictions: Sequence[Sequence[dict]]) -> list[dict]:
+    """`{"item_id", "subject", "correct"}` per crowd member (subject "m<i>", in the order given)
+    and graded prediction ("id", "correct"): the right/wrong matrix ARTE's 2PL probe selection reads
+    (StudentService ArteSettings.probe_responses)."""
+    return [
+        {"item_id": str(p["id"]), "subject": f"m{i}", "correct": bool(p.get("correct"))}
+        for i, member in enumerate(predictions)
+        for p in member
+    ]
+
+
+def crowd_stage(adapter: ArtifactRef | None) -> str:
+    """The evaluations row stage of one crowd member's answers on the validation split: one per
+    member (a job's evaluations are unique by round and stage), the base student's "arte-crowd"."""
+    return "arte-crowd" if adapter is None else f"arte-crowd-{adapter.sha256[:12]}"
+
+
+def compatibility(loss: object, beta: float) -> float | None:
+    """A record's compatibility with the base student, 1 / (1 + beta * L): CAR's denominator
+    (arXiv 2411.07133) without a reward - CAR itself is per generation method (orchestrator.budget)."""
     if not isinstance(loss, int | float) or not math.isfinite(loss):
         return None
-    return reward / (1.0 + beta * loss)
+    return 1.0 / (1.0 + beta * loss)
 
 
 def difficulty_columns(row: dict, members: int) -> dict:

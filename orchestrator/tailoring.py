@@ -1,8 +1,16 @@
 """TailorTeacherWorkflow: ARTE (arXiv 2406.19227) as orchestrated steps, a child workflow of the loop.
 
-    drafts (teacher Generate, rationales mode) -> preference (student Score, METRIC_ARTE_PREFERENCE)
-        -> pairs (teacher Tailor) -> DPO on the teacher (trainer StartTraining, OBJECTIVE_DPO)
-        -> the teacher adapter
+    drafts (teacher Generate, rationales mode)
+        -> the crowd's answers on the validation bank (student Evaluate: the base student and each
+           round's adapter so far) -> Dpref = the probe_k most discriminative items under 2PL IRT
+        -> preference on Dpref (student Score, METRIC_ARTE_PREFERENCE, graded against the gold answers)
+        -> question- and rationale-level pairs (teacher Tailor)
+        -> DPO on the teacher (trainer StartTraining, OBJECTIVE_DPO) -> the teacher adapter
+
+The paper fits its 2PL model on several small models' correctness; here the crowd is the student
+itself at its base and at every round's adapter (the checkpoints the loop has, no extra model to
+load). With no adapter yet (a crowd of one, which never happens in the loop: it tailors after a
+round) there is nothing to fit and Dpref is the bank's first probe_k items.
 
 The services never call each other: each step is one activity in `orchestrator.tailoring_activities`
 that calls one service, and data moves between them as `ArtifactRef`s. The aligned teacher is the
@@ -30,7 +38,8 @@ from orchestrator.policies import RETRY, START_TO_CLOSE
 with workflow.unsafe.imports_passed_through():
     from orchestrator.activities import Activities
     from orchestrator.keys import output_key
-    from orchestrator.types import ArteSettings
+    from orchestrator.scores import crowd_rows, crowd_stage
+    from orchestrator.types import ArteSettings, EvaluateInput
     from syllabus.artifacts import ArtifactRef
     from syllabus.pb import answer_match, ref_from_pb, ref_to_pb, task_kind
     from syllabus.records import dumps_jsonl
@@ -53,8 +62,8 @@ class TailorTeacherInput:
     # optionally "prompt" + "completion" (the generation prompt and the teacher's reply that made the
     # question; with them Tailor also builds question-level pairs).
     questions: ArtifactRef
-    # Dpref, the student's preference set: JSONL with "id", "prompt" (the student's prompt) and
-    # "answer". Never the eval split.
+    # The validation bank Dpref is chosen from: JSONL with "id", "prompt" (the student's prompt) and
+    # "answer" (gold). Never the eval split.
     probe_set: ArtifactRef
     # The current student (base = the task's student model); None: the base student.
     student_adapter: ArtifactRef | None = None
@@ -62,6 +71,26 @@ class TailorTeacherInput:
     teacher_adapter: ArtifactRef | None = None
     settings: ArteSettings = field(default_factory=ArteSettings)
     heartbeat_timeout_s: float = 120.0
+    # The validation split (eval-set JSONL: "id", "input", "label", "prompt") the crowd answers,
+    # the bank's items by id; None: no 2PL selection.
+    validation: ArtifactRef | None = None
+    # The IRT crowd beside the base student: the student's adapters so far (each round's).
+    crowd: list[ArtifactRef] = field(default_factory=list)
+
+
+@dataclass
+class CrowdInput:
+    job_id: str
+    round: int
+    # Each crowd member's predictions on the validation split ("id", "correct"), the base first.
+    predictions: list[ArtifactRef]
+
+
+@dataclass
+class CrowdOutput:
+    # ArteSettings.probe_responses: "item_id", "subject", "correct" per member and item.
+    responses: ArtifactRef
+    members: int
 
 
 @dataclass
@@ -95,6 +124,9 @@ class PreferenceInput:
     probe_set: ArtifactRef
     student_adapter: ArtifactRef | None
     settings: ArteSettings
+    # The crowd's answers on the bank: Dpref = the probe_k most discriminative items (2PL); None:
+    # the bank's first probe_k items.
+    probe_responses: ArtifactRef | None = None
 
 
 @dataclass
@@ -219,8 +251,8 @@ class TailoringActivities:
             failed += r.get("status") != "ok"
             draft = {"id": r["id"], "question_id": r["question_id"], "question": q["text"], "style": r.get("style"),
                      "rationale": rationale, "answer": q["gold"]}  # fmt: skip
-            if q.get("prompt") and q.get("completion"):
-                draft |= {"prompt": q["prompt"], "completion": q["completion"]}
+            if q.get("prompt") and q.get("completion"):  # a generated question: question-level pairs
+                draft |= {"prompt": q["prompt"], "completion": q["completion"], "group": q.get("group", "")}
             drafts.append(draft)
             demos.append({"id": r["id"], "question_id": r["question_id"], "prompt": task.prompt_for(q["text"]),
                           "response": f"{q['gold']}\n{rationale.strip()}"})  # fmt: skip
@@ -241,17 +273,18 @@ class TailoringActivities:
 
         task = self.base._task(inp.task_ref)
         s = inp.settings
-        params = {"model": task.student.model, "match": task.kind_spec.eval_match, "max_new_tokens": s.probe_max_new_tokens}
-        key = output_key(
-            inp.job_id, inp.round, "arte-preference", [inp.demos, inp.probe_set, inp.student_adapter], params, "jsonl"
-        )
+        params = {"model": task.student.model, "match": task.kind_spec.eval_match, "max_new_tokens": s.probe_max_new_tokens,
+                  "probe_k": s.probe_k}  # fmt: skip
+        inputs = [inp.demos, inp.probe_set, inp.student_adapter, inp.probe_responses]
+        key = output_key(inp.job_id, inp.round, "arte-preference", inputs, params, "jsonl")
         scores = self.base.store.stat(key)
         if scores is None:
             model = common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.student_adapter))
             request = student_pb2.ScoreRequest(
                 model=model, dataset=ref_to_pb(inp.demos), metrics=[student_pb2.METRIC_ARTE_PREFERENCE],
                 arte=student_pb2.ArteSettings(probe_set=ref_to_pb(inp.probe_set), match=answer_match(task.kind_spec.eval_match),
-                                              max_new_tokens=s.probe_max_new_tokens),
+                                              max_new_tokens=s.probe_max_new_tokens, probe_k=s.probe_k,
+                                              probe_responses=ref_to_pb(inp.probe_responses)),
                 output_key=key,
             )  # fmt: skip
             response = await self.base._student(lambda st: st.score(request))
@@ -260,6 +293,13 @@ class TailoringActivities:
                 raise ApplicationError("StudentService.Score returned no scores", type="DATA_LOSS")
         await self.base._record_artifacts(inp.job_id, inp.round, {"arte-scores": scores})
         return PreferenceOutput(scores=scores, count=len(self.base._read_jsonl(scores)))
+
+    @activity.defn
+    async def crowd_responses(self, inp: CrowdInput) -> CrowdOutput:
+        """The crowd's right/wrong on the validation bank as ArteSettings.probe_responses rows."""
+        rows = crowd_rows([self.base._read_jsonl(p) for p in inp.predictions])
+        key = output_key(inp.job_id, inp.round, "arte-crowd", list(inp.predictions), {}, "jsonl")
+        return CrowdOutput(responses=self.base._publish_once(key, dumps_jsonl(rows)), members=len(inp.predictions))
 
     @activity.defn
     async def build_pairs(self, inp: PairsInput) -> PairsOutput:
@@ -327,7 +367,8 @@ class TailoringActivities:
 
     def all(self) -> list:
         """The activity callables to register on a worker."""
-        return [self.draft_rationales, self.score_preference, self.build_pairs, self.train_teacher_dpo]
+        return [self.draft_rationales, self.crowd_responses, self.score_preference, self.build_pairs, self.train_teacher_dpo]
+
 
 
 @workflow.defn
@@ -347,9 +388,28 @@ class TailorTeacherWorkflow:
             DraftInput(inp.job_id, inp.task_ref, inp.round, inp.questions, inp.teacher_adapter, s),
             **opts,
         )
+        responses = None
+        if inp.validation is not None and inp.crowd:
+            members = [None, *inp.crowd]  # the base student, then each round's adapter
+            answered = []
+            for m in members:
+                answered.append(
+                    await workflow.execute_activity_method(
+                        Activities.evaluate_student,
+                        EvaluateInput(inp.job_id, inp.task_ref, inp.round, crowd_stage(m), inp.validation, adapter=m),
+                        **opts,
+                    )
+                )
+            crowd = await workflow.execute_activity_method(
+                TailoringActivities.crowd_responses,
+                CrowdInput(inp.job_id, inp.round, [a.predictions for a in answered]),
+                **opts,
+            )
+            responses = crowd.responses
         preference = await workflow.execute_activity_method(
             TailoringActivities.score_preference,
-            PreferenceInput(inp.job_id, inp.task_ref, inp.round, drafted.demos, inp.probe_set, inp.student_adapter, s),
+            PreferenceInput(inp.job_id, inp.task_ref, inp.round, drafted.demos, inp.probe_set, inp.student_adapter, s,
+                            responses),
             **opts,
         )
         pairs = await workflow.execute_activity_method(

@@ -48,6 +48,8 @@ class LoopPlan:
     # The answer kinds (exact_answer, numeric, open_ended): generated examples are questions; the
     # reasoning steps answer them, and only answered records are candidates.
     answers_by_reasoning: bool = False
+    # generate.budget car: size the next round's modes by this round's CAR per method.
+    budget_by_car: bool = False
     # open_ended: the teacher judges the student's answers against the rubric (the judge's mean
     # score is the accuracy, with a win rate against the base student).
     judge_eval: bool = False
@@ -123,6 +125,18 @@ class BaselineResult:
 
 
 @dataclass
+class MethodCar:
+    """CAR of one generation method in one round (orchestrator.budget): reward / (1 + beta * loss)."""
+
+    method: str  # expand, targeted, rationales, rft
+    produced: int  # responses the method produced this round
+    kept: int  # of them, accepted by the critique / verification (the scored records)
+    reward: float  # kept / produced
+    loss: float  # mean response NLL of the kept records under the base student
+    car: float
+
+
+@dataclass
 class RoundResult:
     """What one round did."""
 
@@ -154,6 +168,10 @@ class RoundResult:
     win_rate: float | None = None
     # The critique's model steps: replies, parsed, retried, unparsable (CritiqueOutput.parsing).
     parsing: dict[str, dict[str, int]] = field(default_factory=dict)
+    # CAR per generation method (with score.metrics compatibility), best first.
+    car: list[MethodCar] = field(default_factory=list)
+    # generate.budget car: the factor each mode's budget was multiplied by this round.
+    budget: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,7 +216,7 @@ class PrepareJobOutput:
     seed_count: int
     eval_count: int
     artifacts_uri: str
-    # JSONL like eval_set: the validation split error analysis reads (the seeds when the task has none).
+    # JSONL like eval_set: the validation split (empty when the task has none: no method then reads it).
     validation: ArtifactRef | None = None
     plan: LoopPlan = field(default_factory=LoopPlan)
 
@@ -249,6 +267,9 @@ class GenerateInput:
     skills: ArtifactRef | None = None
     # The tailored teacher's adapter (ARTE); None: the task's teacher as is.
     teacher_adapter: ArtifactRef | None = None
+    # generate.budget car: mode ("expand", "targeted") -> the factor its per_label / per_skill is
+    # multiplied by (orchestrator.budget.scaled); absent: 1.
+    budget: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -296,6 +317,8 @@ class ReasonInput:
     # The round's candidates so far (kept examples, earlier reasoning records); None: the seeds only.
     candidates: ArtifactRef | None = None
     teacher_adapter: ArtifactRef | None = None
+    # generate.budget car: max_questions is multiplied by this (orchestrator.budget.scaled).
+    budget_scale: float = 1.0
 
 
 @dataclass
@@ -356,6 +379,8 @@ class ScoreInput:
     crowd: list[ArtifactRef] = field(default_factory=list)
     # The validation split scored too as held-out records (PUDF's ability probe); None: not needed.
     heldout: ArtifactRef | None = None
+    # Generation method -> responses it produced this round (CAR's reward denominator).
+    produced: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -364,6 +389,8 @@ class ScoreOutput:
     # irt_b, difficulty100) of each candidate, seed and held-out record.
     scores: ArtifactRef
     count: int
+    # With compatibility scored: CAR per generation method of `produced`, best first.
+    car: list[MethodCar] = field(default_factory=list)
 
 
 @dataclass
@@ -430,9 +457,12 @@ class TailorInputsInput:
 
 @dataclass
 class TailorInputsOutput:
-    # ARTE draft questions: "id", "input", "label" (the seeds first, then kept examples).
+    # ARTE draft questions: "id", "input", "label", and for a generated question its generation
+    # "prompt", "completion" and "group" (question-level pairs); this round's generated questions
+    # first, then the seeds.
     questions: ArtifactRef
-    # Dpref, the student's probe set: "id", "prompt", "answer" from the validation split.
+    # The validation bank Dpref is chosen from: "id", "prompt", "answer" (the gold answer the student's
+    # one-shot answers are graded against), every validation item.
     probe_set: ArtifactRef
     # The task's tailor settings.
     settings: ArteSettings
@@ -449,6 +479,8 @@ class ArteSettings:
     draft_max_new_tokens: int = 64
     # Greedy tokens of each of the student's probe answers.
     probe_max_new_tokens: int = 16
+    # |Dpref|: the probe_k most discriminative bank items under a 2PL fit of the crowd's answers.
+    probe_k: int = 8
     # DPO on the teacher: LoRA and optimisation.
     lora_rank: int = 8
     lora_alpha: float = 16.0

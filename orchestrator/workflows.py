@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator import search
     from orchestrator.activities import Activities
     from orchestrator.baselines import BaselineActivities, BaselineArmInput, BaselineArmOutput, BaselineArmWorkflow
+    from orchestrator.budget import budget_scales
     from orchestrator.eta import planned_steps
     from orchestrator.judging import JudgeInput, JudgingActivities
     from orchestrator.keys import baseline_workflow_id, tailor_workflow_id
@@ -120,22 +121,29 @@ class DistillationWorkflow:
         teacher: ArtifactRef | None = None  # the tailored teacher's adapter (ARTE)
         skills: ArtifactRef | None = None  # the student's confusions after the previous round
         crowd: list[ArtifactRef] = []  # the student's checkpoints: the IRT crowd of `difficulty`
-        validation = prep.validation or prep.seeds
+        validation = prep.validation or prep.seeds  # an older PrepareJobOutput (None) still replays
+        modes = [*(["expand"] if plan.expand else []), *(["targeted"] if plan.targeted else []), *plan.reasoning]
+        budget: dict[str, float] = {}  # generate.budget car: each mode's factor, from the last round's CAR
         for r in range(1, inp.rounds + 1):
             p.current_round = r
             search.upsert(round=r)
             result = RoundResult(round=r, generated=0, kept=0, selected=0, trained=0, accuracy=0.0, train_loss=0.0,
-                                 adapter_uri="", teacher_adapter_uri=teacher.uri if teacher else "")  # fmt: skip
+                                 adapter_uri="", teacher_adapter_uri=teacher.uri if teacher else "",
+                                 budget=dict(budget))  # fmt: skip
             candidates: ArtifactRef | None = None
             n_candidates = 0
+            produced: dict[str, int] = {}  # CAR's reward denominator: responses per generation method
             if plan.expand or (plan.targeted and skills is not None):
                 gen = await self._step(
                     "generate",
                     r,
                     Activities.generate_examples,
-                    GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds, prep.eval_set, skills, teacher),
+                    GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds, prep.eval_set, skills, teacher,
+                                  {m: f for m, f in budget.items() if m in ("expand", "targeted")}),
                 )
                 result.generated, result.leaked, result.targeted = gen.generated, gen.leaked, gen.targeted
+                if not plan.answers_by_reasoning:  # examples that train as they are (else questions to answer)
+                    produced = {"expand": gen.generated - gen.targeted, "targeted": gen.targeted}
                 if gen.examples is not None and gen.generated > 0:
                     crit = await self._step(
                         "critique",
@@ -150,9 +158,11 @@ class DistillationWorkflow:
                         n_candidates = 0  # kept questions: candidates once the reasoning steps answer them
             for mode in plan.reasoning:
                 reasoned = await self._step(
-                    mode, r, Activities.reason_examples, ReasonInput(inp.job_id, inp.task_ref, r, mode, prep.seeds, candidates, teacher)
-                )
+                    mode, r, Activities.reason_examples,
+                    ReasonInput(inp.job_id, inp.task_ref, r, mode, prep.seeds, candidates, teacher, budget.get(mode, 1.0)),
+                )  # fmt: skip
                 result.reasoning[mode] = reasoned.counts
+                produced[mode] = int(reasoned.counts.get("written", 0))
                 if reasoned.count > 0:
                     candidates, n_candidates = reasoned.candidates, reasoned.count
                 elif plan.answers_by_reasoning:
@@ -172,7 +182,11 @@ class DistillationWorkflow:
 
             train_set, scores = prep.seeds, None
             if n_candidates > 0 or plan.stages:  # a recipe's score bands need the seeds scored too
-                train_set, scores = await self._score_and_select(inp, plan, r, prep.seeds, validation, candidates, adapter, crowd, result)
+                train_set, scores = await self._score_and_select(
+                    inp, plan, r, prep.seeds, validation, candidates, adapter, crowd, result, produced
+                )
+            if plan.budget_by_car:
+                budget = budget_scales(result.car, modes) if result.car else budget
 
             arms: dict[str, asyncio.Task[BaselineArmOutput]] = {}
             for arm in plan.baselines:  # started now, they train while the loop trains
@@ -210,7 +224,7 @@ class DistillationWorkflow:
                 )
                 skills = analysis.skills if analysis.skill_count > 0 else None
             if plan.tailor_every and r % plan.tailor_every == 0 and r < inp.rounds:
-                tailored = await self._tailor(inp, r, prep.seeds, validation, candidates, adapter, teacher)
+                tailored = await self._tailor(inp, r, prep.seeds, validation, candidates, adapter, teacher, crowd)
                 teacher = tailored.adapter
                 result.tailor_pairs = tailored.question_pairs + tailored.rationale_pairs
                 result.tailor_skipped = tailored.skipped
@@ -320,6 +334,7 @@ class DistillationWorkflow:
         adapter: ArtifactRef | None,
         crowd: list[ArtifactRef],
         result: RoundResult,
+        produced: dict[str, int],
     ) -> tuple[ArtifactRef, ArtifactRef]:
         """reference-train (LoBaSS) -> score -> select; the round's training set and the scores."""
         reference = None
@@ -340,8 +355,9 @@ class DistillationWorkflow:
             r,
             Activities.score_samples,
             ScoreInput(inp.job_id, inp.task_ref, r, candidates, seeds, validation, reference, adapter,
-                       [*crowd, *([reference] if reference else [])], heldout),
+                       [*crowd, *([reference] if reference else [])], heldout, produced),
         )
+        result.car = scores.car
         sel = await self._step(
             "select",
             r,
@@ -361,6 +377,7 @@ class DistillationWorkflow:
         candidates: ArtifactRef | None,
         student: ArtifactRef | None,
         teacher: ArtifactRef | None,
+        crowd: list[ArtifactRef],
     ) -> TailorTeacherOutput:
         """ARTE as a child workflow: the teacher's DPO adapter aligned to this round's student."""
         p = self._progress
@@ -377,6 +394,7 @@ class DistillationWorkflow:
             TailorTeacherInput(
                 inp.job_id, inp.task_ref, r, inputs.questions, inputs.probe_set, student_adapter=student,
                 teacher_adapter=teacher, settings=inputs.settings, heartbeat_timeout_s=inp.heartbeat_timeout_s,
+                validation=validation, crowd=list(crowd),  # 2PL crowd: the base student + each round's adapter
             ),
             id=tailor_workflow_id(inp.job_id, r),
         )

@@ -143,6 +143,11 @@ class GenerateSpec(_Strict):
         0, ge=0, le=100,
         description="Shorthand for a `targeted` mode with this per_skill; 0 = off.",
     )
+    budget: Literal["fixed", "car"] = Field(
+        "fixed",
+        description="fixed: every mode's own budget each round; car: from round 2, the modes' budgets are split in "
+        "proportion to the previous round's CAR per generation method (needs score.metrics compatibility).",
+    )
 
     @model_validator(mode="after")
     def _modes(self) -> GenerateSpec:
@@ -197,7 +202,11 @@ class CritiqueSpec(_Strict):
     )
 
 
-Metric = Literal["learnability", "ifd", "rifd", "preference", "car", "difficulty"]
+# "car" stays a name the schema knows only to say it was renamed (`_renamed_car`): the per-record score
+# is 1 / (1 + beta * L), no reward, so it is `compatibility`; CAR itself is per generation method.
+Metric = Literal["learnability", "ifd", "rifd", "preference", "compatibility", "car", "difficulty"]
+CAR_RENAMED = ("car was renamed compatibility: the per-record 1 / (1 + car_beta * L) has no reward in it; the round's "
+               "CAR per generation method (reward / (1 + car_beta * L)) is in the report whenever compatibility is scored")  # fmt: skip
 # The score column each metric contributes to records (what select.metric, select.weights and
 # recipe score_key name), beside "<column>_pct", its percentile rank in [0, 1) within the round.
 METRIC_COLUMNS: dict[str, str] = {
@@ -205,11 +214,14 @@ METRIC_COLUMNS: dict[str, str] = {
     "ifd": "ifd_ppl",
     "rifd": "rifd_ppl",
     "preference": "arte_s_r",
-    "car": "car",
+    "compatibility": "compatibility",
+    "car": "compatibility",
     "difficulty": "irt_difficulty",
 }
 # The other IFD form's columns, also in every score table (a recipe's score_key may name them).
 OTHER_RATIO_COLUMNS: dict[str, str] = {"ifd": "ifd_loss", "rifd": "rifd_loss"}
+# The generation modes `generate.budget: car` sizes (each makes the records of its own category).
+BUDGETED_MODES = ("expand", "targeted", "rationales", "rft")
 # Columns the loop derives from `difficulty` for the trainer's curricula.
 DIFFICULTY_COLUMNS = ("irt_b", "difficulty100", "success_rate")
 # Further columns a metric writes that a recipe's score_key may name: learnability's L0 under the
@@ -222,8 +234,11 @@ class ScoreSpec(_Strict):
     """What the student scores each round's candidates with (one batched pass where passes are shared)."""
 
     metrics: list[Metric] = Field(default_factory=lambda: ["learnability"], min_length=1)
-    car_beta: float = Field(1.0, ge=0.0, le=1000.0, description="CAR: reward / (1 + beta * loss).")
-    probe_k: int = Field(8, ge=1, le=1000, description="preference: validation items in the ARTE probe set.")
+    car_beta: float = Field(
+        1.0, ge=0.0, le=1000.0,
+        description="compatibility 1 / (1 + beta * L) and CAR reward / (1 + beta * L), L the base student's loss.",
+    )  # fmt: skip
+    probe_k: int = Field(8, ge=1, le=1000, description="preference: the probe set's size (most discriminative by 2PL).")
     probe_max_new_tokens: int = Field(16, ge=1, le=512, description="preference: greedy tokens per probe answer.")
     ifd_ratio: IfdRatio = Field(
         "ppl", description="ifd / rifd: the form selection ranks by and the IFD > 1 filter reads: ppl "
@@ -237,6 +252,8 @@ class ScoreSpec(_Strict):
     @field_validator("metrics")
     @classmethod
     def _unique(cls, metrics: list[str]) -> list[str]:
+        if "car" in metrics:
+            raise ValueError(CAR_RENAMED)
         return list(dict.fromkeys(metrics))
 
     @field_validator("model")
@@ -288,6 +305,8 @@ class SelectSpec(_Strict):
 
     @model_validator(mode="after")
     def _policy(self) -> SelectSpec:
+        if self.metric == "car" or "car" in (self.weights or {}):
+            raise ValueError(CAR_RENAMED)
         if self.policy == "threshold" and self.threshold is None:
             raise ValueError("policy threshold needs `threshold`")
         if self.weights is not None and not self.weights:
@@ -338,8 +357,15 @@ class TailorSpec(_Strict):
     styles: list[Style] = Field(default_factory=lambda: ["step_by_step", "eli5"], min_length=2)
     draft_temperature: float = Field(0.7, gt=0.0, le=2.0)
     draft_max_new_tokens: int = Field(64, ge=8, le=2048)
-    probe_k: int = Field(8, ge=1, le=1000, description="Validation items in the student's probe set (Dpref).")
+    probe_k: int = Field(
+        8, ge=1, le=1000,
+        description="Dpref: the probe_k most discriminative validation items (2PL IRT on the student's checkpoints).",
+    )  # fmt: skip
     probe_max_new_tokens: int = Field(16, ge=1, le=512)
+    regenerate_temperature: float = Field(
+        0.0, ge=0.0, le=2.0,
+        description="Sampling temperature of the aligned teacher's expand, targeted and rationales (ARTE: 0, greedy).",
+    )  # fmt: skip
     lora_rank: int = Field(8, ge=1, le=512)
     lora_alpha: float = Field(16.0, gt=0.0, le=65536.0)
     epochs: int = Field(1, ge=1, le=100)
@@ -394,7 +420,11 @@ class TaskSpec(_Strict):
     seeds: list[Example] = Field(min_length=1)
     eval: list[Example] = Field(min_length=1)
     # Error analysis reads the student's mistakes here, never on `eval`: the teacher sees these inputs.
-    validation: list[Example] = Field(default_factory=list, description="Validation split; default: the seeds.")
+    # Never defaulted to the seeds: a probe set or error analysis on training data measures nothing.
+    validation: list[Example] = Field(
+        default_factory=list,
+        description="Validation split; required by tailor, preference, targeted and pudf (none otherwise).",
+    )
     teacher: ModelSpec = Field(default_factory=ModelSpec)
     student: ModelSpec = Field(default_factory=ModelSpec)
     rounds: int = Field(2, ge=1, le=100)
@@ -513,6 +543,16 @@ class TaskSpec(_Strict):
             raise ValueError("tailor: needs rounds >= 2 (the aligned teacher generates in the rounds after tailoring)")
         if self.tailor is not None and self.teacher.model.startswith("openai:"):
             raise ValueError("tailor: trains a LoRA on the teacher's weights; an openai: endpoint has none here")
+        if self.generate.budget == "car":
+            if "compatibility" not in scored:
+                raise ValueError("generate.budget: car splits the next round's generation by each method's CAR, which needs "
+                                 "the base student's loss: add compatibility to score.metrics")  # fmt: skip
+            if len([m for m in self.generate.modes or () if m.mode in BUDGETED_MODES]) < 2:
+                raise ValueError("generate.budget: car splits the generation across modes by their CAR; give at least two "
+                                 "of expand, targeted, rationales, rft")  # fmt: skip
+        if not self.validation and (needs := self.needs_validation()):
+            raise ValueError(f"validation: {needs[0]} reads the student on a validation split (never the seeds, which it "
+                             "trains on): give the task a validation split")  # fmt: skip
         if (recipe := self.train.recipe) is None:
             return
         both = [*(METRIC_COLUMNS[m] for m in scored), *(OTHER_RATIO_COLUMNS[m] for m in scored if m in OTHER_RATIO_COLUMNS),
@@ -536,6 +576,13 @@ class TaskSpec(_Strict):
     def kind_spec(self) -> kinds.TaskKind:
         """The task kind's rules (syllabus.kinds): prompts, seed responses, the answer checker."""
         return kinds.get(self.kind)
+
+    def needs_validation(self) -> list[str]:
+        """The methods on that read the validation split (ARTE's probe set, error analysis)."""
+        needs = ["tailor"] if self.tailor is not None else []
+        needs += ["score.metrics: preference"] if "preference" in self.score.metrics else []
+        needs += ["generate.modes: targeted"] if self.generate.mode("targeted") is not None else []
+        return needs
 
     @property
     def reflection_ratio(self) -> str:

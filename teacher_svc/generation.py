@@ -223,7 +223,7 @@ def expand_seeds(backend: Backend, req: ExpansionRequest) -> ExpansionResult:
     labels = list(req.labels)
     records, duplicates, unparsable, tokens = collect_examples(
         ((p.label, {"parent_id": p.parent_id}, outs) for p, outs in zip(prompts, completions, strict=True)),
-        seen, req.instructions, labels, prov,
+        seen, req.instructions, labels, prov, chats=[p.chat for p in prompts],
     )
     return ExpansionResult(records, duplicates, unparsable, tokens)
 
@@ -234,16 +234,20 @@ def collect_examples(
     instructions: str,
     labels: list[str],
     prov: dict,
+    chats: Sequence[ChatPrompt] = (),
 ) -> tuple[list[dict], int, int, int]:
     """Turn completions into labelled example records: (records, duplicates, unparsable, tokens).
 
     Each group is (label, extra record fields, its completions). A completion that does not parse into
     one input text is counted unparsable; one that duplicates `seen` (which grows with every kept
-    example) is counted duplicate.
+    example) is counted duplicate. With `chats` (the group's prompt, in group order) each record
+    also carries "generation": the prompt's user message and the reply (prefill included), what
+    ARTE's question-level DPO pairs prefer or reject.
     """
     records: list[dict] = []
     duplicates = unparsable = tokens = 0
-    for label, extra, outs in groups:
+    for g, (label, extra, outs) in enumerate(groups):
+        chat = chats[g] if chats else None
         for out in outs:
             tokens += out.tokens
             text = parse_completion(out.text)
@@ -257,7 +261,8 @@ def collect_examples(
             seen.add(text, rid)
             # A question (no labels) has no answer yet: the caller has it answered (rationales).
             prompt = CLASSIFICATION.prompt(instructions, labels, text) if labels else text
-            records.append(
-                {"id": rid, "input": text, "label": label, "prompt": prompt, "response": label, "provenance": prov, **extra}
-            )
+            record = {"id": rid, "input": text, "label": label, "prompt": prompt, "response": label, "provenance": prov, **extra}
+            if chat is not None:
+                record["generation"] = {"prompt": chat.user, "completion": chat.prefill + out.text}
+            records.append(record)
     return records, duplicates, unparsable, tokens

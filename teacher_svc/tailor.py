@@ -6,8 +6,10 @@
    (question, rationale, answer) is its one-shot demonstration; `s_q` = mean of `s_r` over the
    question's rationales. The student computes them (StudentService.Score, METRIC_ARTE_PREFERENCE);
    Tailor reads them from the `scores` artifact.
-3. Pairs (`build_pairs`): question level — top vs bottom quartile of questions by `s_q` under the same
-   generation prompt; rationale level — per question, argmax vs argmin `s_r` (skipped on ties). The
+3. Pairs (`build_pairs`): question level — top vs bottom quartile of questions by `s_q` within a
+   group (the draft's "group": the loop's is the question's label, since each expansion prompt shows
+   other seeds and yields one question; default its generation prompt), the pair posed under the
+   chosen question's generation prompt; rationale level — per question, argmax vs argmin `s_r` (skipped on ties). The
    rationale pair's prompt is the style-neutral rationale prompt, so the aligned teacher learns which
    kind of rationale to write when simply asked.
 4. DPO on the teacher (a LoRA; the reference is the teacher with the adapter disabled) over the mixed
@@ -45,6 +47,8 @@ class Draft:
     completion: str  # the teacher's reply that produced it (what DPO prefers or not)
     rationales: Sequence[str]
     scores: Sequence[float]  # s_r per rationale
+    # Questions ranked against each other for question-level pairs; "" = those of the same prompt.
+    group: str = ""
 
     @property
     def s_q(self) -> float:
@@ -61,14 +65,14 @@ class Pairs:
 
 
 def build_pairs(drafts: Sequence[Draft], instructions: str) -> Pairs:
-    """Question-level (quartiles within a generation prompt) and rationale-level (argmax/argmin) pairs."""
+    """Question-level (quartiles by s_q within a group) and rationale-level (argmax/argmin s_r) pairs."""
     records: list[dict] = []
-    by_prompt: dict[str, list[Draft]] = defaultdict(list)
+    by_group: dict[str, list[Draft]] = defaultdict(list)
     for d in drafts:
         if d.prompt and d.completion:  # question-level pairs need the generation prompt and reply
-            by_prompt[d.prompt].append(d)
+            by_group[d.group or d.prompt].append(d)
     q_pairs = 0
-    for prompt, group in by_prompt.items():
+    for group in by_group.values():
         ranked = sorted(group, key=lambda d: -d.s_q)
         quarter = max(1, len(ranked) // 4)
         if len(ranked) < 2:
@@ -79,7 +83,7 @@ def build_pairs(drafts: Sequence[Draft], instructions: str) -> Pairs:
                 continue
             records.append(
                 {
-                    "prompt": prompt,
+                    "prompt": hi.prompt,
                     "chosen": hi.completion,
                     "rejected": lo.completion,
                     "level": "question",
@@ -112,7 +116,7 @@ def build_pairs(drafts: Sequence[Draft], instructions: str) -> Pairs:
 
 def drafts_from_records(drafts: Sequence[Mapping], scores: Sequence[Mapping]) -> list[Draft]:
     """Drafts from Tailor's inputs: one record per rationale ("id", "question_id", "question",
-    "rationale", "answer", optional "prompt" and "completion") and the student's score rows ("id",
+    "rationale", "answer", optional "prompt", "completion" and "group") and the student's score rows ("id",
     "arte_s_r"). Rationales without a score are left out; a question needs at least one scored."""
     s_r = {}
     for i, row in enumerate(scores):
@@ -139,6 +143,7 @@ def drafts_from_records(drafts: Sequence[Mapping], scores: Sequence[Mapping]) ->
                 str(first.get("completion") or ""),
                 [r["rationale"] for r in recs],
                 [s_r[r["id"]] for r in recs],
+                str(first.get("group") or ""),
             )
         )
     return out

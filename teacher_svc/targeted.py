@@ -121,7 +121,7 @@ def generate_targeted(
     prov = provenance(backend, sampling, round_, TARGETED_METHOD, TARGETED_TEMPLATE_HASH if labels else TARGETED_QUESTION_TEMPLATE_HASH)
     records, dupes, unparsable, tokens = collect_examples(
         ((skill.label, {"parent_id": None, "skill": skill.name}, completions) for (skill, _), completions in zip(pairs, outs, strict=True)),
-        seen, instructions, list(labels), prov,
+        seen, instructions, list(labels), prov, chats=[p for _, p in pairs],
     )
     return TargetedResult(records, dupes, unparsable, tokens)
 

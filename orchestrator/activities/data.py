@@ -58,8 +58,9 @@ class DataActivities(ActivityBase):
             return out
 
         evals = items(task.eval)
-        # The last of duplicate validation items wins, as before (a dict comprehension).
-        validation = {content_id(ex.input, ex.label): ex for ex in (task.validation or task.seeds)}
+        # The last of duplicate validation items wins, as before (a dict comprehension). Never the
+        # seeds: a method that reads this split is refused at validation when the task has none.
+        validation = {content_id(ex.input, ex.label): ex for ex in task.validation}
         validation = items(validation.values())
         seeds_ref = self._publish_once(f"{prefix}/seeds.jsonl", dumps_jsonl(seeds.values()))
         eval_ref = self._publish_once(f"{prefix}/eval.jsonl", dumps_jsonl(evals.values()))
@@ -91,21 +92,24 @@ class DataActivities(ActivityBase):
 
     @activity.defn
     async def tailor_inputs(self, inp: TailorInputsInput) -> TailorInputsOutput:
-        """ARTE's inputs: draft questions (the seeds, then this round's kept examples, up to
-        tailor.questions) and the student's probe set (tailor.probe_k validation items)."""
+        """ARTE's inputs: draft questions (this round's generated questions, then the seeds, up to
+        tailor.questions) and the validation bank the student's probe set Dpref is chosen from (the
+        tailor.probe_k most discriminative items, chosen by the StudentService)."""
         task = self._task(inp.task_ref)
         spec = task.tailor
         if spec is None:
             raise ApplicationError("the task has no tailor section", type="INVALID_ARGUMENT", non_retryable=True)
         candidates = self._read_jsonl(inp.candidates) if inp.candidates is not None else []
-        questions = reasoning.questions(self._read_jsonl(inp.seeds), candidates, spec.questions)
+        questions = tailor_questions(self._read_jsonl(inp.seeds), candidates, spec.questions)
         probe = [{"id": r["id"], "prompt": task.prompt_for(r["input"]), "answer": r["label"]} for r in self._read_jsonl(inp.validation)]
+        if not probe:  # the task validator asks for a validation split: a job prepared without one
+            raise ApplicationError("tailor: the validation split is empty", type="INVALID_ARGUMENT", non_retryable=True)
         prefix = f"{job_prefix(inp.job_id)}/round-{inp.round}"
         return TailorInputsOutput(
             questions=self._publish_once(f"{prefix}/tailor-questions.jsonl", dumps_jsonl(questions)),
-            probe_set=self._publish_once(f"{prefix}/tailor-probe.jsonl", dumps_jsonl(probe[: spec.probe_k])),
+            probe_set=self._publish_once(f"{prefix}/tailor-probe.jsonl", dumps_jsonl(probe)),
             settings=ArteSettings(
-                styles=list(spec.styles), draft_temperature=spec.draft_temperature,
+                styles=list(spec.styles), draft_temperature=spec.draft_temperature, probe_k=spec.probe_k,
                 draft_max_new_tokens=spec.draft_max_new_tokens, probe_max_new_tokens=spec.probe_max_new_tokens,
                 lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha, epochs=spec.epochs,
                 learning_rate=spec.learning_rate, batch_size=spec.batch_size, beta=spec.beta,
@@ -125,6 +129,20 @@ class DataActivities(ActivityBase):
         return FinishJobOutput(status=inp.status)
 
 
+def tailor_questions(seeds: list[dict], candidates: list[dict], limit: int) -> list[dict]:
+    """ARTE's draft questions: the round's generated questions first (ARTE's drafts are the teacher's
+    questions; each carries its generation prompt and reply, so it can make question-level pairs),
+    then the seeds. A generated question's "group" is its label: each expansion prompt shows other
+    seeds and yields one question, so questions are ranked against those of the same label."""
+    generated = {c["id"]: c for c in candidates if isinstance(c.get("generation"), dict)}
+    questions = reasoning.questions(list(generated.values()), [*seeds, *candidates], limit)
+    for q in questions:
+        if (c := generated.get(q["id"])) is not None:
+            gen = c["generation"]
+            q |= {"prompt": gen["prompt"], "completion": gen["completion"], "group": f"label:{c['label']}"}
+    return questions
+
+
 def plan_of(task: TaskSpec) -> LoopPlan:
     """The steps `task` turns on (see `LoopPlan`)."""
     recipe = task.train.recipe
@@ -140,6 +158,7 @@ def plan_of(task: TaskSpec) -> LoopPlan:
         tailor_every=task.tailor.every if task.tailor is not None else 0,
         heldout=bool(recipe) and any(st.curriculum.policy == "pudf" for st in recipe.stages),
         answers_by_reasoning=task.kind_spec.reasons,
+        budget_by_car=task.generate.budget == "car",
         judge_eval=task.kind_spec.judged,
         baselines=list(task.baselines.arms) if task.baselines is not None else [],
         baseline_repeats=task.baselines.repeats if task.baselines is not None else 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -9,11 +10,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from orchestrator.activities.base import ActivityBase, finite
+from orchestrator.budget import car_by_method, method_rewards
 from orchestrator.keys import job_prefix, output_key
 from orchestrator.scores import (
     STUDENT_METRICS,
     add_percentiles,
-    car,
+    compatibility,
+    crowd_rows,
+    crowd_stage,
     difficulty_columns,
     heldout_records,
     reflection_versions,
@@ -84,9 +88,11 @@ class StudentActivities(ActivityBase):
         - learnability (LoBaSS): L0 under the current student, Lref under the reference adapter; ifd
           and rifd in the same request, on the current student (`student_metrics_on_base`), so IFD's
           conditional pass is L0's own forward pass;
-        - ifd, rifd (without learnability), preference (ARTE s_r on a probe set of validation items),
-          car: the current student; CAR's loss is the base student's, as in the paper, with reward 1
-          for every kept candidate and the generation method as the "teacher";
+        - ifd, rifd (without learnability), preference (ARTE s_r on Dpref, the most discriminative
+          validation items under 2PL on the crowd of `_probe_crowd`):
+          the current student; compatibility = 1 / (1 + car_beta * L), L the base student's loss (as
+          CAR's), and with it CAR per generation method (`orchestrator.budget`: reward = the share of
+          the method's responses the critique / verification kept, `inp.produced` the denominator);
         - with `score.model`, ifd and rifd on that model instead, with or without learnability
           (Superfiltering: a much smaller scorer ranks nearly as the student does);
         - difficulty: IRT over the artificial crowd of the student's own checkpoints (the base, each
@@ -112,7 +118,8 @@ class StudentActivities(ActivityBase):
                         rows[row["id"]][col] = value
                         models.setdefault(col, model)
 
-        as_is = [m for m in ("ifd", "rifd", "preference", "car") if m in sc.metrics]
+        cars: list = []
+        as_is = [m for m in ("ifd", "rifd", "preference", "compatibility") if m in sc.metrics]
         on_scorer = [m for m in ("ifd", "rifd") if m in as_is] if sc.model is not None else []
         as_is = [m for m in as_is if m not in on_scorer]
         if "learnability" in sc.metrics:
@@ -138,28 +145,38 @@ class StudentActivities(ActivityBase):
         if as_is:
             metrics = [STUDENT_METRICS[m] for m in as_is]
             arte = None
+            responses = None
             if "preference" in sc.metrics:
                 probe = [{"id": r["id"], "prompt": task.prompt_for(r["input"]), "answer": r["label"]} for r in self._read_jsonl(inp.validation)]
                 probe_ref = self._publish_once(job_prefix(inp.job_id) + "/arte-probe.jsonl", dumps_jsonl(probe))
+                responses = await self._probe_crowd(inp)
                 arte = student_pb2.ArteSettings(
                     probe_set=ref_to_pb(probe_ref), probe_k=sc.probe_k, match=answer_match(task.kind_spec.eval_match),
-                    max_new_tokens=sc.probe_max_new_tokens,
+                    max_new_tokens=sc.probe_max_new_tokens, probe_responses=ref_to_pb(responses),
                 )  # fmt: skip
             car_data = data
-            if "car" in sc.metrics:  # CAR reads each record's teacher (here: its generation method) and reward
+            if "compatibility" in sc.metrics:  # the service's CAR reads each record's teacher and reward
+                reward = method_rewards(records, inp.produced)
                 car_data = self._publish_once(
-                    output_key(inp.job_id, inp.round, "score-car-input", [data], {}, "jsonl"),
-                    dumps_jsonl({**r, "teacher": r["category"], "reward": 1.0} for r in records),
+                    output_key(inp.job_id, inp.round, "score-car-input", [data], {"produced": inp.produced}, "jsonl"),
+                    # A record of no budgeted method (a seed, a cft critique) has no measured reward: 1.
+                    dumps_jsonl({**r, "teacher": r["category"], "reward": reward.get(r["category"], 1.0)} for r in records),
                 )
             params = {"model": task.student.model, "metrics": as_is, "score": sc.model_dump()}
-            key = output_key(inp.job_id, inp.round, "score-student", [car_data, inp.student, inp.validation], params, "jsonl")
+            key = output_key(
+                inp.job_id, inp.round, "score-student", [car_data, inp.student, inp.validation, responses], params, "jsonl"
+            )
             request = student_pb2.ScoreRequest(
                 model=student, dataset=ref_to_pb(car_data), metrics=metrics, arte=arte, car_beta=sc.car_beta
             )
             scored = await self._score_call(key, request, "StudentService.Score")
             merge([{k: v for k, v in r.items() if k not in ("question_id", "loss_base")} for r in scored], under_student)
-            if "car" in sc.metrics:  # per-record CAR = reward / (1 + beta * L), L under the base student
-                merge([{"id": r["id"], "car": car(1.0, r.get("loss_base"), sc.car_beta)} for r in scored], task.student.model)
+            if "compatibility" in sc.metrics:  # 1 / (1 + beta * L), L under the base student
+                merge([{"id": r["id"], "compatibility": compatibility(r.get("loss_base"), sc.car_beta)} for r in scored],
+                      task.student.model)  # fmt: skip
+                loss = {r["id"]: r.get("loss_base") for r in scored}
+                rows_by_method = [{"category": r["category"], "loss_base": loss.get(r["id"], math.nan)} for r in records]
+                cars = car_by_method(rows_by_method, inp.produced, sc.car_beta)
 
         if on_scorer:  # the scorer model as it is: no adapter of the student fits it
             scorer = sc.model.model
@@ -203,7 +220,22 @@ class StudentActivities(ActivityBase):
         ]
         await self._db(self.metadata.record_scores, sql)
         await self._record_artifacts(inp.job_id, inp.round, {"scores": scores})
-        return ScoreOutput(scores=scores, count=len(records))
+        return ScoreOutput(scores=scores, count=len(records), car=cars)
+
+    async def _probe_crowd(self, inp: ScoreInput) -> ArtifactRef | None:
+        """ARTE's Dpref for `preference`: the crowd (the base student and `inp.crowd`, the student's
+        checkpoints and this round's reference) answers the validation split, and the service keeps
+        the probe_k most discriminative items under 2PL. None with a crowd of one (round 1 without a
+        reference): nothing to fit, so Dpref is the split's first probe_k items."""
+        members = [None, *inp.crowd]
+        if len(members) < 2:
+            return None
+        answered = []
+        for m in members:
+            ev = await self.evaluate_student(EvaluateInput(inp.job_id, inp.task_ref, inp.round, crowd_stage(m), inp.validation, m))
+            answered.append(self._read_jsonl(ev.predictions))
+        key = output_key(inp.job_id, inp.round, "score-arte-crowd", [inp.validation, *inp.crowd], {}, "jsonl")
+        return self._publish_once(key, dumps_jsonl(crowd_rows(answered)))
 
     @activity.defn
     async def select_samples(self, inp: SelectInput) -> SelectOutput:

@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError
 
 from orchestrator import critique_modes, reasoning
 from orchestrator.activities.base import ActivityBase
+from orchestrator.budget import scaled
 from orchestrator.keys import output_key
 from orchestrator.metadata import sample_row
 from orchestrator.types import (
@@ -39,6 +40,31 @@ STATS_SUFFIX = ".stats.json"  # the teacher's counts of the Generate run that pu
 def _teacher_ref(task: TaskSpec, adapter: ArtifactRef | None) -> common_pb2.ModelRef:
     """The task's teacher, tailored by `adapter` (ARTE) when given."""
     return common_pb2.ModelRef(base=task.teacher.model, adapter=ref_to_pb(adapter))
+
+
+def teacher_temperature(task: TaskSpec, temperature: float, teacher_adapter: ArtifactRef | None) -> float:
+    """The sampling temperature of a generation step: ARTE's aligned teacher (an adapter from
+    tailoring) regenerates at `tailor.regenerate_temperature`, greedy (0) as in the paper, whatever
+    the step's own temperature; the base teacher samples at the step's."""
+    if teacher_adapter is not None and task.tailor is not None:
+        return task.tailor.regenerate_temperature
+    return temperature
+
+
+def expand_sampling(task: TaskSpec, round_: int, teacher_adapter: ArtifactRef | None) -> dict:
+    """SamplingParams fields of expand and targeted generation in round `round_`."""
+    g = task.generate
+    return {"temperature": teacher_temperature(task, g.temperature, teacher_adapter), "top_p": g.top_p,
+            "max_new_tokens": g.max_new_tokens, "n": g.n, "seed": g.seed + round_}  # fmt: skip
+
+
+def reasoning_sampling(task: TaskSpec, mode: str, round_: int, teacher_adapter: ArtifactRef | None) -> dict:
+    """SamplingParams fields of the rationales or rft mode. RFT keeps its own temperature with an
+    aligned teacher too: k greedy samples would be one reasoning path."""
+    spec = task.generate.mode(mode)
+    temperature = spec.temperature if mode == "rft" else teacher_temperature(task, spec.temperature, teacher_adapter)
+    return {"temperature": temperature, "top_p": 1.0, "max_new_tokens": spec.max_new_tokens, "n": 1,
+            "seed": task.generate.seed + round_}  # fmt: skip
 
 
 def _generate_request(
@@ -85,13 +111,7 @@ class TeacherActivities(ActivityBase):
         targeted generation, as one examples artifact; records the samples."""
         task = self._task(inp.task_ref)
         g = task.generate
-        sampling = {
-            "temperature": g.temperature,
-            "top_p": g.top_p,
-            "max_new_tokens": g.max_new_tokens,
-            "n": g.n,
-            "seed": g.seed + inp.round,
-        }
+        sampling = expand_sampling(task, inp.round, inp.teacher_adapter)
         params = {
             "model": task.teacher.model,
             "teacher_adapter": inp.teacher_adapter.sha256 if inp.teacher_adapter else None,
@@ -105,14 +125,15 @@ class TeacherActivities(ActivityBase):
         parts: list[tuple[ArtifactRef, list[dict]]] = []
         leaked = 0
         if (expand := g.mode("expand")) is not None:
-            per_label = expand.per_label or g.per_label
+            per_label = scaled(expand.per_label or g.per_label, inp.budget.get("expand", 1.0))
             key = output_key(inp.job_id, inp.round, "generate", [inp.seeds, inp.eval_set], {**params, "per_label": per_label}, "jsonl")
             request = _generate_request(task, inp, key, sampling, per_label=per_label)
             ref, leaked = await self._generate(key, request, "TeacherService.Generate")
             parts.append((ref, self._read_jsonl(ref)))
         targeted_count = 0
         if inp.skills is not None and (targeted := g.mode("targeted")) is not None:
-            ref, targeted_leaked = await self._generate_targeted(inp, task, params, sampling, targeted.per_skill)
+            per_skill = scaled(targeted.per_skill, inp.budget.get("targeted", 1.0))
+            ref, targeted_leaked = await self._generate_targeted(inp, task, params, sampling, per_skill)
             leaked += targeted_leaked
             seen = {r["id"] for _, rs in parts for r in rs}
             records = [r for r in self._read_jsonl(ref) if r["id"] not in seen]
@@ -333,13 +354,12 @@ class TeacherActivities(ActivityBase):
         seeds = self._read_jsonl(inp.seeds)
         if inp.mode == "rft":  # RFT verifies against a gold answer: the questions that have one
             seeds, candidates = [s for s in seeds if s["label"]], [c for c in candidates if c.get("label")]
-        questions = reasoning.questions(seeds, candidates, spec.max_questions)
+        questions = reasoning.questions(seeds, candidates, scaled(spec.max_questions, inp.budget_scale))
         q_ref = self._publish_once(
             output_key(inp.job_id, inp.round, f"{inp.mode}-questions", [], {"ids": [q["id"] for q in questions]}, "jsonl"),
             dumps_jsonl(questions),
         )
-        sampling = {"temperature": spec.temperature, "top_p": 1.0, "max_new_tokens": spec.max_new_tokens, "n": 1,
-                    "seed": task.generate.seed + inp.round}  # fmt: skip
+        sampling = reasoning_sampling(task, inp.mode, inp.round, inp.teacher_adapter)
         params = {"model": task.teacher.model, "teacher_adapter": inp.teacher_adapter.sha256 if inp.teacher_adapter else None,
                   "spec": spec.model_dump(), "labels": task.labels, "instructions": task.instructions}  # fmt: skip
         key = output_key(inp.job_id, inp.round, inp.mode, [q_ref], params, "jsonl")

@@ -105,7 +105,8 @@ def learnability(base: Oracle, reference: Oracle, prompt: str, response: str) ->
     return (l0 - reference.response_loss(prompt, response)) / l0
 
 
-def car(base: Oracle, prompt: str, response: str, beta: float = 1.0) -> float:
+def compatibility(base: Oracle, prompt: str, response: str, beta: float = 1.0) -> float:
+    """CAR without its reward: 1 / (1 + beta * L), L the base student's response loss."""
     return 1.0 / (1.0 + beta * base.response_loss(prompt, response))
 
 

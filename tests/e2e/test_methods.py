@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from scoring_oracle import Oracle, assert_close, assert_top, car, crowd_correct, learnability
+from scoring_oracle import Oracle, assert_close, assert_top, compatibility, crowd_correct, learnability
 
 from orchestrator.stack import Stack, config_env
 from syllabus.records import loads_jsonl
@@ -64,17 +64,20 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
              "after": "merge", "hft": True, "schedule": {"average_last_k": 2}},
         ],
     }  # fmt: skip
+    # ARTE's probe bank and error analysis read a validation split disjoint from the seeds they train on.
+    bank = loads_jsonl((Path(__file__).resolve().parents[2] / "examples/banking77/data/validation.jsonl").read_bytes())
     task = banking77_tiny(
         2,
         name="everything",
         rounds=2,
+        validation=[v for v in bank if v["label"] in ("card_arrival", "lost_or_stolen_card")][::2],
         generate={"max_new_tokens": 12, "modes": [
             {"mode": "expand", "per_label": 3},
             {"mode": "rationales", "styles": ["step_by_step", "concise"], "max_questions": 2, "max_new_tokens": 16},
             {"mode": "rft", "k": 2, "max_questions": 2, "max_new_tokens": 16},
             {"mode": "targeted", "per_skill": 1},
         ]},
-        score={"metrics": ["learnability", "ifd", "rifd", "preference", "car", "difficulty"], "probe_k": 2, "probe_max_new_tokens": 4},
+        score={"metrics": ["learnability", "ifd", "rifd", "preference", "compatibility", "difficulty"], "probe_k": 2, "probe_max_new_tokens": 4},
         select={"policy": "diversity", "metric": "learnability", "top_fraction": 0.5, "n_clusters": 2, "reweight": "success_gap"},
         train={**TRAIN, "recipe": recipe},
         tailor={"every": 1, "questions": 2, "draft_max_new_tokens": 16, "probe_k": 2, "probe_max_new_tokens": 4, "batch_size": 2},
@@ -105,7 +108,7 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
 
     # Every metric's column reaches the training records, with percentile ranks and the difficulties.
     records = train_set(report)
-    for col in ("learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "car", "irt_difficulty", "irt_b", "difficulty100",
+    for col in ("learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "compatibility", "irt_difficulty", "irt_b", "difficulty100",
                 "learnability_pct", "loss_base", "loss_base_pct"):
         assert all(col in r for r in records), col
     assert {r["category"] for r in records} >= {"seed", "expand"}
@@ -127,7 +130,30 @@ def test_every_generate_mode_metric_diversity_chain_of_lora_and_tailoring(run_ta
     replayed = set(hard) - own
     assert own and replayed <= set(easy) and len(replayed) == round(0.2 * len(own))
     scored = {m for (m,) in con.execute("select distinct metric from scores where job_id=?", (report["job_id"],))}
-    assert {"learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "car", "irt_difficulty"} <= scored
+    assert {"learnability", "ifd_ppl", "rifd_ppl", "arte_s_r", "compatibility", "irt_difficulty"} <= scored
+    # CAR per generation method: r = kept / produced (the critique's and the verifiers' acceptance), L the
+    # mean base-student loss of the kept records, as the round's score artifact and counts give them.
+    car = {c["method"]: c for c in one["car"]}
+    assert set(car) >= {"expand", "rationales", "rft"}
+    assert car["expand"]["produced"] == one["generated"] - one["targeted"]
+    for m in ("rationales", "rft"):
+        assert car[m]["produced"] == one["reasoning"][m]["written"]
+    (inputs,) = (artifacts(report) / "round-1").glob("score-input-*.jsonl")
+    columns = scores_of(report)
+    for m, c in car.items():
+        mine = [r["id"] for r in loads_jsonl(inputs.read_bytes()) if r["category"] == m]
+        assert c["kept"] == len(mine) and c["reward"] == pytest.approx(c["kept"] / c["produced"])
+        assert c["car"] == pytest.approx(c["reward"] / (1 + c["loss"]))  # car_beta 1
+        # Compatibility is 1 / (1 + L) per record, so L comes back from it: CAR's L is the kept records' mean.
+        losses = [1 / columns[i]["compatibility"] - 1 for i in mine]
+        assert c["loss"] == pytest.approx(sum(losses) / len(losses) if losses else 0.0, rel=1e-6, abs=1e-9)
+
+    # Dpref's 2PL crowd answered the validation split in round 1: the base student, the round's LoBaSS
+    # reference (for the preference score) and the round's adapter (for tailoring).
+    crowd: dict[int, set[str]] = {}
+    for rnd, uri in con.execute("select round, adapter_uri from evaluations where job_id=? and stage like 'arte-crowd%'", (report["job_id"],)):
+        crowd.setdefault(rnd, set()).add(uri)
+    assert len(crowd[1]) == 3 and "" in crowd[1] and one["adapter_uri"] in crowd[1]
 
     # No pairs, so no aligned teacher: round 2 generated with the untailored teacher, as its provenance says.
     gen2 = [r for p in (artifacts(report) / "round-2").glob("generate-*.jsonl") for r in loads_jsonl(p.read_bytes())]
@@ -319,15 +345,15 @@ def test_random_selection_after_the_ifd_filter_and_a_pudf_curriculum(
     assert trained and not any(i.startswith("heldout:") for i in trained)
 
 
-def test_weighted_mix_of_learnability_ifd_and_car_and_a_shuffled_baseline(
+def test_weighted_mix_of_learnability_ifd_and_compatibility_and_a_shuffled_baseline(
     run_task, stack: Stack, banking77_tiny, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """LoBaSS learnability (base vs the round's reference adapter), IFD and CAR, all recomputed here
+    """LoBaSS learnability (base vs the round's reference adapter), IFD and compatibility, all recomputed here
     from the weights; the selection is the top half by the recomputed z-score mix."""
     recipe = {"stages": [{**STAGE, "curriculum": {"policy": "shuffled"}}]}
     task = banking77_tiny(2, name="mix-shuffled", generate={"per_label": 3, "max_new_tokens": 12},
-                          score={"metrics": ["learnability", "ifd", "car"]},
-                          select={"policy": "top_fraction", "top_fraction": 0.5, "weights": {"learnability": 1.0, "ifd": 0.5, "car": 0.5}},
+                          score={"metrics": ["learnability", "ifd", "compatibility"]},
+                          select={"policy": "top_fraction", "top_fraction": 0.5, "weights": {"learnability": 1.0, "ifd": 0.5, "compatibility": 0.5}},
                           train={**TRAIN, "recipe": recipe})  # fmt: skip
     report = run_task(task)
     records = scored_records(report)
@@ -339,7 +365,7 @@ def test_weighted_mix_of_learnability_ifd_and_car_and_a_shuffled_baseline(
     want = {
         "learnability": {i: learnability(base, reference, *pr) for i, pr in pairs.items()},
         "ifd_ppl": {i: base.ifd(*pr) for i, pr in pairs.items()},  # round 1: the current student is the base
-        "car": {i: car(base, *pr) for i, pr in pairs.items()},
+        "compatibility": {i: compatibility(base, *pr) for i, pr in pairs.items()},
     }
     for name, values in want.items():
         assert_close(column(report, name, records), values)
@@ -354,6 +380,6 @@ def test_weighted_mix_of_learnability_ifd_and_car_and_a_shuffled_baseline(
         mean, sd = statistics.fmean(xs), statistics.pstdev(xs) or 1.0
         return {i: (want[name][i] - mean) / sd for i in pool}
 
-    zl, zi, zc = z("learnability"), z("ifd_ppl"), z("car")
+    zl, zi, zc = z("learnability"), z("ifd_ppl"), z("compatibility")
     mix = {i: zl[i] + 0.5 * zi[i] + 0.5 * zc[i] for i in pool}
     assert_top(_selected(report), mix, -(-len(pool) // 2))

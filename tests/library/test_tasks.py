@@ -19,6 +19,13 @@ eval: [{input: three, label: a}]
 """
 
 
+def test_banking77_full_example_probes_a_validation_split_disjoint_from_training() -> None:
+    task = load_task(ROOT / "examples/banking77/full.yaml")
+    assert len(task.validation) == 20 and {ex.label for ex in task.validation} == set(task.labels)
+    val = {ex.input for ex in task.validation}
+    assert not val & {ex.input for ex in task.seeds} and not val & {ex.input for ex in task.eval}
+
+
 def test_banking77_example_loads() -> None:
     task = load_task(ROOT / "examples/banking77/task.yaml")
     assert task.kind == "classification" and len(task.labels) == 5
@@ -65,7 +72,8 @@ def test_file_references_resolve_relative_to_the_task(tmp_path: Path) -> None:
 
 def test_a_task_file_of_the_first_format_keeps_its_meaning() -> None:
     """Old files load: one expand mode (plus targeted when targeted_per_skill > 0), LoBaSS top fraction."""
-    task = parse_task(GOOD + "generate: {per_label: 3, targeted_per_skill: 2}\nselect: {metric: learnability, top_fraction: 0.3}\n")
+    val = "validation: [{input: four, label: b}]\n"  # targeted reads it (never the seeds)
+    task = parse_task(GOOD + val + "generate: {per_label: 3, targeted_per_skill: 2}\nselect: {metric: learnability, top_fraction: 0.3}\n")
     assert [m.mode for m in task.generate.modes] == ["expand", "targeted"]
     assert task.generate.mode("targeted").per_skill == 2 and task.generate.mode("expand").per_label is None
     assert (task.select.policy, task.select.metric, task.select.top_fraction) == ("top_fraction", "learnability", 0.3)
@@ -98,6 +106,10 @@ def test_a_task_file_of_the_first_format_keeps_its_meaning() -> None:
         ("score: {metrics: [learnability, difficulty]}\ntrain: {recipe: {stages: [{curriculum: {policy: pudf, score_key: irt_b}}]}}\n",
          "train.recipe.stages[0].curriculum: pudf estimates the ability on a held-out split: give the task a validation split"),
         ("teacher: {model: 'openai:big'}\ntailor: {every: 1}\n", "tailor: trains a LoRA on the teacher's weights"),
+        # The methods that read the student on a validation split never fall back to the seeds.
+        ("tailor: {every: 1}\n", "validation: tailor reads the student on a validation split (never the seeds"),
+        ("score: {metrics: [preference]}\n", "validation: score.metrics: preference reads the student on a validation split"),
+        ("generate: {targeted_per_skill: 2}\n", "validation: generate.modes: targeted reads the student on a validation split"),
     ],
 )
 def test_method_options_are_validated(extra: str, message: str) -> None:
@@ -107,7 +119,7 @@ def test_method_options_are_validated(extra: str, message: str) -> None:
 
 
 def test_selection_ranks_by_the_first_scored_metric_unless_told() -> None:
-    assert parse_task(GOOD + "score: {metrics: [ifd, car]}\n").select.metric == "ifd"
+    assert parse_task(GOOD + "score: {metrics: [ifd, compatibility]}\n").select.metric == "ifd"
     assert parse_task(GOOD + "score: {metrics: [ifd, learnability]}\n").select.metric == "learnability"
 
 

@@ -290,3 +290,98 @@ def test_parse_counts_per_model_step() -> None:
         "rubric": {"replies": 1, "parsed": 0, "retried": 0, "unparsable": 1},
         "rubric_revision": {"replies": 1, "parsed": 1, "retried": 0, "unparsable": 0},
     }
+
+
+def _tailored(task: TaskSpec) -> TaskSpec:
+    data = task.model_dump() | {"validation": [{"input": "card still not here", "label": "card_arrival"}], "tailor": {"every": 1}}
+    data["generate"] |= {"temperature": 0.9, "modes": [{"mode": "expand"}, {"mode": "rationales", "temperature": 0.7},
+                                                       {"mode": "rft", "temperature": 0.8}]}  # fmt: skip
+    return TaskSpec.model_validate(data)
+
+
+def test_the_aligned_teacher_regenerates_greedily(task: TaskSpec) -> None:
+    """ARTE: once tailored (a teacher adapter), expand, targeted and rationales requests are greedy
+    (temperature 0) whatever the task's temperature; the base teacher keeps the task's 0.9 / 0.7, and
+    RFT keeps its 0.8 (k greedy samples would be one reasoning path)."""
+    from orchestrator.activities.teacher import _generate_request, expand_sampling, reasoning_sampling
+    from orchestrator.types import GenerateInput
+    from syllabus.artifacts import ArtifactRef
+
+    tailored = _tailored(task)
+    adapter = ArtifactRef("file:///a/teacher-dpo.tar", "ab" * 32, 1)
+    seeds = ArtifactRef("file:///a/seeds.jsonl", "cd" * 32, 1)
+
+    def request(adapter_: ArtifactRef | None):
+        sampling = expand_sampling(tailored, 2, adapter_)
+        return _generate_request(tailored, GenerateInput("j", seeds, 2, seeds, teacher_adapter=adapter_), "k", sampling)
+
+    assert request(adapter).sampling.temperature == 0.0 and request(adapter).model.adapter.uri == adapter.uri
+    assert request(None).sampling.temperature == pytest.approx(0.9)
+    assert reasoning_sampling(tailored, "rationales", 2, adapter)["temperature"] == 0.0
+    assert reasoning_sampling(tailored, "rationales", 2, None)["temperature"] == 0.7
+    assert reasoning_sampling(tailored, "rft", 2, adapter)["temperature"] == 0.8
+    # An option with the paper's default: tailor.regenerate_temperature.
+    warm = TaskSpec.model_validate(tailored.model_dump() | {"tailor": {"every": 1, "regenerate_temperature": 0.3}})
+    assert expand_sampling(warm, 2, adapter)["temperature"] == 0.3
+
+
+def test_tailor_drafts_are_the_generated_questions_first_with_their_generation_and_label_group() -> None:
+    from orchestrator.activities.data import tailor_questions
+
+    seeds = [{"id": "s1", "input": "seed one", "label": "card_arrival"}]
+    gen = {"prompt": "Write one more message", "completion": 'New message: "where is it"'}
+    candidates = [{"id": "c1", "input": "where is it", "label": "card_arrival", "generation": gen},
+                  {"id": "c2", "input": "no generation kept", "label": "lost_or_stolen_card"}]  # fmt: skip
+    qs = tailor_questions(seeds, candidates, 2)
+    assert [q["id"] for q in qs] == ["c1", "s1"]
+    assert (qs[0]["prompt"], qs[0]["completion"], qs[0]["group"]) == (gen["prompt"], gen["completion"], "label:card_arrival")
+    assert "prompt" not in qs[1]  # a seed has no generation: rationale-level pairs only
+
+
+def test_crowd_rows_are_each_members_right_and_wrong_per_validation_item() -> None:
+    from orchestrator.scores import crowd_rows
+
+    base = [{"id": "v1", "correct": False}, {"id": "v2", "correct": True}]
+    round1 = [{"id": "v1", "correct": True}, {"id": "v2", "correct": True}]
+    assert crowd_rows([base, round1]) == [
+        {"item_id": "v1", "subject": "m0", "correct": False}, {"item_id": "v2", "subject": "m0", "correct": True},
+        {"item_id": "v1", "subject": "m1", "correct": True}, {"item_id": "v2", "subject": "m1", "correct": True},
+    ]  # fmt: skip
+
+
+def test_car_per_generation_method_and_the_budget_it_splits() -> None:
+    """CAR = r / (1 + beta * L) per method, worked by hand (beta 0.5). expand produced 10, kept 5 with
+    base-student losses 1, 1, 2, 2, 4: r = 0.5, L = 2, CAR = 0.5 / 2 = 0.25. targeted produced 4, kept 3
+    with losses 0.5, 1, 1.5: r = 0.75, L = 1, CAR = 0.75 / 1.5 = 0.5. Seeds are no method. The next
+    round's factors are 2 * CAR / 0.75: targeted 4/3, expand 2/3 (per_label 6 -> 4, per_skill 3 -> 4)."""
+    from orchestrator.budget import budget_scales, car_by_method, method_rewards, scaled
+
+    rows = [{"category": "expand", "loss_base": x} for x in (1.0, 1.0, 2.0, 2.0, 4.0)]
+    rows += [{"category": "targeted", "loss_base": x} for x in (0.5, 1.0, 1.5)] + [{"category": "seed", "loss_base": 9.0}]
+    cars = car_by_method(rows, {"expand": 10, "targeted": 4, "rft": 0}, beta=0.5)
+    assert [(c.method, c.produced, c.kept) for c in cars] == [("targeted", 4, 3), ("expand", 10, 5)]  # best first; rft made none
+    assert [(c.reward, c.loss, c.car) for c in cars] == [(0.75, 1.0, 0.5), (0.5, 2.0, 0.25)]
+    assert method_rewards(rows, {"expand": 10, "targeted": 4}) == {"expand": 0.5, "targeted": 0.75}
+    scales = budget_scales(cars, ["expand", "targeted", "rationales"])
+    assert scales == {"targeted": pytest.approx(4 / 3), "expand": pytest.approx(2 / 3)}  # rationales: no CAR, kept at 1
+    assert (scaled(6, scales["expand"]), scaled(3, scales["targeted"])) == (4, 4)
+    assert scaled(6, 0.0) == 1  # a method with CAR 0 is still measured next round
+    # Equal CAR: every mode keeps its budget; no CAR at all: nothing to split.
+    assert budget_scales(car_by_method(rows[:5], {"expand": 10}, 0.5), ["expand"]) == {"expand": 1.0}
+    assert budget_scales([], ["expand", "targeted"]) == {}
+
+
+def test_compatibility_is_the_per_record_score_and_car_is_a_rename_error() -> None:
+    from orchestrator.scores import compatibility
+    from syllabus.tasks import TaskSpecError, parse_task
+
+    assert compatibility(1.0, 0.5) == pytest.approx(1 / 1.5) and compatibility(float("nan"), 0.5) is None
+    base = ("name: t\nkind: classification\ninstructions: C.\nlabels: [a, b]\nseeds: [{input: x, label: a}, {input: y, label: b}]\n"
+            "eval: [{input: z, label: a}]\n")  # fmt: skip
+    for extra in ("score: {metrics: [car]}\n", "score: {metrics: [compatibility]}\nselect: {metric: car}\n"):
+        with pytest.raises(TaskSpecError, match="car was renamed compatibility"):
+            parse_task(base + extra)
+    budget = "generate: {budget: car, modes: [{mode: expand}, {mode: targeted}]}\nvalidation: [{input: w, label: b}]\n"
+    with pytest.raises(TaskSpecError, match="add compatibility to score.metrics"):
+        parse_task(base + budget)
+    assert parse_task(base + budget + "score: {metrics: [learnability, compatibility]}\n").generate.budget == "car"

@@ -50,6 +50,12 @@ EVAL = [
     ("Where can I find the manual?", "question"),
     ("Hey everyone, welcome back!", "greeting"),
 ]
+VALIDATION = [
+    ("Greetings, friends, lovely to see you.", "greeting"),
+    ("I was charged twice and nobody answers.", "complaint"),
+    ("Which size should I order?", "question"),
+    ("The parcel never came and support ignored me.", "complaint"),
+]
 
 
 def tiny_task(model: Path, rounds: int) -> TaskSpec:
@@ -332,11 +338,12 @@ async def test_errors_of_a_round_drive_targeted_generation_in_the_next(
     stack: Stack, temporal_env: WorkflowEnvironment, tiny_model_dir: Path
 ) -> None:
     """generate.targeted_per_skill > 0: after round 1 the student is evaluated on the validation split
-    (the seeds here, never the eval set), AnalyzeErrors names its confusions, and round 2's Generate also
+    (never the seeds or the eval set), AnalyzeErrors names its confusions, and round 2's Generate also
     runs in TARGETED mode on exactly those skills."""
     job_id = f"targeted-{uuid.uuid4().hex[:8]}"
-    task = tiny_task(tiny_model_dir, rounds=2)
-    task = task.model_copy(update={"generate": task.generate.model_copy(update={"targeted_per_skill": 2})})
+    task = tiny_task(tiny_model_dir, rounds=2).model_dump()
+    task = TaskSpec.model_validate(task | {"generate": task["generate"] | {"targeted_per_skill": 2},
+                                           "validation": [{"input": i, "label": lab} for i, lab in VALIDATION]})  # fmt: skip
     inp = DistillationInput(
         job_id, stack.put_task(job_id, task), rounds=2
     )
@@ -349,7 +356,7 @@ async def test_errors_of_a_round_drive_targeted_generation_in_the_next(
     assert (2, "analyze") not in steps  # nothing follows the last round
     store = open_store(stack.config.resolved_artifact_url())
     validation = loads_jsonl(store.get_bytes(store.stat(f"jobs/{job_id}/validation.jsonl")))
-    assert {r["input"] for r in validation} == {i for i, _ in SEEDS}
+    assert {r["input"] for r in validation} == {i for i, _ in VALIDATION}
     (predictions,) = [k for k in store.list_keys(f"jobs/{job_id}/round-1/") if k.split("/")[-1].startswith("evaluate-")
                       and k.endswith(".jsonl") and _stage_of(stack, job_id, store.uri_for(k)) == "validation"]
     wrong = [r for r in loads_jsonl(store.get_bytes(store.stat(predictions))) if not r["correct"]]

@@ -16,6 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from orchestrator.tailoring import (
+    CrowdInput,
+    CrowdOutput,
     DpoInput,
     DpoOutput,
     DraftInput,
@@ -39,6 +41,7 @@ from orchestrator.types import (
     GenerateOutput,
     JobProgress,
     LoopPlan,
+    MethodCar,
     PrepareJobInput,
     PrepareJobOutput,
     ReasonInput,
@@ -78,6 +81,8 @@ class FakeServices:
     # Set by the fake evaluate of round 1, then it waits for `release` (to query mid-step).
     in_evaluate: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    # Round -> the CAR per method its score step reports.
+    cars: dict[int, list[MethodCar]] = field(default_factory=dict)
 
     def activities(self) -> list:
         @activity.defn(name="prepare_job")
@@ -128,7 +133,7 @@ class FakeServices:
         @activity.defn(name="score_samples")
         async def score_samples(inp: ScoreInput) -> ScoreOutput:
             self.calls.append(("score_samples", inp))
-            return ScoreOutput(ref(f"scores-{inp.round}"), 6)
+            return ScoreOutput(ref(f"scores-{inp.round}"), 6, car=self.cars.get(inp.round, []))
 
         @activity.defn(name="select_samples")
         async def select_samples(inp: SelectInput) -> SelectOutput:
@@ -305,6 +310,11 @@ def tailoring_fakes(calls: list) -> list:
         calls.append(("draft_rationales", inp))
         return DraftOutput(ref("drafts"), ref("demos"), 4, 0)
 
+    @activity.defn(name="crowd_responses")
+    async def crowd_responses(inp: CrowdInput) -> CrowdOutput:
+        calls.append(("crowd_responses", inp))
+        return CrowdOutput(ref(f"crowd-{inp.round}"), len(inp.predictions))
+
     @activity.defn(name="score_preference")
     async def score_preference(inp: PreferenceInput) -> PreferenceOutput:
         calls.append(("score_preference", inp))
@@ -319,7 +329,7 @@ def tailoring_fakes(calls: list) -> list:
         calls.append(("train_teacher_dpo", inp))
         return DpoOutput(ref(f"teacher-dpo-{inp.round}"), 3, 0.6)
 
-    return [tailor_inputs, draft_rationales, score_preference, build_pairs, train_teacher_dpo]
+    return [tailor_inputs, draft_rationales, crowd_responses, score_preference, build_pairs, train_teacher_dpo]
 
 
 async def test_tailoring_aligns_the_teacher_that_generates_the_later_rounds(temporal_env: WorkflowEnvironment) -> None:
@@ -342,8 +352,33 @@ async def test_tailoring_aligns_the_teacher_that_generates_the_later_rounds(temp
     assert [d.teacher_adapter for d in dpo] == [None, ref("teacher-dpo-1")]  # each tailoring continues the last
     prefs = fakes.inputs("score_preference")
     assert [p.student_adapter for p in prefs] == [ref("sft-1"), ref("sft-2")]  # aligned to the current student
+    # Dpref's 2PL crowd: the base student and every round's adapter so far, on the validation split.
+    crowd = [(e.round, e.adapter, e.stage) for e in fakes.inputs("evaluate_student") if e.stage.startswith("arte-crowd")]
+    assert crowd == [(1, None, "arte-crowd"), (1, ref("sft-1"), "arte-crowd-sft-1"), (2, None, "arte-crowd"),
+                     (2, ref("sft-1"), "arte-crowd-sft-1"), (2, ref("sft-2"), "arte-crowd-sft-2")]  # fmt: skip
+    assert all(e.eval_set == ref("val") for e in fakes.inputs("evaluate_student") if e.stage.startswith("arte-crowd"))
+    assert [p.probe_responses for p in prefs] == [ref("crowd-1"), ref("crowd-2")]
     assert [r.teacher_adapter_uri for r in result.rounds] == ["", ref("teacher-dpo-1").uri, ref("teacher-dpo-2").uri]
     assert [r.tailor_pairs for r in result.rounds] == [3, 3, 0]
+
+
+async def test_car_per_method_is_reported_and_sizes_the_next_rounds_budget(temporal_env: WorkflowEnvironment) -> None:
+    """generate.budget car: round 1's CAR (expand 0.25, rationales 0.75; factors 2 * CAR / 1.0 = 0.5 and
+    1.5) sizes round 2's expand and rationales; round 2 reports no CAR, so round 3 keeps those factors.
+    The score step is told what each method produced (expand: the 8 generated, rationales: 4 written)."""
+    fakes = FakeServices(plan=LoopPlan(reasoning=["rationales"], budget_by_car=True))
+    fakes.release.set()
+    fakes.cars[1] = [MethodCar("rationales", 4, 3, 0.75, 0.0, 0.75), MethodCar("expand", 8, 2, 0.25, 0.0, 0.25)]
+    task_queue = f"test-{uuid.uuid4()}"
+    inp = DistillationInput(job_id=f"job-{uuid.uuid4().hex[:8]}", task_ref=ref("task"), rounds=3)
+    async with Worker(temporal_env.client, task_queue=task_queue, workflows=[DistillationWorkflow], activities=fakes.activities()):
+        result = await temporal_env.client.execute_workflow(DistillationWorkflow.run, inp, id=inp.job_id, task_queue=task_queue)
+
+    assert [s.produced for s in fakes.inputs("score_samples")] == [{"expand": 8, "targeted": 0, "rationales": 4}] * 3
+    assert [g.budget for g in fakes.inputs("generate_examples")] == [{}, {"expand": 0.5}, {"expand": 0.5}]
+    assert [r.budget_scale for r in fakes.inputs("reason_examples")] == [1.0, 1.5, 1.5]
+    assert result.rounds[0].car == fakes.cars[1] and result.rounds[1].car == []
+    assert [r.budget for r in result.rounds] == [{}, {"rationales": 1.5, "expand": 0.5}, {"rationales": 1.5, "expand": 0.5}]
 
 
 async def test_workflow_failure_marks_the_job_failed(temporal_env: WorkflowEnvironment) -> None:

@@ -77,3 +77,20 @@ def test_student_embeddings_are_mean_pooled_hidden_states(tiny_models, tiny_mode
         with torch.no_grad():
             h = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].mean(0)
         assert np.allclose(e, h.numpy(), atol=1e-4)
+
+
+def test_arte_probe_set_is_the_most_discriminative_items_of_a_small_crowd():
+    """ARTE's Dpref on a right/wrong matrix worked by hand: five crowd members (the student's
+    checkpoints, weakest first). g1..g3 are Guttman items (right exactly for the members above a
+    cut), so they separate the crowd; `flat` everyone gets right (no information); `rev` only the two
+    weakest get right (against the ability order). A 2PL fit ranks g1 > g2 > g3 > flat > rev by
+    discrimination, so k = 3 picks the three Guttman items, not the bank's first three."""
+    from student_svc.arte import probe_set_by_discrimination
+
+    right = {"rev": [1, 1, 0, 0, 0], "flat": [1, 1, 1, 1, 1], "g1": [0, 0, 0, 1, 1], "g2": [0, 0, 1, 1, 1], "g3": [0, 1, 1, 1, 1]}
+    probes = [{"id": item, "prompt": f"q {item}", "answer": "a"} for item in right]  # the bank, rev first
+    responses = [{"item_id": item, "subject": f"m{s}", "correct": bool(c)} for item, col in right.items() for s, c in enumerate(col)]
+    assert [p["id"] for p in probe_set_by_discrimination(probes, responses, 3)] == ["g1", "g2", "g3"]
+    assert [p["id"] for p in probe_set_by_discrimination(probes, responses, 4)] == ["flat", "g1", "g2", "g3"]  # bank order kept
+    fit = fit_irt(np.array([right[i] for i in ("g1", "g2", "g3", "flat", "rev")]).T, "2pl")
+    assert list(np.argsort(-fit.discrimination)) == [0, 1, 2, 3, 4]

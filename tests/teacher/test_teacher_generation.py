@@ -179,8 +179,11 @@ def test_expand_seeds_dedupes_against_seeds_and_itself_and_writes_contract_recor
     assert (len(result.records), result.duplicates_removed, result.unparsable) == (2, 3, 1)
     assert result.tokens_generated == 30
     rec = result.records[0]
-    assert set(rec) == {"id", "input", "label", "prompt", "response", "parent_id", "provenance"}
+    assert set(rec) == {"id", "input", "label", "prompt", "response", "parent_id", "provenance", "generation"}
     assert rec["input"] == "Has my card been posted yet? It is taking ages."
+    # The teacher's own prompt and reply (prefill included): what ARTE's question-level pairs train on.
+    assert rec["generation"]["completion"] == 'New message: "Has my card been posted yet? It is taking ages."'
+    assert rec["generation"]["prompt"] == build_prompts(banking77.instructions, labels, seeds, 1)[0].chat.user
     assert rec["prompt"] == CLASSIFICATION.prompt(banking77.instructions, labels, rec["input"])
     assert rec["parent_id"] == next(s.id for s in seeds if s.label == "card_arrival")
     assert rec["provenance"] == {

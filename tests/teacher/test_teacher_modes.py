@@ -258,3 +258,21 @@ def test_arte_pairs_question_and_rationale_level() -> None:
     assert (rat["q0"]["chosen"], rat["q0"]["rejected"]) == ("r0a", "r0b")
     assert (rat["q2"]["chosen"], rat["q2"]["rejected"]) == ("r2b", "r2a")
     assert all(set(r) >= {"prompt", "chosen", "rejected"} for r in pairs.records)
+
+
+def test_arte_question_pairs_are_quartiles_by_s_q_within_a_group_of_different_prompts() -> None:
+    """The loop's drafts: each generated question has its own expansion prompt and a group (its
+    label). Eight questions of label a with s_q 0.9, 0.1, 0.5, 0.7, 0.3, 0.6, 0.2, 0.4: the quartile
+    is 2, so the top two (q0 0.9, q3 0.7) are paired with the bottom two (q1 0.1, q6 0.2), each
+    pair posed under the chosen question's prompt; label b's lone question pairs with nothing. Tied
+    rationales (s_r equal) make no rationale pair; q8's 1.0 vs 0.0 makes one."""
+    s_q = [0.9, 0.1, 0.5, 0.7, 0.3, 0.6, 0.2, 0.4]
+    drafts = [Draft(Question(f"q{i}", f"question {i}", "a"), f"prompt {i}", f"completion {i}", ["r1", "r2"], [s, s], "label:a")
+              for i, s in enumerate(s_q)]  # fmt: skip
+    drafts.append(Draft(Question("q8", "question 8", "b"), "prompt 8", "completion 8", ["good", "bad"], [1.0, 0.0], "label:b"))
+    pairs = build_pairs(drafts, "Classify.")
+    questions = [(r["prompt"], r["chosen"], r["rejected"], r["margin"]) for r in pairs.records if r["level"] == "question"]
+    assert questions == [("prompt 0", "completion 0", "completion 1", 0.8), ("prompt 3", "completion 3", "completion 6", 0.5)]
+    assert (pairs.question_level, pairs.rationale_level) == (2, 1)
+    (rationale,) = [r for r in pairs.records if r["level"] == "rationale"]
+    assert (rationale["question_id"], rationale["chosen"], rationale["rejected"]) == ("q8", "good", "bad")

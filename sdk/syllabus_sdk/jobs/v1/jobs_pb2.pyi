@@ -65,7 +65,7 @@ class StepTiming(_message.Message):
     def __init__(self, name: _Optional[str] = ..., round: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
-    __slots__ = ("round", "generated", "kept", "selected", "trained", "accuracy", "train_loss", "adapter_uri", "leaked", "targeted", "critique_dropped", "reasoning", "candidates", "selection_dropped", "teacher_adapter_uri", "tailor_pairs", "tailor_skipped", "win_rate", "parsing")
+    __slots__ = ("round", "generated", "kept", "selected", "trained", "accuracy", "train_loss", "adapter_uri", "leaked", "targeted", "critique_dropped", "reasoning", "candidates", "selection_dropped", "teacher_adapter_uri", "tailor_pairs", "tailor_skipped", "win_rate", "parsing", "car", "budget")
     class CritiqueDroppedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,13 @@ class RoundSummary(_message.Message):
         key: str
         value: ParseCounts
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ParseCounts, _Mapping]] = ...) -> None: ...
+    class BudgetEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GENERATED_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +120,8 @@ class RoundSummary(_message.Message):
     TAILOR_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     WIN_RATE_FIELD_NUMBER: _ClassVar[int]
     PARSING_FIELD_NUMBER: _ClassVar[int]
+    CAR_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     round: int
     generated: int
     kept: int
@@ -132,7 +141,25 @@ class RoundSummary(_message.Message):
     tailor_skipped: str
     win_rate: float
     parsing: _containers.MessageMap[str, ParseCounts]
-    def __init__(self, round: _Optional[int] = ..., generated: _Optional[int] = ..., kept: _Optional[int] = ..., selected: _Optional[int] = ..., trained: _Optional[int] = ..., accuracy: _Optional[float] = ..., train_loss: _Optional[float] = ..., adapter_uri: _Optional[str] = ..., leaked: _Optional[int] = ..., targeted: _Optional[int] = ..., critique_dropped: _Optional[_Mapping[str, int]] = ..., reasoning: _Optional[_Mapping[str, ReasoningCounts]] = ..., candidates: _Optional[int] = ..., selection_dropped: _Optional[_Mapping[str, int]] = ..., teacher_adapter_uri: _Optional[str] = ..., tailor_pairs: _Optional[int] = ..., tailor_skipped: _Optional[str] = ..., win_rate: _Optional[float] = ..., parsing: _Optional[_Mapping[str, ParseCounts]] = ...) -> None: ...
+    car: _containers.RepeatedCompositeFieldContainer[MethodCar]
+    budget: _containers.ScalarMap[str, float]
+    def __init__(self, round: _Optional[int] = ..., generated: _Optional[int] = ..., kept: _Optional[int] = ..., selected: _Optional[int] = ..., trained: _Optional[int] = ..., accuracy: _Optional[float] = ..., train_loss: _Optional[float] = ..., adapter_uri: _Optional[str] = ..., leaked: _Optional[int] = ..., targeted: _Optional[int] = ..., critique_dropped: _Optional[_Mapping[str, int]] = ..., reasoning: _Optional[_Mapping[str, ReasoningCounts]] = ..., candidates: _Optional[int] = ..., selection_dropped: _Optional[_Mapping[str, int]] = ..., teacher_adapter_uri: _Optional[str] = ..., tailor_pairs: _Optional[int] = ..., tailor_skipped: _Optional[str] = ..., win_rate: _Optional[float] = ..., parsing: _Optional[_Mapping[str, ParseCounts]] = ..., car: _Optional[_Iterable[_Union[MethodCar, _Mapping]]] = ..., budget: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class MethodCar(_message.Message):
+    __slots__ = ("method", "produced", "kept", "reward", "loss", "car")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PRODUCED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    CAR_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    produced: int
+    kept: int
+    reward: float
+    loss: float
+    car: float
+    def __init__(self, method: _Optional[str] = ..., produced: _Optional[int] = ..., kept: _Optional[int] = ..., reward: _Optional[float] = ..., loss: _Optional[float] = ..., car: _Optional[float] = ...) -> None: ...
 
 class ParseCounts(_message.Message):
     __slots__ = ("replies", "parsed", "retried", "unparsable")
