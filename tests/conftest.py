@@ -10,36 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny_models import tiny_llama
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local HF model directory: random-init Llama (2 layers, hidden 64) + SmolLM2 tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from syllabus.models import load_tokenizer
-
-    tok = load_tokenizer("bundled:smollm2-135m-instruct")
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    out = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return tiny_llama(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from critic_server import CriticServer
+from tiny_models import tiny_llama
 
 from orchestrator.stack import Stack, config_env, loopback_config
 
@@ -50,22 +51,7 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, critic
 def tiny_scorer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second tiny model (1 layer, another seed, wider init so its IFDs spread on both sides of 1)
     with the same tokenizer: `score.model`, Superfiltering's small scorer, in the e2e tests."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from syllabus.models import load_tokenizer
-
-    tok = load_tokenizer("bundled:smollm2-135m-instruct")
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.2,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("tiny-scorer")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return tiny_llama(tmp_path_factory.mktemp("tiny-scorer"), layers=1, initializer_range=0.2, seed=1)
 
 
 @pytest.fixture

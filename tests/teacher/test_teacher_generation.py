@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from tiny_models import tiny_llama
 
 from syllabus.kinds import CLASSIFICATION
 from syllabus.records import content_id
@@ -60,22 +61,9 @@ def sharp_backend(tmp_path_factory: pytest.TempPathFactory):
     """The tiny model with large random weights (init std 1): its greedy text depends on every prompt
     token, where the standard tiny model repeats one token whatever the prompt (so any batching
     would "match")."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from syllabus.models import load_tokenizer
     from teacher_svc.backend import TransformersBackend
 
-    tok = load_tokenizer("bundled:smollm2-135m-instruct")
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=1.0,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("sharp-model")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
+    out = tiny_llama(tmp_path_factory.mktemp("sharp-model"), initializer_range=1.0)
     return TransformersBackend.load(str(out))
 
 
