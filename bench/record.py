@@ -86,8 +86,16 @@ def run(name: str, extra: list[str], tree: Path | None = None) -> dict:
     }
 
 
+#: Training seeds per baseline arm below which an outcome figure (bench.outcome) is refused.
+OUTCOME_REPEATS = 3
+
+
 def refusal(result: dict, max_spread: float) -> str | None:
-    """Why `result` is not fit to record, or None."""
+    """Why `result` is not fit to record, or None. An outcome result (bench.outcome: accuracies over
+    training seeds, no timing) needs OUTCOME_REPEATS repeats per arm instead of interleaved ratios."""
+    if "tasks" in result:
+        short = [f"{t['task']} ({t.get('repeats', 0)})" for t in result["tasks"] if t.get("repeats", 0) < OUTCOME_REPEATS]
+        return f"repeats per arm fewer than {OUTCOME_REPEATS}: {', '.join(short)}" if short else None
     ratios = result.get("ratios")
     if not isinstance(ratios, dict) or not ratios:
         return "no interleaved ratios in its result (a benchmark from before bench.interleave)"
@@ -101,7 +109,15 @@ def refusal(result: dict, max_spread: float) -> str | None:
 
 
 def figures(result: dict) -> list[str]:
-    """One line per ratio: median, the rounds' range, and the range as a share of the median."""
+    """One line per ratio: median, the rounds' range, and the range as a share of the median; for an
+    outcome result, one line per task: the loop's final accuracy and its lift over each arm."""
+    if "tasks" in result:
+        return [
+            f"- {t['task']} ({t['split']}, {t['repeats']} repeats, round {t['rounds'][-1]['round']}): loop {t['final']:.1%}; "
+            + "; ".join(f"vs {arm} {a['accuracy']:.1%}: {a['lift']:+.1%} [{a['ci_low']:+.1%}, {a['ci_high']:+.1%}]"
+                        for arm, a in t["rounds"][-1]["arms"].items())
+            for t in result["tasks"]
+        ]  # fmt: skip
     return [
         f"- {key}: {r['median']} ({r['of']}, median of {result['repeats']} interleaved rounds; "
         f"range {r['min']}-{r['max']}, {r['rel_spread']:.0%} of the median)"

@@ -38,6 +38,8 @@ def planned_steps(plan: LoopPlan, rounds: int) -> list[PlannedStep]:
             names.append("critique-solutions")
         if plan.learnability or ("difficulty" in plan.metrics and r == 1):
             names.append("reference-train")
+        if "agreement" in plan.metrics and r == 1:
+            names.append("agreement-train")
         names += ["score", "select", "train", "evaluate"]
         if plan.judge_eval:
             names.append("judge")

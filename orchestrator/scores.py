@@ -69,6 +69,28 @@ def crowd_rows(predictions: Sequence[Sequence[dict]]) -> list[dict]:
     ]
 
 
+AGREEMENT_STAGE = "agreement"
+"""The evaluations row stage of agreement's judge answering the round's records."""
+
+
+def agreement_margin(prediction: dict) -> float | None:
+    """Label agreement of one record under the judge: log p(intended label | input) minus the largest
+    log p(other label | input), from Evaluate's `label_logprobs`. Positive: the judge predicts the
+    intended label; very negative: it confidently reads another label (a likely mislabelled
+    generation). None when the judge scored no other label or not the intended one.
+
+    The label-likelihood filter of generated data (SuperGen, Meng et al. 2022, arXiv 2202.04538: keep
+    the generations whose label the model finds most likely; Confident Learning, Northcutt et al.
+    2021, arXiv 1911.00068: drop examples a model trained on clean data assigns to another class),
+    with the judge trained on the seeds: docs/methods.md, "Label agreement"."""
+    lps = prediction.get("label_logprobs") or {}
+    own = lps.get(prediction.get("label"))
+    others = [v for k, v in lps.items() if k != prediction.get("label")]
+    if own is None or not others:
+        return None
+    return float(own) - max(float(v) for v in others)
+
+
 def crowd_stage(adapter: ArtifactRef | None) -> str:
     """The evaluations row stage of one crowd member's answers on the validation split: one per
     member (a job's evaluations are unique by round and stage), the base student's "arte-crowd"."""

@@ -71,7 +71,7 @@ class LoopPlan:
 @dataclass
 class StepTime:
     """Wall time of one step. Names: prepare, baseline-eval, generate, critique, reference-train,
-    score, select, train, evaluate. Round 0 for steps outside rounds."""
+    agreement-train, score, select, train, evaluate. Round 0 for steps outside rounds."""
 
     name: str
     round: int
@@ -333,7 +333,8 @@ class TrainInput:
     job_id: str
     task_ref: ArtifactRef
     round: int
-    # "reference" (LoBaSS reference adapter), "sft" (one stage from train.*) or "recipe" (train.recipe)
+    # "reference" (LoBaSS reference adapter), "agreement" (agreement's judge: train.* on the seeds),
+    # "sft" (one stage from train.*) or "recipe" (train.recipe)
     stage: str
     dataset: ArtifactRef  # JSONL with prompt and response
     # Adapter to continue from (the previous round's); None trains a fresh adapter.
@@ -381,6 +382,8 @@ class ScoreInput:
     heldout: ArtifactRef | None = None
     # Generation method -> responses it produced this round (CAR's reward denominator).
     produced: dict[str, int] = field(default_factory=dict)
+    # agreement's judge: an adapter trained on the seeds in round 1, the current student after.
+    judge: ArtifactRef | None = None
 
 
 @dataclass

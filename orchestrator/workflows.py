@@ -3,7 +3,7 @@
     prepare (datasets + the task's LoopPlan) -> baseline-eval -> for each round:
         generate (expand, targeted) -> critique -> rationales -> rft
         [-> critique-solutions (an answer kind's judge, cft or rubric on the verified rationales)]
-        -> reference-train (LoBaSS) -> score -> select
+        -> reference-train (LoBaSS) [-> agreement-train (round 1)] -> score -> select
         -> train (one SFT stage) | train-stage-1..N (the task's recipe, one checkpointed run)
         -> evaluate [-> validation-eval -> analyze (targeted generation next round)]
         [-> baselines (the task's counterfactual arms, child workflows that train while the loop
@@ -349,13 +349,21 @@ class DistillationWorkflow:
                 TrainInput(inp.job_id, inp.task_ref, r, "reference", candidates or seeds, adapter),
             )
             reference = ref_run.adapter
+        judge = adapter
+        if "agreement" in plan.metrics and judge is None:
+            # agreement's judge before the first round's adapter: train.* on the seeds alone, so a
+            # candidate is judged by what the seeds teach (not by itself, as the reference would).
+            judge_run = await self._step(
+                "agreement-train", r, Activities.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "agreement", seeds)
+            )
+            judge = judge_run.adapter
         heldout = validation if plan.heldout else None
         scores = await self._step(
             "score",
             r,
             Activities.score_samples,
             ScoreInput(inp.job_id, inp.task_ref, r, candidates, seeds, validation, reference, adapter,
-                       [*crowd, *([reference] if reference else [])], heldout, produced),
+                       [*crowd, *([reference] if reference else [])], heldout, produced, judge),
         )
         result.car = scores.car
         sel = await self._step(

@@ -37,7 +37,7 @@ def _use(s: Session, run: db.TrainingRun) -> jobs_pb2.TrainingUse:
     before = _accuracy(s, run.job_id, run.round - 1, chain)
     if before is not None:
         use.accuracy_before = before
-    if run.stage != "reference":
+    if run.stage not in ("reference", "agreement"):  # side adapters: no evaluation of their own
         after = _accuracy(s, run.job_id, run.round, chain)
         if after is not None:
             use.accuracy_after = after

@@ -204,7 +204,7 @@ class CritiqueSpec(_Strict):
 
 # "car" stays a name the schema knows only to say it was renamed (`_renamed_car`): the per-record score
 # is 1 / (1 + beta * L), no reward, so it is `compatibility`; CAR itself is per generation method.
-Metric = Literal["learnability", "ifd", "rifd", "preference", "compatibility", "car", "difficulty"]
+Metric = Literal["learnability", "ifd", "rifd", "preference", "compatibility", "car", "difficulty", "agreement"]
 CAR_RENAMED = ("car was renamed compatibility: the per-record 1 / (1 + car_beta * L) has no reward in it; the round's "
                "CAR per generation method (reward / (1 + car_beta * L)) is in the report whenever compatibility is scored")  # fmt: skip
 # The score column each metric contributes to records (what select.metric, select.weights and
@@ -217,6 +217,7 @@ METRIC_COLUMNS: dict[str, str] = {
     "compatibility": "compatibility",
     "car": "compatibility",
     "difficulty": "irt_difficulty",
+    "agreement": "agreement",
 }
 # The other IFD form's columns, also in every score table (a recipe's score_key may name them).
 OTHER_RATIO_COLUMNS: dict[str, str] = {"ifd": "ifd_loss", "rifd": "rifd_loss"}
@@ -290,6 +291,11 @@ class SelectSpec(_Strict):
         None, description="Drop candidates with IFD > 1 first (needs ifd scored). Default: on when the selection ranks "
         "by IFD (metric ifd, or ifd among the weights), as Cherry LLM does; off otherwise.",
     )
+    min_agreement: float | None = Field(
+        None, description="Drop candidates whose agreement margin (log-prob of the intended label minus the best other "
+        "label's, under a judge trained on the seeds) is below this before any policy; 0 keeps those the judge labels as "
+        "intended. Needs agreement scored. Off: nothing dropped.",
+    )
     n_clusters: int = Field(4, ge=1, le=1000, description="diversity: k-means clusters.")
     quota: Literal["proportional", "equal"] = "proportional"
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="diversity: sampling temperature in a cluster.")
@@ -325,7 +331,8 @@ class SelectSpec(_Strict):
     def ranked_metrics(self) -> list[str]:
         """The metrics this selection reads."""
         used = self._ranks()
-        return used + (["ifd"] if self.filters_ifd and "ifd" not in used else [])
+        used += ["ifd"] if self.filters_ifd and "ifd" not in used else []
+        return used + (["agreement"] if self.min_agreement is not None and "agreement" not in used else [])
 
 
 class TrainSpec(_Strict):
@@ -512,8 +519,9 @@ class TaskSpec(_Strict):
         if self.critique.mode != "rules" and not (self.generate.mode("rationales") or self.generate.mode("rft")):
             raise ValueError(f"critique.mode: {self.critique.mode} critiques the teacher's solutions in a {self.kind} task; "
                              "add a rationales or rft mode to generate.modes")  # fmt: skip
-        if "difficulty" in self.score.metrics:
-            raise ValueError("score.metrics: difficulty scores the crowd's label choice (classification only)")
+        for metric, what in (("difficulty", "the crowd's label choice"), ("agreement", "a judge's label likelihood")):
+            if metric in self.score.metrics:
+                raise ValueError(f"score.metrics: {metric} scores {what} over a label set (classification only)")
         if self.kind_spec.judged and self.generate.mode("rft") is not None:
             raise ValueError(f"generate.modes: rft needs a gold answer to verify (not {self.kind})")
         if self.generate.mode("expand") is not None and self.generate.mode("rationales") is None:

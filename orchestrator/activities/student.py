@@ -13,8 +13,10 @@ from orchestrator.activities.base import ActivityBase, finite
 from orchestrator.budget import car_by_method, method_rewards
 from orchestrator.keys import job_prefix, output_key
 from orchestrator.scores import (
+    AGREEMENT_STAGE,
     STUDENT_METRICS,
     add_percentiles,
+    agreement_margin,
     compatibility,
     crowd_rows,
     crowd_stage,
@@ -96,7 +98,9 @@ class StudentActivities(ActivityBase):
         - with `score.model`, ifd and rifd on that model instead, with or without learnability
           (Superfiltering: a much smaller scorer ranks nearly as the student does);
         - difficulty: IRT over the artificial crowd of the student's own checkpoints (the base, each
-          round's adapter, this round's reference) answering each record's label.
+          round's adapter, this round's reference) answering each record's label;
+        - agreement: StudentService.Evaluate of the records under `inp.judge` (the seeds' adapter in
+          round 1, the current student after): the intended label's log-prob margin over the best other.
         """
         task = self._task(inp.task_ref)
         sc = task.score
@@ -204,6 +208,19 @@ class StudentActivities(ActivityBase):
             members = len(crowd) + 1  # and the base student
             merge([difficulty_columns(r, members) for r in scored], f"{task.student.model}+crowd:{members}")
 
+        if "agreement" in sc.metrics:
+            if inp.judge is None:
+                raise ApplicationError("agreement needs a judge adapter", type="INVALID_ARGUMENT", non_retryable=True)
+            form = [{"id": r["id"], "input": r["input"], "label": r["label"], "prompt": task.prompt_for(r["input"])} for r in records]
+            form_ref = self._publish_once(
+                output_key(inp.job_id, inp.round, "score-agreement-input", [data], {}, "jsonl"), dumps_jsonl(form)
+            )
+            judged = await self.evaluate_student(
+                EvaluateInput(inp.job_id, inp.task_ref, inp.round, AGREEMENT_STAGE, form_ref, inp.judge)
+            )
+            merge([{"id": p["id"], "agreement": agreement_margin(p)} for p in self._read_jsonl(judged.predictions)],
+                  f"{task.student.model}+{inp.judge.uri}")  # fmt: skip
+
         # Percentile ranks are within the round's candidates and seeds; held-out records only need
         # their difficulty (PUDF's probe) and would skew the ranks of those that train.
         held = {r["id"] for r in heldout}
@@ -256,6 +273,10 @@ class StudentActivities(ActivityBase):
             ifd = task.score.column("ifd")
             kept_rows = [r for r in rows if finite(r.get(ifd)) and r[ifd] <= 1.0]
             dropped["ifd_above_1"] = len(rows) - len(kept_rows)
+            rows = kept_rows
+        if sel.min_agreement is not None:  # a candidate the seeds' judge reads as another label is dropped
+            kept_rows = [r for r in rows if finite(r.get("agreement")) and r["agreement"] >= sel.min_agreement]
+            dropped["agreement_below_min"] = len(rows) - len(kept_rows)
             rows = kept_rows
         column = task.score.column(sel.metric)
         if sel.weights:

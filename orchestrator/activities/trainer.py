@@ -72,7 +72,7 @@ class TrainerActivities(ActivityBase):
 
     @activity.defn
     async def train_adapter(self, inp: TrainInput) -> TrainOutput:
-        """TrainerService.StartTraining + WatchTraining: the LoBaSS reference, the round's SFT stage,
+        """TrainerService.StartTraining + WatchTraining: the LoBaSS reference, agreement's judge, the round's SFT stage,
         or the task's staged recipe (Chain of LoRA, curricula, replay, HFT, checkpoint averaging) as one
         checkpointed run; records the training run.
 
@@ -81,7 +81,7 @@ class TrainerActivities(ActivityBase):
         from its checkpoint, or answers from the store; the final event carries the run's true step
         count and loss curve either way. Cancelling the activity cancels the training job.
         """
-        if inp.stage not in ("reference", "sft", "recipe"):
+        if inp.stage not in ("reference", "agreement", "sft", "recipe"):
             raise ApplicationError(
                 f"unknown training stage {inp.stage!r}", type="INVALID_ARGUMENT", non_retryable=True
             )
@@ -108,7 +108,7 @@ class TrainerActivities(ActivityBase):
             params = {"model": task.student.model, "stage": inp.stage, "recipe": recipe_yaml}
         else:
             params = {"model": task.student.model, "stage": inp.stage, "lora": lora, "training": training}
-        step_name = {"reference": "reference", "sft": "train", "recipe": "train-recipe"}[inp.stage]
+        step_name = {"reference": "reference", "agreement": "agreement", "sft": "train", "recipe": "train-recipe"}[inp.stage]
         stage = arm_stage(inp.arm, inp.repeat) if inp.arm else inp.stage  # the run's name in SQL
         if inp.arm:
             step_name = f"{stage}-{step_name}"
