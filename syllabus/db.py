@@ -141,7 +141,7 @@ class TrainingRun(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     round: Mapped[int] = mapped_column(Integer)
-    stage: Mapped[str] = mapped_column(String(64))  # "reference" (LoBaSS) or "sft"
+    stage: Mapped[str] = mapped_column(String(64))  # "reference" (LoBaSS), "agreement" (its judge), "sft", ...
     dataset_uri: Mapped[str] = mapped_column(Text)
     adapter_uri: Mapped[str] = mapped_column(Text)
     samples: Mapped[int] = mapped_column(Integer)

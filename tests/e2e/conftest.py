@@ -1,6 +1,7 @@
 """One stack for every e2e test (real Temporal dev server, the services, gateway and worker in their
-own processes, SQLite and a local artifact store) on the tiny model, with one HTTP teacher endpoint,
-`openai:critic`: the deterministic critique server of `critic_server.py`, on loopback in this process."""
+own processes, SQLite and a local artifact store) on the tiny model, with two HTTP teacher endpoints on
+loopback in this process: `openai:critic`, the deterministic critique server of `critic_server.py`, and
+`openai:labels`, the half-mislabelling Banking77 writer of `label_server.py`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from critic_server import CriticServer
+from label_server import LabelServer
 from tiny_models import tiny_llama
 
 from orchestrator.stack import Stack, config_env, loopback_config
@@ -31,13 +33,21 @@ def critic():
 
 
 @pytest.fixture(scope="session")
-def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, critic: CriticServer):
+def labeler():
+    """The half-mislabelling Banking77 teacher (`label_server`); a task names it `teacher.model: openai:labels`."""
+    server = LabelServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, critic: CriticServer, labeler: LabelServer):
     home = tmp_path_factory.mktemp("home")
     config = loopback_config(
         home,
         task_queue="e2e",
         activity_heartbeat_timeout_s=5,  # notice a killed worker in seconds, not minutes
-        teacher_endpoints={"critic": {"url": critic.url, "model": "critic"}},
+        teacher_endpoints={"critic": {"url": critic.url, "model": "critic"}, "labels": {"url": labeler.url, "model": "labels"}},
     )
     stack = Stack(config, preload=(str(tiny_model_dir),))
     try:
