@@ -123,12 +123,12 @@ def assert_top(chosen: Sequence[str], scores: dict[str, float], k: int, descendi
     assert all(a >= b - TIE for a, b in itertools.pairwise(ranks)), (chosen, scores)
 
 
-def assert_close(got: dict[str, float], want: dict[str, float], rel: float = 2e-2) -> None:
+def assert_close(got: dict[str, float], want: dict[str, float], rel: float = 2e-2, abs_tol: float = 1e-5) -> None:
     """The job's score column equals the recomputed one, record by record, within 2%. On the AMD EPYC
     (avx512_bf16) CI machine of 2026-12-07 the service's batched scores and this one-record pass
     differ by up to 1.7% in the PPL-ratio form (0.14% in the loss form), at the commit that passed at
     1e-3 elsewhere: not yet explained (see the session note). Random, constant or another model's
     scores still miss by far more, and the tests assert the other model's distance apart."""
     assert set(got) == set(want)
-    bad = {i: (got[i], want[i]) for i in want if not math.isclose(got[i], want[i], rel_tol=rel, abs_tol=1e-5)}
+    bad = {i: (got[i], want[i]) for i in want if not math.isclose(got[i], want[i], rel_tol=rel, abs_tol=abs_tol)}
     assert not bad, bad
