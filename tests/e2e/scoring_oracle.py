@@ -123,12 +123,26 @@ def assert_top(chosen: Sequence[str], scores: dict[str, float], k: int, descendi
     assert all(a >= b - TIE for a, b in itertools.pairwise(ranks)), (chosen, scores)
 
 
-def assert_close(got: dict[str, float], want: dict[str, float], rel: float = 2e-2, abs_tol: float = 1e-5) -> None:
-    """The job's score column equals the recomputed one, record by record, within 2%. On the AMD EPYC
-    (avx512_bf16) CI machine of 2026-12-07 the service's batched scores and this one-record pass
-    differ by up to 1.7% in the PPL-ratio form (0.14% in the loss form), at the commit that passed at
-    1e-3 elsewhere: not yet explained (see the session note). Random, constant or another model's
-    scores still miss by far more, and the tests assert the other model's distance apart."""
+def _service_runs_bf16() -> bool:
+    """Whether the student service's default precision ("auto") is bf16 autocast on this CPU
+    (AMX or AVX512-BF16 in /proc/cpuinfo, as `student_svc.scoring.cpu_has_bf16` decides)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+#: How close a job's score must be to this fp32 pass: fp32 batched scoring equals it to 1e-4; under
+#: bf16 autocast (the service's fast path on bf16 CPUs) scores differ at the 1e-2 level (up to 1.7%
+#: in the PPL-ratio form was seen), so the bound widens there and only there.
+REL_TOL, ABS_TOL = (2e-2, 5e-5) if _service_runs_bf16() else (1e-3, 1e-5)
+
+
+def assert_close(got: dict[str, float], want: dict[str, float]) -> None:
+    """The job's score column equals the recomputed one, record by record, within REL_TOL / ABS_TOL.
+    Random, constant or another model's scores miss by far more, and the tests assert the other
+    model's distance apart."""
     assert set(got) == set(want)
-    bad = {i: (got[i], want[i]) for i in want if not math.isclose(got[i], want[i], rel_tol=rel, abs_tol=abs_tol)}
+    bad = {i: (got[i], want[i]) for i in want if not math.isclose(got[i], want[i], rel_tol=REL_TOL, abs_tol=ABS_TOL)}
     assert not bad, bad
