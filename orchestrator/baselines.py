@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         CompareInput,
         CompareOutput,
         EvaluateInput,
+        LogprobsInput,
         TrainInput,
     )
     from syllabus import stats
@@ -71,6 +72,8 @@ class BaselineArmInput:
     # Each repeat's previous-round adapter (its own chain); None: the base student.
     init_adapters: list[ArtifactRef | None] = field(default_factory=lambda: [None])
     heartbeat_timeout_s: float = 120.0
+    # The recipe has kd stages: each arm's training set gets the teacher's top-k first.
+    distill: bool = False
 
 
 @dataclass
@@ -204,11 +207,13 @@ class BaselineArmWorkflow:
             start_to_close_timeout=SHORT_TIMEOUT,
             retry_policy=RETRY,
         )  # fmt: skip
-        trained = await workflow.execute_activity_method(
-            Activities.train_adapter,
-            TrainInput(inp.job_id, inp.task_ref, inp.round, inp.train_stage, arm_set.train_set, init, arm=inp.arm, repeat=repeat),
-            **long,
-        )
+        train_inp = TrainInput(inp.job_id, inp.task_ref, inp.round, inp.train_stage, arm_set.train_set, init, arm=inp.arm, repeat=repeat)
+        if inp.distill and inp.train_stage == "recipe":
+            lp = await workflow.execute_activity_method(
+                Activities.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, inp.round, arm_set.train_set), **long
+            )
+            train_inp.teacher_logprobs, train_inp.teacher = lp.logprobs, lp.teacher
+        trained = await workflow.execute_activity_method(Activities.train_adapter, train_inp, **long)
         ev = await workflow.execute_activity_method(
             Activities.evaluate_student,
             EvaluateInput(inp.job_id, inp.task_ref, round=inp.round, stage=arm_stage(inp.arm, repeat), eval_set=inp.eval_set,

@@ -26,7 +26,8 @@ _STAGE = re.compile(r"^train-stage-\d+$")
 
 def planned_steps(plan: LoopPlan, rounds: int) -> list[PlannedStep]:
     """The steps a job of `plan` runs, in order (a round without candidates skips some at run time)."""
-    out = [PlannedStep("prepare", 0), PlannedStep("baseline-eval", 0)]
+    out = [PlannedStep("prepare", 0), *([PlannedStep("distill-check", 0)] if plan.distill_top_k else []),
+           PlannedStep("baseline-eval", 0)]  # fmt: skip
     if plan.judge_eval:
         out.append(PlannedStep("baseline-judge", 0))
     for r in range(1, rounds + 1):
@@ -40,7 +41,7 @@ def planned_steps(plan: LoopPlan, rounds: int) -> list[PlannedStep]:
             names.append("reference-train")
         if "agreement" in plan.metrics and r == 1:
             names.append("agreement-train")
-        names += ["score", "select", "train", "evaluate"]
+        names += ["score", "select", *(["teacher-logprobs"] if plan.distill_top_k else []), "train", "evaluate"]
         if plan.judge_eval:
             names.append("judge")
         if plan.baselines:

@@ -57,6 +57,8 @@ class LoopPlan:
     # training seeds per arm.
     baselines: list[str] = field(default_factory=list)
     baseline_repeats: int = 1
+    # The recipe has kd stages: the teacher's top-k (this many per position) of every training set.
+    distill_top_k: int = 0
 
     @property
     def learnability(self) -> bool:
@@ -343,6 +345,30 @@ class TrainInput:
     # trained with seed + repeat; "shuffled" trains the recipe with every curriculum shuffled.
     arm: str = ""
     repeat: int = 0
+    # The teacher's top-k log-probs of `dataset` (a recipe with a kd stage) and the teacher behind
+    # them (id, model, revision, backend), recorded with the run.
+    teacher_logprobs: ArtifactRef | None = None
+    teacher: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LogprobsInput:
+    """TeacherService.TopLogprobs of a training set; `dataset` None: only the teacher/student
+    tokenizer check (the job's first step when a recipe distils)."""
+
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    dataset: ArtifactRef | None = None
+
+
+@dataclass
+class LogprobsOutput:
+    logprobs: ArtifactRef | None
+    records: int
+    tokens: int
+    teacher: dict[str, str] = field(default_factory=dict)
+    existing: bool = False
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """DistillationWorkflow: the durable distillation loop.
 
-    prepare (datasets + the task's LoopPlan) -> baseline-eval -> for each round:
+    prepare (datasets + the task's LoopPlan) [-> distill-check] -> baseline-eval -> for each round:
         generate (expand, targeted) -> critique -> rationales -> rft
         [-> critique-solutions (an answer kind's judge, cft or rubric on the verified rationales)]
         -> reference-train (LoBaSS) [-> agreement-train (round 1)] -> score -> select
-        -> train (one SFT stage) | train-stage-1..N (the task's recipe, one checkpointed run)
+        -> train (one SFT stage) | [teacher-logprobs (kd stages) ->] train-stage-1..N (the task's
+           recipe, one checkpointed run)
         -> evaluate [-> validation-eval -> analyze (targeted generation next round)]
         [-> baselines (the task's counterfactual arms, child workflows that train while the loop
             trains; then the loop's lift over each with a bootstrap CI)]
@@ -52,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         FinishJobInput,
         GenerateInput,
         JobProgress,
+        LogprobsInput,
         LoopPlan,
         PrepareJobInput,
         ReasonInput,
@@ -103,6 +105,8 @@ class DistillationWorkflow:
         p.baselines = [BaselineResult(arm, COMPARISONS[arm]) for arm in plan.baselines]
         # Each arm's repeats are chains of their own: round r trains from the arm's round r-1 adapter.
         arm_adapters: dict[str, list[ArtifactRef | None]] = {arm: [None] * plan.baseline_repeats for arm in plan.baselines}
+        if plan.distill_top_k:  # teacher and student must tokenize alike: refuse a mismatch before any work
+            await self._step("distill-check", 0, Activities.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, 0), short=True)
         baseline = await self._step(
             "baseline-eval",
             0,
@@ -193,6 +197,7 @@ class DistillationWorkflow:
                 arm_inp = BaselineArmInput(
                     inp.job_id, inp.task_ref, r, arm, "recipe" if plan.stages else "sft", prep.eval_set, prep.seeds, train_set,
                     candidates if n_candidates > 0 else None, scores, result.selected, list(arm_adapters[arm]), inp.heartbeat_timeout_s,
+                    distill=plan.distill_top_k > 0,
                 )  # fmt: skip
                 arms[arm] = asyncio.ensure_future(
                     workflow.execute_child_workflow(BaselineArmWorkflow.run, arm_inp, id=baseline_workflow_id(inp.job_id, arm, r))
@@ -254,9 +259,11 @@ class DistillationWorkflow:
         """train (one SFT stage, or the recipe's stages) -> evaluate; the round's adapter and evaluation."""
         p = self._progress
         if plan.stages:
-            trained = await self._step(
-                "train", r, Activities.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "recipe", train_set, adapter), record=False
-            )
+            train_inp = TrainInput(inp.job_id, inp.task_ref, r, "recipe", train_set, adapter)
+            if plan.distill_top_k:  # the kd stages' targets: the teacher's top-k of this training set
+                lp = await self._step("teacher-logprobs", r, Activities.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, r, train_set))
+                train_inp.teacher_logprobs, train_inp.teacher = lp.logprobs, lp.teacher
+            trained = await self._step("train", r, Activities.train_adapter, train_inp, record=False)
             for i, stage in enumerate(trained.stages):  # one step per recipe stage, timed by the trainer
                 p.steps.append(StepTime(f"train-stage-{i + 1}", r, stage.seconds))
         else:

@@ -110,14 +110,35 @@ class Schedule(_Strict):
     """Weight of checkpoint i (0 = newest) is decay**i, normalised."""
 
 
+class Distill(_Strict):
+    """kd: forward KD on the teacher's stored top-k (Hinton et al. 2015; top-k capture as in Arcee
+    DistillKit), or GKD's generalised JSD (arXiv 2306.13649) with `beta`. Per response token:
+    `alpha * T^2 * D(p_T^k || p_S^k) + (1 - alpha) * CE(y_t)`, p^k both renormalised over the
+    teacher's top-k ids at temperature T."""
+
+    alpha: float = Field(0.5, ge=0, le=1)
+    """Weight of the divergence; the rest is the plain token cross-entropy."""
+    temperature: float = Field(1.0, gt=0)
+    """Softens both distributions; the divergence is scaled by T^2 (Hinton)."""
+    divergence: Literal["forward_kl", "jsd"] = "forward_kl"
+    """forward_kl: KL(teacher || student); jsd: generalised JSD with `beta`."""
+    beta: float = Field(0.5, ge=0, le=1)
+    """jsd: beta*KL(P||M) + (1-beta)*KL(Q||M), M = beta*P + (1-beta)*Q (0: forward KL, 1: reverse KL)."""
+    top_k: int = Field(20, ge=1, le=100)
+    """How many teacher log-probs per position the orchestrator captures for this stage."""
+
+
 class Stage(_Strict):
     """One stage of a recipe."""
 
     name: str = ""
     """Shown in progress events and logs; defaults to "stage-N"."""
-    objective: Literal["sft", "dpo", "cft"] = "sft"
+    objective: Literal["sft", "dpo", "cft", "kd", "dft", "anchored"] = "sft"
     """sft: completion-only loss; dpo: preference pairs {prompt, chosen, rejected}, reference = the
-    model with the adapter disabled; cft: critique fine-tuning, records {question, solution, critique}."""
+    model with the adapter disabled; cft: critique fine-tuning, records {question, solution, critique};
+    kd: token-level distillation to the teacher's top-k log-probs (`distill`); dft: each token's NLL
+    scaled by its detached probability (arXiv 2508.05629); anchored: dft plus `anchor_lambda` *
+    KL(p_ref || p_theta), the reference = the model with the adapter disabled (Anchored SFT)."""
     data: DataFilter = DataFilter()
     """Which records this stage trains on."""
     epochs: float = Field(1.0, gt=0)
@@ -141,6 +162,10 @@ class Stage(_Strict):
     (attention / MLP / norm) for this stage — a forgetting guard."""
     dpo_beta: float = Field(0.1, gt=0)
     """dpo: temperature of the implicit reward."""
+    distill: Distill = Distill()
+    """kd: the divergence and its settings."""
+    anchor_lambda: float = Field(0.1, ge=0)
+    """anchored: weight of the KL to the reference (ALGORITHMS.md default 0.1)."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay."""
 
@@ -190,8 +215,8 @@ class Recipe(_Strict):
             raise ValueError(f"row_tokens ({self.row_tokens}) must be >= max_seq_len ({self.max_seq_len})")
         for i, st in enumerate(self.stages):
             where = f"stages.{i}"
-            if st.objective == "dpo" and st.lora is None:
-                raise ValueError(f"{where}.lora: dpo needs a LoRA (its reference is the adapter disabled)")
+            if st.objective in ("dpo", "anchored") and st.lora is None:
+                raise ValueError(f"{where}.lora: {st.objective} needs a LoRA (its reference is the adapter disabled)")
             if st.after == "merge" and st.lora is None:
                 raise ValueError(f"{where}.after: merge needs a LoRA stage")
             if st.curriculum.policy in ("static", "adarft", "pudf") and not st.curriculum.score_key:

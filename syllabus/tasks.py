@@ -551,6 +551,10 @@ class TaskSpec(_Strict):
             raise ValueError("tailor: needs rounds >= 2 (the aligned teacher generates in the rounds after tailoring)")
         if self.tailor is not None and self.teacher.model.startswith("openai:"):
             raise ValueError("tailor: trains a LoRA on the teacher's weights; an openai: endpoint has none here")
+        recipe = self.train.recipe
+        if recipe is not None and any(st.objective == "kd" for st in recipe.stages) and self.teacher.model.startswith("openai:"):
+            raise ValueError("train.recipe: a kd stage learns the teacher's token log-probs, which an openai: endpoint does not "
+                             "give here; use a local teacher (bundled:..., a model directory, or vllm:...)")  # fmt: skip
         if self.generate.budget == "car":
             if "compatibility" not in scored:
                 raise ValueError("generate.budget: car splits the next round's generation by each method's CAR, which needs "

@@ -172,6 +172,12 @@ class TransformersBackend:
     def render(self, prompt: ChatPrompt) -> str:
         return render_chat(self.tokenizer, prompt)
 
+    def top_logprobs(self, records: Sequence[tuple[str, str]], k: int, max_len: int) -> list:
+        """Per (prompt, response), the top-k log-probs of its response targets (`teacher_svc.logprobs`)."""
+        from teacher_svc.logprobs import transformers_topk
+
+        return transformers_topk(self.model_obj, self.tokenizer, records, k, max_len)
+
     def _grammar(self, schema: str):
         """The schema compiled for this tokenizer by xgrammar (cached: compiling costs more than a batch)."""
         if schema not in self._grammars:

@@ -11,6 +11,7 @@ Both RPCs are idempotent: an output key that already exists is returned as is (d
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import tempfile
 import threading
@@ -119,6 +120,9 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
 
     async def AnalyzeErrors(self, request: teacher_pb2.AnalyzeErrorsRequest, context: grpc.aio.ServicerContext):
         return await self._serve(self._analyze_errors, request, context)
+
+    async def TopLogprobs(self, request: teacher_pb2.TopLogprobsRequest, context: grpc.aio.ServicerContext):
+        return await self._serve(self._top_logprobs, request, context)
 
     async def _serve(self, handler, request, context: grpc.aio.ServicerContext):
         """Run one RPC: non-finite numbers are refused up front, failures map to status codes; an
@@ -535,6 +539,84 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         )
         return teacher_pb2.TailorResponse(
             question_pairs=pairs.question_level, rationale_pairs=pairs.rationale_level, pairs=ref_to_pb(pairs_ref)
+        )
+
+    # -- TopLogprobs (token-level distillation) ---------------------------------------------------
+
+    async def _top_logprobs(self, request: teacher_pb2.TopLogprobsRequest) -> teacher_pb2.TopLogprobsResponse:
+        """Check teacher and student tokenize alike, then (records given) write the teacher's top-k
+        of every response target, content-addressed: an existing artifact is returned as it is."""
+        from syllabus import topk
+        from syllabus.models import load_tokenizer
+        from teacher_svc.logprobs import first_difference
+
+        if not request.student.base:
+            raise InvalidRequest("student.base", "required: the student the log-probs are for")
+        student = _check_model(request.student)
+        if student.startswith(("openai:", "vllm:")):
+            raise InvalidRequest("student.base", "the student is a local model (bundled:... or a model directory)")
+        if request.model.base.startswith("openai:"):
+            raise RequestFailed(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "model.base: an OpenAI-compatible endpoint teacher gives no prompt log-probs; token-level "
+                "distillation needs a local teacher (bundled:..., a model directory, or vllm:...)",
+            )
+        k = request.top_k or topk.DEFAULT_TOP_K
+        if not 0 < k <= topk.MAX_TOP_K:
+            raise InvalidRequest("top_k", f"must be in [1, {topk.MAX_TOP_K}] (0: {topk.DEFAULT_TOP_K}), got {request.top_k}")
+        max_len = request.max_len or 512
+        if max_len < 16:
+            raise InvalidRequest("max_len", f"must be 0 (512) or >= 16, got {request.max_len}")
+        records_ref = ref_from_pb(request.records)
+        if records_ref is not None:
+            _check_ref("records", request.records)
+            prefix = _check_key("output_prefix", request.output_prefix)
+        try:
+            student_tok = await in_model_thread(load_tokenizer, student)
+        except (ModelNotFound, OSError, ValueError) as e:
+            raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"student.base: {e}") from e
+
+        def check(backend: Backend) -> dict[str, str]:
+            if not callable(getattr(backend, "top_logprobs", None)):
+                raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: the {backend.name} backend gives no log-probs")
+            if diff := first_difference(backend.tokenizer, student_tok):
+                raise RequestFailed(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"teacher {request.model.base} and student {student} tokenize differently: {diff}",
+                )
+            revision = str(backend.revision)
+            return {"id": f"{request.model.base}@{revision}", "model": request.model.base, "revision": revision,
+                    "backend": str(backend.name)}  # fmt: skip
+
+        teacher = await self._run_model(request.model, check)
+        if records_ref is None:
+            return teacher_pb2.TopLogprobsResponse(teacher=teacher)
+        # The key is a function of everything the numbers depend on: a retry, or a rerun on the same
+        # records, finds them published.
+        digest = hashlib.sha256(
+            json.dumps([teacher["id"], student, k, max_len, records_ref.sha256]).encode()
+        ).hexdigest()[:32]
+        key = f"{prefix}-{digest}.npz"
+        if existing := await asyncio.to_thread(self.store.stat, key):
+            rows = await asyncio.to_thread(lambda: topk.loads(self.store.get_bytes(existing)).rows)
+            return teacher_pb2.TopLogprobsResponse(
+                logprobs=ref_to_pb(existing), records=len(rows), tokens=sum(len(r) for r in rows.values()),
+                existing=True, teacher=teacher,
+            )  # fmt: skip
+        records = await asyncio.to_thread(self._records, "records", records_ref)
+        pairs = {}
+        for i, r in enumerate(records):
+            if not isinstance(r.get("prompt"), str) or not isinstance(r.get("response"), str):
+                raise InvalidRequest("records", f'record {i} needs string "prompt" and "response"')
+            pairs[topk.record_digest(r["prompt"], r["response"])] = (r["prompt"], r["response"])
+        if not pairs:
+            raise InvalidRequest("records", "no records")
+        digests = list(pairs)
+        rows = await self._run_model(request.model, lambda b: b.top_logprobs([pairs[d] for d in digests], k, max_len))
+        data = topk.dumps(dict(zip(digests, rows, strict=True)), k, teacher)
+        ref = await asyncio.to_thread(self.store.put_bytes, key, data)
+        return teacher_pb2.TopLogprobsResponse(
+            logprobs=ref_to_pb(ref), records=len(digests), tokens=sum(len(r) for r in rows), teacher=teacher
         )
 
     # -- AnalyzeErrors ----------------------------------------------------------------------------

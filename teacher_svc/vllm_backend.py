@@ -73,6 +73,13 @@ class VLLMBackend:
         return [[Completion(c.text, len(c.token_ids)) for c in out.outputs] for out in outputs]
 
 
+    def top_logprobs(self, records: Sequence[tuple[str, str]], k: int, max_len: int) -> list:
+        """Per (prompt, response), the top-k log-probs of its response targets (vLLM prompt log-probs)."""
+        from teacher_svc.logprobs import vllm_topk
+
+        return vllm_topk(self.llm, self.tokenizer, records, k, max_len)
+
+
 def _structured(vllm, schema: str) -> dict:
     """SamplingParams arguments that constrain a reply to `schema`: structured outputs (vLLM >= 0.10),
     else the guided decoding of earlier releases."""

@@ -35,6 +35,8 @@ from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.recipe import Recipe, RecipeError, load_recipe
 from syllabus.serving import InvalidRequest, reading
 from syllabus.telemetry import model_turn
+from syllabus.topk import TopKError, TopKSet, record_digest
+from syllabus.topk import loads as topk_loads
 from syllabus_sdk.trainer.v1 import trainer_pb2
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,8 @@ class TrainingPlan:
     merged_key: str | None = None
     pairs_only: bool = False
     """A plain SFT request: every record needs a non-empty prompt and response (checked up front)."""
+    teacher_logprobs: ArtifactRef | None = None
+    """The teacher's top-k of the records (`syllabus.topk`), for the recipe's kd stages."""
 
 
 def bf16_supported() -> bool:
@@ -240,6 +244,10 @@ def plan_from_request(req: trainer_pb2.StartTrainingRequest) -> TrainingPlan:
             lora_dropout=lora.dropout,
             target_modules=tuple(lora.target_modules),
     )
+    recipe = recipe_from_request(req, config)
+    teacher_logprobs = ref_from_pb(req.teacher_logprobs) if req.HasField("teacher_logprobs") else None
+    if teacher_logprobs is None and any(st.objective == "kd" for st in recipe.stages):
+        raise InvalidRequest("teacher_logprobs", "required: the recipe has a kd stage (TeacherService.TopLogprobs)")
     return TrainingPlan(
         job_key=req.job_key,
         base=req.model.base,
@@ -247,8 +255,9 @@ def plan_from_request(req: trainer_pb2.StartTrainingRequest) -> TrainingPlan:
         init_adapter=ref_from_pb(req.model.adapter) if req.model.HasField("adapter") else None,
         output_key=output_key,
         config=config,
-        recipe=recipe_from_request(req, config),
+        recipe=recipe,
         merged_key=merged_key,
+        teacher_logprobs=teacher_logprobs,
         pairs_only=not req.recipe_yaml and req.objective in (Objective.OBJECTIVE_UNSPECIFIED, Objective.OBJECTIVE_SFT),
     )
 
@@ -322,10 +331,10 @@ class TrainingJobs:
                 job.publish(done)
                 return job, False
             check_model_ref(plan.base)
-            records, init_dir = await asyncio.to_thread(self._fetch_inputs, plan)
+            records, init_dir, topk = await asyncio.to_thread(self._fetch_inputs, plan)
             job = self._add(plan.job_key)
             job.publish(trainer_pb2.WatchTrainingResponse(state=State.TRAINING_STATE_PENDING))
-            job.task = asyncio.create_task(self._run(job, plan, records, init_dir))
+            job.task = asyncio.create_task(self._run(job, plan, records, init_dir, topk))
             return job, False
 
     def cancel(self, training_id: str) -> bool | None:
@@ -360,7 +369,7 @@ class TrainingJobs:
         self._by_key[job_key] = job
         return job
 
-    def _fetch_inputs(self, plan: TrainingPlan) -> tuple[list[dict], Path | None]:
+    def _fetch_inputs(self, plan: TrainingPlan) -> tuple[list[dict], Path | None, TopKSet | None]:
         """Read and check the dataset and the init adapter before accepting the job (worker thread).
 
         Returns the dataset's records (dicts); a plain SFT request's must each have a non-empty
@@ -379,10 +388,24 @@ class TrainingJobs:
         if plan.init_adapter is not None:
             with reading("model.adapter"):
                 init_dir = fetch_adapter(self.store, plan.init_adapter, self.adapter_cache)
-        return records, init_dir
+        topk = None
+        if plan.teacher_logprobs is not None:
+            with reading("teacher_logprobs"):
+                data = self.store.get_bytes(plan.teacher_logprobs)
+            try:
+                topk = topk_loads(data)
+            except TopKError as e:
+                raise InvalidRequest("teacher_logprobs", str(e)) from None
+            missing = sum(
+                record_digest(str(r.get("prompt")), str(r.get("response"))) not in topk.rows for r in records
+                if not r.get("heldout")
+            )  # fmt: skip
+            if missing:
+                raise InvalidRequest("teacher_logprobs", f"{missing} of the dataset's records have no teacher log-probs")
+        return records, init_dir, topk
 
     async def _run(
-        self, job: Job, plan: TrainingPlan, records: list[dict], init_dir: Path | None
+        self, job: Job, plan: TrainingPlan, records: list[dict], init_dir: Path | None, topk: TopKSet | None = None
     ) -> None:
         from trainer_svc.staged import TrainingStopped  # staged imports torch: load it only to train
 
@@ -419,7 +442,7 @@ class TrainingJobs:
                 recipe = recipe.model_copy(update={"checkpoint_every": self.checkpoint_every})
             ref, res = run_recipe(
                 plan.base, records, recipe, self.store, plan.output_key, init_adapter=init_dir,
-                merged_key=plan.merged_key, on_step=on_progress, should_stop=stop,
+                merged_key=plan.merged_key, on_step=on_progress, should_stop=stop, teacher_topk=topk,
             )  # fmt: skip
             final = _succeeded(ref, res.mean_loss, len(res.losses), res.losses)
             if res.merged_ref is not None:

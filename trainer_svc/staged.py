@@ -51,9 +51,11 @@ import torch
 import torch.nn.functional as F
 
 from syllabus.artifacts import ArtifactError, ArtifactRef, ArtifactStore, training_metrics_key
-from syllabus.prompts import encode_example
+from syllabus.prompts import IGNORE_INDEX, encode_example
 from syllabus.recipe import Recipe, Stage, recipe_models
+from syllabus.topk import TopK, TopKSet
 from trainer_svc.curriculum import PUDF, SEC, AdaRFT, checkpoint_weights, irt_ability, lr_at
+from trainer_svc.objectives import anchored_step_loss, dft_step_loss, kd_step_loss, reduce_sum
 from trainer_svc.packing import (
     CompletionLM,
     Example,
@@ -506,15 +508,6 @@ def chained_adapter_files(snapshots: Sequence[dict], base_ref: str, dest: Path) 
 # Objectives
 
 
-def _reduce_sum(x: torch.Tensor, dist_on: bool) -> torch.Tensor:
-    if dist_on:
-        import torch.distributed as dist
-
-        x = x.clone()
-        dist.all_reduce(x)
-    return x
-
-
 def sft_step_loss(lm, batch, n_items: int, dist_on: bool, world: int, real: bool = True):
     """(loss to backpropagate, reported loss, per-item mean NLL) — loss = global mean over target tokens.
 
@@ -522,10 +515,10 @@ def sft_step_loss(lm, batch, n_items: int, dist_on: bool, world: int, real: bool
     in the backward) whose tokens count nowhere: not in the global token count, not in the loss."""
     logp, sample_of, _ = token_logprobs(lm, batch)
     nll_sum = -logp.sum()
-    n_global = _reduce_sum(torch.tensor(float(logp.numel()) if real else 0.0), dist_on)
+    n_global = reduce_sum(torch.tensor(float(logp.numel()) if real else 0.0), dist_on)
     # DDP averages gradients over ranks; * world turns that into the global token mean.
     loss = nll_sum / n_global.clamp(min=1) * world
-    reported = _reduce_sum(nll_sum.detach() if real else torch.zeros(()), dist_on) / n_global.clamp(min=1)
+    reported = reduce_sum(nll_sum.detach() if real else torch.zeros(()), dist_on) / n_global.clamp(min=1)
     sums, counts = per_sample_sums(-logp.detach(), sample_of, len(batch.samples))
     return loss, reported.item(), (sums / counts.clamp(min=1)).tolist()
 
@@ -541,10 +534,18 @@ def dpo_step_loss(lm, core, peft_model, batch, beta: float, dist_on: bool, world
         ref, _ = per_sample_sums(ref_lp, ref_of, len(batch.samples))
     margin = (pol[0::2] - ref[0::2]) - (pol[1::2] - ref[1::2])
     losses = -F.logsigmoid(beta * margin)
-    n_global = _reduce_sum(torch.tensor(float(losses.numel()) if real else 0.0), dist_on)
+    n_global = reduce_sum(torch.tensor(float(losses.numel()) if real else 0.0), dist_on)
     loss = losses.sum() / n_global * world
-    reported = _reduce_sum(losses.detach().sum() if real else torch.zeros(()), dist_on) / n_global
+    reported = reduce_sum(losses.detach().sum() if real else torch.zeros(()), dist_on) / n_global
     return loss, reported.item(), losses.detach().tolist()
+
+
+def _kd_rows(topk: TopKSet, records: Sequence[dict], enc: dict[int, list[Example]]) -> dict[int, TopK]:
+    """Per encoded record, the teacher's rows for its targets (found by the record's content)."""
+    return {
+        i: topk.for_record(records[i]["prompt"], records[i]["response"], sum(t != IGNORE_INDEX for t in ex[0][1]))
+        for i, ex in enc.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -605,10 +606,14 @@ def train_recipe(
     on_step: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     dist_on: bool = False,
+    teacher_topk: TopKSet | None = None,
 ) -> tuple[Any, list[dict], RecipeResult]:
     """Run every stage; return (final model, merged stage snapshots, result).
 
-    The final model is a PeftModel if the last stage left a live adapter, else the (merged) LM."""
+    The final model is a PeftModel if the last stage left a live adapter, else the (merged) LM.
+    `teacher_topk`: the teacher's top-k log-probs of the records, which every `kd` stage needs."""
+    if teacher_topk is None and any(st.objective == "kd" for st in recipe.stages):
+        raise ValueError("a kd stage needs the teacher's top-k log-probs of the records (teacher_logprobs)")
     rank, world = 0, 1
     if dist_on:
         import torch.distributed as dist
@@ -705,6 +710,7 @@ def train_recipe(
 
             lm_fwd = DDP(core)
         enc = encoded[st.objective]
+        kd_rows = _kd_rows(teacher_topk, records, enc) if st.objective == "kd" else {}
         if isinstance(source, PUDFSource) and source.pending_ability:
             # theta_0, so that the first epoch already trains only on b <= cap
             _estimate_ability(source, model, core, enc, pad_id, recipe, dist_on)
@@ -745,6 +751,16 @@ def train_recipe(
                         lm_fwd, core, model, batch, st.dpo_beta, dist_on, world, real=weight > 0
                     )
                     items = items[0::2]
+                elif st.objective == "kd":
+                    loss, reported, per_item = kd_step_loss(
+                        lm_fwd, batch, [kd_rows[i] for i in items], st.distill, dist_on, world, real=weight > 0
+                    )
+                elif st.objective == "dft":
+                    loss, reported, per_item = dft_step_loss(lm_fwd, batch, dist_on, world, real=weight > 0)
+                elif st.objective == "anchored":
+                    loss, reported, per_item = anchored_step_loss(
+                        lm_fwd, core, model, batch, st.anchor_lambda, dist_on, world, real=weight > 0
+                    )
                 else:
                     loss, reported, per_item = sft_step_loss(
                         lm_fwd, batch, len(batch.samples), dist_on, world, real=weight > 0
@@ -956,6 +972,7 @@ def run_recipe(
     merged_key: str | None = None,
     on_step: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    teacher_topk: TopKSet | None = None,
 ) -> tuple[ArtifactRef, RecipeResult]:
     """setup -> train every stage (resuming from `<output_key>.ckpt` if present) -> save -> cleanup.
 
@@ -969,7 +986,7 @@ def run_recipe(
     ckpt_key = output_key + ".ckpt"
     model, snapshots, result = train_recipe(
         lm, tokenizer, records, recipe, init_adapter=init_adapter, store=store, checkpoint_key=ckpt_key,
-        on_step=on_step, should_stop=should_stop,
+        on_step=on_step, should_stop=should_stop, teacher_topk=teacher_topk,
     )  # fmt: skip
     bad = next((i for i, x in enumerate(result.losses) if not math.isfinite(x)), None)
     if bad is not None:

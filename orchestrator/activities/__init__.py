@@ -3,7 +3,7 @@ one small data step, and records metadata through `orchestrator.metadata`):
 
 - `data`: prepare_job (the datasets and the `LoopPlan`), tailor_inputs, finish_job (no service);
 - `teacher`: generate_examples, critique_examples, reason_examples (rationales, RFT), critique_solutions
-  (an answer kind's model critique), analyze_errors;
+  (an answer kind's model critique), analyze_errors, teacher_logprobs (a kd recipe's teacher top-k);
 - `student`: evaluate_student (and the round's row), score_samples, select_samples;
 - `trainer`: train_adapter (one SFT stage, or the task's recipe).
 
@@ -34,6 +34,7 @@ class Activities(DataActivities, TeacherActivities, StudentActivities, TrainerAc
             self.evaluate_student,
             self.generate_examples,
             self.analyze_errors,
+            self.teacher_logprobs,
             self.critique_examples,
             self.reason_examples,
             self.critique_solutions,

@@ -162,4 +162,5 @@ def plan_of(task: TaskSpec) -> LoopPlan:
         judge_eval=task.kind_spec.judged,
         baselines=list(task.baselines.arms) if task.baselines is not None else [],
         baseline_repeats=task.baselines.repeats if task.baselines is not None else 1,
+        distill_top_k=max((st.distill.top_k for st in recipe.stages if st.objective == "kd"), default=0) if recipe else 0,
     )

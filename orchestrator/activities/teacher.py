@@ -12,7 +12,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from orchestrator import critique_modes, reasoning
-from orchestrator.activities.base import ActivityBase
+from orchestrator.activities.base import ActivityBase, no_output
 from orchestrator.budget import scaled
 from orchestrator.keys import output_key
 from orchestrator.metadata import sample_row
@@ -23,6 +23,8 @@ from orchestrator.types import (
     CritiqueOutput,
     GenerateInput,
     GenerateOutput,
+    LogprobsInput,
+    LogprobsOutput,
     ReasonInput,
     ReasonOutput,
 )
@@ -189,6 +191,30 @@ class TeacherActivities(ActivityBase):
         records = self._read_jsonl(skills)
         await self._record_artifacts(inp.job_id, inp.round, {"skills": skills})
         return AnalyzeOutput(skills=skills, skill_count=len(records), wrong=sum(int(r.get("count", 0)) for r in records))
+
+    @activity.defn
+    async def teacher_logprobs(self, inp: LogprobsInput) -> LogprobsOutput:
+        """TeacherService.TopLogprobs: the teacher's top-k at every response token of a training set,
+        for the recipe's kd stages (content-addressed by the teacher: a retry or a rerun finds them).
+        Without a dataset, only the check that teacher and student tokenize alike: a mismatch, or a
+        teacher that gives no log-probs, fails the job at once (FAILED_PRECONDITION, non-retryable)."""
+        task = self._task(inp.task_ref)
+        recipe = task.train.recipe
+        top_k = max((st.distill.top_k for st in recipe.stages if st.objective == "kd"), default=0) if recipe else 0
+        if not top_k:
+            raise ApplicationError("the task's recipe has no kd stage", type="INVALID_ARGUMENT", non_retryable=True)
+        request = teacher_pb2.TopLogprobsRequest(
+            model=_teacher_ref(task, None), student=common_pb2.ModelRef(base=task.student.model),
+            records=ref_to_pb(inp.dataset), top_k=top_k, max_len=recipe.max_seq_len,
+            output_prefix=output_key(inp.job_id, inp.round, "teacher-logprobs", [], {}),
+        )  # fmt: skip
+        resp = await self._teacher(lambda t: t.top_logprobs(request))
+        ref = ref_from_pb(resp.logprobs)
+        if inp.dataset is not None:
+            if ref is None:
+                raise no_output("TeacherService.TopLogprobs")
+            await self._record_artifacts(inp.job_id, inp.round, {"teacher-logprobs": ref})
+        return LogprobsOutput(ref, resp.records, resp.tokens, dict(resp.teacher), resp.existing)
 
     async def _critique_call(
         self, task: TaskSpec, inp: CritiqueInput, mode: int, examples: ArtifactRef, prefix: str

@@ -106,13 +106,19 @@ class TrainerActivities(ActivityBase):
                 recipe = recipe.model_copy(update={"checkpoint_every": self.config.trainer_checkpoint_every})
             recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=True)
             params = {"model": task.student.model, "stage": inp.stage, "recipe": recipe_yaml}
+            if any(st.objective == "kd" for st in recipe.stages):
+                if inp.teacher_logprobs is None:
+                    raise ApplicationError("a kd recipe needs the teacher's log-probs (the teacher-logprobs step)",
+                                           type="INVALID_ARGUMENT", non_retryable=True)  # fmt: skip
+                # the teacher manifest: which teacher's distribution this adapter learnt (in lineage)
+                params["teacher"] = {**inp.teacher, "logprobs_uri": inp.teacher_logprobs.uri}
         else:
             params = {"model": task.student.model, "stage": inp.stage, "lora": lora, "training": training}
         step_name = {"reference": "reference", "agreement": "agreement", "sft": "train", "recipe": "train-recipe"}[inp.stage]
         stage = arm_stage(inp.arm, inp.repeat) if inp.arm else inp.stage  # the run's name in SQL
         if inp.arm:
             step_name = f"{stage}-{step_name}"
-        key = output_key(inp.job_id, inp.round, step_name, [inp.dataset, inp.init_adapter], params, "tar")
+        key = output_key(inp.job_id, inp.round, step_name, [inp.dataset, inp.init_adapter, *([inp.teacher_logprobs] if inp.teacher_logprobs else [])], params, "tar")
         records = [r for r in self._read_jsonl(inp.dataset) if not r.get("heldout")]
         request = trainer_pb2.StartTrainingRequest(
             job_key=key,
@@ -122,6 +128,7 @@ class TrainerActivities(ActivityBase):
             training=trainer_pb2.TrainingSpec(**training),
             output_key=key,
             recipe_yaml=recipe_yaml,
+            teacher_logprobs=ref_to_pb(inp.teacher_logprobs),
         )
         adapter, metrics = await self._train(request, f"TrainerService training ({inp.stage})")
 

@@ -177,6 +177,9 @@ class TeacherClient(_ServiceClient):
     async def tailor(self, request: teacher_pb2.TailorRequest) -> teacher_pb2.TailorResponse:
         return await self._call("Tailor", self._stub.Tailor, request)
 
+    async def top_logprobs(self, request: teacher_pb2.TopLogprobsRequest) -> teacher_pb2.TopLogprobsResponse:
+        return await self._call("TopLogprobs", self._stub.TopLogprobs, request)
+
 
 class StudentClient(_ServiceClient):
     """syllabus.student.v1.StudentService."""

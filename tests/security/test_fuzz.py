@@ -143,6 +143,8 @@ def _templates(s: Stack) -> dict[str, object]:
             kind=kind, labels=labels, predictions=preds, eval=evalset, output_key="jobs/fuzz/skills.jsonl"),
         "/syllabus.teacher.v1.TeacherService/Tailor": teacher_pb2.TailorRequest(
             instructions="x", drafts=examples, scores=preds, output_key="jobs/fuzz/tailor.jsonl"),
+        "/syllabus.teacher.v1.TeacherService/TopLogprobs": teacher_pb2.TopLogprobsRequest(
+            model=model, student=model, records=pairs, top_k=2, output_prefix="jobs/fuzz/topk"),
         "/syllabus.student.v1.StudentService/Score": student_pb2.ScoreRequest(
             model=model, dataset=pairs, output_key="jobs/fuzz/score.jsonl"),
         "/syllabus.student.v1.StudentService/ScoreStream": student_pb2.ScoreStreamRequest(

@@ -211,3 +211,40 @@ class TailorResponse(_message.Message):
     rationale_pairs: int
     pairs: _common_pb2.ArtifactRef
     def __init__(self, question_pairs: _Optional[int] = ..., rationale_pairs: _Optional[int] = ..., pairs: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+
+class TopLogprobsRequest(_message.Message):
+    __slots__ = ("model", "student", "records", "top_k", "max_len", "output_prefix")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEN_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    student: _common_pb2.ModelRef
+    records: _common_pb2.ArtifactRef
+    top_k: int
+    max_len: int
+    output_prefix: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., student: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., records: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., top_k: _Optional[int] = ..., max_len: _Optional[int] = ..., output_prefix: _Optional[str] = ...) -> None: ...
+
+class TopLogprobsResponse(_message.Message):
+    __slots__ = ("logprobs", "records", "tokens", "existing", "teacher")
+    class TeacherEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    logprobs: _common_pb2.ArtifactRef
+    records: int
+    tokens: int
+    existing: bool
+    teacher: _containers.ScalarMap[str, str]
+    def __init__(self, logprobs: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., records: _Optional[int] = ..., tokens: _Optional[int] = ..., existing: _Optional[bool] = ..., teacher: _Optional[_Mapping[str, str]] = ...) -> None: ...

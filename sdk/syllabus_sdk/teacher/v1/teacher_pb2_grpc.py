@@ -56,6 +56,11 @@ class TeacherServiceStub:
                 request_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorRequest.SerializeToString,
                 response_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorResponse.FromString,
                 _registered_method=True)
+        self.TopLogprobs = channel.unary_unary(
+                '/syllabus.teacher.v1.TeacherService/TopLogprobs',
+                request_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TopLogprobsRequest.SerializeToString,
+                response_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TopLogprobsResponse.FromString,
+                _registered_method=True)
 
 
 class TeacherServiceServicer:
@@ -97,6 +102,18 @@ class TeacherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TopLogprobs(self, request, context):
+        """TopLogprobs writes the teacher's top-k log-probs at every response token of (prompt, response)
+        records (token ids int32 + log-probs fp16, `syllabus.topk`), for the trainer's `kd` stages. The
+        artifact key is derived from the teacher, the student and the records' content, so a retry or a
+        rerun finds it and never pays the teacher twice. Refused with FAILED_PRECONDITION when the
+        teacher's backend gives no log-probs (an OpenAI-compatible endpoint) or when the teacher's and the
+        student's tokenizers or chat templates differ (the message names the first difference).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TeacherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +136,11 @@ def add_TeacherServiceServicer_to_server(servicer, server):
                     servicer.Tailor,
                     request_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorRequest.FromString,
                     response_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorResponse.SerializeToString,
+            ),
+            'TopLogprobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.TopLogprobs,
+                    request_deserializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TopLogprobsRequest.FromString,
+                    response_serializer=syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TopLogprobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -230,6 +252,33 @@ class TeacherService:
             '/syllabus.teacher.v1.TeacherService/Tailor',
             syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorRequest.SerializeToString,
             syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TailorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TopLogprobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/syllabus.teacher.v1.TeacherService/TopLogprobs',
+            syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TopLogprobsRequest.SerializeToString,
+            syllabus_dot_teacher_dot_v1_dot_teacher__pb2.TopLogprobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,17 +26,17 @@ _sym_db = _symbol_database.Default()
 from syllabus_sdk.common.v1 import common_pb2 as syllabus_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!syllabus/trainer/v1/trainer.proto\x12\x13syllabus.trainer.v1\x1a\x1fsyllabus/common/v1/common.proto\"\x17\n\x07\x44poSpec\x12\x0c\n\x04\x62\x65ta\x18\x01 \x01(\x02\"P\n\x08LoraSpec\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\r\n\x05\x61lpha\x18\x02 \x01(\x02\x12\x0f\n\x07\x64ropout\x18\x03 \x01(\x02\x12\x16\n\x0etarget_modules\x18\x04 \x03(\t\"\x82\x01\n\x0cTrainingSpec\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x15\n\rlearning_rate\x18\x02 \x01(\x02\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x14\n\x0cwarmup_ratio\x18\x04 \x01(\x02\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x13\n\x0bmax_seq_len\x18\x06 \x01(\x05\"\x8a\x03\n\x14StartTrainingRequest\x12\x0f\n\x07job_key\x18\x01 \x01(\t\x12+\n\x05model\x18\x02 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12\x30\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12+\n\x04lora\x18\x04 \x01(\x0b\x32\x1d.syllabus.trainer.v1.LoraSpec\x12\x33\n\x08training\x18\x05 \x01(\x0b\x32!.syllabus.trainer.v1.TrainingSpec\x12\x12\n\noutput_key\x18\x06 \x01(\t\x12\x13\n\x0brecipe_yaml\x18\x07 \x01(\t\x12\x31\n\tobjective\x18\x08 \x01(\x0e\x32\x1e.syllabus.trainer.v1.Objective\x12)\n\x03\x64po\x18\t \x01(\x0b\x32\x1c.syllabus.trainer.v1.DpoSpec\x12\x19\n\x11merged_output_key\x18\n \x01(\t\">\n\x15StartTrainingResponse\x12\x13\n\x0btraining_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"+\n\x14WatchTrainingRequest\x12\x13\n\x0btraining_id\x18\x01 \x01(\t\"\x91\x03\n\x15WatchTrainingResponse\x12\x31\n\x05state\x18\x01 \x01(\x0e\x32\".syllabus.trainer.v1.TrainingState\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x05\x12\x0c\n\x04loss\x18\x04 \x01(\x02\x12\x15\n\rlearning_rate\x18\x05 \x01(\x02\x12\x30\n\x07\x61\x64\x61pter\x18\x06 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x11\n\tmean_loss\x18\x08 \x01(\x02\x12\r\n\x05stage\x18\t \x01(\x05\x12\x12\n\nstage_name\x18\n \x01(\t\x12\x13\n\x0bstage_count\x18\x0b \x01(\x05\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x02\x12\x13\n\x0b\x65ta_seconds\x18\r \x01(\x02\x12/\n\x06merged\x18\x0e \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x0e\n\x06losses\x18\x0f \x03(\x02\",\n\x15\x43\x61ncelTrainingRequest\x12\x13\n\x0btraining_id\x18\x01 \x01(\t\"+\n\x16\x43\x61ncelTrainingResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08*_\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x11\n\rOBJECTIVE_SFT\x10\x01\x12\x11\n\rOBJECTIVE_DPO\x10\x02\x12\x11\n\rOBJECTIVE_CFT\x10\x03*\xbe\x01\n\rTrainingState\x12\x1e\n\x1aTRAINING_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRAINING_STATE_PENDING\x10\x01\x12\x1a\n\x16TRAINING_STATE_RUNNING\x10\x02\x12\x1c\n\x18TRAINING_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15TRAINING_STATE_FAILED\x10\x04\x12\x1c\n\x18TRAINING_STATE_CANCELLED\x10\x05\x32\xcd\x02\n\x0eTrainerService\x12\x66\n\rStartTraining\x12).syllabus.trainer.v1.StartTrainingRequest\x1a*.syllabus.trainer.v1.StartTrainingResponse\x12h\n\rWatchTraining\x12).syllabus.trainer.v1.WatchTrainingRequest\x1a*.syllabus.trainer.v1.WatchTrainingResponse0\x01\x12i\n\x0e\x43\x61ncelTraining\x12*.syllabus.trainer.v1.CancelTrainingRequest\x1a+.syllabus.trainer.v1.CancelTrainingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!syllabus/trainer/v1/trainer.proto\x12\x13syllabus.trainer.v1\x1a\x1fsyllabus/common/v1/common.proto\"\x17\n\x07\x44poSpec\x12\x0c\n\x04\x62\x65ta\x18\x01 \x01(\x02\"P\n\x08LoraSpec\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\r\n\x05\x61lpha\x18\x02 \x01(\x02\x12\x0f\n\x07\x64ropout\x18\x03 \x01(\x02\x12\x16\n\x0etarget_modules\x18\x04 \x03(\t\"\x82\x01\n\x0cTrainingSpec\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x15\n\rlearning_rate\x18\x02 \x01(\x02\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x14\n\x0cwarmup_ratio\x18\x04 \x01(\x02\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x13\n\x0bmax_seq_len\x18\x06 \x01(\x05\"\xc5\x03\n\x14StartTrainingRequest\x12\x0f\n\x07job_key\x18\x01 \x01(\t\x12+\n\x05model\x18\x02 \x01(\x0b\x32\x1c.syllabus.common.v1.ModelRef\x12\x30\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12+\n\x04lora\x18\x04 \x01(\x0b\x32\x1d.syllabus.trainer.v1.LoraSpec\x12\x33\n\x08training\x18\x05 \x01(\x0b\x32!.syllabus.trainer.v1.TrainingSpec\x12\x12\n\noutput_key\x18\x06 \x01(\t\x12\x13\n\x0brecipe_yaml\x18\x07 \x01(\t\x12\x31\n\tobjective\x18\x08 \x01(\x0e\x32\x1e.syllabus.trainer.v1.Objective\x12)\n\x03\x64po\x18\t \x01(\x0b\x32\x1c.syllabus.trainer.v1.DpoSpec\x12\x19\n\x11merged_output_key\x18\n \x01(\t\x12\x39\n\x10teacher_logprobs\x18\x0b \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\">\n\x15StartTrainingResponse\x12\x13\n\x0btraining_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"+\n\x14WatchTrainingRequest\x12\x13\n\x0btraining_id\x18\x01 \x01(\t\"\x91\x03\n\x15WatchTrainingResponse\x12\x31\n\x05state\x18\x01 \x01(\x0e\x32\".syllabus.trainer.v1.TrainingState\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x05\x12\x0c\n\x04loss\x18\x04 \x01(\x02\x12\x15\n\rlearning_rate\x18\x05 \x01(\x02\x12\x30\n\x07\x61\x64\x61pter\x18\x06 \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x11\n\tmean_loss\x18\x08 \x01(\x02\x12\r\n\x05stage\x18\t \x01(\x05\x12\x12\n\nstage_name\x18\n \x01(\t\x12\x13\n\x0bstage_count\x18\x0b \x01(\x05\x12\x19\n\x11tokens_per_second\x18\x0c \x01(\x02\x12\x13\n\x0b\x65ta_seconds\x18\r \x01(\x02\x12/\n\x06merged\x18\x0e \x01(\x0b\x32\x1f.syllabus.common.v1.ArtifactRef\x12\x0e\n\x06losses\x18\x0f \x03(\x02\",\n\x15\x43\x61ncelTrainingRequest\x12\x13\n\x0btraining_id\x18\x01 \x01(\t\"+\n\x16\x43\x61ncelTrainingResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08*_\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x11\n\rOBJECTIVE_SFT\x10\x01\x12\x11\n\rOBJECTIVE_DPO\x10\x02\x12\x11\n\rOBJECTIVE_CFT\x10\x03*\xbe\x01\n\rTrainingState\x12\x1e\n\x1aTRAINING_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRAINING_STATE_PENDING\x10\x01\x12\x1a\n\x16TRAINING_STATE_RUNNING\x10\x02\x12\x1c\n\x18TRAINING_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15TRAINING_STATE_FAILED\x10\x04\x12\x1c\n\x18TRAINING_STATE_CANCELLED\x10\x05\x32\xcd\x02\n\x0eTrainerService\x12\x66\n\rStartTraining\x12).syllabus.trainer.v1.StartTrainingRequest\x1a*.syllabus.trainer.v1.StartTrainingResponse\x12h\n\rWatchTraining\x12).syllabus.trainer.v1.WatchTrainingRequest\x1a*.syllabus.trainer.v1.WatchTrainingResponse0\x01\x12i\n\x0e\x43\x61ncelTraining\x12*.syllabus.trainer.v1.CancelTrainingRequest\x1a+.syllabus.trainer.v1.CancelTrainingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'syllabus.trainer.v1.trainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OBJECTIVE']._serialized_start=1332
-  _globals['_OBJECTIVE']._serialized_end=1427
-  _globals['_TRAININGSTATE']._serialized_start=1430
-  _globals['_TRAININGSTATE']._serialized_end=1620
+  _globals['_OBJECTIVE']._serialized_start=1391
+  _globals['_OBJECTIVE']._serialized_end=1486
+  _globals['_TRAININGSTATE']._serialized_start=1489
+  _globals['_TRAININGSTATE']._serialized_end=1679
   _globals['_DPOSPEC']._serialized_start=91
   _globals['_DPOSPEC']._serialized_end=114
   _globals['_LORASPEC']._serialized_start=116
@@ -44,17 +44,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGSPEC']._serialized_start=199
   _globals['_TRAININGSPEC']._serialized_end=329
   _globals['_STARTTRAININGREQUEST']._serialized_start=332
-  _globals['_STARTTRAININGREQUEST']._serialized_end=726
-  _globals['_STARTTRAININGRESPONSE']._serialized_start=728
-  _globals['_STARTTRAININGRESPONSE']._serialized_end=790
-  _globals['_WATCHTRAININGREQUEST']._serialized_start=792
-  _globals['_WATCHTRAININGREQUEST']._serialized_end=835
-  _globals['_WATCHTRAININGRESPONSE']._serialized_start=838
-  _globals['_WATCHTRAININGRESPONSE']._serialized_end=1239
-  _globals['_CANCELTRAININGREQUEST']._serialized_start=1241
-  _globals['_CANCELTRAININGREQUEST']._serialized_end=1285
-  _globals['_CANCELTRAININGRESPONSE']._serialized_start=1287
-  _globals['_CANCELTRAININGRESPONSE']._serialized_end=1330
-  _globals['_TRAINERSERVICE']._serialized_start=1623
-  _globals['_TRAINERSERVICE']._serialized_end=1956
+  _globals['_STARTTRAININGREQUEST']._serialized_end=785
+  _globals['_STARTTRAININGRESPONSE']._serialized_start=787
+  _globals['_STARTTRAININGRESPONSE']._serialized_end=849
+  _globals['_WATCHTRAININGREQUEST']._serialized_start=851
+  _globals['_WATCHTRAININGREQUEST']._serialized_end=894
+  _globals['_WATCHTRAININGRESPONSE']._serialized_start=897
+  _globals['_WATCHTRAININGRESPONSE']._serialized_end=1298
+  _globals['_CANCELTRAININGREQUEST']._serialized_start=1300
+  _globals['_CANCELTRAININGREQUEST']._serialized_end=1344
+  _globals['_CANCELTRAININGRESPONSE']._serialized_start=1346
+  _globals['_CANCELTRAININGRESPONSE']._serialized_end=1389
+  _globals['_TRAINERSERVICE']._serialized_start=1682
+  _globals['_TRAINERSERVICE']._serialized_end=2015
 # @@protoc_insertion_point(module_scope)

@@ -70,7 +70,7 @@ class TrainingSpec(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., max_seq_len: _Optional[int] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
-    __slots__ = ("job_key", "model", "dataset", "lora", "training", "output_key", "recipe_yaml", "objective", "dpo", "merged_output_key")
+    __slots__ = ("job_key", "model", "dataset", "lora", "training", "output_key", "recipe_yaml", "objective", "dpo", "merged_output_key", "teacher_logprobs")
     JOB_KEY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class StartTrainingRequest(_message.Message):
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     DPO_FIELD_NUMBER: _ClassVar[int]
     MERGED_OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     job_key: str
     model: _common_pb2.ModelRef
     dataset: _common_pb2.ArtifactRef
@@ -91,7 +92,8 @@ class StartTrainingRequest(_message.Message):
     objective: Objective
     dpo: DpoSpec
     merged_output_key: str
-    def __init__(self, job_key: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., output_key: _Optional[str] = ..., recipe_yaml: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., dpo: _Optional[_Union[DpoSpec, _Mapping]] = ..., merged_output_key: _Optional[str] = ...) -> None: ...
+    teacher_logprobs: _common_pb2.ArtifactRef
+    def __init__(self, job_key: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., output_key: _Optional[str] = ..., recipe_yaml: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., dpo: _Optional[_Union[DpoSpec, _Mapping]] = ..., merged_output_key: _Optional[str] = ..., teacher_logprobs: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class StartTrainingResponse(_message.Message):
     __slots__ = ("training_id", "existing")
