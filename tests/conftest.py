@@ -41,8 +41,9 @@ def banking77_tiny(tiny_model_dir: Path):
             eval=[e for label in names for e in evals if e["label"] == label][::4],
             teacher={"model": str(tiny_model_dir)},
             student={"model": str(tiny_model_dir)},
-            **{"rounds": 1, **overrides},
+            rounds=1,
         )
+        task.update(overrides)
         return task
 
     return make

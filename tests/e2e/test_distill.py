@@ -1,0 +1,137 @@
+"""Token-level distillation through `syllabus run` on the shared stack: a `kd` recipe whose teacher
+is another model with the student's tokenizer (the 1-layer `tiny_scorer_dir`, wider init: a peaked
+distribution), and a teacher whose chat template differs, refused before any work.
+
+The kd assertions read the job's own artifacts against numbers recomputed here: the stored top-k
+must be the teacher's (a plain forward under the teacher model), and the trained adapter must sit
+closer to that distribution than the base student does. SFT on the same records moves the student
+away from it (tests/trainer/test_objectives.py), so a kd stage that trained plain SFT, or on another
+model's log-probs, fails.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from orchestrator.stack import Stack, config_env
+from syllabus import topk
+from syllabus.models import load_model, load_tokenizer
+from syllabus.prompts import IGNORE_INDEX, encode_example
+from syllabus.records import loads_jsonl
+
+pytestmark = pytest.mark.e2e
+
+RECIPE = {"name": "kd", "max_seq_len": 128, "packing": False, "batch_size": 4, "stages": [
+    {"name": "kd", "objective": "kd", "epochs": 4, "lr": 5.0e-2, "lora": {"rank": 8, "alpha": 16},
+     "distill": {"alpha": 1.0, "top_k": 8}}]}  # fmt: skip
+
+
+def _artifacts(report: dict) -> Path:
+    return Path(unquote(urlparse(report["artifacts_uri"]).path))
+
+
+def _kl(model, tok, records: list[dict], tset: topk.TopKSet) -> float:
+    """Mean over response tokens of KL(teacher top-k || model on the same ids), both renormalised."""
+    total, n = 0.0, 0
+    for r in records:
+        ids, labels = encode_example(tok, r["prompt"], r["response"], 128)
+        at = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE_INDEX]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, at].float()
+        row = tset.for_record(r["prompt"], r["response"], len(at))
+        p = torch.log_softmax(torch.from_numpy(row.logprobs.astype("float32")), -1)
+        q = torch.log_softmax(logits.gather(1, torch.from_numpy(row.ids.astype("int64"))), -1)
+        total += float((p.exp() * (p - q)).sum())
+        n += len(at)
+    return total / n
+
+
+def test_kd_recipe_learns_the_teacher_distribution(run_task, stack: Stack, banking77_tiny, tiny_model_dir: Path,
+                                                   tiny_scorer_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+    task = banking77_tiny(2, name="kd", teacher={"model": str(tiny_scorer_dir)}, generate={"per_label": 2, "max_new_tokens": 8},
+                          train={"epochs": 1, "batch_size": 4, "recipe": RECIPE})  # fmt: skip
+    report = run_task(task)
+    steps = [(s["name"], s["round"]) for s in report["steps"]]
+    assert ("distill-check", 0) in steps
+    r1 = [name for name, r in steps if r == 1]
+    assert r1.index("teacher-logprobs") < r1.index("train-stage-1")
+
+    round_dir = _artifacts(report) / "round-1"
+    (lp_path,) = round_dir.glob("teacher-logprobs-*.npz")
+    tset = topk.loads(lp_path.read_bytes())
+    assert tset.k == 8 and tset.teacher["model"] == str(tiny_scorer_dir)
+    (select_path,) = round_dir.glob("select-*.jsonl")
+    trained = [r for r in loads_jsonl(select_path.read_bytes()) if not r.get("heldout")]
+    assert len(trained) >= 4
+
+    # The stored rows are the teacher's: its own forward, recomputed here, gives the same top-k.
+    teacher, tok = load_model(str(tiny_scorer_dir))
+    for r in trained:
+        ids, labels = encode_example(tok, r["prompt"], r["response"], 128)
+        at = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE_INDEX]
+        with torch.no_grad():
+            logp = torch.log_softmax(teacher(input_ids=torch.tensor([ids])).logits[0, at].float(), -1)
+        row = tset.for_record(r["prompt"], r["response"], len(at))
+        top = logp.topk(8, -1)
+        assert (row.ids[:, 0] == top.indices[:, 0].numpy()).all()
+        np.testing.assert_allclose(row.logprobs.astype(np.float32), top.values.numpy(), atol=2e-2)
+
+    # The adapter learnt the teacher's distribution: nearer to it than the base student.
+    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
+    ((run_id, adapter_uri, params),) = con.execute(
+        "select id, adapter_uri, params from training_runs where job_id=? and round=1 and stage='recipe'", (report["job_id"],)
+    ).fetchall()
+    from peft import PeftModel
+
+    from syllabus.models import unpack_adapter
+
+    unpacked = unpack_adapter(Path(unquote(urlparse(adapter_uri).path)).read_bytes(), tmp_path / "adapter")
+    adapter_dir = next(unpacked.rglob("adapter_config.json")).parent
+    base, _ = load_model(str(tiny_model_dir))
+    before = _kl(base, tok, trained, tset)
+    student = PeftModel.from_pretrained(load_model(str(tiny_model_dir))[0], str(adapter_dir)).merge_and_unload()
+    after = _kl(student, tok, trained, tset)
+    assert after < 0.8 * before, (before, after)  # seen: 0.106 -> 0.068
+
+    # The teacher manifest is stored with the run, and lineage shows it.
+    manifest = json.loads(params)["teacher"]
+    assert manifest["model"] == str(tiny_scorer_dir) and manifest["logprobs_uri"].endswith(lp_path.name)
+    lineage = subprocess.run([sys.executable, "-m", "orchestrator.cli", "lineage", "--training-run", str(run_id), "--json"],
+                             env=config_env(stack.config), capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert lineage.returncode == 0, lineage.stderr
+    assert json.loads(json.loads(lineage.stdout.strip().splitlines()[-1])["params_json"])["teacher"]["id"] == manifest["id"]
+
+
+def test_a_teacher_that_tokenizes_differently_is_refused_in_one_line(stack: Stack, banking77_tiny, tiny_model_dir: Path,
+                                                                     tmp_path: Path) -> None:  # fmt: skip
+    other = tmp_path / "other-template"
+    shutil.copytree(tiny_model_dir, other)
+    cfg = json.loads((other / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = "{{ 'You are a teacher.\\n' }}" + (cfg.get("chat_template") or load_tokenizer(str(tiny_model_dir)).chat_template)
+    (other / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (other / "chat_template.jinja").unlink(missing_ok=True)
+    task = banking77_tiny(2, name="kd-mismatch", teacher={"model": str(other)}, train={"epochs": 1, "batch_size": 4, "recipe": RECIPE})
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--json"], env=config_env(stack.config),
+                            capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["status"] == "failed"
+    assert "tokenize differently: chat templates render differently" in report["error"]
+    assert "\n" not in report["error"] and "Traceback" not in result.stderr
+    # refused before any generation or training
+    assert not list(_artifacts(report).glob("round-1/*"))
+    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
+    assert con.execute("select count(*) from training_runs where job_id=?", (report["job_id"],)).fetchone() == (0,)
