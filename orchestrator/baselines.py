@@ -59,7 +59,7 @@ class BaselineArmInput:
     job_id: str
     task_ref: ArtifactRef
     round: int
-    arm: str  # seeds_only | all_kept | random | shuffled
+    arm: str  # seeds_only | all_kept | random | shuffled | sft
     train_stage: str  # the loop's training: "sft" (train.*) or "recipe" (train.recipe)
     eval_set: ArtifactRef
     seeds: ArtifactRef
@@ -119,11 +119,12 @@ def arm_records(
     - seeds_only: the seeds;
     - all_kept: every candidate (what critique and reasoning kept), then the seeds;
     - random: `selected` candidates drawn at random (sorted ids, then `rng`), then the seeds;
-    - shuffled: the loop's own training set (the recipe's curricula are what changes).
+    - shuffled: the loop's own training set (the recipe's curricula are what changes);
+    - sft: the loop's own training set (the recipe's distillation objectives become plain SFT).
 
     Each record carries its score columns (a recipe's score bands filter the arm's data as they
     filter the loop's); the loop's held-out records (PUDF's probe) join every arm."""
-    if arm == "shuffled":
+    if arm in ("shuffled", "sft"):  # the loop's own data: the recipe (its order, its objective) is what changes
         return list(loop_set)
     heldout = [r for r in loop_set if r.get("heldout")]
     chosen_ids = {r["id"] for r in candidates}
@@ -208,7 +209,7 @@ class BaselineArmWorkflow:
             retry_policy=RETRY,
         )  # fmt: skip
         train_inp = TrainInput(inp.job_id, inp.task_ref, inp.round, inp.train_stage, arm_set.train_set, init, arm=inp.arm, repeat=repeat)
-        if inp.distill and inp.train_stage == "recipe":
+        if inp.distill and inp.train_stage == "recipe" and inp.arm != "sft":  # the sft arm needs no teacher log-probs
             lp = await workflow.execute_activity_method(
                 Activities.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, inp.round, arm_set.train_set), **long
             )

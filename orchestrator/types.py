@@ -119,7 +119,7 @@ class ArmRound:
 
 @dataclass
 class BaselineResult:
-    """One baseline arm of the job (seeds_only, all_kept, random, shuffled), round by round."""
+    """One baseline arm of the job (seeds_only, all_kept, random, shuffled, sft), round by round."""
 
     arm: str
     comparison: str  # what the loop's lift over it measures, e.g. "selection"

@@ -11,16 +11,19 @@ import re
 
 from syllabus.recipe import Curriculum, Recipe
 
-ARMS = ("seeds_only", "all_kept", "random", "shuffled")
+ARMS = ("seeds_only", "all_kept", "random", "shuffled", "sft")
+#: Recipe objectives the `sft` arm replaces with plain SFT (token-level distillation and its kin).
+TOKEN_OBJECTIVES = frozenset({"kd", "dft", "anchored"})
 # What the loop's lift over each arm measures (the verdict's label).
 COMPARISONS = {
     "seeds_only": "generated data",  # the loop vs the seeds alone: what the teacher's data bought
     "all_kept": "selection",  # the loop vs every kept candidate: what selecting (dropping) bought
     "random": "selection vs random",  # the loop vs a random subset of the same size: what the scores bought
     "shuffled": "curriculum",  # the loop vs its own data in shuffled order: what the ordering bought
+    "sft": "distillation objective",  # the loop vs its own data under plain SFT: what kd/dft/anchored bought
 }
 STAGE_PREFIX = "baseline-"
-_STAGE = re.compile(r"^baseline-(seeds_only|all_kept|random|shuffled)(?:-(\d+))?$")
+_STAGE = re.compile(r"^baseline-(seeds_only|all_kept|random|shuffled|sft)(?:-(\d+))?$")
 
 
 def arm_stage(arm: str, repeat: int) -> str:
@@ -49,8 +52,12 @@ def round_recipe(recipe: Recipe, round_: int) -> Recipe:
 
 def arm_recipe(recipe: Recipe, arm: str, repeat: int) -> Recipe:
     """The recipe an arm trains with: the loop's, its seed moved by the repeat; for `shuffled`, every
-    stage's curriculum replaced by the seeded shuffle (data filters, epochs and schedule unchanged)."""
+    stage's curriculum replaced by the seeded shuffle (data filters, epochs and schedule unchanged); for
+    `sft`, every kd / dft / anchored stage's objective replaced by plain SFT (everything else unchanged)."""
     update: dict = {"seed": recipe.seed + repeat} if repeat else {}
     if arm == "shuffled":
         update["stages"] = tuple(st.model_copy(update={"curriculum": Curriculum(policy="shuffled")}) for st in recipe.stages)
+    if arm == "sft":
+        update["stages"] = tuple(st.model_copy(update={"objective": "sft"}) if st.objective in TOKEN_OBJECTIVES else st
+                                 for st in recipe.stages)  # fmt: skip
     return recipe.model_copy(update=update) if update else recipe

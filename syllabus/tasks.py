@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from syllabus import kinds, safe_yaml
+from syllabus.baselines import TOKEN_OBJECTIVES
 from syllabus.models import DEFAULT_MODEL
 from syllabus.recipe import Recipe
 
@@ -393,10 +394,10 @@ class BaselinesSpec(_Strict):
 
     seeds_only: the seeds alone; all_kept: every kept candidate and the seeds (no selection); random: a
     random subset of the kept candidates the size of the selection, and the seeds; shuffled: the
-    loop's own training set with every recipe stage's curriculum replaced by a seeded shuffle. Each
-    arm trains with the loop's train spec or recipe (same epochs), from its own previous-round adapter."""
+    loop's own training set with every recipe stage's curriculum replaced by a seeded shuffle; sft: the
+    loop's own training set with every kd / dft / anchored stage trained by plain SFT. Each arm trains with the loop's train spec or recipe (same epochs), from its own previous-round adapter."""
 
-    arms: list[Literal["seeds_only", "all_kept", "random", "shuffled"]] = Field(min_length=1)
+    arms: list[Literal["seeds_only", "all_kept", "random", "shuffled", "sft"]] = Field(min_length=1)
     repeats: int = Field(1, ge=1, le=20, description="Training seeds per arm (seed, seed+1, ...); accuracies pool over them.")
 
     @model_validator(mode="before")
@@ -467,6 +468,11 @@ class TaskSpec(_Strict):
         if self.baselines is not None and self.kind_spec.judged:
             raise ValueError("baselines: the arms are compared item by item on right/wrong answers; an open_ended "
                              "task's answers are graded by the judge, so it has none")
+        if self.baselines is not None and "sft" in self.baselines.arms:
+            recipe = self.train.recipe
+            if recipe is None or not any(st.objective in TOKEN_OBJECTIVES for st in recipe.stages):
+                raise ValueError("baselines.arms: sft compares a distillation objective (kd, dft, anchored) with plain SFT, but "
+                                 "train.recipe has none (the arm would repeat the loop's own training); drop sft")  # fmt: skip
         if self.baselines is not None and "shuffled" in self.baselines.arms:
             recipe = self.train.recipe
             if recipe is None or all(st.curriculum.policy == "shuffled" for st in recipe.stages):

@@ -57,10 +57,21 @@ def _kl(model, tok, records: list[dict], tset: topk.TopKSet) -> float:
     return total / n
 
 
+def _student(base: Path, adapter_uri: str, work: Path):
+    """The base model with a job's adapter merged in."""
+    from peft import PeftModel
+
+    from syllabus.models import unpack_adapter
+
+    unpacked = unpack_adapter(Path(unquote(urlparse(adapter_uri).path)).read_bytes(), work)
+    adapter_dir = next(unpacked.rglob("adapter_config.json")).parent
+    return PeftModel.from_pretrained(load_model(str(base))[0], str(adapter_dir)).merge_and_unload()
+
+
 def test_kd_recipe_learns_the_teacher_distribution(run_task, stack: Stack, banking77_tiny, tiny_model_dir: Path,
                                                    tiny_scorer_dir: Path, tmp_path: Path) -> None:  # fmt: skip
     task = banking77_tiny(2, name="kd", teacher={"model": str(tiny_scorer_dir)}, generate={"per_label": 2, "max_new_tokens": 8},
-                          train={"epochs": 1, "batch_size": 4, "recipe": RECIPE})  # fmt: skip
+                          train={"epochs": 1, "batch_size": 4, "recipe": RECIPE}, baselines={"arms": ["sft"]})  # fmt: skip
     report = run_task(task)
     steps = [(s["name"], s["round"]) for s in report["steps"]]
     assert ("distill-check", 0) in steps
@@ -89,23 +100,25 @@ def test_kd_recipe_learns_the_teacher_distribution(run_task, stack: Stack, banki
 
     # The adapter learnt the teacher's distribution: nearer to it than the base student.
     con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
-    ((run_id, adapter_uri, params),) = con.execute(
-        "select id, adapter_uri, params from training_runs where job_id=? and round=1 and stage='recipe'", (report["job_id"],)
-    ).fetchall()
-    from peft import PeftModel
-
-    from syllabus.models import unpack_adapter
-
-    unpacked = unpack_adapter(Path(unquote(urlparse(adapter_uri).path)).read_bytes(), tmp_path / "adapter")
-    adapter_dir = next(unpacked.rglob("adapter_config.json")).parent
+    runs = {stage: (run_id, uri, json.loads(params)) for run_id, stage, uri, params in con.execute(
+        "select id, stage, adapter_uri, params from training_runs where job_id=? and round=1", (report["job_id"],))}  # fmt: skip
+    run_id, adapter_uri, params = runs["recipe"]
     base, _ = load_model(str(tiny_model_dir))
     before = _kl(base, tok, trained, tset)
-    student = PeftModel.from_pretrained(load_model(str(tiny_model_dir))[0], str(adapter_dir)).merge_and_unload()
-    after = _kl(student, tok, trained, tset)
+    after = _kl(_student(tiny_model_dir, adapter_uri, tmp_path / "loop"), tok, trained, tset)
     assert after < 0.8 * before, (before, after)  # seen: 0.106 -> 0.068
 
+    # The sft arm: the same records, the kd stage trained by plain SFT, no teacher; the report shows
+    # it beside the loop, and its adapter is no nearer the teacher than the base student.
+    (arm,) = report["baselines"]
+    assert arm["arm"] == "sft" and arm["comparison"] == "distillation objective" and arm["ci_low"] <= arm["lift"] <= arm["ci_high"]
+    _, arm_uri, arm_params = runs["baseline-sft"]
+    assert "objective: sft" in arm_params["recipe"] and "objective: kd" not in arm_params["recipe"] and "teacher" not in arm_params
+    arm_kl = _kl(_student(tiny_model_dir, arm_uri, tmp_path / "arm"), tok, trained, tset)
+    assert arm_kl > 0.9 * before and after < 0.8 * arm_kl, (before, after, arm_kl)
+
     # The teacher manifest is stored with the run, and lineage shows it.
-    manifest = json.loads(params)["teacher"]
+    manifest = params["teacher"]
     assert manifest["model"] == str(tiny_scorer_dir) and manifest["logprobs_uri"].endswith(lp_path.name)
     lineage = subprocess.run([sys.executable, "-m", "orchestrator.cli", "lineage", "--training-run", str(run_id), "--json"],
                              env=config_env(stack.config), capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
