@@ -62,6 +62,8 @@ class Example(_Strict):
 
 
 class ModelSpec(_Strict):
+    """A model the task names (`student`, `score.model`); the teacher's adds its privileged context."""
+
     model: str = Field(
         DEFAULT_MODEL, min_length=1, max_length=1024,
         description="bundled:smollm2-135m-instruct, a local HF model directory, or (teacher) openai:<name> of an "
@@ -76,6 +78,29 @@ class ModelSpec(_Strict):
         if "\x00" in model:
             raise ValueError("must not contain NUL characters")
         return model
+
+
+class TeacherSpec(ModelSpec):
+    context: ContextSpec | None = Field(None, description="Context distillation: the teacher's privileged context "
+                                        "when it scores records for a kd stage; off when absent.")  # fmt: skip
+
+
+class ContextSpec(_Strict):
+    """Context distillation (Snell et al. 2022; "Knowledge Injection via Prompt Distillation", arXiv
+    2412.14964): what the teacher sees before every record's prompt when it scores the student's
+    training records for a kd stage, and the student never does. A same-model teacher with this
+    context is still a teacher: the kd stage teaches the student to answer without it."""
+
+    seeds: int = Field(0, ge=0, le=20, description="Demonstrations per label (classification) or in all (the other "
+                       "kinds), taken from the seeds in order, a numeric seed with its worked solution.")  # fmt: skip
+    rubric: bool = Field(False, description="open_ended: the task's rubric.")
+    text: str = Field("", max_length=4000, description="Any further privileged instructions, verbatim.")
+
+    @model_validator(mode="after")
+    def _something(self) -> ContextSpec:
+        if not (self.seeds or self.rubric or self.text.strip()):
+            raise ValueError("give seeds, rubric or text (an empty context is no privileged information)")
+        return self
 
 
 STYLES = ("step_by_step", "eli5", "symbolic", "concise")  # the teacher's reasoning styles (teacher_svc.reasoning)
@@ -433,7 +458,7 @@ class TaskSpec(_Strict):
         default_factory=list,
         description="Validation split; required by tailor, preference, targeted and pudf (none otherwise).",
     )
-    teacher: ModelSpec = Field(default_factory=ModelSpec)
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
     student: ModelSpec = Field(default_factory=ModelSpec)
     rounds: int = Field(2, ge=1, le=100)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
@@ -558,7 +583,13 @@ class TaskSpec(_Strict):
         if self.tailor is not None and self.teacher.model.startswith("openai:"):
             raise ValueError("tailor: trains a LoRA on the teacher's weights; an openai: endpoint has none here")
         recipe = self.train.recipe
-        if recipe is not None and any(st.objective == "kd" for st in recipe.stages) and self.teacher.model.startswith("openai:"):
+        distils = recipe is not None and any(st.objective == "kd" for st in recipe.stages)
+        if self.teacher.context is not None:
+            if not distils:
+                raise ValueError("teacher.context: only a kd stage reads the teacher's privileged context; add one to train.recipe")
+            if self.teacher.context.rubric and not self.rubric:
+                raise ValueError("teacher.context.rubric: the task has no rubric")
+        if distils and self.teacher.model.startswith("openai:"):
             raise ValueError("train.recipe: a kd stage learns the teacher's token log-probs, which an openai: endpoint does not "
                              "give here; use a local teacher (bundled:..., a model directory, or vllm:...)")  # fmt: skip
         if self.generate.budget == "car":

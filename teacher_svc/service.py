@@ -565,6 +565,9 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         if not 0 < k <= topk.MAX_TOP_K:
             raise InvalidRequest("top_k", f"must be in [1, {topk.MAX_TOP_K}] (0: {topk.DEFAULT_TOP_K}), got {request.top_k}")
         max_len = request.max_len or 512
+        if len(request.context) > 16000:
+            raise InvalidRequest("context", f"at most 16000 characters, got {len(request.context)}")
+        prefix_text = f"{request.context.strip()}\n\n" if request.context.strip() else ""
         if max_len < 16:
             raise InvalidRequest("max_len", f"must be 0 (512) or >= 16, got {request.max_len}")
         records_ref = ref_from_pb(request.records)
@@ -585,8 +588,12 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
                     f"teacher {request.model.base} and student {student} tokenize differently: {diff}",
                 )
             revision = str(backend.revision)
-            return {"id": f"{request.model.base}@{revision}", "model": request.model.base, "revision": revision,
-                    "backend": str(backend.name)}  # fmt: skip
+            manifest = {"id": f"{request.model.base}@{revision}", "model": request.model.base, "revision": revision,
+                        "backend": str(backend.name)}  # fmt: skip
+            if prefix_text:  # a privileged context makes another teacher of the same weights
+                manifest["context_sha256"] = hashlib.sha256(prefix_text.encode()).hexdigest()
+                manifest["id"] += f"+context:{manifest['context_sha256'][:12]}"
+            return manifest
 
         teacher = await self._run_model(request.model, check)
         if records_ref is None:
@@ -608,11 +615,18 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         for i, r in enumerate(records):
             if not isinstance(r.get("prompt"), str) or not isinstance(r.get("response"), str):
                 raise InvalidRequest("records", f'record {i} needs string "prompt" and "response"')
-            pairs[topk.record_digest(r["prompt"], r["response"])] = (r["prompt"], r["response"])
+            # the teacher reads the privileged context first; the record is still the student's
+            pairs[topk.record_digest(r["prompt"], r["response"])] = (prefix_text + r["prompt"], r["response"])
         if not pairs:
             raise InvalidRequest("records", "no records")
         digests = list(pairs)
-        rows = await self._run_model(request.model, lambda b: b.top_logprobs([pairs[d] for d in digests], k, max_len))
+
+        def score(backend: Backend) -> list:
+            # the context must not push the record's own prompt out of the window: it gets its own room
+            room = max_len + len(backend.tokenizer(prefix_text, add_special_tokens=False)["input_ids"]) if prefix_text else max_len
+            return backend.top_logprobs([pairs[d] for d in digests], k, room)
+
+        rows = await self._run_model(request.model, score)
         data = topk.dumps(dict(zip(digests, rows, strict=True)), k, teacher)
         ref = await asyncio.to_thread(self.store.put_bytes, key, data)
         return teacher_pb2.TopLogprobsResponse(

@@ -16,6 +16,7 @@ from orchestrator.activities.base import ActivityBase, no_output
 from orchestrator.budget import scaled
 from orchestrator.keys import output_key
 from orchestrator.metadata import sample_row
+from orchestrator.privileged import privileged_context
 from orchestrator.types import (
     AnalyzeInput,
     AnalyzeOutput,
@@ -207,6 +208,7 @@ class TeacherActivities(ActivityBase):
             model=_teacher_ref(task, None), student=common_pb2.ModelRef(base=task.student.model),
             records=ref_to_pb(inp.dataset), top_k=top_k, max_len=recipe.max_seq_len,
             output_prefix=output_key(inp.job_id, inp.round, "teacher-logprobs", [], {}),
+            context=privileged_context(task),
         )  # fmt: skip
         resp = await self._teacher(lambda t: t.top_logprobs(request))
         ref = ref_from_pb(resp.logprobs)

@@ -124,6 +124,19 @@ async def test_top_logprobs_rpc_writes_once_and_refuses_mismatches(teacher, tiny
     again = await stub.TopLogprobs(request)  # a retry: the same artifact, nothing recomputed
     assert again.existing and again.logprobs.sha256 == first.logprobs.sha256
 
+    # A privileged context: another teacher of the same weights (its own artifact and id), scoring
+    # the context + the prompt, filed under the student's record.
+    context = "Solved examples:\n\nInput: my card never came\nAnswer: card_arrival"
+    request.context = context
+    ctx = await stub.TopLogprobs(request)
+    assert not ctx.existing and ctx.logprobs.uri != first.logprobs.uri and ctx.teacher["context_sha256"]
+    assert ctx.teacher["id"] != first.teacher["id"]
+    got = topk.loads(store.get_bytes(ref_from_pb(ctx.logprobs)))
+    want = transformers_topk(lm, tok, [(f"{context}\n\n{r['prompt']}", r["response"]) for r in RECORDS], 5, 1024)
+    for r, w in zip(RECORDS, want, strict=True):
+        row = got.rows[topk.record_digest(r["prompt"], r["response"])]
+        np.testing.assert_allclose(row.logprobs.astype(np.float32), w.logprobs.astype(np.float32), atol=2e-3)
+
     mismatched = common_pb2.ModelRef(base=str(_other_template(tiny_model_dir, tmp_path / "other-template")))
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.TopLogprobs(teacher_pb2.TopLogprobsRequest(model=model, student=mismatched, top_k=5))

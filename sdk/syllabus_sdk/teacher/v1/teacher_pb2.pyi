@@ -213,20 +213,22 @@ class TailorResponse(_message.Message):
     def __init__(self, question_pairs: _Optional[int] = ..., rationale_pairs: _Optional[int] = ..., pairs: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class TopLogprobsRequest(_message.Message):
-    __slots__ = ("model", "student", "records", "top_k", "max_len", "output_prefix")
+    __slots__ = ("model", "student", "records", "top_k", "max_len", "output_prefix", "context")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STUDENT_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_LEN_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     student: _common_pb2.ModelRef
     records: _common_pb2.ArtifactRef
     top_k: int
     max_len: int
     output_prefix: str
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., student: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., records: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., top_k: _Optional[int] = ..., max_len: _Optional[int] = ..., output_prefix: _Optional[str] = ...) -> None: ...
+    context: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., student: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., records: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., top_k: _Optional[int] = ..., max_len: _Optional[int] = ..., output_prefix: _Optional[str] = ..., context: _Optional[str] = ...) -> None: ...
 
 class TopLogprobsResponse(_message.Message):
     __slots__ = ("logprobs", "records", "tokens", "existing", "teacher")

@@ -1,0 +1,63 @@
+"""The task-file side of distillation: kd recipes, the `sft` arm, `teacher.context` and the text a
+privileged teacher reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.activities.data import plan_of
+from orchestrator.privileged import privileged_context
+from syllabus.baselines import arm_recipe
+from syllabus.tasks import TaskSpecError, parse_task
+
+pytestmark = pytest.mark.unit
+
+TASK = """\
+name: t
+kind: classification
+instructions: Classify.
+labels: [a, b]
+seeds: [{input: one, label: a}, {input: uno, label: a}, {input: two, label: b}, {input: dos, label: b}]
+eval: [{input: three, label: a}]
+"""
+KD = "train: {recipe: {stages: [{objective: kd, distill: {top_k: 12, alpha: 0.8}}]}}\n"
+
+
+def test_kd_recipe_plans_the_teacher_steps_and_the_sft_arm_replaces_only_the_objective() -> None:
+    task = parse_task(TASK + KD + "baselines: [sft]\n")
+    assert plan_of(task).distill_top_k == 12
+    assert plan_of(parse_task(TASK)).distill_top_k == 0
+    stage = arm_recipe(task.train.recipe, "sft", 0).stages[0]
+    assert stage.objective == "sft" and stage.distill.alpha == 0.8 and stage.lr == task.train.recipe.stages[0].lr
+    assert arm_recipe(task.train.recipe, "random", 0).stages[0].objective == "kd"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("baselines: [sft]\n", "baselines.arms: sft compares a distillation objective"),
+        ("teacher: {model: 'openai:x'}\n" + KD, "a kd stage learns the teacher's token log-probs"),
+        ("teacher: {context: {seeds: 1}}\n", "teacher.context: only a kd stage reads"),
+        ("teacher: {context: {}}\n" + KD, "give seeds, rubric or text"),
+        ("teacher: {context: {rubric: true}}\n" + KD, "teacher.context.rubric: the task has no rubric"),
+        ("train: {recipe: {stages: [{objective: anchored, lora: null}]}}\n", "anchored needs a LoRA"),
+    ],
+)
+def test_distillation_mistakes_are_one_line_errors(extra: str, message: str) -> None:
+    with pytest.raises(TaskSpecError) as e:
+        parse_task(TASK + extra)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_privileged_context_shows_the_seeds_per_label_and_the_text() -> None:
+    task = parse_task(TASK + KD + "teacher: {context: {seeds: 1, text: 'Think of the bank.'}}\n")
+    assert privileged_context(task) == (
+        "Think of the bank.\n\nSolved examples:\n\nInput: one\nAnswer: a\n\nInput: two\nAnswer: b"
+    )
+    assert privileged_context(parse_task(TASK + KD)) == ""
+    numeric = parse_task(
+        "name: n\nkind: numeric\ninstructions: Solve.\n"
+        "seeds: [{input: '1+1?', answer: '2', solution: '1 + 1 = 2'}, {input: '2+2?', answer: '4'}]\n"
+        "eval: [{input: '3+3?', answer: '6'}]\n" + KD + "teacher: {context: {seeds: 2}}\n"
+    )
+    assert privileged_context(numeric) == "Solved examples:\n\nInput: 1+1?\n1 + 1 = 2\nAnswer: 2\n\nInput: 2+2?\nAnswer: 4"
