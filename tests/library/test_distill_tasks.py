@@ -61,3 +61,16 @@ def test_privileged_context_shows_the_seeds_per_label_and_the_text() -> None:
         "eval: [{input: '3+3?', answer: '6'}]\n" + KD + "teacher: {context: {seeds: 2}}\n"
     )
     assert privileged_context(numeric) == "Solved examples:\n\nInput: 1+1?\n1 + 1 = 2\nAnswer: 2\n\nInput: 2+2?\nAnswer: 4"
+
+
+def test_the_distill_example_is_context_distillation_with_the_sft_arm() -> None:
+    from pathlib import Path
+
+    from syllabus.tasks import dump_task, load_task
+
+    task = load_task(Path(__file__).resolve().parents[2] / "examples/banking77/distill.yaml")
+    assert task.teacher.model == task.student.model and task.teacher.context.seeds == 2
+    assert plan_of(task).distill_top_k == 20 and task.baselines.arms == ["sft"]
+    context = privileged_context(task)
+    assert context.count("Input: ") == 2 * len(task.labels) and all(f"Answer: {label}" in context for label in task.labels)
+    assert parse_task(dump_task(task), inline_only=True) == task
