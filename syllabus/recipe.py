@@ -195,7 +195,9 @@ class Recipe(_Strict):
     """Packed rows lay out the prefix their samples share once (the same logits and gradients, for
     fewer tokens: a classification prompt's instructions and label list, a DPO pair's prompt)."""
     bf16: bool = True
-    """bfloat16 autocast for forward passes (weights and optimiser stay fp32)."""
+    """bfloat16 autocast for forward passes (weights and optimiser stay fp32) where the hardware runs
+    it natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX); the trainer service runs fp32
+    elsewhere, where emulated bf16 is several times slower."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Global gradient-norm clip; 0 disables."""
     checkpoint_every: int = Field(0, ge=0)
