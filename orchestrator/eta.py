@@ -41,7 +41,10 @@ def planned_steps(plan: LoopPlan, rounds: int) -> list[PlannedStep]:
             names.append("reference-train")
         if "agreement" in plan.metrics and r == 1:
             names.append("agreement-train")
-        names += ["score", "select", *(["teacher-logprobs"] if plan.distill_top_k else []), "train", "evaluate"]
+        if plan.opd_chunks:  # on-policy: sample -> teacher log-probs -> train, chunk by chunk
+            names += ["score", "select", *(["sample", "teacher-logprobs", "train"] * plan.opd_chunks), "evaluate"]
+        else:
+            names += ["score", "select", *(["teacher-logprobs"] if plan.distill_top_k else []), "train", "evaluate"]
         if plan.judge_eval:
             names.append("judge")
         if plan.baselines:

@@ -59,6 +59,8 @@ class LoopPlan:
     baseline_repeats: int = 1
     # The recipe has kd stages: the teacher's top-k (this many per position) of every training set.
     distill_top_k: int = 0
+    # An opd stage: each round runs this many sample -> teacher-logprobs -> train chunks (0: none).
+    opd_chunks: int = 0
 
     @property
     def learnability(self) -> bool:
@@ -349,6 +351,26 @@ class TrainInput:
     # them (id, model, revision, backend), recorded with the run.
     teacher_logprobs: ArtifactRef | None = None
     teacher: dict[str, str] = field(default_factory=dict)
+    # opd: a round trains in chunks; every chunk but the last is recorded as "<stage>-chunk-<n>".
+    chunk_label: str = ""
+
+
+@dataclass
+class SampleInput:
+    """StudentService.Sample of a training set's prompts from the current student (opd)."""
+
+    job_id: str
+    task_ref: ArtifactRef
+    round: int
+    chunk: int
+    dataset: ArtifactRef
+    adapter: ArtifactRef | None = None
+
+
+@dataclass
+class SampleOutput:
+    samples: ArtifactRef
+    count: int
 
 
 @dataclass

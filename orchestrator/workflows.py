@@ -5,7 +5,7 @@
         [-> critique-solutions (an answer kind's judge, cft or rubric on the verified rationales)]
         -> reference-train (LoBaSS) [-> agreement-train (round 1)] -> score -> select
         -> train (one SFT stage) | [teacher-logprobs (kd stages) ->] train-stage-1..N (the task's
-           recipe, one checkpointed run)
+           recipe, one checkpointed run) | (sample -> teacher-logprobs -> train) x chunks (opd)
         -> evaluate [-> validation-eval -> analyze (targeted generation next round)]
         [-> baselines (the task's counterfactual arms, child workflows that train while the loop
             trains; then the loop's lift over each with a bootstrap CI)]
@@ -59,11 +59,13 @@ with workflow.unsafe.imports_passed_through():
         ReasonInput,
         RoundCounts,
         RoundResult,
+        SampleInput,
         ScoreInput,
         SelectInput,
         StepTime,
         TailorInputsInput,
         TrainInput,
+        TrainOutput,
     )
     from syllabus.artifacts import ArtifactRef
     from syllabus.baselines import COMPARISONS
@@ -246,6 +248,26 @@ class DistillationWorkflow:
         search.upsert(status=search.COMPLETED)
         return p
 
+    async def _on_policy(
+        self, inp: DistillationInput, plan: LoopPlan, r: int, train_set: ArtifactRef, adapter: ArtifactRef | None
+    ) -> TrainOutput:
+        """On-policy distillation: `opd_chunks` times, the current student samples the training set's
+        prompts, the teacher scores the samples, the opd stage trains on them from the current adapter.
+        Every step is an activity: a killed worker resumes at the chunk it was in."""
+        p = self._progress
+        trained: TrainOutput | None = None
+        for c in range(plan.opd_chunks):
+            samples = await self._step("sample", r, Activities.sample_student, SampleInput(inp.job_id, inp.task_ref, r, c, train_set, adapter))
+            lp = await self._step("teacher-logprobs", r, Activities.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, r, samples.samples))
+            label = f"chunk-{c + 1}" if c + 1 < plan.opd_chunks else ""
+            train_inp = TrainInput(inp.job_id, inp.task_ref, r, "recipe", samples.samples, adapter, teacher_logprobs=lp.logprobs,
+                                   teacher=lp.teacher, chunk_label=label)  # fmt: skip
+            trained = await self._step("train", r, Activities.train_adapter, train_inp, record=False)
+            p.steps.append(StepTime("train-stage-1", r, sum(st.seconds for st in trained.stages)))
+            adapter = trained.adapter
+        assert trained is not None  # opd_chunks >= 1
+        return trained
+
     async def _train_and_evaluate(
         self,
         inp: DistillationInput,
@@ -258,7 +280,9 @@ class DistillationWorkflow:
     ) -> tuple[ArtifactRef, EvaluateOutput]:
         """train (one SFT stage, or the recipe's stages) -> evaluate; the round's adapter and evaluation."""
         p = self._progress
-        if plan.stages:
+        if plan.opd_chunks:
+            trained = await self._on_policy(inp, plan, r, train_set, adapter)
+        elif plan.stages:
             train_inp = TrainInput(inp.job_id, inp.task_ref, r, "recipe", train_set, adapter)
             if plan.distill_top_k:  # the kd stages' targets: the teacher's top-k of this training set
                 lp = await self._step("teacher-logprobs", r, Activities.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, r, train_set))

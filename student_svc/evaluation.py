@@ -255,6 +255,24 @@ def generate_greedy(
 ) -> list[str]:
     """Greedy completions (temperature 0) of chat `conversations` ([{"role", "content"}, ...]), in
     input order: length-bucketed, left-padded batches; generation stops at end of turn."""
+    return generate_texts(model, tokenizer, conversations, max_new_tokens, batch_size, max_len, dtype)
+
+
+def generate_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 16,
+    max_len: int = DEFAULT_MAX_LEN,
+    dtype: str = "float32",
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> list[str]:
+    """Completions of chat `conversations`, greedy at temperature 0, else sampled; each length
+    bucket draws from its own generator state (seed + the bucket's first index), so a retry
+    samples the same text."""
     import torch
 
     from student_svc.scoring import autocast, length_buckets, model_device, resolve_dtype
@@ -277,14 +295,17 @@ def generate_greedy(
         for row, i in enumerate(batch):
             ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             mask[row, width - len(prompts[i]) :] = 1
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else {"do_sample": False}
+        if temperature > 0:
+            torch.manual_seed(seed + batch[0])
         with torch.inference_mode(), autocast(dtype, device):
             gen = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
+                **sampling,
             )
         for row, i in enumerate(batch):
             out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True).strip()

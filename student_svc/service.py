@@ -154,6 +154,43 @@ class EvaluateJob:
     dtype: str = "auto"
 
 
+@dataclass(frozen=True)
+class SampleJob:
+    base: str
+    adapter: ArtifactRef | None
+    dataset: ArtifactRef
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    n: int
+    seed: int
+    output_key: str
+
+
+MAX_SAMPLES_PER_PROMPT = 16
+
+
+def parse_sample_request(request: student_pb2.SampleRequest) -> SampleJob:
+    """Validate a SampleRequest (raises InvalidRequest)."""
+    _finite(request)
+    base = _base(request.model)
+    dataset = pb.ref_from_pb(request.dataset)
+    if dataset is None:
+        raise InvalidRequest("dataset", "required (an ArtifactRef with a uri)")
+    s = request.sampling
+    if not 0 < s.temperature <= 5:
+        raise InvalidRequest("sampling.temperature", f"must be in (0, 5] (on-policy samples are drawn), got {s.temperature:g}")
+    if not 0 <= s.top_p <= 1:
+        raise InvalidRequest("sampling.top_p", f"must be in (0, 1] (0 means 1), got {s.top_p:g}")
+    if not 0 < s.max_new_tokens <= 2048:
+        raise InvalidRequest("sampling.max_new_tokens", f"must be in [1, 2048], got {s.max_new_tokens}")
+    if not 0 <= s.n <= MAX_SAMPLES_PER_PROMPT:
+        raise InvalidRequest("sampling.n", f"must be in [0, {MAX_SAMPLES_PER_PROMPT}] (0 means 1), got {s.n}")
+    return SampleJob(base=base, adapter=pb.ref_from_pb(request.model.adapter), dataset=dataset,
+                     temperature=round(s.temperature, 6), top_p=round(s.top_p, 6) or 1.0, max_new_tokens=s.max_new_tokens,
+                     n=s.n or 1, seed=s.seed, output_key=_output_key(request.output_key))  # fmt: skip
+
+
 def _output_key(key: str) -> str:
     if not key:
         raise InvalidRequest("output_key", "required")
@@ -509,6 +546,12 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         ref, count = await self._serve(context, parse_select_request, request, self._select)
         return student_pb2.SelectResponse(selected=pb.ref_to_pb(ref), count=count)
 
+    async def Sample(
+        self, request: student_pb2.SampleRequest, context: grpc.aio.ServicerContext
+    ) -> student_pb2.SampleResponse:
+        ref, count = await self._serve(context, parse_sample_request, request, self._sample)
+        return student_pb2.SampleResponse(samples=pb.ref_to_pb(ref), count=count)
+
     async def Evaluate(
         self, request: student_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> student_pb2.EvaluateResponse:
@@ -737,6 +780,30 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         ref = self.store.put_bytes(job.output_key, dumps_jsonl(by_id[i] for i in ids))
         log.info("selected %d of %d (%s) -> %s", len(ids), len(dataset), job.policy, ref.uri)
         return ref, len(ids)
+
+    def _sample(self, job: SampleJob) -> tuple[ArtifactRef, int]:
+        """n completions per record's prompt from the student as given (its adapter applied)."""
+        existing = self._stat_output(job.output_key)
+        if existing is not None:
+            return existing, len(loads_jsonl(self._get("output_key", existing)))
+        records = self._read_records("dataset", job.dataset, ("id", "prompt"))
+        if not records:
+            raise InvalidRequest("dataset", "holds no records")
+        convs = [[{"role": "user", "content": r["prompt"]}] for r in records for _ in range(job.n)]
+
+        def work(model, tok) -> list[str]:
+            return evaluation.generate_texts(model, tok, convs, max_new_tokens=job.max_new_tokens, temperature=job.temperature,
+                                             top_p=job.top_p, seed=job.seed)  # fmt: skip
+
+        texts = self._with_model(job.base, job.adapter, work)
+        rows = [
+            {"id": f"{r['id']}-s{j}", "source_id": r["id"], "prompt": r["prompt"], "response": texts[i * job.n + j],
+             **({"category": r["category"]} if isinstance(r.get("category"), str) else {})}
+            for i, r in enumerate(records) for j in range(job.n)
+        ]  # fmt: skip
+        ref = self.store.put_bytes(job.output_key, dumps_jsonl(rows))
+        log.info("sampled %d completions of %d prompts -> %s", len(rows), len(records), ref.uri)
+        return ref, len(rows)
 
     def _evaluate(self, job: EvaluateJob) -> tuple[ArtifactRef, evaluation.EvalSummary]:
         existing = self._stat_output(job.output_key)

@@ -13,7 +13,7 @@ from syllabus.recipe import Curriculum, Recipe
 
 ARMS = ("seeds_only", "all_kept", "random", "shuffled", "sft")
 #: Recipe objectives the `sft` arm replaces with plain SFT (token-level distillation and its kin).
-TOKEN_OBJECTIVES = frozenset({"kd", "dft", "anchored"})
+TOKEN_OBJECTIVES = frozenset({"kd", "opd", "dft", "anchored"})
 # What the loop's lift over each arm measures (the verdict's label).
 COMPARISONS = {
     "seeds_only": "generated data",  # the loop vs the seeds alone: what the teacher's data bought

@@ -128,15 +128,36 @@ class Distill(_Strict):
     """How many teacher log-probs per position the orchestrator captures for this stage."""
 
 
+#: Objectives that learn from the teacher's log-probs of the records (the orchestrator captures them).
+TEACHER_OBJECTIVES = frozenset({"kd", "opd"})
+
+
+class OnPolicy(_Strict):
+    """opd: how the orchestrator draws the student's own completions, in `chunks` per round: each
+    chunk samples from the current adapter, the teacher scores the samples, the stage trains on them
+    (on-policy distillation, Thinking Machines 2025 / Qwen3)."""
+
+    temperature: float = Field(1.0, gt=0, le=2)
+    """The student's sampling temperature."""
+    max_new_tokens: int = Field(64, ge=1, le=2048)
+    """Tokens per completion."""
+    samples_per_prompt: int = Field(1, ge=1, le=16)
+    """Completions per training prompt and chunk."""
+    chunks: int = Field(1, ge=1, le=20)
+    """sample -> teacher log-probs -> update cycles per round, each from the adapter the last left."""
+
+
 class Stage(_Strict):
     """One stage of a recipe."""
 
     name: str = ""
     """Shown in progress events and logs; defaults to "stage-N"."""
-    objective: Literal["sft", "dpo", "cft", "kd", "dft", "anchored"] = "sft"
+    objective: Literal["sft", "dpo", "cft", "kd", "opd", "dft", "anchored"] = "sft"
     """sft: completion-only loss; dpo: preference pairs {prompt, chosen, rejected}, reference = the
     model with the adapter disabled; cft: critique fine-tuning, records {question, solution, critique};
-    kd: token-level distillation to the teacher's top-k log-probs (`distill`); dft: each token's NLL
+    kd: token-level distillation to the teacher's top-k log-probs (`distill`); opd: on-policy
+    distillation on the student's own samples, per-token reverse KL to the teacher (`on_policy`,
+    `distill.top_k` for the capture); dft: each token's NLL
     scaled by its detached probability (arXiv 2508.05629); anchored: dft plus `anchor_lambda` *
     KL(p_ref || p_theta), the reference = the model with the adapter disabled (Anchored SFT)."""
     data: DataFilter = DataFilter()
@@ -164,6 +185,8 @@ class Stage(_Strict):
     """dpo: temperature of the implicit reward."""
     distill: Distill = Distill()
     """kd: the divergence and its settings."""
+    on_policy: OnPolicy = OnPolicy()
+    """opd: the student's sampling."""
     anchor_lambda: float = Field(0.1, ge=0)
     """anchored: weight of the KL to the reference (ALGORITHMS.md default 0.1)."""
     weight_decay: float = Field(0.0, ge=0)
@@ -232,6 +255,16 @@ class Recipe(_Strict):
 
     def stage_name(self, i: int) -> str:
         return self.stages[i].name or f"stage-{i + 1}"
+
+    @property
+    def teacher_top_k(self) -> int:
+        """Teacher log-probs per position the kd / opd stages need (0: no stage reads the teacher)."""
+        return max((st.distill.top_k for st in self.stages if st.objective in TEACHER_OBJECTIVES), default=0)
+
+    @property
+    def on_policy(self) -> bool:
+        """An opd stage: the loop trains on the student's own samples."""
+        return any(st.objective == "opd" for st in self.stages)
 
 
 def load_recipe(text: str) -> Recipe:

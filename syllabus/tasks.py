@@ -583,14 +583,20 @@ class TaskSpec(_Strict):
         if self.tailor is not None and self.teacher.model.startswith("openai:"):
             raise ValueError("tailor: trains a LoRA on the teacher's weights; an openai: endpoint has none here")
         recipe = self.train.recipe
-        distils = recipe is not None and any(st.objective == "kd" for st in recipe.stages)
+        distils = recipe is not None and recipe.teacher_top_k > 0
+        if recipe is not None and recipe.on_policy:
+            if len(recipe.stages) != 1:
+                raise ValueError("train.recipe: an opd stage trains on the student's own samples; it must be the recipe's only stage")
+            if self.baselines is not None and set(self.baselines.arms) - {"sft"}:
+                raise ValueError("baselines.arms: with an opd stage only the sft arm runs (the other arms would need on-policy "
+                                 "samples of their own)")  # fmt: skip
         if self.teacher.context is not None:
             if not distils:
-                raise ValueError("teacher.context: only a kd stage reads the teacher's privileged context; add one to train.recipe")
+                raise ValueError("teacher.context: only a kd or opd stage reads the teacher's privileged context; add one to train.recipe")
             if self.teacher.context.rubric and not self.rubric:
                 raise ValueError("teacher.context.rubric: the task has no rubric")
         if distils and self.teacher.model.startswith("openai:"):
-            raise ValueError("train.recipe: a kd stage learns the teacher's token log-probs, which an openai: endpoint does not "
+            raise ValueError("train.recipe: a kd or opd stage learns the teacher's token log-probs, which an openai: endpoint does not "
                              "give here; use a local teacher (bundled:..., a model directory, or vllm:...)")  # fmt: skip
         if self.generate.budget == "car":
             if "compatibility" not in scored:

@@ -246,8 +246,8 @@ def plan_from_request(req: trainer_pb2.StartTrainingRequest) -> TrainingPlan:
     )
     recipe = recipe_from_request(req, config)
     teacher_logprobs = ref_from_pb(req.teacher_logprobs) if req.HasField("teacher_logprobs") else None
-    if teacher_logprobs is None and any(st.objective == "kd" for st in recipe.stages):
-        raise InvalidRequest("teacher_logprobs", "required: the recipe has a kd stage (TeacherService.TopLogprobs)")
+    if teacher_logprobs is None and recipe.teacher_top_k:
+        raise InvalidRequest("teacher_logprobs", "required: the recipe has a kd or opd stage (TeacherService.TopLogprobs)")
     return TrainingPlan(
         job_key=req.job_key,
         base=req.model.base,

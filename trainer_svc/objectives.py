@@ -9,6 +9,8 @@ pass; the full-vocabulary terms are reduced in chunks of `CHUNK` positions so no
   2306.13649): `alpha * T^2 * D(p_T^k || p_S^k) + (1 - alpha) * CE(y_t)`, both distributions
   renormalised over the teacher's top-k ids at temperature T; D is forward KL, or JSD_beta
   (beta 0: forward KL, 1: reverse KL).
+- opd (on-policy distillation, Thinking Machines 2025; Qwen3 report): on the student's own samples,
+  `-sg(log p_T(x_t) - log p_S(x_t)) * log p_S(x_t)` per token (the sampled reverse KL's gradient).
 - dft (On the Generalization of SFT, arXiv 2508.05629): `-sg(p(y_t)) * log p(y_t)`.
 - anchored (Anchored SFT): dft + `lambda * KL(p_ref || p_theta)` over the vocabulary, the
   reference = the same model with its adapter disabled.
@@ -26,9 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from syllabus.prompts import IGNORE_INDEX
-from syllabus.recipe import Distill
+from syllabus.recipe import TEACHER_OBJECTIVES, Distill
 from syllabus.topk import TopK
 from trainer_svc.packing import per_sample_sums
+
+__all__ = ["TEACHER_OBJECTIVES", "anchored_step_loss", "dft_step_loss", "kd_step_loss", "opd_step_loss", "reduce_sum"]
 
 #: Target positions per chunk of a full-vocabulary reduction.
 CHUNK = 1024
@@ -111,6 +115,23 @@ def kd_step_loss(lm, batch, rows: Sequence[TopK], cfg: Distill, dist_on: bool, w
     token_loss = cfg.alpha * T * T * div - (1 - cfg.alpha) * logp_target
     loss, reported = _global_mean(token_loss, dist_on, world, real)
     return loss, reported, _per_sample_nll(logp_target, sample_of, len(batch.samples))
+
+
+def opd_step_loss(lm, batch, rows: Sequence[TopK], dist_on: bool, world: int, real: bool = True):
+    """On-policy distillation on the student's own samples: per token the advantage
+    `A_t = log p_T(x_t) - log p_S(x_t)` (detached; the negative sampled reverse KL), the loss
+    `-A_t * log p_S(x_t)`, a per-token policy gradient with no discount. Reported: the mean sampled
+    reverse KL, log p_S - log p_T, which falls as the student nears the teacher."""
+    logits, tgt, sample_of, ordinal = target_logits(lm, batch)
+    logp = -F.cross_entropy(logits, tgt, reduction="none")
+    teacher = torch.zeros_like(logp)
+    for s, r in enumerate(rows):  # the teacher's log-prob of the sampled token at each position
+        at = (sample_of == s).nonzero(as_tuple=True)[0]
+        teacher[at] = torch.from_numpy(r.chosen.astype("float32")).to(logp.device)[ordinal[at]]
+    advantage = (teacher - logp).detach()
+    loss, _ = _global_mean(-advantage * logp, dist_on, world, real)
+    _, reported = _global_mean(-advantage, dist_on, world, real)
+    return loss, reported, _per_sample_nll(logp, sample_of, len(batch.samples))
 
 
 def dft_step_loss(lm, batch, dist_on: bool, world: int, real: bool = True):

@@ -55,7 +55,14 @@ from syllabus.prompts import IGNORE_INDEX, encode_example
 from syllabus.recipe import Recipe, Stage, recipe_models
 from syllabus.topk import TopK, TopKSet
 from trainer_svc.curriculum import PUDF, SEC, AdaRFT, checkpoint_weights, irt_ability, lr_at
-from trainer_svc.objectives import anchored_step_loss, dft_step_loss, kd_step_loss, reduce_sum
+from trainer_svc.objectives import (
+    TEACHER_OBJECTIVES,
+    anchored_step_loss,
+    dft_step_loss,
+    kd_step_loss,
+    opd_step_loss,
+    reduce_sum,
+)
 from trainer_svc.packing import (
     CompletionLM,
     Example,
@@ -612,8 +619,8 @@ def train_recipe(
 
     The final model is a PeftModel if the last stage left a live adapter, else the (merged) LM.
     `teacher_topk`: the teacher's top-k log-probs of the records, which every `kd` stage needs."""
-    if teacher_topk is None and any(st.objective == "kd" for st in recipe.stages):
-        raise ValueError("a kd stage needs the teacher's top-k log-probs of the records (teacher_logprobs)")
+    if teacher_topk is None and any(st.objective in TEACHER_OBJECTIVES for st in recipe.stages):
+        raise ValueError("a kd or opd stage needs the teacher's top-k log-probs of the records (teacher_logprobs)")
     rank, world = 0, 1
     if dist_on:
         import torch.distributed as dist
@@ -710,7 +717,7 @@ def train_recipe(
 
             lm_fwd = DDP(core)
         enc = encoded[st.objective]
-        kd_rows = _kd_rows(teacher_topk, records, enc) if st.objective == "kd" else {}
+        kd_rows = _kd_rows(teacher_topk, records, enc) if st.objective in TEACHER_OBJECTIVES else {}
         if isinstance(source, PUDFSource) and source.pending_ability:
             # theta_0, so that the first epoch already trains only on b <= cap
             _estimate_ability(source, model, core, enc, pad_id, recipe, dist_on)
@@ -755,6 +762,8 @@ def train_recipe(
                     loss, reported, per_item = kd_step_loss(
                         lm_fwd, batch, [kd_rows[i] for i in items], st.distill, dist_on, world, real=weight > 0
                     )
+                elif st.objective == "opd":
+                    loss, reported, per_item = opd_step_loss(lm_fwd, batch, [kd_rows[i] for i in items], dist_on, world, real=weight > 0)
                 elif st.objective == "dft":
                     loss, reported, per_item = dft_step_loss(lm_fwd, batch, dist_on, world, real=weight > 0)
                 elif st.objective == "anchored":

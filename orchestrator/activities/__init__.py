@@ -4,7 +4,8 @@ one small data step, and records metadata through `orchestrator.metadata`):
 - `data`: prepare_job (the datasets and the `LoopPlan`), tailor_inputs, finish_job (no service);
 - `teacher`: generate_examples, critique_examples, reason_examples (rationales, RFT), critique_solutions
   (an answer kind's model critique), analyze_errors, teacher_logprobs (a kd recipe's teacher top-k);
-- `student`: evaluate_student (and the round's row), score_samples, select_samples;
+- `student`: evaluate_student (and the round's row), score_samples, select_samples, sample_student
+  (an opd chunk's on-policy samples);
 - `trainer`: train_adapter (one SFT stage, or the task's recipe).
 
 `Activities(config)` is all of them over one artifact store, SQL engine and task-spec cache:
@@ -32,6 +33,7 @@ class Activities(DataActivities, TeacherActivities, StudentActivities, TrainerAc
         return [
             self.prepare_job,
             self.evaluate_student,
+            self.sample_student,
             self.generate_examples,
             self.analyze_errors,
             self.teacher_logprobs,

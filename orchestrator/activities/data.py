@@ -162,5 +162,6 @@ def plan_of(task: TaskSpec) -> LoopPlan:
         judge_eval=task.kind_spec.judged,
         baselines=list(task.baselines.arms) if task.baselines is not None else [],
         baseline_repeats=task.baselines.repeats if task.baselines is not None else 1,
-        distill_top_k=max((st.distill.top_k for st in recipe.stages if st.objective == "kd"), default=0) if recipe else 0,
+        distill_top_k=recipe.teacher_top_k if recipe else 0,
+        opd_chunks=recipe.stages[0].on_policy.chunks if recipe and recipe.on_policy else 0,
     )

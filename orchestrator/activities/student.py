@@ -27,7 +27,16 @@ from orchestrator.scores import (
     scoring_records,
     weighted_mix,
 )
-from orchestrator.types import EvaluateInput, EvaluateOutput, ScoreInput, ScoreOutput, SelectInput, SelectOutput
+from orchestrator.types import (
+    EvaluateInput,
+    EvaluateOutput,
+    SampleInput,
+    SampleOutput,
+    ScoreInput,
+    ScoreOutput,
+    SelectInput,
+    SelectOutput,
+)
 from syllabus.artifacts import ArtifactRef
 from syllabus.pb import answer_match, ref_from_pb, ref_to_pb, task_kind
 from syllabus.records import dumps_jsonl
@@ -38,6 +47,33 @@ from syllabus_sdk.student.v1 import student_pb2
 
 
 class StudentActivities(ActivityBase):
+    @activity.defn
+    async def sample_student(self, inp: SampleInput) -> SampleOutput:
+        """StudentService.Sample: the current student's own completions of the training set's prompts
+        (an opd chunk); held-out records are left out. Seeded by round and chunk: a retry, or the
+        service answering from the store, gives the same samples."""
+        task = self._task(inp.task_ref)
+        spec = task.train.recipe.stages[0].on_policy
+        records = [r for r in self._read_jsonl(inp.dataset) if not r.get("heldout")]
+        prompts = self._publish_once(
+            output_key(inp.job_id, inp.round, f"opd-prompts-{inp.chunk + 1}", [inp.dataset], {}, "jsonl"),
+            dumps_jsonl([{k: r[k] for k in ("id", "prompt", "category") if k in r} for r in records]),
+        )
+        sampling = {"temperature": spec.temperature, "top_p": 1.0, "max_new_tokens": spec.max_new_tokens,
+                    "n": spec.samples_per_prompt, "seed": task.train.seed + 1000 * inp.round + inp.chunk}  # fmt: skip
+        key = output_key(inp.job_id, inp.round, f"opd-samples-{inp.chunk + 1}", [prompts, inp.adapter], sampling, "jsonl")
+        request = student_pb2.SampleRequest(
+            model=common_pb2.ModelRef(base=task.student.model, adapter=ref_to_pb(inp.adapter)),
+            dataset=ref_to_pb(prompts), sampling=common_pb2.SamplingParams(**sampling), output_key=key,
+        )  # fmt: skip
+
+        async def call() -> ArtifactRef | None:
+            return ref_from_pb((await self._student(lambda s: s.sample(request))).samples)
+
+        samples = await self.published_or_call(key, call, "StudentService.Sample")
+        await self._record_artifacts(inp.job_id, inp.round, {f"opd-samples-{inp.chunk + 1}": samples})
+        return SampleOutput(samples, len(self._read_jsonl(samples)))
+
     @activity.defn
     async def evaluate_student(self, inp: EvaluateInput) -> EvaluateOutput:
         """StudentService.Evaluate on the eval set; records the evaluation, and the round's row when

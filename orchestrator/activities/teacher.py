@@ -201,7 +201,7 @@ class TeacherActivities(ActivityBase):
         teacher that gives no log-probs, fails the job at once (FAILED_PRECONDITION, non-retryable)."""
         task = self._task(inp.task_ref)
         recipe = task.train.recipe
-        top_k = max((st.distill.top_k for st in recipe.stages if st.objective == "kd"), default=0) if recipe else 0
+        top_k = recipe.teacher_top_k if recipe else 0
         if not top_k:
             raise ApplicationError("the task's recipe has no kd stage", type="INVALID_ARGUMENT", non_retryable=True)
         request = teacher_pb2.TopLogprobsRequest(

@@ -106,9 +106,9 @@ class TrainerActivities(ActivityBase):
                 recipe = recipe.model_copy(update={"checkpoint_every": self.config.trainer_checkpoint_every})
             recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=True)
             params = {"model": task.student.model, "stage": inp.stage, "recipe": recipe_yaml}
-            if any(st.objective == "kd" for st in recipe.stages):
+            if recipe.teacher_top_k:
                 if inp.teacher_logprobs is None:
-                    raise ApplicationError("a kd recipe needs the teacher's log-probs (the teacher-logprobs step)",
+                    raise ApplicationError("a kd or opd recipe needs the teacher's log-probs (the teacher-logprobs step)",
                                            type="INVALID_ARGUMENT", non_retryable=True)  # fmt: skip
                 # the teacher manifest: which teacher's distribution this adapter learnt (in lineage)
                 params["teacher"] = {**inp.teacher, "logprobs_uri": inp.teacher_logprobs.uri}
@@ -118,6 +118,8 @@ class TrainerActivities(ActivityBase):
         stage = arm_stage(inp.arm, inp.repeat) if inp.arm else inp.stage  # the run's name in SQL
         if inp.arm:
             step_name = f"{stage}-{step_name}"
+        if inp.chunk_label:  # an earlier opd chunk of the round: its own run, the last one is the round's
+            stage, step_name = f"{stage}-{inp.chunk_label}", f"{step_name}-{inp.chunk_label}"
         key = output_key(inp.job_id, inp.round, step_name, [inp.dataset, inp.init_adapter, *([inp.teacher_logprobs] if inp.teacher_logprobs else [])], params, "tar")
         records = [r for r in self._read_jsonl(inp.dataset) if not r.get("heldout")]
         request = trainer_pb2.StartTrainingRequest(

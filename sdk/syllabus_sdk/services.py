@@ -197,6 +197,9 @@ class StudentClient(_ServiceClient):
         """Score with progress: ScoreStreamResponse messages, the result last."""
         return self._stream("ScoreStream", self._stub.ScoreStream, request)
 
+    async def sample(self, request: student_pb2.SampleRequest) -> student_pb2.SampleResponse:
+        return await self._call("Sample", self._stub.Sample, request)
+
     async def evaluate(self, request: student_pb2.EvaluateRequest) -> student_pb2.EvaluateResponse:
         return await self._call("Evaluate", self._stub.Evaluate, request)
 

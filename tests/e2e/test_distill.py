@@ -181,5 +181,58 @@ def test_context_distillation_with_the_bundled_model_as_its_own_privileged_teach
                                    (report["job_id"],)).fetchall()  # fmt: skip
     after = _kl(_student(DEFAULT_MODEL, uri, tmp_path / "ctx"), tok, trained, tset)
     assert before > 0.02, before  # seen: 0.085 before, 0.017 after (8 records, 3 intents)
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.8 * before, (before, after)  # chunk 2 closes the gap chunk 1 left on its own samples
     assert json.loads(params)["teacher"]["context_sha256"] == tset.teacher["context_sha256"]
+
+
+def _gap(model, tok, records: list[dict], tset: topk.TopKSet) -> float:
+    """Mean |log p_model(x_t) - log p_teacher(x_t)| over the records' response tokens (opd's target: 0)."""
+    total, n = 0.0, 0
+    for r in records:
+        ids, labels = encode_example(tok, r["prompt"], r["response"], 128)
+        at = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE_INDEX]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, at].float(), -1)
+        tgt = torch.tensor([labels[t + 1] for t in at])
+        row = tset.for_record(r["prompt"], r["response"], len(at))
+        total += float((logp[range(len(at)), tgt] - torch.from_numpy(row.chosen.astype("float32"))).abs().sum())
+        n += len(at)
+    return total / n
+
+
+def test_opd_recipe_samples_the_student_and_trains_on_the_teachers_scores_chunk_by_chunk(
+    run_task, stack: Stack, banking77_tiny, tiny_model_dir: Path, tiny_scorer_dir: Path, tmp_path: Path
+) -> None:
+    recipe = {"name": "opd", "max_seq_len": 128, "packing": False, "batch_size": 4, "stages": [
+        # a LoRA on the output layer too: the tiny model's attention alone can barely move its log-probs
+        {"name": "opd", "objective": "opd", "epochs": 8, "lr": 2.0e-2, "lora": {"rank": 8, "alpha": 16, "targets": [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]},
+         "distill": {"top_k": 4}, "on_policy": {"chunks": 2, "max_new_tokens": 8, "temperature": 1.0}}]}  # fmt: skip
+    task = banking77_tiny(2, name="opd", teacher={"model": str(tiny_scorer_dir)}, generate={"per_label": 2, "max_new_tokens": 8},
+                          train={"epochs": 1, "batch_size": 4, "recipe": recipe}, baselines={"arms": ["sft"]})  # fmt: skip
+    report = run_task(task)
+    r1 = [s["name"] for s in report["steps"] if s["round"] == 1]
+    i = r1.index("sample")
+    assert r1[i : i + 6] == ["sample", "teacher-logprobs", "train-stage-1"] * 2, r1
+
+    # Chunk 2 samples from chunk 1's adapter and trains from it: the chain is in SQL.
+    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
+    runs = {stage: (uri, json.loads(params)) for stage, uri, params in con.execute(
+        "select stage, adapter_uri, params from training_runs where job_id=? and round=1", (report["job_id"],))}  # fmt: skip
+    first_uri, first = runs["recipe-chunk-1"]
+    last_uri, last = runs["recipe"]
+    assert first["init_adapter"] is None and last["init_adapter"] == first_uri
+    assert report["rounds"][0]["adapter_uri"] == last_uri and "baseline-sft" in runs
+
+    round_dir = _artifacts(report) / "round-1"
+    (samples2,) = round_dir.glob("opd-samples-2-*.jsonl")
+    samples = loads_jsonl(samples2.read_bytes())
+    train = loads_jsonl(next(round_dir.glob("select-*.jsonl")).read_bytes())
+    assert {s["source_id"] for s in samples} == {r["id"] for r in train if not r.get("heldout")}
+    # The samples are the chunk-1 student's own text, not the teacher's records.
+    assert not {s["response"] for s in samples} & {r["response"] for r in train}
+    tset = topk.loads(Path(unquote(urlparse(last["teacher"]["logprobs_uri"]).path)).read_bytes())
+    _, tok = load_model(str(tiny_model_dir))
+    before = _gap(_student(tiny_model_dir, first_uri, tmp_path / "chunk1"), tok, samples, tset)
+    after = _gap(_student(tiny_model_dir, last_uri, tmp_path / "chunk2"), tok, samples, tset)
+    assert after < 0.8 * before, (before, after)  # chunk 2 closes the gap chunk 1 left on its own samples

@@ -151,6 +151,9 @@ def _templates(s: Stack) -> dict[str, object]:
             request=student_pb2.ScoreRequest(model=model, dataset=pairs, output_key="jobs/fuzz/score2.jsonl")),
         "/syllabus.student.v1.StudentService/Evaluate": student_pb2.EvaluateRequest(
             model=model, kind=kind, eval_set=evalset, labels=labels, output_key="jobs/fuzz/eval.jsonl"),
+        "/syllabus.student.v1.StudentService/Sample": student_pb2.SampleRequest(
+            model=model, dataset=pairs, sampling=common_pb2.SamplingParams(temperature=1.0, max_new_tokens=4),
+            output_key="jobs/fuzz/samples.jsonl"),
         "/syllabus.student.v1.StudentService/Select": student_pb2.SelectRequest(
             dataset=examples, scores=examples, policy=student_pb2.SELECT_POLICY_TOP_K, column="label", k=1,
             output_key="jobs/fuzz/sel.jsonl"),

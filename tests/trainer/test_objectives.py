@@ -17,7 +17,7 @@ from syllabus.models import load_model
 from syllabus.prompts import IGNORE_INDEX, encode_example
 from syllabus.recipe import Distill, Recipe
 from teacher_svc.logprobs import transformers_topk
-from trainer_svc.objectives import anchored_step_loss, dft_step_loss, divergence, kd_step_loss
+from trainer_svc.objectives import anchored_step_loss, dft_step_loss, divergence, kd_step_loss, opd_step_loss
 from trainer_svc.packing import CompletionLM, build_batch
 from trainer_svc.staged import sft_step_loss, train_recipe
 
@@ -208,3 +208,43 @@ def test_anchor_keeps_the_student_near_its_reference(tiny_model_dir: Path) -> No
 def test_anchored_needs_a_lora() -> None:
     with pytest.raises(ValueError, match="anchored needs a LoRA"):
         Recipe.model_validate({"stages": [{"objective": "anchored", "lora": None}]})
+
+
+def test_opd_moves_the_students_own_samples_to_the_teachers_log_probs(tiny_model_dir: Path, teacher_dir: Path) -> None:
+    from student_svc.evaluation import generate_texts
+
+    lm, tok = load_model(str(tiny_model_dir))
+    texts = generate_texts(lm.eval(), tok, [[{"role": "user", "content": r["prompt"]}] for r in RECORDS], max_new_tokens=6,
+                           temperature=1.0, seed=0)  # fmt: skip
+    samples = [{"prompt": r["prompt"], "response": t} for r, t in zip(RECORDS, texts, strict=True)]
+    teacher, _ = load_model(str(teacher_dir))
+    rows = transformers_topk(teacher.eval(), tok, [(s["prompt"], s["response"]) for s in samples], 4, 64)
+    tset = topk.loads(topk.dumps({topk.record_digest(s["prompt"], s["response"]): row for s, row in zip(samples, rows, strict=True)},
+                                 4, {"id": "t"}))  # fmt: skip
+
+    def gap(model) -> tuple[float, float]:
+        """(mean sampled reverse KL log p_S - log p_T, mean |log p_S - log p_T|) over the samples' tokens."""
+        diffs = []
+        for s in samples:
+            logits, tgt = _plain_logits(model, tok, s)
+            lp = -F.cross_entropy(logits, tgt, reduction="none")
+            row = tset.for_record(s["prompt"], s["response"], len(tgt))
+            diffs += (lp - torch.from_numpy(row.chosen.astype("float32"))).tolist()
+        return sum(diffs) / len(diffs), sum(abs(d) for d in diffs) / len(diffs)
+
+    # The loss is the per-token policy gradient with advantage log p_T - log p_S; its report the gap.
+    seqs = [encode_example(tok, s["prompt"], s["response"], 64) for s in samples[:3]]
+    batch = build_batch([[0, 1, 2]], seqs, tok.pad_token_id)
+    _loss, reported, _ = opd_step_loss(CompletionLM(lm), batch, [tset.for_record(s["prompt"], s["response"], sum(t != IGNORE_INDEX for t in q[1]))
+                                                               for s, q in zip(samples[:3], seqs, strict=True)], False, 1)  # fmt: skip
+    want = []
+    for s in samples[:3]:
+        logits, tgt = _plain_logits(lm, tok, s)
+        lp = -F.cross_entropy(logits, tgt, reduction="none")
+        want += (lp - torch.from_numpy(tset.for_record(s["prompt"], s["response"], len(tgt)).chosen.astype("float32"))).tolist()
+    assert reported == pytest.approx(sum(want) / len(want), rel=1e-3, abs=1e-4)
+
+    before = gap(lm)
+    model, _, _ = train_recipe(lm, tok, samples, _recipe(objective="opd", lora=None, lr=5e-3, epochs=8), teacher_topk=tset)
+    after = gap(model)
+    assert after[1] < 0.5 * before[1], (before, after)

@@ -304,3 +304,23 @@ class EvaluateResponse(_message.Message):
     total: int
     predictions: _common_pb2.ArtifactRef
     def __init__(self, accuracy: _Optional[float] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., predictions: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+
+class SampleRequest(_message.Message):
+    __slots__ = ("model", "dataset", "sampling", "output_key")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    dataset: _common_pb2.ArtifactRef
+    sampling: _common_pb2.SamplingParams
+    output_key: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., output_key: _Optional[str] = ...) -> None: ...
+
+class SampleResponse(_message.Message):
+    __slots__ = ("samples", "count")
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    samples: _common_pb2.ArtifactRef
+    count: int
+    def __init__(self, samples: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...

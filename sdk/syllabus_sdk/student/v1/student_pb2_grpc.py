@@ -56,6 +56,11 @@ class StudentServiceStub:
                 request_serializer=syllabus_dot_student_dot_v1_dot_student__pb2.SelectRequest.SerializeToString,
                 response_deserializer=syllabus_dot_student_dot_v1_dot_student__pb2.SelectResponse.FromString,
                 _registered_method=True)
+        self.Sample = channel.unary_unary(
+                '/syllabus.student.v1.StudentService/Sample',
+                request_serializer=syllabus_dot_student_dot_v1_dot_student__pb2.SampleRequest.SerializeToString,
+                response_deserializer=syllabus_dot_student_dot_v1_dot_student__pb2.SampleResponse.FromString,
+                _registered_method=True)
 
 
 class StudentServiceServicer:
@@ -90,6 +95,14 @@ class StudentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sample(self, request, context):
+        """Sample draws completions from the student (its adapter applied) for records' prompts: the
+        on-policy data of an `opd` stage, which the teacher then scores (TeacherService.TopLogprobs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StudentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +125,11 @@ def add_StudentServiceServicer_to_server(servicer, server):
                     servicer.Select,
                     request_deserializer=syllabus_dot_student_dot_v1_dot_student__pb2.SelectRequest.FromString,
                     response_serializer=syllabus_dot_student_dot_v1_dot_student__pb2.SelectResponse.SerializeToString,
+            ),
+            'Sample': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sample,
+                    request_deserializer=syllabus_dot_student_dot_v1_dot_student__pb2.SampleRequest.FromString,
+                    response_serializer=syllabus_dot_student_dot_v1_dot_student__pb2.SampleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +241,33 @@ class StudentService:
             '/syllabus.student.v1.StudentService/Select',
             syllabus_dot_student_dot_v1_dot_student__pb2.SelectRequest.SerializeToString,
             syllabus_dot_student_dot_v1_dot_student__pb2.SelectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sample(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/syllabus.student.v1.StudentService/Sample',
+            syllabus_dot_student_dot_v1_dot_student__pb2.SampleRequest.SerializeToString,
+            syllabus_dot_student_dot_v1_dot_student__pb2.SampleResponse.FromString,
             options,
             channel_credentials,
             insecure,
