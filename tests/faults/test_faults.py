@@ -224,3 +224,37 @@ def test_cancel_during_training_stops_the_trainer_and_publishes_nothing(stack: S
     assert not list(prefix.glob("train-*.tar")), "a cancelled training published its adapter"
     time.sleep(2)  # a stop request that arrived late would publish now
     assert not list(prefix.glob("train-*.tar"))
+
+
+@pytest.fixture(scope="module")
+def kd_task_yaml(banking77_tiny, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The faults task with a kd recipe, its teacher another tiny model with the same tokenizer."""
+    from tiny_models import tiny_llama
+
+    teacher = tiny_llama(tmp_path_factory.mktemp("kd-teacher"), layers=1, initializer_range=0.2, seed=1)
+    recipe = {"name": "kd", "max_seq_len": 128, "packing": False, "batch_size": 2, "stages": [
+        {"name": "kd", "objective": "kd", "epochs": 6, "lr": 5.0e-3, "lora": {"rank": 4, "alpha": 8}, "distill": {"top_k": 8}}]}  # fmt: skip
+    raw = banking77_tiny(3, name="faults-kd", teacher={"model": str(teacher)}, generate={"per_label": 6, "max_new_tokens": 24, "seed": 0},
+                         train={"epochs": 1, "batch_size": 2, "reference_epochs": 4, "recipe": recipe})  # fmt: skip
+    path = tmp_path_factory.mktemp("faults-kd-task") / "task.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return dump_task(load_task(path))
+
+
+def test_trainer_killed_during_a_kd_stage_resumes_to_the_clean_runs_adapter(stack: Stack, kd_task_yaml: str) -> None:
+    _submit(stack, kd_task_yaml, "kd-clean")
+    job = _finish(stack, "kd-clean")
+    assert job.status == 2, job.error
+    clean = fingerprint(stack, "kd-clean")
+    assert any(st == "recipe" and steps >= 8 for _, st, _, steps, _, _ in clean["runs"]), clean["runs"]
+
+    restarts = stack.restarts.get("trainer", 0)
+    _submit(stack, kd_task_yaml, "kd-kill-trainer")
+    _wait_for(stack, "kd-kill-trainer", "train", 4)
+    stack.kill("trainer")
+    job = _finish(stack, "kd-kill-trainer")
+    assert job.status == 2, f"job failed after SIGKILL of the trainer: {job.error}"
+    assert stack.restarts.get("trainer", 0) == restarts + 1
+    assert fingerprint(stack, "kd-kill-trainer") == clean  # the same adapter bytes, losses and predictions
+    log = (stack.log_dir / "trainer.log").read_text()
+    assert "resuming at stage 0 step" in log.split("jobs/kd-kill-trainer/round-1/train-recipe-", 1)[1]
