@@ -176,23 +176,27 @@ def train_trl(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: flo
 TRAINERS: dict[str, Callable] = {"ours": train_ours, "trl": train_trl}
 
 
-def serve(name: str, args: argparse.Namespace, inbox: mp.Queue, outbox: mp.Queue) -> None:
+def serve(name: str, args: argparse.Namespace, inbox: mp.Queue, outbox: mp.Queue, module: str = "bench.trainer") -> None:
     """Child process: load the model once (and warm up), then train one chunk per `(chunk, slowdown)` message
-    until None; every answer is a dict ({"error": traceback} if the chunk failed)."""
+    until None; every answer is a dict ({"error": traceback} if the chunk failed). `module` is the
+    benchmark whose `TRAINERS` and `chunks` run (this one, or bench.distill)."""
     try:
+        import importlib
+
         import torch
 
         from syllabus.models import load_model
 
+        bench = importlib.import_module(module)
         if args.threads:
             torch.set_num_threads(args.threads)
         lm, tok = load_model(args.model)
-        data = chunks(args)
-        TRAINERS[name](lm, tok, args, data[0][:4], 1.0)  # warm-up: first-call allocations, lazy imports
+        data = bench.chunks(args)
+        bench.TRAINERS[name](lm, tok, args, data[0][:4], 1.0)  # warm-up: first-call allocations, lazy imports
         outbox.put({"threads": torch.get_num_threads()})
         while (msg := inbox.get()) is not None:
             chunk, slowdown = msg
-            res = TRAINERS[name](lm, tok, args, data[chunk], slowdown)
+            res = bench.TRAINERS[name](lm, tok, args, data[chunk], slowdown)
             outbox.put({**res, "tokens": data_tokens(tok, data[chunk]), "rss": peak_rss_mb()})
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
         outbox.put({"error": traceback.format_exc()})
@@ -201,12 +205,12 @@ def serve(name: str, args: argparse.Namespace, inbox: mp.Queue, outbox: mp.Queue
 class Worker:
     """One trainer in its own child process (spawned: a fresh interpreter, its own peak RSS)."""
 
-    def __init__(self, name: str, args: argparse.Namespace) -> None:
+    def __init__(self, name: str, args: argparse.Namespace, module: str = "bench.trainer") -> None:
         ctx = mp.get_context("spawn")
         self.name = name
         self.threads = 0  # torch threads in the child, once it has loaded
         self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
-        self.proc = ctx.Process(target=serve, args=(name, args, self.inbox, self.outbox), daemon=True)
+        self.proc = ctx.Process(target=serve, args=(name, args, self.inbox, self.outbox, module), daemon=True)
         self.proc.start()
 
     def answer(self) -> dict:
@@ -232,9 +236,9 @@ class Worker:
             self.proc.kill()
 
 
-def start_workers(args: argparse.Namespace) -> dict[str, Worker]:
+def start_workers(args: argparse.Namespace, module: str = "bench.trainer", names: tuple[str, ...] = ("ours", "trl")) -> dict[str, Worker]:
     """Both trainers started together; returns once both have loaded the model."""
-    workers = {name: Worker(name, args) for name in TRAINERS}
+    workers = {name: Worker(name, args, module) for name in names}
     try:
         for w in workers.values():
             w.threads = w.answer()["threads"]
