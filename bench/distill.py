@@ -34,8 +34,8 @@ import os
 import tempfile
 from collections.abc import Callable
 
-from bench.interleave import interleave, log, median_of, report, timed
-from bench.trainer import BASE, LORA_TARGETS, chunks, peak_rss_mb, start_workers  # noqa: F401 - chunks: the child's data
+from bench.interleave import log, median_of, timed
+from bench.trainer import BASE, LORA_TARGETS, chunks, interleave_workers, start_workers
 
 __all__ = ["TRAINERS", "chunks", "main"]
 
@@ -116,26 +116,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from bench.interleave import Arm, Run
-
     args = parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log(f"{args.samples} samples in {args.repeats} chunks, top-{args.top_k}; starting the trainers")
     workers = start_workers(args, module="bench.distill")
     try:
-        def arm(name: str) -> Arm:
-            def run(chunk: int) -> Run:
-                res = workers[name].train(chunk, 1.0)
-                return Run(res["tokens"], res["seconds"], res)
-
-            return Arm(name, run)
-
-        runs = interleave([arm(name) for name in workers], args.repeats)
+        runs, result = interleave_workers(workers, args.repeats)
     finally:
         for w in workers.values():
             w.close()
-    result = report(runs, "tokens", {"tokens_per_s_ratio": ("ours", "trl")})
     for name, rs in runs.items():
         result[f"tokens_per_s_{name}"] = median_of(rs, lambda r: r.rate)
         result[f"peak_rss_mb_{name}"] = round(max(r.detail["rss"] for r in rs), 1)

@@ -249,9 +249,11 @@ def start_workers(args: argparse.Namespace, module: str = "bench.trainer", names
     return workers
 
 
-def measure(workers: Mapping[str, Worker], repeats: int, slow: Mapping[str, float] | None = None) -> dict:
-    """Interleave the two trainers over `repeats` chunks (the workers' `args.repeats` chunks).
-    `slow`: trainer name -> slowdown factor (tests)."""
+def interleave_workers(
+    workers: Mapping[str, Worker], repeats: int, slow: Mapping[str, float] | None = None
+) -> tuple[dict[str, list[Run]], dict]:
+    """(runs per trainer, the `report` with `tokens_per_s_ratio` of ours / trl): the trainers
+    interleaved over `repeats` chunks. `slow`: trainer name -> slowdown factor (tests)."""
     slow = slow or {}
 
     def arm(name: str) -> Arm:
@@ -262,7 +264,13 @@ def measure(workers: Mapping[str, Worker], repeats: int, slow: Mapping[str, floa
         return Arm(name, run)
 
     runs = interleave([arm(name) for name in workers], repeats)
-    result = report(runs, "tokens", {"tokens_per_s_ratio": ("ours", "trl")})
+    return runs, report(runs, "tokens", {"tokens_per_s_ratio": ("ours", "trl")})
+
+
+def measure(workers: Mapping[str, Worker], repeats: int, slow: Mapping[str, float] | None = None) -> dict:
+    """Interleave the two trainers over `repeats` chunks (the workers' `args.repeats` chunks).
+    `slow`: trainer name -> slowdown factor (tests)."""
+    runs, result = interleave_workers(workers, repeats, slow)
     for name, rs in runs.items():
         result[f"steps_{name}"] = sum(r.detail["steps"] for r in rs)
         result[f"tokens_{name}"] = sum(r.detail["tokens"] for r in rs)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 from google.protobuf import json_format
 
 from syllabus import kinds
@@ -90,6 +91,11 @@ class ModelCache:
                         raise ValueError("adapters are supported on transformers backends only")
                     self._backends[key] = TransformersBackend.load(base, adapter_dir, adapter_sha256)
             return self._backends[key]
+
+
+#: TopLogprobs' self-test: records scored again alone, and how far (nats) a token's log-prob may move.
+SELF_TEST_RECORDS = 4
+SELF_TEST_TOLERANCE = 0.05
 
 
 class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
@@ -624,7 +630,19 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         def score(backend: Backend) -> list:
             # the context must not push the record's own prompt out of the window: it gets its own room
             room = max_len + len(backend.tokenizer(prefix_text, add_special_tokens=False)["input_ids"]) if prefix_text else max_len
-            return backend.top_logprobs([pairs[d] for d in digests], k, room)
+            rows = backend.top_logprobs([pairs[d] for d in digests], k, room)
+            # Self-test: a few records scored again, each alone (other batch-mates, other padding), must
+            # agree, or the stored targets would depend on how the teacher happened to batch them.
+            probe = digests[:: max(1, len(digests) // SELF_TEST_RECORDS)][:SELF_TEST_RECORDS]
+            for d in probe:
+                (again,) = backend.top_logprobs([pairs[d]], k, room)
+                i = digests.index(d)
+                gap = float(np.abs(again.chosen.astype(np.float32) - rows[i].chosen.astype(np.float32)).max(initial=0.0))
+                if gap > SELF_TEST_TOLERANCE:
+                    raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION,
+                                        f"model.base: teacher self-test failed: one record scored twice differs by {gap:.3g} nats "
+                                        f"(tolerance {SELF_TEST_TOLERANCE}); the teacher's log-probs are not reproducible")  # fmt: skip
+            return rows
 
         rows = await self._run_model(request.model, score)
         data = topk.dumps(dict(zip(digests, rows, strict=True)), k, teacher)

@@ -41,7 +41,7 @@ def test_baselines_are_off_by_default_and_a_list_or_a_mapping() -> None:
     ("extra", "message"),
     [
         ("baselines: [random, random]", "task: baselines.arms: random given twice"),
-        ("baselines: [bogus]", "task: baselines.arms[0]: Input should be 'seeds_only', 'all_kept', 'random' or 'shuffled'"),
+        ("baselines: [bogus]", "task: baselines.arms[0]: Input should be 'seeds_only', 'all_kept', 'random', 'shuffled' or 'sft'"),
         ("baselines: []", "task: baselines.arms: List should have at least 1 item after validation, not 0"),
         ("baselines: {arms: [random], repeats: 0}", "task: baselines.repeats: Input should be greater than or equal to 1"),
         ("baselines: {arms: [random], seeds: 2}", "task: baselines.seeds: unknown key"),

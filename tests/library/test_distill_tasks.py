@@ -30,17 +30,21 @@ def test_kd_recipe_plans_the_teacher_steps_and_the_sft_arm_replaces_only_the_obj
     stage = arm_recipe(task.train.recipe, "sft", 0).stages[0]
     assert stage.objective == "sft" and stage.distill.alpha == 0.8 and stage.lr == task.train.recipe.stages[0].lr
     assert arm_recipe(task.train.recipe, "random", 0).stages[0].objective == "kd"
+    opd = parse_task(TASK + "train: {recipe: {stages: [{objective: opd, on_policy: {chunks: 3}}]}}\nbaselines: [sft]\n")
+    assert (plan_of(opd).opd_chunks, plan_of(opd).distill_top_k) == (3, 20) and plan_of(task).opd_chunks == 0
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         ("baselines: [sft]\n", "baselines.arms: sft compares a distillation objective"),
-        ("teacher: {model: 'openai:x'}\n" + KD, "a kd stage learns the teacher's token log-probs"),
-        ("teacher: {context: {seeds: 1}}\n", "teacher.context: only a kd stage reads"),
+        ("teacher: {model: 'openai:x'}\n" + KD, "a kd or opd stage learns the teacher's token log-probs"),
+        ("teacher: {context: {seeds: 1}}\n", "teacher.context: only a kd or opd stage reads"),
         ("teacher: {context: {}}\n" + KD, "give seeds, rubric or text"),
         ("teacher: {context: {rubric: true}}\n" + KD, "teacher.context.rubric: the task has no rubric"),
         ("train: {recipe: {stages: [{objective: anchored, lora: null}]}}\n", "anchored needs a LoRA"),
+        ("train: {recipe: {stages: [{objective: opd}, {objective: sft}]}}\n", "an opd stage trains on the student's own samples"),
+        ("train: {recipe: {stages: [{objective: opd}]}}\nbaselines: [random]\n", "with an opd stage only the sft arm runs"),
     ],
 )
 def test_distillation_mistakes_are_one_line_errors(extra: str, message: str) -> None:

@@ -34,6 +34,23 @@ def banking77() -> Task:
     )
 
 
+@pytest.fixture
+async def teacher(tmp_path: Path, service_token, service_channel):
+    """(stub, store): a TeacherService from `create_server` on port 0 over a real grpc.aio channel, and its artifact store."""
+    from syllabus.artifacts import LocalArtifactStore
+    from syllabus.config import Config
+    from syllabus_sdk.teacher.v1 import teacher_pb2_grpc
+    from teacher_svc.server import create_server
+
+    config = Config(home=tmp_path, service_token=service_token)
+    served = await create_server(config)
+    await served.set_serving(True)
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    async with service_channel(served.port) as channel:
+        yield teacher_pb2_grpc.TeacherServiceStub(channel), store
+    await served.stop(0)
+
+
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_model_dir: Path):
     from teacher_svc.backend import TransformersBackend

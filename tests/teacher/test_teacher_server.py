@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import grpc
 import pytest
 
 from syllabus import kinds
 from syllabus.artifacts import LocalArtifactStore
-from syllabus.config import Config
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.records import content_id, dumps_jsonl, loads_jsonl
 from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+from syllabus_sdk.teacher.v1 import teacher_pb2
 from teacher_svc.leakage import LeakageGuard
-from teacher_svc.server import create_server
 
 pytestmark = pytest.mark.integration
 
 CLASSIFICATION = common_pb2.TASK_KIND_CLASSIFICATION
-
-
-@pytest.fixture
-async def teacher(tmp_path: Path, service_token, service_channel):
-    """(stub, store) for a started server whose artifact store is `store`."""
-    config = Config(home=tmp_path, service_token=service_token)
-    served = await create_server(config)
-    await served.set_serving(True)
-    store = LocalArtifactStore(tmp_path / "artifacts")
-    async with service_channel(served.port) as channel:
-        yield teacher_pb2_grpc.TeacherServiceStub(channel), store
-    await served.stop(0)
 
 
 def generate_request(base: str, banking77, seeds_ref, **overrides) -> teacher_pb2.GenerateRequest:

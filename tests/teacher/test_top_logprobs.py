@@ -14,15 +14,13 @@ import torch
 
 from syllabus import topk
 from syllabus.artifacts import LocalArtifactStore
-from syllabus.config import Config
 from syllabus.models import load_model, load_tokenizer
 from syllabus.pb import ref_from_pb, ref_to_pb
 from syllabus.prompts import IGNORE_INDEX, encode_example
 from syllabus.records import dumps_jsonl
 from syllabus_sdk.common.v1 import common_pb2
-from syllabus_sdk.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+from syllabus_sdk.teacher.v1 import teacher_pb2
 from teacher_svc.logprobs import first_difference, transformers_topk
-from teacher_svc.server import create_server
 
 RECORDS = [
     {"prompt": "Classify: my card has not arrived yet", "response": "card_arrival"},
@@ -93,17 +91,6 @@ def test_first_difference_names_template_and_vocabulary_mismatches(tiny_model_di
     assert "vocabularies differ in size" in first_difference(tok, grown)
 
 
-@pytest.fixture
-async def teacher(tmp_path: Path, service_token, service_channel):
-    config = Config(home=tmp_path, service_token=service_token)
-    served = await create_server(config)
-    await served.set_serving(True)
-    store = LocalArtifactStore(tmp_path / "artifacts")
-    async with service_channel(served.port) as channel:
-        yield teacher_pb2_grpc.TeacherServiceStub(channel), store
-    await served.stop(0)
-
-
 @pytest.mark.integration
 async def test_top_logprobs_rpc_writes_once_and_refuses_mismatches(teacher, tiny_model_dir: Path, tmp_path: Path) -> None:
     stub, store = teacher
@@ -152,3 +139,34 @@ async def test_top_logprobs_rpc_writes_once_and_refuses_mismatches(teacher, tiny
             await stub.TopLogprobs(teacher_pb2.TopLogprobsRequest(**{"model": model, "student": model, **bad}))
         assert e.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
         assert field in e.value.details()
+
+
+@pytest.mark.unit
+async def test_a_teacher_whose_log_probs_are_not_reproducible_fails_its_self_test(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A backend that answers each call with other numbers (as one whose results hang on batch-mates
+    would): the self-test scores records again alone and refuses to store targets that move."""
+    from syllabus.serving import RequestFailed
+    from teacher_svc.service import ModelCache, TeacherServicer
+
+    real = load_tokenizer(str(tiny_model_dir))
+
+    class Drifting:
+        name, revision, tokenizer = "transformers", "r1", real
+        calls = 0
+
+        def top_logprobs(self, records, k, max_len):
+            Drifting.calls += 1
+            rng = np.random.default_rng(Drifting.calls)
+            return [topk.TopK(np.zeros((3, k), np.int32), -rng.random((3, k)).astype(np.float16), -rng.random(3).astype(np.float16))
+                    for _ in records]  # fmt: skip
+
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    servicer = TeacherServicer(store, ModelCache(load=lambda base: Drifting()))
+    records = store.put_bytes("jobs/t/in/train.jsonl", dumps_jsonl(RECORDS))
+    model = common_pb2.ModelRef(base=str(tiny_model_dir))
+    request = teacher_pb2.TopLogprobsRequest(model=model, student=model, records=ref_to_pb(records), top_k=5,
+                                             output_prefix="jobs/t/round-1/teacher-logprobs")  # fmt: skip
+    with pytest.raises(RequestFailed) as e:
+        await servicer._top_logprobs(request)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and "teacher self-test failed" in e.value.message
+    assert not list((tmp_path / "artifacts").rglob("*.npz"))  # nothing stored
