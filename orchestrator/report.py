@@ -185,6 +185,11 @@ def render(data: dict, files: dict[str, str], job_extra: dict | None = None) -> 
     parts.append(f'<img src="{files["funnel"]}" alt="funnel">')
     if "loss" in files:
         parts.append("<h2>Training</h2>" + f'<img src="{files["loss"]}" alt="training loss per stage">')
+    if data.get("teachers"):  # token-level distillation: which teacher's distribution each run learnt
+        rows = [[str(t["round"]), _e(t["stage"]), _e(t.get("model", "")), _e(t.get("revision", "")), _e(t.get("backend", "")),
+                 _e(t.get("context_sha256", "")[:12] or "-"), _e(t.get("logprobs_uri", "").rsplit("/", 1)[-1])]
+                for t in data["teachers"]]  # fmt: skip
+        parts.append("<h2>Teachers</h2>" + _table(["round", "run", "teacher", "revision", "backend", "context", "log-probs"], rows, {0}))
     if "scores" in files:
         parts.append(f"<h2>Selection ({_e(data['scores']['column'])})</h2>" + f'<img src="{files["scores"]}" alt="score histograms">')
 

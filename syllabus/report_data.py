@@ -109,6 +109,9 @@ def job_report_data(s: Session, store: ArtifactStore, job_id: str) -> dict:
         "generated": sum(r.generated + r.leaked for r in rounds), "leaked": sum(r.leaked for r in rounds),
         "kept": sum(r.kept for r in rounds), "selected": sum(r.selected for r in rounds), "trained": sum(r.trained for r in rounds),
     }  # fmt: skip
+    # the teacher manifest of every run that learnt a teacher's distribution (kd / opd)
+    data["teachers"] = [{"round": t.round, "stage": t.stage, **{k: str(v) for k, v in (t.params or {})["teacher"].items()}}
+                        for t in runs if isinstance((t.params or {}).get("teacher"), dict)]  # fmt: skip
     data["baselines"] = _baselines(s, store, task, evaluations, loop_evals, runs)
     data["scores"], data["examples"] = _scores_and_examples(s, job_id, task, samples)
     data["evaluation"] = _evaluation(s, store, task, loop_evals, samples)

@@ -124,6 +124,13 @@ def test_kd_recipe_learns_the_teacher_distribution(run_task, stack: Stack, banki
                              env=config_env(stack.config), capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert lineage.returncode == 0, lineage.stderr
     assert json.loads(json.loads(lineage.stdout.strip().splitlines()[-1])["params_json"])["teacher"]["id"] == manifest["id"]
+    # ... and so does the HTML report, beside the sft arm's verdict
+    page = subprocess.run([sys.executable, "-m", "orchestrator.cli", "report", report["job_id"], "-o", str(tmp_path / "report")],
+                          env=config_env(stack.config), capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert page.returncode == 0, page.stderr[-2000:]
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<h2>Teachers</h2>" in html and str(tiny_scorer_dir) in html and lp_path.name in html
+    assert "(vs sft," in html
 
 
 def test_a_teacher_that_tokenizes_differently_is_refused_in_one_line(stack: Stack, banking77_tiny, tiny_model_dir: Path,
