@@ -7,12 +7,12 @@ content-addressed artifact is found again.
 
 from __future__ import annotations
 
-from syllabus.tasks import TaskSpec
+from syllabus.tasks import ContextSpec, TaskSpec
 
 
-def privileged_context(task: TaskSpec) -> str:
-    """"" when the task has no `teacher.context`."""
-    ctx = task.teacher.context
+def privileged_context(task: TaskSpec, ctx: ContextSpec | None = None) -> str:
+    """The text of `ctx` (default: `teacher.context`) for `task`; "" when there is none."""
+    ctx = ctx if ctx is not None else task.teacher.context
     if ctx is None:
         return ""
     kind = task.kind_spec

@@ -61,6 +61,8 @@ class LoopPlan:
     distill_top_k: int = 0
     # An opd stage: each round runs this many sample -> teacher-logprobs -> train chunks (0: none).
     opd_chunks: int = 0
+    # Several teachers (`teachers:`): their budget keys, "teacher:<model>"; empty with one teacher.
+    teachers: list[str] = field(default_factory=list)
 
     @property
     def learnability(self) -> bool:
@@ -282,6 +284,8 @@ class GenerateOutput:
     generated: int
     leaked: int = 0  # dropped by the leakage guard
     targeted: int = 0  # of `generated`, made by targeted generation
+    # Several teachers: expansion records each teacher wrote, by "teacher:<model>".
+    by_teacher: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -145,11 +145,11 @@ class DistillationWorkflow:
                     r,
                     Activities.generate_examples,
                     GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds, prep.eval_set, skills, teacher,
-                                  {m: f for m, f in budget.items() if m in ("expand", "targeted")}),
+                                  {m: f for m, f in budget.items() if m in ("expand", "targeted", *plan.teachers)}),
                 )
                 result.generated, result.leaked, result.targeted = gen.generated, gen.leaked, gen.targeted
                 if not plan.answers_by_reasoning:  # examples that train as they are (else questions to answer)
-                    produced = {"expand": gen.generated - gen.targeted, "targeted": gen.targeted}
+                    produced = {"expand": gen.generated - gen.targeted, "targeted": gen.targeted, **gen.by_teacher}
                 if gen.examples is not None and gen.generated > 0:
                     crit = await self._step(
                         "critique",
@@ -193,6 +193,8 @@ class DistillationWorkflow:
                 )
             if plan.budget_by_car:
                 budget = budget_scales(result.car, modes) if result.car else budget
+            if plan.teachers and result.car:  # several teachers: next round's shares by each one's CAR
+                budget = {**{k: v for k, v in budget.items() if k not in plan.teachers}, **budget_scales(result.car, plan.teachers)}
 
             arms: dict[str, asyncio.Task[BaselineArmOutput]] = {}
             for arm in plan.baselines:  # started now, they train while the loop trains

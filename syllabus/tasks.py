@@ -85,6 +85,16 @@ class TeacherSpec(ModelSpec):
                                         "when it scores records for a kd stage; off when absent.")  # fmt: skip
 
 
+class TeacherEntry(TeacherSpec):
+    """One of several teachers (`teachers:`): its model, context and initial share of the expansion."""
+
+    share: float = Field(1.0, gt=0, le=100, description="Initial share of the seed expansion (relative to the others').")
+
+
+#: What budget and CAR entries of a teacher are named (RoundResult.car, .budget): beside the methods'.
+TEACHER_KEY = "teacher:"
+
+
 class ContextSpec(_Strict):
     """Context distillation (Snell et al. 2022; "Knowledge Injection via Prompt Distillation", arXiv
     2412.14964): what the teacher sees before every record's prompt when it scores the student's
@@ -459,6 +469,11 @@ class TaskSpec(_Strict):
         description="Validation split; required by tailor, preference, targeted and pudf (none otherwise).",
     )
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    teachers: list[TeacherEntry] | None = Field(
+        None, min_length=2, max_length=4,
+        description="Several teachers: each expands its share of the seeds (reallocated each round by its CAR), and a kd "
+        "stage learns each record from the teacher that wrote it. The first is also `teacher` (critique, reasoning).",
+    )  # fmt: skip
     student: ModelSpec = Field(default_factory=ModelSpec)
     rounds: int = Field(2, ge=1, le=100)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
@@ -525,6 +540,11 @@ class TaskSpec(_Strict):
         self._check_method()
         return self
 
+    @property
+    def teacher_list(self) -> list[TeacherSpec]:
+        """Every teacher: `teachers`, or the one `teacher`."""
+        return list(self.teachers) if self.teachers else [self.teacher]
+
     def _check_kind(self) -> None:
         """What each kind needs, and what only classification has (a label set to score and confuse)."""
         kind = self.kind_spec
@@ -578,6 +598,21 @@ class TaskSpec(_Strict):
             raise ValueError("critique.reflection_ratio: only the reflection rule (select.policy reflection) reads it")
         if self.score.model is not None and not ({"ifd", "rifd"} & set(scored) or self.select.policy == "reflection"):
             raise ValueError("score.model scores ifd, rifd and the reflection rule: none is used here; drop it")
+        if self.teachers is not None:
+            first = self.teachers[0]
+            if "teacher" in self.model_fields_set and (self.teacher.model, self.teacher.context) != (first.model, first.context):
+                raise ValueError("give teacher or teachers, not both (the first of teachers is the teacher)")
+            models = [t.model for t in self.teachers]
+            if len(set(models)) != len(models):
+                raise ValueError("teachers: each model at most once (a record is routed to its teacher by model)")
+            if self.generate.mode("expand") is None:
+                raise ValueError("teachers: several teachers share the seed expansion; add the expand mode")
+            if "compatibility" not in {m for m in self.score.metrics}:
+                raise ValueError("teachers: each round reallocates the teachers' shares by their CAR, which needs the base "
+                                 "student's loss: add compatibility to score.metrics")  # fmt: skip
+            if self.tailor is not None:
+                raise ValueError("tailor: aligns one teacher; with several teachers drop it")
+            self.teacher = TeacherSpec(model=first.model, context=first.context)
         if self.tailor is not None and self.rounds < 2:
             raise ValueError("tailor: needs rounds >= 2 (the aligned teacher generates in the rounds after tailoring)")
         if self.tailor is not None and self.teacher.model.startswith("openai:"):
@@ -595,7 +630,7 @@ class TaskSpec(_Strict):
                 raise ValueError("teacher.context: only a kd or opd stage reads the teacher's privileged context; add one to train.recipe")
             if self.teacher.context.rubric and not self.rubric:
                 raise ValueError("teacher.context.rubric: the task has no rubric")
-        if distils and self.teacher.model.startswith("openai:"):
+        if distils and any(t.model.startswith("openai:") for t in self.teacher_list):
             raise ValueError("train.recipe: a kd or opd stage learns the teacher's token log-probs, which an openai: endpoint does not "
                              "give here; use a local teacher (bundled:..., a model directory, or vllm:...)")  # fmt: skip
         if self.generate.budget == "car":

@@ -64,12 +64,24 @@ def dumps(rows: Mapping[str, TopK], k: int, teacher: Mapping[str, str]) -> bytes
     chosen = np.concatenate([rows[d].chosen for d in digests] or [np.zeros(0)]).astype(np.float16)
     if ids.shape[1:] != (k,) or lps.shape != ids.shape:
         raise TopKError(f"every record needs exactly {k} log-probs per position")
+    arrays = {
+        "format": np.array([FORMAT, k], dtype=np.int64), "digests": np.array(digests, dtype="<U64"), "offsets": offsets,
+        "ids": ids, "logprobs": lps, "chosen": chosen,
+        "teacher_keys": np.array(list(teacher), dtype=str), "teacher_values": np.array(list(teacher.values()), dtype=str),
+    }  # fmt: skip
+    return _npz(arrays)
+
+
+def _npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """`np.savez_compressed`'s format with fixed entry timestamps: the same arrays give the same bytes,
+    so a retried step republishes an identical artifact (savez stamps each entry with the clock)."""
     buf = io.BytesIO()
-    np.savez_compressed(
-        buf, format=np.array([FORMAT, k], dtype=np.int64), digests=np.array(digests, dtype="<U64"),
-        offsets=offsets, ids=ids, logprobs=lps, chosen=chosen,
-        teacher_keys=np.array(list(teacher), dtype=str), teacher_values=np.array(list(teacher.values()), dtype=str),
-    )  # fmt: skip
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as f:
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
     return buf.getvalue()
 
 

@@ -22,7 +22,7 @@ from orchestrator.types import (
     TailorInputsOutput,
 )
 from syllabus.records import content_id, dumps_jsonl
-from syllabus.tasks import TaskSpec
+from syllabus.tasks import TEACHER_KEY, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -164,4 +164,5 @@ def plan_of(task: TaskSpec) -> LoopPlan:
         baseline_repeats=task.baselines.repeats if task.baselines is not None else 1,
         distill_top_k=recipe.teacher_top_k if recipe else 0,
         opd_chunks=recipe.stages[0].on_policy.chunks if recipe and recipe.on_policy else 0,
+        teachers=[TEACHER_KEY + t.model for t in task.teachers or ()],
     )

@@ -41,7 +41,7 @@ from syllabus.artifacts import ArtifactRef
 from syllabus.pb import answer_match, ref_from_pb, ref_to_pb, task_kind
 from syllabus.records import dumps_jsonl
 from syllabus.selection import ranked, top_count, top_fraction
-from syllabus.tasks import METRIC_COLUMNS
+from syllabus.tasks import METRIC_COLUMNS, TEACHER_KEY
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.student.v1 import student_pb2
 
@@ -216,7 +216,12 @@ class StudentActivities(ActivityBase):
                       task.student.model)  # fmt: skip
                 loss = {r["id"]: r.get("loss_base") for r in scored}
                 rows_by_method = [{"category": r["category"], "loss_base": loss.get(r["id"], math.nan)} for r in records]
-                cars = car_by_method(rows_by_method, inp.produced, sc.car_beta)
+                cars = car_by_method(rows_by_method, {m: n for m, n in inp.produced.items() if not m.startswith(TEACHER_KEY)}, sc.car_beta)
+                if task.teachers:  # the same, per teacher of the seed expansion (its records' provenance model)
+                    by_teacher = [{"category": TEACHER_KEY + str((r.get("provenance") or {}).get("model")),
+                                   "loss_base": loss.get(r["id"], math.nan)} for r in records if r.get("category") == "expand"]  # fmt: skip
+                    produced_t = {m: n for m, n in inp.produced.items() if m.startswith(TEACHER_KEY)}
+                    cars += car_by_method(by_teacher, produced_t, sc.car_beta)
 
         if on_scorer:  # the scorer model as it is: no adapter of the student fits it
             scorer = sc.model.model

@@ -29,10 +29,11 @@ from orchestrator.types import (
     ReasonInput,
     ReasonOutput,
 )
+from syllabus import topk
 from syllabus.artifacts import ArtifactRef
 from syllabus.pb import ref_from_pb, ref_to_pb, task_kind
 from syllabus.records import dumps_jsonl
-from syllabus.tasks import TaskSpec
+from syllabus.tasks import TEACHER_KEY, TaskSpec, TeacherSpec
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.student.v1 import student_pb2
 from syllabus_sdk.teacher.v1 import teacher_pb2
@@ -127,7 +128,26 @@ class TeacherActivities(ActivityBase):
         }
         parts: list[tuple[ArtifactRef, list[dict]]] = []
         leaked = 0
-        if (expand := g.mode("expand")) is not None:
+        by_teacher: dict[str, int] = {}
+        if (expand := g.mode("expand")) is not None and task.teachers:
+            # Several teachers: each expands its share (the task's shares at first, then by its CAR).
+            total = sum(t.share for t in task.teachers)
+            seen: set[str] = set()
+            for t in task.teachers:
+                name = TEACHER_KEY + t.model
+                share = inp.budget.get(name, len(task.teachers) * t.share / total)
+                per_label = scaled(expand.per_label or g.per_label, inp.budget.get("expand", 1.0) * share)
+                key = output_key(inp.job_id, inp.round, "generate", [inp.seeds, inp.eval_set],
+                                 {**params, "model": t.model, "per_label": per_label}, "jsonl")  # fmt: skip
+                request = _generate_request(task, inp, key, sampling, per_label=per_label)
+                request.model.CopyFrom(common_pb2.ModelRef(base=t.model))
+                ref, n_leaked = await self._generate(key, request, f"TeacherService.Generate ({t.model})")
+                leaked += n_leaked
+                records = [r for r in self._read_jsonl(ref) if r["id"] not in seen]  # a duplicate counts for the first
+                seen.update(r["id"] for r in records)
+                by_teacher[name] = len(records)
+                parts.append((ref, records))
+        elif expand is not None:
             per_label = scaled(expand.per_label or g.per_label, inp.budget.get("expand", 1.0))
             key = output_key(inp.job_id, inp.round, "generate", [inp.seeds, inp.eval_set], {**params, "per_label": per_label}, "jsonl")
             request = _generate_request(task, inp, key, sampling, per_label=per_label)
@@ -152,7 +172,7 @@ class TeacherActivities(ActivityBase):
         rows = [sample_row(inp.job_id, inp.round, "generated", r, examples.uri) for r in records]
         await self._db(self.metadata.record_samples, rows)
         await self._record_artifacts(inp.job_id, inp.round, {"generated": examples})
-        return GenerateOutput(examples=examples, generated=len(records), leaked=leaked, targeted=targeted_count)
+        return GenerateOutput(examples=examples, generated=len(records), leaked=leaked, targeted=targeted_count, by_teacher=by_teacher)
 
     async def _generate_targeted(
         self, inp: GenerateInput, task: TaskSpec, params: dict, sampling: dict, per_skill: int
@@ -204,19 +224,59 @@ class TeacherActivities(ActivityBase):
         top_k = recipe.teacher_top_k if recipe else 0
         if not top_k:
             raise ApplicationError("the task's recipe has no kd stage", type="INVALID_ARGUMENT", non_retryable=True)
-        request = teacher_pb2.TopLogprobsRequest(
-            model=_teacher_ref(task, None), student=common_pb2.ModelRef(base=task.student.model),
-            records=ref_to_pb(inp.dataset), top_k=top_k, max_len=recipe.max_seq_len,
-            output_prefix=output_key(inp.job_id, inp.round, "teacher-logprobs", [], {}),
-            context=privileged_context(task),
-        )  # fmt: skip
-        resp = await self._teacher(lambda t: t.top_logprobs(request))
-        ref = ref_from_pb(resp.logprobs)
+        prefix = output_key(inp.job_id, inp.round, "teacher-logprobs", [], {})
+
+        async def call(teacher: TeacherSpec, dataset: ArtifactRef | None) -> teacher_pb2.TopLogprobsResponse:
+            request = teacher_pb2.TopLogprobsRequest(
+                model=common_pb2.ModelRef(base=teacher.model), student=common_pb2.ModelRef(base=task.student.model),
+                records=ref_to_pb(dataset), top_k=top_k, max_len=recipe.max_seq_len, output_prefix=prefix,
+                context=privileged_context(task, teacher.context),
+            )  # fmt: skip
+            return await self._teacher(lambda t: t.top_logprobs(request))
+
+        if not task.teachers:
+            resp = await call(task.teacher, inp.dataset)
+            ref, out = ref_from_pb(resp.logprobs), LogprobsOutput(None, resp.records, resp.tokens, dict(resp.teacher), resp.existing)
+        elif inp.dataset is None:  # the check, for every teacher
+            manifests = [dict((await call(t, None)).teacher) for t in task.teachers]
+            ref, out = None, LogprobsOutput(None, 0, 0, {"id": "+".join(m["id"] for m in manifests), "teachers": json.dumps(manifests)})
+        else:
+            ref, out = await self._routed_logprobs(task, inp, call)
         if inp.dataset is not None:
             if ref is None:
                 raise no_output("TeacherService.TopLogprobs")
             await self._record_artifacts(inp.job_id, inp.round, {"teacher-logprobs": ref})
-        return LogprobsOutput(ref, resp.records, resp.tokens, dict(resp.teacher), resp.existing)
+        out.logprobs = ref
+        return out
+
+    async def _routed_logprobs(self, task: TaskSpec, inp: LogprobsInput, call) -> tuple[ArtifactRef, LogprobsOutput]:
+        """Several teachers: each record's top-k from the teacher that wrote it (its provenance model;
+        seeds and other records: the first teacher), one TopLogprobs per teacher on its records, the
+        rows merged into one artifact whose manifest lists every teacher and how many records it scored."""
+        models = {t.model: t for t in task.teachers}
+        groups: dict[str, list[dict]] = {t.model: [] for t in task.teachers}
+        for r in self._read_jsonl(inp.dataset):
+            model = (r.get("provenance") or {}).get("model")
+            groups[model if model in models else task.teachers[0].model].append(r)
+        rows: dict = {}
+        manifests = []
+        k = 0
+        for model, records in groups.items():
+            if not records:
+                continue
+            subset = self._publish_once(
+                output_key(inp.job_id, inp.round, "teacher-logprobs-input", [inp.dataset], {"teacher": model}, "jsonl"),
+                dumps_jsonl(records),
+            )
+            resp = await call(models[model], subset)
+            part = topk.loads(self._read(ref_from_pb(resp.logprobs)))
+            rows.update(part.rows)
+            k = part.k
+            manifests.append({**dict(resp.teacher), "records": str(len(records))})
+        manifest = {"id": "+".join(m["id"] for m in manifests), "teachers": json.dumps(manifests, sort_keys=True)}
+        data = topk.dumps(rows, k, manifest)
+        ref = self._publish_once(output_key(inp.job_id, inp.round, "teacher-logprobs-routed", [inp.dataset], manifest, "npz"), data)
+        return ref, LogprobsOutput(ref, len(rows), sum(len(r) for r in rows.values()), manifest)
 
     async def _critique_call(
         self, task: TaskSpec, inp: CritiqueInput, mode: int, examples: ArtifactRef, prefix: str

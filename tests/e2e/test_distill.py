@@ -243,3 +243,50 @@ def test_opd_recipe_samples_the_student_and_trains_on_the_teachers_scores_chunk_
     before = _gap(_student(tiny_model_dir, first_uri, tmp_path / "chunk1"), tok, samples, tset)
     after = _gap(_student(tiny_model_dir, last_uri, tmp_path / "chunk2"), tok, samples, tset)
     assert after < 0.8 * before, (before, after)  # chunk 2 closes the gap chunk 1 left on its own samples
+
+
+def test_two_teachers_share_the_expansion_by_car_and_each_teaches_its_own_records(
+    run_task, stack: Stack, banking77_tiny, tiny_model_dir: Path, tiny_scorer_dir: Path
+) -> None:
+    from orchestrator.budget import budget_scales
+    from orchestrator.types import MethodCar
+
+    a, b = str(tiny_model_dir), str(tiny_scorer_dir)
+    task = banking77_tiny(2, name="two-teachers", rounds=2, teachers=[{"model": a}, {"model": b}],
+                          generate={"per_label": 2, "max_new_tokens": 8}, score={"metrics": ["compatibility"]},
+                          select={"metric": "compatibility", "top_fraction": 1.0}, train={"epochs": 1, "batch_size": 4, "recipe": RECIPE})  # fmt: skip
+    report = run_task(task)
+    one, two = report["rounds"]
+
+    # Round 1: both teachers expanded the seeds; each has its CAR from the student's scores, and round 2's
+    # shares are those CARs normalised (CAR-weighted budget, as the methods' generate.budget car).
+    round1 = _artifacts(report) / "round-1"
+    generated = [r for p in round1.glob("generate-*.jsonl") if "-all-" not in p.name for r in loads_jsonl(p.read_bytes())]
+    assert {r["provenance"]["model"] for r in generated} == {a, b}
+    cars = {c["method"]: c for c in one["car"] if c["method"].startswith("teacher:")}
+    assert set(cars) == {f"teacher:{a}", f"teacher:{b}"}
+    want = budget_scales([MethodCar(**c) for c in cars.values()], list(cars))
+    assert {k: v for k, v in two["budget"].items() if k.startswith("teacher:")} == pytest.approx(want)
+
+    # kd routed per record source: each trained record's stored top-k is its own teacher's forward.
+    (lp_path,) = round1.glob("teacher-logprobs-routed-*.npz")
+    tset = topk.loads(lp_path.read_bytes())
+    manifest = {m["model"]: m for m in json.loads(tset.teacher["teachers"])}
+    assert set(manifest) == {a, b}
+    trained = [r for r in loads_jsonl(next(round1.glob("select-*.jsonl")).read_bytes()) if not r.get("heldout")]
+    by_source = {r["id"]: (r.get("provenance") or {}).get("model") or a for r in trained}  # seeds: the first teacher
+    assert set(by_source.values()) == {a, b}
+    models = {m: load_model(m) for m in (a, b)}
+    for r in trained:
+        model, tok = models[by_source[r["id"]]]
+        ids, labels = encode_example(tok, r["prompt"], r["response"], 128)
+        at = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE_INDEX]
+        with torch.no_grad():
+            top1 = model(input_ids=torch.tensor([ids])).logits[0, at].argmax(-1)
+        assert (tset.for_record(r["prompt"], r["response"], len(at)).ids[:, 0] == top1.numpy()).all(), r["id"]
+    assert sum(int(m["records"]) for m in manifest.values()) == len(trained)
+
+    # The adapter's run records both teachers (lineage and the report read it from there).
+    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
+    ((params,),) = con.execute("select params from training_runs where job_id=? and round=1 and stage='recipe'", (report["job_id"],)).fetchall()
+    assert {m["model"] for m in json.loads(json.loads(params)["teacher"]["teachers"])} == {a, b}

@@ -44,6 +44,11 @@ def test_kd_recipe_plans_the_teacher_steps_and_the_sft_arm_replaces_only_the_obj
         ("teacher: {context: {rubric: true}}\n" + KD, "teacher.context.rubric: the task has no rubric"),
         ("train: {recipe: {stages: [{objective: anchored, lora: null}]}}\n", "anchored needs a LoRA"),
         ("train: {recipe: {stages: [{objective: opd}, {objective: sft}]}}\n", "an opd stage trains on the student's own samples"),
+        ("teachers: [{model: a}, {model: b}]\n", "teachers: each round reallocates the teachers' shares by their CAR"),
+        ("teachers: [{model: a}, {model: a}]\nscore: {metrics: [compatibility]}\n", "teachers: each model at most once"),
+        ("teacher: {model: c}\nteachers: [{model: a}, {model: b}]\nscore: {metrics: [compatibility]}\n", "give teacher or teachers"),
+        ("teachers: [{model: a}]\n", "teachers: List should have at least 2 items"),
+        ("teachers: [{model: a}, {model: 'openai:x'}]\nscore: {metrics: [compatibility]}\n" + KD, "a kd or opd stage learns"),
         ("train: {recipe: {stages: [{objective: opd}]}}\nbaselines: [random]\n", "with an opd stage only the sft arm runs"),
     ],
 )
@@ -78,3 +83,10 @@ def test_the_distill_example_is_context_distillation_with_the_sft_arm() -> None:
     context = privileged_context(task)
     assert context.count("Input: ") == 2 * len(task.labels) and all(f"Answer: {label}" in context for label in task.labels)
     assert parse_task(dump_task(task), inline_only=True) == task
+
+
+def test_several_teachers_plan_their_budget_keys_and_the_first_is_the_teacher() -> None:
+    task = parse_task(TASK + KD + "teachers: [{model: a, share: 3}, {model: b, context: {seeds: 1}}]\nscore: {metrics: [compatibility]}\n")
+    assert task.teacher.model == "a" and [t.model for t in task.teacher_list] == ["a", "b"]
+    assert plan_of(task).teachers == ["teacher:a", "teacher:b"] and plan_of(parse_task(TASK)).teachers == []
+    assert privileged_context(task, task.teachers[1].context).count("Input: ") == 2 and privileged_context(task) == ""
