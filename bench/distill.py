@@ -13,6 +13,7 @@ pure divergence (no cross-entropy mixed in):
   on the teacher's top-K log-probs captured once beforehand (`teacher_svc.logprobs.transformers_topk`,
   what TeacherService.TopLogprobs runs); the capture is timed apart (`capture_seconds_ours`) and not
   in tokens/s, since a loop pays it once per training set, not per epoch;
+- sft: our plain SFT on the same records and batches (no teacher): the memory bound (kd <= SFT + 25%);
 - TRL: `trl.experimental.gkd.GKDTrainer` with `lmbda=0` (off-policy: the dataset's responses),
   `beta=0` (forward KL), `temperature=1`: the teacher runs forward at every step over the whole
   vocabulary (GKD has no top-k).
@@ -22,7 +23,8 @@ loaded once (the teacher is the same loaded model, so both processes hold one ba
 copy), `--repeats` chunks, the order reversing. tokens/s = tokens of the chunk's samples / wall time
 of the training loop. Peak memory is the process's peak RSS (CPU). The last stdout line is JSON with
 `tokens_per_s_ratio` (median over rounds of ours / TRL), `peak_rss_mb_ours`, `peak_rss_mb_trl`,
-`capture_seconds_ours` and the per-arm medians.
+`peak_rss_mb_sft`, `peak_rss_ratio` (ours / TRL), `peak_rss_ratio_vs_sft`, `capture_seconds_ours` and
+the per-arm medians.
 """
 
 from __future__ import annotations
@@ -46,9 +48,28 @@ def _bf16() -> bool:
     return bf16_supported()
 
 
+def _recipe(args: argparse.Namespace, objective: str):
+    from syllabus.recipe import Recipe
+
+    stage = {"objective": objective, "lr": args.lr, "epochs": 1, "schedule": {"kind": "cosine", "warmup_ratio": 0.1},
+             "lora": {"rank": 8, "alpha": 16, "targets": LORA_TARGETS}}  # fmt: skip
+    if objective == "kd":
+        stage["distill"] = {"alpha": 1.0, "temperature": 1.0, "divergence": "forward_kl", "top_k": args.top_k}
+    return Recipe.model_validate({"seed": args.seed, "max_seq_len": 512, "packing": False, "batch_size": args.batch_size,
+                                  "bf16": _bf16(), "max_grad_norm": 1.0, "stages": [stage]})  # fmt: skip
+
+
+def train_sft(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: float) -> dict:
+    """Plain SFT on the same records, batches and LoRA: the peak memory the kd stage is held to (+25%)."""
+    from trainer_svc.staged import train_recipe
+
+    model = copy.deepcopy(lm).train()
+    (_, _, result), seconds = timed(lambda: train_recipe(model, tok, data, _recipe(args, "sft")), slowdown)
+    return {"loss": result.mean_loss, "steps": len(result.losses), "processed_tokens": result.tokens, "seconds": seconds}
+
+
 def train_ours(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: float) -> dict:
     from syllabus import topk
-    from syllabus.recipe import Recipe
     from teacher_svc.logprobs import transformers_topk
     from trainer_svc.staged import train_recipe
 
@@ -56,13 +77,7 @@ def train_ours(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: fl
     rows, capture = timed(lambda: transformers_topk(lm.eval(), tok, pairs, args.top_k, 512), 1.0)
     tset = topk.loads(topk.dumps({topk.record_digest(p, r): row for (p, r), row in zip(pairs, rows, strict=True)},
                                  args.top_k, {"id": "bench"}))  # fmt: skip
-    recipe = Recipe.model_validate({
-        "seed": args.seed, "max_seq_len": 512, "packing": False, "batch_size": args.batch_size, "bf16": _bf16(),
-        "max_grad_norm": 1.0,
-        "stages": [{"objective": "kd", "lr": args.lr, "epochs": 1, "schedule": {"kind": "cosine", "warmup_ratio": 0.1},
-                    "lora": {"rank": 8, "alpha": 16, "targets": LORA_TARGETS},
-                    "distill": {"alpha": 1.0, "temperature": 1.0, "divergence": "forward_kl", "top_k": args.top_k}}],
-    })  # fmt: skip
+    recipe = _recipe(args, "kd")
     model = copy.deepcopy(lm).train()
     (_, _, result), seconds = timed(lambda: train_recipe(model, tok, data, recipe, teacher_topk=tset), slowdown)
     return {"loss": result.mean_loss, "steps": len(result.losses), "processed_tokens": result.tokens, "seconds": seconds,
@@ -98,7 +113,7 @@ def train_trl(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: flo
     return {"loss": sum(losses) / len(losses), "steps": len(losses), "processed_tokens": 0, "seconds": seconds}
 
 
-TRAINERS: dict[str, Callable] = {"ours": train_ours, "trl": train_trl}
+TRAINERS: dict[str, Callable] = {"ours": train_ours, "trl": train_trl, "sft": train_sft}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -120,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log(f"{args.samples} samples in {args.repeats} chunks, top-{args.top_k}; starting the trainers")
-    workers = start_workers(args, module="bench.distill")
+    workers = start_workers(args, module="bench.distill", names=tuple(TRAINERS))
     try:
         runs, result = interleave_workers(workers, args.repeats)
     finally:
@@ -134,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     result["capture_seconds_ours"] = round(sum(r.detail["capture_seconds"] for r in runs["ours"]), 2)
     threads = {w.threads for w in workers.values()}
     summary = {"samples": args.samples, "top_k": args.top_k, "bf16": _bf16(), "threads": threads.pop() if len(threads) == 1 else sorted(threads),
-               "peak_rss_ratio": round(result["peak_rss_mb_ours"] / result["peak_rss_mb_trl"], 3), **result}  # fmt: skip
+               "peak_rss_ratio": round(result["peak_rss_mb_ours"] / result["peak_rss_mb_trl"], 3),
+               "peak_rss_ratio_vs_sft": round(result["peak_rss_mb_ours"] / result["peak_rss_mb_sft"], 3), **result}  # fmt: skip
     if args.json:
         print(json.dumps(summary))
     else:

@@ -248,3 +248,20 @@ def test_opd_moves_the_students_own_samples_to_the_teachers_log_probs(tiny_model
     model, _, _ = train_recipe(lm, tok, samples, _recipe(objective="opd", lora=None, lr=5e-3, epochs=8), teacher_topk=tset)
     after = gap(model)
     assert after[1] < 0.5 * before[1], (before, after)
+
+
+def test_a_kd_or_opd_request_without_teacher_logprobs_is_refused() -> None:
+    from syllabus_sdk.common.v1 import common_pb2
+    from syllabus_sdk.trainer.v1 import trainer_pb2
+    from trainer_svc.jobs import InvalidRequest, plan_from_request
+
+    for objective in ("kd", "opd"):
+        req = trainer_pb2.StartTrainingRequest(
+            job_key="k", model=common_pb2.ModelRef(base="bundled:smollm2-135m-instruct"),
+            dataset=common_pb2.ArtifactRef(uri="file:///x/train.jsonl"), output_key="jobs/j/kd.tar",
+            recipe_yaml=f"stages: [{{objective: {objective}}}]",
+        )  # fmt: skip
+        with pytest.raises(InvalidRequest, match="teacher_logprobs"):
+            plan_from_request(req)
+        req.teacher_logprobs.CopyFrom(common_pb2.ArtifactRef(uri="file:///x/topk.npz", sha256="0" * 64))
+        assert plan_from_request(req).teacher_logprobs.uri == "file:///x/topk.npz"
