@@ -37,7 +37,7 @@ import tempfile
 from collections.abc import Callable
 
 from bench.interleave import log, median_of, timed
-from bench.trainer import BASE, LORA_TARGETS, chunks, interleave_workers, start_workers
+from bench.trainer import LORA_TARGETS, chunks, common_parser, interleave_workers, start_workers
 
 __all__ = ["TRAINERS", "chunks", "main"]
 
@@ -117,16 +117,9 @@ TRAINERS: dict[str, Callable] = {"ours": train_ours, "trl": train_trl, "sft": tr
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m bench.distill", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=BASE)
-    ap.add_argument("--samples", type=int, default=96)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (each: both trainers on one chunk)")
+    ap = common_parser("python -m bench.distill", __doc__, 96)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--top-k", type=int, default=20)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as the trainer service)")
-    ap.add_argument("--json", action="store_true", help="print the JSON summary as the last line")
     return ap
 
 

@@ -283,17 +283,23 @@ def measure(workers: Mapping[str, Worker], repeats: int, slow: Mapping[str, floa
     return result
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m bench.trainer", description=__doc__.splitlines()[0])
+def common_parser(prog: str, doc: str, samples: int) -> argparse.ArgumentParser:
+    """The options every interleaved trainer benchmark takes (bench.trainer, bench.distill)."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     ap.add_argument("--model", default=BASE)
-    ap.add_argument("--samples", type=int, default=384)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (each: both trainers on one chunk)")
-    ap.add_argument("--row-tokens", type=int, default=1024)
-    ap.add_argument("--rows-per-step", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=samples)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (each: every trainer on one chunk)")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as the trainer service)")
     ap.add_argument("--json", action="store_true", help="print the JSON summary as the last line")
+    return ap
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = common_parser("python -m bench.trainer", __doc__, 384)
+    ap.add_argument("--row-tokens", type=int, default=1024)
+    ap.add_argument("--rows-per-step", type=int, default=2)
     return ap
 
 

@@ -32,6 +32,12 @@ class TeacherEndpoint(BaseModel):
     )
     timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout.")
     concurrency: int = Field(8, ge=1, le=256, description="Requests in flight at most.")
+    tokenizer: str = Field(
+        "", max_length=1000,
+        description="Set only for a server that returns prompt log-probs (vLLM's OpenAI server): the local model "
+        "(bundled:... or a model directory) whose tokenizer the served model uses. Token-level distillation "
+        "(kd, opd) from this endpoint needs it; it is checked against the student's before any run.",
+    )
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) or None if self.api_key_env else None

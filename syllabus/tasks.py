@@ -630,9 +630,6 @@ class TaskSpec(_Strict):
                 raise ValueError("teacher.context: only a kd or opd stage reads the teacher's privileged context; add one to train.recipe")
             if self.teacher.context.rubric and not self.rubric:
                 raise ValueError("teacher.context.rubric: the task has no rubric")
-        if distils and any(t.model.startswith("openai:") for t in self.teacher_list):
-            raise ValueError("train.recipe: a kd or opd stage learns the teacher's token log-probs, which an openai: endpoint does not "
-                             "give here; use a local teacher (bundled:..., a model directory, or vllm:...)")  # fmt: skip
         if self.generate.budget == "car":
             if "compatibility" not in scored:
                 raise ValueError("generate.budget: car splits the next round's generation by each method's CAR, which needs "

@@ -17,6 +17,12 @@ Where the endpoint lives and which key it gets come from the server's configurat
 endpoint as `openai:<name>`, never a URL. Errors carry the endpoint's name, the HTTP status and a short
 reason, never the upstream body (it could echo prompts or secrets back to the client).
 
+Prompt log-probs (`top_logprobs`, for token-level distillation) come from the legacy completions route
+as vLLM's OpenAI server gives them: the record's token ids as the prompt, `echo` with `logprobs: k` and
+`return_tokens_as_token_ids`, so the server scores exactly the student's tokens and names every token by
+id (text keys would collapse tokens that decode alike). Only an endpoint configured with the
+`tokenizer` its model uses offers them; a reply that does not echo the ids is refused as permanent.
+
 Only the standard library is used (urllib), so the backend adds no dependency.
 """
 
@@ -75,8 +81,11 @@ class OpenAIBackend:
 
     name = "openai"
 
-    def __init__(self, settings: HTTPSettings, revision: str = "") -> None:
+    def __init__(self, settings: HTTPSettings, revision: str = "", tokenizer: str = "") -> None:
         self.settings = settings
+        # The local model whose tokenizer the endpoint serves: set only where it returns prompt log-probs.
+        self.tokenizer_base = tokenizer
+        self._tokenizer = None
         self.model = settings.model
         # A remote server does not tell which weights it serves; the caller may pin a revision.
         self.revision = revision or "remote"
@@ -105,7 +114,43 @@ class OpenAIBackend:
         return cls(HTTPSettings(
             endpoint.url, endpoint.model, api_key=endpoint.api_key(), timeout_s=endpoint.timeout_s,
             concurrency=endpoint.concurrency, label=f"teacher endpoint {name!r}",
-        ))  # fmt: skip
+        ), tokenizer=endpoint.tokenizer)  # fmt: skip
+
+    @property
+    def tokenizer(self):
+        """The served model's tokenizer (loaded once), or None for an endpoint without prompt log-probs."""
+        if self._tokenizer is None and self.tokenizer_base:
+            from syllabus.models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.tokenizer_base)
+        return self._tokenizer
+
+    def top_logprobs(self, records: Sequence[tuple[str, str]], k: int, max_len: int) -> list:
+        """Per (prompt, response), the top-k log-probs of its response targets, as the other backends
+        give them (`teacher_svc.logprobs`): one completions request per record, `concurrency` in flight."""
+        from syllabus.prompts import encode_example
+
+        if self.tokenizer is None:
+            raise BackendRequestError(
+                f"{self.settings.label or 'teacher endpoint'} gives no prompt log-probs here: configure its `tokenizer` "
+                "(SYLLABUS_TEACHER_ENDPOINTS) for a server that returns them (vLLM's OpenAI server)"
+            )
+        encoded = [encode_example(self.tokenizer, p, r, max_len) for p, r in records]
+        if not encoded:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(encoded))) as pool:
+            return list(pool.map(lambda e: self._score(*e, k), encoded))
+
+    def _score(self, ids: list[int], labels: list[int], k: int):
+        from syllabus.prompts import IGNORE_INDEX
+
+        body = json.dumps({
+            "model": self.settings.model, "prompt": ids, "echo": True, "logprobs": k, "max_tokens": 1,
+            "temperature": 0.0, "return_tokens_as_token_ids": True,
+        }).encode()  # fmt: skip
+        positions = [t for t, lab in enumerate(labels) if lab != IGNORE_INDEX and t > 0]
+        return self._post("/completions", body, "a record's prompt log-probs",
+                          lambda raw: _parse_prompt_logprobs(raw, ids, positions, k, self.settings.label))  # fmt: skip
 
     def generate(
         self, prompts: Sequence[ChatPrompt], sampling: Sampling, batch_size: int, stop: Sequence[str] = ()
@@ -157,6 +202,10 @@ class OpenAIBackend:
 
     def _send(self, index: int, prompt: ChatPrompt, sampling: Sampling, stop: Sequence[str]) -> list[Completion]:
         body = json.dumps(self._body(index, prompt, sampling, stop)).encode()
+        return self._post("/chat/completions", body, f"prompt {index}", lambda raw: _parse_response(raw, sampling.n))
+
+    def _post(self, path: str, body: bytes, what: str, parse):
+        """`parse(reply body)` of a POST to `path`, retried with backoff while it fails retryably."""
         s = self.settings
         last: _Retryable | None = None
         for attempt in range(s.max_retries + 1):
@@ -166,20 +215,20 @@ class OpenAIBackend:
                     wait = min(s.max_backoff_s, max(wait, last.retry_after))
                 self._sleep(wait)
             try:
-                return self._attempt(body, sampling.n)
+                return parse(self._attempt(path, body))
             except _Retryable as e:
                 last = e
         raise BackendUnavailable(
-            f"{s.label or 'teacher endpoint'}: prompt {index} failed after {s.max_retries + 1} attempts; last error: {last}"
+            f"{s.label or 'teacher endpoint'}: {what} failed after {s.max_retries + 1} attempts; last error: {last}"
         )
 
-    def _attempt(self, body: bytes, n: int) -> list[Completion]:
+    def _attempt(self, path: str, body: bytes) -> bytes:
         s = self.settings
         headers = {"Content-Type": "application/json"}
         if s.api_key:
             headers["Authorization"] = f"Bearer {s.api_key}"
         req = urllib.request.Request(
-            s.base_url.rstrip("/") + "/chat/completions", data=body, headers=headers, method="POST"
+            s.base_url.rstrip("/") + path, data=body, headers=headers, method="POST"
         )
         try:
             with urllib.request.urlopen(req, timeout=s.timeout_s) as resp:
@@ -198,7 +247,7 @@ class OpenAIBackend:
             raise _Retryable(f"connection failed ({type(e.reason).__name__})") from e
         except (ConnectionError, http.client.HTTPException) as e:
             raise _Retryable(f"connection failed ({type(e).__name__})") from e
-        return _parse_response(raw, n)
+        return raw
 
 
 def is_url_like(name: str) -> bool:
@@ -243,3 +292,38 @@ def _parse_response(raw: bytes, n: int) -> list[Completion]:
     share, rest = divmod(total, n)
     return [Completion(t, share + (1 if i < rest else 0)) for i, t in enumerate(texts)]
 
+
+
+def _parse_prompt_logprobs(raw: bytes, ids: list[int], positions: list[int], k: int, label: str):
+    """The rows at `positions` of a completions reply that echoed the prompt `ids` with their top-k
+    log-probs keyed "token_id:<id>". A body that is not JSON is retryable; one that is but lacks the
+    echo, the ids or k entries per row is the server's way of working, so permanent."""
+    import numpy as np
+
+    from syllabus.topk import TopK
+
+    try:
+        logprobs = json.loads(raw)["choices"][0]["logprobs"]
+    except ValueError as e:
+        raise _Retryable(f"malformed response body ({type(e).__name__}, {len(raw)} bytes)") from e
+    except (KeyError, IndexError, TypeError) as e:
+        raise BackendRequestError(f"{label or 'teacher endpoint'}: the reply has no logprobs (a completions route with "
+                                  "echo and logprobs, as vLLM's OpenAI server gives, is needed)") from e  # fmt: skip
+    want = [f"token_id:{i}" for i in ids]
+    try:
+        echoed, chosen_lp, tops = logprobs["tokens"][: len(ids)], logprobs["token_logprobs"], logprobs["top_logprobs"]
+        if echoed != want:
+            raise ValueError("the prompt's token ids were not echoed (echo and return_tokens_as_token_ids, as vLLM's OpenAI server gives)")
+        top_ids = np.zeros((len(positions), k), dtype=np.int32)
+        top_lp = np.zeros((len(positions), k), dtype=np.float16)
+        chosen = np.zeros(len(positions), dtype=np.float16)
+        for j, t in enumerate(positions):
+            best = sorted(((int(key.removeprefix("token_id:")), float(v)) for key, v in tops[t].items()), key=lambda kv: -kv[1])[:k]
+            if len(best) < k:
+                raise ValueError(f"{len(best)} log-probs at a position, not the {k} asked (the server's max_logprobs?)")
+            top_ids[j] = [i for i, _ in best]
+            top_lp[j] = [v for _, v in best]
+            chosen[j] = float(chosen_lp[t])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise BackendRequestError(f"{label or 'teacher endpoint'}: prompt log-probs unusable: {str(e)[:200]}") from e
+    return TopK(top_ids, top_lp, chosen)

@@ -554,19 +554,13 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         of every response target, content-addressed: an existing artifact is returned as it is."""
         from syllabus import topk
         from syllabus.models import load_tokenizer
-        from teacher_svc.logprobs import first_difference
+        from teacher_svc.logprobs import PROBE_PROMPT, PROBE_RESPONSE, first_difference
 
         if not request.student.base:
             raise InvalidRequest("student.base", "required: the student the log-probs are for")
         student = _check_model(request.student)
         if student.startswith(("openai:", "vllm:")):
             raise InvalidRequest("student.base", "the student is a local model (bundled:... or a model directory)")
-        if request.model.base.startswith("openai:"):
-            raise RequestFailed(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "model.base: an OpenAI-compatible endpoint teacher gives no prompt log-probs; token-level "
-                "distillation needs a local teacher (bundled:..., a model directory, or vllm:...)",
-            )
         k = request.top_k or topk.DEFAULT_TOP_K
         if not 0 < k <= topk.MAX_TOP_K:
             raise InvalidRequest("top_k", f"must be in [1, {topk.MAX_TOP_K}] (0: {topk.DEFAULT_TOP_K}), got {request.top_k}")
@@ -586,13 +580,18 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"student.base: {e}") from e
 
         def check(backend: Backend) -> dict[str, str]:
-            if not callable(getattr(backend, "top_logprobs", None)):
-                raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION, f"model.base: the {backend.name} backend gives no log-probs")
+            if not callable(getattr(backend, "top_logprobs", None)) or backend.tokenizer is None:
+                raise RequestFailed(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"model.base: {request.model.base} gives no prompt log-probs: token-level distillation needs a "
+                                    "local teacher (bundled:..., a model directory, vllm:...) or an endpoint configured with "
+                                    "its `tokenizer` (SYLLABUS_TEACHER_ENDPOINTS)")  # fmt: skip
             if diff := first_difference(backend.tokenizer, student_tok):
                 raise RequestFailed(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"teacher {request.model.base} and student {student} tokenize differently: {diff}",
                 )
+            if backend.name == "openai":  # a remote server's support is known only once it is asked
+                backend.top_logprobs([(PROBE_PROMPT, PROBE_RESPONSE)], k, max_len)
             revision = str(backend.revision)
             manifest = {"id": f"{request.model.base}@{revision}", "model": request.model.base, "revision": revision,
                         "backend": str(backend.name)}  # fmt: skip

@@ -41,19 +41,25 @@ def _artifacts(report: dict) -> Path:
     return Path(unquote(urlparse(report["artifacts_uri"]).path))
 
 
-def _kl(model, tok, records: list[dict], tset: topk.TopKSet) -> float:
-    """Mean over response tokens of KL(teacher top-k || model on the same ids), both renormalised."""
-    total, n = 0.0, 0
+def _at_targets(model, tok, records: list[dict], tset: topk.TopKSet):
+    """Per record: the model's logits at the positions that predict its response targets, the
+    targets, and the teacher's stored rows for them."""
     for r in records:
         ids, labels = encode_example(tok, r["prompt"], r["response"], 128)
         at = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE_INDEX]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, at].float()
-        row = tset.for_record(r["prompt"], r["response"], len(at))
+        yield logits, torch.tensor([labels[t + 1] for t in at]), tset.for_record(r["prompt"], r["response"], len(at))
+
+
+def _kl(model, tok, records: list[dict], tset: topk.TopKSet) -> float:
+    """Mean over response tokens of KL(teacher top-k || model on the same ids), both renormalised."""
+    total, n = 0.0, 0
+    for logits, targets, row in _at_targets(model, tok, records, tset):
         p = torch.log_softmax(torch.from_numpy(row.logprobs.astype("float32")), -1)
         q = torch.log_softmax(logits.gather(1, torch.from_numpy(row.ids.astype("int64"))), -1)
         total += float((p.exp() * (p - q)).sum())
-        n += len(at)
+        n += len(targets)
     return total / n
 
 
@@ -195,15 +201,10 @@ def test_context_distillation_with_the_bundled_model_as_its_own_privileged_teach
 def _gap(model, tok, records: list[dict], tset: topk.TopKSet) -> float:
     """Mean |log p_model(x_t) - log p_teacher(x_t)| over the records' response tokens (opd's target: 0)."""
     total, n = 0.0, 0
-    for r in records:
-        ids, labels = encode_example(tok, r["prompt"], r["response"], 128)
-        at = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE_INDEX]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, at].float(), -1)
-        tgt = torch.tensor([labels[t + 1] for t in at])
-        row = tset.for_record(r["prompt"], r["response"], len(at))
-        total += float((logp[range(len(at)), tgt] - torch.from_numpy(row.chosen.astype("float32"))).abs().sum())
-        n += len(at)
+    for logits, targets, row in _at_targets(model, tok, records, tset):
+        logp = torch.log_softmax(logits, -1)[range(len(targets)), targets]
+        total += float((logp - torch.from_numpy(row.chosen.astype("float32"))).abs().sum())
+        n += len(targets)
     return total / n
 
 

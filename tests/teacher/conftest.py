@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,20 +36,32 @@ def banking77() -> Task:
 
 
 @pytest.fixture
-async def teacher(tmp_path: Path, service_token, service_channel):
-    """(stub, store): a TeacherService from `create_server` on port 0 over a real grpc.aio channel, and its artifact store."""
+def serve_teacher(tmp_path: Path, service_token, service_channel):
+    """`async with serve_teacher(**config) as (stub, store)`: a TeacherService from `create_server` on
+    port 0 (a Config with `config` added) over a real grpc.aio channel, and its artifact store."""
     from syllabus.artifacts import LocalArtifactStore
     from syllabus.config import Config
     from syllabus_sdk.teacher.v1 import teacher_pb2_grpc
     from teacher_svc.server import create_server
 
-    config = Config(home=tmp_path, service_token=service_token)
-    served = await create_server(config)
-    await served.set_serving(True)
-    store = LocalArtifactStore(tmp_path / "artifacts")
-    async with service_channel(served.port) as channel:
-        yield teacher_pb2_grpc.TeacherServiceStub(channel), store
-    await served.stop(0)
+    @contextlib.asynccontextmanager
+    async def serve(**config):
+        served = await create_server(Config(home=tmp_path, service_token=service_token, **config))
+        await served.set_serving(True)
+        try:
+            async with service_channel(served.port) as channel:
+                yield teacher_pb2_grpc.TeacherServiceStub(channel), LocalArtifactStore(tmp_path / "artifacts")
+        finally:
+            await served.stop(0)
+
+    return serve
+
+
+@pytest.fixture
+async def teacher(serve_teacher):
+    """(stub, store): `serve_teacher` with the default config."""
+    async with serve_teacher() as served:
+        yield served
 
 
 @pytest.fixture(scope="session")
