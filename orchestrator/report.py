@@ -33,6 +33,11 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _band(ci) -> str:
+    """" [lo, hi]" of an accuracy's 95% band in percent, or nothing."""
+    return "" if not ci or ci[0] is None else f' <span class="muted">[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]</span>'
+
+
 def _e(x: object) -> str:
     return html.escape("" if x is None else str(x))
 
@@ -61,16 +66,15 @@ def _plots(data: dict, out: Path) -> dict[str, str]:
         plt.close(fig)
         files[name] = f"{name}.png"
 
-    # Eval accuracy per round: the loop from round 0 (the base student), each arm from the same base.
-    loop = data["accuracy"]["loop"]
+    # Eval accuracy per round with its 95% band: the loop from round 0 (the base student), each arm from the same base.
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    if loop:
-        ax.plot([r for r, _ in loop], [100 * a for _, a in loop], marker="o", linewidth=2.5, label="loop", color="black")
-    base = next((a for r, a in loop if r == 0), None)
-    for b in data["baselines"]:
-        points = ([(0, base)] if base is not None else []) + [(x["round"], x["accuracy"]) for x in b["rounds"]]
-        if points:
-            ax.plot([r for r, _ in points], [100 * a for _, a in points], marker="s", linestyle="--", label=b["arm"])
+    for i, (name, rounds, acc, lo, hi) in enumerate(accuracy_series(data)):
+        style = {"marker": "o", "linewidth": 2.5, "color": "black"} if i == 0 else {"marker": "s", "linestyle": "--"}
+        (line,) = ax.plot(rounds, [100 * a for a in acc], label=name, **style)
+        banded = [(r, a, b) for r, a, b in zip(rounds, lo, hi, strict=True) if a is not None]
+        if banded:
+            ax.fill_between([r for r, _, _ in banded], [100 * a for _, a, _ in banded], [100 * b for _, _, b in banded],
+                            color=line.get_color(), alpha=0.12, linewidth=0)  # fmt: skip
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round (0: the base student)")
     ax.set_ylabel("eval accuracy (%)")
@@ -138,6 +142,24 @@ def _plots(data: dict, out: Path) -> dict[str, str]:
     return files
 
 
+def accuracy_series(data: dict) -> list[tuple[str, list[int], list[float], list[float | None], list[float | None]]]:
+    """What the accuracy plot draws: (name, rounds, accuracy, band low, band high) for the loop, then
+    each arm (from the base student at round 0, the same point as the loop's)."""
+    loop = data["accuracy"]["loop"]
+    band = {r: (lo, hi) for r, lo, hi in data["accuracy"].get("loop_ci", [])}
+    out = []
+    if loop:
+        rounds = [r for r, _ in loop]
+        out.append(("loop", rounds, [a for _, a in loop], [band.get(r, (None, None))[0] for r in rounds],
+                    [band.get(r, (None, None))[1] for r in rounds]))  # fmt: skip
+    base = [(0, a, *band.get(0, (None, None))) for r, a in loop if r == 0]
+    for b in data["baselines"]:
+        points = base + [(x["round"], x["accuracy"], *(x.get("accuracy_ci") or (None, None))) for x in b["rounds"]]
+        if points:
+            out.append((b["arm"], *[list(col) for col in zip(*points, strict=True)]))
+    return out
+
+
 def _verdict_class(b: dict) -> str:
     if b.get("ci_low") is None:
         return "ns"
@@ -162,15 +184,21 @@ def render(data: dict, files: dict[str, str], job_extra: dict | None = None) -> 
             parts.append(f'<p class="verdict {_verdict_class(b)}">{_e(text)} <span class="muted">(vs {_e(b["arm"])}, '
                          f"{b['repeats']} repeat(s))</span></p>")  # fmt: skip
         loop = {r: a for r, a in data["accuracy"]["loop"]}
+        loop_band = {r: (lo, hi) for r, lo, hi in data["accuracy"].get("loop_ci", [])}
         rows = []
         for b in data["baselines"]:
             for r in b["rounds"]:
                 ci = "-" if r["ci_low"] is None else f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
                 lift = "-" if r["lift"] is None else f"{100 * r['lift']:+.1f}"
-                rows.append([_e(b["arm"]), str(r["round"]), _pct(r["accuracy"]), _pct(loop.get(r["round"])), lift, ci, _e(r["trained"])])
-        parts.append(_table(["arm", "round", "arm accuracy", "loop accuracy", "lift (points)", "95% CI", "trained"], rows, {1, 2, 3, 4, 5, 6}))
+                rows.append([_e(b["arm"]), str(r["round"]), _pct(r["accuracy"]) + _band(r.get("accuracy_ci")),
+                             _pct(loop.get(r["round"])) + _band(loop_band.get(r["round"])), lift, ci,
+                             " / ".join(_pct(a) for a in r.get("accuracies") or []), _e(r["trained"])])  # fmt: skip
+        parts.append(_table(["arm", "round", "arm accuracy [95%]", "loop accuracy [95%]", "lift (points)", "95% CI", "per repeat", "trained"],
+                            rows, {1, 2, 3, 4, 5, 6, 7}))  # fmt: skip
         parts.append('<p class="muted">Lift: the loop\'s accuracy minus the arm\'s, paired over eval items (pooled over the '
-                     "arm's repeats), with a percentile-bootstrap 95% interval; significant when it excludes 0.</p>")
+                     "arm's repeats), with a percentile-bootstrap 95% interval; significant when it excludes 0. An accuracy's "
+                     "[95%] band is the same bootstrap of the accuracy alone: over the eval items and, for an arm, its repeats "
+                     "(the loop trains once, so its band covers the items only); the plot shades it.</p>")
     else:
         parts.append('<p class="muted">No baseline arms: add <code>baselines: [seeds_only, all_kept, random]</code> to the '
                      "task to see what the generated data, the selection and the curriculum each bought.</p>")  # fmt: skip

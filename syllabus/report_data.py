@@ -9,9 +9,11 @@ The document:
 
     job        job_id, task, kind, status, rounds_total, baseline_accuracy, final_accuracy, labels
     rounds     [{round, generated, leaked, kept, selected, trained, accuracy, train_loss}]
-    accuracy   {"loop": [[round, accuracy], ...]} from round 0 (the base student)
-    baselines  [{arm, comparison, repeats, rounds: [{round, accuracy, accuracies, trained, lift, ci_low,
-               ci_high, verdict}], lift, ci_low, ci_high, verdict}]  (the last round's lift on top)
+    accuracy   {"loop": [[round, accuracy], ...], "loop_ci": [[round, low, high], ...]} from round 0
+               (the base student); the band is `stats.accuracy_interval` over eval items (None: no predictions)
+    baselines  [{arm, comparison, repeats, rounds: [{round, accuracy, accuracies (per repeat),
+               accuracy_ci: [low, high] (pooled over repeats and items), trained, lift, ci_low, ci_high,
+               verdict}], lift, ci_low, ci_high, verdict}]  (the last round's lift on top)
     training   [{round, stage, samples, steps, mean_loss, losses: [per step], stages: [{name, steps,
                mean_loss}]}]  (the loop's runs and the arms')
     scores     {column, rounds: [{round, selected: [values], dropped: [values]}]}  (the candidates only)
@@ -96,7 +98,8 @@ def job_report_data(s: Session, store: ArtifactStore, job_id: str) -> dict:
              "trained": r.trained, "accuracy": r.accuracy, "train_loss": r.train_loss}
             for r in rounds
         ],
-        "accuracy": {"loop": [[r, e.accuracy] for r, e in sorted(loop_evals.items())]},
+        "accuracy": {"loop": [[r, e.accuracy] for r, e in sorted(loop_evals.items())],
+                     "loop_ci": [[r, *_interval(s, store, [e])[1:]] for r, e in sorted(loop_evals.items())]},
         "training": [
             {"round": t.round, "stage": t.stage, "samples": t.samples, "steps": t.steps, "mean_loss": t.mean_loss,
              "losses": list((t.metrics or {}).get("losses", [])),
@@ -134,6 +137,7 @@ def _baselines(s, store, task, evaluations, loop_evals, runs) -> list[dict]:
         for r, repeats in sorted(arm_evals.get(arm, {}).items()):
             evs = [repeats[k] for k in sorted(repeats)]
             row = {"round": r, "accuracy": sum(e.accuracy for e in evs) / len(evs), "accuracies": [e.accuracy for e in evs],
+                   "accuracy_ci": list(_interval(s, store, evs)[1:]),
                    "trained": trained.get((arm_stage(arm, 0), r)), "lift": None, "ci_low": None, "ci_high": None, "verdict": ""}  # fmt: skip
             if r in loop_evals:
                 loop = stats.correct_by_item(_read_jsonl(s, store, loop_evals[r].predictions_uri))
@@ -144,6 +148,15 @@ def _baselines(s, store, task, evaluations, loop_evals, runs) -> list[dict]:
         out.append({"arm": arm, "comparison": COMPARISONS[arm], "repeats": max((len(x["accuracies"]) for x in rows), default=0),
                     "rounds": rows, **{k: last.get(k) for k in ("lift", "ci_low", "ci_high")}, "verdict": last.get("verdict", "")})  # fmt: skip
     return out
+
+
+def _interval(s, store, evs) -> tuple[float | None, float | None, float | None]:
+    """`stats.accuracy_interval` of evaluations' predictions; (None, None, None) where one is gone."""
+    try:
+        runs = [stats.correct_by_item(_read_jsonl(s, store, e.predictions_uri)) if e.predictions_uri else {} for e in evs]
+    except (OSError, ValueError, KeyError):
+        return None, None, None
+    return stats.accuracy_interval(runs) if all(runs) else (None, None, None)
 
 
 def _scores_and_examples(s: Session, job_id: str, task: TaskSpec | None, samples: dict) -> tuple[dict, dict]:

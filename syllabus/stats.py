@@ -89,6 +89,21 @@ def compare(loop: Mapping[str, float], arm_repeats: Sequence[Mapping[str, float]
     return paired_bootstrap(paired_differences(loop, arm_repeats), **kwargs)
 
 
+def accuracy_interval(
+    repeats: Sequence[Mapping[str, float]], *, resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = SEED
+) -> tuple[float, float, float]:
+    """(accuracy, low, high): the accuracy of one or more runs on the same eval items (an arm's
+    repeats, or the loop's one run) pooled over the runs, with the same percentile bootstrap over
+    items as the lift. The report's band: it covers which items were drawn and, given repeats,
+    training randomness; a single run's band covers the items only."""
+    if not repeats:
+        raise ValueError("an accuracy needs at least one run")
+    items = set(repeats[0]).intersection(*repeats[1:])
+    pooled = [sum(r[i] for r in repeats) / len(repeats) for i in sorted(items)]
+    got = paired_bootstrap(pooled, resamples=resamples, confidence=confidence, seed=seed)
+    return got.lift, got.ci_low, got.ci_high
+
+
 def points(x: float) -> str:
     """An accuracy difference in points with its sign: 0.03 -> "+3.0"."""
     return f"{100 * x:+.1f}"

@@ -119,6 +119,12 @@ def test_the_html_report_renders_in_chromium_with_every_plot(chromium, job: dict
             img.verify()
     for b in job["report"]["baselines"]:
         assert b["verdict"] in text  # the same numbers as the --json report
+        # each arm's accuracy with its 95% band (bootstrap over the eval items), which holds the accuracy
+        row = re.search(rf"<tr><td>{b['arm']}</td><td[^>]*>1</td><td[^>]*>([\d.]+)% <span[^>]*>\[([\d.]+), ([\d.]+)\]", text)
+        assert row, b["arm"]
+        acc, lo, hi = (float(x) for x in row.groups())
+        assert acc == pytest.approx(100 * b["accuracy"][0], abs=0.06) and lo <= acc <= hi
+        assert hi > lo or acc in (0.0, 100.0)  # a point band only where every item agrees
     assert "Final evaluation" in text and "gold \\ predicted" in text and "Top- and bottom-scored" in text
 
     # Chromium loads each image of the page: a probe page beside it reports every <img>'s natural size.

@@ -6,7 +6,15 @@ import itertools
 
 import pytest
 
-from syllabus.stats import Lift, compare, correct_by_item, paired_bootstrap, paired_differences, verdict
+from syllabus.stats import (
+    Lift,
+    accuracy_interval,
+    compare,
+    correct_by_item,
+    paired_bootstrap,
+    paired_differences,
+    verdict,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -72,3 +80,23 @@ def test_verdicts() -> None:
     assert verdict("curriculum", Lift(-0.1, -0.2, -0.01, 100)).endswith("significant (the baseline beats the loop)")
     with pytest.raises(ValueError, match="confidence"):
         paired_bootstrap([1.0], confidence=1.0)
+
+
+def test_an_accuracy_band_pools_repeats_per_item_then_bootstraps_items() -> None:
+    """Two repeats over items a, b, c: pooled per item [1, 0.5, 0] (mean 0.5). A resample of 3 items
+    has mean (2 #a + #b) / 6: it is 0 only for "c c c" (P = 1/27 = 3.7% >= 2.5%, so the low end is 0)
+    and 1 only for "a a a" (P(mean <= 5/6) = 26/27 = 96.3% < 97.5%, so the high end is 1)."""
+    runs = [{"a": 1.0, "b": 1.0, "c": 0.0}, {"a": 1.0, "b": 0.0, "c": 0.0, "z": 1.0}]  # "z": not in every run
+    acc, lo, hi = accuracy_interval(runs)
+    assert acc == pytest.approx(0.5) and (lo, hi) == (0.0, 1.0)
+    # the same numbers by enumerating all 27 equally likely resamples
+    pooled = [1.0, 0.5, 0.0]
+    means = sorted(sum(pooled[i] for i in idx) / 3 for idx in itertools.product(range(3), repeat=3))
+    cdf = lambda x: sum(m <= x for m in means) / len(means)
+    assert (min(m for m in means if cdf(m) >= 0.025), min(m for m in means if cdf(m) >= 0.975)) == (lo, hi)
+    # more repeats agreeing narrow nothing per item, more items do
+    wide = accuracy_interval([{str(i): float(i % 2) for i in range(10)}])
+    narrow = accuracy_interval([{str(i): float(i % 2) for i in range(400)}])
+    assert wide[0] == narrow[0] == 0.5 and narrow[2] - narrow[1] < wide[2] - wide[1]
+    with pytest.raises(ValueError, match="at least one run"):
+        accuracy_interval([])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.report import write_report
+from orchestrator.report import accuracy_series, write_report
 
 pytestmark = pytest.mark.unit
 
@@ -58,3 +58,27 @@ def test_an_answer_kind_job_lists_its_errors_and_escapes_text(tmp_path: Path) ->
     assert "2 &lt; 3 &amp; &lt;b&gt;bold&lt;/b&gt;?" in text and "<b>bold</b>" not in text
     assert "gold \\ predicted" not in text  # no confusion table without labels
     assert 'class="verdict sig"' in text and arm["verdict"] in text
+
+
+def test_each_arm_is_drawn_with_its_band_from_the_base_student() -> None:
+    arm = {"arm": "random", "comparison": "the scores", "repeats": 3, "lift": 0.1, "ci_low": 0.0, "ci_high": 0.2, "verdict": "",
+           "rounds": [{"round": 1, "accuracy": 0.4, "accuracies": [0.3, 0.4, 0.5], "accuracy_ci": [0.3, 0.5], "trained": 4},
+                      {"round": 2, "accuracy": 0.5, "accuracies": [0.5, 0.5, 0.5], "accuracy_ci": None, "trained": 4}]}  # fmt: skip
+    data = document(accuracy={"loop": [[0, 0.2], [1, 0.5], [2, 0.6]], "loop_ci": [[0, 0.1, 0.3], [1, 0.4, 0.6], [2, None, None]]},
+                    baselines=[arm])  # fmt: skip
+    assert accuracy_series(data) == [
+        ("loop", [0, 1, 2], [0.2, 0.5, 0.6], [0.1, 0.4, None], [0.3, 0.6, None]),
+        ("random", [0, 1, 2], [0.2, 0.4, 0.5], [0.1, 0.3, None], [0.3, 0.5, None]),  # round 0: the base student's point and band
+    ]
+
+
+def test_the_baselines_table_shows_each_accuracy_band_and_the_repeats(tmp_path: Path) -> None:
+    arm = {"arm": "all_kept", "comparison": "selection", "repeats": 3, "lift": -0.08, "ci_low": -0.15, "ci_high": -0.02,
+           "verdict": "selection: -8.0 points [-15.0, -2.0], significant (the baseline beats the loop)",
+           "rounds": [{"round": 1, "accuracy": 0.61, "accuracies": [0.6, 0.6, 0.63], "accuracy_ci": [0.55, 0.67], "trained": 88,
+                       "lift": -0.08, "ci_low": -0.15, "ci_high": -0.02, "verdict": ""}]}  # fmt: skip
+    data = document(accuracy={"loop": [[0, 0.2], [1, 0.53]], "loop_ci": [[0, 0.12, 0.28], [1, 0.43, 0.63]]}, baselines=[arm])
+    text = write_report(data, tmp_path).read_text()
+    row = re.search(r"<tr><td>all_kept</td>.*?</tr>", text).group(0)
+    assert "61.0%" in row and "[55.0, 67.0]" in row and "53.0%" in row and "[43.0, 63.0]" in row
+    assert "60.0% / 60.0% / 63.0%" in row
