@@ -34,7 +34,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -168,7 +168,20 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             if claimed:
                 self.metadata.release_job(job_id)
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, _taken(job_id))
-        task_ref = stored or await asyncio.to_thread(self.store.put_bytes, task_key, canonical)
+        try:
+            await self._start(job_id, task, stored or await asyncio.to_thread(self.store.put_bytes, task_key, canonical), principal)
+        except (RPCError, RuntimeError, OSError) as e:
+            # Nothing started: give the id back, so the same submission can simply be sent again (a
+            # kept row without a workflow would hold the id for good).
+            if claimed:
+                self.metadata.release_job(job_id)
+            log.warning("job %s not started: %s", job_id, type(e).__name__)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "could not start the job (Temporal or the artifact store "
+                                "is unreachable); nothing was started, submit it again")  # fmt: skip
+        return jobs_pb2.SubmitJobResponse(job=await self._job(job_id, context))
+
+    async def _start(self, job_id: str, task, task_ref, principal: Principal) -> None:
+        """Start the job's workflow; a running or finished one of this id stays as it is."""
         attributes = search.start_attributes(task.name, _tenant_of(principal)) if await self._search_ready() else None
         inp = DistillationInput(
             job_id=job_id,
@@ -193,7 +206,6 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         except RPCError as e:
             if e.status != RPCStatusCode.ALREADY_EXISTS:
                 raise
-        return jobs_pb2.SubmitJobResponse(job=await self._job(job_id, context))
 
     async def GetJob(self, request, context):
         return jobs_pb2.GetJobResponse(job=await self._job(request.job_id, context))
@@ -364,6 +376,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             snap = await self._snapshot(handle, light)
         except RPCError as e:
             if e.status == RPCStatusCode.NOT_FOUND:
+                if row is not None:  # the row outlived its workflow (retention): what the row knows
+                    return _row_job(row, self.config)
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} not found")
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"Temporal: {e.message}")
         job = jobs_pb2.Job(
@@ -431,6 +445,27 @@ def _tenant_of(principal: Principal) -> str:
 
 def _sha(ref) -> str:
     return ref.sha256 if ref is not None else ""
+
+
+#: A job row's status where its workflow is gone (Temporal's retention removed it).
+_ROW_STATUS = {"completed": jobs_pb2.JOB_STATUS_COMPLETED, "failed": jobs_pb2.JOB_STATUS_FAILED,
+               "cancelled": jobs_pb2.JOB_STATUS_CANCELLED}  # fmt: skip
+
+
+def _row_job(row: db.Job, config: Config) -> jobs_pb2.Job:
+    """A job from its SQL row alone: its workflow's history is gone, so no steps or rounds; a row
+    still "running" (its workflow vanished before it finished) says so in `error`."""
+    job = jobs_pb2.Job(job_id=row.id, status=_ROW_STATUS.get(row.status, jobs_pb2.JOB_STATUS_UNSPECIFIED),
+                       task_name=row.task_name, rounds_total=row.rounds_total, artifacts_uri=row.artifacts_uri,
+                       web_ui_url=web_ui_url(config, row.id))  # fmt: skip
+    job.created_at.FromDatetime(row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC))
+    if row.baseline_accuracy is not None:
+        job.baseline_accuracy = row.baseline_accuracy
+    if row.final_accuracy is not None:
+        job.final_accuracy = row.final_accuracy
+    if row.status not in _ROW_STATUS:
+        job.error = "its workflow is gone from Temporal (retention, or removed) before the job finished"
+    return job
 
 
 def _taken(job_id: str) -> str:

@@ -143,6 +143,15 @@ class ArtifactStore(Protocol):
         ...
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalArtifactStore:
     """Objects as files under a root directory; `<key>.sha256` holds each object's checksum."""
 
@@ -193,9 +202,14 @@ class LocalArtifactStore:
             sfd, sidecar_tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".sha256", dir=path.parent)
             with os.fdopen(sfd, "w") as sf:
                 sf.write(f"{digest} {size}\n")
-            # Checksum first, data last: once the data file is visible its checksum is too.
+                sf.flush()
+                os.fsync(sf.fileno())
+            # Checksum first, data last: once the data file is visible its checksum is too. A power
+            # loss between the two renames leaves a checksum that does not describe the data: `stat`
+            # sees the sizes disagree and calls the object absent, so the step publishes it again.
             os.replace(sidecar_tmp, sidecar)
             os.replace(tmp, path)
+            _fsync_dir(path.parent)  # the renames themselves survive a power loss
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             if "sidecar_tmp" in locals():
@@ -226,7 +240,12 @@ class LocalArtifactStore:
         sidecar = path.with_name(path.name + ".sha256")
         if not path.is_file() or not sidecar.is_file():
             return None
-        digest, size = sidecar.read_text().split()
+        try:
+            digest, size = sidecar.read_text().split()
+            if int(size) != path.stat().st_size:
+                return None  # a torn publish (see _publish): absent until published again
+        except (ValueError, OSError):
+            return None
         return ArtifactRef(uri=path.as_uri(), sha256=digest, size_bytes=int(size))
 
     def get_bytes(self, ref: ArtifactRef) -> bytes:

@@ -45,7 +45,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     # The tenant that submitted it (the gateway scopes every job RPC to it; "admin" for the admin token).
     tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT, index=True)
-    task_name: Mapped[str] = mapped_column(String(256))
+    task_name: Mapped[str] = mapped_column(Text)
     task_yaml: Mapped[str] = mapped_column(Text)
     # sha256 of the canonical task (`dump_task`): a resubmitted job id must carry the same task.
     task_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
@@ -89,7 +89,7 @@ class Sample(Base):
     round: Mapped[int] = mapped_column(Integer)  # 0 for seeds and eval items
     split: Mapped[str] = mapped_column(String(16))  # seed | eval | generated
     input: Mapped[str] = mapped_column(Text)
-    label: Mapped[str] = mapped_column(String(256))
+    label: Mapped[str] = mapped_column(Text)  # an answer of any length (numeric, open_ended)
     parent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     provenance: Mapped[dict] = mapped_column(JSON, default=dict)
     artifact_uri: Mapped[str] = mapped_column(Text, default="")

@@ -108,3 +108,57 @@ async def test_health_and_reflection(gateway) -> None:
     async for r in refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])):
         names = [s.name for s in r.list_services_response.service]
     assert "syllabus.jobs.v1.JobService" in names
+
+
+async def test_a_job_whose_workflow_is_gone_is_listed_from_its_row(gateway, tmp_path: Path) -> None:
+    """Temporal's retention removes a finished workflow; its job row stays. ListJobs (all of the
+    tenant's jobs) and GetJob answer from the row instead of failing NOT_FOUND for good."""
+    from orchestrator.metadata import Metadata
+    from syllabus.tasks import dump_task, load_task
+
+    stub, _, _ = gateway
+    task = dump_task(load_task(ROOT / "examples/banking77/task.yaml"))
+    live = (await stub.SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=task, job_id=f"live-{uuid.uuid4().hex[:6]}"))).job
+    metadata = Metadata(Config(home=tmp_path).resolved_database_url())
+    for job_id, status in (("gone-done", "completed"), ("gone-running", "running")):
+        assert metadata.claim_job({"id": job_id, "tenant": "admin", "task_name": "old-task", "task_yaml": task,
+                                   "task_sha256": "", "rounds_total": 2, "artifacts_uri": "", "status": "running"}) is None  # fmt: skip
+        if status != "running":
+            metadata.finish_job(job_id, status, 0.25, 0.5)
+    jobs = {j.job_id: j for j in (await stub.ListJobs(jobs_pb2.ListJobsRequest())).jobs}
+    assert set(jobs) == {live.job_id, "gone-done", "gone-running"}
+    assert jobs[live.job_id].status == jobs_pb2.JOB_STATUS_RUNNING
+    done = (await stub.GetJob(jobs_pb2.GetJobRequest(job_id="gone-done"))).job
+    assert (done.status, done.task_name, done.rounds_total, done.final_accuracy) == (jobs_pb2.JOB_STATUS_COMPLETED, "old-task", 2, 0.5)
+    assert done.created_at.seconds > 0 and not done.error
+    assert jobs["gone-running"].status == jobs_pb2.JOB_STATUS_UNSPECIFIED and "workflow is gone" in jobs["gone-running"].error
+
+
+async def test_a_submit_that_cannot_start_its_workflow_gives_the_id_back(tmp_path: Path) -> None:
+    """Temporal stops between the gateway's start and a submission: UNAVAILABLE in one line, and no
+    job row is left holding the id, so the same submission goes through once Temporal is back."""
+    from orchestrator.metadata import Metadata
+    from syllabus import db
+    from syllabus.tasks import dump_task, load_task
+
+    path = shutil.which("temporal", path=str(Path(sys.executable).parent)) or shutil.which("temporal")
+    env = await WorkflowEnvironment.start_local(dev_server_existing_path=path)
+    tokens = tmp_path / "gateway-tokens.json"
+    tokens.write_text(json.dumps({ADMIN_TOKEN: "*"}))
+    config = Config(home=tmp_path, task_queue=f"tq-{uuid.uuid4()}", tokens_file=str(tokens))
+    served = await create_server(config, "127.0.0.1:0", client=env.client)
+    await served.set_serving(True)
+    await env.shutdown()  # Temporal is gone; the gateway still serves
+    channel = auth.channel(f"127.0.0.1:{served.port}", ADMIN_TOKEN)
+    try:
+        task = dump_task(load_task(ROOT / "examples/banking77/task.yaml"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await jobs_pb2_grpc.JobServiceStub(channel).SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=task, job_id="no-temporal"),
+                                                                   timeout=60)  # fmt: skip
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "nothing was started, submit it again" in info.value.details() and "\n" not in info.value.details()
+        with Metadata(config.resolved_database_url()).sessions()() as s:
+            assert s.get(db.Job, "no-temporal") is None
+    finally:
+        await channel.close()
+        await served.stop(0)

@@ -68,6 +68,45 @@ def test_crash_before_publish_leaves_nothing_readable(store: LocalArtifactStore,
     assert not any(p.name.startswith(".tmp-") and not p.name.endswith(".sha256") for p in (store.root / "jobs/j").iterdir())
 
 
+def test_a_republish_torn_by_a_crash_reads_as_absent_until_published_again(store: LocalArtifactStore, monkeypatch) -> None:
+    """The new checksum is in place, the new data is not (a power loss between the two renames): the
+    key reads as absent, not as an object whose checksum fails for good, and the retry heals it."""
+    import os
+
+    store.put_bytes("jobs/j/out.jsonl", b"old")
+    real_replace = os.replace
+
+    def crash_on_data_publish(src, dst):
+        if not str(dst).endswith(".sha256"):
+            raise OSError("simulated power loss")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_data_publish)
+    with pytest.raises(OSError, match="power loss"):
+        store.put_bytes("jobs/j/out.jsonl", b"newer data")
+    monkeypatch.undo()
+    assert store.stat("jobs/j/out.jsonl") is None
+    ref = store.put_bytes("jobs/j/out.jsonl", b"newer data")
+    assert store.stat("jobs/j/out.jsonl") == ref and store.get_bytes(ref) == b"newer data"
+
+
+def test_publishing_syncs_data_checksum_and_directory(store: LocalArtifactStore, monkeypatch) -> None:
+    import os
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+
+    def record(fd):
+        mode = os.fstat(fd).st_mode
+        synced.append("dir" if stat.S_ISDIR(mode) else "file")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    store.put_bytes("jobs/j/x.jsonl", b"x")
+    assert synced == ["file", "file", "dir"]  # the data, its checksum, then the renames into the directory
+
+
 def test_missing_object(store: LocalArtifactStore) -> None:
     ref = store.put_bytes("a.txt", b"abc")
     (store.root / "a.txt").unlink()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from syllabus import db
 from syllabus.migrate import current_revision, downgrade, head_revision, upgrade
@@ -52,4 +52,20 @@ def test_insert_ignore_is_idempotent(database_url: str) -> None:
     with sessions() as s:
         assert db.count(s, db.Sample, job_id="j") == 4
         assert s.get(db.Job, "j").created_at is not None
+    engine.dispose()
+
+
+def test_long_labels_and_task_names_are_stored_whole(database_url: str) -> None:
+    """An open-ended answer (the label column) and a task name have no length limit: PostgreSQL's
+    VARCHAR(256) refused them before 0004."""
+    engine = db.make_engine(database_url)
+    sessions = db.session_factory(engine)
+    answer, name = "a worked answer, " * 400, "n" * 1000
+    with sessions.begin() as s:
+        db.insert_ignore(s, db.Job, [{"id": "long", "task_name": name, "task_yaml": "", "rounds_total": 1}])
+        db.insert_ignore(s, db.Sample, [{"job_id": "long", "sample_id": "s", "round": 1, "split": "generated",
+                                         "input": "q", "label": answer, "provenance": {}}])  # fmt: skip
+    with sessions() as s:
+        assert s.get(db.Job, "long").task_name == name
+        assert s.execute(select(db.Sample.label).where(db.Sample.job_id == "long")).scalar() == answer
     engine.dispose()
