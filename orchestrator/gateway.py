@@ -170,12 +170,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, _taken(job_id))
         try:
             await self._start(job_id, task, stored or await asyncio.to_thread(self.store.put_bytes, task_key, canonical), principal)
-        except (RPCError, RuntimeError, OSError) as e:
+        except Exception as e:  # Temporal or the store down: said below, logged here
             # Nothing started: give the id back, so the same submission can simply be sent again (a
             # kept row without a workflow would hold the id for good).
             if claimed:
                 self.metadata.release_job(job_id)
-            log.warning("job %s not started: %s", job_id, type(e).__name__)
+            log.warning("job %s not started", job_id, exc_info=e)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "could not start the job (Temporal or the artifact store "
                                 "is unreachable); nothing was started, submit it again")  # fmt: skip
         return jobs_pb2.SubmitJobResponse(job=await self._job(job_id, context))

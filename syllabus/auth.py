@@ -318,8 +318,12 @@ class ServerGuard(grpc.aio.ServerInterceptor):
         token = _current.set(principal)
         try:
             yield _GuardedContext(context)
+        except grpc.aio.AbortError:
+            raise
         except ValueError as e:
             await _invalid(context, method, e)
+        except Exception as e:  # noqa: BLE001 — whatever a handler did not map gets a precise code, not UNKNOWN
+            await _unexpected(context, method, e)
         finally:
             _current.reset(token)
 
@@ -383,6 +387,34 @@ class ServerGuard(grpc.aio.ServerInterceptor):
             stream_stream, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def unexpected_status(e: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The code and a message without server detail (no SQL, parameters, paths or upstream text)
+    for a failure no handler mapped: a store or service the server depends on being down is
+    UNAVAILABLE (the client may retry), a full disk RESOURCE_EXHAUSTED, the rest INTERNAL."""
+    import errno
+
+    module = type(e).__module__.split(".")[0]
+    if module == "sqlalchemy":
+        if type(e).__name__ in ("OperationalError", "DisconnectionError", "TimeoutError"):
+            return grpc.StatusCode.UNAVAILABLE, "the metadata database is unavailable; retry"
+        return grpc.StatusCode.INTERNAL, "metadata database error (the server logged it)"
+    if module == "temporalio":
+        return grpc.StatusCode.UNAVAILABLE, "Temporal is unavailable; retry"
+    if module in ("minio", "urllib3", "botocore"):
+        return grpc.StatusCode.UNAVAILABLE, "the artifact store is unavailable; retry"
+    if isinstance(e, OSError):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, "the server is out of disk space"
+        return grpc.StatusCode.UNAVAILABLE, f"storage or network error ({type(e).__name__}); retry"
+    return grpc.StatusCode.INTERNAL, "internal error (the server logged it)"
+
+
+async def _unexpected(context: grpc.aio.ServicerContext, method: str, e: Exception) -> None:
+    code, message = unexpected_status(e)
+    log.error("%s: %s", method, code.name, exc_info=e)  # the whole story stays in the server's log
+    await context.abort(code, message)
 
 
 async def _invalid(context: grpc.aio.ServicerContext, method: str, e: ValueError) -> None:

@@ -162,3 +162,37 @@ async def test_a_submit_that_cannot_start_its_workflow_gives_the_id_back(tmp_pat
     finally:
         await channel.close()
         await served.stop(0)
+
+
+async def test_a_lost_database_is_unavailable_without_sql_in_the_answer(temporal, postgres_url: str, tmp_path: Path) -> None:
+    """The metadata database goes away under a running gateway (dropped, as a failover would lose
+    it): job RPCs answer UNAVAILABLE with a short message, never UNKNOWN with the SQL, its
+    parameters or the database's name; the gateway itself keeps serving."""
+    from sqlalchemy import create_engine, text
+
+    tokens = tmp_path / "gateway-tokens.json"
+    tokens.write_text(json.dumps({ADMIN_TOKEN: "*"}))
+    config = Config(home=tmp_path, task_queue=f"tq-{uuid.uuid4()}", tokens_file=str(tokens), database_url=postgres_url)
+    served = await create_server(config, "127.0.0.1:0", client=temporal.client)
+    await served.set_serving(True)
+    channel = auth.channel(f"127.0.0.1:{served.port}", ADMIN_TOKEN)
+    stub = jobs_pb2_grpc.JobServiceStub(channel)
+    try:
+        assert (await stub.ListJobs(jobs_pb2.ListJobsRequest())).jobs == []
+        name = postgres_url.rsplit("/", 1)[1]
+        admin = create_engine(postgres_url.rsplit("/", 1)[0] + "/test", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+        for call in (stub.ListJobs(jobs_pb2.ListJobsRequest()), stub.GetJob(jobs_pb2.GetJobRequest(job_id="any-job"))):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+            details = info.value.details()
+            assert details == "the metadata database is unavailable; retry"
+            assert name not in details and "SELECT" not in details.upper()
+        health = health_pb2_grpc.HealthStub(channel)
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await channel.close()
+        await served.stop(0)

@@ -377,3 +377,27 @@ async def test_cli_with_a_rejected_token_is_one_line(servers, monkeypatch: pytes
     assert await asyncio.to_thread(cli.main, ["jobs", "list"]) == cli.EXIT_FAILED
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "UNAUTHENTICATED" in err
+
+
+@pytest.mark.unit
+def test_unmapped_failures_get_precise_codes_and_no_server_detail() -> None:
+    import errno
+
+    from sqlalchemy.exc import IntegrityError, OperationalError
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from syllabus.auth import unexpected_status
+
+    secret = "/srv/syllabus/home/secret.db SELECT * FROM jobs WHERE tenant = 'victim'"
+    cases = [
+        (OperationalError(secret, {}, Exception(secret)), grpc.StatusCode.UNAVAILABLE),
+        (IntegrityError(secret, {}, Exception(secret)), grpc.StatusCode.INTERNAL),
+        (RPCError(secret, RPCStatusCode.UNAVAILABLE, b""), grpc.StatusCode.UNAVAILABLE),
+        (OSError(errno.ENOSPC, secret), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (ConnectionRefusedError(errno.ECONNREFUSED, secret), grpc.StatusCode.UNAVAILABLE),
+        (RuntimeError(secret), grpc.StatusCode.INTERNAL),
+    ]
+    for error, code in cases:
+        got, message = unexpected_status(error)
+        assert got == code, type(error).__name__
+        assert "/srv" not in message and "SELECT" not in message and "victim" not in message
