@@ -148,6 +148,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: use letters, digits, '.', '_' or '-' (max 128)")
         if CHILD_ID_SUFFIX.search(job_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: a '-tailor-N' or '-baseline-ARM-N' ending is reserved for a job's own steps")
+        for field, base in _model_fields(task):
+            if not self.config.model_allowed(base):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"{field}: {base[:200]!r} is not among the models this server allows (allowed_models)")  # fmt: skip
         principal = current_principal()
         canonical = dump_task(task).encode()
         digest = hashlib.sha256(canonical).hexdigest()
@@ -466,6 +470,18 @@ def _row_job(row: db.Job, config: Config) -> jobs_pb2.Job:
     if row.status not in _ROW_STATUS:
         job.error = "its workflow is gone from Temporal (retention, or removed) before the job finished"
     return job
+
+
+def _model_fields(task) -> list[tuple[str, str]]:
+    """(field, model base) of every model a task names."""
+    out = [("student.model", task.student.model)]
+    if task.teachers:
+        out += [(f"teachers[{i}].model", t.model) for i, t in enumerate(task.teachers)]
+    else:
+        out.append(("teacher.model", task.teacher.model))
+    if task.score.model is not None:
+        out.append(("score.model", task.score.model.model))
+    return out
 
 
 def _taken(job_id: str) -> str:

@@ -96,6 +96,12 @@ class Config(BaseModel):
         description="Teachers at HTTP endpoints, as JSON {name: {url, model, api_key_env}}; a task names one as "
         "teacher.model: openai:<name>. Keys are read on the teacher from the env vars named by api_key_env.",
     )
+    allowed_models: list[str] = Field(
+        default_factory=list,
+        description="The model bases a task may name (teacher, teachers, student, score.model), as shell patterns, e.g. "
+        '["bundled:*", "openai:*", "/models/*"] (JSON or comma-separated). A directory is matched after its path is '
+        "normalised. Empty: any (the embedded stack, where the user owns the machine); the helm chart sets it.",
+    )
     log_level: str = Field("INFO", description="Python log level of services, worker and gateway.")
     metrics_host: str = Field(
         "127.0.0.1", description="Interface the Prometheus endpoints bind (0.0.0.0 in a cluster, where Prometheus scrapes pods)."
@@ -128,6 +134,31 @@ class Config(BaseModel):
             if bad:
                 raise ValueError(f"endpoint names must match {ENDPOINT_NAME_RE.pattern}, got {bad[0]!r}")
         return value
+
+    @field_validator("allowed_models", mode="before")
+    @classmethod
+    def _parse_patterns(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"SYLLABUS_ALLOWED_MODELS is not JSON: {e}") from None
+            return [x.strip() for x in text.split(",") if x.strip()]
+        return value
+
+    def model_allowed(self, base: str) -> bool:
+        """Whether a task may name `base` (see `allowed_models`)."""
+        import fnmatch
+        import posixpath
+
+        if not self.allowed_models:
+            return True
+        scheme, sep, rest = base.partition(":")
+        # "vllm:/models/../etc" is /etc: the path part is normalised before it is matched
+        name = f"{scheme}:{posixpath.normpath(rest)}" if sep and "/" not in scheme and rest else posixpath.normpath(base)
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allowed_models)
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'syllabus.db'}"

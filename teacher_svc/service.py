@@ -69,11 +69,22 @@ MAX_BATCH_SIZE = 1024
 STATS_SUFFIX = ".stats.json"  # Generate's counts, published before the examples so retries can return them
 
 
-class ModelCache:
-    """Loaded teacher backends, one per (model base, adapter); thread-safe, loads each once."""
+#: Teacher backends with an adapter applied (each a whole model copy) kept loaded at most.
+MAX_ADAPTER_BACKENDS = 2
 
-    def __init__(self, load: Callable[[str], Backend] = load_backend) -> None:
+
+class ModelCache:
+    """Loaded teacher backends, one per (model base, adapter); thread-safe, loads each once. Base
+    models stay; of the backends with an adapter (an ARTE-tailored teacher, one per job and round)
+    only the `max_adapters` used last do, so a stream of tailored jobs cannot grow memory without
+    bound. Eviction is safe: the service runs one model call at a time (its model lock), and a call
+    holds its backend for as long as it runs."""
+
+    def __init__(self, load: Callable[[str], Backend] = load_backend, *, load_adapter=None,
+                 max_adapters: int = MAX_ADAPTER_BACKENDS) -> None:  # fmt: skip
         self._load = load
+        self._load_adapter = load_adapter or TransformersBackend.load
+        self.max_adapters = max_adapters
         self._backends: dict[tuple[str, str], Backend] = {}
         self._lock = threading.Lock()
 
@@ -83,14 +94,23 @@ class ModelCache:
         on a backend that cannot apply one)."""
         key = (base, adapter_sha256 if adapter_dir is not None else "")
         with self._lock:
-            if key not in self._backends:
-                if adapter_dir is None:
-                    self._backends[key] = self._load(base)
-                else:
-                    if base.startswith(("openai:", "vllm:")):
-                        raise ValueError("adapters are supported on transformers backends only")
-                    self._backends[key] = TransformersBackend.load(base, adapter_dir, adapter_sha256)
+            if key in self._backends:
+                self._backends[key] = self._backends.pop(key)  # most recently used last
+            elif adapter_dir is None:
+                self._backends[key] = self._load(base)
+            else:
+                if base.startswith(("openai:", "vllm:")):
+                    raise ValueError("adapters are supported on transformers backends only")
+                adapted = [k for k in self._backends if k[1]]
+                for old in adapted[: max(0, len(adapted) - self.max_adapters + 1)]:
+                    del self._backends[old]  # the least recently used first
+                self._backends[key] = self._load_adapter(base, adapter_dir, adapter_sha256)
             return self._backends[key]
+
+    def loaded(self) -> list[tuple[str, str]]:
+        """(base, adapter sha256 or "") of the loaded backends, least recently used first."""
+        with self._lock:
+            return list(self._backends)
 
 
 #: TopLogprobs' self-test: records scored again alone, and how far (nats) a token's log-prob may move.

@@ -196,3 +196,32 @@ async def test_a_lost_database_is_unavailable_without_sql_in_the_answer(temporal
     finally:
         await channel.close()
         await served.stop(0)
+
+
+async def test_a_task_naming_a_model_outside_the_allowlist_is_refused_at_submission(temporal, tmp_path: Path) -> None:
+    from syllabus.tasks import dump_task, load_task
+
+    tokens = tmp_path / "gateway-tokens.json"
+    tokens.write_text(json.dumps({ADMIN_TOKEN: "*"}))
+    config = Config(home=tmp_path, task_queue=f"tq-{uuid.uuid4()}", tokens_file=str(tokens),
+                    allowed_models='["bundled:*", "/models/*"]')  # as the env var carries it  # fmt: skip
+    served = await create_server(config, "127.0.0.1:0", client=temporal.client)
+    await served.set_serving(True)
+    channel = auth.channel(f"127.0.0.1:{served.port}", ADMIN_TOKEN)
+    stub = jobs_pb2_grpc.JobServiceStub(channel)
+    task = load_task(ROOT / "examples/banking77/task.yaml")
+    before = (await temporal.client.count_workflows()).count
+    try:
+        for field, base in (("student", "/models/../etc/ssl"), ("teacher", str(ROOT))):
+            bad = task.model_copy(update={field: getattr(task, field).model_copy(update={"model": base})})
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=dump_task(bad), job_id=f"deny-{field}"))
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert info.value.details().startswith(f"{field}.model: ") and "allowed_models" in info.value.details()
+        assert (await temporal.client.count_workflows()).count == before
+        assert (await stub.ListJobs(jobs_pb2.ListJobsRequest())).jobs == []  # no row claimed either
+        ok = (await stub.SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=dump_task(task), job_id=f"allow-{uuid.uuid4().hex[:6]}"))).job
+        assert ok.status == jobs_pb2.JOB_STATUS_RUNNING  # bundled: models pass
+    finally:
+        await channel.close()
+        await served.stop(0)
