@@ -38,7 +38,7 @@ from datetime import UTC, timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import select
+from sqlalchemy import func, select
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -152,7 +152,21 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             if not self.config.model_allowed(base):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     f"{field}: {base[:200]!r} is not among the models this server allows (allowed_models)")  # fmt: skip
+        stages = task.train.recipe.stages if task.train.recipe is not None else ()
+        full = next((i for i, st in enumerate(stages) if st.lora is None), None)
+        if full is not None and not self.config.allow_full_finetune:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"train.recipe.stages[{full}].lora: full fine-tuning is off on this server (allow_full_finetune); "
+                                "give the stage a LoRA")  # fmt: skip
         principal = current_principal()
+        if self.config.max_running_jobs and principal.role != ADMIN_ROLE:
+            with self.sessions() as s:
+                running = s.execute(select(func.count()).select_from(db.Job).where(
+                    db.Job.tenant == principal.tenant, db.Job.status == "running", db.Job.id != job_id)).scalar_one()  # fmt: skip
+            if running >= self.config.max_running_jobs:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"tenant {principal.tenant!r} has {running} running jobs, the most this server allows "
+                                    f"(max_running_jobs); cancel one or wait for one to finish")  # fmt: skip
         canonical = dump_task(task).encode()
         digest = hashlib.sha256(canonical).hexdigest()
         task_key = f"jobs/{job_id}/task.yaml"

@@ -102,6 +102,15 @@ class Config(BaseModel):
         '["bundled:*", "openai:*", "/models/*"] (JSON or comma-separated). A directory is matched after its path is '
         "normalised. Empty: any (the embedded stack, where the user owns the machine); the helm chart sets it.",
     )
+    allow_full_finetune: bool = Field(
+        False, description="Whether a task's train.recipe may train the full model (a stage with lora: null): one such job "
+        "holds the trainer's memory and time like many LoRA jobs. Off: PERMISSION_DENIED at submission.",
+    )
+    max_running_jobs: int = Field(
+        0, ge=0, le=100_000,
+        description="Running jobs one tenant may have at once (admin excepted); another submission is RESOURCE_EXHAUSTED "
+        "until one finishes. 0: no limit (the embedded stack); the helm chart sets 4.",
+    )
     log_level: str = Field("INFO", description="Python log level of services, worker and gateway.")
     metrics_host: str = Field(
         "127.0.0.1", description="Interface the Prometheus endpoints bind (0.0.0.0 in a cluster, where Prometheus scrapes pods)."

@@ -35,13 +35,13 @@ class _Strict(BaseModel):
 class LoraConfig(_Strict):
     """A LoRA adapter of one stage."""
 
-    rank: int = Field(8, gt=0)
+    rank: int = Field(8, gt=0, le=512)
     """Rank of the update matrices."""
-    alpha: float = Field(16.0, gt=0)
+    alpha: float = Field(16.0, gt=0, le=65536)
     """Scaling numerator: the update is scaled by alpha / rank."""
     dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the LoRA input."""
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    targets: tuple[str, ...] = Field(("q_proj", "k_proj", "v_proj", "o_proj"), min_length=1, max_length=64)
     """Module names that get LoRA updates."""
 
 
@@ -73,11 +73,11 @@ class Curriculum(_Strict):
     """static: hard to easy instead."""
     arm_key: str = "category"
     """sec: record field naming the arm; records without it are binned by `score_key`."""
-    bins: int = Field(4, gt=0)
+    bins: int = Field(4, gt=0, le=1000)
     """sec: number of score bins when arms come from `score_key`."""
     sec_alpha: float = Field(0.5, gt=0, le=1)
     """sec: Q <- (1 - alpha) Q + alpha r."""
-    sec_tau: float = Field(1.0, gt=0)
+    sec_tau: float = Field(1.0, gt=0, le=1000)
     """sec: p = softmax(Q / tau)."""
     adarft_eta: float = 50.0
     """adarft: step size of the target difficulty."""
@@ -102,9 +102,9 @@ class Schedule(_Strict):
     """Share of the stage's steps spent in linear warm-up."""
     final_lr_ratio: float = Field(0.0, ge=0, le=1)
     """The decay ends at peak * this (moderate decay keeps curriculum gains, arXiv 2511.18903)."""
-    average_last_k: int = Field(0, ge=0)
+    average_last_k: int = Field(0, ge=0, le=1000)
     """If > 1, the stage ends with the weighted average of its last K checkpoints."""
-    average_every: int = Field(1, gt=0)
+    average_every: int = Field(1, gt=0, le=100_000)
     """Steps between the averaged checkpoints."""
     average_decay: float = Field(0.5, gt=0, le=1)
     """Weight of checkpoint i (0 = newest) is decay**i, normalised."""
@@ -118,7 +118,7 @@ class Distill(_Strict):
 
     alpha: float = Field(0.5, ge=0, le=1)
     """Weight of the divergence; the rest is the plain token cross-entropy."""
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, le=100)
     """Softens both distributions; the divergence is scaled by T^2 (Hinton)."""
     divergence: Literal["forward_kl", "jsd"] = "forward_kl"
     """forward_kl: KL(teacher || student); jsd: generalised JSD with `beta`."""
@@ -150,7 +150,7 @@ class OnPolicy(_Strict):
 class Stage(_Strict):
     """One stage of a recipe."""
 
-    name: str = ""
+    name: str = Field("", max_length=64)
     """Shown in progress events and logs; defaults to "stage-N"."""
     objective: Literal["sft", "dpo", "cft", "kd", "opd", "dft", "anchored"] = "sft"
     """sft: completion-only loss; dpo: preference pairs {prompt, chosen, rejected}, reference = the
@@ -162,11 +162,11 @@ class Stage(_Strict):
     KL(p_ref || p_theta), the reference = the model with the adapter disabled (Anchored SFT)."""
     data: DataFilter = DataFilter()
     """Which records this stage trains on."""
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, le=100)
     """Passes over the stage's records (ignored when `steps` is set)."""
-    steps: int | None = Field(None, gt=0)
+    steps: int | None = Field(None, gt=0, le=1_000_000)
     """Optimiser steps (overrides `epochs`)."""
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, le=1.0)
     """Peak learning rate."""
     schedule: Schedule = Schedule()
     """Learning-rate schedule and checkpoint averaging."""
@@ -181,36 +181,36 @@ class Stage(_Strict):
     hft: bool = False
     """Half fine-tuning: freeze a random half of the trainable modules per layer and category
     (attention / MLP / norm) for this stage — a forgetting guard."""
-    dpo_beta: float = Field(0.1, gt=0)
+    dpo_beta: float = Field(0.1, gt=0, le=100)
     """dpo: temperature of the implicit reward."""
     distill: Distill = Distill()
     """kd: the divergence and its settings."""
     on_policy: OnPolicy = OnPolicy()
     """opd: the student's sampling."""
-    anchor_lambda: float = Field(0.1, ge=0)
+    anchor_lambda: float = Field(0.1, ge=0, le=100)
     """anchored: weight of the KL to the reference (ALGORITHMS.md default 0.1)."""
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=10)
     """AdamW weight decay."""
 
 
 class Recipe(_Strict):
     """A staged training run."""
 
-    name: str = "recipe"
+    name: str = Field("recipe", max_length=64)
     """For logs."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**31 - 1000)
     """Seeds adapter init, data order, curriculum sampling and HFT choices."""
-    max_seq_len: int = Field(512, gt=0)
+    max_seq_len: int = Field(512, gt=0, le=32768)
     """Samples are truncated to this many tokens (the prompt from the left)."""
     packing: bool = True
     """Several samples per row, attention isolated per sample (padding-free)."""
-    row_tokens: int = Field(1024, gt=0)
+    row_tokens: int = Field(1024, gt=0, le=131072)
     """Tokens per packed row (>= max_seq_len)."""
-    rows_per_step: int = Field(2, gt=0)
+    rows_per_step: int = Field(2, gt=0, le=1024)
     """Packed rows per optimiser step (shuffled/static policies)."""
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, le=4096)
     """Samples per step without packing, and for sampling policies (sec, adarft)."""
-    samples_per_step: int = Field(0, ge=0)
+    samples_per_step: int = Field(0, ge=0, le=16384)
     """With packing and the shuffled/static policies: exactly this many samples per optimiser step,
     packed into rows of `row_tokens` (the batch of unpacked training, without its padding); 0: whole
     rows per step (`rows_per_step`)."""
@@ -221,9 +221,9 @@ class Recipe(_Strict):
     """bfloat16 autocast for forward passes (weights and optimiser stay fp32) where the hardware runs
     it natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX); the trainer service runs fp32
     elsewhere, where emulated bf16 is several times slower."""
-    max_grad_norm: float = Field(1.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, le=1e6)
     """Global gradient-norm clip; 0 disables."""
-    checkpoint_every: int = Field(0, ge=0)
+    checkpoint_every: int = Field(0, ge=0, le=1_000_000)
     """Save a resumable checkpoint every N steps (and at each stage end); 0: only at stage ends."""
     log_batches: bool = False
     """Publish each stage's batches in the run's metrics (`stages[i].batches`: per step, the records'
@@ -231,7 +231,7 @@ class Recipe(_Strict):
     per-step state and feedback (`stages[i].trace`: SEC's Q and p, AdaRFT's target, the per-record
     losses), so what a curriculum chose can be checked on what the trainer saw. Off by default: a
     long run's lists are large."""
-    stages: tuple[Stage, ...] = Field(min_length=1)
+    stages: tuple[Stage, ...] = Field(min_length=1, max_length=16)
     """Run in order."""
 
     @model_validator(mode="after")

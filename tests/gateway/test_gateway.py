@@ -225,3 +225,45 @@ async def test_a_task_naming_a_model_outside_the_allowlist_is_refused_at_submiss
     finally:
         await channel.close()
         await served.stop(0)
+
+
+async def test_a_tenant_past_its_running_jobs_and_full_finetuning_are_refused(temporal, tmp_path: Path) -> None:
+    """max_running_jobs: 1 for tenants: a second running job of the same tenant is RESOURCE_EXHAUSTED
+    (its resubmission of the first is not, nor is admin, nor another tenant); a recipe stage with
+    lora: null is PERMISSION_DENIED unless the operator allows full fine-tuning."""
+    from syllabus.recipe import Recipe
+    from syllabus.tasks import dump_task, load_task
+
+    tokens = tmp_path / "gateway-tokens.json"
+    tokens.write_text(json.dumps({ADMIN_TOKEN: "*", "token-a": "team-a", "token-b": "team-b"}))
+    config = Config(home=tmp_path, task_queue=f"tq-{uuid.uuid4()}", tokens_file=str(tokens), max_running_jobs=1)
+    served = await create_server(config, "127.0.0.1:0", client=temporal.client)
+    await served.set_serving(True)
+    channels = {who: auth.channel(f"127.0.0.1:{served.port}", token) for who, token in
+                (("admin", ADMIN_TOKEN), ("a", "token-a"), ("b", "token-b"))}  # fmt: skip
+    stubs = {who: jobs_pb2_grpc.JobServiceStub(c) for who, c in channels.items()}
+    task = dump_task(load_task(ROOT / "examples/banking77/task.yaml"))
+    tag = uuid.uuid4().hex[:6]
+    try:
+        first = jobs_pb2.SubmitJobRequest(task_yaml=task, job_id=f"a1-{tag}")
+        assert (await stubs["a"].SubmitJob(first)).job.status == jobs_pb2.JOB_STATUS_RUNNING  # no worker: it stays running
+        assert (await stubs["a"].SubmitJob(first)).job.job_id == f"a1-{tag}"  # the same job again: not a second one
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stubs["a"].SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=task, job_id=f"a2-{tag}"))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "'team-a' has 1 running jobs" in info.value.details() and "max_running_jobs" in info.value.details()
+        await stubs["b"].SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=task, job_id=f"b1-{tag}"))  # another tenant's own
+        await stubs["admin"].SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=task, job_id=f"adm1-{tag}"))
+        await stubs["admin"].SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=task, job_id=f"adm2-{tag}"))
+
+        base = load_task(ROOT / "examples/banking77/task.yaml")
+        recipe = Recipe.model_validate({"stages": [{"objective": "sft", "lora": None}]})
+        full = dump_task(base.model_copy(update={"train": base.train.model_copy(update={"recipe": recipe})}))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stubs["admin"].SubmitJob(jobs_pb2.SubmitJobRequest(task_yaml=full, job_id=f"full-{tag}"))
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert info.value.details().startswith("train.recipe.stages[0].lora: full fine-tuning is off on this server")
+    finally:
+        for c in channels.values():
+            await c.close()
+        await served.stop(0)

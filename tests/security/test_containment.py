@@ -228,6 +228,25 @@ def test_non_finite_and_huge_numbers_in_a_task_are_refused(yaml_tail, field) -> 
     assert str(err.value).startswith(f"task_yaml: {field}: ")
 
 
+@pytest.mark.parametrize(
+    ("recipe", "field"),
+    [("{stages: [{lora: {rank: 100000}}]}", "train.recipe.stages[0].lora.rank"),
+     ("{stages: [{epochs: 1000000}]}", "train.recipe.stages[0].epochs"),
+     ("{stages: [{steps: 99999999999}]}", "train.recipe.stages[0].steps"),
+     ("{max_seq_len: 10000000, row_tokens: 10000000, stages: [{}]}", "train.recipe.max_seq_len"),
+     ("{batch_size: 1000000, stages: [{}]}", "train.recipe.batch_size"),
+     ("{stages: [" + ", ".join(["{}"] * 17) + "]}", "train.recipe.stages"),
+     ("{stages: [{lora: {targets: []}}]}", "train.recipe.stages[0].lora.targets")],
+)  # fmt: skip
+def test_an_inline_recipe_is_bounded_like_the_train_fields(recipe: str, field: str) -> None:
+    """An inline train.recipe skipped every TrainSpec limit: one tenant's rank, steps or sequence
+    length could hold the single trainer for days or crash-loop it."""
+    with pytest.raises(TaskSpecError) as err:
+        parse_task(TASK + f"train: {{recipe: {recipe}}}\n", source="task_yaml")
+    assert str(err.value).startswith(f"task_yaml: {field}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_non_finite_request_fields_are_named() -> None:
     from trainer_svc.jobs import InvalidRequest
     from trainer_svc.server import check_request
