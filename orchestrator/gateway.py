@@ -56,7 +56,7 @@ from syllabus.auth import ADMIN_ROLE, TENANT_ROLE, Principal, current_principal,
 from syllabus.config import Config, load_config
 from syllabus.serving import Served, build_server, serve
 from syllabus.tasks import MAX_TASK_BYTES, TaskSpecError, dump_task, parse_task
-from syllabus.telemetry import setup_tracing, start_metrics, temporal_interceptors
+from syllabus.telemetry import setup_tracing, start_metrics, temporal_connect_options
 from syllabus_sdk.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -512,9 +512,7 @@ def _tenants(s, job_ids: set[str]) -> dict[str, str]:
 
 async def create_server(config: Config, address: str = "127.0.0.1:0", client: Client | None = None) -> Served:
     """Start the gateway (health NOT_SERVING until `await served.set_serving(True)`)."""
-    client = client or await Client.connect(
-        config.temporal_address, namespace=config.temporal_namespace, interceptors=temporal_interceptors(config)
-    )
+    client = client or await Client.connect(config.temporal_address, **temporal_connect_options(config))
     servicer = JobServicer(config, client)
     return await build_server(
         address,

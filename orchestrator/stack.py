@@ -251,8 +251,10 @@ class Stack:
         async def temporal_ready() -> bool:
             from temporalio.client import Client
 
+            from syllabus.telemetry import temporal_connect_options
+
             try:
-                client = await Client.connect(c.temporal_address, namespace=c.temporal_namespace)
+                client = await Client.connect(c.temporal_address, **temporal_connect_options(c))
                 await client.count_workflows()
                 return True
             except Exception:  # noqa: BLE001 — not up yet: refused, or namespace not registered (varied types)

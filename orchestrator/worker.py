@@ -28,7 +28,7 @@ from orchestrator.judging import JudgingActivities
 from orchestrator.tailoring import TailoringActivities, TailorTeacherWorkflow
 from orchestrator.workflows import DistillationWorkflow
 from syllabus.config import Config, load_config
-from syllabus.telemetry import setup_tracing, temporal_interceptors, temporal_runtime
+from syllabus.telemetry import setup_tracing, temporal_connect_options, temporal_runtime
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ def build_worker(client: Client, config: Config, task_queue: str | None = None) 
 async def run_worker(config: Config, stop: asyncio.Event | None = None) -> None:
     """Connect to Temporal and run a worker until `stop` is set (or forever when None)."""
     client = await Client.connect(
-        config.temporal_address, namespace=config.temporal_namespace, interceptors=temporal_interceptors(config),
-        runtime=temporal_runtime(config, config.worker_metrics_port),
+        config.temporal_address, **temporal_connect_options(config), runtime=temporal_runtime(config, config.worker_metrics_port)
     )
     worker = build_worker(client, config)
     log.info("worker polling task queue %r on %s", config.task_queue, config.temporal_address)

@@ -88,6 +88,20 @@ class Config(BaseModel):
         "", description="PEM CA that clients (worker -> services, CLI/SDK -> gateway) verify servers with; set "
         "it to talk TLS. Empty: plaintext."
     )
+    temporal_tls_ca_file: str = Field(
+        "", description="PEM CA the gateway and worker verify Temporal's frontend with; set (or a client cert) to "
+        "connect over TLS. Empty with no client cert: plaintext (the embedded dev server on loopback).",
+    )
+    temporal_tls_cert_file: str = Field(
+        "", description="PEM client certificate the gateway and worker present to Temporal (mTLS); with temporal_tls_key_file.",
+    )
+    temporal_tls_key_file: str = Field("", description="PEM private key of temporal_tls_cert_file.")
+    temporal_tls_server_name: str = Field("", description="Server name Temporal's certificate is checked against (default: the address's host).")
+    temporal_api_key_env: str = Field(
+        "", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$",
+        description="Name of the env var holding an API key sent to Temporal (Temporal Cloud, or a server with an "
+        "authorizer); empty: none.",
+    )
     trainer_checkpoint_every: int = Field(
         20, gt=0, description="Optimiser steps between the trainer's resumable checkpoints (a restarted trainer resumes there)."
     )

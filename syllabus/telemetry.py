@@ -35,6 +35,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -323,6 +324,31 @@ def trace_grpc_clients() -> None:
             return _original(*bound.args, **bound.kwargs)
 
         setattr(grpc.aio, name, traced)
+
+
+def temporal_connect_options(config: Config) -> dict:
+    """The `Client.connect` keywords every Temporal client of Syllabus passes (gateway, worker, the
+    stack's own checks): namespace, tracing interceptors, and TLS / mTLS / an API key where the config
+    asks for them. Half an mTLS pair is a ValueError naming the missing file."""
+    options: dict = {"namespace": config.temporal_namespace, "interceptors": temporal_interceptors(config)}
+    if bool(config.temporal_tls_cert_file) != bool(config.temporal_tls_key_file):
+        raise ValueError("temporal_tls_cert_file and temporal_tls_key_file go together: set both for mTLS, or neither")
+    if config.temporal_tls_ca_file or config.temporal_tls_cert_file:
+        from temporalio.service import TLSConfig
+
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        options["tls"] = TLSConfig(
+            server_root_ca_cert=read(config.temporal_tls_ca_file), client_cert=read(config.temporal_tls_cert_file),
+            client_private_key=read(config.temporal_tls_key_file), domain=config.temporal_tls_server_name or None,
+        )  # fmt: skip
+    if config.temporal_api_key_env:
+        key = os.environ.get(config.temporal_api_key_env)
+        if not key:
+            raise ValueError(f"temporal_api_key_env names {config.temporal_api_key_env}, which is not set")
+        options["api_key"] = key
+    return options
 
 
 def temporal_interceptors(config: Config) -> list:

@@ -23,19 +23,33 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 TEMPORAL_SERVICE = "temporal.api.workflowservice.v1.WorkflowService"
 
 
-def _channel(address: str, tls: bool) -> grpc.Channel:
-    """Over TLS when asked and $SYLLABUS_TLS_CA_FILE names the CA (a Syllabus server with TLS: the
-    kubelet's grpc probe cannot do TLS). Temporal's frontend is checked in plaintext."""
-    ca = os.environ.get("SYLLABUS_TLS_CA_FILE", "") if tls else ""
-    if ca:
-        with open(ca, "rb") as f:
-            return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=f.read()))
-    return grpc.insecure_channel(address)
+def _read(var: str) -> bytes | None:
+    path = os.environ.get(var, "")
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
 
 
-def check(address: str, service: str = "", timeout: float = 3.0, tls: bool = True) -> bool:
+def _channel(address: str, temporal: bool) -> grpc.Channel:
+    """A Syllabus server: over TLS when $SYLLABUS_TLS_CA_FILE names the CA (the kubelet's grpc probe
+    cannot do TLS). Temporal's frontend: over TLS (mTLS with a client pair) when the
+    SYLLABUS_TEMPORAL_TLS_* files are set, as the worker itself connects; else plaintext."""
+    prefix = "SYLLABUS_TEMPORAL_TLS_" if temporal else "SYLLABUS_TLS_"
+    ca = _read(prefix + "CA_FILE")
+    cert, key = (_read(prefix + "CERT_FILE"), _read(prefix + "KEY_FILE")) if temporal else (None, None)
+    if ca is None and cert is None:
+        return grpc.insecure_channel(address)
+    options = []
+    if temporal and (name := os.environ.get("SYLLABUS_TEMPORAL_TLS_SERVER_NAME")):
+        options.append(("grpc.ssl_target_name_override", name))
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def check(address: str, service: str = "", timeout: float = 3.0, temporal: bool = False) -> bool:
     """True iff the health service at `address` answers SERVING for `service`."""
-    with _channel(address, tls) as channel:
+    with _channel(address, temporal) as channel:
         try:
             resp = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
@@ -53,7 +67,7 @@ def check(address: str, service: str = "", timeout: float = 3.0, tls: bool = Tru
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--temporal"]:
         address = os.environ.get("SYLLABUS_TEMPORAL_ADDRESS", "127.0.0.1:7233")
-        return 0 if check(address, TEMPORAL_SERVICE, tls=False) else 1
+        return 0 if check(address, TEMPORAL_SERVICE, temporal=True) else 1
     if not 1 <= len(argv) <= 2:
         print(__doc__, file=sys.stderr)
         return 2

@@ -303,10 +303,17 @@ def test_secret_holds_the_tokens() -> None:
     assert json.loads(data["tokens.json"]) == {data["SYLLABUS_ADMIN_TOKEN"]: "*"}
 
 
+DEPENDENCY_CALLERS = {  # in-chart dependency -> port -> the components that may reach it
+    "temporal": {"grpc": {"gateway", "worker"}},
+    "minio": {"s3": {"gateway", "worker", "teacher", "student", "trainer", "minio-bucket"}},
+    "postgresql": {"postgresql": {"gateway", "worker", "migrations"}},
+}
+
+
 def test_only_the_worker_reaches_the_services(rendered: tuple[str, list[dict]]) -> None:
     overlay, objs = rendered
     allowed = {"teacher": {"worker"}, "student": {"worker"}, "trainer": {"worker"}}
-    policies = {component(p): p for p in of_kind(objs, "NetworkPolicy")}
+    policies = {component(p): p for p in of_kind(objs, "NetworkPolicy") if component(p) in allowed}
     assert set(policies) == set(allowed), overlay
     for role, callers in allowed.items():
         spec = policies[role]["spec"]
@@ -319,6 +326,53 @@ def test_only_the_worker_reaches_the_services(rendered: tuple[str, list[dict]]) 
         assert rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
         assert metrics == {"ports": [{"port": "metrics", "protocol": "TCP"}]}, f"{overlay}/{role}"
     assert not of_kind(manifests(render({"networkPolicy": {"enabled": False}})), "NetworkPolicy")
+
+
+def test_the_in_chart_temporal_minio_and_postgresql_admit_only_their_clients(rendered: tuple[str, list[dict]]) -> None:
+    """Whoever reaches Temporal's frontend can start or terminate any workflow; MinIO and PostgreSQL
+    hold every tenant's data. Each admits only the components that use it, on its one port; the
+    Temporal UI and the MinIO console admit nobody in-cluster unless named."""
+    overlay, objs = rendered
+    deployed = {component(d) for d in of_kind(objs, "Deployment") if component(d) in DEPENDENCY_CALLERS}
+    policies = {component(p): p for p in of_kind(objs, "NetworkPolicy") if component(p) in DEPENDENCY_CALLERS}
+    assert set(policies) == deployed, overlay  # the external overlay deploys none of them
+    for dep, policy in policies.items():
+        spec = policy["spec"]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == dep and spec["policyTypes"] == ["Ingress"]
+        got = {rule["ports"][0]["port"]: {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]}
+               for rule in spec["ingress"]}  # fmt: skip
+        assert got == DEPENDENCY_CALLERS[dep], f"{overlay}/{dep}"
+    # the migration job and the bucket job carry the component labels the policies name
+    jobs = {component(j) for j in of_kind(objs, "Job")}
+    assert jobs <= {"migrations", "minio-bucket"}
+    ui = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}}]
+    (temporal,) = [p for p in of_kind(manifests(render({"networkPolicy": {"temporalUiFrom": ui}})), "NetworkPolicy")
+                   if component(p) == "temporal"]  # fmt: skip
+    assert {"from": ui, "ports": [{"port": "http-ui", "protocol": "TCP"}]} in temporal["spec"]["ingress"]
+
+
+def test_temporal_tls_points_the_two_clients_at_their_certificate_and_no_one_else_mounts_it() -> None:
+    objs = manifests(render({"temporalTls": {"enabled": True, "secretName": "temporal-client", "serverName": "temporal.ops"}}))
+    (cm,) = [c for c in of_kind(objs, "ConfigMap") if "SYLLABUS_TEMPORAL_TLS_CA_FILE" in c["data"]]
+    data = cm["data"]
+    assert data["SYLLABUS_TEMPORAL_TLS_CA_FILE"] == "/etc/syllabus/temporal-tls/ca.crt"
+    assert data["SYLLABUS_TEMPORAL_TLS_CERT_FILE"] == "/etc/syllabus/temporal-tls/tls.crt"
+    assert data["SYLLABUS_TEMPORAL_TLS_KEY_FILE"] == "/etc/syllabus/temporal-tls/tls.key"
+    assert data["SYLLABUS_TEMPORAL_TLS_SERVER_NAME"] == "temporal.ops"
+    for role, dep in role_deployments(objs).items():
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["name"] for c in containers(dep) for m in c.get("volumeMounts", [])}
+        if role in ("gateway", "worker"):
+            assert volumes["temporal-tls"]["secret"]["secretName"] == "temporal-client" and "temporal-tls" in mounts, role
+        else:
+            assert "temporal-tls" not in volumes and "temporal-tls" not in mounts, role
+    off = manifests(render())
+    (cm,) = [c for c in of_kind(off, "ConfigMap") if "SYLLABUS_TEMPORAL_TLS_CA_FILE" in c["data"]]
+    assert cm["data"]["SYLLABUS_TEMPORAL_TLS_CA_FILE"] == "" and cm["data"]["SYLLABUS_TEMPORAL_TLS_CERT_FILE"] == ""
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match="temporalTls.enabled needs temporalTls.secretName"):
+        render({"temporalTls": {"enabled": True}})
 
 
 def test_tls_on_mounts_the_secret_points_the_config_at_it_and_probes_over_tls() -> None:
@@ -414,7 +468,7 @@ def test_service_monitor_scrapes_every_role_through_metrics_only_services() -> N
     assert len(selected) == len(SYLLABUS_ROLES)
     assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
     # only the monitoring namespace reaches the services' metrics port
-    for policy in of_kind(objs, "NetworkPolicy"):
+    for policy in (p for p in of_kind(objs, "NetworkPolicy") if component(p) not in DEPENDENCY_CALLERS):
         _, metrics = policy["spec"]["ingress"]
         assert metrics["from"] == scrapers
     for obj in objs:  # everything but the CRD's object is schema-valid

@@ -31,7 +31,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     sh("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
        "-extfile", "san.ext", "-out", "server.crt")
-    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
+    sh("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=syllabus-worker", "-keyout", "client.key", "-out", "client.csr")
+    sh("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+       "-out", "client.crt")
+    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key",
+            "client_cert": d / "client.crt", "client_key": d / "client.key"}
 
 
 async def test_trainer_over_tls(tmp_path: Path, pki: dict[str, Path]) -> None:
@@ -92,3 +96,38 @@ async def test_healthcheck_probes_a_tls_server(pki: dict[str, Path]) -> None:
         assert await probe({"SYLLABUS_TLS_CA_FILE": ""}) == 1  # plaintext cannot talk to it
     finally:
         await served.stop(0)
+
+
+async def test_the_worker_probe_reaches_a_temporal_frontend_that_requires_mtls(pki: dict[str, Path]) -> None:
+    """The worker's exec probe (`--temporal`) connects as the worker does: with the
+    SYLLABUS_TEMPORAL_TLS_* files, over mTLS; without the client pair the frontend refuses it."""
+    import asyncio
+    import os
+    import sys
+
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    script = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "healthcheck.py"
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials([(pki["key"].read_bytes(), pki["cert"].read_bytes())],
+                                              root_certificates=pki["ca"].read_bytes(), require_client_auth=True)  # fmt: skip
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+    await servicer.set("temporal.api.workflowservice.v1.WorkflowService", health_pb2.HealthCheckResponse.SERVING)
+
+    async def probe(env: dict[str, str]) -> int:
+        env = {**os.environ, "SYLLABUS_TEMPORAL_ADDRESS": f"127.0.0.1:{port}", **env}
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), "--temporal", env=env,
+                                                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        return await proc.wait()
+
+    mtls = {"SYLLABUS_TEMPORAL_TLS_CA_FILE": str(pki["ca"]), "SYLLABUS_TEMPORAL_TLS_CERT_FILE": str(pki["client_cert"]),
+            "SYLLABUS_TEMPORAL_TLS_KEY_FILE": str(pki["client_key"])}  # fmt: skip
+    try:
+        assert await probe(mtls) == 0
+        assert await probe({**mtls, "SYLLABUS_TEMPORAL_TLS_CERT_FILE": "", "SYLLABUS_TEMPORAL_TLS_KEY_FILE": ""}) == 1  # no client cert
+        assert await probe({"SYLLABUS_TEMPORAL_TLS_CA_FILE": ""}) == 1  # plaintext
+    finally:
+        await server.stop(0)

@@ -176,3 +176,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "syllabus.configChecksum" -}}
 {{- include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- end }}
+
+{{/* The Temporal client certificate Secret: only the two Temporal clients (gateway, worker) mount it. */}}
+{{- define "syllabus.temporalTlsVolume" -}}
+{{- if .Values.temporalTls.enabled }}
+- name: temporal-tls
+  secret:
+    secretName: {{ .Values.temporalTls.secretName }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{- define "syllabus.temporalTlsMount" -}}
+{{- if .Values.temporalTls.enabled }}
+- name: temporal-tls
+  mountPath: {{ .Values.temporalTls.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end }}

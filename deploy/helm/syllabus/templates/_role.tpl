@@ -115,6 +115,7 @@ spec:
             - name: auth-tokens
               mountPath: {{ $ctx.Values.auth.tokensDir }}
               readOnly: true
+            {{- include "syllabus.temporalTlsMount" $ctx | nindent 12 }}
             {{- end }}
             {{- if $role.shmSize }}
             - name: dshm
@@ -130,6 +131,7 @@ spec:
             items:
               - key: tokens.json
                 path: tokens.json
+        {{- include "syllabus.temporalTlsVolume" $ctx | nindent 8 }}
         {{- end }}
         {{- if $role.shmSize }}
         - name: dshm
