@@ -474,3 +474,41 @@ def test_service_monitor_scrapes_every_role_through_metrics_only_services() -> N
     for obj in objs:  # everything but the CRD's object is schema-valid
         if obj["kind"] != "ServiceMonitor":
             utils.validate(obj, KUBE_VERSION, strict=True)
+
+
+def test_no_syllabus_pod_holds_the_object_stores_root_keys() -> None:
+    """MinIO's root keys reach only MinIO and its bucket job; the job makes one user per role: the
+    artifact user (worker and services: read, write, delete in the bucket) and the gateway's (read and
+    write, never delete), neither able to reach another bucket or administer MinIO."""
+    import json as jsonlib
+
+    objs = manifests(render())
+    keys = {}
+    for role, dep in role_deployments(objs).items():
+        env = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for c in containers(dep) for e in c.get("env", [])
+               if "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
+        assert not {k for k in env.values() if k.startswith("MINIO_ROOT")}, role
+        keys[role] = (env["SYLLABUS_S3_ACCESS_KEY"], env["SYLLABUS_S3_SECRET_KEY"])
+    assert keys.pop("gateway") == ("GATEWAY_S3_ACCESS_KEY", "GATEWAY_S3_SECRET_KEY")
+    assert set(keys.values()) == {("SYLLABUS_S3_ACCESS_KEY", "SYLLABUS_S3_SECRET_KEY")}
+    (minio,) = [d for d in of_kind(objs, "Deployment") if component(d) == "minio"]
+    root = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in containers(minio)[0]["env"] if "valueFrom" in e}
+    assert root == {"MINIO_ROOT_USER": "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD": "MINIO_ROOT_PASSWORD"}
+    (secret,) = [s for s in of_kind(objs, "Secret") if "helm.sh/hook" not in s["metadata"].get("annotations", {})]
+    data = secret["stringData"]
+    assert len({data["MINIO_ROOT_PASSWORD"], data["SYLLABUS_S3_SECRET_KEY"], data["GATEWAY_S3_SECRET_KEY"]}) == 3
+    assert data["MINIO_ROOT_USER"] not in (data["SYLLABUS_S3_ACCESS_KEY"], data["GATEWAY_S3_ACCESS_KEY"])
+
+    (job,) = [j for j in of_kind(objs, "Job") if component(j) == "minio-bucket"]
+    (mc,) = containers(job)
+    script = mc["args"][0]
+    policies = {name: jsonlib.loads(body) for name, body in re.findall(r"cat > /tmp/(\w+)\.json <<'POLICY'\n(.*?)\nPOLICY", script, re.DOTALL)}
+    actions = {name: {a for st in p["Statement"] for a in st["Action"]} for name, p in policies.items()}
+    assert "s3:DeleteObject" in actions["artifacts"] and "s3:DeleteObject" not in actions["gateway"]
+    for p in policies.values():
+        assert {r for st in p["Statement"] for r in st["Resource"]} == {"arn:aws:s3:::syllabus", "arn:aws:s3:::syllabus/*"}
+        assert not any(a.startswith("admin:") or a == "s3:*" for st in p["Statement"] for a in st["Action"])
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in mc["env"]}
+    assert (env["APP_KEY"], env["GW_KEY"], env["ROOT_USER"]) == ("SYLLABUS_S3_ACCESS_KEY", "GATEWAY_S3_ACCESS_KEY", "MINIO_ROOT_USER")
+    assert 'policy attach syllabus syllabus-artifacts --user "$APP_KEY"' in script
+    assert 'policy attach syllabus syllabus-gateway --user "$GW_KEY"' in script

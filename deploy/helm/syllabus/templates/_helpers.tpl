@@ -97,9 +97,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Names of the keys of the Secret, one per secret field of syllabus/config.py. */}}
+{{/* Names of the keys of the Secret, one per secret field of syllabus/config.py. The gateway gets
+its own object-store user (GATEWAY_S3_*: read and write, never delete), the other roles the artifact
+user (SYLLABUS_S3_*); call with (dict "ctx" $ "component" NAME). */}}
 {{- define "syllabus.secretEnv" -}}
-{{- $secret := include "syllabus.secretName" . -}}
+{{- $secret := include "syllabus.secretName" .ctx -}}
+{{- $s3 := ternary "GATEWAY_S3" "SYLLABUS_S3" (eq .component "gateway") -}}
 - name: SYLLABUS_DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -109,12 +112,12 @@ app.kubernetes.io/component: {{ .component }}
   valueFrom:
     secretKeyRef:
       name: {{ $secret }}
-      key: SYLLABUS_S3_ACCESS_KEY
+      key: {{ $s3 }}_ACCESS_KEY
 - name: SYLLABUS_S3_SECRET_KEY
   valueFrom:
     secretKeyRef:
       name: {{ $secret }}
-      key: SYLLABUS_S3_SECRET_KEY
+      key: {{ $s3 }}_SECRET_KEY
 {{- end }}
 
 {{/* The service-role token: the worker, teacher, student and trainer have it, the gateway does not. */}}
@@ -193,4 +196,11 @@ app.kubernetes.io/component: {{ .component }}
   mountPath: {{ .Values.temporalTls.mountPath }}
   readOnly: true
 {{- end }}
+{{- end }}
+
+{{/* A MinIO (IAM) policy: `actions` on the objects of `bucket`, and listing it. */}}
+{{- define "syllabus.minioPolicy" -}}
+{"Version": "2012-10-17", "Statement": [
+  {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation"], "Resource": ["arn:aws:s3:::{{ .bucket }}"]},
+  {"Effect": "Allow", "Action": {{ toJson .actions }}, "Resource": ["arn:aws:s3:::{{ .bucket }}/*"]}]}
 {{- end }}

@@ -83,7 +83,7 @@ spec:
           envFrom:
             {{- include "syllabus.envFrom" $ctx | nindent 12 }}
           env:
-            {{- include "syllabus.secretEnv" $ctx | nindent 12 }}
+            {{- include "syllabus.secretEnv" (dict "ctx" $ctx "component" .component) | nindent 12 }}
             {{- if ne .component "gateway" }}
             {{- include "syllabus.serviceTokenEnv" $ctx | nindent 12 }}
             {{- end }}
