@@ -245,8 +245,16 @@ class TrainerClient(_ServiceClient):
         so it neither burns the trainer nor publishes an adapter nobody waits for.
         """
         training_id = ""
+        # The start runs shielded: a cancel that arrives while StartTraining is in flight waits (a few
+        # seconds at most) for the job's id, so the job the trainer has just started is cancelled too.
+        start = asyncio.ensure_future(self.start_training(request))
         try:
-            started = await self.start_training(request)
+            try:
+                started = await asyncio.shield(start)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):  # no id (the start failed or hung): nothing to cancel
+                    training_id = (await asyncio.wait_for(start, CANCEL_TIMEOUT_S)).training_id
+                raise
             training_id = started.training_id
             if on_started is not None:
                 on_started(training_id)

@@ -246,3 +246,47 @@ async def test_input_problems_map_to_status_codes(service, tiny_model_dir: Path)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await watch(stub, "no-such-training")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_cancel_that_arrives_during_start_training_cancels_the_job_it_started(
+    tiny_model_dir: Path, tmp_path: Path, service_token: str, service_channel, monkeypatch
+) -> None:
+    """The activity is cancelled while StartTraining is in flight, after the trainer has started the job
+    but before its answer arrives (a slow network): the client waits for the job's id and cancels it,
+    so the trainer neither trains for nobody nor publishes an adapter. Before, the call was simply
+    dropped and the job ran to the end, since its id was never known."""
+    import asyncio
+
+    from syllabus_sdk.services import TrainerClient
+
+    config = Config(home=tmp_path / "home", service_token=service_token, artifact_url=(tmp_path / "artifacts").as_uri())
+    jobs = jobs_for(config)
+    start = jobs.start
+
+    async def answer_slowly(plan):
+        started = await start(plan)
+        await asyncio.sleep(1.5)  # the job runs; its StartTraining answer is still on its way
+        return started
+
+    monkeypatch.setattr(jobs, "start", answer_slowly)
+    served = await create_server(config, jobs=jobs)
+    await served.set_serving(True)
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    req = request(tiny_model_dir, store, training={"epochs": 30, "batch_size": 2})
+    try:
+        async with service_channel(served.port) as channel:
+            task = asyncio.create_task(TrainerClient(channel=channel).train_to_completion(req))
+            await asyncio.sleep(0.5)  # StartTraining is in flight
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        job = jobs._by_key[req.job_key]
+        for _ in range(300):
+            if job.state in (S.TRAINING_STATE_CANCELLED, S.TRAINING_STATE_SUCCEEDED):
+                break
+            await asyncio.sleep(0.1)
+        assert job.state == S.TRAINING_STATE_CANCELLED
+        assert store.stat(req.output_key) is None
+    finally:
+        await served.stop(0)
+        await jobs.close()
