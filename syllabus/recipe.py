@@ -162,7 +162,7 @@ class Stage(_Strict):
     KL(p_ref || p_theta), the reference = the model with the adapter disabled (Anchored SFT)."""
     data: DataFilter = DataFilter()
     """Which records this stage trains on."""
-    epochs: float = Field(1.0, gt=0, le=100)
+    epochs: float = Field(1.0, gt=0, le=1000)
     """Passes over the stage's records (ignored when `steps` is set)."""
     steps: int | None = Field(None, gt=0, le=1_000_000)
     """Optimiser steps (overrides `epochs`)."""
