@@ -48,19 +48,22 @@ def test_uri_outside_the_store_is_rejected(store: LocalArtifactStore, tmp_path: 
         store.get_bytes(outside)
 
 
-def test_crash_before_publish_leaves_nothing_readable(store: LocalArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def _crash_on_data_publish(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the checksum's rename through and fail the data's: a crash (or power loss) between the two."""
     import os
 
     real_replace = os.replace
-    calls = []
 
-    def crash_on_data_publish(src, dst):
-        calls.append(dst)
+    def replace(src, dst):
         if not str(dst).endswith(".sha256"):
             raise OSError("simulated crash between write and publish")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", crash_on_data_publish)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_crash_before_publish_leaves_nothing_readable(store: LocalArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    _crash_on_data_publish(monkeypatch)
     with pytest.raises(OSError, match="simulated crash"):
         store.put_bytes("jobs/j/out.jsonl", b"data")
     monkeypatch.undo()
@@ -71,18 +74,9 @@ def test_crash_before_publish_leaves_nothing_readable(store: LocalArtifactStore,
 def test_a_republish_torn_by_a_crash_reads_as_absent_until_published_again(store: LocalArtifactStore, monkeypatch) -> None:
     """The new checksum is in place, the new data is not (a power loss between the two renames): the
     key reads as absent, not as an object whose checksum fails for good, and the retry heals it."""
-    import os
-
     store.put_bytes("jobs/j/out.jsonl", b"old")
-    real_replace = os.replace
-
-    def crash_on_data_publish(src, dst):
-        if not str(dst).endswith(".sha256"):
-            raise OSError("simulated power loss")
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", crash_on_data_publish)
-    with pytest.raises(OSError, match="power loss"):
+    _crash_on_data_publish(monkeypatch)
+    with pytest.raises(OSError, match="simulated crash"):
         store.put_bytes("jobs/j/out.jsonl", b"newer data")
     monkeypatch.undo()
     assert store.stat("jobs/j/out.jsonl") is None
