@@ -20,7 +20,8 @@ import signal
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
 from orchestrator.activities import Activities
 from orchestrator.baselines import BaselineActivities, BaselineArmWorkflow
@@ -33,6 +34,30 @@ from syllabus.telemetry import setup_tracing, temporal_connect_options, temporal
 log = logging.getLogger(__name__)
 
 
+class ActivityErrorHygiene(Interceptor):
+    """An activity failure no activity mapped (an SQL error, a full disk, a store that is down) becomes
+    an ApplicationError with a precise type and a message without server detail, so neither the job's
+    `error` nor the Web UI shows SQL, its parameters or server paths; the whole exception goes to the
+    worker's log. It stays retryable: a database or disk back in a minute finishes the job."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _HygienicActivity(next)
+
+
+class _HygienicActivity(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput):
+        try:
+            return await super().execute_activity(input)
+        except (ApplicationError, CancelledError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # what no activity mapped
+            from syllabus.auth import unexpected_status
+
+            code, message = unexpected_status(e)
+            log.error("activity %s: %s", getattr(input.fn, "__name__", "?"), code.name, exc_info=e)
+            raise ApplicationError(message, type=code.name) from None
+
+
 def build_worker(client: Client, config: Config, task_queue: str | None = None) -> Worker:
     """A worker for the workflows and their activities (not started)."""
     activities = Activities(config)
@@ -42,6 +67,7 @@ def build_worker(client: Client, config: Config, task_queue: str | None = None) 
         workflows=[DistillationWorkflow, TailorTeacherWorkflow, BaselineArmWorkflow],
         activities=activities.all() + TailoringActivities(activities).all() + JudgingActivities(activities).all()
         + BaselineActivities(activities).all(),
+        interceptors=[ActivityErrorHygiene()],  # on top of the client's (tracing)
         # Heartbeats reach Temporal at least every second: a cancel reaches a training step in
         # seconds, not after the SDK's default 30 s throttle.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
