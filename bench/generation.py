@@ -16,9 +16,9 @@ the same texts).
 Efficiency of the batched arm: KV cache (transformers' default dynamic cache), static left padding with
 position ids from the attention mask, greedy batches sorted by prompt length (less padding in the
 prefill), fp32 in both arms. Threads: torch's default, as the teacher service runs (`--threads N` sets
-N). bf16 autocast is not used: on this CPU (AMX) it makes the batched arm much faster, but batched and
-one-at-a-time bf16 greedy texts then diverge on about half the prompts, so the comparison would no
-longer be like for like.
+N). bf16 autocast is not used: on a CPU with native bf16 (AMX, or AVX512-BF16) it makes the batched arm
+faster, but batched and one-at-a-time bf16 greedy texts then diverge on about half the prompts, so the
+comparison would no longer be like for like.
 """
 
 from __future__ import annotations
