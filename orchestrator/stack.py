@@ -13,7 +13,9 @@ flight goes on by itself because every step is an idempotent, retried activity.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -71,8 +73,30 @@ def _die_with_parent() -> None:
         _PRCTL(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+#: Ports this process has handed out (a port is chosen now and bound later, by another process).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port free now, below the kernel's ephemeral range: a port the kernel picks for
+    port 0 lies in that range, where any outgoing connection may take it before the component that
+    was given it binds (seen once in CI: the teacher of a `syllabus up` failed to bind)."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:  # a crowded machine: let the kernel pick
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
