@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import tempfile
 from collections.abc import Callable
 
 from bench.interleave import log, median_of, timed
-from bench.trainer import LORA_TARGETS, chunks, common_parser, interleave_workers, start_workers
+from bench.trainer import LORA_TARGETS, chunks, common_parser, emit, interleave_workers, running_workers
 
 __all__ = ["TRAINERS", "chunks", "main"]
 
@@ -125,15 +123,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log(f"{args.samples} samples in {args.repeats} chunks, top-{args.top_k}; starting the trainers")
-    workers = start_workers(args, module="bench.distill", names=tuple(TRAINERS))
-    try:
+    with running_workers(args, module="bench.distill", names=tuple(TRAINERS)) as workers:
         runs, result = interleave_workers(workers, args.repeats)
-    finally:
-        for w in workers.values():
-            w.close()
     for name, rs in runs.items():
         result[f"tokens_per_s_{name}"] = median_of(rs, lambda r: r.rate)
         result[f"peak_rss_mb_{name}"] = round(max(r.detail["rss"] for r in rs), 1)
@@ -144,12 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"samples": args.samples, "top_k": args.top_k, "bf16": _bf16(), "threads": threads.pop() if len(threads) == 1 else sorted(threads),
                "peak_rss_ratio": round(result["peak_rss_mb_ours"] / result["peak_rss_mb_trl"], 3),
                "peak_rss_ratio_vs_sft": round(result["peak_rss_mb_ours"] / result["peak_rss_mb_sft"], 3), **result}  # fmt: skip
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for k, v in summary.items():
-            print(f"{k}: {v}")
-    return summary
+    return emit(summary, args.json)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ Needs `trl` (pip install trl==1.16.0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -249,6 +250,29 @@ def start_workers(args: argparse.Namespace, module: str = "bench.trainer", names
     return workers
 
 
+@contextlib.contextmanager
+def running_workers(args: argparse.Namespace, module: str = "bench.trainer", names: tuple[str, ...] = ("ours", "trl")):
+    """`start_workers` offline (as the services run), closed however the measurement ends."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    workers = start_workers(args, module, names)
+    try:
+        yield workers
+    finally:
+        for w in workers.values():
+            w.close()
+
+
+def emit(summary: dict, as_json: bool) -> dict:
+    """Print a benchmark's summary: one JSON line (`--json`, what bench.record reads) or key: value lines."""
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        for k, v in summary.items():
+            print(f"{k}: {v}")
+    return summary
+
+
 def interleave_workers(
     workers: Mapping[str, Worker], repeats: int, slow: Mapping[str, float] | None = None
 ) -> tuple[dict[str, list[Run]], dict]:
@@ -305,23 +329,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log(f"{args.samples} samples in {args.repeats} chunks; starting the trainers")
-    workers = start_workers(args)
-    try:
+    with running_workers(args) as workers:
         measured = measure(workers, args.repeats)
-    finally:
-        for w in workers.values():
-            w.close()
     threads = {w.threads for w in workers.values()}
-    summary = {"samples": args.samples, "threads": threads.pop() if len(threads) == 1 else sorted(threads), **measured}
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for k, v in summary.items():
-            print(f"{k}: {v}")
-    return summary
+    return emit({"samples": args.samples, "threads": threads.pop() if len(threads) == 1 else sorted(threads), **measured}, args.json)
 
 
 if __name__ == "__main__":

@@ -465,9 +465,9 @@ def _sha(ref) -> str:
     return ref.sha256 if ref is not None else ""
 
 
-#: A job row's status where its workflow is gone (Temporal's retention removed it).
-_ROW_STATUS = {"completed": jobs_pb2.JOB_STATUS_COMPLETED, "failed": jobs_pb2.JOB_STATUS_FAILED,
-               "cancelled": jobs_pb2.JOB_STATUS_CANCELLED}  # fmt: skip
+#: A job row's final status (rows and search attributes share one vocabulary) where its workflow is
+#: gone (Temporal's retention removed it); a row still "running" has none.
+_ROW_STATUS = {name: code for code, name in _SEARCH_STATUS.items() if name != search.RUNNING}
 
 
 def _row_job(row: db.Job, config: Config) -> jobs_pb2.Job:
@@ -489,10 +489,7 @@ def _row_job(row: db.Job, config: Config) -> jobs_pb2.Job:
 def _model_fields(task) -> list[tuple[str, str]]:
     """(field, model base) of every model a task names."""
     out = [("student.model", task.student.model)]
-    if task.teachers:
-        out += [(f"teachers[{i}].model", t.model) for i, t in enumerate(task.teachers)]
-    else:
-        out.append(("teacher.model", task.teacher.model))
+    out += [(f"teachers[{i}].model" if task.teachers else "teacher.model", t.model) for i, t in enumerate(task.teacher_list)]
     if task.score.model is not None:
         out.append(("score.model", task.score.model.model))
     return out
