@@ -15,7 +15,7 @@ Search: each job's workflow carries the SyllabusTask, SyllabusTenant, SyllabusRo
 search attributes (`orchestrator.search`) where the namespace has them registered; ListJobs with a task
 name or status filter finds jobs through them.
 
-Tenancy: every job row names the tenant whose token submitted it (`ADMIN_JOBS_TENANT` for the admin
+Tenancy: every job row names the tenant whose token submitted it (`db.ADMIN_JOBS_TENANT` for the admin
 token). Get, Watch, Cancel, List and Lineage only ever show the caller's own jobs (admin: all); another
 tenant's job answers NOT_FOUND exactly as a missing one does. Job ids are one namespace: a job id is
 owned by its first submission, and resubmitting it is idempotent only with the same task (sha256 of the
@@ -71,7 +71,6 @@ _STATUS = {
     WorkflowExecutionStatus.TERMINATED: jobs_pb2.JOB_STATUS_TERMINATED,
     WorkflowExecutionStatus.TIMED_OUT: jobs_pb2.JOB_STATUS_TERMINATED,
 }
-ADMIN_JOBS_TENANT = "admin"  # the tenant recorded for jobs the admin token submits
 WATCH_POLL_SECONDS = 0.5
 QUERY_TIMEOUT = timedelta(seconds=3)  # a query waits for a worker; do not hang a GetJob on a dead one
 SEARCH_RECHECK_SECONDS = 60.0  # how often to look again for search attributes the namespace lacked
@@ -105,7 +104,9 @@ def _detail(heartbeat: dict) -> str:
     if "step" in heartbeat and "total" in heartbeat:
         loss = f" loss {heartbeat['loss']:.3f}" if isinstance(heartbeat.get("loss"), (int, float)) else ""
         return f"step {heartbeat['step']}/{heartbeat['total']}{loss}"
-    return ", ".join(f"{k} {v}" for k, v in heartbeat.items())
+    if set(heartbeat) <= {"service_ticks", "service_busy"}:  # only the service's own progress
+        return f"service at work ({heartbeat.get('service_ticks', 0)} model steps so far)"
+    return ", ".join(f"{k} {v}" for k, v in heartbeat.items() if not k.startswith("service_"))
 
 
 def _failure_text(e: BaseException) -> str:
@@ -167,6 +168,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     f"tenant {principal.tenant!r} has {running} running jobs, the most this server allows "
                                     f"(max_running_jobs); cancel one or wait for one to finish")  # fmt: skip
+        if principal.role != ADMIN_ROLE and (why := await asyncio.to_thread(
+                self.metadata.over_training_quota, None, principal.tenant, self.config.tenant_training_tokens_per_day)):  # fmt: skip
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
         canonical = dump_task(task).encode()
         digest = hashlib.sha256(canonical).hexdigest()
         task_key = f"jobs/{job_id}/task.yaml"
@@ -458,7 +462,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
 
 def _tenant_of(principal: Principal) -> str:
-    return ADMIN_JOBS_TENANT if principal.role == ADMIN_ROLE else principal.tenant
+    return db.ADMIN_JOBS_TENANT if principal.role == ADMIN_ROLE else principal.tenant
 
 
 def _sha(ref) -> str:

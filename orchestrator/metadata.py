@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from syllabus import db
@@ -93,6 +94,29 @@ class Metadata:
             values["final_accuracy"] = final_accuracy
         with self.sessions().begin() as session:
             return bool(session.execute(update(db.Job).where(db.Job.id == job_id).values(**values)).rowcount)
+
+    def over_training_quota(self, job_id: str | None, tenant: str | None, tokens_per_day: int) -> str | None:
+        """Why the tenant (given, or the job's) may train no more now, or None: the tokens its training runs
+        recorded in the last 24 hours reached `tokens_per_day` (0: no quota; admin jobs have none)."""
+        if not tokens_per_day:
+            return None
+        since = datetime.now(UTC) - timedelta(days=1)
+        with self.sessions()() as session:
+            if tenant is None:
+                tenant = session.execute(select(db.Job.tenant).where(db.Job.id == job_id)).scalar_one_or_none()
+            if tenant is None or tenant == db.ADMIN_JOBS_TENANT:
+                return None
+            used, oldest = session.execute(
+                select(func.coalesce(func.sum(db.TrainingRun.tokens), 0), func.min(db.TrainingRun.created_at))
+                .join(db.Job, db.Job.id == db.TrainingRun.job_id)
+                .where(db.Job.tenant == tenant, db.TrainingRun.created_at >= since)
+            ).one()
+        if used < tokens_per_day:
+            return None
+        oldest = oldest if oldest is None or oldest.tzinfo else oldest.replace(tzinfo=UTC)  # SQLite drops the zone
+        when = f"; the oldest of them leaves the window at {(oldest + timedelta(days=1)):%Y-%m-%d %H:%M} UTC" if oldest else ""
+        return (f"tenant {tenant!r} trained {used} tokens in the last 24 h, its quota is {tokens_per_day} "
+                f"(tenant_training_tokens_per_day){when}")  # fmt: skip
 
     # -- per-step rows ---------------------------------------------------------------------------
 

@@ -33,4 +33,5 @@ async def create_server(
         (SERVICE_NAME,),
         service_table(config),
         tls=server_tls(config),
+        progress=True,
     )

@@ -69,7 +69,21 @@ class Config(BaseModel):
     s3_secret_key: str = Field("", description="S3/MinIO secret key (a secret in deployments).")
     s3_secure: bool = Field(True, description="Use TLS to reach the S3 endpoint.")
     activity_heartbeat_timeout_s: float = Field(
-        30.0, gt=0, description="Heartbeat timeout of long activities: how fast a dead worker/service is noticed."
+        30.0, gt=0, description="Heartbeat timeout of long activities: how fast a dead worker is noticed."
+    )
+    service_queues: bool = Field(
+        False, description="Route each service's activities to a task queue of its own (<task_queue>-teacher, -student, "
+        "-trainer), served by a worker beside each replica (`python -m orchestrator.worker --service teacher`): replicas "
+        "share the work by pulling it (`orchestrator.routing`). `syllabus up --replicas N` and the chart turn it on.",
+    )
+    service_worker_slots: int = Field(
+        1, ge=1, le=64, description="Activities a service's worker runs at once: 1 keeps a busy replica from taking "
+        "more work while another is idle (the model runs one call at a time anyway).",
+    )
+    service_stall_timeout_s: float = Field(
+        300.0, gt=0, le=86400, description="A service call whose service makes no progress (no forward pass, no endpoint "
+        "reply) this long is cancelled and retried (SERVICE_STALLED): how fast a hung or stopped service is noticed. "
+        "Keep it above the longest single forward pass or endpoint reply (teacher endpoints' timeout_s)."
     )
     service_token: str = Field(
         "", description="Bearer token of the service role: the worker sends it, teacher/student/trainer accept only it "
@@ -124,6 +138,11 @@ class Config(BaseModel):
         0, ge=0, le=100_000,
         description="Running jobs one tenant may have at once (admin excepted); another submission is RESOURCE_EXHAUSTED "
         "until one finishes. 0: no limit (the embedded stack); the helm chart sets 4.",
+    )
+    tenant_training_tokens_per_day: int = Field(
+        0, ge=0, description="Training tokens one tenant's jobs may train in 24 hours (admin excepted): a submission, and "
+        "a running job's next training run, is refused RESOURCE_EXHAUSTED once the tenant's runs of the last 24 h reached "
+        "it (a run under way finishes). 0: no quota (the embedded stack).",
     )
     log_level: str = Field("INFO", description="Python log level of services, worker and gateway.")
     metrics_host: str = Field(

@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 DEFAULT_TENANT = "default"  # the tenant of jobs recorded before tenants existed (migration 0002)
+ADMIN_JOBS_TENANT = "admin"  # the tenant recorded for jobs the admin token submits
 
 
 def _now() -> datetime:
@@ -149,6 +150,9 @@ class TrainingRun(Base):
     mean_loss: Mapped[float] = mapped_column(Float)
     params: Mapped[dict] = mapped_column(JSON, default=dict)  # the recipe: LoRA and optimiser settings
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)  # e.g. {"losses": [...per step]}
+    # Real tokens the run trained on (every rank, resumed attempts included): the tenant's training quota.
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
 
 
 class TrainingRunSample(Base):

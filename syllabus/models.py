@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from syllabus.progress import PROGRESS
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -100,6 +102,7 @@ def load_model(base: str, dtype: str = "float32") -> tuple[PreTrainedModel, PreT
     path = resolve_model_dir(base)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     model.eval()
+    PROGRESS.watch(model)  # every forward pass is progress a caller's heartbeat can see
     return model, load_tokenizer(base)
 
 

@@ -22,7 +22,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from syllabus.auth import SERVICE_ROLE, ServerGuard, TokenTable
+from syllabus.progress import PROGRESS, ProgressServicer
+from syllabus.progress import SERVICE_NAME as PROGRESS_SERVICE
 from syllabus.telemetry import RpcTelemetry
+from syllabus_sdk.common.v1 import progress_pb2_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +62,7 @@ async def build_server(
     max_send_mb: int = 64,
     max_concurrent_rpcs: int = 64,
     tls: tuple[bytes, bytes] | None = None,
+    progress: bool = False,
 ) -> Served:
     """Create, bind and start an aio server at `address` ("host:port", port 0 picks a free one).
 
@@ -68,6 +72,7 @@ async def build_server(
     A request larger than `max_receive_mb` is refused (RESOURCE_EXHAUSTED): the services' requests
     name artifacts and carry no data, so 4 MB is plenty; the gateway takes a task inline. Calls
     beyond `max_concurrent_rpcs` in flight are refused RESOURCE_EXHAUSTED rather than queued.
+    `progress` adds the `ProgressService` (`syllabus.progress`) callers poll to tell slow from hung.
     """
     opts = [
         ("grpc.max_send_message_length", max_send_mb << 20),
@@ -78,9 +83,13 @@ async def build_server(
     guard = ServerGuard(tokens, roles, lambda: state["serving"])
     server = grpc.aio.server(options=opts, interceptors=[RpcTelemetry(), guard], maximum_concurrent_rpcs=max_concurrent_rpcs)
     add_servicers(server)
+    extra: tuple[str, ...] = ()
+    if progress:
+        progress_pb2_grpc.add_ProgressServiceServicer_to_server(ProgressServicer(), server)
+        extra = (PROGRESS_SERVICE,)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*service_names, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
+    reflection.enable_server_reflection((*service_names, *extra, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
     if tls is not None:  # (private key, certificate chain), PEM: TLS only, no plaintext port
         port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
     else:
@@ -178,7 +187,11 @@ async def in_model_thread(fn: Callable[..., T], *args) -> T:
     stopped, so this waits for it to end before the cancellation goes on and the lock is released.
     Otherwise the next request would share the model with a thread still swapping adapters,
     changing `padding_side` or drawing from the global RNG, and both would get silently wrong results."""
-    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    def busy() -> T:
+        with PROGRESS.busy():
+            return fn(*args)
+
+    work = asyncio.ensure_future(asyncio.to_thread(busy))
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:

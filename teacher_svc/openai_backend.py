@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from syllabus.config import TeacherEndpoint
 from syllabus.models import ModelNotFound
+from syllabus.progress import PROGRESS
 from teacher_svc.backend import BackendRequestError, BackendUnavailable, ChatPrompt, Completion, Sampling, one_schema
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -233,6 +234,7 @@ class OpenAIBackend:
         try:
             with urllib.request.urlopen(req, timeout=s.timeout_s) as resp:
                 raw = resp.read()
+            PROGRESS.tick()  # an endpoint's reply is this teacher's progress
         except urllib.error.HTTPError as e:
             # The status and its standard reason only: the body is the upstream's, never echoed.
             detail = _reason(e.code)

@@ -12,7 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from syllabus.models import load_tokenizer, resolve_model_dir
+from syllabus.progress import PROGRESS
 from teacher_svc.backend import ChatPrompt, Completion, Sampling, model_revision, one_schema, render_chat
+
+# Prompts per vLLM generate call: large enough for its continuous batching, small enough to report progress.
+VLLM_CHUNK = 256
 
 
 def _import_vllm():
@@ -69,7 +73,12 @@ class VLLMBackend:
         texts = [render_chat(self.tokenizer, p) for p in prompts]
         # Token ids, not text: vLLM would otherwise add a BOS the chat template already contains.
         inputs = [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        outputs = []
+        # In chunks, so a long request ticks the service's progress (syllabus.progress) as it goes
+        # and a caller's stall timeout measures vLLM's progress, not the whole request.
+        for at in range(0, len(inputs), VLLM_CHUNK):
+            outputs += self.llm.generate(inputs[at : at + VLLM_CHUNK], params[at : at + VLLM_CHUNK], use_tqdm=False)
+            PROGRESS.tick()
         return [[Completion(c.text, len(c.token_ids)) for c in out.outputs] for out in outputs]
 
 

@@ -32,6 +32,7 @@ from prometheus_client import Counter
 from syllabus.artifacts import ArtifactRef, ArtifactStore, InvalidKey, validate_key
 from syllabus.models import check_model_ref, fetch_adapter
 from syllabus.pb import ref_from_pb, ref_to_pb
+from syllabus.progress import PROGRESS
 from syllabus.recipe import Recipe, RecipeError, load_recipe
 from syllabus.serving import InvalidRequest, reading
 from syllabus.telemetry import model_turn
@@ -461,7 +462,8 @@ class TrainingJobs:
                 if job.cancel_requested:
                     raise TrainingStopped("cancelled before it started")
                 log.info("job %s (%s): training", job.training_id, plan.job_key)
-                succeeded = await asyncio.to_thread(train)
+                with PROGRESS.busy():  # the watchers' heartbeats follow the training thread
+                    succeeded = await asyncio.to_thread(train)
             except TrainingStopped as e:
                 if job.cancel_requested:
                     log.info("job %s (%s): cancelled", job.training_id, plan.job_key)

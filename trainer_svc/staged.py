@@ -138,7 +138,7 @@ class RecipeResult:
         return {
             "stage_losses": self.stage_losses, "stage_lrs": self.stage_lrs, "stage_seconds": self.stage_seconds,
             "stage_samples": self.stage_samples, "stage_curriculum": self.stage_curriculum,
-            "stage_batches": self.stage_batches, "stage_trace": self.stage_trace,
+            "stage_batches": self.stage_batches, "stage_trace": self.stage_trace, "tokens": self.tokens,
         }  # fmt: skip
 
     @property
@@ -1003,7 +1003,7 @@ def run_recipe(
     if should_stop is not None and should_stop():
         raise TrainingStopped("stopped before publishing")
     metrics = {"steps": len(result.losses), "mean_loss": result.mean_loss, "losses": result.losses,
-               "resumed_from": result.resumed_from, "stages": stage_metrics(recipe, result, records)}  # fmt: skip
+               "tokens": result.tokens, "resumed_from": result.resumed_from, "stages": stage_metrics(recipe, result, records)}  # fmt: skip
     store.put_bytes(training_metrics_key(output_key), json.dumps(metrics, sort_keys=True).encode())
     ref, result.merged_ref = save_outputs(model, snapshots, base, tokenizer, store, output_key, merged_key)
     # The adapter is published, so a restart finds it and never resumes: the checkpoint (LoRA and

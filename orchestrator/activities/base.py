@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import math
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import grpc
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -29,6 +32,7 @@ from syllabus.auth import client_ca, service_token
 from syllabus.config import Config
 from syllabus.records import loads_jsonl
 from syllabus.tasks import TaskSpec, TaskSpecError, parse_task
+from syllabus_sdk.common.v1 import progress_pb2, progress_pb2_grpc
 from syllabus_sdk.services import ServiceError, StudentClient, TeacherClient, TrainerClient
 
 T = TypeVar("T")
@@ -41,33 +45,81 @@ HEARTBEAT_EVERY_S = 5.0
 
 
 class Heartbeater:
-    """Heartbeats in the background while a long call runs, repeating the latest progress details."""
+    """Heartbeats in the background while a long call runs, carrying the latest progress details
+    and the service's own progress, but only while the service advances.
 
-    def __init__(self) -> None:
+    Each beat first asks the service how long ago its work last advanced (`probe`, the
+    `ProgressService` of `syllabus.progress`; a stopped or unreachable service does not answer).
+    When nothing advanced for `stall_after` seconds since the call began, the beats stop and the
+    call is cancelled with a retryable SERVICE_STALLED: a hung service is found in minutes, not at
+    the call's deadline hours later. Without a probe it beats unconditionally."""
+
+    def __init__(self, probe: Callable[[], Awaitable[Any]] | None = None, stall_after: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.details: dict[str, Any] | None = None
+        self.probe = probe
+        self.stall_after = stall_after
+        self.clock = clock
+        self.advanced_at = clock()  # idle time before this call began is not this call's stall
+        self.service: dict[str, Any] = {}
+        self.stalled: str | None = None
 
     def update(self, details: dict[str, Any]) -> None:
         self.details = details
-        activity.heartbeat(details)
+        self.advanced_at = self.clock()  # a progress event is the service advancing
+        activity.heartbeat(self._payload())
 
-    async def loop(self, every: float) -> None:
+    def _payload(self) -> dict[str, Any] | None:
+        if self.details is None and not self.service:
+            return None
+        return {**self.service, **(self.details or {})}
+
+    async def check(self, timeout: float) -> bool:
+        """Probe the service; False once it has not advanced for `stall_after` seconds."""
+        if self.probe is not None:
+            try:
+                snap = await asyncio.wait_for(self.probe(), timeout)
+            except (TimeoutError, grpc.aio.AioRpcError) as e:
+                if isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self.probe = None  # an older service: beat as before
+                    return True
+            else:
+                self.advanced_at = max(self.advanced_at, self.clock() - snap.seconds_since_advance)
+                self.service = {"service_ticks": int(snap.ticks), "service_busy": int(snap.busy_calls)}
+        idle = self.clock() - self.advanced_at
+        if idle > self.stall_after:
+            self.stalled = f"the service made no progress for {idle:.0f} s (service_stall_timeout_s {self.stall_after:g})"
+            return False
+        return True
+
+    async def loop(self, every: float, owner: asyncio.Task) -> None:
         while True:
             await asyncio.sleep(every)
-            if self.details is None:
-                activity.heartbeat()
-            else:
-                activity.heartbeat(self.details)
+            if not await self.check(timeout=max(1.0, every)):
+                owner.cancel()  # the call ends; `heartbeating` turns this into SERVICE_STALLED
+                return
+            payload = self._payload()
+            activity.heartbeat(*([payload] if payload is not None else []))
 
 
 @contextlib.asynccontextmanager
-async def heartbeating(every: float = HEARTBEAT_EVERY_S) -> AsyncIterator[Heartbeater]:
+async def heartbeating(
+    every: float = HEARTBEAT_EVERY_S, probe: Callable[[], Awaitable[Any]] | None = None, stall_after: float = 300.0
+) -> AsyncIterator[Heartbeater]:
     timeout = activity.info().heartbeat_timeout
     if timeout:  # beat well inside the timeout the workflow chose
         every = min(every, timeout.total_seconds() / 3)
-    hb = Heartbeater()
-    task = asyncio.create_task(hb.loop(every))
+    hb = Heartbeater(probe, stall_after)
+    owner = asyncio.current_task()
+    assert owner is not None
+    task = asyncio.create_task(hb.loop(every, owner))
     try:
         yield hb
+    except asyncio.CancelledError:
+        if hb.stalled is None:
+            raise  # the activity itself was cancelled
+        owner.uncancel()
+        raise ApplicationError(hb.stalled, type="SERVICE_STALLED") from None
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -179,14 +231,18 @@ class ActivityBase:
 
     @contextlib.asynccontextmanager
     async def _client(self, kind: type[C], address: str) -> AsyncIterator[tuple[C, Heartbeater]]:
-        """A typed client on a fresh channel, heartbeating while it is used; a `ServiceError` leaves
-        as an `ApplicationError` (`service_failure`)."""
+        """A typed client on a fresh channel, heartbeating while it is used and the service advances
+        (`Heartbeater`); a `ServiceError` leaves as an `ApplicationError` (`service_failure`)."""
         ca = client_ca(self.config)
-        async with kind(address, token=service_token(self.config), root_certificates=ca) as client, heartbeating() as hb:
-            try:
-                yield client, hb
-            except ServiceError as e:
-                raise service_failure(e) from None
+        async with kind(address, token=service_token(self.config), root_certificates=ca) as client:
+            progress = progress_pb2_grpc.ProgressServiceStub(client.channel)
+            probe = functools.partial(progress.GetProgress, progress_pb2.GetProgressRequest())
+            async with heartbeating(probe=probe, stall_after=self.config.service_stall_timeout_s) as hb:
+                try:
+                    yield client, hb
+                except ServiceError as e:
+                    raise service_failure(e) from None
+
 
     async def _teacher(self, call: Callable[[TeacherClient], Awaitable[T]]) -> T:
         async with self._client(TeacherClient, self.config.teacher_address) as (client, _):

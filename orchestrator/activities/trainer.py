@@ -85,6 +85,8 @@ class TrainerActivities(ActivityBase):
             raise ApplicationError(
                 f"unknown training stage {inp.stage!r}", type="INVALID_ARGUMENT", non_retryable=True
             )
+        if why := await self._db(self.metadata.over_training_quota, inp.job_id, None, self.config.tenant_training_tokens_per_day):
+            raise ApplicationError(why, type="RESOURCE_EXHAUSTED", non_retryable=True)
         task = self._task(inp.task_ref)
         t = task.train
         lora = {"rank": t.lora_rank, "alpha": t.lora_alpha, "dropout": t.lora_dropout, "target_modules": t.target_modules}
@@ -149,6 +151,7 @@ class TrainerActivities(ActivityBase):
             "samples": len(records),
             "steps": steps,
             "mean_loss": mean_loss,
+            "tokens": int(metrics.get("tokens") or 0),
             "params": {**params, "init_adapter": inp.init_adapter.uri if inp.init_adapter is not None else None},
             "metrics": {"losses": [round(float(x), 5) for x in metrics["losses"]],  # one per step
                         "stages": metrics.get("stages", [])},

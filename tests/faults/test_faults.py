@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         home,
         task_queue="faults",
         activity_heartbeat_timeout_s=5,  # a dead worker's activity is retried after 5 s
+        service_stall_timeout_s=8,  # a stopped service's call is retried after 8 s without progress
         trainer_checkpoint_every=3,
     )
     messages: list[str] = []
@@ -125,10 +127,10 @@ def fingerprint(stack: Stack, job_id: str) -> dict:
         q = lambda sql: con.execute(sql, (job_id,)).fetchall()
         counts = {t: q(f"select count(*) from {t} where job_id = ?")[0][0] for t in JOB_TABLES}
         artifacts = sorted((r, k, sha) for r, k, sha in q("select round, kind, sha256 from artifacts where job_id = ?"))
-        runs = sorted(
-            (r, st, n, steps, round(loss, 6), _without_timings(m))
-            for r, st, n, steps, loss, m in q(
-                "select round, stage, samples, steps, mean_loss, metrics from training_runs where job_id = ?"
+        runs = sorted(  # tokens: a resumed run counts the tokens of its earlier attempts (the quota's unit)
+            (r, st, n, steps, round(loss, 6), _without_timings(m), tokens)
+            for r, st, n, steps, loss, m, tokens in q(
+                "select round, stage, samples, steps, mean_loss, metrics, tokens from training_runs where job_id = ?"
             )
         )
         adapters = sorted(
@@ -149,7 +151,7 @@ def clean(stack: Stack, task_yaml: str) -> dict:
     job = _finish(stack, "clean")
     assert job.status == 2, job.error
     fp = fingerprint(stack, "clean")
-    assert fp["counts"]["training_runs"] == 2 and all(steps >= 6 for _, _, _, steps, _, _ in fp["runs"])
+    assert fp["counts"]["training_runs"] == 2 and all(steps >= 6 and tokens > 0 for _, _, _, steps, _, _, tokens in fp["runs"])
     return fp
 
 
@@ -180,6 +182,36 @@ def test_sigkill_during_its_step_loses_and_fakes_nothing(stack: Stack, task_yaml
     if component == "trainer":  # it resumed from a checkpoint rather than starting over
         log = (stack.log_dir / "trainer.log").read_text()
         assert "resuming at stage 0 step" in log.split(f"jobs/{job_id}/round-1/train-", 1)[1]
+
+
+def test_a_stopped_service_is_found_within_the_stall_timeout_and_the_job_equals_a_clean_run(
+    stack: Stack, task_yaml: str, clean: dict
+) -> None:
+    """SIGSTOP the teacher (a hung service: it accepts connections and answers nothing) before the
+    job reaches generate: the worker's heartbeats follow the teacher's own progress, so the call is
+    ended as SERVICE_STALLED after `service_stall_timeout_s` and retried, not left hanging until its
+    deadline. After SIGCONT the job completes and equals a clean run."""
+    job_id = "stop-teacher"
+    worker_log = stack.log_dir / "worker.log"
+    offset = worker_log.stat().st_size
+    restarts = dict(stack.restarts)
+    pid = stack.pid("teacher")
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        _submit(stack, task_yaml, job_id)
+        while "made no progress" not in worker_log.read_text()[offset:]:
+            assert time.monotonic() - stopped < 90, "no stall was found 90 s after the teacher stopped"
+            assert _job(stack, job_id).status == 1
+            time.sleep(0.2)
+        found_after = time.monotonic() - stopped
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert found_after < 8 + 20, found_after  # the stall timeout, a probe and a beat, on a busy machine
+    job = _finish(stack, job_id)
+    assert job.status == 2, f"job failed after the teacher was stopped and resumed: {job.error}"
+    assert stack.restarts == restarts, "a stopped service is not a dead one: nothing was restarted"
+    assert fingerprint(stack, job_id) == clean
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -246,7 +278,7 @@ def test_trainer_killed_during_a_kd_stage_resumes_to_the_clean_runs_adapter(stac
     job = _finish(stack, "kd-clean")
     assert job.status == 2, job.error
     clean = fingerprint(stack, "kd-clean")
-    assert any(st == "recipe" and steps >= 8 for _, st, _, steps, _, _ in clean["runs"]), clean["runs"]
+    assert any(st == "recipe" and steps >= 8 for _, st, _, steps, _, _, _ in clean["runs"]), clean["runs"]
 
     restarts = stack.restarts.get("trainer", 0)
     _submit(stack, kd_task_yaml, "kd-kill-trainer")

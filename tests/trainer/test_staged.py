@@ -322,7 +322,8 @@ def test_metrics_have_one_entry_per_stage_and_skip_held_out_records(tiny_model_d
     held = [{"prompt": f"Held-out message {j}", "response": "lost_card", "difficulty": 0.1, "heldout": True} for j in range(3)]
     _, res = run_recipe(str(tiny_model_dir), held + RECORDS, recipe(), store, "jobs/j/s.tar")
     metrics = read_metrics(store, "jobs/j/s.tar")
-    assert set(metrics) == {"steps", "mean_loss", "losses", "resumed_from", "stages"}
+    assert set(metrics) == {"steps", "mean_loss", "losses", "tokens", "resumed_from", "stages"}
+    assert metrics["tokens"] == res.tokens > 0  # the real tokens trained on: the tenant's quota counts them
     stages = metrics["stages"]
     assert [s["name"] for s in stages] == ["easy", "hard"]
     assert all(set(s) == {"name", "steps", "mean_loss", "seconds", "samples"} for s in stages)
