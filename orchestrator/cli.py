@@ -343,7 +343,7 @@ def cmd_report(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _stack(config: Config, console: Console, task_path: Path | None):
+def _stack(config: Config, console: Console, task_path: Path | None, replicas: int = 1):
     from orchestrator.stack import Stack, with_metrics
 
     preload: tuple[str, ...] = ()
@@ -352,7 +352,7 @@ def _stack(config: Config, console: Console, task_path: Path | None):
         scorer = (task.score.model.model,) if task.score.model is not None else ()
         preload = tuple(dict.fromkeys((task.student.model, task.teacher.model, *scorer)))
     # Metrics on, at the documented ports unless the config sets others; the stack logs their URLs.
-    return Stack(with_metrics(config), preload=preload, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    return Stack(with_metrics(config), preload=preload, log=lambda m: console.print(f"[dim]{m}[/dim]"), replicas=replicas)
 
 
 def _stop_on_signals() -> None:
@@ -372,10 +372,13 @@ def cmd_up(args: argparse.Namespace, config: Config) -> int:
 
     _stop_on_signals()
     console = _console(False)
-    stack = _stack(config, console, DEMO_TASK if DEMO_TASK.is_file() else None)
+    stack = _stack(config, console, DEMO_TASK if DEMO_TASK.is_file() else None, replicas=args.replicas)
     try:
         asyncio.run(stack.start())
         stack.supervise()  # a component that dies is restarted (and logged); jobs carry on
+        if args.replicas > 1:
+            for name, addresses in stack.addresses.items():
+                console.print(f"{name}: {len(addresses)} replicas at {', '.join(addresses)}, each with its worker")
         console.print(f"Syllabus is up. Gateway {config.gateway_address}, Temporal Web UI {config.temporal_ui_url}. Ctrl-C stops.")
         while True:
             time.sleep(1)
@@ -567,6 +570,12 @@ def cmd_db(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _replica_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 8:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 8, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syllabus", description="Distil a teacher LLM into a small student.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -575,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("up", help="start the embedded stack and leave it running")
+    p.add_argument("--replicas", type=_replica_count, default=1, metavar="N",
+                   help="processes of each service (teacher, student, trainer), each with a worker on its "
+                        "service's task queue, so they share the work (default 1)")  # fmt: skip
     p.set_defaults(fn=cmd_up)
     p = sub.add_parser("run", help="submit a task to a running stack and follow it")
     p.add_argument("task", help="task spec YAML (see docs/task-format.md)")

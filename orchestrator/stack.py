@@ -150,26 +150,34 @@ class Stack:
     config: Config
     preload: tuple[str, ...] = ()
     log: callable = print
+    replicas: int = 1
+    """Processes of each service; above 1, each replica gets a worker of its own on its service's
+    task queue (`config.service_queues`, `orchestrator.routing`)."""
+    addresses: dict[str, list[str]] = field(default_factory=dict)
+    """service -> the address of each of its replicas (the first is the configured one)."""
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     restarts: dict[str, int] = field(default_factory=dict)
     """How often each component was restarted by the supervisor."""
     _cmds: dict[str, list[str]] = field(default_factory=dict)
+    _envs: dict[str, dict[str, str]] = field(default_factory=dict)
     _started: dict[str, float] = field(default_factory=dict)
     _pending: dict[str, float] = field(default_factory=dict)  # name -> when to restart it
     _backoff: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: threading.Event = field(default_factory=threading.Event)
+    _held: set[str] = field(default_factory=set)  # killed for good: not restarted
     _supervisor: threading.Thread | None = None
 
     @property
     def log_dir(self) -> Path:
         return self.config.home / "logs"
 
-    def _popen(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def _popen(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = self._envs.setdefault(name, env or {})  # a restart gets the same settings
         with open(self.log_dir / f"{name}.log", "ab") as out:  # the child keeps its own copy of the fd
             proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=config_env(self.config), start_new_session=True,
+                cmd, stdout=out, stderr=subprocess.STDOUT, env={**config_env(self.config), **env}, start_new_session=True,
                 # safe beside the supervisor thread: the child only calls prctl, resolved before any fork
                 preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
@@ -177,8 +185,8 @@ class Stack:
         self._started[name] = time.monotonic()
         return proc
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        proc = self._popen(name, cmd)
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = self._popen(name, cmd, env)
         with self._lock:
             self.procs.append((name, proc))
         return proc
@@ -200,7 +208,7 @@ class Stack:
         now = time.monotonic() if now is None else now
         with self._lock:
             for i, (name, proc) in enumerate(self.procs):
-                if self._stopping.is_set() or proc.poll() is None:
+                if self._stopping.is_set() or proc.poll() is None or name in self._held:
                     continue
                 if name not in self._pending:
                     delay = self._backoff.get(name, 1.0)
@@ -247,6 +255,8 @@ class Stack:
         from syllabus.models import resolve_model_dir
         from syllabus.serving import wait_healthy
 
+        if self.replicas > 1:
+            self.config = self.config.model_copy(update={"service_queues": True})
         c = self.config
         self._check_ports_free()
         c.home.mkdir(parents=True, exist_ok=True)
@@ -291,7 +301,17 @@ class Stack:
         preload = ["--preload", self.preload[0]] if self.preload else []
         started = []
         for name, module, attr in SERVICES:
-            started.append((name, getattr(c, attr), self._spawn(name, [py, "-m", module, "--address", getattr(c, attr), *preload])))
+            for i in range(self.replicas if c.service_queues else 1):
+                replica, address, env = name, getattr(c, attr), {}
+                if i:  # a port of its own, and one for its metrics when metrics are on
+                    replica, address = f"{name}-{i + 1}", f"{_host(address)}:{free_port()}"
+                    port = attr.replace("_address", "_metrics_port")
+                    env[f"SYLLABUS_{port.upper()}"] = str(free_port() if getattr(c, port) else 0)
+                self.addresses.setdefault(name, []).append(address)
+                started.append((replica, address, self._spawn(replica, [py, "-m", module, "--address", address, *preload], env)))
+                if c.service_queues:  # its worker: this replica's share of the service's task queue
+                    self._spawn(f"{replica}-worker", [py, "-m", "orchestrator.worker", "--service", name],
+                                {f"SYLLABUS_{attr.upper()}": address, "SYLLABUS_WORKER_METRICS_PORT": "0"})  # fmt: skip
         started.append(("gateway", c.gateway_address, self._spawn("gateway", [py, "-m", "orchestrator.gateway", "--address", c.gateway_address])))
         self._spawn("worker", [py, "-m", "orchestrator.worker"])
         for name, address, proc in started:
@@ -313,9 +333,12 @@ class Stack:
         with self._lock:
             return next((p.pid for n, p in self.procs if n == name and p.poll() is None), None)
 
-    def kill(self, name: str) -> None:
-        """SIGKILL one component (crash testing): no graceful shutdown, no cleanup."""
+    def kill(self, name: str, restart: bool = True) -> None:
+        """SIGKILL one component (crash testing): no graceful shutdown, no cleanup; with `restart`
+        False the supervisor leaves it dead (a replica lost for good)."""
         with self._lock:
+            if not restart:
+                self._held.add(name)
             procs = [p for n, p in self.procs if n == name and p.poll() is None]
         for proc in procs:
             os.killpg(proc.pid, signal.SIGKILL)

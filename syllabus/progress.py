@@ -29,6 +29,7 @@ class ServiceProgress:
         self._last = clock()
         self._ticks = 0
         self._busy = 0
+        self._calls = 0
 
     def tick(self) -> None:
         with self._lock:
@@ -40,6 +41,7 @@ class ServiceProgress:
         """A call (or training job) at work: entering and leaving it count as advances."""
         with self._lock:
             self._busy += 1
+            self._calls += 1
         self.tick()
         try:
             yield
@@ -51,7 +53,8 @@ class ServiceProgress:
     def snapshot(self) -> progress_pb2.GetProgressResponse:
         with self._lock:
             return progress_pb2.GetProgressResponse(
-                seconds_since_advance=max(0.0, self._clock() - self._last), ticks=self._ticks, busy_calls=self._busy
+                seconds_since_advance=max(0.0, self._clock() - self._last), ticks=self._ticks, busy_calls=self._busy,
+                calls=self._calls,
             )
 
     def watch(self, model: Any) -> Any:

@@ -117,10 +117,15 @@ async def serve(served: Served, ready: Callable[[], object] | None = None, grace
     await served.stop(grace)
 
 
-async def wait_healthy(address: str, timeout: float = 120.0, service: str = "") -> None:
-    """Wait until the server at `address` reports SERVING (raises TimeoutError otherwise)."""
+async def wait_healthy(address: str, timeout: float = 120.0, service: str = "", root_certificates: bytes | None = None) -> None:
+    """Wait until the server at `address` reports SERVING (raises TimeoutError otherwise); over TLS
+    when `root_certificates` (the CA, `syllabus.auth.client_ca`) is given."""
     deadline = asyncio.get_running_loop().time() + timeout
-    async with grpc.aio.insecure_channel(address) as channel:
+    if root_certificates is not None:
+        opened = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=root_certificates))
+    else:
+        opened = grpc.aio.insecure_channel(address)
+    async with opened as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:

@@ -145,7 +145,7 @@ def test_grpc_roles_probe_with_grpc_health(rendered: tuple[str, list[dict]]) -> 
     overlay, objs = rendered
     deps = role_deployments(objs)
     for role, service in GRPC_ROLES.items():
-        (c,) = containers(deps[role])
+        c = containers(deps[role])[0]  # the role's own container; a service pod's worker follows
         port = c["ports"][0]["containerPort"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"] == {"port": port, "service": service}, f"{overlay}/{role}/{probe}"
@@ -172,7 +172,7 @@ def test_gpus_only_for_gpu_roles_and_only_in_the_gpu_overlay(by_overlay: dict[st
             for c in pod.get("containers", []):
                 gpus = _gpus(c)
                 role = component(obj)
-                if overlay == "gpu" and role in GPU_ROLES:
+                if overlay == "gpu" and role in GPU_ROLES and c["name"] == role:  # not its worker container
                     assert gpus == {"requests": 1, "limits": 1}, (overlay, role)
                     assert pod["nodeSelector"] and pod["tolerations"]
                 else:
@@ -259,7 +259,7 @@ def test_notes_tell_how_to_reach_gateway_and_temporal_ui() -> None:
 
 
 def _env(dep: dict) -> dict[str, dict]:
-    (c,) = containers(dep)
+    c = containers(dep)[0]  # the role's own container; a service pod's worker follows
     return {e["name"]: e for e in c.get("env", [])}
 
 
@@ -275,13 +275,13 @@ def test_tokens_come_from_the_secret(rendered: tuple[str, list[dict]]) -> None:
     assert "SYLLABUS_SERVICE_TOKEN" not in _env(gateway)
     (cm,) = of_kind(objs, "ConfigMap")
     tokens_file = cm["data"]["SYLLABUS_TOKENS_FILE"]
-    (c,) = containers(gateway)
+    c = containers(gateway)[0]  # the role's own container; a service pod's worker follows
     (mount,) = [m for m in c["volumeMounts"] if m["name"] == "auth-tokens"]
     assert mount["readOnly"] and tokens_file == f"{mount['mountPath']}/tokens.json"
     (vol,) = [v for v in gateway["spec"]["template"]["spec"]["volumes"] if v["name"] == "auth-tokens"]
     assert vol["secret"]["items"] == [{"key": "tokens.json", "path": "tokens.json"}]
     for role in SYLLABUS_ROLES - {"gateway"}:
-        (c,) = containers(deps[role])
+        c = containers(deps[role])[0]  # the role's own container; a service pod's worker follows
         assert all(m["name"] != "auth-tokens" for m in c["volumeMounts"]), f"{overlay}/{role}"
 
 
@@ -304,10 +304,37 @@ def test_secret_holds_the_tokens() -> None:
 
 
 DEPENDENCY_CALLERS = {  # in-chart dependency -> port -> the components that may reach it
-    "temporal": {"grpc": {"gateway", "worker"}},
+    # serviceQueues (the default): each service pod's worker container reaches Temporal and PostgreSQL
+    "temporal": {"grpc": {"gateway", "worker", "teacher", "student", "trainer"}},
     "minio": {"s3": {"gateway", "worker", "teacher", "student", "trainer", "minio-bucket"}},
-    "postgresql": {"postgresql": {"gateway", "worker", "migrations"}},
+    "postgresql": {"postgresql": {"gateway", "worker", "migrations", "teacher", "student", "trainer"}},
 }
+
+
+def test_each_service_pod_runs_a_worker_on_its_service_queue_only_with_service_queues() -> None:
+    """config.serviceQueues: a `worker` container beside each teacher, student and trainer container,
+    polling that service's queue and calling the replica in its own pod; off, no such container, and
+    Temporal and PostgreSQL admit only the gateway, the worker (and the migrations)."""
+    deps = role_deployments(manifests(render()))
+    for role, dep in deps.items():
+        names = [c["name"] for c in containers(dep)]
+        if role not in ("teacher", "student", "trainer"):
+            assert "worker" not in names[1:], role
+            continue
+        assert names == [role, "worker"], role
+        side = containers(dep)[1]
+        env = {e["name"]: e.get("value") for e in side["env"]}
+        port = containers(dep)[0]["ports"][0]["containerPort"]
+        assert side["args"] == ["--service", role]
+        assert env[f"SYLLABUS_{role.upper()}_ADDRESS"] == f"127.0.0.1:{port}"
+        assert side["image"].endswith(f"syllabus/worker:{side['image'].rsplit(':', 1)[1]}")
+        assert "SYLLABUS_DATABASE_URL" in env and "SYLLABUS_SERVICE_TOKEN" in env
+    off = manifests(render({"config": {"serviceQueues": False}}))
+    assert all(len(containers(d)) == 1 for d in role_deployments(off).values())
+    policies = {component(p): p for p in of_kind(off, "NetworkPolicy") if component(p) in ("temporal", "postgresql")}
+    admitted = {dep: {f["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                      for f in p["spec"]["ingress"][0]["from"]} for dep, p in policies.items()}  # fmt: skip
+    assert admitted == {"temporal": {"gateway", "worker"}, "postgresql": {"gateway", "worker", "migrations"}}
 
 
 def test_only_the_worker_reaches_the_services(rendered: tuple[str, list[dict]]) -> None:
@@ -364,8 +391,10 @@ def test_temporal_tls_points_the_two_clients_at_their_certificate_and_no_one_els
         mounts = {m["name"] for c in containers(dep) for m in c.get("volumeMounts", [])}
         if role in ("gateway", "worker"):
             assert volumes["temporal-tls"]["secret"]["secretName"] == "temporal-client" and "temporal-tls" in mounts, role
-        else:
-            assert "temporal-tls" not in volumes and "temporal-tls" not in mounts, role
+        else:  # a service pod: only its worker container (service queues) talks to Temporal
+            assert volumes["temporal-tls"]["secret"]["secretName"] == "temporal-client", role
+            by_container = {c["name"]: {m["name"] for m in c.get("volumeMounts", [])} for c in containers(dep)}
+            assert "temporal-tls" in by_container["worker"] and "temporal-tls" not in by_container[role], role
     off = manifests(render())
     (cm,) = [c for c in of_kind(off, "ConfigMap") if "SYLLABUS_TEMPORAL_TLS_CA_FILE" in c["data"]]
     assert cm["data"]["SYLLABUS_TEMPORAL_TLS_CA_FILE"] == "" and cm["data"]["SYLLABUS_TEMPORAL_TLS_CERT_FILE"] == ""
@@ -388,10 +417,10 @@ def test_tls_on_mounts_the_secret_points_the_config_at_it_and_probes_over_tls() 
         spec = deps[role]["spec"]["template"]["spec"]
         (vol,) = [v for v in spec["volumes"] if v["name"] == "tls"]
         assert vol["secret"]["secretName"] == "syllabus-grpc-tls"
-        (c,) = spec["containers"]
-        assert {"name": "tls", "mountPath": "/etc/syllabus/tls", "readOnly": True} in c["volumeMounts"]
+        for c in spec["containers"]:  # a service pod's worker container verifies its replica with the CA
+            assert {"name": "tls", "mountPath": "/etc/syllabus/tls", "readOnly": True} in c["volumeMounts"]
     for role, service in GRPC_ROLES.items():
-        (c,) = containers(deps[role])
+        c = containers(deps[role])[0]  # the role's own container; a service pod's worker follows
         port = c["ports"][0]["containerPort"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert "grpc" not in c[probe], f"{role}/{probe}: the kubelet's gRPC probe cannot do TLS"
@@ -413,7 +442,7 @@ def test_metrics_ports_reach_the_config_the_pods_and_their_annotations(rendered:
     for role, dep in role_deployments(objs).items():
         port = METRICS_PORTS[role]
         assert cm["data"][f"SYLLABUS_{role.upper()}_METRICS_PORT"] == str(port), f"{overlay}/{role}"
-        (c,) = containers(dep)
+        c = containers(dep)[0]  # the role's own container; a service pod's worker follows
         assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in c["ports"], f"{overlay}/{role}"
         annotations = dep["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
@@ -429,7 +458,7 @@ def test_metrics_off_turns_every_endpoint_off() -> None:
     assert cm["data"]["SYLLABUS_OTLP_ENDPOINT"] == "http://otel:4317"
     for role, dep in role_deployments(objs).items():
         assert cm["data"][f"SYLLABUS_{role.upper()}_METRICS_PORT"] == "0"
-        (c,) = containers(dep)
+        c = containers(dep)[0]  # the role's own container; a service pod's worker follows
         assert all(p["name"] != "metrics" for p in c.get("ports", [])), role
         assert not any(k.startswith("prometheus.io/") for k in dep["spec"]["template"]["metadata"]["annotations"])
     for policy in of_kind(objs, "NetworkPolicy"):

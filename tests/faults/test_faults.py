@@ -10,7 +10,6 @@ predictions, SQL row counts and recorded metrics. The comparison ignores only wh
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sqlite3
@@ -19,14 +18,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from job_runs import fingerprint, finish, gateway_client, get_job, submit, wait_for
 
 from orchestrator.stack import Stack, loopback_config
-from syllabus.auth import client_token
 from syllabus.tasks import dump_task, load_task
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-JOB_TABLES = ("samples", "critiques", "scores", "selections", "training_runs", "evaluations", "rounds", "artifacts")
 
 
 @pytest.fixture(scope="module")
@@ -60,95 +58,10 @@ def task_yaml(banking77_tiny, tmp_path_factory: pytest.TempPathFactory) -> str:
     return dump_task(load_task(path))
 
 
-def _client(stack: Stack):
-    from syllabus_sdk import SyllabusClient
-
-    return SyllabusClient(stack.config.gateway_address, token=client_token(stack.config), timeout=10)
-
-
-def _job(stack: Stack, job_id: str):
-    """GetJob, riding out a gateway or Temporal that is being restarted."""
-    from syllabus_sdk import SyllabusError
-
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with _client(stack) as client:
-                return client.get_job(job_id)
-        except SyllabusError as e:
-            if e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def _submit(stack: Stack, task_yaml: str, job_id: str) -> None:
-    with _client(stack) as client:
-        client.wait_ready()
-        client.submit_job(task_yaml, job_id=job_id)
-
-
-def _wait_for(stack: Stack, job_id: str, step: str, min_train_step: int = 0, timeout: float = 300):
-    """Poll until the job runs `step` (and, for training, has done `min_train_step` steps)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = _job(stack, job_id)
-        assert job.status == 1, f"job ended before reaching {step}: {job}"
-        if job.current_step == step:
-            detail = job.step_detail
-            if not min_train_step:
-                return job
-            if detail.startswith("step ") and int(detail.split()[1].split("/")[0]) >= min_train_step:
-                return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {step}")
-
-
-def _finish(stack: Stack, job_id: str, timeout: float = 600):
-    deadline = time.monotonic() + timeout
-    while (job := _job(stack, job_id)).status == 1:
-        assert time.monotonic() < deadline, f"job {job_id} did not finish: {job}"
-        time.sleep(0.5)
-    return job
-
-
-def _without_timings(metrics: str) -> str:
-    """A run's metrics without the wall seconds of its stages (how long, not what it produced)."""
-    m = json.loads(metrics)
-    m = json.loads(m) if isinstance(m, str) else m
-    for stage in m.get("stages", []):
-        stage.pop("seconds", None)
-    return json.dumps(m, sort_keys=True)
-
-
-def fingerprint(stack: Stack, job_id: str) -> dict:
-    """What a run produced, with the job id taken out: row counts, artifacts by content, metrics."""
-    con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
-    try:
-        q = lambda sql: con.execute(sql, (job_id,)).fetchall()
-        counts = {t: q(f"select count(*) from {t} where job_id = ?")[0][0] for t in JOB_TABLES}
-        artifacts = sorted((r, k, sha) for r, k, sha in q("select round, kind, sha256 from artifacts where job_id = ?"))
-        runs = sorted(  # tokens: a resumed run counts the tokens of its earlier attempts (the quota's unit)
-            (r, st, n, steps, round(loss, 6), _without_timings(m), tokens)
-            for r, st, n, steps, loss, m, tokens in q(
-                "select round, stage, samples, steps, mean_loss, metrics, tokens from training_runs where job_id = ?"
-            )
-        )
-        adapters = sorted(
-            sha for (sha,) in q("select c.sha256 from checkpoints c join training_runs t on c.training_run_id = t.id where t.job_id = ?")
-        )
-        evals = sorted(q("select round, stage, accuracy, correct, total from evaluations where job_id = ?"))
-        scores = sorted((r, s, m, round(v, 6)) for r, s, m, v in q("select round, sample_id, metric, value from scores where job_id = ?"))
-        job = q("select status, baseline_accuracy, final_accuracy from jobs where id = ?")
-    finally:
-        con.close()
-    return {"job": job, "counts": counts, "artifacts": artifacts, "runs": runs, "adapters": adapters,
-            "evaluations": evals, "scores": scores}
-
-
 @pytest.fixture(scope="module")
 def clean(stack: Stack, task_yaml: str) -> dict:
-    _submit(stack, task_yaml, "clean")
-    job = _finish(stack, "clean")
+    submit(stack, task_yaml, "clean")
+    job = finish(stack, "clean")
     assert job.status == 2, job.error
     fp = fingerprint(stack, "clean")
     assert fp["counts"]["training_runs"] == 2 and all(steps >= 6 and tokens > 0 for _, _, _, steps, _, _, tokens in fp["runs"])
@@ -171,11 +84,11 @@ def test_sigkill_during_its_step_loses_and_fakes_nothing(stack: Stack, task_yaml
     step, min_train_step = FAULTS[component]
     job_id = f"kill-{component}"
     restarts = stack.restarts.get(component, 0)
-    _submit(stack, task_yaml, job_id)
-    _wait_for(stack, job_id, step, min_train_step)
+    submit(stack, task_yaml, job_id)
+    wait_for(stack, job_id, step, min_train_step)
     stack.kill(component)
 
-    job = _finish(stack, job_id)
+    job = finish(stack, job_id)
     assert job.status == 2, f"job failed after SIGKILL of the {component}: {job.error}"
     assert stack.restarts.get(component, 0) == restarts + 1, stack.messages[-5:]
     assert fingerprint(stack, job_id) == clean
@@ -199,16 +112,16 @@ def test_a_stopped_service_is_found_within_the_stall_timeout_and_the_job_equals_
     os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        _submit(stack, task_yaml, job_id)
+        submit(stack, task_yaml, job_id)
         while "made no progress" not in worker_log.read_text()[offset:]:
             assert time.monotonic() - stopped < 90, "no stall was found 90 s after the teacher stopped"
-            assert _job(stack, job_id).status == 1
+            assert get_job(stack, job_id).status == 1
             time.sleep(0.2)
         found_after = time.monotonic() - stopped
     finally:
         os.kill(pid, signal.SIGCONT)
     assert found_after < 8 + 20, found_after  # the stall timeout, a probe and a beat, on a busy machine
-    job = _finish(stack, job_id)
+    job = finish(stack, job_id)
     assert job.status == 2, f"job failed after the teacher was stopped and resumed: {job.error}"
     assert stack.restarts == restarts, "a stopped service is not a dead one: nothing was restarted"
     assert fingerprint(stack, job_id) == clean
@@ -225,9 +138,9 @@ def test_cancel_during_training_stops_the_trainer_and_publishes_nothing(stack: S
     # time a cancel takes to reach the trainer: train long enough that the cancel lands mid-run.
     raw = yaml.safe_load(task_yaml)
     raw["train"]["epochs"] = 100
-    _submit(stack, yaml.safe_dump(raw), job_id)
-    _wait_for(stack, job_id, "train", 2)
-    with _client(stack) as client:
+    submit(stack, yaml.safe_dump(raw), job_id)
+    wait_for(stack, job_id, "train", 2)
+    with gateway_client(stack) as client:
         client.cancel_job(job_id)
     cancelled_at = time.monotonic()
 
@@ -242,7 +155,7 @@ def test_cancel_during_training_stops_the_trainer_and_publishes_nothing(stack: S
             break
     assert idle_since is not None, "the trainer still burns CPU 10 s after the cancel"
 
-    job = _finish(stack, job_id, timeout=60)
+    job = finish(stack, job_id, timeout=60)
     assert job.status == 4, job
     con = sqlite3.connect(str(stack.config.home / "syllabus.db"))
     try:
@@ -274,17 +187,17 @@ def kd_task_yaml(banking77_tiny, tmp_path_factory: pytest.TempPathFactory) -> st
 
 
 def test_trainer_killed_during_a_kd_stage_resumes_to_the_clean_runs_adapter(stack: Stack, kd_task_yaml: str) -> None:
-    _submit(stack, kd_task_yaml, "kd-clean")
-    job = _finish(stack, "kd-clean")
+    submit(stack, kd_task_yaml, "kd-clean")
+    job = finish(stack, "kd-clean")
     assert job.status == 2, job.error
     clean = fingerprint(stack, "kd-clean")
     assert any(st == "recipe" and steps >= 8 for _, st, _, steps, _, _, _ in clean["runs"]), clean["runs"]
 
     restarts = stack.restarts.get("trainer", 0)
-    _submit(stack, kd_task_yaml, "kd-kill-trainer")
-    _wait_for(stack, "kd-kill-trainer", "train", 4)
+    submit(stack, kd_task_yaml, "kd-kill-trainer")
+    wait_for(stack, "kd-kill-trainer", "train", 4)
     stack.kill("trainer")
-    job = _finish(stack, "kd-kill-trainer")
+    job = finish(stack, "kd-kill-trainer")
     assert job.status == 2, f"job failed after SIGKILL of the trainer: {job.error}"
     assert stack.restarts.get("trainer", 0) == restarts + 1
     assert fingerprint(stack, "kd-kill-trainer") == clean  # the same adapter bytes, losses and predictions

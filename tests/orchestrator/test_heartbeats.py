@@ -114,4 +114,4 @@ def test_service_progress_ticks_on_forward_passes_and_counts_busy_calls(tiny_mod
     with progress.busy():
         assert progress.snapshot().busy_calls == 1
     snap = progress.snapshot()
-    assert snap.busy_calls == 0 and snap.seconds_since_advance < 1.0
+    assert snap.busy_calls == 0 and snap.calls == 1 and snap.seconds_since_advance < 1.0

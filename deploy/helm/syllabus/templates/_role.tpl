@@ -121,6 +121,30 @@ spec:
             - name: dshm
               mountPath: /dev/shm
             {{- end }}
+        {{- if and $ctx.Values.config.serviceQueues (ne .component "gateway") }}
+        {{- /* This replica's share of its service's task queue (orchestrator/routing.py): it pulls work
+        only while the replica beside it is healthy, `config.serviceWorkerSlots` at a time. */}}
+        - name: worker
+          image: {{ include "syllabus.image" (dict "ctx" $ctx "role" $ctx.Values.worker) }}
+          imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+          args: ["--service", {{ .component | quote }}]
+          envFrom:
+            {{- include "syllabus.envFrom" $ctx | nindent 12 }}
+          env:
+            - name: {{ printf "SYLLABUS_%s_ADDRESS" (upper .component) }}
+              value: {{ printf "127.0.0.1:%d" (int $role.port) | quote }}
+            - name: SYLLABUS_WORKER_METRICS_PORT
+              value: "0"
+            {{- include "syllabus.secretEnv" (dict "ctx" $ctx "component" "worker") | nindent 12 }}
+            {{- include "syllabus.serviceTokenEnv" $ctx | nindent 12 }}
+          resources:
+            {{- toYaml $ctx.Values.worker.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $ctx.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            {{- include "syllabus.volumeMounts" $ctx | nindent 12 }}
+            {{- include "syllabus.temporalTlsMount" $ctx | nindent 12 }}
+        {{- end }}
       volumes:
         {{- include "syllabus.volumes" $ctx | nindent 8 }}
         {{- if eq .component "gateway" }}
@@ -131,6 +155,8 @@ spec:
             items:
               - key: tokens.json
                 path: tokens.json
+        {{- include "syllabus.temporalTlsVolume" $ctx | nindent 8 }}
+        {{- else if $ctx.Values.config.serviceQueues }}
         {{- include "syllabus.temporalTlsVolume" $ctx | nindent 8 }}
         {{- end }}
         {{- if $role.shmSize }}

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!syllabus/common/v1/progress.proto\x12\x12syllabus.common.v1\"\x14\n\x12GetProgressRequest\"W\n\x13GetProgressResponse\x12\x1d\n\x15seconds_since_advance\x18\x01 \x01(\x01\x12\r\n\x05ticks\x18\x02 \x01(\x04\x12\x12\n\nbusy_calls\x18\x03 \x01(\r2q\n\x0fProgressService\x12^\n\x0bGetProgress\x12&.syllabus.common.v1.GetProgressRequest\x1a\'.syllabus.common.v1.GetProgressResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!syllabus/common/v1/progress.proto\x12\x12syllabus.common.v1\"\x14\n\x12GetProgressRequest\"f\n\x13GetProgressResponse\x12\x1d\n\x15seconds_since_advance\x18\x01 \x01(\x01\x12\r\n\x05ticks\x18\x02 \x01(\x04\x12\x12\n\nbusy_calls\x18\x03 \x01(\r\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x04\x32q\n\x0fProgressService\x12^\n\x0bGetProgress\x12&.syllabus.common.v1.GetProgressRequest\x1a\'.syllabus.common.v1.GetProgressResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPROGRESSREQUEST']._serialized_start=57
   _globals['_GETPROGRESSREQUEST']._serialized_end=77
   _globals['_GETPROGRESSRESPONSE']._serialized_start=79
-  _globals['_GETPROGRESSRESPONSE']._serialized_end=166
-  _globals['_PROGRESSSERVICE']._serialized_start=168
-  _globals['_PROGRESSSERVICE']._serialized_end=281
+  _globals['_GETPROGRESSRESPONSE']._serialized_end=181
+  _globals['_PROGRESSSERVICE']._serialized_start=183
+  _globals['_PROGRESSSERVICE']._serialized_end=296
 # @@protoc_insertion_point(module_scope)

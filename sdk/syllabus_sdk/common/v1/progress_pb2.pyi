@@ -10,11 +10,13 @@ class GetProgressRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetProgressResponse(_message.Message):
-    __slots__ = ("seconds_since_advance", "ticks", "busy_calls")
+    __slots__ = ("seconds_since_advance", "ticks", "busy_calls", "calls")
     SECONDS_SINCE_ADVANCE_FIELD_NUMBER: _ClassVar[int]
     TICKS_FIELD_NUMBER: _ClassVar[int]
     BUSY_CALLS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
     seconds_since_advance: float
     ticks: int
     busy_calls: int
-    def __init__(self, seconds_since_advance: _Optional[float] = ..., ticks: _Optional[int] = ..., busy_calls: _Optional[int] = ...) -> None: ...
+    calls: int
+    def __init__(self, seconds_since_advance: _Optional[float] = ..., ticks: _Optional[int] = ..., busy_calls: _Optional[int] = ..., calls: _Optional[int] = ...) -> None: ...
