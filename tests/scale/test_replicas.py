@@ -106,6 +106,9 @@ def test_three_concurrent_jobs_put_work_on_every_replica_and_equal_one_replica(r
         assert fingerprint(replicated, job_id) == single, job_id
     took = {a: _progress(replicated, a).calls - before[a] for a in before}
     assert all(n > 0 for n in took.values()), f"a replica took no work: {took}"
+    runs = _training_intervals(replicated.log_dir, {})
+    parallel = [(a, b) for a in runs for b in runs if a[1] < b[1] and a[2] < b[3] and b[2] < a[3]]
+    assert parallel, f"no two trainer replicas trained at the same time: {runs}"  # the jobs' runs did not queue
 
 
 def test_a_trainer_replica_killed_for_good_mid_run_has_its_run_resumed_by_the_other(
