@@ -119,6 +119,11 @@ class Config(BaseModel):
     trainer_checkpoint_every: int = Field(
         20, gt=0, description="Optimiser steps between the trainer's resumable checkpoints (a restarted trainer resumes there)."
     )
+    trainer_orphan_timeout_s: float = Field(
+        20.0, gt=0, le=86400, description="A training run nobody watches this long (its worker died) stops at its next "
+        "step, keeping its checkpoint, so the retry Temporal starts elsewhere after activity_heartbeat_timeout_s never "
+        "trains the same job key beside it. Keep it below that timeout minus one training step.",
+    )
     teacher_endpoints: dict[str, TeacherEndpoint] = Field(
         default_factory=dict,
         description="Teachers at HTTP endpoints, as JSON {name: {url, model, api_key_env}}; a task names one as "

@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -273,6 +274,14 @@ class Job:
         self._changed = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.cancel_requested = False  # read by the training thread between steps
+        self.watchers = 0
+        self.unwatched_since = time.monotonic()
+        self.abandoned = False  # set by the training thread: no watcher for the orphan timeout
+
+    def orphaned(self, timeout: float) -> bool:
+        """Nobody has followed this job for `timeout` seconds (read from the training thread: the
+        two fields are plain values the event loop replaces)."""
+        return self.watchers == 0 and time.monotonic() - self.unwatched_since > timeout
 
     @property
     def state(self) -> int:
@@ -293,23 +302,29 @@ class Job:
     async def follow(self) -> AsyncIterator[trainer_pb2.WatchTrainingResponse]:
         """The latest event, then every following one, until SUCCEEDED or FAILED."""
         i = max(0, len(self.events) - 1)
-        while True:
-            while i < len(self.events):
-                event = self.events[i]
-                i += 1
-                yield event
-                if event.state in TERMINAL:
-                    return
-            await self._changed.wait()
+        self.watchers += 1
+        try:
+            while True:
+                while i < len(self.events):
+                    event = self.events[i]
+                    i += 1
+                    yield event
+                    if event.state in TERMINAL:
+                        return
+                await self._changed.wait()
+        finally:
+            self.watchers -= 1
+            self.unwatched_since = time.monotonic()
 
 
 class TrainingJobs:
     """The job registry of one service process."""
 
-    def __init__(self, store: ArtifactStore, adapter_cache: Path, checkpoint_every: int = 20) -> None:
+    def __init__(self, store: ArtifactStore, adapter_cache: Path, checkpoint_every: int = 20, orphan_timeout: float = 20.0) -> None:
         self.store = store
         self.adapter_cache = Path(adapter_cache)
         self.checkpoint_every = checkpoint_every
+        self.orphan_timeout = orphan_timeout
         self._jobs: dict[str, Job] = {}
         self._by_key: dict[str, Job] = {}
         self._start_lock = asyncio.Lock()  # makes check-then-create on job_key atomic
@@ -323,7 +338,9 @@ class TrainingJobs:
         """Return (job, existing). Raises RequestFailed (InvalidRequest, NOT_FOUND, DATA_LOSS), ModelNotFound."""
         async with self._start_lock:
             job = self._by_key.get(plan.job_key)
-            if job is not None and job.state not in (State.TRAINING_STATE_FAILED, State.TRAINING_STATE_CANCELLED):
+            if job is not None and job.abandoned and job.task is not None:
+                await asyncio.gather(job.task, return_exceptions=True)  # it stops at its next step
+            elif job is not None and job.state not in (State.TRAINING_STATE_FAILED, State.TRAINING_STATE_CANCELLED):
                 return job, True
             done = await asyncio.to_thread(self._finished, plan.output_key)
             if done is not None:
@@ -429,7 +446,9 @@ class TrainingJobs:
             loop.call_soon_threadsafe(job.publish, event)
 
         def stop() -> bool:
-            return self._stopping or job.cancel_requested
+            if not (self._stopping or job.cancel_requested) and job.orphaned(self.orphan_timeout):
+                job.abandoned = True  # its worker is gone: a retry may be training it elsewhere soon
+            return self._stopping or job.cancel_requested or job.abandoned
 
         def train() -> trainer_pb2.WatchTrainingResponse:
             from trainer_svc.staged import run_recipe
@@ -461,10 +480,15 @@ class TrainingJobs:
                     raise TrainingStopped("the service is shutting down")
                 if job.cancel_requested:
                     raise TrainingStopped("cancelled before it started")
+                if stop():
+                    raise TrainingStopped(f"nobody watched it for {self.orphan_timeout:g} s (its worker is gone)")
                 log.info("job %s (%s): training", job.training_id, plan.job_key)
                 with PROGRESS.busy():  # the watchers' heartbeats follow the training thread
                     succeeded = await asyncio.to_thread(train)
             except TrainingStopped as e:
+                if job.abandoned:
+                    log.warning("job %s (%s): abandoned, no watcher for %g s; its checkpoint stays for a retry",
+                                job.training_id, plan.job_key, self.orphan_timeout)  # fmt: skip
                 if job.cancel_requested:
                     log.info("job %s (%s): cancelled", job.training_id, plan.job_key)
                     job.publish(trainer_pb2.WatchTrainingResponse(state=State.TRAINING_STATE_CANCELLED, message=str(e)))

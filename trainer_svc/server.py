@@ -33,7 +33,8 @@ def jobs_for(config: Config) -> TrainingJobs:
     """The job registry a server of this config uses (adapters fetched for continued training are
     cached under `home/adapter-cache`; checkpoints every `config.trainer_checkpoint_every` steps)."""
     store = open_store(config.resolved_artifact_url(), config)
-    return TrainingJobs(store, config.home / "adapter-cache", checkpoint_every=config.trainer_checkpoint_every)
+    return TrainingJobs(store, config.home / "adapter-cache", checkpoint_every=config.trainer_checkpoint_every,
+                        orphan_timeout=config.trainer_orphan_timeout_s)
 
 
 def check_request(request: trainer_pb2.StartTrainingRequest) -> None:

@@ -290,3 +290,45 @@ async def test_a_cancel_that_arrives_during_start_training_cancels_the_job_it_st
     finally:
         await served.stop(0)
         await jobs.close()
+
+
+async def test_a_run_nobody_watches_stops_keeping_its_checkpoint_and_the_retry_resumes_it(
+    tmp_path: Path, service_token, service_channel, tiny_model_dir: Path
+) -> None:
+    """The worker following a run died (its watch ended): after `trainer_orphan_timeout_s` the run stops
+    at its next step, publishes nothing and keeps its checkpoint, so a retry that Temporal starts on
+    another replica never trains the same key beside it; the retry, here on this replica, resumes."""
+    import asyncio
+
+    config = Config(home=tmp_path / "home", service_token=service_token, artifact_url=(tmp_path / "artifacts").as_uri(),
+                    trainer_orphan_timeout_s=0.5, trainer_checkpoint_every=2)  # fmt: skip
+    jobs = jobs_for(config)
+    served = await create_server(config, jobs=jobs)
+    await served.set_serving(True)
+    try:
+        async with service_channel(served.port) as channel:
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            req = request(tiny_model_dir, jobs.store, training={"epochs": 400, "learning_rate": 1e-3, "batch_size": 4, "seed": 1})
+            started = await stub.StartTraining(req)
+            call = stub.WatchTraining(trainer_pb2.WatchTrainingRequest(training_id=started.training_id), timeout=120)
+            while (event := await call.read()).step < 4:
+                assert event.state in (S.TRAINING_STATE_PENDING, S.TRAINING_STATE_RUNNING)
+            call.cancel()  # the worker is gone
+            job = jobs.get(started.training_id)
+            await asyncio.wait_for(asyncio.shield(job.task), 60)
+            assert job.abandoned and job.state == S.TRAINING_STATE_FAILED
+            assert "nobody watched it" in job.events[-1].message or "stopped at stage" in job.events[-1].message
+            total = max(e.total_steps for e in job.events)
+            assert max(e.step for e in job.events) < total, "it ran to the end instead of stopping"
+            assert jobs.store.stat(req.output_key) is None  # published nothing
+            assert jobs.store.stat(req.output_key + ".ckpt") is not None  # the retry's starting point
+
+            again = await stub.StartTraining(req)
+            assert not again.existing and again.training_id != started.training_id
+            events = await watch(stub, again.training_id)
+            assert events[-1].state == S.TRAINING_STATE_SUCCEEDED and events[-1].step == total
+            first_step = min(e.step for e in events if e.state == S.TRAINING_STATE_RUNNING)
+            assert first_step > 2, f"the retry started over at step {first_step} instead of resuming"
+    finally:
+        await served.stop(0)
+        await jobs.close()
