@@ -341,6 +341,7 @@ class TrainingJobs:
             if job is not None and job.abandoned and job.task is not None:
                 await asyncio.gather(job.task, return_exceptions=True)  # it stops at its next step
             elif job is not None and job.state not in (State.TRAINING_STATE_FAILED, State.TRAINING_STATE_CANCELLED):
+                job.unwatched_since = time.monotonic()  # re-attached: its watcher gets the whole orphan timeout to follow
                 return job, True
             done = await asyncio.to_thread(self._finished, plan.output_key)
             if done is not None:

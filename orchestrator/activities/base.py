@@ -54,19 +54,17 @@ class Heartbeater:
     call is cancelled with a retryable SERVICE_STALLED: a hung service is found in minutes, not at
     the call's deadline hours later. Without a probe it beats unconditionally."""
 
-    def __init__(self, probe: Callable[[], Awaitable[Any]] | None = None, stall_after: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(self, probe: Callable[[], Awaitable[Any]] | None = None, stall_after: float = 300.0) -> None:
         self.details: dict[str, Any] | None = None
         self.probe = probe
         self.stall_after = stall_after
-        self.clock = clock
-        self.advanced_at = clock()  # idle time before this call began is not this call's stall
+        self.advanced_at = time.monotonic()  # idle time before this call began is not this call's stall
         self.service: dict[str, Any] = {}
         self.stalled: str | None = None
 
     def update(self, details: dict[str, Any]) -> None:
         self.details = details
-        self.advanced_at = self.clock()  # a progress event is the service advancing
+        self.advanced_at = time.monotonic()  # a progress event is the service advancing
         activity.heartbeat(self._payload())
 
     def _payload(self) -> dict[str, Any] | None:
@@ -84,9 +82,9 @@ class Heartbeater:
                     self.probe = None  # an older service: beat as before
                     return True
             else:
-                self.advanced_at = max(self.advanced_at, self.clock() - snap.seconds_since_advance)
+                self.advanced_at = max(self.advanced_at, time.monotonic() - snap.seconds_since_advance)
                 self.service = {"service_ticks": int(snap.ticks), "service_busy": int(snap.busy_calls)}
-        idle = self.clock() - self.advanced_at
+        idle = time.monotonic() - self.advanced_at
         if idle > self.stall_after:
             self.stalled = f"the service made no progress for {idle:.0f} s (service_stall_timeout_s {self.stall_after:g})"
             return False
@@ -242,7 +240,6 @@ class ActivityBase:
                     yield client, hb
                 except ServiceError as e:
                     raise service_failure(e) from None
-
 
     async def _teacher(self, call: Callable[[TeacherClient], Awaitable[T]]) -> T:
         async with self._client(TeacherClient, self.config.teacher_address) as (client, _):
