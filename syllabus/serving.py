@@ -77,6 +77,10 @@ async def build_server(
     opts = [
         ("grpc.max_send_message_length", max_send_mb << 20),
         ("grpc.max_receive_message_length", max_receive_mb << 20),
+        # No BDP probing: it grows each connection's receive window with the link's bandwidth, so a
+        # refused call's body was still buffered (hundreds of MB under a flood on a fast machine).
+        # Requests are small; the 64 KiB default window uploads a 32 MiB task faster on loopback.
+        ("grpc.http2.bdp_probe", 0),
     ]
     state = {"serving": False}
     # Telemetry outermost: the guard's refusals (UNAUTHENTICATED, UNAVAILABLE) are counted and traced too.

@@ -1,7 +1,7 @@
 """Nothing unauthenticated costs the gateway memory (issue 25, item 1): a flood of 64 MB request
 bodies without a token, 20 connections at once, against the real gateway server in its own process.
 The guard refuses each call from its metadata before the body is read, so the gateway's peak RSS
-stays far below what reading the bodies would take (20 x 64 MB), and its health stays SERVING."""
+grows by less than one body (reading them would take 20 x 64 MB), and its health stays SERVING."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ pytestmark = pytest.mark.integration
 
 BODY_MB = 64
 CONNECTIONS = 20
-RSS_LIMIT_MB = 300
 
 GATEWAY = textwrap.dedent("""
     import asyncio, sys
@@ -76,4 +75,6 @@ def test_a_flood_of_unauthenticated_64mb_bodies_costs_the_gateway_no_memory(tmp_
         proc.kill()
         proc.wait()
     assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}
-    assert peak < RSS_LIMIT_MB, f"gateway peak RSS {peak:.0f} MB (started at {before:.0f} MB)"
+    # Less than one body across all 20 connections: with HTTP/2 BDP probing on, the server's receive
+    # windows grew with the loopback's bandwidth and a fast machine buffered ~330 MB of refused bodies.
+    assert peak - before < BODY_MB, f"gateway peak RSS {peak:.0f} MB (started at {before:.0f} MB)"
