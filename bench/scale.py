@@ -15,6 +15,11 @@ The task (default: the demo task, 1 round, with a random-subset baseline arm) is
 both arms; correctness fields: every job completed, `same_accuracies` (each job's final and
 baseline accuracies, which do not depend on the replica that computed them, equal across arms) and
 `every_replica_worked` (each replica of the 2-replica stack took calls, its ProgressService counter).
+
+What bounds the ratio: `cpu_busy_share` is the share of the machine's CPU time (all cores, /proc/stat)
+that was busy during an arm's rounds. More replicas can only fill the idle rest, so
+`speedup_bound` = 1 / replicas-1's busy share is the most any replica count can gain on these cores:
+where it is below a target, the machine (not the routing) is what stops the target.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +52,22 @@ def scale_task(path: Path) -> str:
     if not raw.get("baselines"):
         raw["baselines"] = {"arms": ["random"], "repeats": 1}
     return yaml.safe_dump(raw)
+
+
+def cpu_times(stat: str | None = None) -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine since boot, from /proc/stat's `cpu` line:
+    busy is everything but idle and iowait."""
+    text = stat if stat is not None else Path("/proc/stat").read_text()
+    fields = [int(x) for x in text.splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])  # guest time is already inside user; counting it twice would dilute the share
+    return total - idle, total
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of CPU time that was busy between two `cpu_times` snapshots."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
 
 
 class ScaleStack:
@@ -125,11 +147,14 @@ def main() -> None:
                 s.run_jobs(task_yaml, [f"warmup-{s.replicas}"])  # caches warm; not timed
             before = stacks[2].calls()
             accuracies: dict[str, list] = {}
+            busy: dict[str, list[float]] = {}
 
             def arm(n: int) -> Arm:
                 def run(chunk: int) -> Run:
                     ids = [f"r{n}-{chunk}-{k}" for k in range(args.jobs)]
+                    cpu0 = cpu_times()
                     seconds, acc = stacks[n].run_jobs(task_yaml, ids)
+                    busy.setdefault(f"replicas-{n}", []).append(busy_share(cpu0, cpu_times()))
                     accuracies.setdefault(f"replicas-{n}", []).extend(acc)
                     return Run(work=len(ids), seconds=seconds)
 
@@ -141,8 +166,9 @@ def main() -> None:
             for s in stacks.values():
                 s.stop()
     result = report(runs, "jobs", {"speedup": ("replicas-2", "replicas-1")})
-    for a in result["arms"].values():
+    for name, a in result["arms"].items():
         a["jobs_per_hour"] = sig(a["jobs_per_s"]["median"] * 3600)
+        a["cpu_busy_share"] = sig(statistics.median(busy[name]))
     took = {k: after[k] - before[k] for k in after}
     summary = {
         "bench": "scale",
@@ -156,6 +182,8 @@ def main() -> None:
         "accuracies": {k: sorted(set(v)) for k, v in accuracies.items()},
         "every_replica_worked": all(v > 0 for v in took.values()),
         "replica_calls": took,
+        # the most more replicas could gain here: they can only fill the CPU time one replica left idle
+        "speedup_bound": sig(1 / max(result["arms"]["replicas-1"]["cpu_busy_share"], 1e-9)),
     }
     emit(summary, args.json)
 
