@@ -19,6 +19,10 @@ prefill), fp32 in both arms. Threads: torch's default, as the teacher service ru
 N). bf16 autocast is not used: on a CPU with native bf16 (AMX, or AVX512-BF16) it makes the batched arm
 faster, but batched and one-at-a-time bf16 greedy texts then diverge on about half the prompts, so the
 comparison would no longer be like for like.
+
+`peak` is the machine's matmul peak measured in the same run (`bench.peak`) and `achieved` each arm's
+GFLOP/s over its decode steps (generated tokens x one forward's matmul FLOPs) and its fraction of the
+fp32 peak.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.interleave import Arm, Run, interleave, log, median_of, report, timed
+from bench.peak import achieved, forward_flops_per_token, measure_peak
 from syllabus.models import DEFAULT_MODEL
 from syllabus.records import loads_jsonl
 
@@ -85,6 +90,8 @@ def measure(
     result["identical_share"] = round(1 - len(differing) / len(prompts), 4)
     result["differing"] = differing
     result["deterministic"] = all(t == ts[0] for ts in texts.values() for t in ts)
+    # what bench.record requires: both fp32 arms greedy-decode the same texts, every round
+    result["checks"] = {"identical_texts": not differing, "deterministic": result["deterministic"]}
     return result
 
 
@@ -112,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"only {distinct} distinct prompts available")
     log(f"{len(prompts)} prompts x {args.max_new_tokens} new tokens, batch size {args.batch_size}, {args.repeats} rounds")
     measured = measure(backend, prompts, args.max_new_tokens, args.batch_size, args.repeats)
+    peak = measure_peak(backend.model_obj.config)
+    per_token = forward_flops_per_token(backend.model_obj.config)
     result = {
         "model": args.model,
         "prompts": len(prompts),
@@ -119,6 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
         **measured,
+        # the decode steps' FLOPs (generated tokens x one forward; the prefill is left out: a lower bound)
+        "peak": peak,
+        "achieved": {arm: achieved(measured[f"{arm}_tokens"] * per_token, measured[f"{arm}_seconds"], peak, "fp32")
+                     for arm in ("batched", "sequential")},
     }
     if not args.json:
         log(f"speedup {result['speedup']}x (range {result['ratios']['speedup']['min']}-{result['ratios']['speedup']['max']}), "

@@ -120,9 +120,16 @@ def round_ratios(num: Sequence[Run], den: Sequence[Run]) -> list[float]:
     return [a.rate / b.rate for a, b in zip(num, den, strict=True)]
 
 
+def equal_work(num: Sequence[Run], den: Sequence[Run], tolerance: float = 1e-3) -> bool:
+    """Whether the two arms of a ratio did the same work in every round (within `tolerance` of it):
+    a ratio of rates over unequal work is not a like-for-like figure, and bench.record refuses it."""
+    return all(abs(a.work - b.work) <= tolerance * max(a.work, b.work) for a, b in zip(num, den, strict=True))
+
+
 def report(runs: Mapping[str, Sequence[Run]], unit: str, ratios: Mapping[str, tuple[str, str]]) -> dict:
     """The interleaved part of a benchmark's JSON: per-arm rate and seconds, and each ratio
-    (`key: (numerator arm, denominator arm)`) per round, with its median also under `key` itself."""
+    (`key: (numerator arm, denominator arm)`) per round, with its median also under `key` itself
+    and `equal_work` (`equal_work` of its two arms)."""
     out: dict = {
         "repeats": min(len(r) for r in runs.values()),
         "arms": {
@@ -132,7 +139,11 @@ def report(runs: Mapping[str, Sequence[Run]], unit: str, ratios: Mapping[str, tu
         "ratios": {},
     }
     for key, (num, den) in ratios.items():
-        out["ratios"][key] = {"of": f"{num}/{den} {unit}/s", **stats(round_ratios(runs[num], runs[den]))}
+        out["ratios"][key] = {
+            "of": f"{num}/{den} {unit}/s",
+            **stats(round_ratios(runs[num], runs[den])),
+            "equal_work": equal_work(runs[num], runs[den]),
+        }
         out[key] = out["ratios"][key]["median"]
     return out
 

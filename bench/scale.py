@@ -182,6 +182,8 @@ def main() -> None:
         "accuracies": {k: sorted(set(v)) for k, v in accuracies.items()},
         "every_replica_worked": all(v > 0 for v in took.values()),
         "replica_calls": took,
+        "checks": {"same_accuracies": len({acc for v in accuracies.values() for acc in v}) == 1,
+                   "every_replica_worked": all(v > 0 for v in took.values())},
         # the most more replicas could gain here: they can only fill the CPU time one replica left idle
         "speedup_bound": sig(1 / max(result["arms"]["replicas-1"]["cpu_busy_share"], 1e-9)),
     }

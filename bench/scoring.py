@@ -38,6 +38,9 @@ reference), `speedup_fp32` (scorer_fp32 over reference) and `speedup_mix` (score
 reference_mix); `spearman` (rank correlation of the IFD rankings of scorer and reference),
 `max_abs_diff_fp32` (largest |IFD_scorer_fp32 - IFD_reference|), `spearman_mix` and
 `max_abs_diff_mix` (the same for learnability, scorer_mix against reference_mix) and `peak_rss_mb`.
+`peak` is the machine's matmul peak measured in the same run (`bench.peak`); `achieved` gives the IFD
+arms' GFLOP/s counted as model FLOPs (the reference's two passes over every position, so an arm that
+skips work is credited with it) and their fraction of the peak of the dtype they ran in.
 """
 
 from __future__ import annotations
@@ -52,11 +55,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bench.interleave import Arm, Run, interleave, log, median_of, report, timed
+from bench.peak import achieved, forward_flops_per_token, measure_peak
 
 DATA = Path(os.environ.get("SYLLABUS_BANKING77", Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77")) / "train.csv"
 FALLBACK_DATA = Path("/work/shared/data/banking77/train.csv")  # a checkout outside /work (a worktree of an older commit)
 #: The metrics of the loop's LoBaSS score request when its task also scores IFD (student_svc.scoring names).
 MIX = ("loss_base", "loss_ref", "learnability", "ifd")
+#: The largest |IFD_scorer_fp32 - IFD_reference| that counts as the same figure (recorded: ~2e-6).
+FP32_TOLERANCE = 1e-4
 
 
 def build_samples(tokenizer, n: int = 256, min_tokens: int = 32, max_tokens: int = 256, seed: int = 0) -> list[dict]:
@@ -86,6 +92,19 @@ def build_samples(tokenizer, n: int = 256, min_tokens: int = 32, max_tokens: int
         samples.append({"id": f"b{i:03d}", "prompt": prompt, "response": response})
     rng.shuffle(samples)
     return samples
+
+
+def ifd_tokens(tokenizer, samples: list[dict]) -> int:
+    """Tokens the reference's two IFD passes run over `samples`: templated prompt + answer, then
+    start token + answer."""
+    from syllabus.prompts import render_prompt
+
+    total = 0
+    for s in samples:
+        p = len(tokenizer(render_prompt(tokenizer, s["prompt"]), add_special_tokens=False)["input_ids"])
+        a = len(tokenizer(s["response"], add_special_tokens=False)["input_ids"])
+        total += p + a + 1 + a
+    return total
 
 
 def reference_ifd(model, tokenizer, samples: list[dict]) -> list[float]:
@@ -232,6 +251,8 @@ def measure(model, ref_model, tokenizer, samples: list[dict], repeats: int, slow
         max_abs_diff_mix=max(abs(a - b) for a, b in zip(values["scorer_mix"], ref_mix, strict=True)),
         learnability_range=[min(ref_mix), max(ref_mix)],
     )
+    # what bench.record requires: the exact (fp32) scorer computes the reference's IFD
+    result["checks"] = {"fp32_matches_reference": result["max_abs_diff_fp32"] <= FP32_TOLERANCE}
     return result
 
 
@@ -259,10 +280,17 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{len(samples)} samples, answers {min(lengths)}-{max(lengths)} tokens, {args.repeats} rounds; "
         f"torch threads {torch.get_num_threads()}; default dtype here: {resolve_dtype('auto', next(model.parameters()).device)}")
     measured = measure(model, ref_model, tok, samples, args.repeats)
+    peak = measure_peak(model.config)
+    # the reference computation's FLOPs per sample (both IFD passes, every position), for all three IFD arms
+    flops = ifd_tokens(tok, samples) * forward_flops_per_token(model.config) / len(samples)
+    dtypes = {"reference": "fp32", "scorer_fp32": "fp32",
+              "scorer": "bf16" if resolve_dtype("auto", next(model.parameters()).device) == "bfloat16" else "fp32"}  # fmt: skip
     result = {
         "samples": len(samples),
         "threads": torch.get_num_threads(),
         **measured,
+        "peak": peak,
+        "achieved": {arm: achieved(flops, 1 / measured[f"{arm}_samples_per_s"], peak, dt) for arm, dt in dtypes.items()},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if args.json:

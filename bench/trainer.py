@@ -6,26 +6,36 @@ every TrainerService job takes.
     python -m bench.trainer --json                 # 384 samples in 3 rounds of 128 (minutes on 2 CPU cores)
     python -m bench.trainer --samples 64 --json    # quick look
 
-Both train the bundled SmolLM2-135M with LoRA r=8 (alpha 16) on q,k,v,o for 1 epoch over the same
-Banking77-derived samples (prompt: `syllabus.kinds.CLASSIFICATION.prompt` over five intents,
+Three arms train the bundled SmolLM2-135M with LoRA r=8 (alpha 16) on q,k,v,o for 1 epoch over the
+same Banking77-derived samples (prompt: `syllabus.kinds.CLASSIFICATION.prompt` over five intents,
 response: the intent), with packing into rows of `--row-tokens` (best-fit decreasing), the same
-packed rows per step, bf16 autocast, AdamW, warm-up 10% + cosine to 0, gradient clip 1.0 and
-completion-only loss.
+packed rows per step, bf16 autocast, AdamW, warm-up 10% + cosine to 0, gradient clip 1.0,
+completion-only loss and no gradient checkpointing (TRL turns it on by default; off, as a
+practitioner runs a model this size):
+- `ours`: as every job trains (a packed row's shared prompt prefix laid out once);
+- `ours_unshared`: ours with every sample laid out in full, the tokens TRL processes;
+- `trl`: TRL's SFTTrainer, padding-free packing.
 
 Interleaved (`bench.interleave`): the samples are cut into `--repeats` chunks; each round trains a
-fresh adapter on one chunk with both trainers in turn (the order reversing), so a round's two
-trainers see the same data and the same machine. Each trainer lives in its own child process for
-the whole run (its model loaded once, warmed up on a few samples, its peak RSS its own and
-including the loaded base that every chunk starts from a copy of). Threads: torch's default, as the trainer service runs (`--threads N` sets N).
+fresh adapter on one chunk with every trainer in turn (the order reversing), so a round's trainers
+see the same data and the same machine. Each trainer lives in its own child process for the whole
+run (its model loaded once, warmed up on a few samples, its peak RSS its own and including the
+loaded base that every chunk starts from a copy of). Threads: torch's default, as the trainer
+service runs (`--threads N` sets N).
 
-tokens/s = tokens of the chunk's samples (prompt + response, as both tokenize them) / wall time of
-the training loop (model loading, and TRL's dataset preparation, excluded). The same count for both
-trainers, so the ratio is a ratio of times on the same data: ours lays a packed row's shared prompt
-prefix out once and so runs fewer tokens than that (`processed_tokens_ours`). loss = mean of the per-step training losses of a chunk (what
-`Trainer` reports as train_loss); `loss_ours` / `loss_trl` are the medians over the chunks.
-Progress goes to stderr; the last stdout line is JSON with `tokens_per_s_ratio` (median over the
-rounds of ours / TRL), per-arm medians and spreads under `arms`, the per-round ratios under
-`ratios`, `loss_ours`, `loss_trl`, `peak_rss_mb_ours`, `peak_rss_mb_trl` and details.
+tokens/s = tokens of the chunk's samples (prompt + response, as both tokenize them) / wall time
+from the samples to the trained adapter (tokenizing, packing, the LoRA wrap and the steps, in every
+arm; loading the model and copying it, not). The same count for every trainer, so a ratio is a ratio
+of times on the same data: `tokens_per_s_ratio` (ours / TRL) is the headline, `equal_tokens_ratio`
+(ours_unshared / TRL) the one at equal processed tokens (`processed_tokens_*`,
+`processed_tokens_rel_diff`). loss = mean of the per-step training losses of a chunk (what `Trainer`
+reports as train_loss); `loss_ours` / `loss_trl` are the medians over the chunks. Correctness
+(`checks`, which bench.record requires): equal steps and losses within 5%.
+Progress goes to stderr; the last stdout line is JSON with the ratios' medians, per-arm medians and
+spreads under `arms`, the per-round ratios under `ratios`, losses, peak RSS and details.
+`peak` is the machine's matmul peak measured after the trainers ran (`bench.peak`) and `achieved`
+each trainer's GFLOP/s over the tokens it processed (2 x a forward's matmul FLOPs per token) against
+the bf16 peak (both train under bf16 autocast).
 Needs `trl` (pip install trl==1.16.0).
 """
 
@@ -46,6 +56,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bench.interleave import Arm, Run, interleave, log, median_of, report, timed
+from bench.peak import achieved
 
 DATA = Path(os.environ.get("SYLLABUS_BANKING77", Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"))
 FALLBACK_DATA = Path("/work/shared/data/banking77")  # a checkout outside /work (a worktree of an older commit)
@@ -53,6 +64,8 @@ INTENTS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_faile
 INSTRUCTIONS = "Classify the bank customer's message into one of the intents. Answer with the intent only."
 BASE = "bundled:smollm2-135m-instruct"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+#: The largest relative difference of the two trainers' mean losses that counts as the same training.
+LOSS_TOLERANCE = 0.05
 
 
 def samples(n: int) -> list[dict]:
@@ -93,7 +106,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_ours(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: float) -> dict:
+def train_ours(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: float, share_prefix: bool = True) -> dict:
+    """Our staged recipe runner on `data`; timed: everything from the samples to the trained adapter
+    (tokenizing, packing, the LoRA wrap, the steps), the model copy not."""
     from syllabus.recipe import Recipe
     from trainer_svc.staged import train_recipe
 
@@ -106,6 +121,7 @@ def train_ours(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: fl
             "rows_per_step": args.rows_per_step,
             "bf16": True,
             "max_grad_norm": 1.0,
+            "share_prefix": share_prefix,
             "stages": [
                 {
                     "lr": args.lr,
@@ -125,7 +141,16 @@ def train_ours(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: fl
     return {"loss": result.mean_loss, "steps": len(result.losses), "processed_tokens": result.tokens, "seconds": seconds}
 
 
+def train_ours_unshared(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: float) -> dict:
+    """Ours with each packed row's shared prompt prefix laid out per sample, as TRL does: equal tokens."""
+    return train_ours(lm, tok, args, data, slowdown, share_prefix=False)
+
+
 def train_trl(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: float) -> dict:
+    """TRL's SFTTrainer as a practitioner configures it on this model: LoRA, bf16, padding-free
+    best-fit packing, completion-only loss and gradient checkpointing off (TRL turns it on by
+    default, recomputing every layer in the backward pass). Timed as ours: from the samples
+    (dataset, tokenizing, packing, the LoRA wrap: `SFTTrainer(...)`) to the trained adapter."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -133,7 +158,6 @@ def train_trl(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: flo
 
     from syllabus.prompts import render_prompt
 
-    dataset = Dataset.from_list([{"prompt": render_prompt(tok, s["prompt"]), "completion": s["response"]} for s in data])
     out = tempfile.TemporaryDirectory(prefix="bench-trl-")
     cfg = SFTConfig(
         output_dir=out.name,
@@ -150,6 +174,7 @@ def train_trl(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: flo
         max_grad_norm=1.0,
         bf16=True,
         use_cpu=True,
+        gradient_checkpointing=False,
         completion_only_loss=True,
         logging_steps=1,
         save_strategy="no",
@@ -165,16 +190,23 @@ def train_trl(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: flo
             if logs and "loss" in logs:
                 log(f"trl   step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
 
-    trainer = SFTTrainer(model=copy.deepcopy(lm), args=cfg, train_dataset=dataset, processing_class=tok,
-                         peft_config=lora, callbacks=[Progress()])
-    processed = sum(len(x) for x in trainer.train_dataset["input_ids"])
+    model = copy.deepcopy(lm)
+
+    def setup_and_train():
+        dataset = Dataset.from_list([{"prompt": render_prompt(tok, s["prompt"]), "completion": s["response"]} for s in data])
+        trainer = SFTTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tok, peft_config=lora,
+                             callbacks=[Progress()])  # fmt: skip
+        trainer.train()
+        return trainer
+
     with out:
-        _, seconds = timed(trainer.train, slowdown)
+        trainer, seconds = timed(setup_and_train, slowdown)
+    processed = sum(len(x) for x in trainer.train_dataset["input_ids"])
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"loss": sum(losses) / len(losses), "steps": len(losses), "processed_tokens": processed, "seconds": seconds}
 
 
-TRAINERS: dict[str, Callable] = {"ours": train_ours, "trl": train_trl}
+TRAINERS: dict[str, Callable] = {"ours": train_ours, "ours_unshared": train_ours_unshared, "trl": train_trl}
 
 
 def serve(name: str, args: argparse.Namespace, inbox: mp.Queue, outbox: mp.Queue, module: str = "bench.trainer") -> None:
@@ -237,7 +269,7 @@ class Worker:
             self.proc.kill()
 
 
-def start_workers(args: argparse.Namespace, module: str = "bench.trainer", names: tuple[str, ...] = ("ours", "trl")) -> dict[str, Worker]:
+def start_workers(args: argparse.Namespace, module: str = "bench.trainer", names: tuple[str, ...] = ("ours", "trl", "ours_unshared")) -> dict[str, Worker]:
     """Both trainers started together; returns once both have loaded the model."""
     workers = {name: Worker(name, args, module) for name in names}
     try:
@@ -251,7 +283,7 @@ def start_workers(args: argparse.Namespace, module: str = "bench.trainer", names
 
 
 @contextlib.contextmanager
-def running_workers(args: argparse.Namespace, module: str = "bench.trainer", names: tuple[str, ...] = ("ours", "trl")):
+def running_workers(args: argparse.Namespace, module: str = "bench.trainer", names: tuple[str, ...] = ("ours", "trl", "ours_unshared")):
     """`start_workers` offline (as the services run), closed however the measurement ends."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -273,11 +305,17 @@ def emit(summary: dict, as_json: bool) -> dict:
     return summary
 
 
+#: bench.trainer's ratios: the headline (the same samples; ours lays shared prefixes out once) and
+#: the equal-token one (ours laying every sample out in full, as TRL does).
+RATIOS = {"tokens_per_s_ratio": ("ours", "trl"), "equal_tokens_ratio": ("ours_unshared", "trl")}
+
+
 def interleave_workers(
-    workers: Mapping[str, Worker], repeats: int, slow: Mapping[str, float] | None = None
+    workers: Mapping[str, Worker], repeats: int, slow: Mapping[str, float] | None = None,
+    ratios: Mapping[str, tuple[str, str]] | None = None,
 ) -> tuple[dict[str, list[Run]], dict]:
-    """(runs per trainer, the `report` with `tokens_per_s_ratio` of ours / trl): the trainers
-    interleaved over `repeats` chunks. `slow`: trainer name -> slowdown factor (tests)."""
+    """(runs per trainer, the `report` of `ratios`, default `tokens_per_s_ratio` of ours / trl): the
+    trainers interleaved over `repeats` chunks. `slow`: trainer name -> slowdown factor (tests)."""
     slow = slow or {}
 
     def arm(name: str) -> Arm:
@@ -288,13 +326,13 @@ def interleave_workers(
         return Arm(name, run)
 
     runs = interleave([arm(name) for name in workers], repeats)
-    return runs, report(runs, "tokens", {"tokens_per_s_ratio": ("ours", "trl")})
+    return runs, report(runs, "tokens", ratios or {"tokens_per_s_ratio": ("ours", "trl")})
 
 
 def measure(workers: Mapping[str, Worker], repeats: int, slow: Mapping[str, float] | None = None) -> dict:
     """Interleave the two trainers over `repeats` chunks (the workers' `args.repeats` chunks).
     `slow`: trainer name -> slowdown factor (tests)."""
-    runs, result = interleave_workers(workers, repeats, slow)
+    runs, result = interleave_workers(workers, repeats, slow, {k: v for k, v in RATIOS.items() if set(v) <= set(workers)})
     for name, rs in runs.items():
         result[f"steps_{name}"] = sum(r.detail["steps"] for r in rs)
         result[f"tokens_{name}"] = sum(r.detail["tokens"] for r in rs)
@@ -304,6 +342,12 @@ def measure(workers: Mapping[str, Worker], repeats: int, slow: Mapping[str, floa
         result[f"losses_{name}"] = [round(r.detail["loss"], 4) for r in rs]
         result[f"peak_rss_mb_{name}"] = round(max(r.detail["rss"] for r in rs), 1)
     result["loss_rel_diff"] = round(abs(result["loss_ours"] - result["loss_trl"]) / result["loss_trl"], 4)
+    if "ours_unshared" in runs:  # equal tokens: the two lay out the same sequences (within TRL's truncation)
+        result["processed_tokens_rel_diff"] = round(
+            abs(result["processed_tokens_ours_unshared"] - result["processed_tokens_trl"]) / result["processed_tokens_trl"], 4)
+    # what bench.record requires: the same optimisation (steps) reaching the same loss (within 5%)
+    result["checks"] = {"equal_steps": len({result[f"steps_{name}"] for name in runs}) == 1,
+                        "loss_within_5pct": result["loss_rel_diff"] <= LOSS_TOLERANCE}  # fmt: skip
     return result
 
 
@@ -333,7 +377,24 @@ def main(argv: list[str] | None = None) -> dict:
     with running_workers(args) as workers:
         measured = measure(workers, args.repeats)
     threads = {w.threads for w in workers.values()}
-    return emit({"samples": args.samples, "threads": threads.pop() if len(threads) == 1 else sorted(threads), **measured}, args.json)
+    peak, flops = train_peak(args.model)
+    efficiency = {"peak": peak, "achieved": {
+        name: achieved(measured[f"processed_tokens_{name}"] * flops, measured[f"tokens_{name}"] / measured[f"tokens_per_s_{name}"], peak, "bf16")
+        for name in workers}}  # fmt: skip
+    return emit({"samples": args.samples, "threads": threads.pop() if len(threads) == 1 else sorted(threads), **measured, **efficiency}, args.json)
+
+
+def train_peak(model: str) -> tuple[dict, float]:
+    """(the machine's matmul peak, measured here after the trainers ran; a LoRA training step's
+    matmul FLOPs per processed token: the forward and the input gradients through the frozen
+    weights, 2 x a forward, the adapters' own small products left out)."""
+    from transformers import AutoConfig
+
+    from bench.peak import forward_flops_per_token, measure_peak
+    from syllabus.models import resolve_model_dir
+
+    config = AutoConfig.from_pretrained(resolve_model_dir(model))
+    return measure_peak(config), 2 * forward_flops_per_token(config)
 
 
 if __name__ == "__main__":
