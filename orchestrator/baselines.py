@@ -6,7 +6,7 @@
 
 The loop starts one child per arm after its round's selection, so the arms train while the loop
 trains (the trainer queues runs: several trainer replicas run them side by side), and compares
-after its own evaluation (`BaselineActivities.compare_baselines`: the loop's lift over each arm with
+after its own evaluation (`compare_baselines`: the loop's lift over each arm with
 a paired bootstrap CI, `syllabus.stats`).
 
 What an arm changes is only what trains: it never generates, critiques or scores, it reads the
@@ -16,8 +16,9 @@ the student the whole job would have produced with that choice, not the loop's s
 different round. Training runs and evaluations are recorded under the stage `arm_stage(arm, repeat)`
 ("baseline-random"), with the arm's exact training set, so lineage shows what each arm trained on.
 
-The activities live here too (one module per flow); they read and publish through the loop's
-`Activities` (one artifact store and one SQL writer for the whole orchestrator).
+Its types, its `arm_train_set` declaration and the workflow live here; the activities'
+implementations in `orchestrator.activities.baselines` (one artifact store and one SQL writer with
+the rest of the loop's).
 """
 
 from __future__ import annotations
@@ -34,22 +35,15 @@ from temporalio.workflow import ActivityCancellationType
 from orchestrator.policies import RETRY, SHORT_TIMEOUT, START_TO_CLOSE
 
 with workflow.unsafe.imports_passed_through():
-    from orchestrator.activities import Activities
-    from orchestrator.keys import output_key
-    from orchestrator.scores import scoring_records
+    from orchestrator import calls
     from orchestrator.types import (
-        ArmLift,
         ArmRun,
-        CompareInput,
-        CompareOutput,
         EvaluateInput,
         LogprobsInput,
         TrainInput,
     )
-    from syllabus import stats
     from syllabus.artifacts import ArtifactRef
-    from syllabus.baselines import COMPARISONS, arm_stage
-    from syllabus.records import dumps_jsonl
+    from syllabus.baselines import arm_stage
 
 
 @dataclass
@@ -143,45 +137,14 @@ def arm_records(
     return out + heldout
 
 
-class BaselineActivities:
-    """The arms' data steps and the comparison (no service call; the arms train and evaluate with the
-    loop's own `train_adapter` and `evaluate_student`)."""
+# -- the activities this flow declares (its types live here; implemented in orchestrator.activities) --
 
-    def __init__(self, base: Activities) -> None:
-        self.base = base
 
-    @activity.defn
-    async def arm_train_set(self, inp: ArmSetInput) -> ArmSetOutput:
-        """Write the arm's training set (`arm_records`) for one repeat; only `random` differs by repeat."""
-        task = self.base._task(inp.task_ref)
-        read = self.base._read_jsonl
-        candidates = scoring_records(read(inp.candidates) if inp.candidates is not None else [], [])
-        seeds = scoring_records([], read(inp.seeds))
-        scores = {r["id"]: r for r in read(inp.scores)} if inp.scores is not None else {}
-        repeat = inp.repeat if inp.arm == "random" else 0
-        rng = random.Random(f"baseline:{task.select.seed}:{inp.round}:{repeat}")
-        records = arm_records(inp.arm, read(inp.train_set), candidates, seeds, scores, inp.selected, rng)
-        stage = arm_stage(inp.arm, repeat)
-        params = {"arm": inp.arm, "repeat": repeat, "selected": inp.selected, "seed": task.select.seed}
-        key = output_key(inp.job_id, inp.round, f"{stage}-set", [inp.train_set, inp.candidates, inp.scores, inp.seeds], params, "jsonl")
-        ref = self.base._publish_once(key, dumps_jsonl(records))
-        await self.base._record_artifacts(inp.job_id, inp.round, {f"train-set-{stage}": ref})
-        return ArmSetOutput(train_set=ref, samples=sum(1 for r in records if not r.get("heldout")))
-
-    @activity.defn
-    async def compare_baselines(self, inp: CompareInput) -> CompareOutput:
-        """The loop's lift over each arm in this round: paired over eval items, pooled over the arm's
-        repeats, with the percentile-bootstrap 95% interval (`syllabus.stats`)."""
-        loop = stats.correct_by_item(self.base._read_jsonl(inp.loop_predictions))
-        lifts = {}
-        for arm, refs in inp.arms.items():
-            lift = stats.compare(loop, [stats.correct_by_item(self.base._read_jsonl(ref)) for ref in refs])
-            lifts[arm] = ArmLift(lift.lift, lift.ci_low, lift.ci_high, lift.n, stats.verdict(COMPARISONS[arm], lift))
-        return CompareOutput(lifts=lifts)
-
-    def all(self) -> list:
-        """The activity callables to register on a worker."""
-        return [self.arm_train_set, self.compare_baselines]
+@activity.defn(name="arm_train_set")
+async def arm_train_set(inp: ArmSetInput) -> ArmSetOutput:
+    """Write the arm's training set (`arm_records`) for one repeat; only `random` differs by repeat
+    (`BaselineActivities.arm_train_set`)."""
+    raise NotImplementedError(calls.DECLARATION)
 
 
 @workflow.defn
@@ -201,8 +164,8 @@ class BaselineArmWorkflow:
             # As the loop's own long steps: a cancelled job waits until the training has stopped.
             "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         }
-        arm_set = await workflow.execute_activity_method(
-            BaselineActivities.arm_train_set,
+        arm_set = await workflow.execute_activity(
+            arm_train_set,
             ArmSetInput(inp.job_id, inp.task_ref, inp.round, inp.arm, repeat, inp.seeds, inp.train_set,
                         inp.candidates, inp.scores, inp.selected),
             start_to_close_timeout=SHORT_TIMEOUT,
@@ -210,13 +173,13 @@ class BaselineArmWorkflow:
         )  # fmt: skip
         train_inp = TrainInput(inp.job_id, inp.task_ref, inp.round, inp.train_stage, arm_set.train_set, init, arm=inp.arm, repeat=repeat)
         if inp.distill and inp.train_stage == "recipe" and inp.arm != "sft":  # the sft arm needs no teacher log-probs
-            lp = await workflow.execute_activity_method(
-                Activities.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, inp.round, arm_set.train_set), **long
+            lp = await workflow.execute_activity(
+                calls.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, inp.round, arm_set.train_set), **long
             )
             train_inp.teacher_logprobs, train_inp.teacher = lp.logprobs, lp.teacher
-        trained = await workflow.execute_activity_method(Activities.train_adapter, train_inp, **long)
-        ev = await workflow.execute_activity_method(
-            Activities.evaluate_student,
+        trained = await workflow.execute_activity(calls.train_adapter, train_inp, **long)
+        ev = await workflow.execute_activity(
+            calls.evaluate_student,
             EvaluateInput(inp.job_id, inp.task_ref, round=inp.round, stage=arm_stage(inp.arm, repeat), eval_set=inp.eval_set,
                           adapter=trained.adapter),
             **long,

@@ -37,10 +37,9 @@ from temporalio.worker import (
 )
 
 from orchestrator.activities import Activities
-from orchestrator.baselines import BaselineActivities, BaselineArmWorkflow
-from orchestrator.judging import JudgingActivities
+from orchestrator.baselines import BaselineArmWorkflow
 from orchestrator.routing import SERVICE_OF, SERVICES, activity_queues, service_queue
-from orchestrator.tailoring import TailoringActivities, TailorTeacherWorkflow
+from orchestrator.tailoring import TailorTeacherWorkflow
 from orchestrator.workflows import DistillationWorkflow
 from syllabus.config import Config, load_config
 from syllabus.telemetry import setup_tracing, temporal_connect_options, temporal_runtime
@@ -96,9 +95,7 @@ class ServiceQueues(Interceptor):
 
 def all_activities(config: Config) -> list[Callable[..., Awaitable[Any]]]:
     """Every activity of the loop and its child flows, over one set of resources."""
-    activities = Activities(config)
-    return (activities.all() + TailoringActivities(activities).all() + JudgingActivities(activities).all()
-            + BaselineActivities(activities).all())  # fmt: skip
+    return Activities(config).all()
 
 
 def build_worker(client: Client, config: Config, task_queue: str | None = None, service: str | None = None) -> Worker:

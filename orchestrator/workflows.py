@@ -24,7 +24,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -32,12 +32,11 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError, is_cancelle
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from orchestrator import search
-    from orchestrator.activities import Activities
-    from orchestrator.baselines import BaselineActivities, BaselineArmInput, BaselineArmOutput, BaselineArmWorkflow
+    from orchestrator import calls, search
+    from orchestrator.baselines import BaselineArmInput, BaselineArmOutput, BaselineArmWorkflow
     from orchestrator.budget import budget_scales
     from orchestrator.eta import planned_steps
-    from orchestrator.judging import JudgeInput, JudgingActivities
+    from orchestrator.judging import JudgeInput
     from orchestrator.keys import baseline_workflow_id, tailor_workflow_id
     from orchestrator.policies import RETRY, SHORT_TIMEOUT, START_TO_CLOSE
     from orchestrator.tailoring import TailorTeacherInput, TailorTeacherOutput, TailorTeacherWorkflow
@@ -100,7 +99,7 @@ class DistillationWorkflow:
 
     async def _distil(self, inp: DistillationInput) -> JobProgress:
         p = self._progress
-        prep = await self._step("prepare", 0, Activities.prepare_job, PrepareJobInput(inp.job_id, inp.task_ref, inp.rounds), short=True)
+        prep = await self._step("prepare", 0, calls.prepare_job, PrepareJobInput(inp.job_id, inp.task_ref, inp.rounds), short=True)
         p.artifacts_uri = prep.artifacts_uri
         plan = prep.plan
         p.planned = planned_steps(plan, inp.rounds)
@@ -108,17 +107,17 @@ class DistillationWorkflow:
         # Each arm's repeats are chains of their own: round r trains from the arm's round r-1 adapter.
         arm_adapters: dict[str, list[ArtifactRef | None]] = {arm: [None] * plan.baseline_repeats for arm in plan.baselines}
         if plan.distill_top_k:  # teacher and student must tokenize alike: refuse a mismatch before any work
-            await self._step("distill-check", 0, Activities.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, 0), short=True)
+            await self._step("distill-check", 0, calls.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, 0), short=True)
         baseline = await self._step(
             "baseline-eval",
             0,
-            Activities.evaluate_student,
+            calls.evaluate_student,
             EvaluateInput(inp.job_id, inp.task_ref, round=0, stage="baseline", eval_set=prep.eval_set),
         )
         p.baseline_accuracy = baseline.accuracy
         if plan.judge_eval:  # open_ended: the teacher's judge scores the answers against the rubric
             judged = await self._step(
-                "baseline-judge", 0, JudgingActivities.judge_answers,
+                "baseline-judge", 0, calls.judge_answers,
                 JudgeInput(inp.job_id, inp.task_ref, 0, "baseline-judge", baseline.predictions, prep.eval_set),
             )  # fmt: skip
             p.baseline_accuracy, self._base_verdicts = judged.accuracy, judged.verdicts
@@ -143,7 +142,7 @@ class DistillationWorkflow:
                 gen = await self._step(
                     "generate",
                     r,
-                    Activities.generate_examples,
+                    calls.generate_examples,
                     GenerateInput(inp.job_id, inp.task_ref, r, prep.seeds, prep.eval_set, skills, teacher,
                                   {m: f for m, f in budget.items() if m in ("expand", "targeted", *plan.teachers)}),
                 )
@@ -154,7 +153,7 @@ class DistillationWorkflow:
                     crit = await self._step(
                         "critique",
                         r,
-                        Activities.critique_examples,
+                        calls.critique_examples,
                         CritiqueInput(inp.job_id, inp.task_ref, r, gen.examples, prep.seeds, teacher, student_adapter=adapter),
                     )
                     result.kept, result.dropped, result.parsing = crit.kept_count, crit.dropped, crit.parsing
@@ -164,7 +163,7 @@ class DistillationWorkflow:
                         n_candidates = 0  # kept questions: candidates once the reasoning steps answer them
             for mode in plan.reasoning:
                 reasoned = await self._step(
-                    mode, r, Activities.reason_examples,
+                    mode, r, calls.reason_examples,
                     ReasonInput(inp.job_id, inp.task_ref, r, mode, prep.seeds, candidates, teacher, budget.get(mode, 1.0)),
                 )  # fmt: skip
                 result.reasoning[mode] = reasoned.counts
@@ -177,7 +176,7 @@ class DistillationWorkflow:
                 crit = await self._step(
                     "critique-solutions",
                     r,
-                    Activities.critique_solutions,
+                    calls.critique_solutions,
                     CritiqueInput(inp.job_id, inp.task_ref, r, candidates, prep.seeds, teacher, student_adapter=adapter),
                 )
                 result.dropped = dict(sorted((Counter(result.dropped) + Counter(crit.dropped)).items()))
@@ -222,13 +221,13 @@ class DistillationWorkflow:
                 val = await self._step(
                     "validation-eval",
                     r,
-                    Activities.evaluate_student,
+                    calls.evaluate_student,
                     EvaluateInput(inp.job_id, inp.task_ref, round=r, stage="validation", eval_set=prep.validation, adapter=adapter),
                 )
                 analysis = await self._step(
                     "analyze",
                     r,
-                    Activities.analyze_errors,
+                    calls.analyze_errors,
                     AnalyzeInput(inp.job_id, inp.task_ref, r, val.predictions, prep.validation),
                 )
                 skills = analysis.skills if analysis.skill_count > 0 else None
@@ -240,8 +239,8 @@ class DistillationWorkflow:
 
         p.final_accuracy = p.rounds[-1].accuracy if p.rounds else p.baseline_accuracy
         p.current_step = "finish"
-        await workflow.execute_activity_method(
-            Activities.finish_job,
+        await workflow.execute_activity(
+            calls.finish_job,
             FinishJobInput(inp.job_id, "completed", p.baseline_accuracy, p.final_accuracy),
             start_to_close_timeout=SHORT_TIMEOUT,
             retry_policy=RETRY,
@@ -259,12 +258,12 @@ class DistillationWorkflow:
         p = self._progress
         trained: TrainOutput | None = None
         for c in range(plan.opd_chunks):
-            samples = await self._step("sample", r, Activities.sample_student, SampleInput(inp.job_id, inp.task_ref, r, c, train_set, adapter))
-            lp = await self._step("teacher-logprobs", r, Activities.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, r, samples.samples))
+            samples = await self._step("sample", r, calls.sample_student, SampleInput(inp.job_id, inp.task_ref, r, c, train_set, adapter))
+            lp = await self._step("teacher-logprobs", r, calls.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, r, samples.samples))
             label = f"chunk-{c + 1}" if c + 1 < plan.opd_chunks else ""
             train_inp = TrainInput(inp.job_id, inp.task_ref, r, "recipe", samples.samples, adapter, teacher_logprobs=lp.logprobs,
                                    teacher=lp.teacher, chunk_label=label)  # fmt: skip
-            trained = await self._step("train", r, Activities.train_adapter, train_inp, record=False)
+            trained = await self._step("train", r, calls.train_adapter, train_inp, record=False)
             p.steps.append(StepTime("train-stage-1", r, sum(st.seconds for st in trained.stages)))
             adapter = trained.adapter
         assert trained is not None  # opd_chunks >= 1
@@ -287,13 +286,13 @@ class DistillationWorkflow:
         elif plan.stages:
             train_inp = TrainInput(inp.job_id, inp.task_ref, r, "recipe", train_set, adapter)
             if plan.distill_top_k:  # the kd stages' targets: the teacher's top-k of this training set
-                lp = await self._step("teacher-logprobs", r, Activities.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, r, train_set))
+                lp = await self._step("teacher-logprobs", r, calls.teacher_logprobs, LogprobsInput(inp.job_id, inp.task_ref, r, train_set))
                 train_inp.teacher_logprobs, train_inp.teacher = lp.logprobs, lp.teacher
-            trained = await self._step("train", r, Activities.train_adapter, train_inp, record=False)
+            trained = await self._step("train", r, calls.train_adapter, train_inp, record=False)
             for i, stage in enumerate(trained.stages):  # one step per recipe stage, timed by the trainer
                 p.steps.append(StepTime(f"train-stage-{i + 1}", r, stage.seconds))
         else:
-            trained = await self._step("train", r, Activities.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "sft", train_set, adapter))
+            trained = await self._step("train", r, calls.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "sft", train_set, adapter))
         adapter = trained.adapter
         result.trained, result.train_loss, result.adapter_uri = trained.samples, trained.mean_loss, adapter.uri
         counts = RoundCounts(
@@ -302,7 +301,7 @@ class DistillationWorkflow:
         ev = await self._step(
             "evaluate",
             r,
-            Activities.evaluate_student,
+            calls.evaluate_student,
             EvaluateInput(
                 inp.job_id,
                 inp.task_ref,
@@ -316,7 +315,7 @@ class DistillationWorkflow:
         result.accuracy = ev.accuracy
         if plan.judge_eval:
             judged = await self._step(
-                "judge", r, JudgingActivities.judge_answers,
+                "judge", r, calls.judge_answers,
                 JudgeInput(inp.job_id, inp.task_ref, r, "judge", ev.predictions, eval_set, adapter, self._base_verdicts, counts),
             )  # fmt: skip
             result.accuracy, result.win_rate = judged.accuracy, judged.win_rate
@@ -344,8 +343,8 @@ class DistillationWorkflow:
             p.step_note = f"{done}/{len(arms)} arms done"
         for res in p.baselines:
             res.rounds.append(rounds[res.arm])
-        compared = await workflow.execute_activity_method(
-            BaselineActivities.compare_baselines,
+        compared = await workflow.execute_activity(
+            calls.compare_baselines,
             CompareInput(inp.job_id, r, loop_predictions, {arm: [run.predictions for run in rnd.runs] for arm, rnd in rounds.items()}),
             start_to_close_timeout=SHORT_TIMEOUT,
             retry_policy=RETRY,
@@ -378,7 +377,7 @@ class DistillationWorkflow:
             ref_run = await self._step(
                 "reference-train",
                 r,
-                Activities.train_adapter,
+                calls.train_adapter,
                 TrainInput(inp.job_id, inp.task_ref, r, "reference", candidates or seeds, adapter),
             )
             reference = ref_run.adapter
@@ -387,14 +386,14 @@ class DistillationWorkflow:
             # agreement's judge before the first round's adapter: train.* on the seeds alone, so a
             # candidate is judged by what the seeds teach (not by itself, as the reference would).
             judge_run = await self._step(
-                "agreement-train", r, Activities.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "agreement", seeds)
+                "agreement-train", r, calls.train_adapter, TrainInput(inp.job_id, inp.task_ref, r, "agreement", seeds)
             )
             judge = judge_run.adapter
         heldout = validation if plan.heldout else None
         scores = await self._step(
             "score",
             r,
-            Activities.score_samples,
+            calls.score_samples,
             ScoreInput(inp.job_id, inp.task_ref, r, candidates, seeds, validation, reference, adapter,
                        [*crowd, *([reference] if reference else [])], heldout, produced, judge),
         )
@@ -402,7 +401,7 @@ class DistillationWorkflow:
         sel = await self._step(
             "select",
             r,
-            Activities.select_samples,
+            calls.select_samples,
             SelectInput(inp.job_id, inp.task_ref, r, candidates, scores.scores, seeds, heldout, adapter),
             short=plan.select_policy not in ("diversity", "reflection"),  # those two run the student
         )
@@ -424,8 +423,8 @@ class DistillationWorkflow:
         p = self._progress
         self._begin("tailor")
         started = workflow.now()
-        inputs = await workflow.execute_activity_method(
-            Activities.tailor_inputs,
+        inputs = await workflow.execute_activity(
+            calls.tailor_inputs,
             TailorInputsInput(inp.job_id, inp.task_ref, r, seeds, validation, candidates),
             start_to_close_timeout=SHORT_TIMEOUT,
             retry_policy=RETRY,
@@ -446,7 +445,7 @@ class DistillationWorkflow:
         self,
         name: str,
         round: int,
-        activity: Callable[[Any, I], Awaitable[O]],
+        activity: Callable[[I], Awaitable[O]],
         arg: I,
         *,
         short: bool = False,
@@ -455,7 +454,7 @@ class DistillationWorkflow:
         """Run one activity as the named step and (unless `record` is off) record its wall time."""
         self._begin(name)
         started = workflow.now()
-        result = await workflow.execute_activity_method(
+        result = await workflow.execute_activity(
             activity,
             arg,
             start_to_close_timeout=SHORT_TIMEOUT if short else START_TO_CLOSE,
@@ -479,8 +478,8 @@ class DistillationWorkflow:
         """Record a failed or cancelled job in SQL; the original error is what the workflow reports."""
         p = self._progress
         try:
-            await workflow.execute_activity_method(
-                Activities.finish_job,
+            await workflow.execute_activity(
+                calls.finish_job,
                 FinishJobInput(job_id, status, p.baseline_accuracy, None),
                 start_to_close_timeout=SHORT_TIMEOUT,
                 retry_policy=RetryPolicy(maximum_attempts=2),

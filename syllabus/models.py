@@ -16,8 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from syllabus.progress import PROGRESS
-
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -98,6 +96,8 @@ def load_model(base: str, dtype: str = "float32") -> tuple[PreTrainedModel, PreT
     """Load a causal LM and its tokenizer in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from syllabus.progress import PROGRESS  # here: the module is imported by light code (tasks), progress is grpc's
 
     path = resolve_model_dir(base)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

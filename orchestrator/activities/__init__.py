@@ -6,12 +6,16 @@ one small data step, and records metadata through `orchestrator.metadata`):
   (an answer kind's model critique), analyze_errors, teacher_logprobs (a kd recipe's teacher top-k);
 - `student`: evaluate_student (and the round's row), score_samples, select_samples, sample_student
   (an opd chunk's on-policy samples);
-- `trainer`: train_adapter (one SFT stage, or the task's recipe).
+- `trainer`: train_adapter (one SFT stage, or the task's recipe);
+- the child flows' steps: `baselines` (arm_train_set, compare_baselines), `judging` (judge_answers),
+  `tailoring` (ARTE: draft_rationales, crowd_responses, score_preference, build_pairs,
+  train_teacher_dpo).
 
 `Activities(config)` is all of them over one artifact store, SQL engine and task-spec cache:
-`Activities(config).all()` is what the worker registers, and the workflow refers to each as
-`Activities.<name>`. `base` holds the shared resources, the service-error mapping and the
-"output published? else call the service" step.
+`Activities(config).all()` is what the worker registers. The workflows never import this package:
+they call each activity through its declaration (`orchestrator.calls`, and the child flows' own),
+by name. `base` holds the shared resources, the service-error mapping and the "output published?
+else call the service" step.
 """
 
 from __future__ import annotations
@@ -19,14 +23,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from orchestrator.activities.baselines import BaselineActivities
 from orchestrator.activities.data import DataActivities
+from orchestrator.activities.judging import JudgingActivities
 from orchestrator.activities.student import StudentActivities
+from orchestrator.activities.tailoring import TailoringActivities
 from orchestrator.activities.teacher import TeacherActivities
 from orchestrator.activities.trainer import TrainerActivities
 
 
-class Activities(DataActivities, TeacherActivities, StudentActivities, TrainerActivities):
-    """Every activity of the distillation loop (the per-service classes share one `ActivityBase`)."""
+class Activities(
+    DataActivities, TeacherActivities, StudentActivities, TailoringActivities, TrainerActivities, BaselineActivities, JudgingActivities
+):
+    """Every activity of the distillation loop and its child flows (the classes share one
+    `ActivityBase`; tailoring's DPO run uses the trainer's watched `_train`, so it comes first)."""
 
     def all(self) -> list[Callable[..., Awaitable[Any]]]:
         """The activity callables to register on a worker."""
@@ -45,6 +55,14 @@ class Activities(DataActivities, TeacherActivities, StudentActivities, TrainerAc
             self.train_adapter,
             self.tailor_inputs,
             self.finish_job,
+            self.arm_train_set,
+            self.compare_baselines,
+            self.judge_answers,
+            self.draft_rationales,
+            self.crowd_responses,
+            self.score_preference,
+            self.build_pairs,
+            self.train_teacher_dpo,
         ]
 
 

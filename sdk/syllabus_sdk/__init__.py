@@ -12,6 +12,19 @@ activities call): `syllabus_sdk.services` (`TeacherClient`, `StudentClient`, `Tr
 Needs only grpcio and protobuf.
 """
 
-from syllabus_sdk.client import JobStatus, SyllabusClient, SyllabusError
+from typing import TYPE_CHECKING
 
 __all__ = ["JobStatus", "SyllabusClient", "SyllabusError"]
+
+if TYPE_CHECKING:
+    from syllabus_sdk.client import JobStatus, SyllabusClient, SyllabusError
+
+
+def __getattr__(name: str):
+    # The client (and grpc with it) loads on first use: importing a message module
+    # (`syllabus_sdk.student.v1.student_pb2`) stays protobuf only, as workflow code needs.
+    if name in __all__:
+        from syllabus_sdk import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'syllabus_sdk' has no attribute {name!r}")

@@ -18,12 +18,11 @@ import pytest
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from orchestrator.activities import Activities
-from orchestrator.judging import JudgeInput, JudgingActivities
+from orchestrator.judging import JudgeInput
 from orchestrator.metadata import Metadata
 from orchestrator.tailoring import (
     ArteSettings,
     DraftInput,
-    TailoringActivities,
     TailorTeacherInput,
     TailorTeacherWorkflow,
 )
@@ -124,7 +123,7 @@ async def test_tailor_teacher_workflow_trains_a_dpo_adapter_on_the_teacher(
     # The draft step first, to build a Dpref the tiny student answers differently after different
     # rationales; the workflow's own draft step then finds this output (same key) and reuses it.
     drafted = await ActivityEnvironment().run(
-        TailoringActivities(base).draft_rationales, DraftInput(job_id, task_ref, 1, questions, None, settings)
+        base.draft_rationales, DraftInput(job_id, task_ref, 1, questions, None, settings)
     )
     demos = loads_jsonl(stack.store.get_bytes(drafted.demos))
     assert len(demos) == len(QUESTIONS) * len(settings.styles) == drafted.rationales
@@ -227,7 +226,7 @@ async def test_judge_step_asks_the_teacher_about_the_students_answers(stack: Sta
     predictions = stack.store.put_bytes(f"jobs/{job_id}/predictions-edited.jsonl", dumps_jsonl(rows))
 
     base = Activities(stack.config)
-    judging = JudgingActivities(base)
+    judging = base  # the judge step is one of the loop's activities
     inp = JudgeInput(job_id, task_ref, 0, "judge", predictions, eval_set)
     out = await ActivityEnvironment().run(judging.judge_answers, inp)
 
