@@ -35,15 +35,9 @@ import tempfile
 from collections.abc import Callable
 
 from bench.interleave import log, median_of, timed
-from bench.trainer import LORA_TARGETS, chunks, common_parser, emit, interleave_workers, running_workers
+from bench.trainer import LORA_TARGETS, bf16, chunks, common_parser, emit, interleave_workers, running_workers
 
 __all__ = ["TRAINERS", "chunks", "main"]
-
-
-def _bf16() -> bool:
-    from trainer_svc.jobs import bf16_supported
-
-    return bf16_supported()
 
 
 def _recipe(args: argparse.Namespace, objective: str):
@@ -54,7 +48,7 @@ def _recipe(args: argparse.Namespace, objective: str):
     if objective == "kd":
         stage["distill"] = {"alpha": 1.0, "temperature": 1.0, "divergence": "forward_kl", "top_k": args.top_k}
     return Recipe.model_validate({"seed": args.seed, "max_seq_len": 512, "packing": False, "batch_size": args.batch_size,
-                                  "bf16": _bf16(), "max_grad_norm": 1.0, "stages": [stage]})  # fmt: skip
+                                  "bf16": bf16(), "max_grad_norm": 1.0, "stages": [stage]})  # fmt: skip
 
 
 def train_sft(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: float) -> dict:
@@ -99,7 +93,7 @@ def train_trl(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: flo
         output_dir=out.name, lmbda=0.0, beta=0.0, temperature=1.0, max_length=512,
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, num_train_epochs=1,
         learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.0, max_grad_norm=1.0,
-        bf16=_bf16(), use_cpu=True, gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[],
+        bf16=bf16(), use_cpu=True, gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[],
         seed=args.seed, dataloader_num_workers=0, disable_tqdm=True,
     )  # fmt: skip
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
@@ -136,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     # over top-k and over the whole vocabulary differ by construction, so no loss check)
     result["checks"] = {"equal_steps": len({result[f"steps_{name}"] for name in runs}) == 1}
     threads = {w.threads for w in workers.values()}
-    summary = {"samples": args.samples, "top_k": args.top_k, "bf16": _bf16(), "threads": threads.pop() if len(threads) == 1 else sorted(threads),
+    summary = {"samples": args.samples, "top_k": args.top_k, "bf16": bf16(), "threads": threads.pop() if len(threads) == 1 else sorted(threads),
                "peak_rss_ratio": round(result["peak_rss_mb_ours"] / result["peak_rss_mb_trl"], 3),
                "peak_rss_ratio_vs_sft": round(result["peak_rss_mb_ours"] / result["peak_rss_mb_sft"], 3), **result}  # fmt: skip
     return emit(summary, args.json)

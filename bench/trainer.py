@@ -9,8 +9,8 @@ every TrainerService job takes.
 Three arms train the bundled SmolLM2-135M with LoRA r=8 (alpha 16) on q,k,v,o for 1 epoch over the
 same Banking77-derived samples (prompt: `syllabus.kinds.CLASSIFICATION.prompt` over five intents,
 response: the intent), with packing into rows of `--row-tokens` (best-fit decreasing), the same
-packed rows per step, bf16 autocast, AdamW, warm-up 10% + cosine to 0, gradient clip 1.0,
-completion-only loss and no gradient checkpointing (TRL turns it on by default; off, as a
+packed rows per step, bf16 autocast where the CPU has it natively (else fp32, as the trainer
+service decides), AdamW, warm-up 10% + cosine to 0, gradient clip 1.0, completion-only loss and no gradient checkpointing (TRL turns it on by default; off, as a
 practitioner runs a model this size):
 - `ours`: as every job trains (a packed row's shared prompt prefix laid out once);
 - `ours_unshared`: ours with every sample laid out in full, the tokens TRL processes;
@@ -35,7 +35,7 @@ Progress goes to stderr; the last stdout line is JSON with the ratios' medians, 
 spreads under `arms`, the per-round ratios under `ratios`, losses, peak RSS and details.
 `peak` is the machine's matmul peak measured after the trainers ran (`bench.peak`) and `achieved`
 each trainer's GFLOP/s over the tokens it processed (2 x a forward's matmul FLOPs per token) against
-the bf16 peak (both train under bf16 autocast).
+the peak of the dtype they train in.
 Needs `trl` (pip install trl==1.16.0).
 """
 
@@ -102,6 +102,14 @@ def data_tokens(tok, data: list[dict]) -> int:
     return sum(len(encode_example(tok, s["prompt"], s["response"], max_len=512)[0]) for s in data)
 
 
+def bf16() -> bool:
+    """bf16 autocast in every arm where the hardware runs it natively, as the trainer service decides
+    (`trainer_svc.jobs.bf16_supported`; emulated bf16 is several times slower than fp32)."""
+    from trainer_svc.jobs import bf16_supported
+
+    return bf16_supported()
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -119,7 +127,7 @@ def train_ours(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: fl
             "packing": True,
             "row_tokens": args.row_tokens,
             "rows_per_step": args.rows_per_step,
-            "bf16": True,
+            "bf16": bf16(),
             "max_grad_norm": 1.0,
             "share_prefix": share_prefix,
             "stages": [
@@ -172,7 +180,7 @@ def train_trl(lm, tok, args: argparse.Namespace, data: list[dict], slowdown: flo
         warmup_steps=0.1,
         weight_decay=0.0,
         max_grad_norm=1.0,
-        bf16=True,
+        bf16=bf16(),
         use_cpu=True,
         gradient_checkpointing=False,
         completion_only_loss=True,
@@ -379,7 +387,8 @@ def main(argv: list[str] | None = None) -> dict:
     threads = {w.threads for w in workers.values()}
     peak, flops = train_peak(args.model)
     efficiency = {"peak": peak, "achieved": {
-        name: achieved(measured[f"processed_tokens_{name}"] * flops, measured[f"tokens_{name}"] / measured[f"tokens_per_s_{name}"], peak, "bf16")
+        name: achieved(measured[f"processed_tokens_{name}"] * flops, measured[f"tokens_{name}"] / measured[f"tokens_per_s_{name}"], peak,
+                       "bf16" if bf16() else "fp32")
         for name in workers}}  # fmt: skip
     return emit({"samples": args.samples, "threads": threads.pop() if len(threads) == 1 else sorted(threads), **measured, **efficiency}, args.json)
 
