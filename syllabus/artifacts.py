@@ -296,6 +296,12 @@ def open_store(url: str, config: Config | None = None) -> ArtifactStore:
     raise ArtifactError(f"unsupported artifact URL {url!r}: expected file:///path or s3://bucket/prefix")
 
 
+def generate_stats_key(examples_key: str) -> str:
+    """Where the teacher keeps a Generate run's counts (its response without the examples): beside
+    the examples, published before them, so a retry that finds the examples finds the counts too."""
+    return examples_key + ".stats.json"
+
+
 def training_metrics_key(adapter_key: str) -> str:
     """Where the trainer keeps a finished run's step count and loss curve: beside its adapter,
     published before it, so an adapter in the store always comes with its true metrics."""

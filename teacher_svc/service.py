@@ -27,6 +27,7 @@ from syllabus.artifacts import (
     ArtifactRef,
     ArtifactStore,
     InvalidKey,
+    generate_stats_key,
     validate_output_key,
     validate_sha256,
 )
@@ -66,7 +67,6 @@ from teacher_svc.targeted import Skill, expand_until_accepted, generate_targeted
 MAX_PER_LABEL = 10_000
 MAX_N = 64
 MAX_BATCH_SIZE = 1024
-STATS_SUFFIX = ".stats.json"  # Generate's counts, published before the examples so retries can return them
 
 
 #: Teacher backends with an adapter applied (each a whole model copy) kept loaded at most.
@@ -358,7 +358,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     ) -> teacher_pb2.GenerateResponse:
         """Stats sidecar first, then the examples (so a retry finding the examples finds the counts)."""
         stats = json_format.MessageToDict(resp, preserving_proto_field_name=True)
-        await asyncio.to_thread(self.store.put_bytes, key + STATS_SUFFIX, json.dumps(stats, sort_keys=True).encode())
+        await asyncio.to_thread(self.store.put_bytes, generate_stats_key(key), json.dumps(stats, sort_keys=True).encode())
         ref = await asyncio.to_thread(self.store.put_bytes, key, dumps_jsonl(records))
         resp.examples.CopyFrom(ref_to_pb(ref))
         return resp
@@ -395,7 +395,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     def _existing_generate(self, key: str, ref: ArtifactRef) -> teacher_pb2.GenerateResponse:
         """The response of the run that published `key` (counts from the file and its stats sidecar)."""
         resp = teacher_pb2.GenerateResponse(examples=ref_to_pb(ref), generated=len(self._records("output_key", ref)))
-        if stats_ref := self.store.stat(key + STATS_SUFFIX):
+        if stats_ref := self.store.stat(generate_stats_key(key)):
             stats = json.loads(self.store.get_bytes(stats_ref))
             stats = {k: v for k, v in stats.items() if k not in ("examples", "generated")}
             json_format.ParseDict(stats, resp, ignore_unknown_fields=True)

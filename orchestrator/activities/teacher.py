@@ -30,15 +30,13 @@ from orchestrator.types import (
     ReasonOutput,
 )
 from syllabus import topk
-from syllabus.artifacts import ArtifactRef
+from syllabus.artifacts import ArtifactRef, generate_stats_key
 from syllabus.pb import ref_from_pb, ref_to_pb, task_kind
 from syllabus.records import dumps_jsonl
 from syllabus.tasks import TEACHER_KEY, TaskSpec, TeacherSpec
 from syllabus_sdk.common.v1 import common_pb2
 from syllabus_sdk.student.v1 import student_pb2
 from syllabus_sdk.teacher.v1 import teacher_pb2
-
-STATS_SUFFIX = ".stats.json"  # the teacher's counts of the Generate run that published the examples
 
 
 def _teacher_ref(task: TaskSpec, adapter: ArtifactRef | None) -> common_pb2.ModelRef:
@@ -105,7 +103,7 @@ class TeacherActivities(ActivityBase):
 
         if (existing := self.store.stat(key)) is None:
             return await self.published_or_call(key, call, what), leaked
-        if stats := self.store.stat(key + STATS_SUFFIX):
+        if stats := self.store.stat(generate_stats_key(key)):
             leaked = int(json.loads(self._read(stats)).get("leaked_removed", 0))
         return existing, leaked
 
@@ -479,7 +477,7 @@ class TeacherActivities(ActivityBase):
             return ref_from_pb(response.examples)
 
         written = await self.published_or_call(key, call, f"TeacherService.Generate ({inp.mode})")
-        if not stats and (st := self.store.stat(key + STATS_SUFFIX)):
+        if not stats and (st := self.store.stat(generate_stats_key(key))):
             stats = json.loads(self._read(st))
         outcome = reasoning.training_records(task, inp.mode, questions, self._read_jsonl(written), stats)
         # Questions still without an answer (the answer kinds' generated ones) are not candidates.
