@@ -8,9 +8,12 @@ Run: .venv/bin/python -m bench.loop --baseline DIR [--candidate DIR] [--task FIL
 Each checkout (`--baseline`, and `--candidate`, default this one) runs a private embedded stack
 (Temporal dev server, the three services, worker, gateway) in a temporary home on free ports, in a
 child process with that checkout's packages first on the path; both stacks start once (model loading
-is timed apart, `startup_seconds`) and then take turns (`bench.interleave`): each round submits the
-task as a new job to each stack, one after the other, the order reversing. The task is `--task` for
-both, else each checkout's own examples/banking77/task.yaml (the demo task as that checkout knows it).
+is timed apart, `startup_seconds`) and each runs one untimed warm-up job (first-call imports and
+allocations, caches: `warmup_seconds`), then they take turns (`bench.interleave`): each round submits
+the task as a new job to each stack, one after the other, the order reversing. Both run the same task
+file: `--task`, default this checkout's examples/banking77/task.yaml (the demo task), so the arms do
+the same work; `--own-tasks` gives each checkout its own copy instead (an older checkout whose task
+format differs).
 
 The last stdout line is JSON with, per arm (`baseline`, `candidate`): the checkout, `startup_seconds`,
 seconds per job (submit -> completed, seen from the client) as median and spread under `arms`, and
@@ -171,6 +174,13 @@ def start_stacks(trees: dict[str, Path], task: Path | None) -> dict[str, StackPr
     return stacks
 
 
+def warm_up(stack: StackProcess) -> float:
+    """One untimed job on `stack` (its first pays one-time costs); returns its wall seconds."""
+    t0 = time.monotonic()
+    stack.job(f"bench-loop-{stack.name}-warmup")
+    return round(time.monotonic() - t0, 2)
+
+
 def measure(stacks: dict[str, StackProcess], repeats: int, slow: dict[str, float] | None = None) -> dict:
     """Interleave one job per round on each stack; `slow`: arm name -> slowdown factor (tests)."""
     from bench.interleave import Arm, Run, interleave, report, sig, timed
@@ -212,7 +222,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, help="the checkout to compare against (e.g. a git worktree of an older commit)")
     parser.add_argument("--candidate", type=Path, default=ROOT, help="the checkout measured against it (default: this one)")
-    parser.add_argument("--task", type=Path, help="the task both run (default: each checkout's examples/banking77/task.yaml)")
+    parser.add_argument("--task", type=Path, default=ROOT / TASK, help="the task both run (default: the demo task of this checkout)")
+    parser.add_argument("--own-tasks", action="store_true", help="each checkout runs its own examples/banking77/task.yaml")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up job on each stack")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (each: one job on each stack)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child half
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
@@ -223,9 +235,12 @@ def main() -> None:
     if args.baseline is None:
         parser.error("--baseline DIR is required: bench.loop compares two checkouts (git worktree add DIR COMMIT)")
     trees = {"baseline": args.baseline.resolve(), "candidate": args.candidate.resolve()}
-    stacks = start_stacks(trees, args.task.resolve() if args.task else None)
+    stacks = start_stacks(trees, None if args.own_tasks else args.task.resolve())
     try:
+        warmups = {} if args.no_warmup else {name: warm_up(s) for name, s in stacks.items()}
         result = measure(stacks, args.repeats)
+        for name, seconds in warmups.items():
+            result[name]["warmup_seconds"] = seconds
     finally:
         for s in stacks.values():
             s.close()

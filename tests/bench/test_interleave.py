@@ -180,7 +180,7 @@ def test_loop_speedup_follows_a_slowed_arm(banking77_tiny, tmp_path: Path, monke
     # Both arms are this checkout, so they share one stack: the ratio without the slowdown is 1.
     stack = loop.start_stacks({"candidate": ROOT}, task)["candidate"]
     try:
-        stack.job("warm-up")  # the first job on a stack pays one-time costs (imports, first allocations)
+        assert loop.warm_up(stack) > 0  # the first job on a stack pays one-time costs (imports, first allocations)
         result = loop.measure({"baseline": stack, "candidate": stack}, 1, slow={"candidate": 3.0})
     finally:
         stack.close()
