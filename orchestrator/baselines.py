@@ -36,12 +36,8 @@ from orchestrator.policies import RETRY, SHORT_TIMEOUT, START_TO_CLOSE
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator import calls
-    from orchestrator.types import (
-        ArmRun,
-        EvaluateInput,
-        LogprobsInput,
-        TrainInput,
-    )
+    from orchestrator.activity_io import EvaluateInput, LogprobsInput, TrainInput
+    from orchestrator.types import ArmRun
     from syllabus.artifacts import ArtifactRef
     from syllabus.baselines import arm_stage
 

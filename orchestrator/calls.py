@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from orchestrator.judging import JudgeInput, JudgeOutput
-from orchestrator.types import (
+from orchestrator.activity_io import (
     AnalyzeInput,
     AnalyzeOutput,
     CompareInput,
@@ -43,6 +42,7 @@ from orchestrator.types import (
     TrainInput,
     TrainOutput,
 )
+from orchestrator.judging import JudgeInput, JudgeOutput
 
 #: What a declaration raises if called: the worker runs `orchestrator.activities`, never these.
 DECLARATION = "an activity declaration: the worker runs the implementation in orchestrator.activities"

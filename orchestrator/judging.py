@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.types import RoundCounts
+from orchestrator.activity_io import RoundCounts
 from syllabus.artifacts import ArtifactRef
 
 # Room for a short critique and its conclusion line; one retry of a reply that does not parse.

@@ -37,8 +37,8 @@ from orchestrator.policies import RETRY, START_TO_CLOSE
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator import calls
+    from orchestrator.activity_io import ArteSettings, EvaluateInput
     from orchestrator.scores import crowd_stage
-    from orchestrator.types import ArteSettings, EvaluateInput
     from syllabus.artifacts import ArtifactRef
 
 

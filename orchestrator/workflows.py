@@ -33,6 +33,25 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from orchestrator import calls, search
+    from orchestrator.activity_io import (
+        AnalyzeInput,
+        CompareInput,
+        CritiqueInput,
+        EvaluateInput,
+        EvaluateOutput,
+        FinishJobInput,
+        GenerateInput,
+        LogprobsInput,
+        PrepareJobInput,
+        ReasonInput,
+        RoundCounts,
+        SampleInput,
+        ScoreInput,
+        SelectInput,
+        TailorInputsInput,
+        TrainInput,
+        TrainOutput,
+    )
     from orchestrator.baselines import BaselineArmInput, BaselineArmOutput, BaselineArmWorkflow
     from orchestrator.budget import budget_scales
     from orchestrator.eta import planned_steps
@@ -41,30 +60,13 @@ with workflow.unsafe.imports_passed_through():
     from orchestrator.policies import RETRY, SHORT_TIMEOUT, START_TO_CLOSE
     from orchestrator.tailoring import TailorTeacherInput, TailorTeacherOutput, TailorTeacherWorkflow
     from orchestrator.types import (
-        AnalyzeInput,
         ArmRound,
         BaselineResult,
-        CompareInput,
-        CritiqueInput,
         DistillationInput,
-        EvaluateInput,
-        EvaluateOutput,
-        FinishJobInput,
-        GenerateInput,
         JobProgress,
-        LogprobsInput,
         LoopPlan,
-        PrepareJobInput,
-        ReasonInput,
-        RoundCounts,
         RoundResult,
-        SampleInput,
-        ScoreInput,
-        SelectInput,
         StepTime,
-        TailorInputsInput,
-        TrainInput,
-        TrainOutput,
     )
     from syllabus.artifacts import ArtifactRef
     from syllabus.baselines import COMPARISONS

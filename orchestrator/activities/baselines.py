@@ -7,10 +7,10 @@ import random
 from temporalio import activity
 
 from orchestrator.activities.base import ActivityBase
+from orchestrator.activity_io import ArmLift, CompareInput, CompareOutput
 from orchestrator.baselines import ArmSetInput, ArmSetOutput, arm_records
 from orchestrator.keys import output_key
 from orchestrator.scores import scoring_records
-from orchestrator.types import ArmLift, CompareInput, CompareOutput
 from syllabus import stats
 from syllabus.baselines import COMPARISONS, arm_stage
 from syllabus.records import dumps_jsonl

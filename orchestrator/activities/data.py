@@ -9,18 +9,18 @@ from temporalio.exceptions import ApplicationError
 
 from orchestrator import reasoning
 from orchestrator.activities.base import ActivityBase
-from orchestrator.keys import job_prefix
-from orchestrator.metadata import sample_row
-from orchestrator.types import (
+from orchestrator.activity_io import (
     ArteSettings,
     FinishJobInput,
     FinishJobOutput,
-    LoopPlan,
     PrepareJobInput,
     PrepareJobOutput,
     TailorInputsInput,
     TailorInputsOutput,
 )
+from orchestrator.keys import job_prefix
+from orchestrator.metadata import sample_row
+from orchestrator.types import LoopPlan
 from syllabus.records import content_id, dumps_jsonl
 from syllabus.tasks import TEACHER_KEY, TaskSpec
 

@@ -10,6 +10,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from orchestrator.activities.base import ActivityBase, finite
+from orchestrator.activity_io import (
+    EvaluateInput,
+    EvaluateOutput,
+    SampleInput,
+    SampleOutput,
+    ScoreInput,
+    ScoreOutput,
+    SelectInput,
+    SelectOutput,
+)
 from orchestrator.budget import car_by_method, method_rewards
 from orchestrator.keys import job_prefix, output_key
 from orchestrator.scores import (
@@ -26,16 +36,6 @@ from orchestrator.scores import (
     reward_gap,
     scoring_records,
     weighted_mix,
-)
-from orchestrator.types import (
-    EvaluateInput,
-    EvaluateOutput,
-    SampleInput,
-    SampleOutput,
-    ScoreInput,
-    ScoreOutput,
-    SelectInput,
-    SelectOutput,
 )
 from syllabus.artifacts import ArtifactRef
 from syllabus.pb import answer_match, ref_from_pb, ref_to_pb, task_kind

@@ -13,11 +13,7 @@ from temporalio.exceptions import ApplicationError
 
 from orchestrator import critique_modes, reasoning
 from orchestrator.activities.base import ActivityBase, no_output
-from orchestrator.budget import scaled
-from orchestrator.keys import output_key
-from orchestrator.metadata import sample_row
-from orchestrator.privileged import privileged_context
-from orchestrator.types import (
+from orchestrator.activity_io import (
     AnalyzeInput,
     AnalyzeOutput,
     CritiqueInput,
@@ -29,6 +25,10 @@ from orchestrator.types import (
     ReasonInput,
     ReasonOutput,
 )
+from orchestrator.budget import scaled
+from orchestrator.keys import output_key
+from orchestrator.metadata import sample_row
+from orchestrator.privileged import privileged_context
 from syllabus import topk
 from syllabus.artifacts import ArtifactRef, generate_stats_key
 from syllabus.pb import ref_from_pb, ref_to_pb, task_kind

@@ -10,8 +10,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from orchestrator.activities.base import ActivityBase
+from orchestrator.activity_io import StageResult, TrainInput, TrainOutput
 from orchestrator.keys import output_key
-from orchestrator.types import StageResult, TrainInput, TrainOutput
 from syllabus.artifacts import ArtifactRef, training_metrics_key
 from syllabus.baselines import arm_recipe, arm_stage, round_recipe
 from syllabus.pb import ref_from_pb, ref_to_pb

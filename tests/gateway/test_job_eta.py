@@ -16,19 +16,15 @@ from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from orchestrator.gateway import create_server
-from orchestrator.types import (
+from orchestrator.activity_io import (
     CritiqueInput,
     CritiqueOutput,
-    DistillationInput,
     EvaluateInput,
     EvaluateOutput,
     FinishJobInput,
     FinishJobOutput,
     GenerateInput,
     GenerateOutput,
-    JobProgress,
-    LoopPlan,
     PrepareJobInput,
     PrepareJobOutput,
     ScoreInput,
@@ -38,6 +34,8 @@ from orchestrator.types import (
     TrainInput,
     TrainOutput,
 )
+from orchestrator.gateway import create_server
+from orchestrator.types import DistillationInput, JobProgress, LoopPlan
 from orchestrator.workflows import DistillationWorkflow
 from syllabus import auth
 from syllabus.artifacts import ArtifactRef

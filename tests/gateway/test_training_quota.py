@@ -19,9 +19,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from orchestrator.activities.trainer import TrainerActivities
+from orchestrator.activity_io import TrainInput
 from orchestrator.gateway import create_server
 from orchestrator.metadata import Metadata
-from orchestrator.types import TrainInput
 from syllabus import auth, db
 from syllabus.artifacts import ArtifactRef
 from syllabus.config import Config

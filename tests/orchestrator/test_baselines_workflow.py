@@ -11,22 +11,18 @@ from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from orchestrator.baselines import ArmSetInput, ArmSetOutput, BaselineArmWorkflow
-from orchestrator.types import (
+from orchestrator.activity_io import (
     ArmLift,
     CompareInput,
     CompareOutput,
     CritiqueInput,
     CritiqueOutput,
-    DistillationInput,
     EvaluateInput,
     EvaluateOutput,
     FinishJobInput,
     FinishJobOutput,
     GenerateInput,
     GenerateOutput,
-    LoopPlan,
-    PlannedStep,
     PrepareJobInput,
     PrepareJobOutput,
     ScoreInput,
@@ -36,6 +32,8 @@ from orchestrator.types import (
     TrainInput,
     TrainOutput,
 )
+from orchestrator.baselines import ArmSetInput, ArmSetOutput, BaselineArmWorkflow
+from orchestrator.types import DistillationInput, LoopPlan, PlannedStep
 from orchestrator.workflows import DistillationWorkflow
 from syllabus.artifacts import ArtifactRef
 from syllabus.baselines import arm_stage

@@ -304,7 +304,7 @@ def test_the_aligned_teacher_regenerates_greedily(task: TaskSpec) -> None:
     (temperature 0) whatever the task's temperature; the base teacher keeps the task's 0.9 / 0.7, and
     RFT keeps its 0.8 (k greedy samples would be one reasoning path)."""
     from orchestrator.activities.teacher import _generate_request, expand_sampling, reasoning_sampling
-    from orchestrator.types import GenerateInput
+    from orchestrator.activity_io import GenerateInput
     from syllabus.artifacts import ArtifactRef
 
     tailored = _tailored(task)

@@ -14,10 +14,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from orchestrator.activities import Activities
-from orchestrator.metadata import Metadata
-from orchestrator.types import (
+from orchestrator.activity_io import (
     CritiqueInput,
-    DistillationInput,
     EvaluateInput,
     GenerateInput,
     PrepareJobInput,
@@ -25,6 +23,8 @@ from orchestrator.types import (
     SelectInput,
     TrainInput,
 )
+from orchestrator.metadata import Metadata
+from orchestrator.types import DistillationInput
 from orchestrator.worker import build_worker
 from orchestrator.workflows import DistillationWorkflow
 from syllabus import db

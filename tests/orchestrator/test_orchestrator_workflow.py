@@ -15,33 +15,16 @@ from temporalio.exceptions import ApplicationError, is_cancelled_exception
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from orchestrator.tailoring import (
-    CrowdInput,
-    CrowdOutput,
-    DpoInput,
-    DpoOutput,
-    DraftInput,
-    DraftOutput,
-    PairsInput,
-    PairsOutput,
-    PreferenceInput,
-    PreferenceOutput,
-    TailorTeacherWorkflow,
-)
-from orchestrator.types import (
+from orchestrator.activity_io import (
     ArteSettings,
     CritiqueInput,
     CritiqueOutput,
-    DistillationInput,
     EvaluateInput,
     EvaluateOutput,
     FinishJobInput,
     FinishJobOutput,
     GenerateInput,
     GenerateOutput,
-    JobProgress,
-    LoopPlan,
-    MethodCar,
     PrepareJobInput,
     PrepareJobOutput,
     ReasonInput,
@@ -56,6 +39,20 @@ from orchestrator.types import (
     TrainInput,
     TrainOutput,
 )
+from orchestrator.tailoring import (
+    CrowdInput,
+    CrowdOutput,
+    DpoInput,
+    DpoOutput,
+    DraftInput,
+    DraftOutput,
+    PairsInput,
+    PairsOutput,
+    PreferenceInput,
+    PreferenceOutput,
+    TailorTeacherWorkflow,
+)
+from orchestrator.types import DistillationInput, JobProgress, LoopPlan, MethodCar
 from orchestrator.worker import run_worker
 from orchestrator.workflows import DistillationWorkflow
 from syllabus.artifacts import ArtifactRef

@@ -10,7 +10,7 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from orchestrator.activities import Activities
-from orchestrator.types import ScoreInput, SelectInput
+from orchestrator.activity_io import ScoreInput, SelectInput
 from syllabus.artifacts import ArtifactRef
 from syllabus.config import Config
 from syllabus.pb import ref_from_pb, ref_to_pb
