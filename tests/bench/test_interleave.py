@@ -82,7 +82,8 @@ def test_timed_slowdown_sleeps_inside_the_measured_span() -> None:
 
 
 def _result(values: list[float]) -> dict:
-    return report({"a": [Run(v, 1.0) for v in values], "b": [Run(1.0, 1.0) for _ in values]}, "x", {"speedup": ("a", "b")})
+    """Arm a `values` times as fast as arm b in each round, on the same work."""
+    return report({"a": [Run(1.0, 1 / v) for v in values], "b": [Run(1.0, 1.0) for _ in values]}, "x", {"speedup": ("a", "b")})
 
 
 @pytest.mark.unit
@@ -164,9 +165,15 @@ def test_trainer_ratio_follows_a_slowed_arm(tiny_model_dir: Path) -> None:
     finally:
         for w in workers.values():
             w.close()
-    assert_interleaved(base, ["ours", "trl"], "tokens", ["tokens_per_s_ratio"])
+    assert_interleaved(base, ["ours", "trl", "ours_unshared"], "tokens", ["tokens_per_s_ratio", "equal_tokens_ratio"])
     assert follows(base["tokens_per_s_ratio"], slowed["tokens_per_s_ratio"], 1 / SLOW), (base["ratios"], slowed["ratios"])
-    assert base["tokens_ours"] == base["tokens_trl"] > 0  # the same work in both arms
+    # only ours was slowed: the equal-token ratio (ours without prefix sharing / TRL) stays where it was
+    assert follows(base["equal_tokens_ratio"], slowed["equal_tokens_ratio"], 1.0), (base["ratios"], slowed["ratios"])
+    assert base["tokens_ours"] == base["tokens_trl"] == base["tokens_ours_unshared"] > 0  # the same work in every arm
+    assert base["ratios"]["tokens_per_s_ratio"]["equal_work"] and base["checks"]["equal_steps"]
+    # laid out in full, ours processes TRL's tokens; sharing prefixes, fewer
+    assert base["processed_tokens_rel_diff"] < 0.05
+    assert base["processed_tokens_ours"] < base["processed_tokens_ours_unshared"]
 
 
 @pytest.mark.integration
