@@ -170,6 +170,11 @@ def main() -> None:
         a["jobs_per_hour"] = sig(a["jobs_per_s"]["median"] * 3600)
         a["cpu_busy_share"] = sig(statistics.median(busy[name]))
     took = {k: after[k] - before[k] for k in after}
+    checks = {
+        # every job of the task computes the same accuracies, whichever replica served which step
+        "same_accuracies": len({acc for v in accuracies.values() for acc in v}) == 1,
+        "every_replica_worked": all(v > 0 for v in took.values()),
+    }
     summary = {
         "bench": "scale",
         "task": str(args.task.relative_to(ROOT) if args.task.is_relative_to(ROOT) else args.task),
@@ -177,13 +182,10 @@ def main() -> None:
         "threads_per_process": 1,
         "cpu_count": os.cpu_count(),
         **result,
-        # every job of the task computes the same accuracies, whichever replica served which step
-        "same_accuracies": len({acc for v in accuracies.values() for acc in v}) == 1,
+        **checks,
         "accuracies": {k: sorted(set(v)) for k, v in accuracies.items()},
-        "every_replica_worked": all(v > 0 for v in took.values()),
         "replica_calls": took,
-        "checks": {"same_accuracies": len({acc for v in accuracies.values() for acc in v}) == 1,
-                   "every_replica_worked": all(v > 0 for v in took.values())},
+        "checks": checks,
         # the most more replicas could gain here: they can only fill the CPU time one replica left idle
         "speedup_bound": sig(1 / max(result["arms"]["replicas-1"]["cpu_busy_share"], 1e-9)),
     }
